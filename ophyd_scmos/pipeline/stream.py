@@ -1,0 +1,308 @@
+"""One acquisition's frames: camera -> shared-memory ring -> writer process -> one HDF5 file.
+
+`FrameStream` owns the ring, the writer process and an acquisition thread that reads the
+camera into free slots. It knows nothing of ophyd: the Device, the flyer and the benchmarks
+all drive it the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ophyd_scmos.drivers.base import CameraDriver, CameraError
+from ophyd_scmos.pipeline.compression import check_compression
+from ophyd_scmos.pipeline.ring import FrameRing, slots_for
+from ophyd_scmos.pipeline.writer import FINISH, FRAME, RECORD
+
+OVERFLOW_POLICIES = ("block", "drop")
+
+
+class StreamError(RuntimeError):
+    """Acquisition or writing failed; the message names the file and what was saved."""
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What one stream put on disk."""
+
+    path: Path
+    frames_acquired: int  #: frames that reached the ring
+    frames_written: int  #: frames in the closed file
+    frames_dropped: int  #: frames read from the camera but discarded (ring full, `drop` policy)
+    frames_missed: int  #: frames the camera itself lost (reported by the driver)
+
+
+class WriterProcess:
+    """The writer subprocess and the thread that listens to its status lines."""
+
+    def __init__(self, config: dict[str, Any], on_status: Callable[[dict], None]):
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ophyd_scmos.pipeline.writer", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            close_fds=True,
+        )
+        self._stdin = self.process.stdin.fileno()
+        self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
+        self._on_status = on_status
+        self.last: dict = {"state": "starting", "written": 0}
+        self.ended = threading.Event()
+        self._listener = threading.Thread(
+            target=self._listen, name="scmos-writer-status", daemon=True
+        )
+        self._listener.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _listen(self) -> None:
+        for line in self.process.stdout:
+            try:
+                status = json.loads(line)
+            except ValueError:
+                continue
+            self.last = status
+            self._on_status(status)
+        self.process.wait()
+        if self.last["state"] not in ("closed", "error"):
+            self.last = {
+                "state": "error",
+                "written": self.last.get("written", 0),
+                "error": f"writer process (pid {self.pid}) died with exit code "
+                f"{self.process.returncode}{self.stderr_tail()}",
+            }
+            self._on_status(self.last)
+        self.ended.set()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return f"; its last words: {text[-limit:]}" if text else ""
+
+    def send(self, op: int, arg: int) -> None:
+        self.bytes_sent += os.write(self._stdin, np.array([(op, arg)], RECORD).tobytes())
+
+    def close_input(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.ended.wait(10)
+
+
+class FrameStream:
+    """Stream frames from `driver` into a new HDF5 file at `path` through a writer process.
+
+    `open()` raises before any frame is taken if the file cannot be made. `wait_for(n, cb)`
+    calls `cb(None)` once n frames are in the ring, or `cb(exc)` when the stream fails.
+    `close()` stops the camera, lets the writer drain the ring and close the file, and returns
+    a `StreamSummary`, or raises `StreamError` saying what was saved.
+    """
+
+    def __init__(
+        self,
+        driver: CameraDriver,
+        path: str | os.PathLike,
+        *,
+        ring_mb: float = 256,
+        overflow: str = "block",
+        compression: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        on_progress: Callable[[FrameStream], None] | None = None,
+        flush_interval: float = 0.5,
+    ):
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow policy {overflow!r} is not one of {OVERFLOW_POLICIES}")
+        if not ring_mb > 0:
+            raise ValueError(f"ring size must be positive, got {ring_mb} MB")
+        self.driver = driver
+        self.path = Path(path)
+        self.overflow = overflow
+        self.compression = check_compression(compression)
+        self.attrs = dict(attrs or {})
+        self.ring_mb = ring_mb
+        self.flush_interval = flush_interval
+        self._on_progress = on_progress
+        self.ring: FrameRing | None = None
+        self.writer: WriterProcess | None = None
+        self.frames_acquired = 0
+        self.frames_dropped = 0
+        self.frames_missed = 0
+        self.error: StreamError | None = None
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[int, Callable[[BaseException | None], None]]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+
+    # -- state readable from any thread ---------------------------------------------------
+    @property
+    def frames_written(self) -> int:
+        return self.writer.last.get("written", 0) if self.writer else 0
+
+    @property
+    def ring_fill(self) -> float:
+        """Fraction of ring slots holding frames the writer has not finished with."""
+        if self.ring is None:
+            return 0.0
+        return (self.frames_acquired - self.ring.released) / self.ring.spec.n_slots
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def open(self, timeout: float = 30) -> None:
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} exists; ophyd-scmos never overwrites a file")
+        shape, dtype = tuple(self.driver.frame_shape), np.dtype(self.driver.dtype)
+        self.ring = FrameRing.create(shape, dtype, slots_for(shape, dtype, self.ring_mb))
+        config = {
+            "path": str(self.path),
+            "ring": self.ring.spec.to_json(),
+            "compression": self.compression,
+            "attrs": self.attrs,
+            "flush_interval": self.flush_interval,
+        }
+        self.writer = WriterProcess(config, self._on_writer_status)
+        deadline = time.monotonic() + timeout
+        while not self._opened.wait(0.05):
+            if self.writer.ended.is_set() or time.monotonic() > deadline:
+                message = self.writer.last.get("error", "writer did not start in time")
+                self.writer.kill()
+                self._release_ring()
+                raise OSError(f"cannot write {self.path}: {message}")
+        self.driver.start()
+        self._thread = threading.Thread(target=self._acquire, name="scmos-acquire", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 60) -> StreamSummary:
+        """Stop the camera, write what is in the ring, close the file. Safe to call twice."""
+        if self.writer is None:
+            raise StreamError("the stream was never opened")
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.writer.process.poll() is None and not self.writer.ended.is_set():
+            with contextlib.suppress(OSError):
+                self.writer.send(FINISH, self.frames_dropped)
+            self.writer.close_input()
+            if not self.writer.ended.wait(timeout):
+                self.writer.kill()
+                self._fail(StreamError(f"writer did not finish {self.path} in {timeout} s"))
+        self._release_ring()
+        summary = StreamSummary(
+            self.path,
+            self.frames_acquired,
+            self.frames_written,
+            self.frames_dropped,
+            self.frames_missed,
+        )
+        if self.error is not None:
+            raise self.error
+        return summary
+
+    def stop(self) -> None:
+        """Stop the camera now; frames already in the ring are still written by `close`."""
+        self._stop.set()
+        with contextlib.suppress(CameraError):
+            self.driver.stop()
+
+    def _release_ring(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+    # -- waiting for frames -------------------------------------------------------------------
+    def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
+        """Call `callback(None)` once `count` frames are in the ring (or `callback(error)`)."""
+        with self._lock:
+            if self.error is None and self.frames_acquired < count:
+                self._waiters.append((count, callback))
+                return
+            error = self.error
+        callback(error if self.frames_acquired < count else None)
+
+    def _notify(self) -> None:
+        with self._lock:
+            done = [w for w in self._waiters if w[0] <= self.frames_acquired]
+            self._waiters = [w for w in self._waiters if w[0] > self.frames_acquired]
+        for _, callback in done:
+            callback(None)
+
+    def _fail(self, error: StreamError) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            waiters, self._waiters = self._waiters, []
+        self._stop.set()
+        for _, callback in waiters:
+            callback(self.error)
+
+    # -- the two threads ----------------------------------------------------------------------
+    def _on_writer_status(self, status: dict) -> None:
+        if status["state"] == "open":
+            self._opened.set()
+        elif status["state"] == "error":
+            self._fail(
+                StreamError(
+                    f"{status['error']}. {self.path} holds the first {status['written']} frames "
+                    f"of {self.frames_acquired} acquired."
+                )
+            )
+        if self._on_progress is not None:
+            self._on_progress(self)
+
+    def _acquire(self) -> None:
+        ring, writer = self.ring, self.writer
+        n_slots = ring.spec.n_slots
+        scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
+        try:
+            while not self._stop.is_set():
+                if self.frames_acquired - ring.released >= n_slots:
+                    if self.overflow == "block":
+                        time.sleep(0.0005)
+                        continue
+                    try:
+                        info = self.driver.read_into(scratch, timeout=0.1)
+                    except TimeoutError:
+                        continue
+                    self.frames_dropped += 1
+                    self.frames_missed += info.missed_before
+                    continue
+                slot = self.frames_acquired % n_slots
+                try:
+                    info = self.driver.read_into(ring.slot(slot), timeout=0.1)
+                except TimeoutError:
+                    continue
+                ring.frame_number[slot] = info.frame_number
+                ring.camera_timestamp[slot] = info.camera_timestamp
+                ring.host_timestamp[slot] = time.time()
+                writer.send(FRAME, slot)
+                self.frames_missed += info.missed_before
+                self.frames_acquired += 1
+                self._notify()
+        except CameraError as exc:
+            if not self._stop.is_set():
+                self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))
+        except OSError as exc:  # the writer's pipe broke: it died; its listener says why
+            if not self._stop.is_set():
+                writer.ended.wait(5)
+                self._fail(StreamError(f"writer lost ({exc}). {self._saved()}"))
+
+    def _saved(self) -> str:
+        return f"{self.path} holds {self.frames_written} of {self.frames_acquired} frames"

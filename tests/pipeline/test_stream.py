@@ -1,0 +1,132 @@
+"""The pipeline alone: a simulated camera through the ring and the writer process to a file."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import h5py
+import hdf5plugin  # noqa: F401 - registers the compression filters for reading
+import numpy as np
+import pytest
+
+from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError
+from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline.writer import RECORD
+from tests.conftest import expected_frames
+
+
+def take(stream: FrameStream, n: int, timeout: float = 30) -> None:
+    """Trigger n frames and wait until they are in the ring."""
+    done = threading.Event()
+    errors: list = []
+    stream.driver.software_trigger(n)
+    stream.wait_for(n, lambda e: (errors.append(e), done.set()))
+    assert done.wait(timeout), f"only {stream.frames_acquired} of {n} frames arrived"
+    assert errors == [None]
+
+
+@pytest.fixture
+def camera() -> SimulatedSCMOS:
+    cam = SimulatedSCMOS(shape=(48, 80), seed=3)
+    cam.open()
+    cam.configure(CameraSettings(exposure_time=0.0005))
+    return cam
+
+
+def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, ring_mb=0.1)  # a few slots: the ring wraps many times
+    stream.open()
+    assert stream.ring.spec.n_slots < 50
+    take(stream, 300)
+    summary = stream.close()
+    assert (summary.frames_acquired, summary.frames_written, summary.frames_dropped) == (
+        300, 300, 0)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 300))
+        np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], np.arange(300))
+        assert np.all(np.diff(f[layout.TIMESTAMP][()]) > 0)
+        assert f[layout.HOST_TIMESTAMP].shape == (300,)
+        assert f[layout.DATA].chunks == (1, 48, 80)
+        assert f["/entry"].attrs["NX_class"] == "NXentry"
+        assert f["/entry/data"].attrs["signal"] == "data"
+        assert f["/entry"].attrs["frames_written"] == 300
+        assert bool(f["/entry"].attrs["complete"])
+
+
+def test_writer_is_another_process_and_only_slot_indices_cross(camera, tmp_path):
+    stream = FrameStream(camera, tmp_path / "run.h5", ring_mb=0.1)
+    stream.open()
+    writer_pid = stream.writer.pid
+    take(stream, 50)
+    stream.close()
+    assert writer_pid != os.getpid()
+    assert stream.writer.process.returncode == 0
+    # 50 frame records and one FINISH: 16 bytes each, while a frame alone is 7680 bytes
+    assert stream.writer.bytes_sent == 51 * RECORD.itemsize
+
+
+def test_an_existing_file_is_never_overwritten(camera, tmp_path):
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        FrameStream(camera, path).open()
+    assert path.read_bytes() == b"precious"
+
+
+def test_a_reader_sees_frames_while_the_writer_writes(camera, tmp_path):
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream.open()
+    take(stream, 20)
+    deadline_frames = 0
+    for _ in range(200):
+        with h5py.File(path, "r", swmr=True) as f:
+            deadline_frames = f[layout.DATA].shape[0]
+            if deadline_frames == 20:
+                np.testing.assert_array_equal(f[layout.DATA][19], camera.expected_frame(19))
+                break
+        threading.Event().wait(0.02)
+    stream.close()
+    assert deadline_frames == 20
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_compressed_frames_round_trip_bit_exact(camera, tmp_path, codec):
+    path = tmp_path / f"{codec}.h5"
+    stream = FrameStream(camera, path, compression=codec)
+    stream.open()
+    take(stream, 40)
+    stream.close()
+    with h5py.File(path, "r") as f:
+        assert f[layout.DATA].id.get_create_plist().get_nfilters() >= 1
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 40))
+
+
+def test_unknown_compression_is_refused_before_anything_starts(camera, tmp_path):
+    with pytest.raises(ValueError, match="not one of"):
+        FrameStream(camera, tmp_path / "x.h5", compression="gzip-9000")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, tmp_path):
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream.open()
+    take(stream, 30)
+    for _ in range(200):  # wait until the writer reports them flushed
+        if stream.frames_written == 30:
+            break
+        threading.Event().wait(0.02)
+    stream.writer.process.kill()
+    with pytest.raises(StreamError, match=str(path)) as info:
+        camera.software_trigger(5)
+        stream.writer.ended.wait(10)
+        stream.close()
+    assert "died" in str(info.value)
+    with h5py.File(path, "r", swmr=True) as f:  # SWMR readers ignore the open-for-write flag
+        saved = f[layout.DATA].shape[0]
+        assert saved >= 30
+        np.testing.assert_array_equal(f[layout.DATA][:30], expected_frames(camera, 30))
