@@ -1,0 +1,56 @@
+"""Shared fixtures: small simulated cameras, a RunEngine that keeps every document."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+
+SENSOR = (256, 320)  # small, non-square: catches swapped axes
+
+
+@pytest.fixture
+def driver() -> SimulatedSCMOS:
+    return SimulatedSCMOS(shape=SENSOR, seed=7)
+
+
+@pytest.fixture
+def cam(driver: SimulatedSCMOS, tmp_path) -> SCMOSCamera:
+    """A camera with a 64x96 ROI and 1 ms exposure writing into a temporary directory."""
+    camera = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path / "data", ring_mb=4)
+    camera.roi.set((32, 16, 96, 64))
+    camera.exposure_time.set(0.001)
+    yield camera
+    if camera._staged.name != "no":
+        camera.unstage()
+
+
+class Recorder:
+    """A RunEngine subscriber that keeps (name, doc) pairs."""
+
+    def __init__(self) -> None:
+        self.docs: list[tuple[str, dict]] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.docs.append((name, doc))
+
+    def of(self, name: str) -> list[dict]:
+        return [d for n, d in self.docs if n == name]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def RE(recorder: Recorder) -> RunEngine:
+    engine = RunEngine({}, call_returns_result=False)
+    engine.subscribe(recorder)
+    return engine
+
+
+def expected_frames(driver: SimulatedSCMOS, n: int) -> np.ndarray:
+    return np.stack([driver.expected_frame(k) for k in range(n)])

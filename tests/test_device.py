@@ -1,0 +1,184 @@
+"""SCMOSCamera under a real RunEngine: documents, files, and every reader of AD_HDF5."""
+
+from __future__ import annotations
+
+import os
+
+import event_model
+import h5py
+import numpy as np
+import pytest
+from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+from bluesky.plans import count
+from databroker import Broker
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.pipeline import layout
+from tests.conftest import expected_frames
+
+
+def test_count_streams_every_frame_into_one_file(cam, driver, RE, recorder):
+    RE(count([cam], num=1000))
+    (resource,) = recorder.of("resource")
+    path = os.path.join(resource["root"], resource["resource_path"])
+    assert path == cam.file_path.get()
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 1000))
+        np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], np.arange(1000))
+    assert cam.frames_written.get() == 1000
+
+
+def test_documents_follow_the_area_detector_convention(cam, RE, recorder):
+    RE(count([cam], num=5))
+    names = [n for n, _ in recorder.docs]
+    assert names == ["start", "descriptor", "resource"] + ["datum", "event"] * 5 + ["stop"]
+    for name, doc in recorder.docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+    (resource,) = recorder.of("resource")
+    assert resource["spec"] == "AD_HDF5"
+    assert resource["resource_kwargs"] == {"frame_per_point": 1}
+    assert resource["run_start"] == recorder.of("start")[0]["uid"]
+    assert [d["datum_kwargs"] for d in recorder.of("datum")] == [
+        {"point_number": i} for i in range(5)
+    ]
+    (descriptor,) = recorder.of("descriptor")
+    key = descriptor["data_keys"]["cam_image"]
+    assert key["shape"] == [1, 64, 96]
+    assert key["dtype_numpy"] == "<u2" and key["external"] == "FILESTORE:"
+    config = descriptor["configuration"]["cam"]["data"]
+    assert config["cam_exposure_time"] == 0.001
+    assert config["cam_roi"] == [32, 16, 96, 64] or tuple(config["cam_roi"]) == (32, 16, 96, 64)
+    assert config["cam_file_path"] == os.path.join(resource["root"], resource["resource_path"])
+    events = recorder.of("event")
+    assert [e["data"]["cam_image"] for e in events] == [d["datum_id"] for d in recorder.of("datum")]
+
+
+def test_ad_hdf5_handler_reads_each_point(cam, driver, RE, recorder):
+    cam.frames_per_point.set(3)
+    RE(count([cam], num=7))
+    (resource,) = recorder.of("resource")
+    handler = AreaDetectorHDF5Handler(
+        os.path.join(resource["root"], resource["resource_path"]), **resource["resource_kwargs"]
+    )
+    try:
+        frames = expected_frames(driver, 21)
+        for datum in recorder.of("datum"):
+            p = datum["datum_kwargs"]["point_number"]
+            got = handler(**datum["datum_kwargs"])
+            assert got.shape == (3, 64, 96)
+            np.testing.assert_array_equal(got, frames[3 * p : 3 * p + 3])
+    finally:
+        handler.close()
+
+
+def test_databroker_v1_fills_images_through_entry_point_handlers(cam, driver, RE, recorder):
+    db = Broker.named("temp")  # mongomock-backed v1 Broker; handlers come from entry points
+    RE.subscribe(db.insert)
+    RE(count([cam], num=20))
+    uid = recorder.of("start")[0]["uid"]
+    table = db[uid].table(fill=True)
+    images = np.stack(list(table["cam_image"]))
+    assert images.shape == (20, 1, 64, 96)
+    np.testing.assert_array_equal(images[:, 0], expected_frames(driver, 20))
+
+
+def test_bad_settings_fail_at_set_before_any_frame(cam):
+    with pytest.raises(ValueError, match="-1"):
+        cam.exposure_time.set(-1)
+    with pytest.raises(ValueError):
+        cam.roi.set((300, 0, 64, 64))  # outside the 320-wide sensor
+    with pytest.raises(ValueError, match="roi"):
+        cam.roi.set("big")
+    with pytest.raises(ValueError):
+        cam.binning.set(3)
+    with pytest.raises(ValueError):
+        cam.bit_depth.set(10)
+    with pytest.raises(ValueError, match="trigger_mode"):
+        cam.trigger_mode.set("sometimes")
+    with pytest.raises(ValueError, match="frames_per_point"):
+        cam.frames_per_point.set(0)
+    assert cam.exposure_time.get() == 0.001  # unchanged
+
+
+def test_binning_and_12_bit_shape_the_frames(cam, driver, RE, recorder):
+    cam.binning.set(2)
+    cam.bit_depth.set(12)
+    RE(count([cam], num=4))
+    (descriptor,) = recorder.of("descriptor")
+    assert descriptor["data_keys"]["cam_image"]["shape"] == [1, 32, 48]
+    with h5py.File(cam.file_path.get(), "r") as f:
+        data = f[layout.DATA][()]
+    assert data.shape == (4, 32, 48) and data.max() <= 4095
+    np.testing.assert_array_equal(data, expected_frames(driver, 4))
+
+
+def test_missing_write_dir_is_created(driver, tmp_path, RE):
+    target = tmp_path / "a" / "b"
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=target, ring_mb=4)
+    cam.roi.set((0, 0, 32, 32))
+    RE(count([cam], num=2))
+    assert os.path.dirname(cam.file_path.get()) == str(target)
+
+
+def test_unwritable_write_dir_fails_at_stage(driver, tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        target = blocker / "sub"  # cannot be created even by root
+    else:
+        target = tmp_path / "ro"
+        target.mkdir(mode=0o500)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=target)
+    with pytest.raises(OSError, match=str(target)):
+        cam.stage()
+    assert cam._staged.name == "no"
+
+
+def test_an_existing_file_name_fails_at_stage(driver, tmp_path):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template="fixed.h5")
+    (tmp_path / "fixed.h5").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="fixed.h5"):
+        cam.stage()
+    assert (tmp_path / "fixed.h5").read_bytes() == b"keep me"
+
+
+def test_counter_template_takes_the_next_free_number(driver, tmp_path, RE):
+    cam = SCMOSCamera(
+        name="cam",
+        driver=driver,
+        write_dir=tmp_path,
+        file_template="scan_{counter:03d}.h5",
+        ring_mb=4,
+    )
+    cam.roi.set((0, 0, 32, 32))
+    RE(count([cam], num=1))
+    RE(count([cam], num=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_000.h5", "scan_001.h5"]
+
+
+@pytest.mark.parametrize("template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name"])
+def test_bad_file_templates_are_refused(driver, tmp_path, template):
+    with pytest.raises(ValueError, match="template"):
+        SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template=template)
+
+
+def test_settings_cannot_change_while_staged(cam):
+    cam.stage()
+    with pytest.raises(RuntimeError, match="staged"):
+        cam.exposure_time.set(0.5)
+    cam.unstage()
+
+
+def test_double_stage_is_a_clear_error(cam):
+    cam.stage()
+    with pytest.raises(RuntimeError, match="already staged"):
+        cam.stage()
+    cam.unstage()
+
+
+def test_default_camera_needs_no_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    cam = SCMOSCamera(name="cam")
+    assert isinstance(cam.driver, SimulatedSCMOS)
+    assert cam.roi.get() == (0, 0, 2048, 2048)
+    assert str(cam.write_dir).startswith(str(tmp_path))
