@@ -245,6 +245,15 @@ class SCMOSCamera(Device):
 
         def done(error: BaseException | None) -> None:
             self._on_progress(stream)
+            lost = stream.frames_dropped + stream.frames_missed
+            if error is None and lost:
+                error = StreamError(
+                    f"{self.name} lost {lost} frame(s) ({stream.frames_missed} missed by the "
+                    f"camera, {stream.frames_dropped} dropped from a full ring) because writing "
+                    f"fell behind; each event must hold its own frames, so the scan stops. "
+                    f"{stream.path} keeps the {stream.frames_acquired} frames acquired. "
+                    "Use a larger ring_mb, compression, or a longer exposure."
+                )
             if error is None:
                 status.set_finished()
             else:

@@ -227,20 +227,27 @@ class FrameStream:
             self.ring.close()
             self.ring = None
 
+    @property
+    def frames_taken(self) -> int:
+        """Frames the camera took: in the ring, dropped, or lost by the camera itself."""
+        return self.frames_acquired + self.frames_dropped + self.frames_missed
+
     # -- waiting for frames -------------------------------------------------------------------
     def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
-        """Call `callback(None)` once `count` frames are in the ring (or `callback(error)`)."""
+        """Call `callback(None)` once the camera has taken `count` frames (see `frames_taken`:
+        the caller checks the drop counters), or `callback(error)` when the stream fails."""
         with self._lock:
-            if self.error is None and self.frames_acquired < count:
+            if self.error is None and self.frames_taken < count:
                 self._waiters.append((count, callback))
                 return
             error = self.error
-        callback(error if self.frames_acquired < count else None)
+        callback(error if self.frames_taken < count else None)
 
     def _notify(self) -> None:
+        taken = self.frames_taken
         with self._lock:
-            done = [w for w in self._waiters if w[0] <= self.frames_acquired]
-            self._waiters = [w for w in self._waiters if w[0] > self.frames_acquired]
+            done = [w for w in self._waiters if w[0] <= taken]
+            self._waiters = [w for w in self._waiters if w[0] > taken]
         for _, callback in done:
             callback(None)
 
@@ -283,6 +290,7 @@ class FrameStream:
                         continue
                     self.frames_dropped += 1
                     self.frames_missed += info.missed_before
+                    self._notify()
                     continue
                 slot = self.frames_acquired % n_slots
                 try:

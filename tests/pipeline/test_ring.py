@@ -33,7 +33,9 @@ def test_another_process_sees_frames_and_metadata_by_name():
 
         out = subprocess.run(
             [sys.executable, "-c", code, json.dumps(ring.spec.to_json())],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
         assert out == [str(sum(range(64))), "41"]
         assert ring.released == 5

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
-from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError, layout
 from ophyd_scmos.pipeline.writer import RECORD
 from tests.conftest import expected_frames
 
@@ -43,7 +42,10 @@ def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
     take(stream, 300)
     summary = stream.close()
     assert (summary.frames_acquired, summary.frames_written, summary.frames_dropped) == (
-        300, 300, 0)
+        300,
+        300,
+        0,
+    )
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 300))
         np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], np.arange(300))
