@@ -1,0 +1,34 @@
+"""The `ophyd-scmos` command: one entry point, one module per group of subcommands.
+
+Each module in `COMMANDS` has `register(subparsers)`, which adds its subcommands with a
+`func(args) -> int` default; heavy imports happen inside those functions, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("demo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ophyd-scmos",
+        description="Drive an sCMOS camera from Bluesky; every frame into one HDF5 file a run.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"ophyd_scmos.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
