@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,7 @@ class SCMOSCamera(Device):
         self._asset_docs: deque[tuple[str, dict]] = deque()
         self._compose_datum = None
         self._point = 0
+        self._recorded_points: int | None = None  # points whose datum a RunEngine collected
         self._frames_requested = 0
         self._reported_error: StreamError | None = None
         super().__init__(prefix, name=name, **kwargs)
@@ -171,6 +173,7 @@ class SCMOSCamera(Device):
         self._stream = stream
         self._reported_error = None
         self._point = 0
+        self._recorded_points = None
         self._frames_requested = 0
         for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
             sig.put(0)
@@ -213,18 +216,37 @@ class SCMOSCamera(Device):
         return result
 
     def _finish_stream(self) -> None:
+        """Close the file, keeping exactly the frames of the points a run recorded.
+
+        Frames of a trigger whose event never came (abort, stop, Ctrl-C) are cut. Without a
+        RunEngine collecting documents, every frame is kept.
+        """
         stream, self._stream = self._stream, None
         if stream is None:
             return
+        k = int(self.frames_per_point.get())
+        keep = None if self._recorded_points is None else self._recorded_points * k
         try:
-            summary = stream.close()
+            summary = stream.close(keep=keep)
         except StreamError as exc:
             self._on_progress(stream)
             if exc is not self._reported_error:
                 raise
             return
+        finally:
+            self._warn_lost(stream)
         self._on_progress(stream)
         self.frames_written.put(summary.frames_written)
+
+    def _warn_lost(self, stream: FrameStream) -> None:
+        if stream.frames_dropped or stream.frames_missed:
+            warnings.warn(
+                f"{self.name}: {stream.frames_missed} frame(s) missed by the camera and "
+                f"{stream.frames_dropped} dropped from a full ring; {stream.path} records "
+                "the counts (frames_missed, frames_dropped) and the gaps in frame_number",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _on_progress(self, stream: FrameStream) -> None:
         self.frames_written.put(stream.frames_written)
@@ -271,8 +293,13 @@ class SCMOSCamera(Device):
         return datum["datum_id"]
 
     def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
+        if self._recorded_points is None:
+            self._recorded_points = 0
         while self._asset_docs:
-            yield self._asset_docs.popleft()
+            name, doc = self._asset_docs.popleft()
+            if name == "datum":
+                self._recorded_points = doc["datum_kwargs"]["point_number"] + 1
+            yield name, doc
 
     def describe(self) -> dict[str, dict]:
         description = super().describe()

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ophyd_scmos.drivers.base import CameraDriver, CameraError
+from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
+from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing, slots_for
-from ophyd_scmos.pipeline.writer import FINISH, FRAME, RECORD
+from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD
 
 OVERFLOW_POLICIES = ("block", "drop")
 
@@ -51,7 +54,7 @@ class WriterProcess:
     def __init__(self, config: dict[str, Any], on_status: Callable[[dict], None]):
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ophyd_scmos.pipeline.writer", json.dumps(config)],
+            [sys.executable, "-m", "ophyd_scmos.pipeline", json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -61,6 +64,7 @@ class WriterProcess:
         self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
         self._on_status = on_status
         self.last: dict = {"state": "starting", "written": 0}
+        self.died = False  #: ended without closing the file or saying why (killed, crashed)
         self.ended = threading.Event()
         self._listener = threading.Thread(
             target=self._listen, name="scmos-writer-status", daemon=True
@@ -72,21 +76,27 @@ class WriterProcess:
         return self.process.pid
 
     def _listen(self) -> None:
+        """Pass status lines on; an error only once the process has gone (and its file with
+        it), so whoever handles it may touch the file."""
         for line in self.process.stdout:
             try:
                 status = json.loads(line)
             except ValueError:
                 continue
             self.last = status
-            self._on_status(status)
+            if status["state"] != "error":
+                self._on_status(status)
         self.process.wait()
         if self.last["state"] not in ("closed", "error"):
+            self.died = True
             self.last = {
                 "state": "error",
                 "written": self.last.get("written", 0),
+                "stored": self.last.get("stored", 0),
                 "error": f"writer process (pid {self.pid}) died with exit code "
                 f"{self.process.returncode}{self.stderr_tail()}",
             }
+        if self.last["state"] == "error":
             self._on_status(self.last)
         self.ended.set()
 
@@ -156,7 +166,13 @@ class FrameStream:
     # -- state readable from any thread ---------------------------------------------------
     @property
     def frames_written(self) -> int:
+        """Frames in the file and flushed: they survive even a killed writer."""
         return self.writer.last.get("written", 0) if self.writer else 0
+
+    @property
+    def frames_stored(self) -> int:
+        """Frames handed to HDF5 in the file, flushed or not."""
+        return self.writer.last.get("stored", 0) if self.writer else 0
 
     @property
     def ring_fill(self) -> float:
@@ -190,20 +206,28 @@ class FrameStream:
         self._thread = threading.Thread(target=self._acquire, name="scmos-acquire", daemon=True)
         self._thread.start()
 
-    def close(self, timeout: float = 60) -> StreamSummary:
-        """Stop the camera, write what is in the ring, close the file. Safe to call twice."""
+    def close(self, timeout: float = 60, keep: int | None = None) -> StreamSummary:
+        """Stop the camera, write what is in the ring, close the file. Safe to call twice.
+
+        `keep` cuts the file to its first `keep` frames (those a run recorded in events).
+        If the writer died, the file is recovered so plain readers open it again.
+        """
         if self.writer is None:
             raise StreamError("the stream was never opened")
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.writer.process.poll() is None and not self.writer.ended.is_set():
+        writer = self.writer
+        if writer.process.poll() is None and not writer.ended.is_set():
             with contextlib.suppress(OSError):
-                self.writer.send(FINISH, self.frames_dropped)
-            self.writer.close_input()
-            if not self.writer.ended.wait(timeout):
-                self.writer.kill()
+                writer.send(DROPPED, self.frames_dropped)
+                writer.send(MISSED, self.frames_missed)
+                writer.send(FINISH, -1 if keep is None else keep)
+            writer.close_input()
+            if not writer.ended.wait(timeout):
+                writer.kill()
                 self._fail(StreamError(f"writer did not finish {self.path} in {timeout} s"))
+        writer.ended.wait(timeout)
         self._release_ring()
         summary = StreamSummary(
             self.path,
@@ -215,6 +239,30 @@ class FrameStream:
         if self.error is not None:
             raise self.error
         return summary
+
+    def _recover(self) -> int:
+        """After the writer failed: clear the open-for-write flag so plain readers open the
+        file and return how many frames it holds. If the writer died without a word (killed),
+        record that in the file; one that reported an error (disk full) already closed what
+        it could, so the file is not written again."""
+        if not self.path.exists():
+            return 0
+        with contextlib.suppress(ValueError, OSError):
+            clear_open_flags(self.path)
+        try:
+            with h5py.File(self.path, "r") as f:
+                saved = f[layout.DATA].shape[0]
+        except (OSError, KeyError):
+            return 0
+        if self.writer.died:
+            with contextlib.suppress(Exception), h5py.File(self.path, "r+") as f:
+                entry = f[layout.ENTRY]
+                entry.attrs["frames_written"] = saved
+                entry.attrs["frames_dropped"] = self.frames_dropped
+                entry.attrs["frames_missed"] = self.frames_missed
+                entry.attrs["complete"] = False
+                entry.attrs["error"] = self.writer.last["error"]
+        return saved
 
     def stop(self) -> None:
         """Stop the camera now; frames already in the ring are still written by `close`."""
@@ -234,17 +282,23 @@ class FrameStream:
 
     # -- waiting for frames -------------------------------------------------------------------
     def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
-        """Call `callback(None)` once the camera has taken `count` frames (see `frames_taken`:
-        the caller checks the drop counters), or `callback(error)` when the stream fails."""
+        """Call `callback(None)` once the camera has taken `count` frames and those that were
+        not lost are in the file (the caller checks the loss counters), or `callback(error)`
+        when the stream fails first."""
         with self._lock:
-            if self.error is None and self.frames_taken < count:
+            if self.error is None and self._settled < count:
                 self._waiters.append((count, callback))
                 return
             error = self.error
-        callback(error if self.frames_taken < count else None)
+        callback(error if self._settled < count else None)
+
+    @property
+    def _settled(self) -> int:
+        """Frames taken whose fate is known: stored in the file, dropped or missed."""
+        return min(self.frames_stored + self.frames_dropped + self.frames_missed, self.frames_taken)
 
     def _notify(self) -> None:
-        taken = self.frames_taken
+        taken = self._settled
         with self._lock:
             done = [w for w in self._waiters if w[0] <= taken]
             self._waiters = [w for w in self._waiters if w[0] > taken]
@@ -256,7 +310,7 @@ class FrameStream:
             if self.error is None:
                 self.error = error
             waiters, self._waiters = self._waiters, []
-        self._stop.set()
+        self.stop()
         for _, callback in waiters:
             callback(self.error)
 
@@ -265,12 +319,15 @@ class FrameStream:
         if status["state"] == "open":
             self._opened.set()
         elif status["state"] == "error":
+            saved = self._recover()
             self._fail(
                 StreamError(
-                    f"{status['error']}. {self.path} holds the first {status['written']} frames "
+                    f"{status['error']}. {self.path} holds the first {saved} frames "
                     f"of {self.frames_acquired} acquired."
                 )
             )
+        else:
+            self._notify()
         if self._on_progress is not None:
             self._on_progress(self)
 
@@ -300,10 +357,9 @@ class FrameStream:
                 ring.frame_number[slot] = info.frame_number
                 ring.camera_timestamp[slot] = info.camera_timestamp
                 ring.host_timestamp[slot] = time.time()
-                writer.send(FRAME, slot)
                 self.frames_missed += info.missed_before
                 self.frames_acquired += 1
-                self._notify()
+                writer.send(FRAME, slot)
         except CameraError as exc:
             if not self._stop.is_set():
                 self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))

@@ -1,13 +1,15 @@
 """The writer process: slot indices in on stdin, frames out to one HDF5 file, status on stdout.
 
-Run as ``python -m ophyd_scmos.pipeline.writer CONFIG_JSON`` (never through multiprocessing's
-spawn, which would re-import the user's main script). Protocol:
+Run as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` (see `__main__.py`; never through
+multiprocessing's spawn, which would re-import the user's main script). Protocol:
 
-* stdin: 16-byte records ``<q op, q arg>``: `FRAME` (arg: slot index) or `FINISH` (arg: frames
-  the producer dropped). End of stdin without `FINISH` means the acquiring process is gone:
-  write what was announced, close the file, exit.
+* stdin: 16-byte records ``<q op, q arg>``: `FRAME` (arg: slot index), `DROPPED` / `MISSED`
+  (arg: frames lost so far, recorded in the file), `FINISH` (arg: how many frames the file
+  keeps, -1 for all: frames of points the run never recorded are cut). End of stdin without
+  `FINISH` means the acquiring process is gone: write what was announced, close, exit.
 * stdout: one JSON object per line: ``{"state": "open"|"progress"|"closed"|"error", ...}``
-  with ``written`` (frames in the file and flushed) on every line.
+  with ``written`` (frames in the file and flushed) and ``stored`` (in the file, maybe not
+  yet flushed) on every line.
 
 The file is written in SWMR mode and flushed at least every `flush_interval` seconds, so a
 reader (or a crash) always sees a consistent file holding every frame reported written.
@@ -19,9 +21,8 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import select
-import signal
-import sys
 import time
 from typing import Any, TextIO
 
@@ -32,8 +33,11 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import dataset_options
 from ophyd_scmos.pipeline.ring import FrameRing, RingSpec
 
+#: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
+HEADROOM = 8 * 2**20
+
 RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
-FRAME, FINISH = 1, 2
+FRAME, FINISH, DROPPED, MISSED = 1, 2, 3, 4
 
 
 class Writer:
@@ -47,6 +51,8 @@ class Writer:
         self.written = 0  # frames in the file
         self.flushed = 0  # frames in the file and flushed
         self.released = self.ring.released
+        self.lost = {DROPPED: 0, MISSED: 0}  # as the producer last told us
+        self.frame_bytes = self.ring.spec.frame_bytes
         self.file = h5py.File(self.path, "w-", libver="latest")
         spec = self.ring.spec
         self.data = layout.create_layout(
@@ -64,7 +70,8 @@ class Writer:
         self.last_flush = time.monotonic()
 
     def report(self, state: str, **extra: Any) -> None:
-        send(self.status, {"state": state, "written": self.flushed, **extra})
+        message = {"state": state, "written": self.flushed, "stored": self.written, **extra}
+        send(self.status, message)
 
     def write_frames(self, slots: np.ndarray) -> None:
         """Append the frames in `slots` (in order), then hand the slots back to the producer.
@@ -95,6 +102,16 @@ class Writer:
             self.released += len(good)
             ring.release_to(self.released)
 
+    def room_for(self, frames: int) -> int:
+        """How many of `frames` frames fit on the disk (and under any file-size limit) while
+        leaving HEADROOM for the metadata HDF5 writes when the file closes."""
+        disk = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        room = disk.f_bavail * disk.f_frsize
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            room = min(room, limit - self.file.id.get_filesize())
+        return max(0, min(frames, (room - HEADROOM) // self.frame_bytes))
+
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process."""
         for ds in self.meta:
@@ -104,18 +121,23 @@ class Writer:
         self.last_flush = time.monotonic()
         self.report("progress")
 
-    def finish(self, dropped: int, complete: bool) -> None:
+    def finish(self, keep: int, complete: bool) -> None:
+        """Flush, cut to `keep` frames (if >= 0), close, and record the outcome."""
+        if 0 <= keep < self.written:
+            self.data.resize(keep, axis=0)
+            self.written = keep
         self.flush()
         self.file.close()
         # Attributes cannot be created in SWMR mode: record the outcome after closing.
         with h5py.File(self.path, "r+") as f:
             entry = f[layout.ENTRY]
             entry.attrs["frames_written"] = self.written
-            entry.attrs["frames_dropped"] = dropped
+            entry.attrs["frames_dropped"] = self.lost[DROPPED]
+            entry.attrs["frames_missed"] = self.lost[MISSED]
             entry.attrs["complete"] = complete
             entry.attrs["end_time"] = time.time()
         self.ring.close()
-        self.report("closed", dropped=dropped, complete=complete)
+        self.report("closed", complete=complete)
 
     def run(self, commands: int) -> None:
         """Serve commands until FINISH or end of input."""
@@ -132,21 +154,35 @@ class Writer:
                 continue
             chunk = os.read(commands, 1 << 16)
             if not chunk:
-                self.finish(dropped=-1, complete=False)
+                self.finish(keep=-1, complete=False)
                 return
             pending += chunk
             whole = len(pending) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(pending[:whole], RECORD)
             pending = pending[whole:]
             finish = np.flatnonzero(records["op"] == FINISH)
-            frames = records if not len(finish) else records[: finish[0]]
-            if len(frames):
-                self.write_frames(frames["arg"][frames["op"] == FRAME])
+            now = records if not len(finish) else records[: finish[0]]
+            slots = now["arg"][now["op"] == FRAME]
+            if len(slots):
+                fit = self.room_for(len(slots))
+                self.write_frames(slots[:fit])
+                if fit < len(slots):
+                    raise OSError(
+                        errno.ENOSPC,
+                        f"No space left on device for frame {self.written + 1} (kept "
+                        f"{HEADROOM // 2**20} MiB so that the file closes cleanly)",
+                    )
+            for op in self.lost:
+                counts = now["arg"][now["op"] == op]
+                if len(counts):
+                    self.lost[op] = int(counts[-1])
             if len(finish):
-                self.finish(dropped=int(records["arg"][finish[0]]), complete=True)
+                self.finish(keep=int(records["arg"][finish[0]]), complete=True)
                 return
             if time.monotonic() - self.last_flush >= self.flush_interval:
                 self.flush()
+            elif len(slots):
+                self.report("progress")
 
 
 def send(status: TextIO, message: dict[str, Any]) -> None:
@@ -154,40 +190,3 @@ def send(status: TextIO, message: dict[str, Any]) -> None:
     with contextlib.suppress(BrokenPipeError, ValueError):
         status.write(json.dumps(message) + "\n")
         status.flush()
-
-
-def describe_error(exc: BaseException, path: str, written: int) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
-        return f"disk full writing {path} after {written} frames: {exc}"
-    return f"{type(exc).__name__} writing {path} after {written} frames: {exc}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    config = json.loads(argv[0])
-    # Ctrl-C in a terminal reaches the whole process group: the acquiring process decides
-    # when writing stops, so this process must not die of it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    status = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt status
-    writer = None
-    try:
-        writer = Writer(config, status)
-        writer.run(sys.stdin.fileno())
-        return 0
-    except BaseException as exc:  # report everything, then exit nonzero
-        written = writer.flushed if writer else 0
-        if writer is not None:
-            with contextlib.suppress(Exception):  # keep what made it, without raising again
-                writer.flush()
-            written = writer.flushed
-            with contextlib.suppress(Exception):
-                writer.file.close()
-        message = describe_error(exc, config["path"], written)
-        send(status, {"state": "error", "written": written, "error": message})
-        print(message, file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

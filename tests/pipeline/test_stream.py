@@ -66,8 +66,9 @@ def test_writer_is_another_process_and_only_slot_indices_cross(camera, tmp_path)
     stream.close()
     assert writer_pid != os.getpid()
     assert stream.writer.process.returncode == 0
-    # 50 frame records and one FINISH: 16 bytes each, while a frame alone is 7680 bytes
-    assert stream.writer.bytes_sent == 51 * RECORD.itemsize
+    # 50 frame records and three closing ones (two loss counts, FINISH): 16 bytes each,
+    # while a frame alone is 7680 bytes
+    assert stream.writer.bytes_sent == 53 * RECORD.itemsize
 
 
 def test_an_existing_file_is_never_overwritten(camera, tmp_path):

@@ -1,0 +1,54 @@
+"""Entry point of the writer process: ``python -m ophyd_scmos.pipeline CONFIG_JSON``."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+
+from ophyd_scmos.pipeline.writer import Writer, send
+
+
+def describe_error(exc: BaseException, path: str) -> str:
+    """Say what failed; the acquiring process adds how many frames the file holds."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)
+    if full or "No space left" in str(exc) or "File too large" in str(exc):
+        return f"disk full writing {path}: {exc}"
+    return f"{type(exc).__name__} writing {path}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = json.loads(argv[0])
+    # Ctrl-C in a terminal reaches the whole process group: the acquiring process decides
+    # when writing stops, so this process must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A file-size limit must end in a clear error (EFBIG), not a silent death by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    status = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt status
+    writer = None
+    try:
+        writer = Writer(config, status)
+        writer.run(sys.stdin.fileno())
+        return 0
+    except BaseException as exc:  # report everything, then exit nonzero
+        written = 0
+        if writer is not None:  # keep what made it, without raising again
+            with contextlib.suppress(Exception):
+                writer.flush()
+            written = writer.flushed
+            with contextlib.suppress(Exception):
+                writer.file.close()  # a close that returns has written the metadata
+                written = writer.written
+        message = describe_error(exc, config["path"])
+        send(status, {"state": "error", "written": written, "error": message})
+        print(message, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

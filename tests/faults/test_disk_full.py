@@ -1,0 +1,83 @@
+"""The disk fills up during a run: a small real file system, or a file-size limit."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+from bluesky.plans import count
+
+from ophyd_scmos import SCMOSCamera
+from ophyd_scmos.pipeline import layout
+from tests.conftest import expected_frames
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (the writer keeps 8 MiB free for closing); mounting needs root (CI runs as root)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); "
+                    "the RLIMIT_FSIZE test covers disk full without mounting")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def run_until_full(cam, RE, recorder) -> str:
+    with pytest.raises(Exception) as info:
+        RE(count([cam], num=100_000))
+    messages = []
+    exc = info.value
+    while exc is not None:
+        messages.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(messages)
+
+
+def check_nothing_claimed_is_missing(path, driver, recorder) -> int:
+    with h5py.File(path, "r") as f:
+        saved = f[layout.DATA].shape[0]
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
+        assert f[layout.FRAME_NUMBER].shape == (saved,)
+    events = recorder.of("event")
+    assert 0 < len(events) <= saved
+    (resource,) = recorder.of("resource")
+    handler = AreaDetectorHDF5Handler(path, **resource["resource_kwargs"])
+    for datum in recorder.of("datum")[: len(events)]:  # every datum an event refers to reads
+        assert handler(**datum["datum_kwargs"]).shape == (1, 64, 96)
+    handler.close()
+    return saved
+
+
+def test_disk_full_on_a_real_small_file_system(driver, small_disk, RE, recorder):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=small_disk, ring_mb=1)
+    cam.roi.set((0, 0, 96, 64))
+    cam.exposure_time.set(0.001)
+    message = run_until_full(cam, RE, recorder)
+    path = cam.file_path.get()
+    assert "disk full" in message and path in message
+    saved = check_nothing_claimed_is_missing(path, driver, recorder)
+    assert f"holds the first {saved} frames" in message
+
+
+def test_disk_full_by_file_size_limit(driver, tmp_path, RE, recorder):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=1)
+    cam.roi.set((0, 0, 96, 64))
+    cam.exposure_time.set(0.001)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 2**20, hard))  # the writer inherits it
+    try:
+        message = run_until_full(cam, RE, recorder)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    path = cam.file_path.get()
+    assert "disk full" in message and path in message
+    check_nothing_claimed_is_missing(path, driver, recorder)

@@ -1,0 +1,62 @@
+"""The writer process is SIGKILLed in the middle of a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import h5py
+import numpy as np
+import pytest
+from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+from bluesky.plans import count
+
+from ophyd_scmos.pipeline import layout
+from tests.conftest import expected_frames
+
+
+def test_killed_writer_fails_the_plan_and_leaves_a_readable_file(cam, driver, RE, recorder):
+    killed = {}
+
+    def kill_writer_at_event_50(name, doc):
+        if name == "event" and doc["seq_num"] == 50:
+            stream = cam._stream
+            deadline = time.monotonic() + 10
+            while stream.frames_written < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)  # let a flush happen: the file then holds >= 50 frames
+            killed["ring"] = stream.ring.spec.name
+            killed["saved"] = stream.frames_written
+            killed["at"] = time.monotonic()
+            os.kill(stream.writer.pid, signal.SIGKILL)
+
+    RE.subscribe(kill_writer_at_event_50)
+    with pytest.raises(Exception) as info:
+        RE(count([cam], num=5000))
+    noticed = time.monotonic() - killed["at"]
+    message = " ".join(str(e) for e in _chain(info.value))
+    path = cam.file_path.get()
+    assert path in message and "died" in message and "holds the first" in message
+    assert noticed < 5  # a second in practice; the bound only guards against a hang
+    assert not os.path.exists(f"/dev/shm/{killed['ring']}")
+    assert len(recorder.of("event")) < 5000
+
+    with h5py.File(path, "r") as f:  # a plain open: the open-for-write flag was cleared
+        saved = f[layout.DATA].shape[0]
+        assert saved >= killed["saved"] >= 50
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
+        assert not f["/entry"].attrs["complete"]
+    handler = AreaDetectorHDF5Handler(path, frame_per_point=1)
+    np.testing.assert_array_equal(handler(point_number=0)[0], driver.expected_frame(0))
+    handler.close()
+
+    recorder.docs.clear()  # the same session goes on: a new run works
+    RE(count([cam], num=5))
+    assert cam.file_path.get() != path
+    assert len(recorder.of("event")) == 5
+
+
+def _chain(exc: BaseException | None):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
