@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos.pipeline import layout
-from ophyd_scmos.pipeline.compression import dataset_options
+from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.ring import FrameRing, RingSpec
 
 #: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
@@ -65,7 +65,8 @@ class Writer:
         self.meta = [
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
-        self.direct = not config.get("compression")  # raw chunks: write the slot bytes as-is
+        compression = config.get("compression")
+        self.compressor = ChunkCompressor(compression, spec.dtype) if compression else None
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
 
@@ -74,33 +75,36 @@ class Writer:
         send(self.status, message)
 
     def write_frames(self, slots: np.ndarray) -> None:
-        """Append the frames in `slots` (in order), then hand the slots back to the producer.
+        """Append the frames in `slots` (in order), handing each slot back once it is stored.
 
-        If a write fails (disk full), the datasets are cut back to the frames that made it, so
-        the file never claims a frame it does not hold.
+        Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
+        compressor made from them. The per-frame metadata is copied out of the ring first, so a
+        slot can go back to the producer as soon as its frame is written. If a write fails
+        (disk full), the datasets are cut back to the frames that made it, so the file never
+        claims a frame it does not hold.
         """
-        start = self.written
+        ring, start = self.ring, self.written
+        sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
+        values = [source[slots] for source in sources]
+        frames = (ring.slot(s) for s in slots)
+        chunks = frames if self.compressor is None else self.compressor.imap(frames)
         self.data.resize(start + len(slots), axis=0)
         done = start
         try:
-            for s in slots:
-                if self.direct:
-                    self.data.id.write_direct_chunk((done, 0, 0), self.ring.slot(s))
-                else:
-                    self.data[done] = self.ring.slot(s)
+            for chunk in chunks:
+                self.data.id.write_direct_chunk((done, 0, 0), chunk)
                 done += 1
+                self.released += 1
+                ring.release_to(self.released)
         finally:
+            chunks.close()  # a failed write: start no more compressions
             if done < start + len(slots):
                 self.data.resize(done, axis=0)
-            ring, good = self.ring, slots[: done - start]
-            sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
-            for ds, source in zip(self.meta, sources, strict=True):
+            for ds, frame_values in zip(self.meta, values, strict=True):
                 if ds.shape[0] < done:
                     ds.resize(-(-done // layout.METADATA_STEP) * layout.METADATA_STEP, axis=0)
-                ds[start:done] = source[good]
+                ds[start:done] = frame_values[: done - start]
             self.written = done
-            self.released += len(good)
-            ring.release_to(self.released)
 
     def room_for(self, frames: int) -> int:
         """How many of `frames` frames fit on the disk (and under any file-size limit) while
