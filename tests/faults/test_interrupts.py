@@ -1,0 +1,130 @@
+"""Pause/resume, abort, stop and Ctrl-C during count: the file matches the events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import h5py
+import numpy as np
+import pytest
+from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
+
+from ophyd_scmos.pipeline import layout
+
+
+def pause_at(RE, seq_num: int, defer: bool):
+    """Request a pause from another thread, as Ctrl-C's handler does, after an event."""
+
+    def callback(name, doc):
+        if name == "event" and doc["seq_num"] == seq_num:
+            threading.Thread(target=RE.request_pause, kwargs={"defer": defer}).start()
+
+    return RE.subscribe(callback)
+
+
+def check_events_match_file(recorder, driver) -> int:
+    """Every event's datum reads its own frames; returns the frames in the file."""
+    (resource,) = recorder.of("resource")
+    path = os.path.join(resource["root"], resource["resource_path"])
+    datums = {d["datum_id"]: d for d in recorder.of("datum")}
+    handler = AreaDetectorHDF5Handler(path, **resource["resource_kwargs"])
+    k = resource["resource_kwargs"]["frame_per_point"]
+    points = []
+    for event in recorder.of("event"):
+        p = datums[event["data"]["cam_image"]]["datum_kwargs"]["point_number"]
+        points.append(p)
+        frames = handler(point_number=p)
+        for j in range(k):
+            np.testing.assert_array_equal(frames[j], driver.expected_frame(p * k + j))
+    handler.close()
+    assert points == sorted(set(points)), "point numbers must increase"
+    with h5py.File(path, "r") as f:
+        assert bool(f["/entry"].attrs["complete"])
+        return f[layout.DATA].shape[0]
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "immediate"])
+def test_pause_then_resume_continues_in_the_same_file(cam, driver, RE, recorder, defer):
+    cam.frames_per_point.set(2)
+    token = pause_at(RE, 10, defer)
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=30))
+    RE.unsubscribe(token)
+    RE.resume()
+    assert len(recorder.of("event")) == 30
+    assert len(recorder.of("resource")) == 1
+    saved = check_events_match_file(recorder, driver)
+    last_point = recorder.of("datum")[-1]["datum_kwargs"]["point_number"]
+    assert saved == 2 * (last_point + 1)
+
+
+@pytest.mark.parametrize("how", ["abort", "stop"])
+def test_abort_or_stop_keeps_exactly_the_frames_of_emitted_events(
+    cam, driver, RE, recorder, how
+):
+    pause_at(RE, 12, defer=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=1000))
+    getattr(RE, how)()
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == ("abort" if how == "abort" else "success")
+    events = len(recorder.of("event"))
+    assert check_events_match_file(recorder, driver) == events
+    assert cam._staged.name == "no" and cam._stream is None
+
+    recorder.docs.clear()  # a new run in the same session
+    RE(count([cam], num=3))
+    assert len(recorder.of("event")) == 3
+
+
+CTRL_C_SCRIPT = """
+import sys
+import h5py
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+
+cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(128, 128), seed=4),
+                  write_dir=sys.argv[1], ring_mb=2)
+cam.roi.set((0, 0, 64, 64))
+cam.exposure_time.set(0.001)
+events = []
+def note(name, doc):
+    if name == "event":
+        events.append(doc)
+        if len(events) == 20:
+            print("RUNNING", flush=True)
+RE = RunEngine({})
+RE.subscribe(note)
+try:
+    RE(count([cam], num=10**6))
+except RunEngineInterrupted:
+    RE.abort()
+with h5py.File(cam.file_path.get(), "r") as f:
+    print("RESULT", len(events), f["/entry/data/data"].shape[0],
+          bool(f["/entry"].attrs["complete"]), flush=True)
+"""
+
+
+def test_ctrl_c_in_a_terminal_pauses_and_abort_closes_the_file(tmp_path):
+    # A terminal sends SIGINT to the whole foreground process group, writer included.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "RUNNING"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    (line,) = [x for x in out.splitlines() if x.startswith("RESULT")]
+    _, events, saved, complete = line.split()
+    assert int(events) >= 20
+    assert int(saved) == int(events)
+    assert complete == "True"  # the writer survived the SIGINT and closed the file itself
