@@ -1,0 +1,86 @@
+"""What the SDK drivers share: checking settings and buffers the same way `SimulatedSCMOS` does.
+
+SDKs disagree on what they refuse (Micro-Manager and Aravis both accept an exposure or a ROI
+the camera cannot do, and quietly ignore or clamp it), so drivers check every value here,
+against the limits the camera reports, before anything reaches the camera.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from numbers import Integral, Real
+
+import numpy as np
+
+from .base import ROI, CameraSettings, TriggerMode
+
+
+class MissingLibrary(ImportError):
+    """A driver's SDK is not installed; the message says what to install."""
+
+
+def coerce_trigger_mode(settings: CameraSettings) -> CameraSettings:
+    """Accept the string value of a `TriggerMode` ("software"), as `SimulatedSCMOS` does."""
+    if isinstance(settings.trigger_mode, TriggerMode):
+        return settings
+    try:
+        return replace(settings, trigger_mode=TriggerMode(settings.trigger_mode))
+    except ValueError:
+        allowed = [m.value for m in TriggerMode]
+        raise ValueError(
+            f"trigger_mode must be one of {allowed}; got {settings.trigger_mode!r}"
+        ) from None
+
+
+def check_settings(
+    s: CameraSettings,
+    sensor_shape: tuple[int, int],
+    *,
+    exposure_range: tuple[float, float],
+    binnings: tuple[int, ...],
+    bit_depths: tuple[int, ...],
+) -> ROI:
+    """Raise ValueError naming the first bad value; return the ROI (None means the full sensor).
+
+    `exposure_range` is in seconds; `binnings` and `bit_depths` are what this camera can do
+    among those the package supports.
+    """
+    lo, hi = exposure_range
+    exp = s.exposure_time
+    if not (isinstance(exp, Real) and math.isfinite(exp) and exp > 0 and lo <= exp <= hi):
+        raise ValueError(f"exposure_time must be > 0 and within [{lo:g}, {hi:g}] s; got {exp!r}")
+    per = s.acquire_period
+    if not (isinstance(per, Real) and math.isfinite(per) and per >= 0):
+        raise ValueError(f"acquire_period must be finite and >= 0 s; got {per!r}")
+    if s.binning not in binnings:
+        raise ValueError(f"binning must be one of {binnings} on this camera; got {s.binning!r}")
+    if s.bit_depth not in bit_depths:
+        raise ValueError(
+            f"bit_depth must be one of {bit_depths} on this camera; got {s.bit_depth!r}"
+        )
+    roi = s.roi if s.roi is not None else ROI.full(sensor_shape)
+    rows, cols = sensor_shape
+    if not all(isinstance(v, Integral) for v in roi.as_tuple()):
+        raise ValueError(f"roi values must be integers; got {roi.as_tuple()}")
+    if roi.x < 0 or roi.y < 0:
+        raise ValueError(f"roi origin must be >= 0; got x={roi.x}, y={roi.y}")
+    if roi.width < 1 or roi.height < 1:
+        raise ValueError(f"roi size must be positive; got {roi.width}x{roi.height}")
+    if roi.x + roi.width > cols or roi.y + roi.height > rows:
+        raise ValueError(
+            f"roi {roi.as_tuple()} (x, y, width, height) exceeds the {cols}x{rows} sensor: "
+            f"need x + width <= {cols} and y + height <= {rows}"
+        )
+    b = s.binning
+    if any(v % b for v in roi.as_tuple()):
+        raise ValueError(f"roi {roi.as_tuple()} must be divisible by binning {b} on this camera")
+    return roi
+
+
+def check_out(out: np.ndarray, frame_shape: tuple[int, int]) -> None:
+    """The caller's buffer must take one frame as it is: uint16, `frame_shape`."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint16:
+        raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
+    if out.shape != frame_shape:
+        raise ValueError(f"out must have shape {frame_shape}; got {out.shape}")

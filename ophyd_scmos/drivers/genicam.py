@@ -1,0 +1,460 @@
+"""GenICam cameras (GigE Vision, USB3 Vision) through Aravis.
+
+Aravis speaks the GenICam standards directly, with no vendor SDK, so one driver covers the
+machine-vision style cameras labs also use. Settings map onto the standard feature names
+(SFNC): ``ExposureTime``, ``BinningHorizontal``/``Vertical``, ``Width``/``Height``/``Offset``
+(in binned pixels, as the standard says), ``PixelFormat`` ``Mono16`` or ``Mono12``, and
+``TriggerSource`` ``Software`` for software triggers.
+
+Frame numbers come from the GenICam block (frame) id of each buffer, so a frame the camera or
+the network lost, or that Aravis had no free buffer for, shows as a gap and is reported in
+`FrameInfo.missed_before`; 16-bit GigE Vision ids wrap from 65535 to 1 and are unwrapped.
+Incomplete buffers (missing packets) count as missed too.
+
+Software triggers are sent one at a time, each when the previous triggered frame has arrived:
+cameras ignore (or merge) a trigger that comes while they are still exposing.
+
+A camera that stops answering (unplugged, powered off, network down) is noticed when no frame
+has come for `liveness` seconds: a register read then fails and `read_into` raises
+`CameraError` instead of timing out forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ._common import MissingLibrary, check_out, check_settings, coerce_trigger_mode
+from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
+
+__all__ = ["GenICamCamera", "list_cameras"]
+
+INSTALL = (
+    "the GenICam driver needs Aravis and PyGObject: on Debian or Ubuntu "
+    "`sudo apt-get install gir1.2-aravis-0.8 aravis-tools libgirepository1.0-dev "
+    "libcairo2-dev pkg-config`, then pip install 'ophyd-scmos[genicam]'"
+)
+_FORMATS = {16: "Mono16", 12: "Mono12"}  # both unpacked into 16-bit pixels
+_BINNINGS = (1, 2, 4)
+_POP_SLICE = 0.05  # s; a blocked reader looks at `stop` this often
+_WRAP = 0xFFFF  # 16-bit GigE Vision block ids go 1..65535, then 1 again
+
+
+def _aravis() -> tuple[Any, Any]:
+    try:
+        import gi
+
+        gi.require_version("Aravis", "0.8")
+        from gi.repository import Aravis, GLib
+    except (ImportError, ValueError) as exc:  # ValueError: gi without the Aravis typelib
+        raise MissingLibrary(f"{INSTALL} ({exc})") from exc
+    return Aravis, GLib
+
+
+class GenICamCamera:
+    """A GenICam camera with the `CameraDriver` interface.
+
+    `camera`: the camera's Aravis id (as `ophyd-scmos cameras` lists it, e.g.
+    ``"Basler-21234567"``) or its IP address (needed where broadcast discovery does not reach
+    it); None takes the first camera found. `buffer_frames`: frame buffers queued for the
+    stream (more ride out longer reader stalls). `liveness`: seconds without a frame before the
+    camera is checked for life.
+    """
+
+    def __init__(
+        self, camera: str | None = None, *, buffer_frames: int = 16, liveness: float = 1.0
+    ) -> None:
+        if buffer_frames < 2:
+            raise ValueError(f"buffer_frames must be >= 2; got {buffer_frames!r}")
+        if not liveness > 0:
+            raise ValueError(f"liveness must be > 0 s; got {liveness!r}")
+        self._aravis, self._glib = _aravis()
+        self._name = camera
+        self._buffer_frames = int(buffer_frames)
+        self._liveness = float(liveness)
+        self._cam: Any = None
+        self._device: Any = None
+        self._stream: Any = None
+        self._lock = threading.RLock()
+        self._model = f"GenICam camera {camera or '(first found)'}"
+        self._sensor = (0, 0)
+        self._settings = CameraSettings()
+        self._bit_depths: tuple[int, ...] = ()
+        self._binnings: tuple[int, ...] = (1,)
+        self._exposure_us = (1.0, 1e7)
+        self._rate_bounds = (0.0, float("inf"))
+        self._running = False
+        self._wall0 = 0.0
+        self._owed = 0  # software triggers not yet sent
+        self._outstanding = False  # a sent trigger whose frame has not arrived
+        self._last_id: int | None = None
+        self._last_number = -1
+        self._pending_missed = 0
+        self._missed_total = 0
+        self._stamp0: tuple[int, float] | None = None  # (camera ns, s since start) of frame 0
+        self._alive_at = 0.0
+        self._gone = False  # the camera stopped answering: talking to it would only time out
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def sensor_shape(self) -> tuple[int, int]:
+        return self._sensor
+
+    @property
+    def settings(self) -> CameraSettings:
+        return self._settings
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        roi = self._settings.roi or ROI.full(self._sensor)
+        b = self._settings.binning
+        return (roi.height // b, roi.width // b)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16)
+
+    @property
+    def missed_frames(self) -> int:
+        """Frames lost since `start` (gaps in the block ids, and incomplete buffers)."""
+        return self._missed_total
+
+    @property
+    def camera(self) -> Any:
+        """The `Aravis.Camera` (None before `open`), for features this driver does not set."""
+        return self._cam
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect (taking control of the camera) and set 16-bit mono, binning 1, full sensor."""
+        with self._lock:
+            if self._cam is not None:
+                return
+            try:
+                cam = self._aravis.Camera.new(self._name)
+            except self._glib.Error as exc:
+                raise CameraError(
+                    f"cannot open GenICam camera {self._name or '(first found)'!r}: "
+                    f"{exc.message}; `ophyd-scmos cameras` lists the cameras Aravis sees"
+                ) from exc
+            try:
+                self._prepare(cam)
+            except self._glib.Error as exc:
+                raise CameraError(
+                    f"cannot set up GenICam camera {self._name!r}: {exc.message}"
+                ) from exc
+            self._cam, self._device = cam, cam.get_device()
+            self._gone = False
+
+    def _prepare(self, cam: Any) -> None:
+        formats = cam.dup_available_pixel_formats_as_strings()
+        self._bit_depths = tuple(d for d, f in sorted(_FORMATS.items()) if f in formats)
+        if not self._bit_depths:
+            raise CameraError(
+                f"GenICam camera {self._name!r} offers pixel formats {formats}: ophyd-scmos "
+                "needs Mono16 or Mono12"
+            )
+        depth = max(self._bit_depths)
+        cam.set_pixel_format_from_string(_FORMATS[depth])
+        binnings = [1]
+        if cam.is_binning_available():
+            xb, yb = cam.get_x_binning_bounds(), cam.get_y_binning_bounds()
+            step = cam.get_x_binning_increment()
+            for b in _BINNINGS[1:]:
+                if xb.min <= b <= xb.max and yb.min <= b <= yb.max and (b - xb.min) % step == 0:
+                    binnings.append(b)
+            cam.set_binning(1, 1)
+        self._binnings = tuple(binnings)
+        width, height = cam.get_sensor_size()
+        self._sensor = (height, width)
+        cam.set_region(0, 0, width, height)
+        bounds = cam.get_exposure_time_bounds()
+        self._exposure_us = (bounds.min, bounds.max)
+        rate = cam.get_frame_rate_bounds()
+        self._rate_bounds = (rate.min, rate.max)
+        self._model = f"{cam.get_vendor_name()} {cam.get_model_name()} ({cam.get_device_id()})"
+        self._settings = CameraSettings(
+            exposure_time=cam.get_exposure_time() / 1e6, bit_depth=depth
+        )
+
+    def close(self) -> None:
+        """Stop and give up control of the camera; safe to call twice."""
+        with self._lock:
+            with contextlib.suppress(CameraError):
+                self.stop()
+            held = [self._cam, self._device]  # the last references: dropping releases control
+            self._cam = self._device = None
+            self._drop(held)
+
+    def _drop(self, held: list) -> None:
+        """Let Aravis objects go. With the camera gone their finalizers wait out GigE Vision
+        timeouts (5-10 s), and PyGObject runs them holding the GIL, which would freeze every
+        thread (the RunEngine too): then a thread drops them, through ctypes, without the GIL."""
+        if not self._gone:
+            held.clear()
+            return
+        gobject = ctypes.CDLL(ctypes.util.find_library("gobject-2.0"))
+        gobject.g_object_ref.argtypes = gobject.g_object_unref.argtypes = [ctypes.c_void_p]
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.argtypes, get.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_void_p
+        pointers = [get(obj.__gpointer__, None) for obj in held if obj is not None]
+        for pointer in pointers:
+            gobject.g_object_ref(pointer)  # ours now: dropping the wrappers finalizes nothing
+        held.clear()
+
+        def unref() -> None:
+            for pointer in pointers:
+                gobject.g_object_unref(pointer)
+
+        threading.Thread(target=unref, name="aravis-release", daemon=True).start()
+
+    def configure(self, settings: CameraSettings) -> None:
+        """Check every value against the camera's limits, then apply; all or nothing."""
+        with self._lock:
+            cam = self._require_open()
+            if self._running:
+                raise RuntimeError("cannot configure while acquiring; call stop() first")
+            settings = coerce_trigger_mode(settings)
+            lo, hi = self._exposure_us
+            roi = check_settings(
+                settings,
+                self._sensor,
+                exposure_range=(lo / 1e6, hi / 1e6),
+                binnings=self._binnings,
+                bit_depths=self._bit_depths,
+            )
+            if settings.acquire_period > 0:
+                rate, (rlo, rhi) = 1 / settings.acquire_period, self._rate_bounds
+                if not rlo <= rate <= rhi:
+                    raise ValueError(
+                        f"acquire_period must give a frame rate within [{rlo:g}, {rhi:g}] Hz on "
+                        f"this camera; got {settings.acquire_period!r} s"
+                    )
+            previous = self._settings
+            try:
+                applied = self._apply(cam, settings, roi)
+            except (self._glib.Error, RuntimeError) as exc:
+                with contextlib.suppress(self._glib.Error, RuntimeError):
+                    self._apply(cam, previous, previous.roi or ROI.full(self._sensor))
+                message = getattr(exc, "message", str(exc))
+                raise ValueError(f"camera {self._model} refused {settings}: {message}") from exc
+            self._settings = applied
+
+    def _apply(self, cam: Any, s: CameraSettings, roi: ROI) -> CameraSettings:
+        b = s.binning
+        cam.set_pixel_format_from_string(_FORMATS[s.bit_depth])
+        if len(self._binnings) > 1:
+            cam.set_binning(b, b)
+        region = (roi.x // b, roi.y // b, roi.width // b, roi.height // b)
+        cam.set_region(*region)
+        got = cam.get_region()
+        if (got.x, got.y, got.width, got.height) != region:
+            raise RuntimeError(
+                f"the camera set region {(got.x, got.y, got.width, got.height)} (binned x, y, "
+                f"width, height), not {region}: check its offset and size increments"
+            )
+        cam.set_exposure_time(s.exposure_time * 1e6)
+        # Cameras round the exposure to their clock: record what the camera will use.
+        return replace(s, exposure_time=cam.get_exposure_time() / 1e6)
+
+    def start(self) -> None:
+        """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
+        with self._lock:
+            cam = self._require_open()
+            if self._running:
+                raise RuntimeError("camera already started; call stop() first")
+            s = self._settings
+            rows, cols = self.frame_shape
+            try:
+                payload = cam.get_payload()
+                if payload != rows * cols * 2:
+                    raise CameraError(
+                        f"camera {self._model} sends {payload}-byte frames, expected "
+                        f"{rows}x{cols} 16-bit pixels: were its settings changed elsewhere?"
+                    )
+                if s.trigger_mode is TriggerMode.SOFTWARE:
+                    cam.set_trigger("Software")
+                else:
+                    cam.clear_triggers()
+                    period = s.acquire_period or s.exposure_time
+                    cam.set_frame_rate(min(1 / period, self._rate_bounds[1]))
+                cam.set_acquisition_mode(self._aravis.AcquisitionMode.CONTINUOUS)
+                stream = cam.create_stream(None, None)
+                for _ in range(self._buffer_frames):
+                    stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
+                cam.start_acquisition()
+            except self._glib.Error as exc:
+                raise CameraError(f"camera {self._model} did not start: {exc.message}") from exc
+            self._stream = stream
+            self._alive_at = time.monotonic()
+            self._wall0 = time.time()  # Aravis stamps arrivals on the wall clock
+            self._owed, self._outstanding = 0, False
+            self._last_id, self._last_number = None, -1
+            self._pending_missed = self._missed_total = 0
+            self._stamp0 = None
+            self._running = True
+
+    def stop(self) -> None:
+        """Disarm: a reader blocked in `read_into` gets CameraError within ~50 ms."""
+        with self._lock:
+            was_running, self._running = self._running, False
+            held, self._stream = [self._stream], None
+            self._drop(held)
+            self._owed, self._outstanding = 0, False
+            if was_running and self._cam is not None and not self._gone:
+                try:
+                    self._cam.stop_acquisition()
+                except self._glib.Error as exc:
+                    raise CameraError(
+                        f"camera {self._model} failed to stop: {exc.message}"
+                    ) from exc
+
+    # -- acquisition -------------------------------------------------------------------------
+
+    def software_trigger(self, frames: int = 1) -> None:
+        """Ask for `frames` more frames; triggers go out one per arrived frame."""
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0; got {frames!r}")
+        with self._lock:
+            self._require_open()
+            if not self._running:
+                raise RuntimeError("software_trigger before start()")
+            if self._settings.trigger_mode is not TriggerMode.SOFTWARE:
+                raise RuntimeError(
+                    f"software_trigger needs trigger_mode SOFTWARE; "
+                    f"camera is in {self._settings.trigger_mode.value}"
+                )
+            self._owed += frames
+            if not self._outstanding:
+                self._fire()
+
+    def _fire(self) -> None:
+        """Send the next owed trigger (lock held)."""
+        if not self._owed:
+            self._outstanding = False
+            return
+        try:
+            self._cam.software_trigger()
+        except self._glib.Error as exc:
+            raise CameraError(f"camera {self._model} refused a trigger: {exc.message}") from exc
+        self._owed -= 1
+        self._outstanding = True
+
+    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+        """Wait for the next complete frame and copy it into `out` (uint16, `frame_shape`)."""
+        check_out(out, self.frame_shape)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._lock:
+                self._require_open()
+                if self._gone:
+                    raise CameraError(f"GenICam camera {self._model} stopped answering")
+                if not self._running:
+                    raise CameraError("camera stopped")
+                stream = self._stream
+            wait = min(max(deadline - time.monotonic(), 0.0), _POP_SLICE)
+            buffer = stream.timeout_pop_buffer(int(wait * 1e6))
+            now = time.monotonic()
+            if buffer is None:
+                del stream  # an error raised here must not hold the stream: see `_drop`
+                if now - self._alive_at > self._liveness:
+                    self._check_alive()
+                    self._alive_at = now
+                if now >= deadline:
+                    raise TimeoutError(f"no frame within {timeout} s")
+                continue
+            self._alive_at = now
+            try:
+                info = self._accept(buffer, out)
+            finally:
+                stream.push_buffer(buffer)
+            if info is not None:
+                return info
+
+    def _accept(self, buffer: Any, out: np.ndarray) -> FrameInfo | None:
+        """Number one arrived buffer; copy it into `out` if complete, else count it missed."""
+        with self._lock:
+            if not self._running:
+                raise CameraError("camera stopped")
+            if self._settings.trigger_mode is TriggerMode.SOFTWARE:
+                self._fire()  # before the copy, so the camera exposes while we copy
+            fid = buffer.get_frame_id()
+            if self._last_id is None:
+                number = 0
+            else:
+                delta = fid - self._last_id
+                if delta <= 0 and self._last_id <= _WRAP:
+                    delta += _WRAP
+                number = self._last_number + delta
+                self._lose(delta - 1)
+            self._last_id, self._last_number = fid, number
+            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
+                self._lose(1)
+                return None
+            missed, self._pending_missed = self._pending_missed, 0
+        data = buffer.get_data()
+        if len(data) != out.nbytes:
+            raise CameraError(
+                f"camera {self._model} sent {len(data)} bytes, expected {out.nbytes}: were its "
+                "settings changed elsewhere?"
+            )
+        np.copyto(out, np.frombuffer(data, "<u2").reshape(out.shape))
+        stamp_ns = buffer.get_timestamp()
+        if self._stamp0 is None:
+            # Place the camera's clock on ours at the first frame, when it reached the host.
+            self._stamp0 = (stamp_ns, buffer.get_system_timestamp() / 1e9 - self._wall0)
+        ns0, s0 = self._stamp0
+        return FrameInfo(number, s0 + (stamp_ns - ns0) / 1e9, missed)
+
+    def _lose(self, frames: int) -> None:
+        """Count frames lost, to report on the next frame delivered (lock held)."""
+        self._pending_missed += frames
+        self._missed_total += frames
+
+    def _check_alive(self) -> None:
+        """Read a bootstrap register: fails (after the GVCP retries) if the camera is gone."""
+        try:
+            self._device.read_register(0)
+        except self._glib.Error as exc:
+            self._gone = True
+            raise CameraError(
+                f"GenICam camera {self._model} stopped answering: {exc.message}. Is it "
+                "unplugged, powered off, or its network down?"
+            ) from exc
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_open(self) -> Any:
+        if self._cam is None:
+            raise CameraError("camera is closed; call open() first")
+        return self._cam
+
+
+def list_cameras() -> list[tuple[str, str]]:
+    """Cameras Aravis discovers: (id, "vendor model at address"). GigE cameras on another
+    subnet, or Aravis's fake GigE camera, answer only when opened by address."""
+    aravis, _ = _aravis()
+    aravis.update_device_list()
+    found = []
+    for i in range(aravis.get_n_devices()):
+        where = aravis.get_device_address(i) or aravis.get_device_physical_id(i)
+        found.append(
+            (
+                aravis.get_device_id(i),
+                f"{aravis.get_device_vendor(i)} {aravis.get_device_model(i)} at {where}",
+            )
+        )
+    return found
