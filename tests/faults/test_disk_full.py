@@ -18,15 +18,18 @@ from tests.conftest import expected_frames
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MiB tmpfs (the writer keeps 8 MiB free for closing); mounting needs root (CI runs as root)."""
+    """A 16 MiB tmpfs (the writer keeps 8 MiB free for closing); mounting needs root, as CI
+    has."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)], capture_output=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); "
-                    "the RLIMIT_FSIZE test covers disk full without mounting")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); "
+            "the RLIMIT_FSIZE test covers disk full without mounting"
+        )
     yield mountpoint
     subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 

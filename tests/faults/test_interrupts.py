@@ -65,9 +65,7 @@ def test_pause_then_resume_continues_in_the_same_file(cam, driver, RE, recorder,
 
 
 @pytest.mark.parametrize("how", ["abort", "stop"])
-def test_abort_or_stop_keeps_exactly_the_frames_of_emitted_events(
-    cam, driver, RE, recorder, how
-):
+def test_abort_or_stop_keeps_exactly_the_frames_of_emitted_events(cam, driver, RE, recorder, how):
     pause_at(RE, 12, defer=False)
     with pytest.raises(RunEngineInterrupted):
         RE(count([cam], num=1000))
@@ -117,7 +115,10 @@ def test_ctrl_c_in_a_terminal_pauses_and_abort_closes_the_file(tmp_path):
     # A terminal sends SIGINT to the whole foreground process group, writer included.
     proc = subprocess.Popen(
         [sys.executable, "-c", CTRL_C_SCRIPT, str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     assert proc.stdout.readline().strip() == "RUNNING"
     os.killpg(proc.pid, signal.SIGINT)
