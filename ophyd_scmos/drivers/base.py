@@ -19,6 +19,7 @@ class TriggerMode(str, enum.Enum):
 
     SOFTWARE = "software"  #: one frame per requested trigger (``software_trigger(n)``)
     INTERNAL = "internal"  #: free run at the acquire period until stopped
+    EXTERNAL = "external"  #: one frame per pulse on the camera's trigger input
 
 
 @dataclass(frozen=True)

@@ -217,15 +217,26 @@ class SimulatedSCMOS:
 
     def software_trigger(self, frames: int = 1) -> None:
         """Queue `frames` exposures, each due one interval after the previous (or from now)."""
+        self._queue_frames(frames, TriggerMode.SOFTWARE, "software_trigger")
+
+    def fire(self, pulses: int = 1) -> None:
+        """Pulse the simulated trigger input (EXTERNAL mode): one frame per pulse.
+
+        Stands in for the hardware line a delay generator or a motion controller drives;
+        another device, a timer or a test calls it.
+        """
+        self._queue_frames(pulses, TriggerMode.EXTERNAL, "fire")
+
+    def _queue_frames(self, frames: int, mode: TriggerMode, caller: str) -> None:
         if frames < 0:
             raise ValueError(f"frames must be >= 0; got {frames!r}")
         with self._cond:
             self._require_open()
             if not self._running:
-                raise RuntimeError("software_trigger before start()")
-            if self._settings.trigger_mode is not TriggerMode.SOFTWARE:
+                raise RuntimeError(f"{caller} before start()")
+            if self._settings.trigger_mode is not mode:
                 raise RuntimeError(
-                    f"software_trigger needs trigger_mode SOFTWARE; "
+                    f"{caller} needs trigger_mode {mode.value}; "
                     f"camera is in {self._settings.trigger_mode.value}"
                 )
             if frames == 0:

@@ -207,7 +207,7 @@ def test_roi_crops_the_sensor_scene(make_cam):
         (CameraSettings(roi=ROI(-1, 0, 64, 64)), "-1"),
         (CameraSettings(roi=ROI(0, 0, 0, 64)), "0x64"),
         (CameraSettings(roi=ROI(0, 0, 66, 64), binning=4), "66"),
-        (CameraSettings(trigger_mode="external"), "external"),
+        (CameraSettings(trigger_mode="hardware"), "hardware"),
     ],
 )
 def test_bad_settings_raise_valueerror_naming_the_value(make_cam, settings, shown):
@@ -309,8 +309,24 @@ def test_software_trigger_from_another_thread_wakes_the_reader(make_cam):
 def test_software_trigger_is_refused_in_internal_mode(make_cam):
     cam = make_cam(CameraSettings(roi=SMALL, trigger_mode=TriggerMode.INTERNAL))
     cam.start()
-    with pytest.raises(RuntimeError, match="SOFTWARE"):
+    with pytest.raises(RuntimeError, match="software"):
         cam.software_trigger()
+    with pytest.raises(RuntimeError, match="external"):
+        cam.fire()
+
+
+def test_external_mode_takes_one_frame_per_pulse(make_cam):
+    cam = make_cam(CameraSettings(exposure_time=FAST, roi=SMALL, trigger_mode=TriggerMode.EXTERNAL))
+    cam.start()
+    out = out_for(cam)
+    with pytest.raises(TimeoutError):
+        cam.read_into(out, 0.05)  # no pulse, no frame
+    cam.fire(3)
+    numbers = [cam.read_into(out, 2.0).frame_number for _ in range(3)]
+    assert numbers == [0, 1, 2]
+    np.testing.assert_array_equal(out, cam.expected_frame(2))
+    with pytest.raises(TimeoutError):
+        cam.read_into(out, 0.05)
 
 
 def test_stop_wakes_a_blocked_reader_with_camera_error(make_cam):
