@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,10 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
 from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing, slots_for
-from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD
+from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD, TRUNCATE
 
 OVERFLOW_POLICIES = ("block", "drop")
+INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 
 
 class StreamError(RuntimeError):
@@ -138,6 +140,7 @@ class FrameStream:
         attrs: dict[str, Any] | None = None,
         on_progress: Callable[[FrameStream], None] | None = None,
         flush_interval: float = 0.5,
+        gated: bool = False,
     ):
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow policy {overflow!r} is not one of {OVERFLOW_POLICIES}")
@@ -162,6 +165,12 @@ class FrameStream:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
+        # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
+        # between triggers) are read and skipped, so the camera never overflows.
+        self._gate: int | None = 0 if gated else None
+        self.frames_skipped = 0
+        self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
+        self._truncated = threading.Condition()
 
     # -- state readable from any thread ---------------------------------------------------
     @property
@@ -280,6 +289,49 @@ class FrameStream:
         """Frames the camera took: in the ring, dropped, or lost by the camera itself."""
         return self.frames_acquired + self.frames_dropped + self.frames_missed
 
+    def allow(self, frames: int) -> int:
+        """Take the next `frames` frames for one point (a gated stream records just those);
+        returns the acquisition index of the first, for `frame_info`."""
+        if self._gate is None:
+            return self.frames_acquired
+        first = max(self._gate, self.frames_acquired)
+        self._gate = first + frames
+        return first
+
+    def frame_info(self, index: int) -> tuple[int, float]:
+        """(camera frame number, camera timestamp) of the `index`-th frame recorded."""
+        first = self.frames_acquired - len(self._info)
+        if not first <= index < self.frames_acquired:
+            raise IndexError(f"frame {index} is not among the last {len(self._info)} recorded")
+        return self._info[index - first]
+
+    def truncate(self, frames: int, timeout: float = 30) -> None:
+        """Cut the file to its first `frames` frames now; returns once the writer has.
+
+        Only while no frames are on their way (the camera idle): later frames follow on.
+        """
+        with self._truncated:
+            self.writer.send(TRUNCATE, frames)
+            if not self._truncated.wait_for(
+                lambda: self.writer.last.get("truncated") == frames or self.error, timeout
+            ):
+                raise StreamError(f"writer did not cut {self.path} to {frames} frames")
+        if self.error is not None:
+            raise self.error
+
+    def wait_settled(self, timeout: float) -> None:
+        """After `stop`: return once every frame in the ring is in the file."""
+        deadline = time.monotonic() + timeout
+        while self.frames_stored < self.frames_acquired and self.error is None:
+            if time.monotonic() > deadline:
+                raise StreamError(
+                    f"only {self.frames_stored} of {self.frames_acquired} frames reached "
+                    f"{self.path} in {timeout} s"
+                )
+            time.sleep(0.01)
+        if self.error is not None:
+            raise self.error
+
     # -- waiting for frames -------------------------------------------------------------------
     def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
         """Call `callback(None)` once the camera has taken `count` frames and those that were
@@ -328,6 +380,9 @@ class FrameStream:
             )
         else:
             self._notify()
+        if "truncated" in status or status["state"] == "error":
+            with self._truncated:
+                self._truncated.notify_all()
         if self._on_progress is not None:
             self._on_progress(self)
 
@@ -337,6 +392,13 @@ class FrameStream:
         scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
         try:
             while not self._stop.is_set():
+                if self._gate is not None and self.frames_acquired >= self._gate:
+                    try:
+                        self.driver.read_into(scratch, timeout=0.1)
+                    except TimeoutError:
+                        continue
+                    self.frames_skipped += 1
+                    continue
                 if self.frames_acquired - ring.released >= n_slots:
                     if self.overflow == "block":
                         time.sleep(0.0005)
@@ -357,6 +419,7 @@ class FrameStream:
                 ring.frame_number[slot] = info.frame_number
                 ring.camera_timestamp[slot] = info.camera_timestamp
                 ring.host_timestamp[slot] = time.time()
+                self._info.append((info.frame_number, info.camera_timestamp))
                 self.frames_missed += info.missed_before
                 self.frames_acquired += 1
                 writer.send(FRAME, slot)

@@ -3,10 +3,12 @@
 Run as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` (see `__main__.py`; never through
 multiprocessing's spawn, which would re-import the user's main script). Protocol:
 
-* stdin: 16-byte records ``<q op, q arg>``: `FRAME` (arg: slot index), `DROPPED` / `MISSED`
-  (arg: frames lost so far, recorded in the file), `FINISH` (arg: how many frames the file
-  keeps, -1 for all: frames of points the run never recorded are cut). End of stdin without
-  `FINISH` means the acquiring process is gone: write what was announced, close, exit.
+* stdin: 16-byte records ``<q op, q arg>``, served in order: `FRAME` (arg: slot index),
+  `DROPPED` / `MISSED` (arg: frames lost so far, recorded in the file), `TRUNCATE` (arg: cut
+  the file to that many frames now; answered by a status line with ``truncated``), `FINISH`
+  (arg: how many frames the file keeps, -1 for all: frames no event recorded are cut).
+  End of stdin without `FINISH` means the acquiring process is gone: write what was
+  announced, close, exit.
 * stdout: one JSON object per line: ``{"state": "open"|"progress"|"closed"|"error", ...}``
   with ``written`` (frames in the file and flushed) and ``stored`` (in the file, maybe not
   yet flushed) on every line.
@@ -37,7 +39,7 @@ from ophyd_scmos.pipeline.ring import FrameRing, RingSpec
 HEADROOM = 8 * 2**20
 
 RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
-FRAME, FINISH, DROPPED, MISSED = 1, 2, 3, 4
+FRAME, FINISH, DROPPED, MISSED, TRUNCATE = 1, 2, 3, 4, 5
 
 
 class Writer:
@@ -125,11 +127,16 @@ class Writer:
         self.last_flush = time.monotonic()
         self.report("progress")
 
-    def finish(self, keep: int, complete: bool) -> None:
-        """Flush, cut to `keep` frames (if >= 0), close, and record the outcome."""
+    def truncate(self, keep: int) -> None:
+        """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
         if 0 <= keep < self.written:
             self.data.resize(keep, axis=0)
             self.written = keep
+            self.flushed = min(self.flushed, keep)
+
+    def finish(self, keep: int, complete: bool) -> None:
+        """Flush, cut to `keep` frames (if >= 0), close, and record the outcome."""
+        self.truncate(keep)
         self.flush()
         self.file.close()
         # Attributes cannot be created in SWMR mode: record the outcome after closing.
@@ -164,30 +171,39 @@ class Writer:
             whole = len(pending) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(pending[:whole], RECORD)
             pending = pending[whole:]
-            finish = np.flatnonzero(records["op"] == FINISH)
-            now = records if not len(finish) else records[: finish[0]]
-            slots = now["arg"][now["op"] == FRAME]
-            if len(slots):
-                fit = self.room_for(len(slots))
-                self.write_frames(slots[:fit])
-                if fit < len(slots):
-                    raise OSError(
-                        errno.ENOSPC,
-                        f"No space left on device for frame {self.written + 1} (kept "
-                        f"{HEADROOM // 2**20} MiB so that the file closes cleanly)",
-                    )
-            for op in self.lost:
-                counts = now["arg"][now["op"] == op]
-                if len(counts):
-                    self.lost[op] = int(counts[-1])
-            if len(finish):
-                self.finish(keep=int(records["arg"][finish[0]]), complete=True)
+            if self.serve(records):
                 return
             if time.monotonic() - self.last_flush >= self.flush_interval:
                 self.flush()
-            elif len(slots):
+            else:
                 self.report("progress")
 
+    def serve(self, records: np.ndarray) -> bool:
+        """Carry out `records` in order, runs of frames at once; True once finished."""
+        for run in np.split(records, np.flatnonzero(np.diff(records["op"])) + 1):
+            op, arg = int(run["op"][0]), run["arg"]
+            if op == FRAME:
+                self.append(arg)
+            elif op in self.lost:
+                self.lost[op] = int(arg[-1])
+            elif op == TRUNCATE:
+                self.truncate(int(arg[-1]))
+                self.report("progress", truncated=int(arg[-1]))
+            elif op == FINISH:
+                self.finish(keep=int(arg[0]), complete=True)
+                return True
+        return False
+
+    def append(self, slots: np.ndarray) -> None:
+        """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
+        fit = self.room_for(len(slots))
+        self.write_frames(slots[:fit])
+        if fit < len(slots):
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device for frame {self.written + 1} (kept "
+                f"{HEADROOM // 2**20} MiB so that the file closes cleanly)",
+            )
 
 def send(status: TextIO, message: dict[str, Any]) -> None:
     """One status line to the acquiring process, if it still listens: the file is what matters."""

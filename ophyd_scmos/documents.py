@@ -1,0 +1,86 @@
+"""Asset documents for one run file, composed with event_model.
+
+Step scans get areaDetector's convention (a Resource of spec ``AD_HDF5`` and one Datum per
+point), which databroker, area-detector-handlers and Tiled all read. Fly scans, and step
+scans that ask for it, get StreamResource/StreamDatum: one StreamDatum per collected page,
+read by Tiled as one growing (N, H, W) array.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import event_model
+
+from ophyd_scmos.pipeline import layout
+
+HDF5_MIMETYPE = "application/x-hdf5"
+
+
+class AssetDocs:
+    """Queues the asset documents of one file until the RunEngine collects them."""
+
+    def __init__(self, path: Path, root: Path):
+        self.path, self.root = path, root
+        self._queue: deque[tuple[str, dict]] = deque()
+        self._compose_datum = None
+        self._stream_datums: list = []  # one composer per StreamResource
+
+    # -- AD_HDF5: one Resource, a Datum per point ------------------------------------------
+    def datum(self, point: int, frames_per_point: int) -> str:
+        """Queue the Datum of `point` (its frames are `point * k` on), return its id."""
+        if self._compose_datum is None:
+            bundle = event_model.compose_resource(
+                spec="AD_HDF5",
+                root=str(self.root),
+                resource_path=str(self.path.relative_to(self.root)),
+                resource_kwargs={"frame_per_point": frames_per_point},
+            )
+            resource = dict(bundle.resource_doc)
+            resource.pop("run_start", None)  # the RunEngine fills it in
+            self._queue.append(("resource", resource))
+            self._compose_datum = bundle.compose_datum
+        datum = self._compose_datum(datum_kwargs={"point_number": point})
+        self._queue.append(("datum", dict(datum)))
+        return datum["datum_id"]
+
+    # -- streams: StreamResource per data key, StreamDatum per page ------------------------
+    def stream(self, data_keys: dict[str, str], frames_per_point: int) -> None:
+        """Queue one StreamResource per data key -> dataset, once per file."""
+        if self._stream_datums:
+            return
+        for data_key, dataset in data_keys.items():
+            parameters = {"dataset": dataset, "swmr": True}
+            if dataset == layout.DATA and frames_per_point > 1:
+                parameters["multiplier"] = frames_per_point
+            bundle = event_model.compose_stream_resource(
+                mimetype=HDF5_MIMETYPE,
+                uri=self.path.absolute().as_uri(),
+                data_key=data_key,
+                parameters=parameters,
+            )
+            resource = dict(bundle.stream_resource_doc)
+            resource.pop("run_start", None)
+            self._queue.append(("stream_resource", resource))
+            self._stream_datums.append(bundle.compose_stream_datum)
+
+    def stream_datum(self, start: int, stop: int) -> None:
+        """Queue the StreamDatum of rows [start, stop) for every stream of this file."""
+        if stop > start:
+            for compose in self._stream_datums:
+                datum = compose(indices={"start": start, "stop": stop})
+                self._queue.append(("stream_datum", dict(datum)))
+
+    def drop_datums_from(self, point: int) -> None:
+        """Forget queued Datums of `point` and later: their events never came."""
+        self._queue = deque(
+            (name, doc)
+            for name, doc in self._queue
+            if name != "datum" or doc["datum_kwargs"]["point_number"] < point
+        )
+
+    def drain(self) -> Iterator[tuple[str, dict]]:
+        while self._queue:
+            yield self._queue.popleft()
