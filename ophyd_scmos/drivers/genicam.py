@@ -4,12 +4,14 @@ Aravis speaks the GenICam standards directly, with no vendor SDK, so one driver 
 machine-vision style cameras labs also use. Settings map onto the standard feature names
 (SFNC): ``ExposureTime``, ``BinningHorizontal``/``Vertical``, ``Width``/``Height``/``Offset``
 (in binned pixels, as the standard says), ``PixelFormat`` ``Mono16`` or ``Mono12``, and
-``TriggerSource`` ``Software`` for software triggers.
+``TriggerSource`` ``Software`` for software triggers and a ``Line`` input (``trigger_line``)
+for external ones.
 
 Frame numbers come from the GenICam block (frame) id of each buffer, so a frame the camera or
-the network lost, or that Aravis had no free buffer for, shows as a gap and is reported in
-`FrameInfo.missed_before`; 16-bit GigE Vision ids wrap from 65535 to 1 and are unwrapped.
-Incomplete buffers (missing packets) count as missed too.
+the network lost, that Aravis had no free buffer for, or that arrived incomplete, shows as a
+gap and is reported in `FrameInfo.missed_before`; 16-bit GigE Vision ids wrap from 65535 to 1
+and are unwrapped. A frame arriving after a later one was delivered stays counted as missed,
+so frame numbers only increase.
 
 Software triggers are sent one at a time, each when the previous triggered frame has arrived:
 cameras ignore (or merge) a trigger that comes while they are still exposing.
@@ -65,11 +67,17 @@ class GenICamCamera:
     ``"Basler-21234567"``) or its IP address (needed where broadcast discovery does not reach
     it); None takes the first camera found. `buffer_frames`: frame buffers queued for the
     stream (more ride out longer reader stalls). `liveness`: seconds without a frame before the
-    camera is checked for life.
+    camera is checked for life. `trigger_line`: the input that triggers frames in EXTERNAL mode
+    (``TriggerSource``, e.g. ``"Line1"``); None takes the camera's first ``Line`` source.
     """
 
     def __init__(
-        self, camera: str | None = None, *, buffer_frames: int = 16, liveness: float = 1.0
+        self,
+        camera: str | None = None,
+        *,
+        buffer_frames: int = 16,
+        liveness: float = 1.0,
+        trigger_line: str | None = None,
     ) -> None:
         if buffer_frames < 2:
             raise ValueError(f"buffer_frames must be >= 2; got {buffer_frames!r}")
@@ -79,6 +87,8 @@ class GenICamCamera:
         self._name = camera
         self._buffer_frames = int(buffer_frames)
         self._liveness = float(liveness)
+        self._trigger_line = trigger_line
+        self._lines: tuple[str, ...] = ()  # the camera's trigger inputs
         self._cam: Any = None
         self._device: Any = None
         self._stream: Any = None
@@ -186,6 +196,10 @@ class GenICamCamera:
         rate = cam.get_frame_rate_bounds()
         self._rate_bounds = (rate.min, rate.max)
         self._model = f"{cam.get_vendor_name()} {cam.get_model_name()} ({cam.get_device_id()})"
+        sources = (
+            cam.dup_available_trigger_sources() if cam.is_feature_available("TriggerSource") else []
+        )
+        self._lines = tuple(source for source in sources if source.startswith("Line"))
         self._settings = CameraSettings(
             exposure_time=cam.get_exposure_time() / 1e6, bit_depth=depth
         )
@@ -236,6 +250,12 @@ class GenICamCamera:
                 binnings=self._binnings,
                 bit_depths=self._bit_depths,
             )
+            if settings.trigger_mode is TriggerMode.EXTERNAL and self._external_line() is None:
+                raise ValueError(
+                    f"trigger_mode 'external' needs a trigger input: {self._model} offers "
+                    f"{list(self._lines) or 'no Line trigger source'}"
+                    + (f", not {self._trigger_line!r}" if self._trigger_line else "")
+                )
             if settings.acquire_period > 0:
                 rate, (rlo, rhi) = 1 / settings.acquire_period, self._rate_bounds
                 if not rlo <= rate <= rhi:
@@ -287,6 +307,8 @@ class GenICamCamera:
                     )
                 if s.trigger_mode is TriggerMode.SOFTWARE:
                     cam.set_trigger("Software")
+                elif s.trigger_mode is TriggerMode.EXTERNAL:
+                    cam.set_trigger(self._external_line())
                 else:
                     cam.clear_triggers()
                     period = s.acquire_period or s.exposure_time
@@ -323,6 +345,11 @@ class GenICamCamera:
                     ) from exc
 
     # -- acquisition -------------------------------------------------------------------------
+
+    def _external_line(self) -> str | None:
+        if self._trigger_line is None:
+            return self._lines[0] if self._lines else None
+        return self._trigger_line if self._trigger_line in self._lines else None
 
     def software_trigger(self, frames: int = 1) -> None:
         """Ask for `frames` more frames; triggers go out one per arrived frame."""
@@ -391,19 +418,20 @@ class GenICamCamera:
                 raise CameraError("camera stopped")
             if self._settings.trigger_mode is TriggerMode.SOFTWARE:
                 self._fire()  # before the copy, so the camera exposes while we copy
+            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
+                return None  # incomplete: its id may be garbage; the next frame's gap counts it
             fid = buffer.get_frame_id()
             if self._last_id is None:
                 number = 0
             else:
                 delta = fid - self._last_id
-                if delta <= 0 and self._last_id <= _WRAP:
-                    delta += _WRAP
+                if delta < -(_WRAP // 2) and self._last_id <= _WRAP:
+                    delta += _WRAP  # far backwards: the 16-bit id wrapped
+                if delta <= 0:
+                    return None  # a late (reordered) or repeated frame, already counted missed
                 number = self._last_number + delta
                 self._lose(delta - 1)
             self._last_id, self._last_number = fid, number
-            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
-                self._lose(1)
-                return None
             missed, self._pending_missed = self._pending_missed, 0
         data = buffer.get_data()
         if len(data) != out.nbytes:

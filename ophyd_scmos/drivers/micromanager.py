@@ -254,6 +254,13 @@ class MicroManagerCamera:
             if self._running:
                 raise RuntimeError("cannot configure while acquiring; call stop() first")
             settings = coerce_trigger_mode(settings)
+            if settings.trigger_mode is TriggerMode.EXTERNAL:
+                raise ValueError(
+                    "trigger_mode 'external' has no standard switch in Micro-Manager: set the "
+                    f"camera's own trigger property on {self._label!r} (e.g. Hamamatsu 'TRIGGER "
+                    "SOURCE', Andor 'TriggerMode') and use 'internal', whose sequence then waits "
+                    "for the pulses"
+                )
             lo, hi = self._exposure_ms
             roi = check_settings(
                 settings,

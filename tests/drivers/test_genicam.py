@@ -145,3 +145,21 @@ def test_list_cameras_and_open_by_address(genicam, fake_gige):
     assert all(isinstance(i, str) and isinstance(d, str) for i, d in list_cameras())
     driver = genicam()
     assert fake_gige.serial in driver.model and "Aravis" in driver.model
+
+
+def test_external_mode_arms_the_trigger_line(genicam):
+    driver = genicam()
+    driver.configure(CameraSettings(exposure_time=0.005, roi=ROI_, trigger_mode="external"))
+    driver.start()
+    cam = driver.camera
+    assert (cam.get_string("TriggerMode"), cam.get_string("TriggerSource")) == ("On", "Line0")
+    with pytest.raises(RuntimeError, match="SOFTWARE"):
+        driver.software_trigger()
+    with pytest.raises(TimeoutError):  # nothing pulses the fake camera's line
+        driver.read_into(np.empty(driver.frame_shape, np.uint16), 0.2)
+
+
+def test_a_trigger_line_the_camera_lacks_is_refused(genicam):
+    driver = genicam(trigger_line="Line7")
+    with pytest.raises(ValueError, match="Line7"):
+        driver.configure(CameraSettings(trigger_mode="external"))

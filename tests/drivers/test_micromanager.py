@@ -153,3 +153,9 @@ def test_internal_mode_frames_follow_the_camera_clock(mm):
     out = np.empty(driver.frame_shape, np.uint16)
     stamps = [driver.read_into(out, 5.0).camera_timestamp for _ in range(10)]
     assert np.diff(stamps) == pytest.approx(0.005, abs=0.003)
+
+
+def test_external_trigger_is_refused_naming_what_to_do(mm):
+    driver = mm("DemoCamera:DCam")
+    with pytest.raises(ValueError, match="external.*trigger property"):
+        driver.configure(CameraSettings(trigger_mode=TriggerMode.EXTERNAL))
