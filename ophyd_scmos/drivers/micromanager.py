@@ -104,7 +104,6 @@ class MicroManagerCamera:
         self._buffer_mb = buffer_mb
         self._adapter_paths = [os.fspath(p) for p in adapter_paths] if adapter_paths else None
         self._core: Any = None
-        self._loaded = False  # whether close() should unload the device we loaded
         self._lock = threading.RLock()
         self._settings = CameraSettings()
         self._sensor = (0, 0)
@@ -176,7 +175,6 @@ class MicroManagerCamera:
                     library, name = self._device.split(":")
                     self._label = self._label or "Camera"
                     core.loadDevice(self._label, library, name)
-                    self._loaded = True
                     core.initializeDevice(self._label)
                 self._label = self._label or core.getCameraDevice()
                 if not self._label:
@@ -187,12 +185,12 @@ class MicroManagerCamera:
                 self._core = core
                 self._prepare()
             except RuntimeError as exc:  # pymmcore raises RuntimeError for MMCore errors
+                self._core = None
                 self._release(core)
+                if isinstance(exc, CameraError):
+                    raise
                 where = self._device or self._config or self._label
                 raise CameraError(f"cannot open Micro-Manager camera {where!r}: {exc}") from exc
-            except CameraError:
-                self._release(core)
-                raise
 
     def _prepare(self) -> None:
         core, label = self._core, self._label
@@ -231,7 +229,7 @@ class MicroManagerCamera:
         )
 
     def close(self) -> None:
-        """Stop, and unload the device if this driver loaded it; safe to call twice."""
+        """Stop, and unload the devices this driver loaded; safe to call twice."""
         with self._lock:
             self._running = False
             core, self._core = self._core, None
@@ -242,10 +240,10 @@ class MicroManagerCamera:
                 self._release(core)
 
     def _release(self, core: Any) -> None:
-        if self._loaded:
+        """Unload what this driver loaded: all of a core it made, nothing of one it was given."""
+        if self._given_core is None:
             with contextlib.suppress(RuntimeError):
-                core.unloadDevice(self._label)
-            self._loaded = False
+                core.unloadAllDevices()
 
     def configure(self, settings: CameraSettings) -> None:
         """Check every value against the camera's limits, then apply; all or nothing."""
