@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "cameras")
+COMMANDS = ("demo", "cameras", "catalog")
 
 
 def build_parser() -> argparse.ArgumentParser:

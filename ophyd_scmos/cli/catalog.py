@@ -1,0 +1,380 @@
+"""`ophyd-scmos serve | runs | show | sync`: the catalog, for facilities and for people.
+
+`serve` starts a facility's catalog server (Tiled on PostgreSQL); `runs` lists recent runs;
+`show` summarizes one run and draws its first frame, mean frame and frame intervals; `sync`
+copies runs from a lab's embedded catalog to a server. Each takes ``--catalog`` (a directory
+or a server URL; the default embedded catalog otherwise) and prints ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MB = 1e6
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve a shared catalog from PostgreSQL: Tiled's own server, configured for our runs."""
+    from ophyd_scmos.catalog import server_command, server_config, write_server_config
+
+    config = server_config(args.postgres, args.data, args.read, tables=args.tables)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
+    Path(args.data).mkdir(parents=True, exist_ok=True)
+    path = write_server_config(args.config or Path(args.data) / "tiled.yml", config)
+    env = dict(os.environ)
+    if args.api_key:
+        env["TILED_SINGLE_USER_API_KEY"] = args.api_key
+    print(
+        f"ophyd-scmos: serving {path} at http://{args.host}:{args.port} "
+        f"(images readable from {', '.join(map(str, args.read))})",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = server_command(path, host=args.host, port=args.port)
+    os.execve(command[0], command, env)  # the server is this process: signals reach it
+
+
+def runs(args: argparse.Namespace) -> int:
+    """List the most recent runs: uid, start, frames, frame shape, file, lost frames."""
+    from ophyd_scmos.catalog import file_stats, summarize
+
+    catalog = _open(args)
+    rows = []
+    for run in reversed(list(catalog.values().tail(args.number))):
+        summary = summarize(run)
+        stats = _file_stats_or_none(file_stats, summary.file)
+        lost = (
+            None
+            if stats is None or stats.frames_dropped is None
+            else (stats.frames_dropped + (stats.frames_missed or 0))
+        )
+        rows.append({**_summary_dict(summary), "lost": lost})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no runs yet", file=sys.stderr)
+        return 0
+    table = [("uid", "start", "status", "frames", "shape", "lost", "file")]
+    for row in rows:
+        table.append(
+            (
+                row["uid"][:8],
+                row["start"],
+                row["exit_status"] or "running",
+                str(row["frames"]),
+                _shape_text(row["shape"]),
+                "?" if row["lost"] is None else str(row["lost"]),
+                Path(row["file"]).name if row["file"] else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
+    import numpy as np
+
+    from ophyd_scmos.catalog import file_stats, summarize
+
+    run = _open(args)[_run_key(args.uid)]
+    summary = summarize(run, args.key)
+    if summary.key is None:
+        print(f"run {summary.uid} has no images", file=sys.stderr)
+        return 1
+    stats = _file_stats_or_none(file_stats, summary.file)
+    if stats is not None:
+        intervals, clock = stats.intervals, "camera clock"
+    else:  # the file is on another host: the event times are what is left
+        intervals, clock = np.diff(run[summary.stream]["time"].read()), "event times"
+    report: dict[str, Any] = {
+        **_summary_dict(summary),
+        "interval_mean_s": float(intervals.mean()) if intervals.size else None,
+        "interval_jitter_s": float(intervals.std()) if intervals.size else None,
+        "interval_source": clock,
+        "file_reachable": stats is not None,
+    }
+    if stats is not None:
+        report.update(
+            size_bytes=stats.size,
+            raw_bytes=stats.raw_bytes,
+            stored_bytes=stats.stored_bytes,
+            compression_ratio=round(stats.compression_ratio, 3),
+            filters=stats.filters,
+            frames_written=stats.frames_written,
+            frames_dropped=stats.frames_dropped,
+            frames_missed=stats.frames_missed,
+            complete=stats.complete,
+            missing_frames=stats.missing_frames,
+            gaps=stats.gaps,
+        )
+    if not args.no_png:
+        png = Path(args.png or f"scmos_{summary.uid[:8]}.png").absolute()
+        report["mean_of_frames"] = _draw(run, summary, intervals, clock, png, args.mean_frames)
+        report["png"] = str(png)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_report(report)
+    return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Copy finished runs from the embedded catalog to a catalog server (files referenced)."""
+    from ophyd_scmos.catalog import open_catalog
+    from ophyd_scmos.catalog import sync as sync_runs
+
+    source = _open(args)
+    target = open_catalog(args.to, api_key=args.api_key)
+
+    def report(result: Any) -> None:
+        if not args.json:
+            line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
+            print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
+
+    results = sync_runs(
+        source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
+    )
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=1))
+    return 1 if any(r.error for r in results) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from ophyd_scmos.catalog import open_catalog
+
+    return open_catalog(args.catalog, api_key=args.api_key)
+
+
+def _run_key(text: str) -> str | int:
+    """A scan id (-1: the latest run) as an int, which the catalog looks up as such; a uid or
+    its first characters as given."""
+    return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
+
+
+def _file_stats_or_none(read: Any, path: str | None) -> Any:
+    """The file's statistics, or None where this host cannot read the file (a catalog
+    server's run whose data disk is not mounted here) or it is not one of our files."""
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except (OSError, KeyError):
+        return None
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    return {
+        "uid": summary.uid,
+        "scan_id": summary.scan_id,
+        "plan_name": summary.plan_name,
+        "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.start_time)),
+        "exit_status": summary.exit_status,
+        "key": f"{summary.stream}/{summary.key}" if summary.key else None,
+        "frames": summary.frames,
+        "shape": list(summary.shape),
+        "dtype": summary.dtype,
+        "file": summary.file,
+    }
+
+
+def _shape_text(shape: list[int]) -> str:
+    """(events, k, H, W) as ``HxW``, or ``k x HxW`` where an event holds several frames."""
+    if len(shape) < 2:
+        return "-"
+    frame = "x".join(map(str, shape[-2:]))
+    per_event = math.prod(shape[1:-2])
+    return frame if per_event == 1 else f"{per_event} x {frame}"
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1e3:.3f} ms"
+
+    print(
+        f"run        {r['uid']}  scan {r['scan_id']}  {r['plan_name']}  {r['start']}  "
+        f"{r['exit_status'] or 'running'}"
+    )
+    print(f"image      {r['key']}  {r['frames']} frames of {_shape_text(r['shape'])} {r['dtype']}")
+    print(f"file       {r['file'] or '-'}")
+    if r["file_reachable"]:
+        filters = ", ".join(r["filters"]) or "none"
+        print(
+            f"size       {r['size_bytes'] / MB:.1f} MB on disk; frames {r['raw_bytes'] / MB:.1f} "
+            f"MB raw, {r['stored_bytes'] / MB:.1f} MB stored: compression "
+            f"{r['compression_ratio']:.2f}x ({filters})"
+        )
+        state = "complete" if r["complete"] else "not closed by its writer"
+        print(
+            f"writer     {r['frames_written']} written, {r['frames_dropped']} dropped, "
+            f"{r['frames_missed']} missed; {state}"
+        )
+        gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in r["gaps"][:10])
+        more = " ..." if len(r["gaps"]) > 10 else ""
+        print(
+            "gaps       none"
+            if not r["gaps"]
+            else f"gaps       {r['missing_frames']} frame numbers missing: {gaps}{more}"
+        )
+    else:
+        print("           (this host cannot read the file: sizes and gaps unknown)")
+    print(
+        f"interval   mean {ms(r['interval_mean_s'])}, jitter (std) "
+        f"{ms(r['interval_jitter_s'])} ({r['interval_source']})"
+    )
+    if "png" in r:
+        print(f"picture    {r['png']}")
+
+
+def _draw(run: Any, summary: Any, intervals: Any, clock: str, png: Path, mean_frames: int) -> int:
+    """First frame, mean frame and a histogram of frame intervals, as a PNG. The mean is over
+    up to `mean_frames` events spread evenly through the run (0: all), read through the
+    catalog in strided slices, so a long run is never read whole. Returns how many."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    node = run[summary.stream][summary.key]
+    events = summary.shape[0]
+    step = 1 if mean_frames <= 0 else max(1, math.ceil(events / mean_frames))
+    total, count, block = None, 0, 32 * step
+    for start in range(0, events, block):
+        part = np.asarray(node[start : start + block : step], dtype=np.float64)
+        part = part.reshape(-1, *part.shape[-2:])
+        total = part.sum(axis=0) if total is None else total + part.sum(axis=0)
+        count += part.shape[0]
+    first = np.asarray(node[0]).reshape(-1, *summary.shape[-2:])[0]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
+    for ax, image, title in (
+        (axes[0], first, "first frame"),
+        (axes[1], total / count, f"mean of {count} frames"),
+    ):
+        shown = ax.imshow(image, cmap="gray", interpolation="nearest")
+        fig.colorbar(shown, ax=ax, shrink=0.8, label="ADU")
+        ax.set_title(title)
+    ax = axes[2]
+    if intervals.size:
+        ax.hist(intervals * 1e3, bins=min(100, max(10, intervals.size // 20)))
+    ax.set_xlabel(f"frame interval, ms ({clock})")
+    ax.set_ylabel("frames")
+    ax.set_title(f"{intervals.size} intervals")
+    fig.suptitle(
+        f"run {summary.uid[:8]}  {summary.stream}/{summary.key}  {summary.frames} "
+        f"frames  {Path(summary.file).name if summary.file else ''}"
+    )
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return count
+
+
+def _catalog_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        help="catalog directory or server URL (default: the embedded "
+        "catalog in your data directory)",
+    )
+    p.add_argument("--api-key", help="a server's API key (default: $TILED_API_KEY)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help=serve.__doc__, description=serve.__doc__)
+    p.add_argument(
+        "--postgres",
+        required=True,
+        metavar="URI",
+        help="postgresql://user:password@host:port/database (it must exist)",
+    )
+    p.add_argument(
+        "--read",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a directory cameras write into, as this host sees it (repeatable)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="where the server writes data of its own, and its configuration",
+    )
+    p.add_argument("--tables", metavar="URI", help="event tables elsewhere than --postgres")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        help="clients' key (default: $TILED_SINGLE_USER_API_KEY, or one Tiled makes up and prints)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="where to write the Tiled configuration (default: DATA/tiled.yml)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the Tiled configuration and exit, to deploy it your own way",
+    )
+    p.set_defaults(func=serve)
+
+    p = subparsers.add_parser("runs", help=runs.__doc__, description=runs.__doc__)
+    _catalog_options(p)
+    p.add_argument("-n", "--number", type=int, default=20, help="how many runs")
+    p.set_defaults(func=runs)
+
+    p = subparsers.add_parser("show", help=show.__doc__, description=show.__doc__)
+    p.add_argument("uid", help="a run's uid, its first characters, a scan id, or -1 for the latest")
+    _catalog_options(p)
+    p.add_argument("--key", help="the image data key (default: the run's first image)")
+    p.add_argument(
+        "--png", metavar="PATH", help="where to write the picture (default: scmos_<uid>.png here)"
+    )
+    p.add_argument("--no-png", action="store_true", help="no picture")
+    p.add_argument(
+        "--mean-frames",
+        type=int,
+        default=100,
+        help="frames averaged into the mean frame, spread over the run (0: all)",
+    )
+    p.set_defaults(func=show)
+
+    p = subparsers.add_parser("sync", help=sync.__doc__, description=sync.__doc__)
+    p.add_argument("uids", nargs="*", metavar="UID", help="runs to copy (default: all)")
+    p.add_argument("--to", required=True, metavar="URL", help="the catalog server")
+    p.add_argument(
+        "--from",
+        dest="catalog",
+        metavar="DIR",
+        help="the catalog to copy from (default: the embedded one)",
+    )
+    p.add_argument("--api-key", help="the server's API key (default: $TILED_API_KEY)")
+    p.add_argument(
+        "--copy-data",
+        metavar="DIR",
+        help="copy the HDF5 files into DIR (a "
+        "directory the server reads) and point the server's runs there",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(func=sync)
