@@ -1,0 +1,196 @@
+"""Replay from the embedded catalog: documents, `runs` and `show`, laziness, databroker's APIs.
+
+One catalog and one 300-frame run of the full simulated sensor (a 48 MB file) for the module;
+everything real: the camera's writer process, TiledWriter, HDF5 files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import event_model
+import h5py
+import matplotlib.image
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.catalog import documents, file_stats, open_catalog, summarize
+from ophyd_scmos.cli import main
+from ophyd_scmos.pipeline import layout
+from tests.conftest import SENSOR, expected_frames
+
+FRAMES = 300
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedded") / "catalog"
+
+
+@pytest.fixture(scope="module")
+def camera_run(catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 300-frame count of the whole sensor, written into the embedded catalog."""
+    driver = SimulatedSCMOS(shape=SENSOR, seed=3)
+    cam = SCMOSCamera(
+        name="cam", driver=driver, write_dir=tmp_path_factory.mktemp("frames"), ring_mb=16
+    )
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    (uid,) = RE(count([cam], num=FRAMES))
+    return {"uid": uid, "driver": driver, "file": cam.file_path.get()}
+
+
+@pytest.fixture
+def catalog(catalog_dir: Path, camera_run: dict[str, Any]) -> Any:
+    return open_catalog(catalog_dir)
+
+
+def test_documents_come_in_an_order_every_callback_accepts(
+    catalog: Any, camera_run: dict[str, Any]
+) -> None:
+    docs = list(documents(catalog[camera_run["uid"]]))
+    names = [name for name, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert names.count("event") == FRAMES
+    assert names.count("stream_resource") == names.count("stream_datum") == 1
+    seen: set[str] = set()
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+        if name in ("event", "stream_datum"):
+            assert doc["descriptor"] in seen
+        if name == "stream_datum":
+            assert doc["stream_resource"] in seen
+        seen.add(doc["uid"])
+    (resource,) = (doc for name, doc in docs if name == "stream_resource")
+    assert resource["uri"].endswith(Path(camera_run["file"]).name)
+    assert resource["parameters"]["dataset"] == layout.DATA
+    # Plain dicts of their own: a callback may change what it is given.
+    docs[0][1]["changed"] = True
+    assert "changed" not in next(documents(catalog[camera_run["uid"]]))[1]
+
+
+def test_reading_the_last_frame_reads_a_small_part_of_the_file(
+    catalog: Any, camera_run: dict[str, Any]
+) -> None:
+    """The embedded server reads in this process: its read() calls show in /proc/self/io."""
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("needs Linux's per-process I/O counters (/proc/self/io)")
+
+    def bytes_read() -> int:
+        return int(dict(line.split(": ") for line in io.read_text().splitlines())["rchar"])
+
+    images = catalog[camera_run["uid"]]["primary"]["cam_image"]
+    assert images.shape == (FRAMES, 1, *SENSOR)
+    before = bytes_read()
+    last = images[FRAMES - 1]
+    read = bytes_read() - before
+    np.testing.assert_array_equal(last[0], camera_run["driver"].expected_frame(FRAMES - 1))
+    file_size = Path(camera_run["file"]).stat().st_size
+    frame_bytes = last.nbytes
+    assert read < 4 * frame_bytes + 1_000_000, f"read {read} bytes of a {file_size}-byte file"
+    assert read < file_size / 20
+
+
+def test_runs_lists_recent_runs_newest_first(
+    catalog_dir: Path, camera_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runs", "--catalog", str(catalog_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    newest = rows[0]
+    assert newest["uid"] == camera_run["uid"]
+    assert newest["frames"] == FRAMES and newest["shape"] == [FRAMES, 1, *SENSOR]
+    assert newest["file"] == camera_run["file"] and newest["lost"] == 0
+    assert newest["exit_status"] == "success" and newest["key"] == "primary/cam_image"
+
+    assert main(["runs", "--catalog", str(catalog_dir)]) == 0
+    header, first = capsys.readouterr().out.splitlines()[:2]
+    assert header.split() == ["uid", "start", "status", "frames", "shape", "lost", "file"]
+    assert first.startswith(camera_run["uid"][:8])
+    assert f"{SENSOR[0]}x{SENSOR[1]}" in first and Path(camera_run["file"]).name in first
+
+
+def test_show_summarizes_a_run_and_draws_it(
+    catalog_dir: Path,
+    camera_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    png = tmp_path / "run.png"
+    uid = camera_run["uid"]
+    args = ["show", uid[:8], "--catalog", str(catalog_dir), "--png", str(png)]
+    assert main([*args, "--json", "--mean-frames", "30"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["uid"] == uid and report["frames"] == FRAMES
+    assert report["file"] == camera_run["file"] and report["file_reachable"]
+    assert report["size_bytes"] == Path(camera_run["file"]).stat().st_size
+    assert report["raw_bytes"] == FRAMES * SENSOR[0] * SENSOR[1] * 2
+    assert report["compression_ratio"] == pytest.approx(1.0)  # written uncompressed
+    assert report["frames_written"] == FRAMES and report["frames_dropped"] == 0
+    assert report["missing_frames"] == 0 and report["gaps"] == []
+    assert report["interval_source"] == "camera clock"
+    assert 0 < report["interval_mean_s"] < 1 and report["interval_jitter_s"] >= 0
+    assert report["mean_of_frames"] == 30
+    assert report["png"] == str(png)
+    assert matplotlib.image.imread(png).shape[:2] == (368, 1200)  # three panels, 80 dpi
+
+    assert main([*args, "--no-png"]) == 0
+    text = capsys.readouterr().out
+    assert f"{FRAMES} frames of {SENSOR[0]}x{SENSOR[1]} <u2" in text
+    assert "gaps       none" in text and "picture" not in text
+
+
+def test_file_stats_find_gaps_compression_and_intervals(tmp_path: Path) -> None:
+    """A file as the writer leaves it after drops: frame numbers skip, the clock jumps."""
+    import hdf5plugin
+
+    numbers = np.array([0, 1, 2, 5, 6, 9])
+    times = numbers * 0.01
+    frames = np.zeros((len(numbers), 64, 64), np.uint16)  # zeros compress very well
+    path = tmp_path / "gappy.h5"
+    with h5py.File(path, "w") as f:
+        data = layout.create_layout(f, (64, 64), np.uint16, compression=hdf5plugin.Bitshuffle())
+        data.resize(len(numbers), axis=0)
+        data[...] = frames
+        for name, values in ((layout.FRAME_NUMBER, numbers), (layout.TIMESTAMP, times)):
+            f[name].resize(layout.METADATA_STEP, axis=0)  # grown ahead, as the writer does
+            f[name][: len(values)] = values
+        f[layout.ENTRY].attrs.update(frames_written=6, frames_dropped=4, frames_missed=0)
+        f[layout.ENTRY].attrs["complete"] = True
+
+    stats = file_stats(path)
+    assert stats.frames == 6 and stats.frame_shape == (64, 64)
+    assert stats.gaps == [(3, 4), (7, 8)] and stats.missing_frames == 4
+    assert stats.compression_ratio > 10 and stats.filters[0].startswith("bitshuffle")
+    np.testing.assert_allclose(stats.intervals, [0.01, 0.01, 0.03, 0.01, 0.03])
+    assert (stats.frames_written, stats.frames_dropped, stats.complete) == (6, 4, True)
+
+
+def test_databroker_apis_read_the_embedded_catalog(
+    catalog_dir: Path, camera_run: dict[str, Any]
+) -> None:
+    """Legacy analysis code reads our runs through databroker's v1 and v2 APIs, and using
+    them leaves the catalog's own (v3) clients as they were."""
+    catalog = open_catalog(catalog_dir)
+    uid = camera_run["uid"]
+    expected = expected_frames(camera_run["driver"], 20)
+
+    header = catalog.v1[uid]
+    table = header.table(fill=True)
+    images = np.stack(list(table["cam_image"]))
+    assert images.shape == (FRAMES, 1, *SENSOR)
+    np.testing.assert_array_equal(images[:20, 0], expected)
+
+    run_v2 = catalog.v2[uid]
+    np.testing.assert_array_equal(run_v2.primary.read()["cam_image"].values[:20, 0], expected)
+
+    for client in (catalog, open_catalog(catalog_dir)):
+        np.testing.assert_array_equal(client[uid]["primary"]["cam_image"][:20, 0], expected)
+    assert summarize(catalog[uid]).frames == FRAMES
