@@ -19,4 +19,4 @@ test: $(BIN)/.installed
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/count.py
+	$(BIN)/ophyd-scmos bench

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "cameras", "catalog")
+COMMANDS = ("demo", "bench", "cameras", "catalog")
 
 
 def build_parser() -> argparse.ArgumentParser:
