@@ -549,10 +549,32 @@ def _unreadable(run: Any) -> str | None:
     """Why the catalog cannot read the run's images (it tries the last frame), or None."""
     for stream, key, node in _image_nodes(run):
         try:
-            node[-1]
-        except Exception as err:  # any failure means the same to the user: not readable
-            return f"{stream}/{key}: {str(err).splitlines()[0]}"
+            with _no_retries():
+                node[-1]
+        except Exception as err:  # whatever the cause, the user's answer is the same
+            files = ", ".join(_node_files(node))
+            return (
+                f"{stream}/{key} ({files}): {str(err).splitlines()[0]}; a server refuses "
+                "files outside its readable storage (ophyd-scmos serve --read DIR)"
+            )
     return None
+
+
+@contextlib.contextmanager
+def _no_retries() -> Iterator[None]:
+    """Turn off Tiled's client retries (process-wide, for as long as this lasts).
+
+    A server answers a file outside its readable storage with the same 500 as a passing
+    fault, and the client retries that for up to 45 s: a probe wants the first answer.
+    """
+    import stamina
+
+    active = stamina.is_active()
+    stamina.set_active(False)
+    try:
+        yield
+    finally:
+        stamina.set_active(active)
 
 
 # ---------------------------------------------------------------------------------------------
