@@ -1,0 +1,163 @@
+"""The facility catalog: a real PostgreSQL and a real Tiled server (``ophyd-scmos serve``) on
+127.0.0.1, one of each for the whole session; runs written over HTTP, read from elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.catalog import open_catalog, sync
+from tests.conftest import SENSOR
+from tests.servers import CatalogServer, PostgreSQL, require_postgres
+
+ROI = (32, 16, 96, 64)  # (x, y, width, height): 64x96 frames
+
+
+@pytest.fixture(scope="session")
+def facility(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """PostgreSQL and the catalog server on it; the server reads images from `frames` (where
+    cameras write) and `shared` (where `sync --copy-data` puts files), nowhere else."""
+    postgres = PostgreSQL(require_postgres())
+    postgres.start()
+    try:
+        root = tmp_path_factory.mktemp("facility")
+        readable = [root / "frames", root / "shared"]
+        server = CatalogServer(postgres.create_database("catalog"), root / "server", readable)
+        server.start()
+        try:
+            yield {"url": server.url, "api_key": server.api_key, "root": root}
+        finally:
+            server.stop()
+    finally:
+        postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def server_catalog(facility: dict[str, Any]) -> Any:
+    return open_catalog(facility["url"], api_key=facility["api_key"])
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lab's embedded catalog, the source of `sync` (shared: creating one takes ~3 s)."""
+    return tmp_path_factory.mktemp("lab") / "catalog"
+
+
+def take_run(catalog: Any, write_dir: Path, num: int, seed: int) -> tuple[str, SimulatedSCMOS]:
+    """RE(count([cam], num)) into `catalog`, the camera writing into `write_dir`."""
+    driver = SimulatedSCMOS(shape=SENSOR, seed=seed)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=write_dir, ring_mb=4)
+    cam.roi.set(ROI)
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(catalog))
+    (uid,) = RE(count([cam], num=num))
+    return uid, driver
+
+
+def expected(driver: SimulatedSCMOS, num: int) -> np.ndarray:
+    return np.stack([driver.expected_frame(k) for k in range(num)])[:, None]
+
+
+REPLAY = """
+import sys
+import numpy as np
+from ophyd_scmos import open_catalog
+
+url, uid, out = sys.argv[1:]
+catalog = open_catalog(url)  # the API key comes from TILED_API_KEY
+np.save(out, catalog[uid]["primary"]["cam_image"].read())
+print(type(catalog).__name__, catalog[-1].metadata["start"]["uid"])
+"""
+
+
+def test_count_over_http_replays_every_pixel_in_another_process(
+    facility: dict[str, Any], server_catalog: Any, tmp_path: Path
+) -> None:
+    uid, driver = take_run(server_catalog, facility["root"] / "frames", 200, seed=11)
+    out = tmp_path / "frames.npy"
+    env = {**os.environ, "TILED_API_KEY": facility["api_key"]}
+    reader = subprocess.run(
+        [sys.executable, "-c", REPLAY, facility["url"], uid, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert reader.returncode == 0, reader.stderr
+    # The same client class as the embedded catalog's: catalog[-1] is the latest run.
+    assert reader.stdout.split() == ["CatalogOfBlueskyRuns", uid]
+    frames = np.load(out)
+    assert frames.shape == (200, 1, 64, 96) and frames.dtype == np.uint16
+    np.testing.assert_array_equal(frames, expected(driver, 200))
+
+
+def test_databroker_v1_reads_the_server_catalog(
+    facility: dict[str, Any], server_catalog: Any
+) -> None:
+    uid, driver = take_run(server_catalog, facility["root"] / "frames", 5, seed=12)
+    table = open_catalog(facility["url"], api_key=facility["api_key"]).v1[uid].table(fill=True)
+    np.testing.assert_array_equal(np.stack(list(table["cam_image"])), expected(driver, 5))
+
+
+def test_sync_copies_runs_to_the_server_pointing_at_the_same_files(
+    facility: dict[str, Any], server_catalog: Any, lab_dir: Path
+) -> None:
+    lab = open_catalog(lab_dir)
+    uid, driver = take_run(lab, facility["root"] / "frames", 30, seed=13)
+    file = lab[uid]["primary"]["cam_image"].data_sources()[0].assets[0].data_uri
+
+    (result,) = sync(lab, server_catalog, [uid])
+    assert (result.uid, result.status, result.error) == (uid, "copied", None)
+    assert result.files == [file.removeprefix("file://localhost")]
+    run = server_catalog[uid]
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), expected(driver, 30))
+    assert run.metadata["start"] == lab[uid].metadata["start"]
+    assert run.metadata["stop"]["num_events"] == {"primary": 30}
+    assert run["primary"].read()["cam_frames_dropped"].values.tolist() == [0] * 30
+
+    (again,) = sync(lab, server_catalog, [uid])
+    assert (again.status, again.error) == ("present", None)
+
+
+def test_sync_says_when_the_server_cannot_read_a_file(
+    server_catalog: Any, lab_dir: Path, tmp_path: Path
+) -> None:
+    lab = open_catalog(lab_dir)
+    uid, _ = take_run(lab, tmp_path / "lab-disk", 3, seed=14)  # not readable by the server
+    (result,) = sync(lab, server_catalog, [uid])
+    assert result.status == "copied"
+    assert result.error is not None
+    assert "primary/cam_image" in result.error and str(tmp_path / "lab-disk") in result.error
+
+
+def test_sync_command_copies_data_where_the_server_reads(
+    facility: dict[str, Any], server_catalog: Any, lab_dir: Path, tmp_path: Path
+) -> None:
+    uid, driver = take_run(open_catalog(lab_dir), tmp_path / "lab-disk", 10, seed=15)
+    shared = facility["root"] / "shared"
+    command = [
+        *(str(Path(sys.executable).parent / "ophyd-scmos"), "sync", "--json"),
+        *("--from", str(lab_dir), "--to", facility["url"], "--api-key", facility["api_key"]),
+        *("--copy-data", str(shared), uid),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)
+    (copy,) = result["files"]
+    assert (result["uid"], result["status"], result["error"]) == (uid, "copied", None)
+    assert Path(copy).parent == shared and Path(copy).is_file()
+    frames = server_catalog[uid]["primary"]["cam_image"].read()
+    np.testing.assert_array_equal(frames, expected(driver, 10))
