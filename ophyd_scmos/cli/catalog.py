@@ -275,7 +275,8 @@ def _draw(run: Any, summary: Any, intervals: Any, clock: str, png: Path, mean_fr
         ax.set_title(title)
     ax = axes[2]
     if intervals.size:
-        ax.hist(intervals * 1e3, bins=min(100, max(10, intervals.size // 20)))
+        # Log counts: the rare long intervals are what one looks for.
+        ax.hist(intervals * 1e3, bins=min(100, max(10, intervals.size // 20)), log=True)
     ax.set_xlabel(f"frame interval, ms ({clock})")
     ax.set_ylabel("frames")
     ax.set_title(f"{intervals.size} intervals")
