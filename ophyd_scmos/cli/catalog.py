@@ -25,7 +25,11 @@ def serve(args: argparse.Namespace) -> int:
     """Serve a shared catalog from PostgreSQL: Tiled's own server, configured for our runs."""
     from ophyd_scmos.catalog import server_command, server_config, write_server_config
 
-    config = server_config(args.postgres, args.data, args.read, tables=args.tables)
+    try:
+        config = server_config(args.postgres, args.data, args.read, tables=args.tables)
+    except ValueError as err:
+        print(f"ophyd-scmos serve: {err}", file=sys.stderr)
+        return 2
     if args.print_config:
         import yaml
 
@@ -92,8 +96,12 @@ def show(args: argparse.Namespace) -> int:
 
     from ophyd_scmos.catalog import file_stats, summarize
 
-    run = _open(args)[_run_key(args.uid)]
-    summary = summarize(run, args.key)
+    try:
+        run = _open(args)[_run_key(args.uid)]
+        summary = summarize(run, args.key)
+    except KeyError as err:
+        print(f"ophyd-scmos show: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 1
     if summary.key is None:
         print(f"run {summary.uid} has no images", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
-from ophyd_scmos.catalog import open_catalog, sync
+from ophyd_scmos.catalog import open_catalog, server_config, sync, write_server_config
 from tests.conftest import SENSOR
 from tests.servers import CatalogServer, PostgreSQL, require_postgres
 
@@ -161,3 +161,26 @@ def test_sync_command_copies_data_where_the_server_reads(
     assert Path(copy).parent == shared and Path(copy).is_file()
     frames = server_catalog[uid]["primary"]["cam_image"].read()
     np.testing.assert_array_equal(frames, expected(driver, 10))
+
+
+def test_server_config_takes_postgresql_only_and_never_echoes_the_uri() -> None:
+    with pytest.raises(ValueError, match="postgresql://") as refused:
+        server_config("mysql://user:hunter2@db/catalog", "/srv/tiled", ["/data"])
+    assert "hunter2" not in str(refused.value)
+    with pytest.raises(ValueError, match="readable"):
+        server_config("postgresql://user:hunter2@db/catalog", "/srv/tiled", [])
+
+
+def test_server_config_serves_runs_like_the_embedded_catalog(tmp_path: Path) -> None:
+    config = server_config("postgres://u@db:5433/runs", tmp_path / "data", [tmp_path / "frames"])
+    (tree,) = config["trees"]
+    assert tree["args"]["uri"] == "postgresql+asyncpg://u@db:5433/runs"
+    assert tree["args"]["writable_storage"] == [
+        str(tmp_path / "data"),
+        "postgresql://u@db:5433/runs",  # event tables in the same database, through ADBC
+    ]
+    assert tree["args"]["readable_storage"] == [str(tmp_path / "frames")]
+    assert tree["args"]["specs"] == [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}]
+    assert "application/json-seq" in config["media_types"]["BlueskyRun"]
+    path = write_server_config(tmp_path / "tiled.yml", config)
+    assert path.stat().st_mode & 0o777 == 0o600  # the URI may hold a password
