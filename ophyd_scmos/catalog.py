@@ -84,6 +84,7 @@ DATA_DIR = "data"  #: arrays Tiled itself writes (e.g. event arrays too big for 
 #: The root spec that makes a client a `CatalogOfBlueskyRuns` (catalog[-1], scan ids, partial
 #: uids). Version 3 is the SQL layout TiledWriter writes.
 BLUESKY_CATALOG_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
+CATALOG_ENV = "OPHYD_SCMOS_CATALOG"  #: the catalog `open_catalog()` opens when given none
 JSON_SEQ = "application/json-seq"  #: the media type of a run's document stream
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
 
@@ -103,9 +104,11 @@ def open_catalog(
 ) -> Container:
     """Open a catalog of Bluesky runs: embedded (a directory) or a Tiled server (a URL).
 
-    `path`: None for `default_catalog_dir()` (its creation is announced on stderr, since the
-    user never chose that place), a directory (created if missing) for an embedded catalog,
-    or an ``http(s)://`` URL of a Tiled server.
+    `path`: a directory (created if missing) for an embedded catalog, or an ``http(s)://``
+    URL of a Tiled server. None: ``$OPHYD_SCMOS_CATALOG`` (either kind) where it is set, so
+    a facility points unchanged scripts at its server by configuration alone; otherwise
+    `default_catalog_dir()` (its creation is announced on stderr, since the user never chose
+    that place).
     `readable` (embedded only): the directories whose files the catalog may serve; None (the
     default) means the whole filesystem, see the module docstring for why. The catalog's own
     data directory is always readable.
@@ -118,6 +121,8 @@ def open_catalog(
     by ``catalog.context.close()`` (which ends every client of that catalog in this process;
     the next `open_catalog` starts a new one).
     """
+    if path is None:
+        path = os.environ.get(CATALOG_ENV) or None
     if path is not None and _is_url(path):
         if readable is not None:
             raise ValueError(

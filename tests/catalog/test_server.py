@@ -76,8 +76,8 @@ import sys
 import numpy as np
 from ophyd_scmos import open_catalog
 
-url, uid, out = sys.argv[1:]
-catalog = open_catalog(url)  # the API key comes from TILED_API_KEY
+uid, out = sys.argv[1:]
+catalog = open_catalog()  # which catalog, and its key, come from the environment
 np.save(out, catalog[uid]["primary"]["cam_image"].read())
 print(type(catalog).__name__, catalog[-1].metadata["start"]["uid"])
 """
@@ -88,9 +88,13 @@ def test_count_over_http_replays_every_pixel_in_another_process(
 ) -> None:
     uid, driver = take_run(server_catalog, facility["root"] / "frames", 200, seed=11)
     out = tmp_path / "frames.npy"
-    env = {**os.environ, "TILED_API_KEY": facility["api_key"]}
+    env = {
+        **os.environ,
+        "OPHYD_SCMOS_CATALOG": facility["url"],
+        "TILED_API_KEY": facility["api_key"],
+    }
     reader = subprocess.run(
-        [sys.executable, "-c", REPLAY, facility["url"], uid, str(out)],
+        [sys.executable, "-c", REPLAY, uid, str(out)],
         capture_output=True,
         text=True,
         env=env,
