@@ -86,7 +86,7 @@ class SCMOSCamera(Device):
 
     image = Cpt(Signal, value="", kind="normal", doc="datum id of this point's frames")
     frame_number = Cpt(Signal, value=-1, kind="normal", doc="camera's number of the 1st frame")
-    camera_timestamp = Cpt(Signal, value=0.0, kind="normal", doc="camera clock, s, of that frame")
+    frame_time = Cpt(Signal, value=0.0, kind="normal", doc="camera clock, s, of that frame")
     frames_dropped = Cpt(Signal, value=0, kind="normal")
     frames_missed = Cpt(Signal, value=0, kind="normal")
     frames_written = Cpt(Signal, value=0, kind="omitted")
@@ -332,7 +332,7 @@ class SCMOSCamera(Device):
                 return
             number, timestamp = stream.frame_info(first)
             self.frame_number.put(number)
-            self.camera_timestamp.put(timestamp)
+            self.frame_time.put(timestamp)
             status.set_finished()
 
         if self._mode is TriggerMode.SOFTWARE:
@@ -423,7 +423,7 @@ class SCMOSCamera(Device):
             {
                 self.image.name: layout.DATA,
                 self.frame_number.name: layout.FRAME_NUMBER,
-                self.camera_timestamp.name: layout.TIMESTAMP,
+                self.frame_time.name: layout.TIMESTAMP,
             },
             frames_per_point=1,
         )
@@ -443,7 +443,7 @@ class SCMOSCamera(Device):
 
         def finish() -> None:
             try:
-                while not stream.error:
+                while not stream.error and not stream.stopped:  # stopped: RE stop/abort
                     taken = stream.frames_acquired + stream.frames_dropped + stream.frames_missed
                     if (n and taken >= n) or (seconds and time.monotonic() - started >= seconds):
                         break
@@ -472,7 +472,7 @@ class SCMOSCamera(Device):
                 "shape": [],
                 "external": "STREAM:",
             },
-            self.camera_timestamp.name: {
+            self.frame_time.name: {
                 "source": f"{self.driver.model}:{self.name}",
                 "dtype": "number",
                 "dtype_numpy": "<f8",

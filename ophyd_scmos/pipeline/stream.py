@@ -273,6 +273,10 @@ class FrameStream:
                 entry.attrs["error"] = self.writer.last["error"]
         return saved
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
         """Stop the camera now; frames already in the ring are still written by `close`."""
         self._stop.set()
@@ -392,35 +396,28 @@ class FrameStream:
         scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
         try:
             while not self._stop.is_set():
-                if self._gate is not None and self.frames_acquired >= self._gate:
-                    try:
-                        self.driver.read_into(scratch, timeout=0.1)
-                    except TimeoutError:
-                        continue
-                    self.frames_skipped += 1
-                    continue
-                if self.frames_acquired - ring.released >= n_slots:
-                    if self.overflow == "block":
-                        time.sleep(0.0005)
-                        continue
-                    try:
-                        info = self.driver.read_into(scratch, timeout=0.1)
-                    except TimeoutError:
-                        continue
-                    self.frames_dropped += 1
-                    self.frames_missed += info.missed_before
-                    self._notify()
+                room = self.frames_acquired - ring.released < n_slots
+                if not room and self.overflow == "block" and self._recording():
+                    time.sleep(0.0005)  # the camera buffers (or misses) meanwhile
                     continue
                 slot = self.frames_acquired % n_slots
                 try:
-                    info = self.driver.read_into(ring.slot(slot), timeout=0.1)
+                    info = self.driver.read_into(ring.slot(slot) if room else scratch, 0.1)
                 except TimeoutError:
+                    continue
+                # Decide once the frame is here: a gate opened while we waited counts.
+                if not self._recording():
+                    self.frames_skipped += 1 + info.missed_before
+                    continue
+                self.frames_missed += info.missed_before
+                if not room:
+                    self.frames_dropped += 1
+                    self._notify()
                     continue
                 ring.frame_number[slot] = info.frame_number
                 ring.camera_timestamp[slot] = info.camera_timestamp
                 ring.host_timestamp[slot] = time.time()
                 self._info.append((info.frame_number, info.camera_timestamp))
-                self.frames_missed += info.missed_before
                 self.frames_acquired += 1
                 writer.send(FRAME, slot)
         except CameraError as exc:
@@ -430,6 +427,9 @@ class FrameStream:
             if not self._stop.is_set():
                 writer.ended.wait(5)
                 self._fail(StreamError(f"writer lost ({exc}). {self._saved()}"))
+
+    def _recording(self) -> bool:
+        return self._gate is None or self.frames_acquired < self._gate
 
     def _saved(self) -> str:
         return f"{self.path} holds {self.frames_written} of {self.frames_acquired} frames"

@@ -1,0 +1,183 @@
+"""Full-rate acquisition: fly scans, bursts per point, trigger modes, progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import h5py
+import numpy as np
+import pytest
+from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: F401 - import check
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.pipeline import layout
+from ophyd_scmos.plans import movie
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("catalog")
+
+
+@pytest.fixture
+def tiled(RE, catalog_dir):
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    return lambda uid: open_catalog(catalog_dir)[uid]
+
+
+def only_uid(recorder) -> str:
+    (start,) = recorder.of("start")
+    return start["uid"]
+
+
+def test_movie_records_every_frame_in_order_and_replays_from_tiled(tmp_path, RE, recorder, tiled):
+    # 1000 frames/s with on-camera memory for a second of them (as PCO or Hamamatsu cameras
+    # have): a loaded CI machine may stall the reader for a moment without losing frames.
+    driver = SimulatedSCMOS(shape=(256, 320), seed=7, camera_buffer_frames=1000)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=16)
+    cam.roi.set((32, 16, 96, 64))
+    cam.exposure_time.set(0.001)
+    RE(movie(cam, frames=5000, page_every=0.2))
+    assert cam.frames_missed.get() == 0 and cam.frames_dropped.get() == 0
+    assert len(recorder.of("stream_datum")) > 3  # pages while the camera ran
+    run = tiled(only_uid(recorder))["primary"]
+    images = run["cam_image"].read()
+    numbers = run["cam_frame_number"].read()
+    times = run["cam_frame_time"].read()
+    assert images.shape == (5000, 64, 96)
+    np.testing.assert_array_equal(np.diff(numbers), 1)  # no gaps
+    assert np.all(np.diff(times) > 0)
+    for i in range(5000):
+        np.testing.assert_array_equal(images[i], driver.expected_frame(int(numbers[i])))
+    assert cam.trigger_mode.get() == "software"  # given back as it was
+
+
+def test_movie_for_a_duration_stops_on_time(cam, RE, recorder):
+    cam.exposure_time.set(0.002)
+    cam.acquire_period.set(0.01)  # 100 frames/s
+    RE(movie(cam, seconds=1.0))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        frames = f[layout.DATA].shape[0]
+    assert 50 <= frames <= 150  # about 100: the clock, not a frame count, ended it
+
+
+def test_kickoff_complete_collect_stubs_with_a_declared_stream(cam, driver, RE, recorder):
+    cam.trigger_mode.set("internal")
+    cam.acquire_period.set(0.005)  # 200 frames/s: no frame missed even on a loaded machine
+    cam.num_frames.set(300)
+
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.declare_stream(cam, name="primary", collect=True)
+        yield from bps.kickoff(cam, wait=True)
+        yield from bps.complete(cam, wait=True)
+        yield from bps.collect(cam, name="primary")
+
+    RE(plan())  # kickoff stages the camera itself, complete closes the file
+    assert cam.frames_missed.get() == 0
+    (datum, *_) = recorder.of("stream_datum")
+    assert datum["indices"] == {"start": 0, "stop": 300}
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape[0] == 300
+    assert cam._staged.name == "no"
+
+
+def test_bluesky_fly_needs_a_declared_stream(cam, RE):
+    """bp.fly predates declared streams; the README shows movie() instead."""
+    cam.trigger_mode.set("internal")
+    cam.num_frames.set(10)
+    with pytest.raises(AssertionError, match="pre-declared"):
+        RE(bp.fly([cam]))
+
+
+def test_external_trigger_records_exactly_the_fired_frames(cam, driver, RE, recorder):
+    cam.trigger_mode.set("external")
+    cam.num_frames.set(40)
+    firing = threading.Event()
+
+    def pulse_train():  # a delay generator driving the trigger input
+        firing.wait(10)
+        for _ in range(40):
+            driver.fire()
+            time.sleep(0.002)
+
+    threading.Thread(target=pulse_train, daemon=True).start()
+
+    def start_pulses_once_armed(msg):
+        if msg.command == "complete":  # kickoff is done: the camera records what comes
+            firing.set()
+
+    RE.msg_hook = start_pulses_once_armed
+    RE(movie(cam, frames=40))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], np.arange(40))
+        np.testing.assert_array_equal(f[layout.DATA][39], driver.expected_frame(39))
+
+
+def test_bursts_per_point_replay_as_k_frames_from_tiled(cam, driver, RE, recorder, tiled):
+    cam.frames_per_point.set(4)
+    RE(count([cam], num=6))
+    images = tiled(only_uid(recorder))["primary"]["cam_image"].read()
+    assert images.shape == (6, 4, 64, 96)
+    np.testing.assert_array_equal(
+        images.reshape(24, 64, 96), np.stack([driver.expected_frame(k) for k in range(24)])
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_stream_documents_for_count_replay_from_tiled(driver, tmp_path, RE, recorder, tiled, k):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, asset_docs="stream", ring_mb=4)
+    cam.roi.set((0, 0, 96, 64))
+    cam.exposure_time.set(0.001)
+    cam.frames_per_point.set(k)
+    RE(count([cam], num=5))
+    (descriptor,) = recorder.of("descriptor")
+    key = descriptor["data_keys"]["cam_image"]
+    assert key["external"] == "STREAM:"
+    assert key["shape"] == ([64, 96] if k == 1 else [k, 64, 96])
+    assert "cam_image" not in recorder.of("event")[0]["data"]
+    images = tiled(only_uid(recorder))["primary"]["cam_image"].read()
+    assert images.shape == ((5, 64, 96) if k == 1 else (5, k, 64, 96))
+    np.testing.assert_array_equal(
+        images.reshape(5 * k, 64, 96), np.stack([driver.expected_frame(j) for j in range(5 * k)])
+    )
+
+
+def test_internal_mode_count_skips_frames_between_triggers(cam, driver, RE, recorder):
+    cam.trigger_mode.set("internal")
+    cam.exposure_time.set(0.001)
+    cam.frames_per_point.set(2)
+    RE(bp.count([cam], num=10, delay=0.05))
+    numbers = [e["data"]["cam_frame_number"] for e in recorder.of("event")]
+    assert all(b - a > 2 for a, b in zip(numbers, numbers[1:], strict=False))  # skipped between
+    with h5py.File(cam.file_path.get(), "r") as f:
+        recorded = f[layout.FRAME_NUMBER][()]
+        assert recorded.shape == (20,)
+        np.testing.assert_array_equal(recorded[::2], numbers)
+        np.testing.assert_array_equal(recorded[1::2], np.array(numbers) + 1)  # bursts stay whole
+        np.testing.assert_array_equal(f[layout.DATA][5], driver.expected_frame(recorded[5]))
+
+
+def test_statuses_report_progress_to_watchers(cam, RE):
+    seen: list[dict] = []
+
+    def waiting_hook(statuses):
+        for status in statuses or ():  # as bluesky's ProgressBarManager does
+            if hasattr(status, "watch"):
+                status.watch(lambda **kw: seen.append(kw))
+
+    RE.waiting_hook = waiting_hook
+    cam.exposure_time.set(0.0005)
+    RE(movie(cam, frames=2000, page_every=0.05))
+    progress = [kw for kw in seen if kw.get("target") == 2000]
+    assert progress, "the complete status said nothing"
+    currents = [kw["current"] for kw in progress]
+    assert currents == sorted(currents)
+    assert currents[-1] == 2000 and progress[-1]["fraction"] == 0
+    assert {kw["unit"] for kw in progress} == {"frames"}
