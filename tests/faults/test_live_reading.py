@@ -1,0 +1,58 @@
+"""Another process follows a run while it is written (SWMR)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.pipeline import FrameStream
+
+READER = """
+import sys, time
+import h5py, numpy as np
+from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+camera = SimulatedSCMOS(shape=(48, 80), seed=9)
+camera.open()
+camera.configure(CameraSettings(exposure_time=0.001))
+path, total = sys.argv[1], int(sys.argv[2])
+seen = []
+deadline = time.monotonic() + 60
+with h5py.File(path, "r", swmr=True) as f:
+    data, numbers = f["/entry/data/data"], f["/entry/data/frame_number"]
+    while time.monotonic() < deadline:
+        data.refresh(); numbers.refresh()
+        n = data.shape[0]
+        if n and (not seen or n != seen[-1]):
+            seen.append(n)
+            assert np.array_equal(data[n - 1], camera.expected_frame(n - 1)), n
+        if n == total:
+            break
+        time.sleep(0.02)
+print(" ".join(map(str, seen)))
+"""
+
+
+def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
+    camera = SimulatedSCMOS(shape=(48, 80), seed=9)
+    camera.open()
+    camera.configure(CameraSettings(exposure_time=0.001))
+    path = tmp_path / "live.h5"
+    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream.open()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), "100"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for burst in range(10):  # ten bursts, 0.15 s apart, while the reader watches
+        done = threading.Event()
+        camera.software_trigger(10)
+        stream.wait_for(10 * (burst + 1), lambda error: done.set())
+        assert done.wait(10)
+        threading.Event().wait(0.15)
+    out, err = reader.communicate(timeout=60)
+    stream.close()
+    assert reader.returncode == 0, err[-2000:]
+    sizes = [int(n) for n in out.split()]
+    assert sizes[-1] == 100
+    assert len(sizes) >= 4, f"the reader saw only {sizes}"
+    assert sizes == sorted(sizes)

@@ -1,0 +1,96 @@
+"""Staging out of order, after failures, and two cameras in one directory."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import h5py
+import numpy as np
+import pytest
+from bluesky.plans import count
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.pipeline import layout
+
+
+def test_unstage_without_stage_does_nothing(cam, tmp_path):
+    cam.unstage()
+    assert cam._staged.name == "no"
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_after_a_failed_stage_works(driver, tmp_path, RE, recorder):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template="one.h5",
+                      ring_mb=4)
+    cam.roi.set((0, 0, 32, 32))
+    (tmp_path / "one.h5").write_bytes(b"taken")
+    with pytest.raises(FileExistsError):
+        RE(count([cam], num=2))
+    assert cam._staged.name == "no"
+    (tmp_path / "one.h5").unlink()
+    RE(count([cam], num=2))
+    with h5py.File(tmp_path / "one.h5", "r") as f:
+        assert f[layout.DATA].shape[0] == 2
+
+
+def test_two_cameras_write_one_directory_at_the_same_time(tmp_path, RE):
+    cams = []
+    for seed in (1, 2):
+        camera = SCMOSCamera(name=f"cam{seed}",
+                             driver=SimulatedSCMOS(shape=(64, 64), seed=seed),
+                             write_dir=tmp_path, ring_mb=2)
+        camera.exposure_time.set(0.001)
+        cams.append(camera)
+    other_done = threading.Event()
+    other_cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(64, 64), seed=3),
+                            write_dir=tmp_path, ring_mb=2)
+
+    def other_session():  # a second process would do the same; a thread shares the disk
+        other_cam.stage()
+        for _ in range(30):
+            other_cam.trigger().wait(10)
+        other_cam.unstage()
+        other_done.set()
+
+    thread = threading.Thread(target=other_session)
+    thread.start()
+    RE(count(cams, num=30))
+    thread.join(30)
+    assert other_done.is_set()
+    paths = {c.file_path.get() for c in (*cams, other_cam)}
+    assert len(paths) == 3 and all(os.path.dirname(p) == str(tmp_path) for p in paths)
+    for camera in (*cams, other_cam):
+        with h5py.File(camera.file_path.get(), "r") as f:
+            np.testing.assert_array_equal(f[layout.DATA][29], camera.driver.expected_frame(29))
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "words"),
+    [
+        ("exposure_time", float("nan"), "exposure_time"),
+        ("exposure_time", -0.1, "exposure_time"),
+        ("exposure_time", 0, "exposure_time"),
+        ("acquire_period", float("inf"), "acquire_period"),
+        ("roi", (0, 0, 4096, 16), "exceeds"),
+        ("roi", (-1, 0, 16, 16), "origin"),
+        ("roi", (0, 0, 0, 16), "positive"),
+        ("roi", (0, 0, 16, 16, 16), "roi"),
+        ("bit_depth", 8, "bit_depth"),
+        ("frames_per_point", 2.5, "frames_per_point"),
+        ("num_frames", -1, "num_frames"),
+        ("duration", float("nan"), "duration"),
+    ],
+)
+def test_bad_settings_are_refused_and_no_file_is_made(cam, tmp_path, attr, value, words):
+    before = getattr(cam, attr).get()
+    with pytest.raises(ValueError, match=words):
+        getattr(cam, attr).set(value)
+    assert getattr(cam, attr).get() == before
+    assert not (tmp_path / "data").exists()
+
+
+def test_binning_that_does_not_divide_the_roi_is_refused(cam):
+    cam.roi.set((0, 0, 30, 30))
+    with pytest.raises(ValueError, match="divisible by binning 4"):
+        cam.binning.set(4)
