@@ -7,17 +7,30 @@ with area-detector-handlers' AD_HDF5 handler found by entry point.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import databroker.v2
 import numpy as np
+import pytest
 from bluesky.plans import count
 
 from tests.conftest import expected_frames
 
 
-def test_databroker_catalog_replays_frames_through_v2_and_get_images(
-    cam, driver, RE, recorder
-) -> None:
+@pytest.fixture
+def catalog() -> Iterator[Any]:
+    """databroker's temporary catalog, closed after the test: its in-process server thread
+    would outlive it, and a child forked later (multiprocessing's default on Linux) would
+    wait for that thread at exit, forever."""
     catalog = databroker.v2.temp()
+    yield catalog
+    catalog.context.close()
+
+
+def test_databroker_catalog_replays_frames_through_v2_and_get_images(
+    catalog, cam, driver, RE, recorder
+) -> None:
     RE.subscribe(catalog.v1.insert)
     cam.frames_per_point.set(2)
     RE(count([cam], num=12))
