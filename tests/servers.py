@@ -2,7 +2,7 @@
 
 No mocks: `PostgreSQL` runs Debian's (or any) PostgreSQL binaries in a temporary directory,
 `CatalogServer` runs ``ophyd-scmos serve`` (Tiled's own server) against it. Both stop cleanly
-and leave nothing behind.
+at teardown, and both die with the test process if it is killed before (`guarded`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,30 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+# Run a command so that Linux stops it when the process that started it dies, even by SIGKILL
+# (prctl PR_SET_PDEATHSIG, which survives exec): a killed test run leaves no server behind.
+# argv: parent pid, uid, gid, signal, command... The uid and gid are taken first (as root, a
+# server may need another user), since changing them clears the setting.
+_GUARD = """
+import ctypes, os, sys
+parent, uid, gid, sig = map(int, sys.argv[1:5])
+if uid != os.getuid():
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+ctypes.CDLL(None, use_errno=True).prctl(1, sig)
+if os.getppid() != parent:
+    sys.exit("the test process is gone")
+os.execv(sys.argv[5], sys.argv[5:])
+"""
+
+
+def guarded(command: list[str], sig: int, user: pwd.struct_passwd | None = None) -> list[str]:
+    """`command`, run as `user` (default: this one), sent `sig` if this process dies."""
+    uid, gid = (user.pw_uid, user.pw_gid) if user else (os.getuid(), os.getgid())
+    ids = (os.getpid(), uid, gid, int(sig))
+    return [sys.executable, "-c", _GUARD, *map(str, ids), *command]
 
 
 def free_port() -> int:
@@ -66,9 +90,11 @@ class PostgreSQL:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="ophyd-scmos-pg-"))
         self._as: list[str] = []
+        self._owner: pwd.struct_passwd | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
-            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+            self._owner = pwd.getpwnam("postgres")
+            os.chown(self.dir, self._owner.pw_uid, self._owner.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, program: str, *args: str) -> None:
@@ -80,11 +106,28 @@ class PostgreSQL:
             cwd=self.dir,
         )
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         data = str(self.dir / "data")
         self._run("initdb", "-D", data, "-U", self.user, "--auth=trust", "--no-sync")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
-        self._run("pg_ctl", "-D", data, "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+        server = [str(self.bin_dir / "postgres"), "-D", data, "-p", str(self.port)]
+        server += ["-c", "listen_addresses=127.0.0.1", "-k", str(self.dir), "-c", "fsync=off"]
+        # In the foreground, a child of this process (not pg_ctl's daemon), so that it can be
+        # told to stop if this process dies; SIGINT is PostgreSQL's fast shutdown.
+        with open(self.dir / "log", "wb") as log:
+            self.process = subprocess.Popen(
+                guarded(server, signal.SIGINT, self._owner),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+            )
+        ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + timeout
+        while subprocess.run(ready).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "log").read_text(errors="replace")
+                self.stop()
+                raise RuntimeError(f"PostgreSQL did not start:\n{log}")
+            time.sleep(0.1)
 
     def create_database(self, name: str) -> str:
         """Make a database; return its URI."""
@@ -93,7 +136,13 @@ class PostgreSQL:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -111,7 +160,8 @@ class CatalogServer:
         command = [str(script), "serve", "--postgres", postgres, "--data", str(data_dir)]
         for path in readable:
             command += ["--read", str(path)]
-        self.command = [*command, "--port", str(self.port), "--api-key", self.api_key]
+        command += ["--port", str(self.port), "--api-key", self.api_key]
+        self.command = guarded(command, signal.SIGTERM)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> None:
