@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "bench", "cameras", "catalog")
+COMMANDS = ("demo", "bench", "cameras", "catalog", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

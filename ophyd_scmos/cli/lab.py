@@ -1,0 +1,265 @@
+"""`ophyd-scmos ipython | acquire | config check`: the lab's setup, from the lab configuration.
+
+All three read the same file (``--config``, else ``$OPHYD_SCMOS_CONFIG``, else the user's
+``lab.toml``, else the defaults), so a session, a script and a check agree on the cameras,
+the data directory and the catalog. A wrong configuration ends each of them with exit code 2
+and one line naming the key, before a camera opens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_CONFIG = 2  #: the configuration is wrong (or names a camera that cannot open)
+EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
+
+
+def checkout_profile() -> Path:
+    """The IPython profile beside the package in a source checkout (an editable install)."""
+    return Path(__file__).resolve().parents[2] / "profiles" / "profile_scmos"
+
+
+def ipython(args: argparse.Namespace) -> int:
+    """Start IPython with the lab profile: a RunEngine, the catalog, the cameras, the plans."""
+    from ophyd_scmos.config import CONFIG_ENV
+
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).expanduser().absolute())
+    if _load(args.config, "ipython") is None:
+        return EXIT_CONFIG
+    profile = Path(args.profile_dir) if args.profile_dir else checkout_profile()
+    if not (profile / "startup").is_dir():
+        print(
+            f"ophyd-scmos ipython: no IPython profile at {profile}; pass --profile-dir with a "
+            "copy of profiles/profile_scmos from the ophyd-scmos source",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    import IPython
+
+    extra = args.ipython_args[1:] if args.ipython_args[:1] == ["--"] else args.ipython_args
+    IPython.start_ipython(argv=[f"--profile-dir={profile}", *extra])
+    return 0
+
+
+def acquire(args: argparse.Namespace) -> int:
+    """Take a count (--num, one event per frame) or a movie at full rate (--frames or
+    --seconds) without IPython; print the run's uid, its file and its frame counts."""
+    import dataclasses
+    import warnings
+
+    from ophyd_scmos.config import ConfigError
+
+    lab = _load(args.config, "acquire")
+    if lab is None:
+        return EXIT_CONFIG
+    try:
+        camera = lab.camera(args.camera)
+        if args.exposure is not None:
+            settings = {**camera.settings, "exposure_time": args.exposure}
+            camera = dataclasses.replace(camera, settings=settings)
+        cam = camera.build()
+    except ConfigError as exc:
+        print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from bluesky.utils import PersistentDict, RunEngineInterrupted
+    from bluesky_tiled_plugins import TiledWriter
+
+    from ophyd_scmos.plans import movie
+
+    try:
+        catalog = lab.catalog.open()
+        RE = RunEngine()
+        lab.metadata_dir.mkdir(parents=True, exist_ok=True)
+        RE.md = PersistentDict(str(lab.metadata_dir))  # scan ids go on from the IPython session
+        RE.md.update(lab.metadata)
+        RE.subscribe(TiledWriter(catalog))
+        if args.num is not None:
+            plan = count([cam], num=args.num)
+            total = args.num * int(cam.frames_per_point.get())
+        else:
+            plan = movie(cam, frames=args.frames, seconds=args.seconds)
+            interval = cam.settings.frame_interval
+            total = args.frames or max(1, round(args.seconds / interval))
+        progress = _Progress(total, cam.name)
+        RE.subscribe(progress)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
+                (uid,) = RE(plan)
+        except RunEngineInterrupted:
+            RE.abort(reason="interrupted from the command line")
+            print(
+                "ophyd-scmos acquire: interrupted; the file keeps what was taken", file=sys.stderr
+            )
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # the camera's, the writer's or the catalog's own message
+            print(f"ophyd-scmos acquire: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            progress.close()
+        result = {
+            "uid": uid,
+            "scan_id": RE.md.get("scan_id"),
+            "plan": "count" if args.num is not None else "movie",
+            "file": cam.file_path.get(),
+            "frames_written": int(cam.frames_written.get()),
+            "frames_dropped": int(cam.frames_dropped.get()),
+            "frames_missed": int(cam.frames_missed.get()),
+            "catalog": lab.catalog.describe(),
+        }
+    finally:
+        cam.driver.close()
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"uid      {result['uid']}")
+        print(f"file     {result['file']}")
+        print(
+            f"frames   {result['frames_written']} written, {result['frames_dropped']} dropped, "
+            f"{result['frames_missed']} missed"
+        )
+        print(f"catalog  {result['catalog']}  (scan {result['scan_id']})")
+    lost = result["frames_dropped"] + result["frames_missed"]
+    if lost:
+        print(
+            f"ophyd-scmos acquire: {lost} frame(s) lost; the file records which (gaps in "
+            "frame_number). A larger ring_mb, compression or a longer exposure helps",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def config_check(args: argparse.Namespace) -> int:
+    """Check the lab configuration: every key and value, then open each camera and apply its
+    settings (the camera's own limits), unless --no-cameras."""
+    from ophyd_scmos.config import ConfigError
+    from ophyd_scmos.device import default_write_dir
+
+    lab = _load(args.config, "config check")
+    if lab is None:
+        return EXIT_CONFIG
+    print(f"config   {lab.source}")
+    print(f"catalog  {lab.catalog.describe()}")
+    if lab.catalog.url and not os.environ.get(lab.catalog.api_key_env):
+        print(f"         ${lab.catalog.api_key_env} is not set: no API key for the server")
+    print(f"metadata {lab.metadata_dir}")
+    for camera in lab.cameras:
+        line = (
+            f"camera   {camera.name}: {camera.driver} -> {camera.write_dir or default_write_dir()}"
+        )
+        if not args.no_cameras:
+            try:
+                cam = camera.build()
+            except ConfigError as exc:
+                print(line)
+                print(f"ophyd-scmos config check: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+            rows, cols = cam.driver.frame_shape
+            line += f" ({cam.driver.model}, {cols}x{rows}, opened and set)"
+            cam.driver.close()
+        print(line)
+    print("ok")
+    return 0
+
+
+def _load(path: str | None, command: str) -> Any:
+    """The configuration, or None after printing why it is wrong."""
+    from ophyd_scmos.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"ophyd-scmos {command}: {exc}", file=sys.stderr)
+        return None
+
+
+class _Progress:
+    """A progress bar of frames on stderr (none where stderr is not a terminal), from the
+    documents: events for a count, StreamDatum pages for a movie."""
+
+    def __init__(self, total: int, name: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="frames", desc=name, file=sys.stderr, disable=None)
+        self.k = 1  # frames an event holds
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "descriptor":
+            shape = next(
+                (v["shape"] for v in doc["data_keys"].values() if v.get("dtype") == "array"), []
+            )
+            self.k = shape[0] if len(shape) == 3 else 1
+        elif name == "event":
+            self.bar.update(self.k)
+        elif name == "stream_datum":
+            self.bar.update(max(0, doc["indices"]["stop"] - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the lab configuration (default: $OPHYD_SCMOS_CONFIG, else "
+        "~/.config/ophyd-scmos/lab.toml, else one simulated camera and the embedded catalog)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ipython", help=ipython.__doc__, description=ipython.__doc__)
+    _config_option(p)
+    p.add_argument(
+        "--profile-dir",
+        metavar="DIR",
+        help="an IPython profile directory (default: profiles/profile_scmos of this checkout)",
+    )
+    p.add_argument(
+        "ipython_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- IPYTHON_ARGS",
+        help="passed to IPython, after --; e.g. -- -c 'RE(count([cam], num=10))'",
+    )
+    p.set_defaults(func=ipython)
+
+    p = subparsers.add_parser("acquire", help=acquire.__doc__, description=acquire.__doc__)
+    _config_option(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--num", type=_positive(int), help="count: this many events (frames)")
+    what.add_argument("--frames", type=_positive(int), help="movie: this many frames, full rate")
+    what.add_argument("--seconds", type=_positive(float), help="movie: this long, full rate")
+    p.add_argument("--camera", help="which configured camera (default: the first)")
+    p.add_argument("--exposure", type=_positive(float), help="exposure time, seconds")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(func=acquire)
+
+    p = subparsers.add_parser(
+        "config", help="check the lab configuration", description="The lab configuration."
+    )
+    sub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = sub.add_parser("check", help=config_check.__doc__, description=config_check.__doc__)
+    _config_option(check)
+    check.add_argument(
+        "--no-cameras", action="store_true", help="check the file only; open no camera"
+    )
+    check.set_defaults(func=config_check)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse

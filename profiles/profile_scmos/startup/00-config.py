@@ -1,0 +1,13 @@
+"""The lab configuration ($OPHYD_SCMOS_CONFIG, else ~/.config/ophyd-scmos/lab.toml, else the
+defaults: one simulated camera `cam`, the embedded catalog). A wrong value ends the session
+here, with the key and what is allowed, before any camera opens."""
+
+import sys
+
+from ophyd_scmos.config import ConfigError, load_config
+
+try:
+    lab = load_config()
+except ConfigError as _error:
+    print(f"ophyd-scmos profile: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None

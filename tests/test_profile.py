@@ -1,0 +1,151 @@
+"""The IPython profile, started as a person starts it, non-interactively: `ophyd-scmos ipython`
+and plain `ipython --profile-dir`, with the example configuration, with none, with a bad one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from bluesky.utils import PersistentDict
+
+from ophyd_scmos import SimulatedSCMOS, open_catalog
+from ophyd_scmos.cli import main
+from ophyd_scmos.drivers import ROI, CameraSettings
+from tests.conftest import expected_frames
+from tests.lab_env import (
+    BIN,
+    EXAMPLE_CONFIG,
+    PROFILE,
+    catalog_dir,
+    data_dir,
+    metadata_dir,
+    result_line,
+    run,
+    shared_home,
+)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return shared_home(tmp_path_factory)
+
+
+COUNT_50 = """
+(uid,) = RE(count([cam], num=50))
+print("RESULT", uid)
+"""
+
+
+def test_ipython_with_the_example_config_counts_50_frames_into_the_catalog(home):
+    session = run(
+        [
+            str(BIN / "ophyd-scmos"),
+            "ipython",
+            "--config",
+            str(EXAMPLE_CONFIG),
+            "--",
+            "-c",
+            COUNT_50,
+        ],
+        home,
+    )
+    assert session.returncode == 0, session.stderr[-3000:]
+    uid = result_line(session.stdout)
+    # The banner names the camera as configured; the table shows the camera's frame numbers.
+    assert "cam      Simulated sCMOS, 512x512, exposure 5 ms, software trigger" in session.stdout
+    assert f"config   {EXAMPLE_CONFIG}" in session.stdout
+    assert "cam_frame_number" in session.stdout
+
+    run_ = open_catalog(catalog_dir(home))[uid]
+    frames = run_["primary"]["cam_image"].read()
+    assert frames.shape == (50, 1, 512, 512)
+    camera = SimulatedSCMOS(shape=(2048, 2048), seed=0)
+    camera.open()
+    camera.configure(CameraSettings(exposure_time=0.005, roi=ROI(768, 768, 512, 512)))
+    np.testing.assert_array_equal(frames[:, 0], expected_frames(camera, 50))
+    start = run_.metadata["start"]
+    assert start["instrument"] == "sCMOS test bench"  # [metadata] of the configuration
+
+
+NO_CONFIG_SESSION = """
+import json
+from ophyd import Signal
+shutter = Signal(name="shutter", value="open")
+try:
+    RE(darks(cam, num=2))
+except ValueError as error:
+    refused = str(error)
+RE.md["sample"] = "beads"
+(uid,) = RE(darks(cam, num=2, shutter=shutter))
+print("RESULT", json.dumps({
+    "model": cam.driver.model,
+    "shape": list(cam.driver.frame_shape),
+    "write_dir": str(cam.write_dir),
+    "cameras": list(cameras),
+    "md_type": type(RE.md).__name__,
+    "hook": type(RE.waiting_hook).__name__,
+    "refused": refused,
+    "uid": uid,
+    "shutter": shutter.get(),
+    "scan_id": RE.md["scan_id"],
+}))
+"""
+
+
+def test_profile_starts_with_no_config_file_with_a_simulated_cam_and_persistent_metadata(home):
+    session = run([str(BIN / "ipython"), f"--profile-dir={PROFILE}", "-c", NO_CONFIG_SESSION], home)
+    assert session.returncode == 0, session.stderr[-3000:]
+    facts = json.loads(result_line(session.stdout))
+    assert "config   defaults (no configuration file)" in session.stdout
+    assert facts["cameras"] == ["cam"]
+    assert facts["model"] == "Simulated sCMOS" and facts["shape"] == [2048, 2048]
+    assert facts["write_dir"] == str(data_dir(home))
+    assert (facts["md_type"], facts["hook"]) == ("PersistentDict", "ProgressBarManager")
+    assert "has no shutter" in facts["refused"] and "covered=True" in facts["refused"]
+    assert facts["shutter"] == "open"  # closed for the darks, given back after
+
+    start = open_catalog(catalog_dir(home))[facts["uid"]].metadata["start"]
+    assert (start["frame_type"], start["dark_method"]) == ("dark", "shutter shutter")
+    assert start["sample"] == "beads"
+    # What the next session (or `ophyd-scmos acquire`) starts from: the metadata on disk.
+    saved = PersistentDict(str(metadata_dir(home)))
+    assert saved["sample"] == "beads" and saved["scan_id"] == facts["scan_id"]
+
+
+def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home):
+    bad = home / "bad.toml"
+    bad.write_text('[cameras.cam]\ntrigger_mode = "hardware"\n')
+    session = run(
+        [str(BIN / "ipython"), f"--profile-dir={PROFILE}", "-c", "print('REACHED')"],
+        home,
+        OPHYD_SCMOS_CONFIG=str(bad),
+    )
+    assert session.returncode == 2, session.stderr
+    assert "REACHED" not in session.stdout
+    assert f"lab configuration {bad}: cameras.cam.trigger_mode: 'hardware'" in session.stderr
+    assert "software, internal, external" in session.stderr
+
+
+def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[catalog]\napi_key = "secret"\n')
+    assert main(["ipython", "--config", str(bad), "--", "-c", "print('REACHED')"]) == 2
+    out, err = capsys.readouterr()
+    assert "REACHED" not in out
+    assert f"lab configuration {bad}: catalog.api_key: unknown key" in err
+    assert "never read from this file" in err
+
+
+def test_a_setting_the_camera_refuses_ends_the_profile_naming_the_key(home):
+    bad = home / "binning.toml"
+    bad.write_text("[cameras.cam]\nbinning = 3\n")
+    session = run(
+        [str(BIN / "ipython"), f"--profile-dir={PROFILE}", "-c", "print('REACHED')"],
+        home,
+        OPHYD_SCMOS_CONFIG=str(bad),
+    )
+    assert session.returncode == 2, session.stderr
+    assert "REACHED" not in session.stdout
+    assert "cameras.cam.binning: 3 refused by Simulated sCMOS" in session.stderr
+    assert "(1, 2, 4)" in session.stderr
