@@ -45,7 +45,7 @@ def thousand(tmp_path_factory):
     for callback in (recorder, db.insert, TiledWriter(open_catalog(tmp / "catalog"))):
         RE.subscribe(callback)
     (uid,) = RE(count([cam], num=1000))
-    return {
+    yield {
         "uid": uid,
         "recorder": recorder,
         "db": db,
@@ -53,6 +53,7 @@ def thousand(tmp_path_factory):
         "tmp": tmp,
         "frames": expected_frames(driver, 1000),
     }
+    db._catalog.context.close()  # its in-process server thread would outlive the module
 
 
 def test_count_of_1000_frames_lands_in_one_file(thousand):
