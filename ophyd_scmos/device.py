@@ -483,8 +483,6 @@ class SCMOSCamera(Device):
 
     def get_index(self) -> int:
         """Frames in the file that a collect may point at (bluesky's WritesStreamAssets)."""
-        return self._stream.frames_stored if self._stream is not None else self._final_index
-
-    @property
-    def _final_index(self) -> int:
-        return int(self.frames_written.get())
+        if self._stream is not None:
+            return self._stream.frames_stored
+        return int(self.frames_written.get())  # after the file closed: all of it
