@@ -189,7 +189,9 @@ class LabConfig:
 
     @property
     def source(self) -> str:
-        return str(self.path) if self.path else "defaults (no configuration file)"
+        if self.path:
+            return str(self.path)
+        return f"defaults (no configuration file; it would be {default_config_path()})"
 
     def camera(self, name: str | None = None) -> CameraConfig:
         """The named camera, or the first one."""
