@@ -55,7 +55,8 @@ def test_acquire_count_prints_uid_and_file_and_the_file_holds_every_frame(home):
 def test_acquire_movie_records_frames_at_full_rate_and_reports_json(home):
     config = home / "fast.toml"
     config.write_text(FAST_CAMERA)
-    done = run([*ACQUIRE, "--config", str(config), "--frames", "300", "--json"], home)
+    argv = [*ACQUIRE, "--config", str(config), "--frames", "300", "--exposure", "0.0015", "--json"]
+    done = run(argv, home)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["plan"] == "movie"
@@ -67,6 +68,7 @@ def test_acquire_movie_records_frames_at_full_rate_and_reports_json(home):
     assert result["file"].split("/")[-1].startswith("fast_")
     with h5py.File(result["file"], "r") as f:
         assert f[layout.DATA].shape == (300, 64, 96)
+        assert f["/entry"].attrs["exposure_time"] == 0.0015  # --exposure over the file's
         numbers = f[layout.FRAME_NUMBER][()]
     np.testing.assert_array_equal(np.diff(numbers), 1)  # the camera's numbers: no gap
 

@@ -72,6 +72,8 @@ NO_CONFIG_SESSION = """
 import json
 from ophyd import Signal
 shutter = Signal(name="shutter", value="open")
+facts = {"model": cam.driver.model, "shape": list(cam.driver.frame_shape)}
+cam.roi.set((0, 0, 256, 256))
 try:
     RE(darks(cam, num=2))
 except ValueError as error:
@@ -79,8 +81,7 @@ except ValueError as error:
 RE.md["sample"] = "beads"
 (uid,) = RE(darks(cam, num=2, shutter=shutter))
 print("RESULT", json.dumps({
-    "model": cam.driver.model,
-    "shape": list(cam.driver.frame_shape),
+    **facts,
     "write_dir": str(cam.write_dir),
     "cameras": list(cameras),
     "md_type": type(RE.md).__name__,
