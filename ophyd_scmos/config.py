@@ -279,7 +279,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig
     session = check.table("session", data.get("session", {}))
     check.keys("session", session, ("metadata_dir", "plots"))
     plots = session.get("plots", "auto")
-    if plots not in (True, False, "auto"):
+    if not (isinstance(plots, bool) or plots == "auto"):
         check.fail("session.plots", plots, 'true, false or "auto"')
     metadata_dir = check.path("session.metadata_dir", session.get("metadata_dir"))
 

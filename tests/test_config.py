@@ -133,6 +133,7 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
         ('[data]\nfile_template = "{name}_{run}.h5"', "data.file_template",
          "unknown field(s) ['run']"),
         ('[session]\nplots = "yes"', "session.plots", 'true, false or "auto"'),
+        ("[session]\nplots = 1", "session.plots", 'true, false or "auto"'),
         ("[metadata]\nday = 2026-01-01", "metadata.day", "a string, number, boolean"),
         ("[camera.cam]", "camera", "did you mean cameras?"),
     ],
