@@ -204,6 +204,9 @@ class _Progress:
             self.bar.update(max(0, doc["indices"]["stop"] - self.bar.n))
 
     def close(self) -> None:
+        if self.bar.n > self.bar.total:  # a timed movie's frame count was an estimate
+            self.bar.total = self.bar.n
+            self.bar.refresh()
         self.bar.close()
 
 
