@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 
 import h5py
 import numpy as np
@@ -13,7 +16,7 @@ from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
 from tests.conftest import expected_frames
-from tests.lab_env import BIN, EXAMPLE_CONFIG, data_dir, run, shared_home
+from tests.lab_env import BIN, EXAMPLE_CONFIG, data_dir, run, shared_home, user_env
 
 ACQUIRE = str(BIN / "ophyd-scmos"), "acquire"
 
@@ -71,6 +74,29 @@ def test_acquire_movie_records_frames_at_full_rate_and_reports_json(home):
         assert f["/entry"].attrs["exposure_time"] == 0.0015  # --exposure over the file's
         numbers = f[layout.FRAME_NUMBER][()]
     np.testing.assert_array_equal(np.diff(numbers), 1)  # the camera's numbers: no gap
+
+
+def test_ctrl_c_ends_a_movie_early_keeping_its_frames_and_exits_130(home):
+    config = home / "interrupted.toml"
+    config.write_text(FAST_CAMERA.replace("[cameras.fast]", "[cameras.interrupted]"))
+    argv = [*ACQUIRE, "--config", str(config), "--seconds", "60", "--json"]
+    process = subprocess.Popen(
+        argv, env=user_env(home), cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(data_dir(home).glob("interrupted_*.h5")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # recording
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted; ending the run, keeping the frames taken" in err
+    result = json.loads(out)
+    assert result["frames_written"] > 0
+    with h5py.File(result["file"], "r") as f:
+        assert f[layout.DATA].shape[0] == result["frames_written"]
+        assert bool(f["/entry"].attrs["complete"])
 
 
 def test_acquire_with_a_wrong_config_or_camera_exits_2_saying_why(tmp_path, capsys):

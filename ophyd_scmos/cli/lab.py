@@ -9,8 +9,10 @@ and one line naming the key, before a camera opens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,7 @@ def acquire(args: argparse.Namespace) -> int:
 
     try:
         catalog = lab.catalog.open()
-        RE = RunEngine()
+        RE = RunEngine(context_managers=[])  # Ctrl-C is _Interrupt's, not a RunEngine pause
         lab.metadata_dir.mkdir(parents=True, exist_ok=True)
         RE.md = PersistentDict(str(lab.metadata_dir))  # scan ids go on from the IPython session
         RE.md.update(lab.metadata)
@@ -90,16 +92,15 @@ def acquire(args: argparse.Namespace) -> int:
             total = args.frames or max(1, round(args.seconds / interval))
         progress = _Progress(total, cam.name)
         RE.subscribe(progress)
+        interrupt = _Interrupt(RE, cam, flying=args.num is None)
         try:
-            with warnings.catch_warnings():
+            # The RunEngine's own messages go to stderr: stdout is the result (--json).
+            with warnings.catch_warnings(), interrupt, contextlib.redirect_stdout(sys.stderr):
                 warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
-                (uid,) = RE(plan)
-        except RunEngineInterrupted:
-            RE.abort(reason="interrupted from the command line")
-            print(
-                "ophyd-scmos acquire: interrupted; the file keeps what was taken", file=sys.stderr
-            )
-            return EXIT_INTERRUPTED
+                try:
+                    (uid,) = RE(plan)
+                except RunEngineInterrupted:  # a count paused by Ctrl-C: end it, keep it
+                    (uid,) = RE.stop()
         except Exception as exc:  # the camera's, the writer's or the catalog's own message
             print(f"ophyd-scmos acquire: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
@@ -127,6 +128,8 @@ def acquire(args: argparse.Namespace) -> int:
             f"{result['frames_missed']} missed"
         )
         print(f"catalog  {result['catalog']}  (scan {result['scan_id']})")
+    if interrupt.seen:
+        return EXIT_INTERRUPTED
     lost = result["frames_dropped"] + result["frames_missed"]
     if lost:
         print(
@@ -180,6 +183,36 @@ def _load(path: str | None, command: str) -> Any:
     except ConfigError as exc:
         print(f"ophyd-scmos {command}: {exc}", file=sys.stderr)
         return None
+
+
+class _Interrupt:
+    """Ctrl-C ends the acquisition early and keeps it: a movie stops the camera and the run
+    ends with the frames so far, a count ends after the current event. A second Ctrl-C
+    raises KeyboardInterrupt as usual."""
+
+    def __init__(self, RE: Any, cam: Any, *, flying: bool):
+        self.RE, self.cam, self.flying, self.seen = RE, cam, flying, False
+
+    def __enter__(self) -> _Interrupt:
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+        self.seen = True
+        print(
+            "\nophyd-scmos acquire: interrupted; ending the run, keeping the frames taken "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.flying:
+            self.cam.stop(success=True)  # the movie's completion sees the camera stopped
+        else:
+            self.RE.request_pause(defer=True)
 
 
 class _Progress:
