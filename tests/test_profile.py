@@ -11,6 +11,7 @@ from bluesky.utils import PersistentDict
 
 from ophyd_scmos import SimulatedSCMOS, open_catalog
 from ophyd_scmos.cli import main
+from ophyd_scmos.config import CONFIG_ENV
 from ophyd_scmos.drivers import ROI, CameraSettings
 from tests.conftest import expected_frames
 from tests.lab_env import (
@@ -128,7 +129,10 @@ def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home):
     assert "software, internal, external" in session.stderr
 
 
-def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(tmp_path, capsys):
+def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)  # restored after: ipython sets it
     bad = tmp_path / "bad.toml"
     bad.write_text('[catalog]\napi_key = "secret"\n')
     assert main(["ipython", "--config", str(bad), "--", "-c", "print('REACHED')"]) == 2
