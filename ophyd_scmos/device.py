@@ -128,6 +128,7 @@ class SCMOSCamera(Device):
         self._lock = threading.Lock()
         self._statuses: list[FrameStatus] = []
         self._reported_error: StreamError | None = None
+        self._flying = False
         super().__init__(prefix, name=name, **kwargs)
         driver.open()
         self._sync_settings_from_driver()
@@ -341,9 +342,10 @@ class SCMOSCamera(Device):
         return status
 
     def pause(self) -> None:
-        """RunEngine pause: let frames already triggered land, so `resume` knows the file."""
+        """RunEngine pause: let a step scan's triggered frames land, so `resume` knows the
+        file. A fly scan pauses at once (its complete status lasts the whole movie)."""
         with self._lock:
-            pending = [s for s in self._statuses if not s.done]
+            pending = [] if self._flying else [s for s in self._statuses if not s.done]
         for status in pending:
             with contextlib.suppress(Exception):  # a failure is the plan's to report
                 status.wait(timeout=30)

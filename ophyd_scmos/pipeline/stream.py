@@ -171,6 +171,7 @@ class FrameStream:
         self.frames_skipped = 0
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self._truncated = threading.Condition()
+        self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
 
     # -- state readable from any thread ---------------------------------------------------
     @property
@@ -315,9 +316,10 @@ class FrameStream:
         Only while no frames are on their way (the camera idle): later frames follow on.
         """
         with self._truncated:
+            self._truncated_to = None
             self.writer.send(TRUNCATE, frames)
             if not self._truncated.wait_for(
-                lambda: self.writer.last.get("truncated") == frames or self.error, timeout
+                lambda: self._truncated_to == frames or self.error, timeout
             ):
                 raise StreamError(f"writer did not cut {self.path} to {frames} frames")
         if self.error is not None:
@@ -386,6 +388,7 @@ class FrameStream:
             self._notify()
         if "truncated" in status or status["state"] == "error":
             with self._truncated:
+                self._truncated_to = status.get("truncated")
                 self._truncated.notify_all()
         if self._on_progress is not None:
             self._on_progress(self)
