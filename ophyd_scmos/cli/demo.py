@@ -26,8 +26,11 @@ def demo(args: argparse.Namespace) -> int:
     RE.subscribe(TiledWriter(catalog))
     RE.subscribe(_Progress(args.num))
     rows, cols = driver.frame_shape
-    print(f"count([cam], num={args.num}): {rows}x{cols} uint16 frames, "
-          f"exposure {args.exposure * 1e3:g} ms -> {cam.write_dir}", file=sys.stderr)
+    print(
+        f"count([cam], num={args.num}): {rows}x{cols} uint16 frames, "
+        f"exposure {args.exposure * 1e3:g} ms -> {cam.write_dir}",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     (uid,) = RE(count([cam], num=args.num))
     acquired = time.perf_counter() - t0
@@ -35,16 +38,19 @@ def demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     frames = open_catalog(args.catalog)[uid]["primary"]["cam_image"].read()
     replayed = time.perf_counter() - t0
-    mismatched = [k for k in range(args.num) if not np.array_equal(frames[k, 0],
-                                                                   driver.expected_frame(k))]
+    mismatched = [
+        k for k in range(args.num) if not np.array_equal(frames[k, 0], driver.expected_frame(k))
+    ]
     print(f"run        {uid}")
     print(f"file       {cam.file_path.get()}")
     print(f"acquired   {args.num} frames in {acquired:.1f} s ({args.num / acquired:.0f} frames/s)")
     print(f"replayed   {frames.shape} {frames.dtype} from the catalog in {replayed:.1f} s")
     print(f"mean       {frames.mean():.1f} ADU")
     print(f"dropped    {cam.frames_dropped.get()}")
-    print(f"checked    {args.num - len(mismatched)} of {args.num} frames equal the camera's, "
-          "pixel for pixel")
+    print(
+        f"checked    {args.num - len(mismatched)} of {args.num} frames equal the camera's, "
+        "pixel for pixel"
+    )
     if not args.full_frame:
         print("full frame: ophyd-scmos demo --full-frame (2048x2048, 8 MB a frame)")
     return 1 if mismatched else 0

@@ -205,6 +205,7 @@ class Writer:
                 f"{HEADROOM // 2**20} MiB so that the file closes cleanly)",
             )
 
+
 def send(status: TextIO, message: dict[str, Any]) -> None:
     """One status line to the acquiring process, if it still listens: the file is what matters."""
     with contextlib.suppress(BrokenPipeError, ValueError):

@@ -41,8 +41,12 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
     path = tmp_path / "live.h5"
     stream = FrameStream(camera, path, flush_interval=0.05)
     stream.open()
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), "100"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for burst in range(10):  # ten bursts, 0.15 s apart, while the reader watches
         done = threading.Event()
         camera.software_trigger(10)

@@ -21,8 +21,9 @@ def test_unstage_without_stage_does_nothing(cam, tmp_path):
 
 
 def test_stage_after_a_failed_stage_works(driver, tmp_path, RE, recorder):
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template="one.h5",
-                      ring_mb=4)
+    cam = SCMOSCamera(
+        name="cam", driver=driver, write_dir=tmp_path, file_template="one.h5", ring_mb=4
+    )
     cam.roi.set((0, 0, 32, 32))
     (tmp_path / "one.h5").write_bytes(b"taken")
     with pytest.raises(FileExistsError):
@@ -37,14 +38,18 @@ def test_stage_after_a_failed_stage_works(driver, tmp_path, RE, recorder):
 def test_two_cameras_write_one_directory_at_the_same_time(tmp_path, RE):
     cams = []
     for seed in (1, 2):
-        camera = SCMOSCamera(name=f"cam{seed}",
-                             driver=SimulatedSCMOS(shape=(64, 64), seed=seed),
-                             write_dir=tmp_path, ring_mb=2)
+        camera = SCMOSCamera(
+            name=f"cam{seed}",
+            driver=SimulatedSCMOS(shape=(64, 64), seed=seed),
+            write_dir=tmp_path,
+            ring_mb=2,
+        )
         camera.exposure_time.set(0.001)
         cams.append(camera)
     other_done = threading.Event()
-    other_cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(64, 64), seed=3),
-                            write_dir=tmp_path, ring_mb=2)
+    other_cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(64, 64), seed=3), write_dir=tmp_path, ring_mb=2
+    )
 
     def other_session():  # a second process would do the same; a thread shares the disk
         other_cam.stage()
