@@ -17,7 +17,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,11 +42,9 @@ def pipeline(cam: SimulatedSCMOS, n: int, directory: Path) -> float:
     cam.configure(CameraSettings(exposure_time=EXPOSURE, trigger_mode=TriggerMode.INTERNAL))
     stream = FrameStream(cam, directory / "pipeline.h5", ring_mb=512, gated=True)
     stream.open()
-    done = threading.Event()
     t0 = time.perf_counter()
     stream.allow(n)
-    stream.wait_for(n, lambda error: done.set())
-    done.wait()
+    stream.wait(n)
     stream.close()
     return n / (time.perf_counter() - t0)
 

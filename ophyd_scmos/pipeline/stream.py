@@ -339,6 +339,18 @@ class FrameStream:
             raise self.error
 
     # -- waiting for frames -------------------------------------------------------------------
+    def wait(self, count: int, timeout: float | None = None) -> None:
+        """Block until `wait_for(count)` would call back: raise its error, or TimeoutError."""
+        done = threading.Event()
+        errors: list[BaseException | None] = []
+        self.wait_for(count, lambda error: (errors.append(error), done.set()))
+        if not done.wait(timeout):
+            raise TimeoutError(
+                f"{self.frames_stored} of {count} frames in {self.path} after {timeout} s"
+            )
+        if errors[0] is not None:
+            raise errors[0]
+
     def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
         """Call `callback(None)` once the camera has taken `count` frames and those that were
         not lost are in the file (the caller checks the loss counters), or `callback(error)`

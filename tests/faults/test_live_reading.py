@@ -48,10 +48,8 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
         text=True,
     )
     for burst in range(10):  # ten bursts, 0.15 s apart, while the reader watches
-        done = threading.Event()
         camera.software_trigger(10)
-        stream.wait_for(10 * (burst + 1), lambda error, done=done: done.set())
-        assert done.wait(10)
+        stream.wait(10 * (burst + 1), timeout=10)
         threading.Event().wait(0.15)
     out, err = reader.communicate(timeout=60)
     stream.close()
