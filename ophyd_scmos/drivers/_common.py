@@ -1,14 +1,15 @@
-"""What the SDK drivers share: checking settings and buffers the same way `SimulatedSCMOS` does.
+"""What every driver shares: one settings check and one buffer check.
 
 SDKs disagree on what they refuse (Micro-Manager and Aravis both accept an exposure or a ROI
-the camera cannot do, and quietly ignore or clamp it), so drivers check every value here,
-against the limits the camera reports, before anything reaches the camera.
+the camera cannot do, and quietly ignore or clamp it), so every driver, the simulated one too,
+checks every value here, against the limits its camera reports, before anything reaches the
+camera: a setting the simulator takes is one a real camera takes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -72,9 +73,14 @@ def check_settings(
             f"roi {roi.as_tuple()} (x, y, width, height) exceeds the {cols}x{rows} sensor: "
             f"need x + width <= {cols} and y + height <= {rows}"
         )
+    # Cameras place a binned ROI in binned pixels, so its origin must fall on a bin too.
     b = s.binning
-    if any(v % b for v in roi.as_tuple()):
-        raise ValueError(f"roi {roi.as_tuple()} must be divisible by binning {b} on this camera")
+    off = [f"{name}={v}" for name, v in asdict(roi).items() if v % b]
+    if off:
+        raise ValueError(
+            f"roi {roi.as_tuple()} (x, y, width, height) must be divisible by binning {b} "
+            f"on this camera; {', '.join(off)} {'is' if len(off) == 1 else 'are'} not"
+        )
     return roi
 
 

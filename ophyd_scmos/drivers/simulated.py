@@ -14,17 +14,16 @@ reader loses the oldest frames once the on-camera buffer is full, and a reader b
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from numbers import Integral, Real
+from dataclasses import dataclass
 
 import numpy as np
 
+from ._common import check_out, check_settings, coerce_trigger_mode
 from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["SimulatedSCMOS"]
@@ -112,7 +111,6 @@ class SimulatedSCMOS:
         self._model = model
         self._buffer_frames = int(camera_buffer_frames)
         self._settings = CameraSettings()
-        self._validate(self._settings)
         self._bank: _FrameBank | None = None
         self._bank_key: _BankKey | None = None
         self._bank_lock = threading.Lock()
@@ -178,15 +176,14 @@ class SimulatedSCMOS:
             self._require_open()
             if self._running:
                 raise RuntimeError("cannot configure while acquiring; call stop() first")
-            if not isinstance(settings.trigger_mode, TriggerMode):
-                try:
-                    settings = replace(settings, trigger_mode=TriggerMode(settings.trigger_mode))
-                except ValueError:
-                    allowed = [m.value for m in TriggerMode]
-                    raise ValueError(
-                        f"trigger_mode must be one of {allowed}; got {settings.trigger_mode!r}"
-                    ) from None
-            self._validate(settings)
+            settings = coerce_trigger_mode(settings)
+            check_settings(
+                settings,
+                self._shape,
+                exposure_range=(0.0, _MAX_EXPOSURE),
+                binnings=_BINNINGS,
+                bit_depths=_BIT_DEPTHS,
+            )
             self._settings = settings
 
     def start(self) -> None:
@@ -252,10 +249,7 @@ class SimulatedSCMOS:
 
     def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
         """Wait for the next frame and write it into `out` (shape `frame_shape`, uint16)."""
-        if not isinstance(out, np.ndarray) or out.dtype != np.uint16:
-            raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
-        if out.shape != self.frame_shape:
-            raise ValueError(f"out must have shape {self.frame_shape}; got {out.shape}")
+        check_out(out, self.frame_shape)
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             while True:
@@ -304,37 +298,6 @@ class SimulatedSCMOS:
 
     def _roi(self, settings: CameraSettings) -> ROI:
         return settings.roi if settings.roi is not None else ROI.full(self._shape)
-
-    def _validate(self, s: CameraSettings) -> None:
-        exp = s.exposure_time
-        if not (isinstance(exp, Real) and math.isfinite(exp) and 0 < exp <= _MAX_EXPOSURE):
-            raise ValueError(
-                f"exposure_time must be finite, > 0 and <= {_MAX_EXPOSURE} s; got {exp!r}"
-            )
-        per = s.acquire_period
-        if not (isinstance(per, Real) and math.isfinite(per) and per >= 0):
-            raise ValueError(f"acquire_period must be finite and >= 0 s; got {per!r}")
-        if s.binning not in _BINNINGS:
-            raise ValueError(f"binning must be one of {_BINNINGS}; got {s.binning!r}")
-        if s.bit_depth not in _BIT_DEPTHS:
-            raise ValueError(f"bit_depth must be one of {_BIT_DEPTHS}; got {s.bit_depth!r}")
-        roi = self._roi(s)
-        rows, cols = self._shape
-        if not all(isinstance(v, Integral) for v in roi.as_tuple()):
-            raise ValueError(f"roi values must be integers; got {roi.as_tuple()}")
-        if roi.x < 0 or roi.y < 0:
-            raise ValueError(f"roi origin must be >= 0; got x={roi.x}, y={roi.y}")
-        if roi.width < 1 or roi.height < 1:
-            raise ValueError(f"roi size must be positive; got {roi.width}x{roi.height}")
-        if roi.x + roi.width > cols or roi.y + roi.height > rows:
-            raise ValueError(
-                f"roi {roi.as_tuple()} (x, y, width, height) exceeds the {cols}x{rows} sensor: "
-                f"need x + width <= {cols} and y + height <= {rows}"
-            )
-        if roi.width % s.binning or roi.height % s.binning:
-            raise ValueError(
-                f"roi size {roi.width}x{roi.height} must be divisible by binning {s.binning}"
-            )
 
     def _next_due(self) -> float | None:
         if not self._queue:

@@ -185,8 +185,11 @@ def test_roi_crops_the_sensor_scene(make_cam):
     assert cam.frame_shape == (32, 64)
     assert cam.expected_frame(0).shape == (32, 64)
     np.testing.assert_allclose(cam.mean_frame(), full.mean_frame()[20:52, 10:74])
-    cam.configure(CameraSettings(roi=ROI(10, 20, 64, 32), binning=4))
+    # Binned, the origin falls on a bin as on real cameras (ROI(10, 20, ...) is refused).
+    cam.configure(CameraSettings(roi=ROI(12, 20, 64, 32), binning=4))
     assert cam.frame_shape == (8, 16)
+    binned = full.mean_frame()[20:52, 12:76].reshape(8, 4, 16, 4).sum(axis=(1, 3))
+    np.testing.assert_allclose(cam.mean_frame(), binned)  # sums of sensor pixels, offsets too
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -207,6 +210,7 @@ def test_roi_crops_the_sensor_scene(make_cam):
         (CameraSettings(roi=ROI(-1, 0, 64, 64)), "-1"),
         (CameraSettings(roi=ROI(0, 0, 0, 64)), "0x64"),
         (CameraSettings(roi=ROI(0, 0, 66, 64), binning=4), "66"),
+        (CameraSettings(roi=ROI(10, 20, 64, 32), binning=4), "x=10 is not"),
         (CameraSettings(trigger_mode="hardware"), "hardware"),
     ],
 )
