@@ -1,4 +1,4 @@
-"""What every driver shares: one settings check and one buffer check.
+"""What every driver shares: one settings check, one buffer check, and `DriverBase`.
 
 SDKs disagree on what they refuse (Micro-Manager and Aravis both accept an exposure or a ROI
 the camera cannot do, and quietly ignore or clamp it), so every driver, the simulated one too,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, replace
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 
@@ -90,3 +91,76 @@ def check_out(out: np.ndarray, frame_shape: tuple[int, int]) -> None:
         raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
     if out.shape != frame_shape:
         raise ValueError(f"out must have shape {frame_shape}; got {out.shape}")
+
+
+class DriverBase:
+    """The parts of `CameraDriver` every driver does the same way, so a driver holds only what
+    its camera needs.
+
+    Subclasses keep `_model`, `_sensor` and `_settings` current (the SDK drivers learn them at
+    `open`), set `_running` in `start`/`stop`, count `_missed_total`, and define
+    `_require_open`. The `_require_*` and `_check_trigger` helpers run with the driver's lock
+    held.
+    """
+
+    def __init__(self, model: str, sensor_shape: tuple[int, int] = (0, 0)) -> None:
+        self._model = model
+        self._sensor = sensor_shape
+        self._settings = CameraSettings()
+        self._running = False
+        self._missed_total = 0
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def sensor_shape(self) -> tuple[int, int]:
+        return self._sensor
+
+    @property
+    def settings(self) -> CameraSettings:
+        return self._settings
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        roi = self._roi_of(self._settings)
+        b = self._settings.binning
+        return (roi.height // b, roi.width // b)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16)
+
+    @property
+    def missed_frames(self) -> int:
+        """Frames the camera lost since the last `start` (see the driver for what counts)."""
+        return self._missed_total
+
+    def _roi_of(self, settings: CameraSettings) -> ROI:
+        """The ROI `settings` ask for, the full sensor where they give None."""
+        return settings.roi if settings.roi is not None else ROI.full(self._sensor)
+
+    def _require_open(self) -> Any:
+        """The open camera's handle; CameraError if it is closed."""
+        raise NotImplementedError
+
+    def _require_stopped(self, refusal: str) -> Any:
+        """The open camera's handle, for `configure` and `start`; RuntimeError while acquiring."""
+        handle = self._require_open()
+        if self._running:
+            raise RuntimeError(f"{refusal}; call stop() first")
+        return handle
+
+    def _check_trigger(self, frames: int, mode: TriggerMode, caller: str) -> None:
+        """Refuse a request for `frames` triggered frames the camera cannot take now."""
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0; got {frames!r}")
+        self._require_open()
+        if not self._running:
+            raise RuntimeError(f"{caller} before start()")
+        current = self._settings.trigger_mode
+        if current is not mode:
+            raise RuntimeError(
+                f"{caller} needs trigger_mode {mode.value!r}; camera is in {current.value!r}"
+            )

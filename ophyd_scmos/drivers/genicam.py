@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import MissingLibrary, check_out, check_settings, coerce_trigger_mode
+from ._common import DriverBase, MissingLibrary, check_out, check_settings, coerce_trigger_mode
 from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["GenICamCamera", "list_cameras"]
@@ -60,7 +60,7 @@ def _aravis() -> tuple[Any, Any]:
     return Aravis, GLib
 
 
-class GenICamCamera:
+class GenICamCamera(DriverBase):
     """A GenICam camera with the `CameraDriver` interface.
 
     `camera`: the camera's Aravis id (as `ophyd-scmos cameras` lists it, e.g.
@@ -69,6 +69,7 @@ class GenICamCamera:
     stream (more ride out longer reader stalls). `liveness`: seconds without a frame before the
     camera is checked for life. `trigger_line`: the input that triggers frames in EXTERNAL mode
     (``TriggerSource``, e.g. ``"Line1"``); None takes the camera's first ``Line`` source.
+    `missed_frames` counts the gaps in the block ids, and incomplete buffers.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class GenICamCamera:
             raise ValueError(f"buffer_frames must be >= 2; got {buffer_frames!r}")
         if not liveness > 0:
             raise ValueError(f"liveness must be > 0 s; got {liveness!r}")
+        super().__init__(f"GenICam camera {camera or '(first found)'}")
         self._aravis, self._glib = _aravis()
         self._name = camera
         self._buffer_frames = int(buffer_frames)
@@ -93,53 +95,21 @@ class GenICamCamera:
         self._device: Any = None
         self._stream: Any = None
         self._lock = threading.RLock()
-        self._model = f"GenICam camera {camera or '(first found)'}"
-        self._sensor = (0, 0)
-        self._settings = CameraSettings()
         self._bit_depths: tuple[int, ...] = ()
         self._binnings: tuple[int, ...] = (1,)
         self._exposure_us = (1.0, 1e7)
         self._rate_bounds = (0.0, float("inf"))
-        self._running = False
         self._wall0 = 0.0
         self._owed = 0  # software triggers not yet sent
         self._outstanding = False  # a sent trigger whose frame has not arrived
         self._last_id: int | None = None
         self._last_number = -1
         self._pending_missed = 0
-        self._missed_total = 0
         self._stamp0: tuple[int, float] | None = None  # (camera ns, s since start) of frame 0
         self._alive_at = 0.0
         self._gone = False  # the camera stopped answering: talking to it would only time out
 
     # -- description -------------------------------------------------------------------------
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def sensor_shape(self) -> tuple[int, int]:
-        return self._sensor
-
-    @property
-    def settings(self) -> CameraSettings:
-        return self._settings
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        roi = self._settings.roi or ROI.full(self._sensor)
-        b = self._settings.binning
-        return (roi.height // b, roi.width // b)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
-
-    @property
-    def missed_frames(self) -> int:
-        """Frames lost since `start` (gaps in the block ids, and incomplete buffers)."""
-        return self._missed_total
 
     @property
     def camera(self) -> Any:
@@ -238,9 +208,7 @@ class GenICamCamera:
     def configure(self, settings: CameraSettings) -> None:
         """Check every value against the camera's limits, then apply; all or nothing."""
         with self._lock:
-            cam = self._require_open()
-            if self._running:
-                raise RuntimeError("cannot configure while acquiring; call stop() first")
+            cam = self._require_stopped("cannot configure while acquiring")
             settings = coerce_trigger_mode(settings)
             lo, hi = self._exposure_us
             roi = check_settings(
@@ -268,7 +236,7 @@ class GenICamCamera:
                 applied = self._apply(cam, settings, roi)
             except (self._glib.Error, RuntimeError) as exc:
                 with contextlib.suppress(self._glib.Error, RuntimeError):
-                    self._apply(cam, previous, previous.roi or ROI.full(self._sensor))
+                    self._apply(cam, previous, self._roi_of(previous))
                 message = getattr(exc, "message", str(exc))
                 raise ValueError(f"camera {self._model} refused {settings}: {message}") from exc
             self._settings = applied
@@ -293,9 +261,7 @@ class GenICamCamera:
     def start(self) -> None:
         """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
         with self._lock:
-            cam = self._require_open()
-            if self._running:
-                raise RuntimeError("camera already started; call stop() first")
+            cam = self._require_stopped("camera already started")
             s = self._settings
             rows, cols = self.frame_shape
             try:
@@ -353,17 +319,8 @@ class GenICamCamera:
 
     def software_trigger(self, frames: int = 1) -> None:
         """Ask for `frames` more frames; triggers go out one per arrived frame."""
-        if frames < 0:
-            raise ValueError(f"frames must be >= 0; got {frames!r}")
         with self._lock:
-            self._require_open()
-            if not self._running:
-                raise RuntimeError("software_trigger before start()")
-            if self._settings.trigger_mode is not TriggerMode.SOFTWARE:
-                raise RuntimeError(
-                    f"software_trigger needs trigger_mode SOFTWARE; "
-                    f"camera is in {self._settings.trigger_mode.value}"
-                )
+            self._check_trigger(frames, TriggerMode.SOFTWARE, "software_trigger")
             self._owed += frames
             if not self._outstanding:
                 self._fire()

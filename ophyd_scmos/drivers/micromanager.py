@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import MissingLibrary, check_out, check_settings, coerce_trigger_mode
+from ._common import DriverBase, MissingLibrary, check_out, check_settings, coerce_trigger_mode
 from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["MicroManagerCamera", "list_cameras"]
@@ -63,7 +63,7 @@ class _Sequence:
     offset: float | None = None  #: add to ElapsedTime-ms (in s) for seconds since `start`
 
 
-class MicroManagerCamera:
+class MicroManagerCamera(DriverBase):
     """A camera behind a Micro-Manager device adapter, with the `CameraDriver` interface.
 
     Say which camera in one of three ways: `device` as ``"Library:Device"`` (one adapter
@@ -75,7 +75,7 @@ class MicroManagerCamera:
 
     At `open` the camera is set to 16-bit mono pixels, binning 1 and the full sensor; the
     exposure is kept. Frames are uint16; cameras that only deliver 8 or 32-bit pixels are
-    refused with a CameraError.
+    refused with a CameraError. `missed_frames` counts the gaps in MMCore's image numbers.
     """
 
     def __init__(
@@ -96,6 +96,7 @@ class MicroManagerCamera:
             )
         if buffer_mb is not None and buffer_mb < 1:
             raise ValueError(f"buffer_mb must be >= 1; got {buffer_mb!r}")
+        super().__init__(f"Micro-Manager camera {device or config or label or ''}".strip())
         self._core_cls = _core_class()
         self._device = device
         self._config = os.fspath(config) if config is not None else None
@@ -105,25 +106,16 @@ class MicroManagerCamera:
         self._adapter_paths = [os.fspath(p) for p in adapter_paths] if adapter_paths else None
         self._core: Any = None
         self._lock = threading.RLock()
-        self._settings = CameraSettings()
-        self._sensor = (0, 0)
-        self._model = f"Micro-Manager camera {device or config or label or ''}".strip()
         self._bit_depth_prop: str | None = None
         self._binning_values: dict[int, str] = {}
         self._exposure_ms = (1e-3, 1e7)
-        self._running = False
         self._t0 = 0.0
         self._seq: _Sequence | None = None
         self._owed = 0  # software-triggered frames waiting for the current sequence to drain
         self._requested = 0
         self._next_number = 0
-        self._missed_total = 0
 
     # -- description -------------------------------------------------------------------------
-
-    @property
-    def model(self) -> str:
-        return self._model
 
     @property
     def label(self) -> str | None:
@@ -134,29 +126,6 @@ class MicroManagerCamera:
     def core(self) -> Any:
         """The `CMMCorePlus` in use (None before `open`)."""
         return self._core
-
-    @property
-    def sensor_shape(self) -> tuple[int, int]:
-        return self._sensor
-
-    @property
-    def settings(self) -> CameraSettings:
-        return self._settings
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        roi = self._settings.roi or ROI.full(self._sensor)
-        b = self._settings.binning
-        return (roi.height // b, roi.width // b)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
-
-    @property
-    def missed_frames(self) -> int:
-        """Frames lost since `start` (gaps in MMCore's image numbers)."""
-        return self._missed_total
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -248,9 +217,7 @@ class MicroManagerCamera:
     def configure(self, settings: CameraSettings) -> None:
         """Check every value against the camera's limits, then apply; all or nothing."""
         with self._lock:
-            core = self._require_open()
-            if self._running:
-                raise RuntimeError("cannot configure while acquiring; call stop() first")
+            core = self._require_stopped("cannot configure while acquiring")
             settings = coerce_trigger_mode(settings)
             if settings.trigger_mode is TriggerMode.EXTERNAL:
                 raise ValueError(
@@ -272,7 +239,7 @@ class MicroManagerCamera:
                 applied = self._apply(core, settings, roi)
             except RuntimeError as exc:
                 with contextlib.suppress(RuntimeError):
-                    self._apply(core, previous, previous.roi or ROI.full(self._sensor))
+                    self._apply(core, previous, self._roi_of(previous))
                 raise ValueError(f"camera {self._label!r} refused {settings}: {exc}") from exc
             self._settings = applied
 
@@ -305,9 +272,7 @@ class MicroManagerCamera:
     def start(self) -> None:
         """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
         with self._lock:
-            core = self._require_open()
-            if self._running:
-                raise RuntimeError("camera already started; call stop() first")
+            core = self._require_stopped("camera already started")
             self._t0 = time.monotonic()
             self._seq = None
             self._owed = self._requested = self._next_number = self._missed_total = 0
@@ -337,17 +302,8 @@ class MicroManagerCamera:
 
     def software_trigger(self, frames: int = 1) -> None:
         """Ask for `frames` more frames: a sequence now, or once the current one has drained."""
-        if frames < 0:
-            raise ValueError(f"frames must be >= 0; got {frames!r}")
         with self._lock:
-            self._require_open()
-            if not self._running:
-                raise RuntimeError("software_trigger before start()")
-            if self._settings.trigger_mode is not TriggerMode.SOFTWARE:
-                raise RuntimeError(
-                    f"software_trigger needs trigger_mode SOFTWARE; "
-                    f"camera is in {self._settings.trigger_mode.value}"
-                )
+            self._check_trigger(frames, TriggerMode.SOFTWARE, "software_trigger")
             self._owed += frames
             if self._seq is None:
                 self._start_sequence()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_out, check_settings, coerce_trigger_mode
+from ._common import DriverBase, check_out, check_settings, coerce_trigger_mode
 from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["SimulatedSCMOS"]
@@ -72,11 +72,12 @@ class _FrameBank:
             np.copyto(out[lo:hi], self.frames[(k + start + cycle * step) % n, lo:hi])
 
 
-class SimulatedSCMOS:
+class SimulatedSCMOS(DriverBase):
     """A simulated sCMOS camera with the `CameraDriver` interface.
 
     Model: gain `GAIN` e-/ADU, read noise `READ_NOISE` e- rms, offset `OFFSET` ADU per sensor
-    pixel (binned pixels are sums, so their offset is `OFFSET * binning**2`).
+    pixel (binned pixels are sums, so their offset is `OFFSET * binning**2`). `missed_frames`
+    counts frames lost to a full camera buffer.
 
     Errors: invalid settings -> ValueError; configure/start/software_trigger used in the wrong
     state -> RuntimeError; a closed camera, or `read_into` on a stopped camera (also when `stop`
@@ -105,18 +106,15 @@ class SimulatedSCMOS:
             raise ValueError(f"bank_size must be >= 1; got {bank_size!r}")
         if camera_buffer_frames < 1:
             raise ValueError(f"camera_buffer_frames must be >= 1; got {camera_buffer_frames!r}")
-        self._shape = (rows, cols)
+        super().__init__(model, (rows, cols))
         self._seed = int(seed)
         self._bank_size = int(bank_size)
-        self._model = model
         self._buffer_frames = int(camera_buffer_frames)
-        self._settings = CameraSettings()
         self._bank: _FrameBank | None = None
         self._bank_key: _BankKey | None = None
         self._bank_lock = threading.Lock()
         self._cond = threading.Condition()
         self._open = False
-        self._running = False
         self._t0 = 0.0
         # Frames queued on the camera's clock: [base, j, end] means frames due at
         # base + j*interval for j in [j, end); end None = free run.
@@ -124,37 +122,6 @@ class SimulatedSCMOS:
         self._last_due = 0.0
         self._next_number = 0
         self._pending_missed = 0
-        self._missed_total = 0
-
-    # -- description -------------------------------------------------------------------------
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def sensor_shape(self) -> tuple[int, int]:
-        return self._shape
-
-    @property
-    def settings(self) -> CameraSettings:
-        return self._settings
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        roi = self._roi(self._settings)
-        b = self._settings.binning
-        return (roi.height // b, roi.width // b)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint16)
-
-    @property
-    def missed_frames(self) -> int:
-        """Frames lost to a full camera buffer since the last `start`."""
-        with self._cond:
-            return self._missed_total
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -173,13 +140,11 @@ class SimulatedSCMOS:
     def configure(self, settings: CameraSettings) -> None:
         """Validate and apply settings; the noise bank is rebuilt lazily at the next `start`."""
         with self._cond:
-            self._require_open()
-            if self._running:
-                raise RuntimeError("cannot configure while acquiring; call stop() first")
+            self._require_stopped("cannot configure while acquiring")
             settings = coerce_trigger_mode(settings)
             check_settings(
                 settings,
-                self._shape,
+                self._sensor,
                 exposure_range=(0.0, _MAX_EXPOSURE),
                 binnings=_BINNINGS,
                 bit_depths=_BIT_DEPTHS,
@@ -189,9 +154,7 @@ class SimulatedSCMOS:
     def start(self) -> None:
         """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
         with self._cond:
-            self._require_open()
-            if self._running:
-                raise RuntimeError("camera already started; call stop() first")
+            self._require_stopped("camera already started")
             self._ensure_bank()  # slow for big frames, so built before the clock starts
             self._t0 = time.monotonic()
             self._queue.clear()
@@ -225,17 +188,8 @@ class SimulatedSCMOS:
         self._queue_frames(pulses, TriggerMode.EXTERNAL, "fire")
 
     def _queue_frames(self, frames: int, mode: TriggerMode, caller: str) -> None:
-        if frames < 0:
-            raise ValueError(f"frames must be >= 0; got {frames!r}")
         with self._cond:
-            self._require_open()
-            if not self._running:
-                raise RuntimeError(f"{caller} before start()")
-            if self._settings.trigger_mode is not mode:
-                raise RuntimeError(
-                    f"{caller} needs trigger_mode {mode.value}; "
-                    f"camera is in {self._settings.trigger_mode.value}"
-                )
+            self._check_trigger(frames, mode, caller)
             if frames == 0:
                 return
             now = time.monotonic()
@@ -285,7 +239,7 @@ class SimulatedSCMOS:
         """Noise-free mean in ADU (float, unclipped) for the current settings: truth for tests."""
         s = self._settings
         b = s.binning
-        electrons = self._photon_flux(self._roi(s)) * s.exposure_time
+        electrons = self._photon_flux(self._roi_of(s)) * s.exposure_time
         rows, cols = electrons.shape
         binned = electrons.reshape(rows // b, b, cols // b, b).sum(axis=(1, 3))
         return binned / self.GAIN + self.OFFSET * b * b
@@ -295,9 +249,6 @@ class SimulatedSCMOS:
     def _require_open(self) -> None:
         if not self._open:
             raise CameraError("camera is closed; call open() first")
-
-    def _roi(self, settings: CameraSettings) -> ROI:
-        return settings.roi if settings.roi is not None else ROI.full(self._shape)
 
     def _next_due(self) -> float | None:
         if not self._queue:
@@ -340,7 +291,7 @@ class SimulatedSCMOS:
 
         Only the ROI is computed; the scene is defined on the whole sensor from the seed alone.
         """
-        rows, cols = self._shape
+        rows, cols = self._sensor
         rng = np.random.default_rng([self._seed, _TAG_SCENE])
         r = (np.arange(roi.y, roi.y + roi.height) + 0.5) / rows
         c = (np.arange(roi.x, roi.x + roi.width) + 0.5) / cols
@@ -360,7 +311,7 @@ class SimulatedSCMOS:
     def _ensure_bank(self) -> _FrameBank:
         """Build (or reuse) the noise bank for the current settings."""
         s = self._settings
-        key = _BankKey(s.exposure_time, self._roi(s), s.binning, s.bit_depth)
+        key = _BankKey(s.exposure_time, self._roi_of(s), s.binning, s.bit_depth)
         with self._bank_lock:
             if self._bank is None or self._bank_key != key:
                 self._bank = self._build_bank(key)
