@@ -50,6 +50,12 @@ class StreamSummary:
     frames_missed: int  #: frames the camera itself lost (reported by the driver)
 
 
+#: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
+#: which by default is a new mmap whose pages the kernel faults in and zeroes, a third of the
+#: cost of compressing it. Kept in the heap, the same pages serve frame after frame.
+WRITER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+
+
 class WriterProcess:
     """The writer subprocess and the thread that listens to its status lines."""
 
@@ -61,6 +67,7 @@ class WriterProcess:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             close_fds=True,
+            env={**os.environ, **WRITER_MALLOC},
         )
         self._stdin = self.process.stdin.fileno()
         self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
