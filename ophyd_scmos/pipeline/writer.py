@@ -33,7 +33,8 @@ import numpy as np
 
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
-from ophyd_scmos.pipeline.ring import FrameRing, RingSpec
+from ophyd_scmos.pipeline.ring import PAGE, FrameRing, RingSpec
+from ophyd_scmos.pipeline.writeback import WriteBehind
 
 #: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
 HEADROOM = 8 * 2**20
@@ -55,7 +56,10 @@ class Writer:
         self.released = self.ring.released
         self.lost = {DROPPED: 0, MISSED: 0}  # as the producer last told us
         self.frame_bytes = self.ring.spec.frame_bytes
-        self.file = h5py.File(self.path, "w-", libver="latest")
+        # Large chunks start on page boundaries: whole-page writes (small ones would waste space)
+        self.file = h5py.File(
+            self.path, "w-", libver="latest", alignment_threshold=2**20, alignment_interval=PAGE
+        )
         spec = self.ring.spec
         self.data = layout.create_layout(
             self.file,
@@ -69,6 +73,7 @@ class Writer:
         ]
         compression = config.get("compression")
         self.compressor = ChunkCompressor(compression, spec.dtype) if compression else None
+        self.behind = WriteBehind(self.file.id.get_vfd_handle())
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
 
@@ -98,6 +103,7 @@ class Writer:
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
+                self.behind.advance(self.file.id.get_filesize())
         finally:
             chunks.close()  # a failed write: start no more compressions
             if done < start + len(slots):
