@@ -23,9 +23,12 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
         assert heading in table
     results = json.loads(out.read_text())
     variants = {t["variant"] for t in results["bursts"][0]["timings"]}
-    assert variants == {"plain file write", "naive mp.Queue + h5py", "ours, uncompressed"} | {
-        f"ours, {c}" for c in CODECS
-    }
+    assert variants == {
+        "plain file write",
+        "plain, write-behind",
+        "naive mp.Queue + h5py",
+        "ours, uncompressed",
+    } | {f"ours, {c}" for c in CODECS}
     for burst in results["bursts"]:
         for t in burst["timings"]:
             assert t["closed_fps"] > 0 and t["disk_fps"] > 0
