@@ -59,6 +59,8 @@ def bench(args: argparse.Namespace) -> int:
                         "timings": [b.as_json(t) for t in timings],
                     }
                 )
+        if "orca" in args.shapes and args.capped_gb > 0:
+            out["capped"] = _capped(args, b, codecs, scratch, say)
         if "orca" in args.shapes and args.engines:
             bank = b.bank_of(b.make_camera(b.SHAPES["orca"], 1))
             rows = b.engines(bank, args.engines, default_workers())
@@ -92,6 +94,28 @@ def bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
         say(f"\nresults in {args.json}")
     return 0
+
+
+def _capped(
+    args: argparse.Namespace, b: Any, codecs: list, scratch: Path, say: _Printer
+) -> dict[str, Any]:
+    """Long runs through a writer that paces itself to a slower disk's rate."""
+    shape = b.SHAPES["orca"]
+    n = round(args.capped_gb * 1e9 / shape.frame_bytes)
+    mb = shape.frame_bytes / 1e6
+    timings = b.capped(shape, n, scratch, args.long_repeat, args.disk_cap_mb_s, codecs)
+    say.header(
+        f"{shape.name} on a disk capped at {args.disk_cap_mb_s:g} MB/s (the writer paces its "
+        f"writes): {n} frames, {n * mb / 1e3:.1f} GB, timed to fsync"
+    )
+    plain = next(t for t in timings if t.variant == b.variant_name(None))
+    for t in timings:
+        say(
+            f"  {t.variant:26s} {t.disk_fps:7.1f} frames/s {t.disk_fps * mb:6.0f} MB/s of frames "
+            f"{t.disk_fps * mb / t.ratio:5.0f} MB/s to disk  ratio {t.ratio:4.2f}  "
+            f"x uncompressed {t.disk_fps / plain.disk_fps:4.2f}"
+        )
+    return {"cap_mb_s": args.disk_cap_mb_s, "timings": [b.as_json(t) for t in timings]}
 
 
 def _sustained(
@@ -200,6 +224,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="size of the long runs, where the disk is the limit (0: skip)",
     )
     p.add_argument("--long-repeat", type=int, default=3, help="runs of each long run (median)")
+    p.add_argument(
+        "--disk-cap-mb-s",
+        type=float,
+        default=500,
+        help="rate of the slower disk the capped runs stand for (a SATA SSD: 500)",
+    )
+    p.add_argument(
+        "--capped-gb",
+        type=float,
+        default=3,
+        help="size of the runs on the capped disk, 2048x2048 only (0: skip)",
+    )
     p.add_argument(
         "--engines",
         type=int,

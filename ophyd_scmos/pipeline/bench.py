@@ -249,9 +249,13 @@ def naive(shape: Shape, n: int, path: Path) -> tuple[float, float]:
     return closed - t0, time.perf_counter() - t0
 
 
-def ours(shape: Shape, n: int, path: Path, compression: str | None) -> tuple[float, float]:
+def ours(
+    shape: Shape, n: int, path: Path, compression: str | None, write_limit_mb_s: float | None = None
+) -> tuple[float, float]:
     cam = make_camera(shape, n)
-    stream = FrameStream(cam, path, ring_mb=256, compression=compression)
+    stream = FrameStream(
+        cam, path, ring_mb=256, compression=compression, write_limit_mb_s=write_limit_mb_s
+    )
     stream.open()
     t0 = time.perf_counter()
     cam.software_trigger(n)
@@ -311,6 +315,33 @@ def _paired(times: list[tuple[float, float]], plain: list[tuple[float, float]]) 
     return tuple(
         statistics.median(p[i] / t[i] for t, p in zip(times, plain, strict=True)) for i in (0, 1)
     )
+
+
+def capped(
+    shape: Shape, n: int, scratch: Path, repeat: int, cap_mb_s: float, variants: list[str | None]
+) -> list[Timing]:
+    """Our pipeline on a disk no faster than `cap_mb_s` (the writer paces its writes): what
+    compression buys where the disk, not the CPU, is the limit. Medians to the final fsync."""
+    runs: dict[str | None, list[tuple[float, float]]] = {c: [] for c in variants}
+    sizes: dict[str | None, int] = {}
+    for r in range(repeat):
+        for c in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            path = scratch / "capped.h5"
+            os.sync()
+            runs[c].append(ours(shape, n, path, c, cap_mb_s))
+            sizes[c] = path.stat().st_size
+            path.unlink()
+    return [
+        Timing(
+            variant_name(c),
+            n,
+            n / statistics.median(t[0] for t in times),
+            n / statistics.median(t[1] for t in times),
+            n * shape.frame_bytes / sizes[c],
+            times,
+        )
+        for c, times in runs.items()
+    ]
 
 
 # -- compression engines: CPU only, no disk ---------------------------------------------------

@@ -133,7 +133,8 @@ class FrameStream:
     `open()` raises before any frame is taken if the file cannot be made. `wait_for(n, cb)`
     calls `cb(None)` once n frames are in the ring, or `cb(exc)` when the stream fails.
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
-    a `StreamSummary`, or raises `StreamError` saying what was saved.
+    a `StreamSummary`, or raises `StreamError` saying what was saved. `write_limit_mb_s` caps
+    the writer's disk bandwidth (MB/s of file bytes), leaving a shared disk to others.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class FrameStream:
         on_progress: Callable[[FrameStream], None] | None = None,
         flush_interval: float = 0.5,
         gated: bool = False,
+        write_limit_mb_s: float | None = None,
     ):
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow policy {overflow!r} is not one of {OVERFLOW_POLICIES}")
@@ -160,6 +162,9 @@ class FrameStream:
         self.attrs = dict(attrs or {})
         self.ring_mb = ring_mb
         self.flush_interval = flush_interval
+        if write_limit_mb_s is not None and not write_limit_mb_s > 0:
+            raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
+        self.write_limit_mb_s = write_limit_mb_s
         self._on_progress = on_progress
         self.ring: FrameRing | None = None
         self.writer: WriterProcess | None = None
@@ -210,6 +215,7 @@ class FrameStream:
             "compression": self.compression,
             "attrs": self.attrs,
             "flush_interval": self.flush_interval,
+            "write_limit_mb_s": self.write_limit_mb_s,
         }
         self.writer = WriterProcess(config, self._on_writer_status)
         deadline = time.monotonic() + timeout

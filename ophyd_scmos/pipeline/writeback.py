@@ -8,6 +8,8 @@ the page cache. Dirty memory stays at two windows, the disk is busy from the fir
 a crash of the machine loses at most those two windows.
 
 Linux only (sync_file_range); elsewhere `WriteBehind` does nothing and the kernel decides.
+A bandwidth cap (`limit`, bytes/s) paces the pushes on any system: it leaves a shared disk's
+bandwidth to others, and lets `ophyd-scmos bench` measure what a slower disk would give.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import time
 
 #: bytes between two pushes
 WINDOW = 64 * 2**20
@@ -38,21 +41,30 @@ _SYNC_FILE_RANGE = _sync_file_range()
 class WriteBehind:
     """Follows the end of one file descriptor's file as it grows (appends only)."""
 
-    def __init__(self, fd: int, window: int = WINDOW):
+    def __init__(self, fd: int, window: int = WINDOW, limit: float | None = None):
+        if limit is not None and not limit > 0:
+            raise ValueError(f"a write bandwidth limit must be > 0 bytes/s, got {limit}")
         self.fd = fd
         self.window = window
+        self.limit = limit
         self.pushed = 0  #: bytes whose writeback has started
         self._previous: tuple[int, int] | None = None  #: last window pushed, not yet waited for
+        self._start: float | None = None  #: when the first bytes came, for the limit
 
     def advance(self, end: int) -> None:
         """The file now ends at `end`: push the new bytes once they make a window."""
-        if _SYNC_FILE_RANGE is None or end - self.pushed < self.window:
+        if self._start is None:
+            self._start = time.monotonic()
+        if end - self.pushed < self.window:
             return
-        self._call(self.pushed, end - self.pushed, _WRITE)
-        if self._previous is not None:
-            start, length = self._previous
-            self._call(start, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-            os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
+        if self.limit is not None:  # no faster than `limit` since the first bytes
+            time.sleep(max(0.0, self._start + end / self.limit - time.monotonic()))
+        if _SYNC_FILE_RANGE is not None:
+            self._call(self.pushed, end - self.pushed, _WRITE)
+            if self._previous is not None:
+                start, length = self._previous
+                self._call(start, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
+                os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
         self._previous = (self.pushed, end - self.pushed)
         self.pushed = end
 

@@ -73,7 +73,8 @@ class Writer:
         ]
         compression = config.get("compression")
         self.compressor = ChunkCompressor(compression, spec.dtype) if compression else None
-        self.behind = WriteBehind(self.file.id.get_vfd_handle())
+        limit = config.get("write_limit_mb_s")
+        self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
 

@@ -6,6 +6,7 @@ import ctypes
 import mmap
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -57,3 +58,18 @@ def test_a_failed_writeback_is_an_error_not_silence(tmp_path):
     os.close(fd)  # sync_file_range on it fails (EBADF), as it would on a disk's I/O error
     with pytest.raises(OSError, match="writing the file to disk failed"):
         WriteBehind(fd, window=1).advance(10)
+
+
+def test_a_bandwidth_limit_paces_the_pushes(tmp_path):
+    data = np.zeros(4 * WINDOW, np.uint8)
+    with open(tmp_path / "f.bin", "wb", buffering=0) as f:
+        behind = WriteBehind(f.fileno(), window=WINDOW, limit=20 * WINDOW)  # 20 windows/s
+        t0 = time.monotonic()
+        behind.advance(0)  # the first bytes: the clock starts
+        for piece in np.split(data, 4):
+            f.write(piece)
+            behind.advance(f.tell())
+        assert time.monotonic() - t0 >= 4 / 20  # a floor: pacing sleeps, it never hurries
+    assert behind.pushed == data.nbytes
+    with pytest.raises(ValueError, match="must be > 0"):
+        WriteBehind(0, limit=0)
