@@ -70,7 +70,7 @@ SETTINGS = (
     "acquire_period",
     "frames_per_point",
 )
-PIPELINE_KEYS = ("compression", "ring_mb", "overflow")
+PIPELINE_KEYS = ("compression", "ring_mb", "overflow", "write_limit_mb_s")
 CAMERA_KEYS = ("driver", "options", "write_dir", "file_template", *PIPELINE_KEYS, *SETTINGS)
 SECTIONS = ("data", "catalog", "pipeline", "session", "metadata", "cameras")
 
@@ -131,6 +131,7 @@ class CameraConfig:
     compression: str | None = None
     ring_mb: float = 256
     overflow: str = "block"
+    write_limit_mb_s: float | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None  #: the file it came from, for messages
 
@@ -156,6 +157,7 @@ class CameraConfig:
                 ring_mb=self.ring_mb,
                 overflow=self.overflow,
                 compression=self.compression,
+                write_limit_mb_s=self.write_limit_mb_s,
             )
         except (CameraError, OSError) as exc:
             raise ConfigError(
@@ -402,7 +404,13 @@ class _Checker:
     def pipeline(
         self, where: str, table: Mapping[str, Any], defaults: Mapping[str, Any]
     ) -> dict[str, Any]:
-        out = {"compression": None, "ring_mb": 256, "overflow": "block", **defaults}
+        out = {
+            "compression": None,
+            "ring_mb": 256,
+            "overflow": "block",
+            "write_limit_mb_s": None,
+            **defaults,
+        }
         if "compression" in table:
             value = table["compression"]
             try:
@@ -424,6 +432,11 @@ class _Checker:
                     "discards frames and counts them)",
                 )
             out["overflow"] = value
+        if "write_limit_mb_s" in table:
+            value = table["write_limit_mb_s"]
+            if not _number(value) or not 0 < value < math.inf:
+                self.fail(f"{where}.write_limit_mb_s", value, "MB/s the writer may use, > 0")
+            out["write_limit_mb_s"] = float(value)
         return out
 
     def settings(self, where: str, camera: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ class SCMOSCamera(Device):
     Parameters beyond ophyd's: `driver` (default: a 2048x2048 `SimulatedSCMOS`), `write_dir`
     (created if missing), `file_template` (fields {name} {date} {uid} {counter}; an existing
     file is an error), `ring_mb` (shared memory between camera and writer), `overflow`
-    (`block` waits for the writer, `drop` discards and counts), `compression`, and
+    (`block` waits for the writer, `drop` discards and counts), `compression`,
+    `write_limit_mb_s` (cap on the writer's disk bandwidth, to share a disk), and
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only).
 
@@ -103,6 +104,7 @@ class SCMOSCamera(Device):
         ring_mb: float = 256,
         overflow: str = "block",
         compression: str | None = None,
+        write_limit_mb_s: float | None = None,
         asset_docs: str = "resource",
         **kwargs: Any,
     ):
@@ -116,12 +118,15 @@ class SCMOSCamera(Device):
             raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
         if not ring_mb > 0:
             raise ValueError(f"ring_mb must be positive, got {ring_mb}")
+        if write_limit_mb_s is not None and not write_limit_mb_s > 0:
+            raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = check_template(file_template)
         self.ring_mb = ring_mb
         self.overflow = overflow
         self.compression = check_compression(compression)
+        self.write_limit_mb_s = write_limit_mb_s
         self.asset_docs = asset_docs
         self._stream: FrameStream | None = None
         self._docs: AssetDocs | None = None
@@ -201,6 +206,7 @@ class SCMOSCamera(Device):
             ring_mb=self.ring_mb,
             overflow=self.overflow,
             compression=self.compression,
+            write_limit_mb_s=self.write_limit_mb_s,
             attrs=self._file_attrs(),
             on_progress=self._on_progress,
             gated=self._mode is not TriggerMode.SOFTWARE,

@@ -94,12 +94,15 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
         write(
             tmp_path,
             '[pipeline]\ncompression = "blosc2-zstd"\noverflow = "drop"\n'
-            '[cameras.a]\n[cameras.b]\ncompression = "none"\nring_mb = 32\n',
+            '[cameras.a]\n[cameras.b]\ncompression = "none"\nring_mb = 32\n'
+            "write_limit_mb_s = 400\n",
         )
     )
     a, b = lab.cameras
     assert (a.compression, a.overflow, a.ring_mb) == ("blosc2-zstd", "drop", 256)
     assert (b.compression, b.overflow, b.ring_mb) == (None, "drop", 32)
+    assert (a.write_limit_mb_s, b.write_limit_mb_s) == (None, 400)
+    assert b.build().write_limit_mb_s == 400
 
 
 @pytest.mark.parametrize(
@@ -112,6 +115,8 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
         ('[cameras.cam]\noverflow = "wait"', "cameras.cam.overflow",
          "expected one of: block, drop"),
         ("[pipeline]\nring_mb = 0", "pipeline.ring_mb", "megabytes of shared memory, > 0"),
+        ('[pipeline]\nwrite_limit_mb_s = "fast"', "pipeline.write_limit_mb_s",
+         "MB/s the writer may use, > 0"),
         ("[cameras.cam]\nexposure_time = -1", "cameras.cam.exposure_time", "seconds, > 0"),
         ('[cameras.cam]\nexposure_time = "5 ms"', "cameras.cam.exposure_time", "seconds, > 0"),
         ("[cameras.cam]\nroi = [0, 0, 512]", "cameras.cam.roi",
