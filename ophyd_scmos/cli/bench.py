@@ -273,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run lengths whose peak memory to compare",
     )
     p.add_argument("--memory-ring-mb", type=float, default=16)
-    p.add_argument("--count", type=int, default=200, help="events of RE(count) (0: skip)")
+    p.add_argument("--count", type=int, default=1000, help="events of RE(count) (0: skip)")
     p.add_argument(
         "--dir",
         type=Path,

@@ -142,7 +142,8 @@ class Writer:
             self.flushed = min(self.flushed, keep)
 
     def finish(self, keep: int, complete: bool) -> None:
-        """Flush, cut to `keep` frames (if >= 0), close, and record the outcome."""
+        """Flush, cut to `keep` frames (if >= 0), close, record the outcome, and make sure it
+        is all on disk: a closed file survives a power cut (write-behind left little to do)."""
         self.truncate(keep)
         self.flush()
         self.file.close()
@@ -154,6 +155,11 @@ class Writer:
             entry.attrs["frames_missed"] = self.lost[MISSED]
             entry.attrs["complete"] = complete
             entry.attrs["end_time"] = time.time()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.ring.close()
         self.report("closed", complete=complete)
 
