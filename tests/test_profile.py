@@ -115,9 +115,20 @@ def test_profile_starts_with_no_config_file_with_a_simulated_cam_and_persistent_
     assert saved["sample"] == "beads" and saved["scan_id"] == facts["scan_id"]
 
 
-def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home):
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        # a wrong value, refused when the file is read
+        ('[cameras.cam]\ntrigger_mode = "hardware"\n',
+         ["cameras.cam.trigger_mode: 'hardware'", "software, internal, external"]),
+        # a value of the right type the camera itself refuses when it opens
+        ("[cameras.cam]\nbinning = 3\n",
+         ["cameras.cam.binning: 3 refused by Simulated sCMOS", "(1, 2, 4)"]),
+    ],
+)  # fmt: skip
+def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home, toml, says):
     bad = home / "bad.toml"
-    bad.write_text('[cameras.cam]\ntrigger_mode = "hardware"\n')
+    bad.write_text(toml)
     session = run(
         [str(BIN / "ipython"), f"--profile-dir={PROFILE}", "-c", "print('REACHED')"],
         home,
@@ -125,8 +136,8 @@ def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home):
     )
     assert session.returncode == 2, session.stderr
     assert "REACHED" not in session.stdout
-    assert f"lab configuration {bad}: cameras.cam.trigger_mode: 'hardware'" in session.stderr
-    assert "software, internal, external" in session.stderr
+    assert f"lab configuration {bad}: {says[0]}" in session.stderr
+    assert says[1] in session.stderr
 
 
 def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(
@@ -140,17 +151,3 @@ def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(
     assert "REACHED" not in out
     assert f"lab configuration {bad}: catalog.api_key: unknown key" in err
     assert "never read from this file" in err
-
-
-def test_a_setting_the_camera_refuses_ends_the_profile_naming_the_key(home):
-    bad = home / "binning.toml"
-    bad.write_text("[cameras.cam]\nbinning = 3\n")
-    session = run(
-        [str(BIN / "ipython"), f"--profile-dir={PROFILE}", "-c", "print('REACHED')"],
-        home,
-        OPHYD_SCMOS_CONFIG=str(bad),
-    )
-    assert session.returncode == 2, session.stderr
-    assert "REACHED" not in session.stdout
-    assert "cameras.cam.binning: 3 refused by Simulated sCMOS" in session.stderr
-    assert "(1, 2, 4)" in session.stderr
