@@ -273,16 +273,15 @@ def variant_name(compression: str | None) -> str:
 
 
 def burst(
-    shape: Shape, n: int, scratch: Path, repeat: int, variants: list[str | None], naive_too: bool
+    shape: Shape, n: int, scratch: Path, repeat: int, variants: list[str | None]
 ) -> list[Timing]:
-    """Plain write, naive baseline (optional) and our pipeline per compression: medians."""
+    """Plain writes, the naive baseline and our pipeline per compression: medians."""
     bank = bank_of(make_camera(shape, 1))
     jobs: dict[str, Callable[[Path], tuple[float, float]]] = {
         PLAIN: lambda p: plain_write(bank, n, p),
         PLAIN_BEHIND: lambda p: plain_write(bank, n, p, write_behind=True),
     }
-    if naive_too:
-        jobs["naive mp.Queue + h5py"] = lambda p: naive(shape, n, p)
+    jobs["naive mp.Queue + h5py"] = lambda p: naive(shape, n, p)
     for c in variants:
         jobs[variant_name(c)] = lambda p, c=c: ours(shape, n, p, c)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
