@@ -70,7 +70,7 @@ SETTINGS = (
     "acquire_period",
     "frames_per_point",
 )
-PIPELINE_KEYS = ("compression", "ring_mb", "overflow", "write_limit_mb_s")
+PIPELINE_KEYS = ("compression", "ring_mb", "ring_frames", "overflow", "write_limit_mb_s")
 CAMERA_KEYS = ("driver", "options", "write_dir", "file_template", *PIPELINE_KEYS, *SETTINGS)
 SECTIONS = ("data", "catalog", "pipeline", "session", "metadata", "cameras")
 
@@ -129,7 +129,8 @@ class CameraConfig:
     write_dir: Path | None = None
     file_template: str = DEFAULT_TEMPLATE
     compression: str | None = None
-    ring_mb: float = 256
+    ring_mb: float | None = 256
+    ring_frames: int | None = None
     overflow: str = "block"
     write_limit_mb_s: float | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -155,6 +156,7 @@ class CameraConfig:
                 write_dir=self.write_dir,
                 file_template=self.file_template,
                 ring_mb=self.ring_mb,
+                ring_frames=self.ring_frames,
                 overflow=self.overflow,
                 compression=self.compression,
                 write_limit_mb_s=self.write_limit_mb_s,
@@ -407,6 +409,7 @@ class _Checker:
         out = {
             "compression": None,
             "ring_mb": 256,
+            "ring_frames": None,
             "overflow": "block",
             "write_limit_mb_s": None,
             **defaults,
@@ -417,11 +420,21 @@ class _Checker:
                 out["compression"] = check_compression(value if isinstance(value, str) else "?")
             except ValueError:
                 self.fail(f"{where}.compression", value, f"one of: none, {', '.join(CODECS)}")
+        # One size, in megabytes or in frames: a table that gives one replaces both defaults.
+        if "ring_mb" in table and "ring_frames" in table:
+            self.fail(
+                f"{where}.ring_frames", table["ring_frames"], "ring_mb or ring_frames, not both"
+            )
         if "ring_mb" in table:
             value = table["ring_mb"]
             if not _number(value) or not 0 < value < math.inf:
                 self.fail(f"{where}.ring_mb", value, "megabytes of shared memory, > 0")
-            out["ring_mb"] = float(value)
+            out["ring_mb"], out["ring_frames"] = float(value), None
+        if "ring_frames" in table:
+            value = table["ring_frames"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                self.fail(f"{where}.ring_frames", value, "frames the ring holds, an integer >= 2")
+            out["ring_mb"], out["ring_frames"] = None, value
         if "overflow" in table:
             value = table["overflow"]
             if value not in OVERFLOW_POLICIES:

@@ -30,6 +30,7 @@ from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerM
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, next_file, prepare_dir
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
+from ophyd_scmos.pipeline.ring import check_ring_size
 from ophyd_scmos.pipeline.stream import OVERFLOW_POLICIES, FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
@@ -60,7 +61,8 @@ class SCMOSCamera(Device):
 
     Parameters beyond ophyd's: `driver` (default: a 2048x2048 `SimulatedSCMOS`), `write_dir`
     (created if missing), `file_template` (fields {name} {date} {uid} {counter}; an existing
-    file is an error), `ring_mb` (shared memory between camera and writer), `overflow`
+    file is an error), `ring_mb` or `ring_frames` (shared memory between camera and writer,
+    in megabytes, default 256, or in frames), `overflow`
     (`block` waits for the writer, `drop` discards and counts), `compression`,
     `write_limit_mb_s` (cap on the writer's disk bandwidth, to share a disk), and
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
@@ -101,7 +103,8 @@ class SCMOSCamera(Device):
         driver: CameraDriver | None = None,
         write_dir: str | os.PathLike | None = None,
         file_template: str = DEFAULT_TEMPLATE,
-        ring_mb: float = 256,
+        ring_mb: float | None = None,
+        ring_frames: int | None = None,
         overflow: str = "block",
         compression: str | None = None,
         write_limit_mb_s: float | None = None,
@@ -116,14 +119,12 @@ class SCMOSCamera(Device):
             raise ValueError(f"overflow={overflow!r} is not one of {OVERFLOW_POLICIES}")
         if asset_docs not in ASSET_STYLES:
             raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
-        if not ring_mb > 0:
-            raise ValueError(f"ring_mb must be positive, got {ring_mb}")
         if write_limit_mb_s is not None and not write_limit_mb_s > 0:
             raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = check_template(file_template)
-        self.ring_mb = ring_mb
+        self.ring_mb, self.ring_frames = check_ring_size(ring_mb, ring_frames)
         self.overflow = overflow
         self.compression = check_compression(compression)
         self.write_limit_mb_s = write_limit_mb_s
@@ -204,6 +205,7 @@ class SCMOSCamera(Device):
             self.driver,
             path,
             ring_mb=self.ring_mb,
+            ring_frames=self.ring_frames,
             overflow=self.overflow,
             compression=self.compression,
             write_limit_mb_s=self.write_limit_mb_s,

@@ -105,6 +105,16 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
     assert b.build().write_limit_mb_s == 400
 
 
+def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
+    lab = load_config(
+        write(tmp_path, "[pipeline]\nring_mb = 64\n[cameras.a]\n[cameras.b]\nring_frames = 40\n")
+    )
+    a, b = lab.cameras
+    assert (a.ring_mb, a.ring_frames, b.ring_mb, b.ring_frames) == (64, None, None, 40)
+    cam = b.build()
+    assert (cam.ring_mb, cam.ring_frames) == (None, 40)
+
+
 @pytest.mark.parametrize(
     ("toml", "key", "says"),
     [
@@ -115,6 +125,8 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
         ('[cameras.cam]\noverflow = "wait"', "cameras.cam.overflow",
          "expected one of: block, drop"),
         ("[pipeline]\nring_mb = 0", "pipeline.ring_mb", "megabytes of shared memory, > 0"),
+        ("[cameras.cam]\nring_frames = 1", "cameras.cam.ring_frames", "an integer >= 2"),
+        ("[pipeline]\nring_mb = 8\nring_frames = 8", "pipeline.ring_frames", "not both"),
         ('[pipeline]\nwrite_limit_mb_s = "fast"', "pipeline.write_limit_mb_s",
          "MB/s the writer may use, > 0"),
         ("[cameras.cam]\nexposure_time = -1", "cameras.cam.exposure_time", "seconds, > 0"),

@@ -216,6 +216,17 @@ def test_counter_template_takes_the_next_free_number(driver, tmp_path, RE):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_000.h5", "scan_001.h5"]
 
 
+def test_the_ring_may_be_sized_in_frames_but_not_both_ways(driver, tmp_path):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_frames=4)
+    cam.stage()
+    try:
+        assert cam._stream.ring.spec.n_slots == 4
+    finally:
+        cam.unstage()
+    with pytest.raises(ValueError, match="not both"):
+        SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=8, ring_frames=4)
+
+
 @pytest.mark.parametrize("template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name"])
 def test_bad_file_templates_are_refused(driver, tmp_path, template):
     with pytest.raises(ValueError, match="template"):

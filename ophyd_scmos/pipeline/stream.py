@@ -28,7 +28,7 @@ from ophyd_scmos.drivers.base import CameraDriver, CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
 from ophyd_scmos.pipeline.recovery import clear_open_flags
-from ophyd_scmos.pipeline.ring import FrameRing, slots_for
+from ophyd_scmos.pipeline.ring import FrameRing, check_ring_size, slots_for
 from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD, TRUNCATE
 
 OVERFLOW_POLICIES = ("block", "drop")
@@ -133,7 +133,9 @@ class FrameStream:
     `open()` raises before any frame is taken if the file cannot be made. `wait_for(n, cb)`
     calls `cb(None)` once n frames are in the ring, or `cb(exc)` when the stream fails.
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
-    a `StreamSummary`, or raises `StreamError` saying what was saved. `write_limit_mb_s` caps
+    a `StreamSummary`, or raises `StreamError` saying what was saved. The ring holds `ring_mb`
+    megabytes (default 256) or `ring_frames` frames: all the memory a stream takes, however
+    long it runs. `write_limit_mb_s` caps
     the writer's disk bandwidth (MB/s of file bytes), leaving a shared disk to others.
     """
 
@@ -142,7 +144,8 @@ class FrameStream:
         driver: CameraDriver,
         path: str | os.PathLike,
         *,
-        ring_mb: float = 256,
+        ring_mb: float | None = None,
+        ring_frames: int | None = None,
         overflow: str = "block",
         compression: str | None = None,
         attrs: dict[str, Any] | None = None,
@@ -153,14 +156,12 @@ class FrameStream:
     ):
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow policy {overflow!r} is not one of {OVERFLOW_POLICIES}")
-        if not ring_mb > 0:
-            raise ValueError(f"ring size must be positive, got {ring_mb} MB")
+        self.ring_mb, self.ring_frames = check_ring_size(ring_mb, ring_frames)
         self.driver = driver
         self.path = Path(path)
         self.overflow = overflow
         self.compression = check_compression(compression)
         self.attrs = dict(attrs or {})
-        self.ring_mb = ring_mb
         self.flush_interval = flush_interval
         if write_limit_mb_s is not None and not write_limit_mb_s > 0:
             raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
@@ -208,7 +209,8 @@ class FrameStream:
         if self.path.exists():
             raise FileExistsError(f"{self.path} exists; ophyd-scmos never overwrites a file")
         shape, dtype = tuple(self.driver.frame_shape), np.dtype(self.driver.dtype)
-        self.ring = FrameRing.create(shape, dtype, slots_for(shape, dtype, self.ring_mb))
+        slots = self.ring_frames or slots_for(shape, dtype, self.ring_mb)
+        self.ring = FrameRing.create(shape, dtype, slots)
         config = {
             "path": str(self.path),
             "ring": self.ring.spec.to_json(),

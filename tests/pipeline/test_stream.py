@@ -110,6 +110,31 @@ def test_unknown_compression_is_refused_before_anything_starts(camera, tmp_path)
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_ring_sized_in_frames_holds_that_many_and_wraps(camera, tmp_path):
+    stream = FrameStream(camera, tmp_path / "r.h5", ring_frames=3)
+    stream.open()
+    assert stream.ring.spec.n_slots == 3
+    take(stream, 20)  # wraps the three slots six times over
+    assert stream.close().frames_written == 20
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 20))
+
+
+@pytest.mark.parametrize(
+    ("size", "says"),
+    [
+        ({"ring_mb": 8, "ring_frames": 10}, "not both"),
+        ({"ring_frames": 1}, "integer >= 2"),
+        ({"ring_frames": 2.5}, "integer >= 2"),
+        ({"ring_mb": 0}, "must be positive"),
+    ],
+)
+def test_a_wrong_ring_size_is_refused_before_anything_starts(camera, tmp_path, size, says):
+    with pytest.raises(ValueError, match=says):
+        FrameStream(camera, tmp_path / "x.h5", **size)
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, tmp_path):
     path = tmp_path / "run.h5"
     stream = FrameStream(camera, path, flush_interval=0.05)
