@@ -29,70 +29,74 @@ def bench(args: argparse.Namespace) -> int:
         "bursts": [],
     }
     say = _Printer()
-    with b.scratch_dir(args.dir) as scratch:
-        say(
-            f"scratch directory {scratch} ({_free_gb(scratch):.0f} GB free), {os.cpu_count()} cores"
-        )
-        for key in args.shapes:
-            shape = b.SHAPES[key]
-            mb = shape.frame_bytes / 1e6
-            bank = b.bank_of(b.make_camera(shape, 1))
-            n = max(4, round(args.burst_gb * 1e9 / shape.frame_bytes))
-            copy_fps = n / b.memcpy(bank, n)
-            say.header(f"{shape.name} ({mb:.1f} MB a frame; {shape.label})")
-            say(f"memcpy of frames: {copy_fps:,.0f} frames/s ({copy_fps * mb / 1e3:.1f} GB/s)")
-            runs = [("burst", n, args.repeat)]
-            if args.long_gb > 0:
-                runs.append(
-                    ("long", round(args.long_gb * 1e9 / shape.frame_bytes), args.long_repeat)
-                )
-            for kind, frames, repeat in runs:
-                timings = b.burst(shape, frames, scratch, repeat, codecs)
-                say.table(kind, frames, mb, timings)
-                out["bursts"].append(
-                    {
-                        "shape": shape.name,
-                        "kind": kind,
-                        "frames": frames,
-                        "frame_mb": mb,
-                        "memcpy_fps": copy_fps,
-                        "timings": [b.as_json(t) for t in timings],
-                    }
-                )
-        if "orca" in args.shapes and args.capped_gb > 0:
-            out["capped"] = _capped(args, b, codecs, scratch, say)
-        if "orca" in args.shapes and args.engines:
-            bank = b.bank_of(b.make_camera(b.SHAPES["orca"], 1))
-            rows = b.engines(bank, args.engines, default_workers())
-            say.header(f"compression engines, {args.engines} 2048x2048 uint16 frames in memory")
-            for row in rows:
-                say(
-                    f"  {row['codec']:15s} {row['engine']:36s} {row['fps']:7.1f} frames/s "
-                    f"{row['fps'] * b.SHAPES['orca'].frame_bytes / 1e6:6.0f} MB/s"
-                )
-            out["engines"] = rows
-        if args.sustain_seconds > 0:
-            out["sustained"] = _sustained(args, b, out["bursts"], scratch, say)
-        if args.memory_frames:
-            say.header(f"memory: peak RSS, 256x256 frames, ring {args.memory_ring_mb} MB")
-            rows = []
-            for compression in (None, "bitshuffle-lz4"):
-                rows += b.memory(args.memory_frames, args.memory_ring_mb, compression, scratch)
-            for row in rows:
-                say(
-                    f"  {row['compression']:15s} {row['frames']:6d} frames: acquiring process "
-                    f"{row['main_peak_mb']:6.0f} MB, writer process {row['writer_peak_mb']:6.0f} MB"
-                )
-            out["memory"] = rows
-        if args.count:
-            say.header(f"RE(count(..., num={args.count})) events/s")
-            counted = b.re_count(args.count, scratch)
-            for name in ("ophyd.sim det", "SCMOSCamera 2048x2048"):
-                say(f"  {name:24s} {counted[name]:7.1f} events/s")
-            out["count"] = counted
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
-        say(f"\nresults in {args.json}")
+    try:
+        with b.scratch_dir(args.dir) as scratch:
+            say(
+                f"scratch directory {scratch} ({_free_gb(scratch):.0f} GB free), "
+                f"{os.cpu_count()} cores"
+            )
+            for key in args.shapes:
+                shape = b.SHAPES[key]
+                mb = shape.frame_bytes / 1e6
+                bank = b.bank_of(b.make_camera(shape, 1))
+                n = max(4, round(args.burst_gb * 1e9 / shape.frame_bytes))
+                copy_fps = n / b.memcpy(bank, n)
+                say.header(f"{shape.name} ({mb:.1f} MB a frame; {shape.label})")
+                say(f"memcpy of frames: {copy_fps:,.0f} frames/s ({copy_fps * mb / 1e3:.1f} GB/s)")
+                runs = [("burst", n, args.repeat)]
+                if args.long_gb > 0:
+                    runs.append(
+                        ("long", round(args.long_gb * 1e9 / shape.frame_bytes), args.long_repeat)
+                    )
+                for kind, frames, repeat in runs:
+                    timings = b.burst(shape, frames, scratch, repeat, codecs)
+                    say.table(kind, frames, mb, timings)
+                    out["bursts"].append(
+                        {
+                            "shape": shape.name,
+                            "kind": kind,
+                            "frames": frames,
+                            "frame_mb": mb,
+                            "memcpy_fps": copy_fps,
+                            "timings": [b.as_json(t) for t in timings],
+                        }
+                    )
+            if "orca" in args.shapes and args.capped_gb > 0:
+                out["capped"] = _capped(args, b, codecs, scratch, say)
+            if "orca" in args.shapes and args.engines:
+                bank = b.bank_of(b.make_camera(b.SHAPES["orca"], 1))
+                rows = b.engines(bank, args.engines, default_workers())
+                say.header(f"compression engines, {args.engines} 2048x2048 uint16 frames in memory")
+                for row in rows:
+                    say(
+                        f"  {row['codec']:15s} {row['engine']:36s} {row['fps']:7.1f} frames/s "
+                        f"{row['fps'] * b.SHAPES['orca'].frame_bytes / 1e6:6.0f} MB/s"
+                    )
+                out["engines"] = rows
+            if args.sustain_seconds > 0:
+                out["sustained"] = _sustained(args, b, out["bursts"], scratch, say)
+            if args.memory_frames:
+                say.header(f"memory: peak RSS, 256x256 frames, ring {args.memory_ring_mb} MB")
+                rows = []
+                for compression in (None, "bitshuffle-lz4"):
+                    rows += b.memory(args.memory_frames, args.memory_ring_mb, compression, scratch)
+                for row in rows:
+                    say(
+                        f"  {row['compression']:15s} {row['frames']:6d} frames: acquiring "
+                        f"process {row['main_peak_mb']:6.0f} MB, writer process "
+                        f"{row['writer_peak_mb']:6.0f} MB"
+                    )
+                out["memory"] = rows
+            if args.count:
+                say.header(f"RE(count(..., num={args.count})) events/s")
+                counted = b.re_count(args.count, scratch)
+                for name in ("ophyd.sim det", "SCMOSCamera 2048x2048"):
+                    say(f"  {name:24s} {counted[name]:7.1f} events/s")
+                out["count"] = counted
+    finally:  # what was measured is kept, even if a later section fails
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+            say(f"\nresults in {args.json}")
     return 0
 
 
