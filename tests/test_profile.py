@@ -18,6 +18,7 @@ from tests.lab_env import (
     BIN,
     EXAMPLE_CONFIG,
     PROFILE,
+    REPO,
     catalog_dir,
     data_dir,
     metadata_dir,
@@ -151,3 +152,39 @@ def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(
     assert "REACHED" not in out
     assert f"lab configuration {bad}: catalog.api_key: unknown key" in err
     assert "never read from this file" in err
+
+
+def test_a_wheel_install_starts_the_profile_it_carries(home, tmp_path):
+    """Outside a source checkout `ophyd-scmos ipython` finds the profile the wheel installed
+    in <prefix>/share/ophyd-scmos. The wheel goes into a fresh venv that borrows this one's
+    dependencies (a .pth line), so the package and the profile come from the wheel alone."""
+    import site
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", tmp_path],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("ophyd_scmos-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    (purelib,) = venv.glob("lib/python*/site-packages")
+    (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+         "--no-deps", wheel],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    code = "import ophyd_scmos; print('RESULT', ophyd_scmos.__file__, len(cam.read()))"
+    session = run([str(venv / "bin" / "ophyd-scmos"), "ipython", "--", "-c", code], home)
+    assert session.returncode == 0, session.stderr[-3000:]
+    package, fields = result_line(session.stdout).split()
+    assert package.startswith(str(venv)) and int(fields) > 0
+    installed = venv / "share" / "ophyd-scmos" / "profile_scmos" / "startup"
+    shipped = sorted((PROFILE / "startup").glob("*.py"))
+    assert [p.read_text() for p in sorted(installed.glob("*.py"))] == [
+        p.read_text() for p in shipped
+    ]

@@ -21,9 +21,13 @@ EXIT_CONFIG = 2  #: the configuration is wrong (or names a camera that cannot op
 EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
 
 
-def checkout_profile() -> Path:
-    """The IPython profile beside the package in a source checkout (an editable install)."""
-    return Path(__file__).resolve().parents[2] / "profiles" / "profile_scmos"
+def default_profile() -> Path:
+    """The lab's IPython profile: beside the package in a source checkout (an editable
+    install), else where a wheel installed it, <prefix>/share/ophyd-scmos."""
+    checkout = Path(__file__).resolve().parents[2] / "profiles" / "profile_scmos"
+    if (checkout / "startup").is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "ophyd-scmos" / "profile_scmos"
 
 
 def ipython(args: argparse.Namespace) -> int:
@@ -34,7 +38,7 @@ def ipython(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = str(Path(args.config).expanduser().absolute())
     if _load(args.config, "ipython") is None:
         return EXIT_CONFIG
-    profile = Path(args.profile_dir) if args.profile_dir else checkout_profile()
+    profile = Path(args.profile_dir) if args.profile_dir else default_profile()
     if not (profile / "startup").is_dir():
         print(
             f"ophyd-scmos ipython: no IPython profile at {profile}; pass --profile-dir with a "
@@ -258,7 +262,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile-dir",
         metavar="DIR",
-        help="an IPython profile directory (default: profiles/profile_scmos of this checkout)",
+        help="an IPython profile directory (default: profiles/profile_scmos of a source "
+        "checkout, else <prefix>/share/ophyd-scmos/profile_scmos)",
     )
     p.add_argument(
         "ipython_args",
