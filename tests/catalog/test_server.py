@@ -19,6 +19,8 @@ from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.catalog import open_catalog, server_config, sync, write_server_config
+from ophyd_scmos.drivers import ROI as SensorROI
+from ophyd_scmos.drivers import CameraSettings
 from tests.conftest import SENSOR
 from tests.servers import CatalogServer, PostgreSQL, require_postgres
 
@@ -188,3 +190,37 @@ def test_server_config_serves_runs_like_the_embedded_catalog(tmp_path: Path) -> 
     assert "application/json-seq" in config["media_types"]["BlueskyRun"]
     path = write_server_config(tmp_path / "tiled.yml", config)
     assert path.stat().st_mode & 0o777 == 0o600  # the URI may hold a password
+
+
+PROFILE_COUNT = """
+(uid,) = RE(count([cam], num=20))
+print("RESULT", uid, type(catalog).__name__)
+"""
+
+
+def test_the_ipython_profile_records_into_the_facility_server(
+    facility: dict[str, Any], server_catalog: Any, tmp_path: Path
+) -> None:
+    """A lab whose configuration names the server: the profile's RunEngine writes there, the
+    key coming from the environment variable the file names, never from the file."""
+    from tests.lab_env import BIN, result_line, run
+
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        f'[data]\ndir = "{facility["root"] / "frames" / "profile"}"\n'
+        f'[catalog]\nurl = "{facility["url"]}"\napi_key_env = "FACILITY_KEY"\n'
+        f"[cameras.cam]\nroi = [{', '.join(map(str, ROI))}]\nexposure_time = 0.001\n"
+    )
+    session = run(
+        [str(BIN / "ophyd-scmos"), "ipython", "--config", str(config), "--", "-c", PROFILE_COUNT],
+        tmp_path,
+        FACILITY_KEY=facility["api_key"],
+    )
+    assert session.returncode == 0, session.stderr[-3000:]
+    uid, client = result_line(session.stdout).split()
+    assert client == "CatalogOfBlueskyRuns"
+    frames = server_catalog[uid]["primary"]["cam_image"].read()
+    driver = SimulatedSCMOS()  # what the configuration's default `simulated` camera opens
+    driver.open()
+    driver.configure(CameraSettings(exposure_time=0.001, roi=SensorROI(*ROI)))
+    np.testing.assert_array_equal(frames, expected(driver, 20))
