@@ -32,6 +32,7 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
 from ophyd_scmos.pipeline.ring import check_ring_size
 from ophyd_scmos.pipeline.stream import OVERFLOW_POLICIES, FrameStream, StreamError
+from ophyd_scmos.pipeline.writeback import check_write_limit
 from ophyd_scmos.status import FrameStatus
 
 ASSET_STYLES = ("resource", "stream")
@@ -119,15 +120,13 @@ class SCMOSCamera(Device):
             raise ValueError(f"overflow={overflow!r} is not one of {OVERFLOW_POLICIES}")
         if asset_docs not in ASSET_STYLES:
             raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
-        if write_limit_mb_s is not None and not write_limit_mb_s > 0:
-            raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = check_template(file_template)
         self.ring_mb, self.ring_frames = check_ring_size(ring_mb, ring_frames)
         self.overflow = overflow
         self.compression = check_compression(compression)
-        self.write_limit_mb_s = write_limit_mb_s
+        self.write_limit_mb_s = check_write_limit(write_limit_mb_s)
         self.asset_docs = asset_docs
         self._stream: FrameStream | None = None
         self._docs: AssetDocs | None = None

@@ -29,6 +29,7 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import check_compression
 from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing, check_ring_size, slots_for
+from ophyd_scmos.pipeline.writeback import check_write_limit
 from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD, TRUNCATE
 
 OVERFLOW_POLICIES = ("block", "drop")
@@ -135,8 +136,8 @@ class FrameStream:
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
     a `StreamSummary`, or raises `StreamError` saying what was saved. The ring holds `ring_mb`
     megabytes (default 256) or `ring_frames` frames: all the memory a stream takes, however
-    long it runs. `write_limit_mb_s` caps
-    the writer's disk bandwidth (MB/s of file bytes), leaving a shared disk to others.
+    long it runs. `write_limit_mb_s` caps the writer's disk bandwidth (MB/s of file bytes),
+    leaving a shared disk to others.
     """
 
     def __init__(
@@ -163,9 +164,7 @@ class FrameStream:
         self.compression = check_compression(compression)
         self.attrs = dict(attrs or {})
         self.flush_interval = flush_interval
-        if write_limit_mb_s is not None and not write_limit_mb_s > 0:
-            raise ValueError(f"write_limit_mb_s must be positive, got {write_limit_mb_s}")
-        self.write_limit_mb_s = write_limit_mb_s
+        self.write_limit_mb_s = check_write_limit(write_limit_mb_s)
         self._on_progress = on_progress
         self.ring: FrameRing | None = None
         self.writer: WriterProcess | None = None
