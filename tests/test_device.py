@@ -227,6 +227,11 @@ def test_the_ring_may_be_sized_in_frames_but_not_both_ways(driver, tmp_path):
         SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=8, ring_frames=4)
 
 
+def test_a_bandwidth_cap_must_be_positive(driver, tmp_path):
+    with pytest.raises(ValueError, match="write_limit_mb_s must be positive, got 0"):
+        SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, write_limit_mb_s=0)
+
+
 @pytest.mark.parametrize("template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name"])
 def test_bad_file_templates_are_refused(driver, tmp_path, template):
     with pytest.raises(ValueError, match="template"):
