@@ -350,7 +350,7 @@ _worker: dict[str, Any] = {}
 def _attach(name: str, shape: tuple[int, ...], dtype: str, codec: str) -> None:
     shm = shared_memory.SharedMemory(name=name)
     _worker.update(shm=shm, bank=np.ndarray(shape, dtype, shm.buf), encode=None)
-    _worker["encode"] = CODECS[codec].encoder(np.dtype(dtype))
+    _worker["encode"] = CODECS[codec].encoder(np.dtype(dtype), 1)
 
 
 def _encode_shared(k: int) -> bytes:

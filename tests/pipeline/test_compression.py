@@ -45,20 +45,27 @@ def test_precompressed_chunks_read_back_bit_exact_through_the_declared_filter(
         np.testing.assert_array_equal(f["d"][()], frames)
 
 
-def test_bitshuffle_chunks_are_the_bytes_the_filter_itself_stores(tmp_path):
-    frame = camera_frames((64, 96), 1, "u2")[0]
+@pytest.mark.parametrize("dtype", ["u2", "u1"])
+def test_bitshuffle_chunks_are_the_bytes_the_filter_itself_stores(tmp_path, dtype):
+    # 150x157: several bitshuffle blocks, a partial one, and a tail that is not a multiple of 8
+    frame = camera_frames((150, 157), 1, dtype)[0]
     with h5py.File(tmp_path / "b.h5", "w") as f:
         ds = f.create_dataset(
             "d",
-            shape=(1, 64, 96),
-            chunks=(1, 64, 96),
-            dtype="u2",
+            shape=(1, *frame.shape),
+            chunks=(1, *frame.shape),
+            dtype=dtype,
             **dataset_options("bitshuffle-lz4"),
         )
         ds[0] = frame
         _, stored = ds.id.read_direct_chunk((0, 0, 0))
-    with ChunkCompressor("bitshuffle-lz4", "u2") as compressor:
-        assert compressor.encode(frame) == stored
+    for workers in (1, 2, 3, 5):  # the frame cut into that many pieces, compressed apart
+        with ChunkCompressor("bitshuffle-lz4", dtype, workers=workers) as compressor:
+            pieces = compressor.encoder.split(frame)
+            assert len(pieces) <= workers and (len(pieces) > 1) == (workers > 1)
+            np.testing.assert_array_equal(np.concatenate(pieces), frame.reshape(-1))
+            assert compressor.encode(frame) == stored
+            assert list(compressor.imap([frame, frame])) == [stored, stored]
 
 
 def test_compression_pays_on_camera_frames():
