@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "bench", "cameras", "catalog", "lab")
+COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "recover")
 
 
 def build_parser() -> argparse.ArgumentParser:
