@@ -284,28 +284,45 @@ def burst(
     jobs["naive mp.Queue + h5py"] = lambda p: naive(shape, n, p)
     for c in variants:
         jobs[variant_name(c)] = lambda p, c=c: ours(shape, n, p, c)
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
-    sizes: dict[str, int] = {}
-    names = list(jobs)
     # Untimed warm-up of the same size: on this VM the first writer to touch memory the guest
     # has not used for a while pays several times the kernel time, whichever variant it is.
     plain_write(bank, n, scratch / "warm-up.bin")
     (scratch / "warm-up.bin").unlink()
+    runs, sizes = _rounds(jobs, scratch, repeat)
+    out = _timings(shape, n, runs, sizes)
+    for timing in out:
+        timing.vs_plain = _paired(timing.runs, runs[PLAIN])
+        timing.vs_behind = _paired(timing.runs, runs[PLAIN_BEHIND])[1]
+    return out
+
+
+def _rounds(
+    jobs: dict[str, Callable[[Path], tuple[float, float]]], scratch: Path, repeat: int
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, int]]:
+    """Each job `repeat` times, in an order rotated every round, after a `sync` (each meets
+    the same page cache): its (closed, fsync) seconds per round, and its file's size."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
+    sizes: dict[str, int] = {}
+    names = list(jobs)
     for r in range(repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             path = scratch / "bench.out"
-            os.sync()  # start from no dirty pages: each variant meets the same page cache
+            os.sync()
             runs[name].append(jobs[name](path))
             sizes[name] = path.stat().st_size
             path.unlink()
+    return runs, sizes
+
+
+def _timings(
+    shape: Shape, n: int, runs: dict[str, list[tuple[float, float]]], sizes: dict[str, int]
+) -> list[Timing]:
+    """Medians of each job's rounds; compression ratios of our files."""
     out = []
     for name, times in runs.items():
         closed, disk = (statistics.median(t[i] for t in times) for i in (0, 1))
         ratio = n * shape.frame_bytes / sizes[name] if name.startswith("ours") else 1.0
-        timing = Timing(name, n, n / closed, n / disk, ratio, times)
-        timing.vs_plain = _paired(times, runs[PLAIN])
-        timing.vs_behind = _paired(times, runs[PLAIN_BEHIND])[1]
-        out.append(timing)
+        out.append(Timing(name, n, n / closed, n / disk, ratio, times))
     return out
 
 
@@ -321,26 +338,8 @@ def capped(
 ) -> list[Timing]:
     """Our pipeline on a disk no faster than `cap_mb_s` (the writer paces its writes): what
     compression buys where the disk, not the CPU, is the limit. Medians to the final fsync."""
-    runs: dict[str | None, list[tuple[float, float]]] = {c: [] for c in variants}
-    sizes: dict[str | None, int] = {}
-    for r in range(repeat):
-        for c in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            path = scratch / "capped.h5"
-            os.sync()
-            runs[c].append(ours(shape, n, path, c, cap_mb_s))
-            sizes[c] = path.stat().st_size
-            path.unlink()
-    return [
-        Timing(
-            variant_name(c),
-            n,
-            n / statistics.median(t[0] for t in times),
-            n / statistics.median(t[1] for t in times),
-            n * shape.frame_bytes / sizes[c],
-            times,
-        )
-        for c, times in runs.items()
-    ]
+    jobs = {variant_name(c): lambda p, c=c: ours(shape, n, p, c, cap_mb_s) for c in variants}
+    return _timings(shape, n, *_rounds(jobs, scratch, repeat))
 
 
 # -- compression engines: CPU only, no disk ---------------------------------------------------
