@@ -28,6 +28,7 @@ import platformdirs
 from ophyd_scmos.drivers.base import TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template
 from ophyd_scmos.pipeline.compression import CODECS, check_compression
+from ophyd_scmos.pipeline.ring import check_ring_size
 from ophyd_scmos.pipeline.stream import OVERFLOW_POLICIES
 
 if sys.version_info >= (3, 11):
@@ -432,9 +433,10 @@ class _Checker:
             out["ring_mb"], out["ring_frames"] = float(value), None
         if "ring_frames" in table:
             value = table["ring_frames"]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            try:
+                out["ring_mb"], out["ring_frames"] = check_ring_size(None, value)
+            except ValueError:
                 self.fail(f"{where}.ring_frames", value, "frames the ring holds, an integer >= 2")
-            out["ring_mb"], out["ring_frames"] = None, value
         if "overflow" in table:
             value = table["overflow"]
             if value not in OVERFLOW_POLICIES:
