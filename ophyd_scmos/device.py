@@ -63,9 +63,9 @@ class SCMOSCamera(Device):
     Parameters beyond ophyd's: `driver` (default: a 2048x2048 `SimulatedSCMOS`), `write_dir`
     (created if missing), `file_template` (fields {name} {date} {uid} {counter}; an existing
     file is an error), `ring_mb` or `ring_frames` (shared memory between camera and writer,
-    in megabytes, default 256, or in frames), `overflow`
-    (`block` waits for the writer, `drop` discards and counts), `compression`,
-    `write_limit_mb_s` (cap on the writer's disk bandwidth, to share a disk), and
+    in megabytes, default 256, or in frames), `overflow` (`block` waits for the writer,
+    `drop` discards and counts), `compression`, `write_limit_mb_s` (cap on the writer's disk
+    bandwidth, to share a disk), and
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only).
 
