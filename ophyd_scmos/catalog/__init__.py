@@ -1,0 +1,29 @@
+"""The catalogs runs are written to (`TiledWriter`) and read back from.
+
+One module per job: `embedded` (`open_catalog`: the in-process catalog on SQLite, or a Tiled
+server by URL), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's
+documents, and `sync` between catalogs), `summary` (what is in a run, for people). Importing
+this package loads none of Tiled, h5py or numpy, so the CLI starts fast.
+The design reasoning is in docs/architecture.md ("Catalogs").
+"""
+
+from ophyd_scmos.catalog.embedded import CATALOG_ENV, default_catalog_dir, open_catalog
+from ophyd_scmos.catalog.server import server_command, server_config, write_server_config
+from ophyd_scmos.catalog.summary import FileStats, RunSummary, file_stats, summarize
+from ophyd_scmos.catalog.transfer import SyncResult, documents, sync
+
+__all__ = [
+    "CATALOG_ENV",
+    "FileStats",
+    "RunSummary",
+    "SyncResult",
+    "default_catalog_dir",
+    "documents",
+    "file_stats",
+    "open_catalog",
+    "server_command",
+    "server_config",
+    "summarize",
+    "sync",
+    "write_server_config",
+]

@@ -1,0 +1,170 @@
+"""What is in a run, for people (``ophyd-scmos runs``, ``ophyd-scmos show``): cheap
+summaries from the catalog, and statistics of a camera's HDF5 file.
+
+The catalog knows a run's images only as arrays and the paths of their files; the writer's
+counts, frame-number gaps and the camera clock are in the file (`ophyd_scmos.pipeline.layout`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from ophyd_scmos.catalog.embedded import PathLike
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["FileStats", "RunSummary", "file_stats", "summarize"]
+
+
+@dataclass
+class RunSummary:
+    """A run and its images as the catalog knows them: cheap, no frame is read."""
+
+    uid: str
+    scan_id: int | None
+    plan_name: str | None
+    start_time: float
+    exit_status: str | None  #: None while the run is going on
+    stream: str | None  #: where the images are; None for a run without images
+    key: str | None
+    shape: tuple[int, ...]  #: as the catalog replays it: (events, frames per event, H, W)
+    dtype: str | None
+    file: str | None  #: the file the frames are in
+
+    @property
+    def frames(self) -> int:
+        return math.prod(self.shape[:-2]) if self.shape else 0
+
+
+def summarize(run: Any, key: str | None = None) -> RunSummary:
+    """Summarize `run` and its image `key` (default: its first image)."""
+    start, stop = run.metadata["start"], run.metadata.get("stop") or {}
+    found = next((n for n in image_nodes(run) if key is None or n[1] == key), None)
+    if found is None and key is not None:
+        raise KeyError(f"run {start['uid']} has no image {key!r}")
+    stream, key, node = found or (None, None, None)
+    files = [] if node is None else node_files(node)
+    return RunSummary(
+        uid=start["uid"],
+        scan_id=start.get("scan_id"),
+        plan_name=start.get("plan_name"),
+        start_time=start["time"],
+        exit_status=stop.get("exit_status"),
+        stream=stream,
+        key=key,
+        shape=() if node is None else tuple(node.shape),
+        dtype=None if node is None else node.dtype.str,
+        file=files[0] if files else None,
+    )
+
+
+def image_nodes(run: Any) -> Iterator[tuple[str, str, Any]]:
+    """(stream, data key, array client) of each image (external array) in a run, the primary
+    stream first."""
+    for stream in sorted(run, key=lambda name: (name != "primary", name)):
+        events = run[stream]
+        for key, info in events.metadata.get("data_keys", {}).items():
+            if info.get("external") and len(info.get("shape") or ()) >= 2:
+                try:
+                    node = events[key]
+                except KeyError:  # not written yet: a run going on
+                    continue
+                yield stream, key, node
+
+
+def node_files(node: Any) -> list[str]:
+    """The local paths of the files an array client's data is in."""
+    return [
+        str(local_path(asset.data_uri))
+        for source in node.data_sources()
+        for asset in source.assets
+        if asset.data_uri.startswith("file:")
+    ]
+
+
+def local_path(uri: str) -> Path:
+    """The path of a ``file:`` URI, as a catalog's assets and documents write it."""
+    return Path(unquote(urlparse(uri).path))
+
+
+@dataclass
+class FileStats:
+    """What a camera's HDF5 file (our layout, `ophyd_scmos.pipeline.layout`) says about its
+    frames: how they are stored, which are missing, and how regularly they came."""
+
+    path: str
+    size: int  #: bytes of the file on disk
+    frames: int
+    frame_shape: tuple[int, ...]
+    dtype: str
+    raw_bytes: int  #: the frames uncompressed
+    stored_bytes: int  #: the frames as stored
+    filters: list[str]  #: the HDF5 filters (compression) of the frame dataset
+    #: The writer's counts and verdict (`layout.Outcome`); None until a writer closes the file.
+    frames_written: int | None
+    frames_dropped: int | None
+    frames_missed: int | None
+    complete: bool | None
+    gaps: list[tuple[int, int]]  #: missing frame numbers, as (first, last) ranges
+    intervals: np.ndarray = field(repr=False)  #: seconds between frames, camera clock
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else float("nan")
+
+    @property
+    def missing_frames(self) -> int:
+        return sum(last - first + 1 for first, last in self.gaps)
+
+
+def file_stats(path: PathLike) -> FileStats:
+    """Read the statistics of a camera file, written or being written (SWMR)."""
+    import h5py
+    import numpy as np
+
+    from ophyd_scmos.pipeline import layout
+
+    # locking=False: a writer that still holds the file must not make this read fail.
+    with h5py.File(path, "r", locking=False) as f:
+        data = f[layout.DATA]
+        frames = layout.stored_frames(f)
+        outcome = layout.Outcome.read(f)  # None until a writer closes the file
+        # Per-frame metadata grows in steps ahead of the frames: only the first `frames` count.
+        numbers = f[layout.FRAME_NUMBER][:frames]
+        times = f[layout.TIMESTAMP][:frames]
+        plist = data.id.get_create_plist()
+        filters = [
+            plist.get_filter(i)[3].decode(errors="replace").split(";")[0]
+            for i in range(plist.get_nfilters())
+        ]
+        stats = FileStats(
+            path=str(path),
+            size=os.stat(path).st_size,
+            frames=frames,
+            frame_shape=tuple(data.shape[1:]),
+            dtype=data.dtype.str,
+            raw_bytes=frames * int(np.prod(data.shape[1:])) * data.dtype.itemsize,
+            stored_bytes=data.id.get_storage_size(),
+            filters=filters,
+            frames_written=None if outcome is None else outcome.frames_written,
+            frames_dropped=None if outcome is None else outcome.frames_dropped,
+            frames_missed=None if outcome is None else outcome.frames_missed,
+            complete=None if outcome is None else outcome.complete,
+            gaps=_gaps(numbers),
+            intervals=np.diff(times),
+        )
+    return stats
+
+
+def _gaps(numbers: np.ndarray) -> list[tuple[int, int]]:
+    import numpy as np
+
+    jumps = np.flatnonzero(np.diff(numbers) > 1)
+    return [(int(numbers[i]) + 1, int(numbers[i + 1]) - 1) for i in jumps]

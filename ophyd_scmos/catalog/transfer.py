@@ -1,0 +1,170 @@
+"""Runs out of a catalog as documents, and copied from one catalog into another.
+
+A lab records into its embedded catalog and later copies finished runs to a facility's
+server (`sync`, ``ophyd-scmos sync``): each run's documents go through a `TiledWriter` of the
+target, so the target indexes it exactly as if it had been written there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ophyd_scmos.catalog.embedded import JSON_SEQ, JSON_SEQ_EXPORTER, PathLike, absolute_path
+from ophyd_scmos.catalog.summary import image_nodes, local_path, node_files
+
+if TYPE_CHECKING:
+    from tiled.client.container import Container
+
+__all__ = ["SyncResult", "documents", "sync"]
+
+
+def documents(run: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield a run's documents as ``(name, doc)`` pairs, to replay into any callback.
+
+    The catalog rebuilds them from what it stored: start; each stream's descriptor and
+    events; a StreamResource and StreamDatum for each image (TiledWriter turned the camera's
+    Resource and Datum into these when it wrote the run); stop. Each is a plain dict of its
+    own: callbacks such as TiledWriter change what they are given, and ``run.documents()``
+    hands out read-only documents.
+    """
+    from tiled.client.utils import ClientError
+
+    try:
+        for name, doc in run.documents():
+            yield name, doc.to_dict()
+    except ClientError as err:
+        if err.response.status_code != 406:
+            raise
+        raise RuntimeError(
+            f"the catalog at {run.uri} does not export documents ({JSON_SEQ}); serve it "
+            "with `ophyd-scmos serve`, or add to the Tiled server's configuration: "
+            f"media_types: {{BlueskyRun: {{{JSON_SEQ}: {JSON_SEQ_EXPORTER}}}}}"
+        ) from None
+
+
+@dataclass
+class SyncResult:
+    """What `sync` did with one run."""
+
+    uid: str
+    status: str  #: "copied", "present" (the target had it) or "running" (no stop yet: left)
+    files: list[str] = field(default_factory=list)  #: data files the target's run points at
+    error: str | None = None  #: why the target cannot read the run's images, if it cannot
+
+
+def sync(
+    source: Container,
+    target: Container,
+    uids: Iterable[str] | None = None,
+    *,
+    copy_data_to: PathLike | None = None,
+    on_result: Callable[[SyncResult], None] | None = None,
+) -> list[SyncResult]:
+    """Copy finished runs from `source` to `target` (a lab's embedded catalog to a facility
+    server), skipping those the target has; all runs, oldest first, unless `uids` are given.
+
+    Each run's `documents` go through a TiledWriter of the target, so the target indexes the
+    run exactly as if it had been written there. The data files stay where they are and the
+    target's run points at them: the target must read that path (a shared disk). With
+    `copy_data_to`, each file is first copied into that directory (one the target reads)
+    and the run points at the copy. Each result says whether the target can read the
+    images (it reads the last frame): if not, extend the server's readable storage and the
+    run reads at once, with nothing to sync again.
+
+    A run the target holds without a stop document (a sync that died half-way) is an error:
+    it is incomplete there, so delete it on the target and sync again.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    results = []
+    for key in source if uids is None else uids:
+        run = source[key]
+        uid = run.metadata["start"]["uid"]
+        if not run.metadata.get("stop"):
+            result = SyncResult(uid, "running")
+        elif uid in target:
+            if not target[uid].metadata.get("stop"):
+                raise RuntimeError(
+                    f"run {uid} is in the target catalog without a stop document, from an "
+                    "earlier copy that did not finish: delete it there and sync again"
+                )
+            result = SyncResult(uid, "present", _run_files(target[uid]))
+        else:
+            docs = list(documents(run))
+            files = []
+            for name, doc in docs:
+                if name == "stream_resource" and doc["uri"].startswith("file:"):
+                    if copy_data_to is not None:
+                        doc["uri"] = _file_uri(_copy_file(local_path(doc["uri"]), copy_data_to))
+                    files.append(str(local_path(doc["uri"])))
+            writer = TiledWriter(target)
+            for name, doc in docs:
+                writer(name, doc)
+            result = SyncResult(uid, "copied", files)
+        if result.status != "running":
+            result.error = _unreadable(target[uid])
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _file_uri(path: Path) -> str:
+    return Path(path).absolute().as_uri()
+
+
+def _copy_file(path: Path, directory: PathLike) -> Path:
+    """Copy `path` into `directory` under its own name; an identical copy already there is
+    reused, a different file of that name is an error (never overwritten)."""
+    target = absolute_path(directory) / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if filecmp.cmp(path, target, shallow=False):
+            return target
+        raise FileExistsError(f"{target} exists and differs from {path}; not overwritten")
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copy2(path, partial)
+    partial.replace(target)  # a reader never sees half a file under the real name
+    return target
+
+
+def _run_files(run: Any) -> list[str]:
+    return [path for _, _, node in image_nodes(run) for path in node_files(node)]
+
+
+def _unreadable(run: Any) -> str | None:
+    """Why the catalog cannot read the run's images (it tries the last frame), or None."""
+    for stream, key, node in image_nodes(run):
+        try:
+            with _no_retries():
+                node[-1]
+        except Exception as err:  # whatever the cause, the user's answer is the same
+            files = ", ".join(node_files(node))
+            return (
+                f"{stream}/{key} ({files}): {str(err).splitlines()[0]}; a server refuses "
+                "files outside its readable storage (ophyd-scmos serve --read DIR)"
+            )
+    return None
+
+
+@contextlib.contextmanager
+def _no_retries() -> Iterator[None]:
+    """Turn off Tiled's client retries (process-wide, for as long as this lasts).
+
+    A server answers a file outside its readable storage with the same 500 as a passing
+    fault, and the client retries that for up to 45 s: a probe wants the first answer.
+    """
+    import stamina
+
+    active = stamina.is_active()
+    stamina.set_active(False)
+    try:
+        yield
+    finally:
+        stamina.set_active(active)
