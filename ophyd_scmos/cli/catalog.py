@@ -16,7 +16,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
 
 MB = 1e6
 
@@ -52,13 +55,13 @@ def serve(args: argparse.Namespace) -> int:
 
 def runs(args: argparse.Namespace) -> int:
     """List the most recent runs: uid, start, frames, frame shape, file, lost frames."""
-    from ophyd_scmos.catalog import file_stats, summarize
+    from ophyd_scmos.catalog import summarize
 
     catalog = _open(args)
     rows = []
     for run in reversed(list(catalog.values().tail(args.number))):
         summary = summarize(run)
-        stats = _file_stats_or_none(file_stats, summary.file)
+        stats = _file_stats_or_none(summary.file)
         lost = (
             None
             if stats is None or stats.frames_dropped is None
@@ -94,7 +97,7 @@ def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
     import numpy as np
 
-    from ophyd_scmos.catalog import file_stats, summarize
+    from ophyd_scmos.catalog import summarize
 
     try:
         run = _open(args)[_run_key(args.uid)]
@@ -105,7 +108,7 @@ def show(args: argparse.Namespace) -> int:
     if summary.key is None:
         print(f"run {summary.uid} has no images", file=sys.stderr)
         return 1
-    stats = _file_stats_or_none(file_stats, summary.file)
+    stats = _file_stats_or_none(summary.file)
     if stats is not None:
         intervals, clock = stats.intervals, "camera clock"
     else:  # the file is on another host: the event times are what is left
@@ -150,7 +153,7 @@ def sync(args: argparse.Namespace) -> int:
     source = _open(args)
     target = open_catalog(args.to, api_key=args.api_key)
 
-    def report(result: Any) -> None:
+    def report(result: SyncResult) -> None:
         if not args.json:
             line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
             print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
@@ -178,18 +181,20 @@ def _run_key(text: str) -> str | int:
     return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
 
 
-def _file_stats_or_none(read: Any, path: str | None) -> Any:
+def _file_stats_or_none(path: str | None) -> FileStats | None:
     """The file's statistics, or None where this host cannot read the file (a catalog
     server's run whose data disk is not mounted here) or it is not one of our files."""
+    from ophyd_scmos.catalog import file_stats
+
     if path is None:
         return None
     try:
-        return read(path)
+        return file_stats(path)
     except (OSError, KeyError):
         return None
 
 
-def _summary_dict(summary: Any) -> dict[str, Any]:
+def _summary_dict(summary: RunSummary) -> dict[str, Any]:
     return {
         "uid": summary.uid,
         "scan_id": summary.scan_id,
@@ -252,7 +257,9 @@ def _print_report(r: dict[str, Any]) -> None:
         print(f"picture    {r['png']}")
 
 
-def _draw(run: Any, summary: Any, intervals: Any, clock: str, png: Path, mean_frames: int) -> int:
+def _draw(
+    run: Any, summary: RunSummary, intervals: Any, clock: str, png: Path, mean_frames: int
+) -> int:
     """First frame, mean frame and a histogram of frame intervals, as a PNG. The mean is over
     up to `mean_frames` events spread evenly through the run (0: all), read through the
     catalog in strided slices, so a long run is never read whole. Returns how many."""
@@ -265,11 +272,11 @@ def _draw(run: Any, summary: Any, intervals: Any, clock: str, png: Path, mean_fr
     node = run[summary.stream][summary.key]
     events = summary.shape[0]
     step = 1 if mean_frames <= 0 else max(1, math.ceil(events / mean_frames))
-    total, count, block = None, 0, 32 * step
+    total, count, block = np.zeros(summary.shape[-2:]), 0, 32 * step
     for start in range(0, events, block):
         part = np.asarray(node[start : start + block : step], dtype=np.float64)
         part = part.reshape(-1, *part.shape[-2:])
-        total = part.sum(axis=0) if total is None else total + part.sum(axis=0)
+        total += part.sum(axis=0)
         count += part.shape[0]
     first = np.asarray(node[0]).reshape(-1, *summary.shape[-2:])[0]
 
