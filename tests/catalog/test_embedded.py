@@ -162,8 +162,7 @@ def test_file_stats_find_gaps_compression_and_intervals(tmp_path: Path) -> None:
         for name, values in ((layout.FRAME_NUMBER, numbers), (layout.TIMESTAMP, times)):
             f[name].resize(layout.METADATA_STEP, axis=0)  # grown ahead, as the writer does
             f[name][: len(values)] = values
-        f[layout.ENTRY].attrs.update(frames_written=6, frames_dropped=4, frames_missed=0)
-        f[layout.ENTRY].attrs["complete"] = True
+        layout.Outcome(frames_written=6, frames_dropped=4, frames_missed=0, complete=True).write(f)
 
     stats = file_stats(path)
     assert stats.frames == 6 and stats.frame_shape == (64, 64)
@@ -171,6 +170,23 @@ def test_file_stats_find_gaps_compression_and_intervals(tmp_path: Path) -> None:
     assert stats.compression_ratio > 10 and stats.filters[0].startswith("bitshuffle")
     np.testing.assert_allclose(stats.intervals, [0.01, 0.01, 0.03, 0.01, 0.03])
     assert (stats.frames_written, stats.frames_dropped, stats.complete) == (6, 4, True)
+
+
+def test_file_stats_of_a_file_no_writer_closed_have_no_writer_counts(tmp_path: Path) -> None:
+    """A writer killed mid-run leaves its frames but no outcome: the counts are unknown, not
+    zero, and the frames are still counted from the file."""
+    path = tmp_path / "unclosed.h5"
+    with h5py.File(path, "w") as f:
+        data = layout.create_layout(f, (8, 8), "<u2")
+        data.resize(3, axis=0)
+        for name in (layout.FRAME_NUMBER, layout.TIMESTAMP):
+            f[name].resize(3, axis=0)
+            f[name][:] = np.arange(3)
+
+    stats = file_stats(path)
+    assert stats.frames == 3 and stats.gaps == []
+    assert stats.frames_written is None and stats.frames_dropped is None
+    assert stats.frames_missed is None and stats.complete is None
 
 
 def test_databroker_apis_read_the_embedded_catalog(
