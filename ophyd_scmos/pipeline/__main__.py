@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import sys
 
+from ophyd_scmos.pipeline.protocol import State, WriterConfig
 from ophyd_scmos.pipeline.writer import Writer, send
 
 
@@ -22,7 +22,7 @@ def describe_error(exc: BaseException, path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    config = json.loads(argv[0])
+    config = WriterConfig.from_json(argv[0])
     # Ctrl-C in a terminal reaches the whole process group: the acquiring process decides
     # when writing stops, so this process must not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 writer.file.close()  # a close that returns has written the metadata
                 written = writer.written
-        message = describe_error(exc, config["path"])
-        send(status, {"state": "error", "written": written, "error": message})
+        message = describe_error(exc, config.path)
+        send(status, {"state": State.ERROR.value, "written": written, "error": message})
         print(message, file=sys.stderr)
         return 1
 

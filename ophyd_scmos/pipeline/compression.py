@@ -137,18 +137,8 @@ CODECS: dict[str, Codec] = {
 }
 
 
-def check_compression(name: str | None) -> str | None:
-    """Return the canonical name, or raise ValueError listing what is offered."""
-    if name in (None, "", "none"):
-        return None
-    if name not in CODECS:
-        raise ValueError(f"compression {name!r} is not one of: none, {', '.join(CODECS)}")
-    return name
-
-
 def dataset_options(name: str | None) -> dict[str, Any]:
-    """Keyword arguments that make `create_dataset` use the named compression."""
-    name = check_compression(name)
+    """Keyword arguments that make `create_dataset` use the named compression (None: none)."""
     return {} if name is None else dict(CODECS[name].filter())
 
 
@@ -161,13 +151,14 @@ class ChunkCompressor:
     """Encodes frames into filter-compatible chunks in a thread pool, results in frame order."""
 
     def __init__(self, name: str, dtype: np.dtype | str, workers: int | None = None):
-        canonical = check_compression(name)
-        if canonical is None:
-            raise ValueError("ChunkCompressor needs a compression, not 'none'")
-        self.name = canonical
+        if name not in CODECS:
+            raise ValueError(
+                f"ChunkCompressor needs a compression, one of {', '.join(CODECS)}; got {name!r}"
+            )
+        self.name = name
         self.workers = workers or default_workers()
-        self.encoder = CODECS[canonical].encoder(np.dtype(dtype), self.workers)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"scmos-{canonical}")
+        self.encoder = CODECS[name].encoder(np.dtype(dtype), self.workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"scmos-{name}")
 
     def encode(self, frame: np.ndarray) -> bytes:
         """One frame's chunk, in the calling thread."""

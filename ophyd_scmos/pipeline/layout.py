@@ -1,12 +1,17 @@
-"""Where things live in our HDF5 files: one NeXus entry, frames on axis 0.
+"""The one owner of our HDF5 file format: one NeXus entry, frames on axis 0, an outcome.
 
 `/entry/data/data` is what areaDetector's HDF5 plugin writes and what the AD_HDF5 handler and
-Tiled read; the NeXus attributes let generic viewers (silx, h5web) show the images.
+Tiled read; the NeXus attributes let generic viewers (silx, h5web) show the images. When a
+file is closed, `/entry` records how its writing ended (`Outcome`): the writer, the stream
+that recovers a dead writer's file, `ophyd-scmos recover` and the catalog's file statistics
+all go through this module to write or read it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import h5py
@@ -63,3 +68,53 @@ def create_layout(
     for key, value in (attrs or {}).items():
         entry.attrs[key] = value
     return data
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a file's writing ended, kept as attributes of `/entry` once the file is closed.
+
+    Attributes cannot be created while a file is in SWMR mode, so a file whose writer never
+    closed it has none: `read` then returns None.
+    """
+
+    frames_written: int  #: frames the file holds
+    frames_dropped: int  #: read from the camera but discarded (ring full, `drop` policy)
+    frames_missed: int  #: lost by the camera itself
+    complete: bool  #: False when writing ended early (writer killed, disk full, camera lost)
+    error: str | None = None  #: why it ended early, where known
+    end_time: float | None = None  #: UNIX time the outcome was recorded
+
+    def write(self, f: h5py.File) -> None:
+        entry = f[ENTRY]
+        for key, value in asdict(self).items():
+            if key == "end_time":
+                value = time.time() if value is None else value
+            if value is None:
+                entry.attrs.pop(key, None)
+            else:
+                entry.attrs[key] = value
+
+    @classmethod
+    def read(cls, f: h5py.File) -> Outcome | None:
+        attrs = f[ENTRY].attrs
+        if "complete" not in attrs:
+            return None
+
+        def get(key: str) -> Any:
+            value = attrs.get(key)
+            return value.item() if hasattr(value, "item") else value
+
+        return cls(
+            frames_written=int(get("frames_written")),
+            frames_dropped=int(get("frames_dropped")),
+            frames_missed=int(get("frames_missed")),
+            complete=bool(get("complete")),
+            error=get("error"),
+            end_time=get("end_time"),
+        )
+
+
+def stored_frames(f: h5py.File) -> int:
+    """Frames the file's frame dataset holds (0 if it has none yet)."""
+    return f[DATA].shape[0] if DATA in f else 0

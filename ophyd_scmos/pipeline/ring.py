@@ -58,34 +58,6 @@ class RingSpec:
         return cls(d["name"], tuple(d["frame_shape"]), d["dtype"], int(d["n_slots"]))
 
 
-DEFAULT_RING_MB = 256
-
-
-def check_ring_size(
-    ring_mb: float | None, ring_frames: int | None
-) -> tuple[float | None, int | None]:
-    """The ring's size, given in megabytes or in frames (not both): (ring_mb, ring_frames)
-    with the default filled in, or ValueError saying what is wrong."""
-    if ring_mb is not None and ring_frames is not None:
-        raise ValueError(
-            f"give the ring's size as ring_mb or ring_frames, not both ({ring_mb}, {ring_frames})"
-        )
-    if ring_frames is not None:
-        if isinstance(ring_frames, bool) or not isinstance(ring_frames, int) or ring_frames < 2:
-            raise ValueError(f"ring_frames must be an integer >= 2, got {ring_frames!r}")
-        return None, ring_frames
-    ring_mb = DEFAULT_RING_MB if ring_mb is None else ring_mb
-    if not ring_mb > 0:
-        raise ValueError(f"ring_mb must be positive, got {ring_mb}")
-    return ring_mb, None
-
-
-def slots_for(frame_shape: tuple[int, int], dtype: np.dtype | str, size_mb: float) -> int:
-    """How many slots fit in `size_mb` megabytes (at least 2: one filling, one writing)."""
-    stride = _round_up(int(np.prod(frame_shape)) * np.dtype(dtype).itemsize)
-    return max(2, int(size_mb * 2**20) // stride)
-
-
 class FrameRing:
     """Fixed slots of one frame shape in a POSIX shared-memory segment."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,13 +27,13 @@ import numpy as np
 
 from ophyd_scmos.drivers.base import CameraDriver, CameraError
 from ophyd_scmos.pipeline import layout
-from ophyd_scmos.pipeline.compression import check_compression
+from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode
 from ophyd_scmos.pipeline.recovery import clear_open_flags
-from ophyd_scmos.pipeline.ring import FrameRing, check_ring_size, slots_for
-from ophyd_scmos.pipeline.writeback import check_write_limit
-from ophyd_scmos.pipeline.writer import DROPPED, FINISH, FRAME, MISSED, RECORD, TRUNCATE
+from ophyd_scmos.pipeline.ring import FrameRing
 
-OVERFLOW_POLICIES = ("block", "drop")
+logger = logging.getLogger(__name__)
+
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 
 
@@ -60,20 +61,21 @@ WRITER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHO
 class WriterProcess:
     """The writer subprocess and the thread that listens to its status lines."""
 
-    def __init__(self, config: dict[str, Any], on_status: Callable[[dict], None]):
+    def __init__(self, config: WriterConfig, on_status: Callable[[WriterStatus], None]):
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ophyd_scmos.pipeline", json.dumps(config)],
+            [sys.executable, "-m", "ophyd_scmos.pipeline", config.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             close_fds=True,
             env={**os.environ, **WRITER_MALLOC},
         )
+        assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin.fileno()
         self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
         self._on_status = on_status
-        self.last: dict = {"state": "starting", "written": 0}
+        self.last: WriterStatus = {"state": "starting", "written": 0}
         self.died = False  #: ended without closing the file or saying why (killed, crashed)
         self.ended = threading.Event()
         self._listener = threading.Thread(
@@ -88,25 +90,26 @@ class WriterProcess:
     def _listen(self) -> None:
         """Pass status lines on; an error only once the process has gone (and its file with
         it), so whoever handles it may touch the file."""
+        assert self.process.stdout is not None
         for line in self.process.stdout:
             try:
-                status = json.loads(line)
+                status: WriterStatus = json.loads(line)
             except ValueError:
                 continue
             self.last = status
-            if status["state"] != "error":
+            if status["state"] != State.ERROR:
                 self._on_status(status)
         self.process.wait()
-        if self.last["state"] not in ("closed", "error"):
+        if self.last["state"] not in (State.CLOSED, State.ERROR):
             self.died = True
             self.last = {
-                "state": "error",
+                "state": State.ERROR.value,
                 "written": self.last.get("written", 0),
                 "stored": self.last.get("stored", 0),
                 "error": f"writer process (pid {self.pid}) died with exit code "
                 f"{self.process.returncode}{self.stderr_tail()}",
             }
-        if self.last["state"] == "error":
+        if self.last["state"] == State.ERROR:
             self._on_status(self.last)
         self.ended.set()
 
@@ -115,12 +118,12 @@ class WriterProcess:
         text = self._stderr.read().decode(errors="replace").strip()
         return f"; its last words: {text[-limit:]}" if text else ""
 
-    def send(self, op: int, arg: int) -> None:
-        self.bytes_sent += os.write(self._stdin, np.array([(op, arg)], RECORD).tobytes())
+    def send(self, op: Op, arg: int) -> None:
+        self.bytes_sent += os.write(self._stdin, encode(op, arg))
 
     def close_input(self) -> None:
         with contextlib.suppress(OSError):
-            self.process.stdin.close()
+            self.process.stdin.close()  # type: ignore[union-attr]
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -134,37 +137,24 @@ class FrameStream:
     `open()` raises before any frame is taken if the file cannot be made. `wait_for(n, cb)`
     calls `cb(None)` once n frames are in the ring, or `cb(exc)` when the stream fails.
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
-    a `StreamSummary`, or raises `StreamError` saying what was saved. The ring holds `ring_mb`
-    megabytes (default 256) or `ring_frames` frames: all the memory a stream takes, however
-    long it runs. `write_limit_mb_s` caps the writer's disk bandwidth (MB/s of file bytes),
-    leaving a shared disk to others.
+    a `StreamSummary`, or raises `StreamError` saying what was saved. `options` sizes the
+    ring (all the memory a stream takes, however long it runs) and says how to write.
     """
 
     def __init__(
         self,
         driver: CameraDriver,
         path: str | os.PathLike,
+        options: PipelineOptions | None = None,
         *,
-        ring_mb: float | None = None,
-        ring_frames: int | None = None,
-        overflow: str = "block",
-        compression: str | None = None,
         attrs: dict[str, Any] | None = None,
         on_progress: Callable[[FrameStream], None] | None = None,
-        flush_interval: float = 0.5,
         gated: bool = False,
-        write_limit_mb_s: float | None = None,
     ):
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow policy {overflow!r} is not one of {OVERFLOW_POLICIES}")
-        self.ring_mb, self.ring_frames = check_ring_size(ring_mb, ring_frames)
         self.driver = driver
         self.path = Path(path)
-        self.overflow = overflow
-        self.compression = check_compression(compression)
+        self.options = options or PipelineOptions()
         self.attrs = dict(attrs or {})
-        self.flush_interval = flush_interval
-        self.write_limit_mb_s = check_write_limit(write_limit_mb_s)
         self._on_progress = on_progress
         self.ring: FrameRing | None = None
         self.writer: WriterProcess | None = None
@@ -180,7 +170,6 @@ class FrameStream:
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
-        self.frames_skipped = 0
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
@@ -207,17 +196,9 @@ class FrameStream:
     def open(self, timeout: float = 30) -> None:
         if self.path.exists():
             raise FileExistsError(f"{self.path} exists; ophyd-scmos never overwrites a file")
-        shape, dtype = tuple(self.driver.frame_shape), np.dtype(self.driver.dtype)
-        slots = self.ring_frames or slots_for(shape, dtype, self.ring_mb)
-        self.ring = FrameRing.create(shape, dtype, slots)
-        config = {
-            "path": str(self.path),
-            "ring": self.ring.spec.to_json(),
-            "compression": self.compression,
-            "attrs": self.attrs,
-            "flush_interval": self.flush_interval,
-            "write_limit_mb_s": self.write_limit_mb_s,
-        }
+        shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
+        self.ring = FrameRing.create(shape, dtype, self.options.slots_for(shape, dtype))
+        config = WriterConfig(str(self.path), self.ring.spec, self.options, self.attrs)
         self.writer = WriterProcess(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
         while not self._opened.wait(0.05):
@@ -244,9 +225,9 @@ class FrameStream:
         writer = self.writer
         if writer.process.poll() is None and not writer.ended.is_set():
             with contextlib.suppress(OSError):
-                writer.send(DROPPED, self.frames_dropped)
-                writer.send(MISSED, self.frames_missed)
-                writer.send(FINISH, -1 if keep is None else keep)
+                writer.send(Op.DROPPED, self.frames_dropped)
+                writer.send(Op.MISSED, self.frames_missed)
+                writer.send(Op.FINISH, -1 if keep is None else keep)
             writer.close_input()
             if not writer.ended.wait(timeout):
                 writer.kill()
@@ -275,17 +256,16 @@ class FrameStream:
             clear_open_flags(self.path)
         try:
             with h5py.File(self.path, "r") as f:
-                saved = f[layout.DATA].shape[0]
-        except (OSError, KeyError):
+                saved = layout.stored_frames(f)
+        except OSError:
             return 0
+        assert self.writer is not None
         if self.writer.died:
+            outcome = layout.Outcome(
+                saved, self.frames_dropped, self.frames_missed, False, self.writer.last["error"]
+            )
             with contextlib.suppress(Exception), h5py.File(self.path, "r+") as f:
-                entry = f[layout.ENTRY]
-                entry.attrs["frames_written"] = saved
-                entry.attrs["frames_dropped"] = self.frames_dropped
-                entry.attrs["frames_missed"] = self.frames_missed
-                entry.attrs["complete"] = False
-                entry.attrs["error"] = self.writer.last["error"]
+                outcome.write(f)
         return saved
 
     @property
@@ -331,7 +311,7 @@ class FrameStream:
         """
         with self._truncated:
             self._truncated_to = None
-            self.writer.send(TRUNCATE, frames)
+            self.writer.send(Op.TRUNCATE, frames)
             if not self._truncated.wait_for(
                 lambda: self._truncated_to == frames or self.error, timeout
             ):
@@ -399,10 +379,10 @@ class FrameStream:
             callback(self.error)
 
     # -- the two threads ----------------------------------------------------------------------
-    def _on_writer_status(self, status: dict) -> None:
-        if status["state"] == "open":
+    def _on_writer_status(self, status: WriterStatus) -> None:
+        if status["state"] == State.OPEN:
             self._opened.set()
-        elif status["state"] == "error":
+        elif status["state"] == State.ERROR:
             saved = self._recover()
             self._fail(
                 StreamError(
@@ -412,7 +392,7 @@ class FrameStream:
             )
         else:
             self._notify()
-        if "truncated" in status or status["state"] == "error":
+        if "truncated" in status or status["state"] == State.ERROR:
             with self._truncated:
                 self._truncated_to = status.get("truncated")
                 self._truncated.notify_all()
@@ -426,7 +406,7 @@ class FrameStream:
         try:
             while not self._stop.is_set():
                 room = self.frames_acquired - ring.released < n_slots
-                if not room and self.overflow == "block" and self._recording():
+                if not room and self.options.overflow == "block" and self._recording():
                     time.sleep(0.0005)  # the camera buffers (or misses) meanwhile
                     continue
                 slot = self.frames_acquired % n_slots
@@ -436,7 +416,6 @@ class FrameStream:
                     continue
                 # Decide once the frame is here: a gate opened while we waited counts.
                 if not self._recording():
-                    self.frames_skipped += 1 + info.missed_before
                     continue
                 self.frames_missed += info.missed_before
                 if not room:
@@ -448,7 +427,7 @@ class FrameStream:
                 ring.host_timestamp[slot] = time.time()
                 self._info.append((info.frame_number, info.camera_timestamp))
                 self.frames_acquired += 1
-                writer.send(FRAME, slot)
+                writer.send(Op.FRAME, slot)
         except CameraError as exc:
             if not self._stop.is_set():
                 self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))

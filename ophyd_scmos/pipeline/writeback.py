@@ -38,13 +38,6 @@ def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _SYNC_FILE_RANGE = _sync_file_range()
 
 
-def check_write_limit(mb_s: float | None) -> float | None:
-    """A writer's bandwidth cap in MB/s: None (no cap) or > 0, else ValueError."""
-    if mb_s is not None and not mb_s > 0:
-        raise ValueError(f"write_limit_mb_s must be positive, got {mb_s}")
-    return mb_s
-
-
 class WriteBehind:
     """Follows the end of one file descriptor's file as it grows (appends only)."""
 

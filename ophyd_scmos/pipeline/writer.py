@@ -1,17 +1,11 @@
 """The writer process: slot indices in on stdin, frames out to one HDF5 file, status on stdout.
 
 Run as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` (see `__main__.py`; never through
-multiprocessing's spawn, which would re-import the user's main script). Protocol:
-
-* stdin: 16-byte records ``<q op, q arg>``, served in order: `FRAME` (arg: slot index),
-  `DROPPED` / `MISSED` (arg: frames lost so far, recorded in the file), `TRUNCATE` (arg: cut
-  the file to that many frames now; answered by a status line with ``truncated``), `FINISH`
-  (arg: how many frames the file keeps, -1 for all: frames no event recorded are cut).
-  End of stdin without `FINISH` means the acquiring process is gone: write what was
-  announced, close, exit.
-* stdout: one JSON object per line: ``{"state": "open"|"progress"|"closed"|"error", ...}``
-  with ``written`` (frames in the file and flushed) and ``stored`` (in the file, maybe not
-  yet flushed) on every line.
+multiprocessing's spawn, which would re-import the user's main script). The commands, status
+lines and configuration are defined in `protocol`: commands are served in order; end of
+stdin without `Op.FINISH` means the acquiring process is gone: write what was announced,
+close, exit. Every status line carries ``written`` (frames in the file and flushed) and
+``stored`` (in the file, maybe not yet flushed).
 
 The file is written in SWMR mode and flushed at least every `flush_interval` seconds, so a
 reader (or a crash) always sees a consistent file holding every frame reported written.
@@ -33,28 +27,27 @@ import numpy as np
 
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
-from ophyd_scmos.pipeline.ring import PAGE, FrameRing, RingSpec
+from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
+from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import WriteBehind
 
 #: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
 HEADROOM = 8 * 2**20
 
-RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
-FRAME, FINISH, DROPPED, MISSED, TRUNCATE = 1, 2, 3, 4, 5
-
 
 class Writer:
     """Appends frames from ring slots to the file; owns nothing but the open file."""
 
-    def __init__(self, config: dict[str, Any], status: TextIO):
-        self.path = config["path"]
-        self.ring = FrameRing.attach(RingSpec.from_json(config["ring"]))
-        self.flush_interval = float(config.get("flush_interval", 0.5))
+    def __init__(self, config: WriterConfig, status: TextIO):
+        options = config.options
+        self.path = config.path
+        self.ring = FrameRing.attach(config.ring)
+        self.flush_interval = options.flush_interval
         self.status = status
         self.written = 0  # frames in the file
         self.flushed = 0  # frames in the file and flushed
         self.released = self.ring.released
-        self.lost = {DROPPED: 0, MISSED: 0}  # as the producer last told us
+        self.lost = {Op.DROPPED: 0, Op.MISSED: 0}  # as the producer last told us
         self.frame_bytes = self.ring.spec.frame_bytes
         # Large chunks start on page boundaries: whole-page writes (small ones would waste space)
         self.file = h5py.File(
@@ -65,21 +58,23 @@ class Writer:
             self.file,
             spec.frame_shape,
             spec.dtype,
-            compression=dataset_options(config.get("compression")),
-            attrs=config.get("attrs"),
+            compression=dataset_options(options.compression),
+            attrs=config.attrs,
         )
         self.meta = [
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
-        compression = config.get("compression")
-        self.compressor = ChunkCompressor(compression, spec.dtype) if compression else None
-        limit = config.get("write_limit_mb_s")
+        self.compressor = (
+            ChunkCompressor(options.compression, spec.dtype) if options.compression else None
+        )
+        limit = options.write_limit_mb_s
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
 
-    def report(self, state: str, **extra: Any) -> None:
-        message = {"state": state, "written": self.flushed, "stored": self.written, **extra}
+    def report(self, state: State, **extra: Any) -> None:
+        message: WriterStatus = {"state": state.value, "written": self.flushed}
+        message.update(stored=self.written, **extra)  # type: ignore[typeddict-item]
         send(self.status, message)
 
     def write_frames(self, slots: np.ndarray) -> None:
@@ -132,7 +127,7 @@ class Writer:
         self.file.flush()
         self.flushed = self.written
         self.last_flush = time.monotonic()
-        self.report("progress")
+        self.report(State.PROGRESS)
 
     def truncate(self, keep: int) -> None:
         """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
@@ -149,23 +144,20 @@ class Writer:
         self.file.close()
         # Attributes cannot be created in SWMR mode: record the outcome after closing.
         with h5py.File(self.path, "r+") as f:
-            entry = f[layout.ENTRY]
-            entry.attrs["frames_written"] = self.written
-            entry.attrs["frames_dropped"] = self.lost[DROPPED]
-            entry.attrs["frames_missed"] = self.lost[MISSED]
-            entry.attrs["complete"] = complete
-            entry.attrs["end_time"] = time.time()
+            layout.Outcome(
+                self.written, self.lost[Op.DROPPED], self.lost[Op.MISSED], complete
+            ).write(f)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         self.ring.close()
-        self.report("closed", complete=complete)
+        self.report(State.CLOSED, complete=complete)
 
     def run(self, commands: int) -> None:
         """Serve commands until FINISH or end of input."""
-        self.report("open", path=self.path)
+        self.report(State.OPEN, path=self.path)
         pending = b""
         while True:
             timeout = max(0.0, self.last_flush + self.flush_interval - time.monotonic())
@@ -189,20 +181,20 @@ class Writer:
             if time.monotonic() - self.last_flush >= self.flush_interval:
                 self.flush()
             else:
-                self.report("progress")
+                self.report(State.PROGRESS)
 
     def serve(self, records: np.ndarray) -> bool:
         """Carry out `records` in order, runs of frames at once; True once finished."""
         for run in np.split(records, np.flatnonzero(np.diff(records["op"])) + 1):
-            op, arg = int(run["op"][0]), run["arg"]
-            if op == FRAME:
+            op, arg = Op(run["op"][0]), run["arg"]
+            if op is Op.FRAME:
                 self.append(arg)
             elif op in self.lost:
                 self.lost[op] = int(arg[-1])
-            elif op == TRUNCATE:
+            elif op is Op.TRUNCATE:
                 self.truncate(int(arg[-1]))
-                self.report("progress", truncated=int(arg[-1]))
-            elif op == FINISH:
+                self.report(State.PROGRESS, truncated=int(arg[-1]))
+            elif op is Op.FINISH:
                 self.finish(keep=int(arg[0]), complete=True)
                 return True
         return False
@@ -219,7 +211,7 @@ class Writer:
             )
 
 
-def send(status: TextIO, message: dict[str, Any]) -> None:
+def send(status: TextIO, message: WriterStatus) -> None:
     """One status line to the acquiring process, if it still listens: the file is what matters."""
     with contextlib.suppress(BrokenPipeError, ValueError):
         status.write(json.dumps(message) + "\n")

@@ -8,6 +8,7 @@ import threading
 
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import FrameStream
+from ophyd_scmos.pipeline.options import PipelineOptions
 
 READER = """
 import sys, time
@@ -39,7 +40,7 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
     camera.open()
     camera.configure(CameraSettings(exposure_time=0.001))
     path = tmp_path / "live.h5"
-    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.05))
     stream.open()
     reader = subprocess.Popen(
         [sys.executable, "-c", READER, str(path), "100"],

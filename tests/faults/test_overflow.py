@@ -12,6 +12,7 @@ from bluesky.plans import count
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.drivers import CameraSettings, TriggerMode
 from ophyd_scmos.pipeline import FrameStream, layout
+from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.plans import movie
 
 
@@ -27,7 +28,9 @@ def free_running_camera(buffer_frames: int) -> SimulatedSCMOS:
 def test_losses_are_counted_in_the_file_and_the_frame_numbers_show_them(tmp_path, policy):
     camera = free_running_camera(buffer_frames=4)
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, ring_mb=24, overflow=policy)  # 2 slots of 8 MiB
+    stream = FrameStream(
+        camera, path, PipelineOptions(ring_mb=24, overflow=policy)
+    )  # 2 slots of 8 MiB
     stream.open()
     threading.Event().wait(1.0)
     summary = stream.close()

@@ -23,12 +23,12 @@ from tests.conftest import expected_frames
 ACQUIRE = """
 import sys, time
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
-from ophyd_scmos.pipeline import FrameStream
+from ophyd_scmos.pipeline import FrameStream, PipelineOptions
 
 cam = SimulatedSCMOS(shape=(32, 48), seed=9)
 cam.open()
 cam.configure(CameraSettings(exposure_time=0.001))
-stream = FrameStream(cam, sys.argv[1], flush_interval=0.1)
+stream = FrameStream(cam, sys.argv[1], PipelineOptions(flush_interval=0.1))
 stream.open()
 cam.software_trigger(20)
 stream.wait(20, timeout=30)

@@ -14,6 +14,7 @@ import pytest
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import CODECS, FrameStream, layout
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
+from ophyd_scmos.pipeline.options import PipelineOptions
 from tests.conftest import expected_frames
 
 
@@ -105,7 +106,9 @@ def test_a_stream_whose_ring_wraps_stores_every_frame_compressed(tmp_path, codec
     cam.open()
     cam.configure(CameraSettings(exposure_time=0.0005))
     path = tmp_path / "run.h5"
-    stream = FrameStream(cam, path, ring_mb=0.2, compression=codec)  # 8 slots, 200 frames
+    stream = FrameStream(
+        cam, path, PipelineOptions(ring_mb=0.2, compression=codec)
+    )  # 8 slots, 200 frames
     stream.open()
     cam.software_trigger(200)
     stream.wait(200, timeout=60)

@@ -4,7 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from ophyd_scmos.pipeline.ring import PAGE, FrameRing, slots_for
+from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 
 
 def test_slots_are_page_aligned_views_of_one_segment():
@@ -56,8 +57,8 @@ def test_close_removes_the_segment_and_is_idempotent():
 
 
 def test_slots_for_fits_the_budget_and_never_below_two():
-    assert slots_for((2048, 2048), "<u2", 64) == 8
-    assert slots_for((2048, 2048), "<u2", 1) == 2
+    assert PipelineOptions(ring_mb=64).slots_for((2048, 2048), "<u2") == 8
+    assert PipelineOptions(ring_mb=1).slots_for((2048, 2048), "<u2") == 2
 
 
 def test_too_few_slots_is_an_error():

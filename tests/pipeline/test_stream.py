@@ -12,7 +12,8 @@ import pytest
 
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError, layout
-from ophyd_scmos.pipeline.writer import RECORD
+from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.protocol import RECORD
 from tests.conftest import expected_frames
 
 
@@ -30,9 +31,13 @@ def camera() -> SimulatedSCMOS:
     return cam
 
 
-def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
+def test_every_frame_and_its_metadata_reach_the_file(tmp_path):
+    # The camera buffers all 300 frames, so a loaded machine slows the run but loses none.
+    camera = SimulatedSCMOS(shape=(48, 80), seed=3, camera_buffer_frames=300)
+    camera.open()
+    camera.configure(CameraSettings(exposure_time=0.0005))
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, ring_mb=0.1)  # a few slots: the ring wraps many times
+    stream = FrameStream(camera, path, PipelineOptions(ring_mb=0.1))  # the ring wraps often
     stream.open()
     assert stream.ring.spec.n_slots < 50
     take(stream, 300)
@@ -55,7 +60,7 @@ def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
 
 
 def test_writer_is_another_process_and_only_slot_indices_cross(camera, tmp_path):
-    stream = FrameStream(camera, tmp_path / "run.h5", ring_mb=0.1)
+    stream = FrameStream(camera, tmp_path / "run.h5", PipelineOptions(ring_mb=0.1))
     stream.open()
     writer_pid = stream.writer.pid
     take(stream, 50)
@@ -77,7 +82,7 @@ def test_an_existing_file_is_never_overwritten(camera, tmp_path):
 
 def test_a_reader_sees_frames_while_the_writer_writes(camera, tmp_path):
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.05))
     stream.open()
     take(stream, 20)
     deadline_frames = 0
@@ -95,7 +100,7 @@ def test_a_reader_sees_frames_while_the_writer_writes(camera, tmp_path):
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_compressed_frames_round_trip_bit_exact(camera, tmp_path, codec):
     path = tmp_path / f"{codec}.h5"
-    stream = FrameStream(camera, path, compression=codec)
+    stream = FrameStream(camera, path, PipelineOptions(compression=codec))
     stream.open()
     take(stream, 40)
     stream.close()
@@ -106,12 +111,12 @@ def test_compressed_frames_round_trip_bit_exact(camera, tmp_path, codec):
 
 def test_unknown_compression_is_refused_before_anything_starts(camera, tmp_path):
     with pytest.raises(ValueError, match="not one of"):
-        FrameStream(camera, tmp_path / "x.h5", compression="gzip-9000")
+        FrameStream(camera, tmp_path / "x.h5", PipelineOptions(compression="gzip-9000"))
     assert not (tmp_path / "x.h5").exists()
 
 
 def test_a_ring_sized_in_frames_holds_that_many_and_wraps(camera, tmp_path):
-    stream = FrameStream(camera, tmp_path / "r.h5", ring_frames=3)
+    stream = FrameStream(camera, tmp_path / "r.h5", PipelineOptions(ring_frames=3))
     stream.open()
     assert stream.ring.spec.n_slots == 3
     take(stream, 20)  # wraps the three slots six times over
@@ -131,13 +136,13 @@ def test_a_ring_sized_in_frames_holds_that_many_and_wraps(camera, tmp_path):
 )
 def test_a_wrong_ring_size_is_refused_before_anything_starts(camera, tmp_path, size, says):
     with pytest.raises(ValueError, match=says):
-        FrameStream(camera, tmp_path / "x.h5", **size)
+        FrameStream(camera, tmp_path / "x.h5", PipelineOptions(**size))
     assert not (tmp_path / "x.h5").exists()
 
 
 def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, tmp_path):
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, flush_interval=0.05)
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.05))
     stream.open()
     take(stream, 30)
     for _ in range(200):  # wait until the writer reports them flushed

@@ -1,0 +1,83 @@
+"""What the acquiring process and the writer process say to each other, named once.
+
+The writer is started as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` with a `WriterConfig`.
+Commands go to its stdin as fixed-size records (`RECORD`: an `Op` and its argument), served
+in order; it answers on stdout with one JSON `WriterStatus` per line.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import numpy as np
+
+from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.ring import RingSpec
+
+#: one command: 16 bytes, little-endian
+RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
+
+
+class Op(enum.IntEnum):
+    """Commands to the writer; the argument's meaning is given with each."""
+
+    FRAME = 1  #: a frame is in this ring slot: append it
+    FINISH = 2  #: keep this many frames (-1: all), close the file, exit
+    DROPPED = 3  #: frames dropped from a full ring so far (recorded in the file)
+    MISSED = 4  #: frames the camera lost so far (recorded in the file)
+    TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
+
+
+class State(str, enum.Enum):
+    """The writer's state, on every status line."""
+
+    OPEN = "open"  #: the file exists; frames may come
+    PROGRESS = "progress"
+    CLOSED = "closed"  #: the file is closed and on disk; the process exits
+    ERROR = "error"  #: writing failed; what could be kept is closed; the process exits
+
+
+class WriterStatus(TypedDict, total=False):
+    """One status line. `written` and `stored` are on every line."""
+
+    state: str  #: a `State` value
+    written: int  #: frames in the file and flushed: they survive a killed writer
+    stored: int  #: frames handed to HDF5, flushed or not
+    path: str  #: with `open`
+    truncated: int  #: the answer to `Op.TRUNCATE`
+    complete: bool  #: with `closed`
+    error: str  #: with `error`: what failed, naming the file
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """All a writer process needs: the file, the ring to attach, how to write."""
+
+    path: str
+    ring: RingSpec
+    options: PipelineOptions = field(default_factory=PipelineOptions)
+    attrs: dict[str, Any] = field(default_factory=dict)  #: recorded on /entry
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "path": self.path,
+                "ring": self.ring.to_json(),
+                "options": self.options.to_dict(),
+                "attrs": self.attrs,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WriterConfig:
+        d = json.loads(text)
+        return cls(
+            d["path"], RingSpec.from_json(d["ring"]), PipelineOptions(**d["options"]), d["attrs"]
+        )
+
+
+def encode(op: Op, arg: int) -> bytes:
+    return np.array([(op, arg)], RECORD).tobytes()
