@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import platformdirs
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
@@ -28,18 +29,46 @@ from ophyd.status import Status
 from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, next_file, prepare_dir
+from ophyd_scmos.paths import default_write_dir
 from ophyd_scmos.pipeline import layout
-from ophyd_scmos.pipeline.compression import check_compression
-from ophyd_scmos.pipeline.ring import check_ring_size
-from ophyd_scmos.pipeline.stream import OVERFLOW_POLICIES, FrameStream, StreamError
-from ophyd_scmos.pipeline.writeback import check_write_limit
+from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
+from ophyd_scmos.pipeline.stream import FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
 ASSET_STYLES = ("resource", "stream")
+#: the pipeline keywords' defaults: `options=` replaces them all
+_PIPELINE_KEYWORDS = dict(
+    ring_mb=None, ring_frames=None, compression=None, overflow="block", write_limit_mb_s=None
+)
+#: event-model's pattern for data keys, which begin with the camera's name
+_DOCUMENT_KEY = re.compile(r"[^./]+")
 
 
-def default_write_dir() -> Path:
-    return Path(platformdirs.user_data_dir("ophyd-scmos")) / "data"
+@dataclass
+class _Run:
+    """One staging's state, made by `stage()` and dropped by `unstage()`: the stream and its
+    file's documents, and how far the run has got."""
+
+    stream: FrameStream
+    docs: AssetDocs
+    points: int = 0  #: points triggered; point p holds file frames [p*k, (p+1)*k)
+    recorded_points: int | None = None  #: points a RunEngine recorded (None: no RunEngine)
+    collected: int = 0  #: fly scans: frames covered by StreamDatum so far
+    flying: bool = False
+    staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
+    reported_error: BaseException | None = None  #: raised once, by the status that saw it
+    statuses: list[FrameStatus] = field(default_factory=list)  #: not yet done
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_status(self, status: FrameStatus) -> FrameStatus:
+        with self.lock:
+            self.statuses.append(status)
+        return status
+
+    def pending(self) -> list[FrameStatus]:
+        with self.lock:
+            self.statuses = [s for s in self.statuses if not s.done]
+            return list(self.statuses)
 
 
 class Setting(Signal):
@@ -65,7 +94,7 @@ class SCMOSCamera(Device):
     file is an error), `ring_mb` or `ring_frames` (shared memory between camera and writer,
     in megabytes, default 256, or in frames), `overflow` (`block` waits for the writer,
     `drop` discards and counts), `compression`, `write_limit_mb_s` (cap on the writer's disk
-    bandwidth, to share a disk), and
+    bandwidth, to share a disk), or all of those as one `options` (`PipelineOptions`), and
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only).
 
@@ -106,40 +135,54 @@ class SCMOSCamera(Device):
         file_template: str = DEFAULT_TEMPLATE,
         ring_mb: float | None = None,
         ring_frames: int | None = None,
-        overflow: str = "block",
+        overflow: OverflowPolicy = "block",
         compression: str | None = None,
         write_limit_mb_s: float | None = None,
+        options: PipelineOptions | None = None,
         asset_docs: str = "resource",
         **kwargs: Any,
     ):
+        given = dict(ring_mb=ring_mb, ring_frames=ring_frames, compression=compression)
+        given.update(overflow=overflow, write_limit_mb_s=write_limit_mb_s)
+        if options is None:
+            options = PipelineOptions(**given)  # type: ignore[arg-type]
+        elif given != _PIPELINE_KEYWORDS:
+            raise ValueError("give the pipeline's options as options= or as keywords, not both")
+        if not isinstance(name, str) or not _DOCUMENT_KEY.fullmatch(name):
+            raise ValueError(
+                f"camera name {name!r} must be a valid document key: no '.' or '/', not empty "
+                "(it names the data keys and the run files)"
+            )
+        if asset_docs not in ASSET_STYLES:
+            raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
         if driver is None:
             from ophyd_scmos.drivers.simulated import SimulatedSCMOS
 
             driver = SimulatedSCMOS()
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow={overflow!r} is not one of {OVERFLOW_POLICIES}")
-        if asset_docs not in ASSET_STYLES:
-            raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = check_template(file_template)
-        self.ring_mb, self.ring_frames = check_ring_size(ring_mb, ring_frames)
-        self.overflow = overflow
-        self.compression = check_compression(compression)
-        self.write_limit_mb_s = check_write_limit(write_limit_mb_s)
+        self.options = options
         self.asset_docs = asset_docs
-        self._stream: FrameStream | None = None
-        self._docs: AssetDocs | None = None
-        self._lock = threading.Lock()
-        self._statuses: list[FrameStatus] = []
-        self._reported_error: StreamError | None = None
-        self._flying = False
+        self._run: _Run | None = None
+        #: a fly scan's run after `complete` closed its file, until `collect` documents it
+        self._flown: _Run | None = None
         super().__init__(prefix, name=name, **kwargs)
         driver.open()
         self._sync_settings_from_driver()
         self.model.put(driver.model)
         if asset_docs == "stream":
             self.image.kind = "omitted"  # a STREAM: key is never in read()
+
+    def destroy(self) -> None:
+        """Give the camera back: end any run still staged (its file is kept) and close the
+        driver (a vendor SDK may hold a camera until its handle is closed). Safe twice."""
+        try:
+            if self._staged.name == "yes":
+                self.unstage()
+        finally:
+            self.driver.close()
+        super().destroy()
 
     # -- settings -------------------------------------------------------------------------
     def _sync_settings_from_driver(self) -> None:
@@ -151,7 +194,7 @@ class SCMOSCamera(Device):
             ("roi", roi.as_tuple()),
             ("binning", s.binning),
             ("bit_depth", s.bit_depth),
-            ("trigger_mode", TriggerMode(s.trigger_mode).value),
+            ("trigger_mode", TriggerMode.coerce(s.trigger_mode).value),
         ):
             Signal.put(getattr(self, attr), value)
 
@@ -167,28 +210,35 @@ class SCMOSCamera(Device):
             if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"duration must be finite seconds >= 0, got {value!r}")
             return
-        if attr == "roi":
-            try:
-                value = None if value is None else ROI(*(int(v) for v in value))
-            except (TypeError, ValueError):
+        if attr == "roi" and value is not None:
+            # The driver checks the values (integers, inside the sensor); here only the form.
+            if (
+                isinstance(value, (str, bytes))
+                or not isinstance(value, Sequence)
+                or len(value) != 4
+            ):
                 raise ValueError(
                     f"roi must be (x, y, width, height) in sensor pixels, got {value!r}"
-                ) from None
+                )
+            value = ROI(*value)
         elif attr == "trigger_mode":
-            try:
-                value = TriggerMode(value)
-            except ValueError:
-                allowed = [m.value for m in TriggerMode]
-                raise ValueError(f"trigger_mode {value!r} is not one of {allowed}") from None
+            value = TriggerMode.coerce(value)
         self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
 
     @property
     def settings(self) -> CameraSettings:
         return self.driver.settings
 
+    # The pipeline's options, as the keywords that gave them (read-only: set at creation).
+    ring_mb = property(lambda self: self.options.ring_mb)
+    ring_frames = property(lambda self: self.options.ring_frames)
+    overflow = property(lambda self: self.options.overflow)
+    compression = property(lambda self: self.options.compression)
+    write_limit_mb_s = property(lambda self: self.options.write_limit_mb_s)
+
     @property
     def _mode(self) -> TriggerMode:
-        return TriggerMode(self.trigger_mode.get())
+        return TriggerMode.coerce(self.trigger_mode.get())
 
     @property
     def _k(self) -> int:
@@ -203,30 +253,20 @@ class SCMOSCamera(Device):
         stream = FrameStream(
             self.driver,
             path,
-            ring_mb=self.ring_mb,
-            ring_frames=self.ring_frames,
-            overflow=self.overflow,
-            compression=self.compression,
-            write_limit_mb_s=self.write_limit_mb_s,
+            self.options,
             attrs=self._file_attrs(),
             on_progress=self._on_progress,
             gated=self._mode is not TriggerMode.SOFTWARE,
         )
         stream.open()
-        self._stream = stream
-        self._docs = AssetDocs(path, write_dir)
-        self._reported_error = None
-        self._points = 0  # points triggered; point p holds file frames [p*k, (p+1)*k)
-        self._recorded_points: int | None = None  # points a RunEngine recorded (collected)
-        self._collected = 0  # fly scans: frames covered by StreamDatum so far
-        self._flying = False
+        self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
         for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
             sig.put(0)
         self.file_path.put(str(path))
         try:
             return super().stage()
         except Exception:
-            self._finish_stream()
+            self._finish_run()
             raise
 
     def _file_attrs(self) -> dict[str, Any]:
@@ -245,33 +285,36 @@ class SCMOSCamera(Device):
 
     def unstage(self) -> list[object]:
         try:
-            self._finish_stream()
+            self._finish_run()
         finally:
             result = super().unstage()
         return result
 
-    def _finish_stream(self) -> None:
+    def _finish_run(self) -> None:
         """Close the file, keeping exactly the frames a run recorded.
 
         Frames of a trigger whose event never came (abort, stop, Ctrl-C) are cut. Without a
         RunEngine collecting documents (or in a fly scan), every frame is kept.
         """
-        stream, self._stream = self._stream, None
-        if stream is None:
+        run, self._run = self._run, None
+        if run is None:
             return
+        if run.flying:
+            self._flown = run
+        stream = run.stream
         keep = None
-        if self._recorded_points is not None and not self._flying:
-            keep = self._recorded_points * self._k
+        if run.recorded_points is not None and not run.flying:
+            keep = run.recorded_points * self._k
         try:
             summary = stream.close(keep=keep)
         except StreamError as exc:
-            self._on_progress(stream)
-            if exc is not self._reported_error:
+            self._update_signals(stream)
+            if exc is not run.reported_error:
                 raise
             return
         finally:
             self._warn_lost(stream)
-        self._on_progress(stream)
+        self._update_signals(stream)
         self.frames_written.put(summary.frames_written)
 
     def _warn_lost(self, stream: FrameStream) -> None:
@@ -284,47 +327,45 @@ class SCMOSCamera(Device):
                 stacklevel=3,
             )
 
-    def _on_progress(self, stream: FrameStream) -> None:
+    def _update_signals(self, stream: FrameStream) -> None:
         self.frames_written.put(stream.frames_written)
         self.frames_dropped.put(stream.frames_dropped)
         self.frames_missed.put(stream.frames_missed)
         self.ring_fill.put(stream.ring_fill)
+
+    def _on_progress(self, stream: FrameStream) -> None:
+        """The stream's progress (its writer's status thread): signals, then statuses."""
+        self._update_signals(stream)
+        run = self._run
+        if run is None or run.stream is not stream:
+            return
         settled = stream.frames_stored + stream.frames_dropped + stream.frames_missed
-        with self._lock:
-            self._statuses = [s for s in self._statuses if not s.done]
-            statuses = list(self._statuses)
-        for status in statuses:
+        for status in run.pending():
             status.update(settled)
 
-    def _frame_status(self, initial: int, target: int) -> FrameStatus:
-        status = FrameStatus(self, initial=initial, target=target)
-        with self._lock:
-            self._statuses.append(status)
-        return status
-
-    def _require_stream(self, action: str) -> FrameStream:
-        if self._stream is None:
+    def _require_run(self, action: str) -> _Run:
+        if self._run is None:
             raise RuntimeError(f"{self.name} must be staged before {action}")
-        return self._stream
+        return self._run
 
     # -- step scans ------------------------------------------------------------------------
     def trigger(self) -> FrameStatus:
         """Take this point's frames; done when they are in the file."""
-        stream = self._require_stream("trigger()")
-        if self._flying:
+        run = self._require_run("trigger()")
+        if run.flying:
             raise RuntimeError(f"{self.name} is flying; trigger() is for step scans")
-        k, point = self._k, self._points
-        self._points += 1
+        stream, k, point = run.stream, self._k, run.points
+        run.points += 1
         first = stream.allow(k)
-        status = self._frame_status(initial=point * k, target=(point + 1) * k)
+        status = run.add_status(FrameStatus(self, initial=point * k, target=(point + 1) * k))
         if self.asset_docs == "resource":
-            self.image.put(self._docs.datum(point, k))
+            self.image.put(run.docs.datum(point, k))
         else:
-            self._docs.stream({self.image.name: layout.DATA}, k)
-            self._docs.stream_datum(point, point + 1)
+            run.docs.stream({self.image.name: layout.DATA}, k)
+            run.docs.stream_datum(point, point + 1)
 
         def done(error: BaseException | None) -> None:
-            self._on_progress(stream)
+            self._update_signals(stream)
             lost = stream.frames_dropped + stream.frames_missed
             if error is None and lost:
                 error = StreamError(
@@ -335,7 +376,7 @@ class SCMOSCamera(Device):
                     "Use a larger ring_mb, compression, or a longer exposure."
                 )
             if error is not None:
-                self._reported_error = error
+                run.reported_error = error
                 status.set_exception(error)
                 return
             number, timestamp = stream.frame_info(first)
@@ -351,9 +392,8 @@ class SCMOSCamera(Device):
     def pause(self) -> None:
         """RunEngine pause: let a step scan's triggered frames land, so `resume` knows the
         file. A fly scan pauses at once (its complete status lasts the whole movie)."""
-        with self._lock:
-            pending = [] if self._flying else [s for s in self._statuses if not s.done]
-        for status in pending:
+        run = self._run
+        for status in [] if run is None or run.flying else run.pending():
             with contextlib.suppress(Exception):  # a failure is the plan's to report
                 status.wait(timeout=30)
         super().pause()
@@ -361,27 +401,30 @@ class SCMOSCamera(Device):
     def resume(self) -> None:
         """RunEngine resume: cut frames of points whose events never came (the plan rewinds
         and takes them again), so point numbers keep matching the file."""
-        recorded = self._recorded_points or 0
-        if self._stream is not None and not self._flying and self._points > recorded:
-            self._stream.truncate(recorded * self._k)
-            self._docs.drop_datums_from(recorded)
-            self._points = recorded
+        run = self._run
+        if run is not None and not run.flying:
+            recorded = run.recorded_points or 0
+            if run.points > recorded:
+                run.stream.truncate(recorded * self._k)
+                run.docs.drop_datums_from(recorded)
+                run.points = recorded
         super().resume()
 
     def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
-        if self._docs is None:
+        run = self._run or self._flown
+        if run is None:
             return
-        if self._flying:
+        if run.flying:
             stop = self.get_index() if index is None else min(index, self.get_index())
-            self._docs.stream_datum(self._collected, stop)
-            self._collected = max(self._collected, stop)
-        elif self._recorded_points is None:
-            self._recorded_points = 0
-        for name, doc in self._docs.drain():
+            run.docs.stream_datum(run.collected, stop)
+            run.collected = max(run.collected, stop)
+        elif run.recorded_points is None:
+            run.recorded_points = 0
+        for name, doc in run.docs.drain():
             if name == "datum":
-                self._recorded_points = doc["datum_kwargs"]["point_number"] + 1
-            elif name == "stream_datum" and not self._flying:
-                self._recorded_points = doc["indices"]["stop"]
+                run.recorded_points = doc["datum_kwargs"]["point_number"] + 1
+            elif name == "stream_datum" and not run.flying:
+                run.recorded_points = doc["indices"]["stop"]
             yield name, doc
 
     def describe(self) -> dict[str, dict]:
@@ -404,8 +447,8 @@ class SCMOSCamera(Device):
 
     def stop(self, *, success: bool = False) -> None:
         """Stop the camera at once; the file is closed by unstage, which the RunEngine calls."""
-        if self._stream is not None:
-            self._stream.stop()
+        if self._run is not None:
+            self._run.stream.stop()
         super().stop(success=success)
 
     # -- fly scans -------------------------------------------------------------------------
@@ -419,16 +462,16 @@ class SCMOSCamera(Device):
                 f"{self.name}.trigger_mode is 'software'; fly scans record a free-running "
                 "camera: set it to 'internal' (or 'external') first"
             )
-        self._staged_by_kickoff = self._staged.name != "yes"
-        if self._staged_by_kickoff:
+        staged_here = self._staged.name != "yes"
+        if staged_here:
             self.stage()
-        stream = self._require_stream("kickoff()")
-        if self._points:
+        run = self._require_run("kickoff()")
+        if run.points:
             raise RuntimeError(f"{self.name} took step-scan points in this staging")
-        self._flying = True
+        run.flying, run.staged_by_kickoff = True, staged_here
         n = int(self.num_frames.get())
-        stream.allow(n if n else 2**62)
-        self._docs.stream(
+        run.stream.allow(n if n else 2**62)
+        run.docs.stream(
             {
                 self.image.name: layout.DATA,
                 self.frame_number.name: layout.FRAME_NUMBER,
@@ -442,12 +485,13 @@ class SCMOSCamera(Device):
 
     def complete(self) -> FrameStatus:
         """Done when `num_frames` frames (or `duration` seconds) are recorded and in the file."""
-        stream = self._require_stream("complete()")
-        if not self._flying:
+        run = self._require_run("complete()")
+        if not run.flying:
             raise RuntimeError(f"{self.name}.complete() needs kickoff() first")
+        stream = run.stream
         n, seconds = int(self.num_frames.get()), float(self.duration.get())
         expected = n or round(seconds / self.driver.settings.frame_interval)
-        status = self._frame_status(initial=0, target=expected)
+        status = run.add_status(FrameStatus(self, initial=0, target=expected))
         started = time.monotonic()
 
         def finish() -> None:
@@ -461,28 +505,29 @@ class SCMOSCamera(Device):
                 stream.wait_settled(timeout=60)
                 status.target = stream.frames_acquired + stream.frames_dropped
                 status.update(status.target)
-                if self._staged_by_kickoff:
+                if run.staged_by_kickoff:
                     self.unstage()
                 status.set_finished()
             except Exception as exc:
-                self._reported_error = exc
+                run.reported_error = exc
                 status.set_exception(exc)
 
         threading.Thread(target=finish, name=f"{self.name}-complete", daemon=True).start()
         return status
 
     def describe_collect(self) -> dict[str, dict]:
+        source = f"{self.driver.model}:{self.name}"
         return {
             self.image.name: self._image_key(per_point=False),
             self.frame_number.name: {
-                "source": f"{self.driver.model}:{self.name}",
+                "source": source,
                 "dtype": "integer",
                 "dtype_numpy": "<i8",
                 "shape": [],
                 "external": "STREAM:",
             },
             self.frame_time.name: {
-                "source": f"{self.driver.model}:{self.name}",
+                "source": source,
                 "dtype": "number",
                 "dtype_numpy": "<f8",
                 "shape": [],
@@ -492,6 +537,6 @@ class SCMOSCamera(Device):
 
     def get_index(self) -> int:
         """Frames in the file that a collect may point at (bluesky's WritesStreamAssets)."""
-        if self._stream is not None:
-            return self._stream.frames_stored
+        if self._run is not None:
+            return self._run.stream.frames_stored
         return int(self.frames_written.get())  # after the file closed: all of it

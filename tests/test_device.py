@@ -220,7 +220,7 @@ def test_the_ring_may_be_sized_in_frames_but_not_both_ways(driver, tmp_path):
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_frames=4)
     cam.stage()
     try:
-        assert cam._stream.ring.spec.n_slots == 4
+        assert cam._run.stream.ring.spec.n_slots == 4
     finally:
         cam.unstage()
     with pytest.raises(ValueError, match="not both"):

@@ -78,7 +78,7 @@ def test_abort_or_stop_keeps_exactly_the_frames_of_emitted_events(cam, driver, R
     assert stop["exit_status"] == ("abort" if how == "abort" else "success")
     events = len(recorder.of("event"))
     assert check_events_match_file(recorder, driver) == events
-    assert cam._staged.name == "no" and cam._stream is None
+    assert cam._staged.name == "no" and cam._run is None
 
     recorder.docs.clear()  # a new run in the same session
     RE(count([cam], num=3))

@@ -28,7 +28,7 @@ cam.exposure_time.set(0.001)
 
 def report(name, doc):
     if name == "event" and doc["seq_num"] == 100:
-        s = cam._stream
+        s = cam._run.stream
         print(s.path, s.ring.spec.name, s.writer.pid, flush=True)
 
 RE = RunEngine({})

@@ -21,7 +21,7 @@ def test_killed_writer_fails_the_plan_and_leaves_a_readable_file(cam, driver, RE
 
     def kill_writer_at_event_50(name, doc):
         if name == "event" and doc["seq_num"] == 50:
-            stream = cam._stream
+            stream = cam._run.stream
             deadline = time.monotonic() + 10
             while stream.frames_written < 50 and time.monotonic() < deadline:
                 time.sleep(0.01)  # let a flush happen: the file then holds >= 50 frames
