@@ -1,19 +1,31 @@
 """Camera drivers: the `CameraDriver` contract and its implementations.
 
+`DriverBase` does the work every driver shares (settings checked against the camera's
+`CameraLimits`, applied all or nothing; start, stop and close in order): see docs/drivers.md.
 `MicroManagerCamera` and `GenICamCamera` are imported on first use, so this package imports
 without their SDKs; making one without its SDK raises `MissingLibrary` saying what to install.
 """
 
 from typing import Any
 
-from ._common import MissingLibrary
-from .base import ROI, CameraDriver, CameraError, CameraSettings, FrameInfo, TriggerMode
+from ._common import DriverBase, MissingLibrary
+from .base import (
+    ROI,
+    CameraDriver,
+    CameraError,
+    CameraLimits,
+    CameraSettings,
+    FrameInfo,
+    TriggerMode,
+)
 from .simulated import SimulatedSCMOS
 
 __all__ = [
     "CameraDriver",
     "CameraError",
+    "CameraLimits",
     "CameraSettings",
+    "DriverBase",
     "FrameInfo",
     "GenICamCamera",
     "MicroManagerCamera",

@@ -8,62 +8,64 @@ camera: a setting the simulator takes is one a real camera takes.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import math
+import threading
 from dataclasses import asdict, replace
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
-from .base import ROI, CameraSettings, TriggerMode
+from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 
 class MissingLibrary(ImportError):
     """A driver's SDK is not installed; the message says what to install."""
 
 
-def coerce_trigger_mode(settings: CameraSettings) -> CameraSettings:
-    """Accept the string value of a `TriggerMode` ("software"), as `SimulatedSCMOS` does."""
-    if isinstance(settings.trigger_mode, TriggerMode):
-        return settings
-    try:
-        return replace(settings, trigger_mode=TriggerMode(settings.trigger_mode))
-    except ValueError:
-        allowed = [m.value for m in TriggerMode]
-        raise ValueError(
-            f"trigger_mode must be one of {allowed}; got {settings.trigger_mode!r}"
-        ) from None
+def _is_number(value: object) -> bool:
+    """A real number; not a bool, which Python counts as one but no user means as one."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def check_settings(
-    s: CameraSettings,
-    sensor_shape: tuple[int, int],
-    *,
-    exposure_range: tuple[float, float],
-    binnings: tuple[int, ...],
-    bit_depths: tuple[int, ...],
-) -> ROI:
+def _is_integer(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_settings(s: CameraSettings, sensor_shape: tuple[int, int], limits: CameraLimits) -> ROI:
     """Raise ValueError naming the first bad value; return the ROI (None means the full sensor).
 
-    `exposure_range` is in seconds; `binnings` and `bit_depths` are what this camera can do
-    among those the package supports.
+    `s.trigger_mode` must already be a `TriggerMode` (see `TriggerMode.coerce`).
     """
-    lo, hi = exposure_range
+    lo, hi = limits.exposure_range
     exp = s.exposure_time
-    if not (isinstance(exp, Real) and math.isfinite(exp) and exp > 0 and lo <= exp <= hi):
-        raise ValueError(f"exposure_time must be > 0 and within [{lo:g}, {hi:g}] s; got {exp!r}")
-    per = s.acquire_period
-    if not (isinstance(per, Real) and math.isfinite(per) and per >= 0):
-        raise ValueError(f"acquire_period must be finite and >= 0 s; got {per!r}")
-    if s.binning not in binnings:
-        raise ValueError(f"binning must be one of {binnings} on this camera; got {s.binning!r}")
-    if s.bit_depth not in bit_depths:
+    if not (_is_number(exp) and math.isfinite(exp) and exp > 0 and lo <= exp <= hi):
         raise ValueError(
-            f"bit_depth must be one of {bit_depths} on this camera; got {s.bit_depth!r}"
+            f"exposure_time must be a number of seconds > 0 within [{lo:g}, {hi:g}]; got {exp!r}"
         )
+    lo, hi = limits.period_range
+    per = s.acquire_period
+    if not (_is_number(per) and math.isfinite(per) and (per == 0 or lo <= per <= hi)):
+        raise ValueError(
+            f"acquire_period must be 0 (as fast as the exposure allows) or a number of seconds "
+            f"within [{lo:g}, {hi:g}] on this camera; got {per!r}"
+        )
+    if not (_is_integer(s.binning) and s.binning in limits.binnings):
+        raise ValueError(
+            f"binning must be one of {limits.binnings} on this camera; got {s.binning!r}"
+        )
+    if not (_is_integer(s.bit_depth) and s.bit_depth in limits.bit_depths):
+        raise ValueError(
+            f"bit_depth must be one of {limits.bit_depths} on this camera; got {s.bit_depth!r}"
+        )
+    why = limits.refused_trigger_modes.get(s.trigger_mode)
+    if why is not None:
+        raise ValueError(f"trigger_mode {s.trigger_mode.value!r} {why}")
     roi = s.roi if s.roi is not None else ROI.full(sensor_shape)
     rows, cols = sensor_shape
-    if not all(isinstance(v, Integral) for v in roi.as_tuple()):
+    if not all(_is_integer(v) for v in roi.as_tuple()):
         raise ValueError(f"roi values must be integers; got {roi.as_tuple()}")
     if roi.x < 0 or roi.y < 0:
         raise ValueError(f"roi origin must be >= 0; got x={roi.x}, y={roi.y}")
@@ -93,22 +95,34 @@ def check_out(out: np.ndarray, frame_shape: tuple[int, int]) -> None:
         raise ValueError(f"out must have shape {frame_shape}; got {out.shape}")
 
 
-class DriverBase:
+class DriverBase(abc.ABC):
     """The parts of `CameraDriver` every driver does the same way, so a driver holds only what
     its camera needs.
 
-    Subclasses keep `_model`, `_sensor` and `_settings` current (the SDK drivers learn them at
-    `open`), set `_running` in `start`/`stop`, count `_missed_total`, and define
-    `_require_open`. The `_require_*` and `_check_trigger` helpers run with the driver's lock
-    held.
+    `configure`, `start`, `stop` and `close` are done here, under one lock (`_lock`), in one
+    order: the checks, then the driver's step. A driver supplies its camera's `CameraLimits`
+    (in `_limits`: given to `__init__`, or set at `open` from what the SDK reports), `_apply`
+    (settings onto the camera) and `read_into` (one frame into the caller's buffer), and the
+    SDK calls for `open`, `_start`, `_stop`, `_close`, `software_trigger` and `_require_open`.
+    It keeps `_model`, `_sensor` current and counts `_missed_total` as frames go missing.
     """
 
-    def __init__(self, model: str, sensor_shape: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        model: str,
+        sensor_shape: tuple[int, int] = (0, 0),
+        limits: CameraLimits | None = None,
+    ) -> None:
         self._model = model
         self._sensor = sensor_shape
+        self._limits = limits
         self._settings = CameraSettings()
         self._running = False
         self._missed_total = 0
+        # Reentrant: a step that calls back into the driver (close -> stop) holds it already.
+        self._lock = threading.RLock()
+
+    # -- description -------------------------------------------------------------------------
 
     @property
     def model(self) -> str:
@@ -117,6 +131,13 @@ class DriverBase:
     @property
     def sensor_shape(self) -> tuple[int, int]:
         return self._sensor
+
+    @property
+    def limits(self) -> CameraLimits:
+        """What the camera can do; `configure` refuses anything else."""
+        if self._limits is None:
+            raise CameraError(f"{self._model}: its limits are read when it opens; call open()")
+        return self._limits
 
     @property
     def settings(self) -> CameraSettings:
@@ -137,13 +158,88 @@ class DriverBase:
         """Frames the camera lost since the last `start` (see the driver for what counts)."""
         return self._missed_total
 
+    # -- the common work ---------------------------------------------------------------------
+
+    def configure(self, settings: CameraSettings) -> None:
+        """Check every value against `limits`, then apply; all or nothing: if the camera
+        refuses part of it, the previous settings are applied again and ValueError says why."""
+        with self._lock:
+            self._require_stopped("cannot configure while acquiring")
+            settings = replace(settings, trigger_mode=TriggerMode.coerce(settings.trigger_mode))
+            roi = check_settings(settings, self._sensor, self.limits)
+            previous = self._settings
+            try:
+                applied = self._apply(settings, roi)
+            except RuntimeError as exc:  # SDK errors (MMCore's, GLib's) and CameraError
+                with contextlib.suppress(RuntimeError):
+                    self._apply(previous, self._roi_of(previous))
+                raise ValueError(f"camera {self._model} refused {settings}: {exc}") from exc
+            self._settings = applied
+
+    def start(self) -> None:
+        """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
+        with self._lock:
+            self._require_stopped("camera already started")
+            self._missed_total = 0
+            self._start()
+            self._running = True
+
+    def stop(self) -> None:
+        """Disarm: queued frames are dropped; a reader blocked in `read_into` gets CameraError."""
+        with self._lock:
+            self._running = False
+            self._stop()
+
+    def close(self) -> None:
+        """Stop and release the camera; safe to call twice."""
+        with self._lock:
+            with contextlib.suppress(CameraError):  # a camera that is gone cannot be stopped
+                self.stop()
+            self._close()
+
+    # -- what a driver supplies --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect to the camera (doing nothing if connected) and learn its sensor and limits."""
+
+    @abc.abstractmethod
+    def _apply(self, settings: CameraSettings, roi: ROI) -> CameraSettings:
+        """Put checked `settings` on the camera (`roi`: theirs, the full sensor for None);
+        return them as the camera took them (e.g. the exposure rounded to its clock). Raise
+        RuntimeError (SDK errors mostly are) if the camera refuses: `configure` rolls back."""
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Start acquiring with the current settings; frame numbers restart at 0."""
+
+    @abc.abstractmethod
+    def _stop(self) -> None:
+        """Stop acquiring (`_running` is already False): wake a blocked `read_into`; also
+        called on a stopped camera. Raise CameraError if the camera fails to stop."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release the stopped camera; also called on a closed one."""
+
+    @abc.abstractmethod
+    def software_trigger(self, frames: int = 1) -> None:
+        """Ask for `frames` more frames (software trigger mode); see `_check_trigger`."""
+
+    @abc.abstractmethod
+    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+        """Block until the next frame, copy it into `out` (see `check_out`); TimeoutError if
+        none in `timeout` s, CameraError if the camera is stopped, closed or gone."""
+
+    @abc.abstractmethod
+    def _require_open(self) -> Any:
+        """The open camera's handle; CameraError if it is closed."""
+
+    # -- helpers for drivers (lock held) -----------------------------------------------------
+
     def _roi_of(self, settings: CameraSettings) -> ROI:
         """The ROI `settings` ask for, the full sensor where they give None."""
         return settings.roi if settings.roi is not None else ROI.full(self._sensor)
-
-    def _require_open(self) -> Any:
-        """The open camera's handle; CameraError if it is closed."""
-        raise NotImplementedError
 
     def _require_stopped(self, refusal: str) -> Any:
         """The open camera's handle, for `configure` and `start`; RuntimeError while acquiring."""

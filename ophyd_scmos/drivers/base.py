@@ -8,6 +8,7 @@ disk.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +21,15 @@ class TriggerMode(str, enum.Enum):
     SOFTWARE = "software"  #: one frame per requested trigger (``software_trigger(n)``)
     INTERNAL = "internal"  #: free run at the acquire period until stopped
     EXTERNAL = "external"  #: one frame per pulse on the camera's trigger input
+
+    @classmethod
+    def coerce(cls, value: object) -> TriggerMode:
+        """The mode `value` names: a `TriggerMode` or its string value, as users type it."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = [mode.value for mode in cls]
+            raise ValueError(f"trigger_mode {value!r} is not one of {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,19 @@ class CameraSettings:
     def frame_interval(self) -> float:
         """Seconds between frames in free run: the period, but never shorter than the exposure."""
         return max(self.exposure_time, self.acquire_period)
+
+
+@dataclass(frozen=True)
+class CameraLimits:
+    """What one camera can do, as its SDK reports it: `configure` refuses anything else before
+    a value reaches the camera (SDKs tend to clamp or ignore what they cannot do)."""
+
+    exposure_range: tuple[float, float]  #: seconds, inclusive
+    period_range: tuple[float, float]  #: seconds, inclusive; an acquire_period of 0 is always taken
+    binnings: tuple[int, ...]  #: among 1, 2, 4
+    bit_depths: tuple[int, ...]  #: among 12, 16
+    #: trigger modes this camera cannot take, each with why, shown after "trigger_mode 'mode' "
+    refused_trigger_modes: Mapping[TriggerMode, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

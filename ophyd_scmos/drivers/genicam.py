@@ -23,7 +23,6 @@ has come for `liveness` seconds: a register read then fails and `read_into` rais
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import threading
@@ -33,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import DriverBase, MissingLibrary, check_out, check_settings, coerce_trigger_mode
-from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
+from ._common import DriverBase, MissingLibrary, check_out
+from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["GenICamCamera", "list_cameras"]
 
@@ -45,6 +44,8 @@ INSTALL = (
 )
 _FORMATS = {16: "Mono16", 12: "Mono12"}  # both unpacked into 16-bit pixels
 _BINNINGS = (1, 2, 4)
+# s; the longest acquire_period for a camera whose lowest frame rate is 0 (no bound).
+MAX_PERIOD = 3600.0
 _POP_SLICE = 0.05  # s; a blocked reader looks at `stop` this often
 _WRAP = 0xFFFF  # 16-bit GigE Vision block ids go 1..65535, then 1 again
 
@@ -94,11 +95,6 @@ class GenICamCamera(DriverBase):
         self._cam: Any = None
         self._device: Any = None
         self._stream: Any = None
-        self._lock = threading.RLock()
-        self._bit_depths: tuple[int, ...] = ()
-        self._binnings: tuple[int, ...] = (1,)
-        self._exposure_us = (1.0, 1e7)
-        self._rate_bounds = (0.0, float("inf"))
         self._wall0 = 0.0
         self._owed = 0  # software triggers not yet sent
         self._outstanding = False  # a sent trigger whose frame has not arrived
@@ -141,13 +137,13 @@ class GenICamCamera(DriverBase):
 
     def _prepare(self, cam: Any) -> None:
         formats = cam.dup_available_pixel_formats_as_strings()
-        self._bit_depths = tuple(d for d, f in sorted(_FORMATS.items()) if f in formats)
-        if not self._bit_depths:
+        bit_depths = tuple(d for d, f in sorted(_FORMATS.items()) if f in formats)
+        if not bit_depths:
             raise CameraError(
                 f"GenICam camera {self._name!r} offers pixel formats {formats}: ophyd-scmos "
                 "needs Mono16 or Mono12"
             )
-        depth = max(self._bit_depths)
+        depth = max(bit_depths)
         cam.set_pixel_format_from_string(_FORMATS[depth])
         binnings = [1]
         if cam.is_binning_available():
@@ -157,31 +153,43 @@ class GenICamCamera(DriverBase):
                 if xb.min <= b <= xb.max and yb.min <= b <= yb.max and (b - xb.min) % step == 0:
                     binnings.append(b)
             cam.set_binning(1, 1)
-        self._binnings = tuple(binnings)
         width, height = cam.get_sensor_size()
         self._sensor = (height, width)
         cam.set_region(0, 0, width, height)
-        bounds = cam.get_exposure_time_bounds()
-        self._exposure_us = (bounds.min, bounds.max)
-        rate = cam.get_frame_rate_bounds()
-        self._rate_bounds = (rate.min, rate.max)
         self._model = f"{cam.get_vendor_name()} {cam.get_model_name()} ({cam.get_device_id()})"
         sources = (
             cam.dup_available_trigger_sources() if cam.is_feature_available("TriggerSource") else []
         )
         self._lines = tuple(source for source in sources if source.startswith("Line"))
+        exposure_us, rate = cam.get_exposure_time_bounds(), cam.get_frame_rate_bounds()
+        self._limits = CameraLimits(
+            exposure_range=(exposure_us.min / 1e6, exposure_us.max / 1e6),
+            period_range=(
+                1 / rate.max if rate.max > 0 else 0.0,
+                1 / rate.min if rate.min > 0 else MAX_PERIOD,
+            ),
+            binnings=tuple(binnings),
+            bit_depths=bit_depths,
+            refused_trigger_modes=self._refused_trigger_modes(),
+        )
         self._settings = CameraSettings(
             exposure_time=cam.get_exposure_time() / 1e6, bit_depth=depth
         )
 
-    def close(self) -> None:
-        """Stop and give up control of the camera; safe to call twice."""
-        with self._lock:
-            with contextlib.suppress(CameraError):
-                self.stop()
-            held = [self._cam, self._device]  # the last references: dropping releases control
-            self._cam = self._device = None
-            self._drop(held)
+    def _refused_trigger_modes(self) -> dict[TriggerMode, str]:
+        if self._external_line() is not None:
+            return {}
+        return {
+            TriggerMode.EXTERNAL: f"needs a trigger input: {self._model} offers "
+            f"{list(self._lines) or 'no Line trigger source'}"
+            + (f", not {self._trigger_line!r}" if self._trigger_line else "")
+        }
+
+    def _close(self) -> None:
+        """Give up control of the camera."""
+        held = [self._cam, self._device]  # the last references: dropping releases control
+        self._cam = self._device = None
+        self._drop(held)
 
     def _drop(self, held: list) -> None:
         """Let Aravis objects go. With the camera gone their finalizers wait out GigE Vision
@@ -205,46 +213,10 @@ class GenICamCamera(DriverBase):
 
         threading.Thread(target=unref, name="aravis-release", daemon=True).start()
 
-    def configure(self, settings: CameraSettings) -> None:
-        """Check every value against the camera's limits, then apply; all or nothing."""
-        with self._lock:
-            cam = self._require_stopped("cannot configure while acquiring")
-            settings = coerce_trigger_mode(settings)
-            lo, hi = self._exposure_us
-            roi = check_settings(
-                settings,
-                self._sensor,
-                exposure_range=(lo / 1e6, hi / 1e6),
-                binnings=self._binnings,
-                bit_depths=self._bit_depths,
-            )
-            if settings.trigger_mode is TriggerMode.EXTERNAL and self._external_line() is None:
-                raise ValueError(
-                    f"trigger_mode 'external' needs a trigger input: {self._model} offers "
-                    f"{list(self._lines) or 'no Line trigger source'}"
-                    + (f", not {self._trigger_line!r}" if self._trigger_line else "")
-                )
-            if settings.acquire_period > 0:
-                rate, (rlo, rhi) = 1 / settings.acquire_period, self._rate_bounds
-                if not rlo <= rate <= rhi:
-                    raise ValueError(
-                        f"acquire_period must give a frame rate within [{rlo:g}, {rhi:g}] Hz on "
-                        f"this camera; got {settings.acquire_period!r} s"
-                    )
-            previous = self._settings
-            try:
-                applied = self._apply(cam, settings, roi)
-            except (self._glib.Error, RuntimeError) as exc:
-                with contextlib.suppress(self._glib.Error, RuntimeError):
-                    self._apply(cam, previous, self._roi_of(previous))
-                message = getattr(exc, "message", str(exc))
-                raise ValueError(f"camera {self._model} refused {settings}: {message}") from exc
-            self._settings = applied
-
-    def _apply(self, cam: Any, s: CameraSettings, roi: ROI) -> CameraSettings:
-        b = s.binning
+    def _apply(self, s: CameraSettings, roi: ROI) -> CameraSettings:
+        cam, b = self._cam, s.binning
         cam.set_pixel_format_from_string(_FORMATS[s.bit_depth])
-        if len(self._binnings) > 1:
+        if len(self.limits.binnings) > 1:
             cam.set_binning(b, b)
         region = (roi.x // b, roi.y // b, roi.width // b, roi.height // b)
         cam.set_region(*region)
@@ -258,57 +230,50 @@ class GenICamCamera(DriverBase):
         # Cameras round the exposure to their clock: record what the camera will use.
         return replace(s, exposure_time=cam.get_exposure_time() / 1e6)
 
-    def start(self) -> None:
-        """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
-        with self._lock:
-            cam = self._require_stopped("camera already started")
-            s = self._settings
-            rows, cols = self.frame_shape
-            try:
-                payload = cam.get_payload()
-                if payload != rows * cols * 2:
-                    raise CameraError(
-                        f"camera {self._model} sends {payload}-byte frames, expected "
-                        f"{rows}x{cols} 16-bit pixels: were its settings changed elsewhere?"
-                    )
-                if s.trigger_mode is TriggerMode.SOFTWARE:
-                    cam.set_trigger("Software")
-                elif s.trigger_mode is TriggerMode.EXTERNAL:
-                    cam.set_trigger(self._external_line())
-                else:
-                    cam.clear_triggers()
-                    period = s.acquire_period or s.exposure_time
-                    cam.set_frame_rate(min(1 / period, self._rate_bounds[1]))
-                cam.set_acquisition_mode(self._aravis.AcquisitionMode.CONTINUOUS)
-                stream = cam.create_stream(None, None)
-                for _ in range(self._buffer_frames):
-                    stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
-                cam.start_acquisition()
-            except self._glib.Error as exc:
-                raise CameraError(f"camera {self._model} did not start: {exc.message}") from exc
-            self._stream = stream
-            self._alive_at = time.monotonic()
-            self._wall0 = time.time()  # Aravis stamps arrivals on the wall clock
-            self._owed, self._outstanding = 0, False
-            self._last_id, self._last_number = None, -1
-            self._pending_missed = self._missed_total = 0
-            self._stamp0 = None
-            self._running = True
+    def _start(self) -> None:
+        cam, s = self._cam, self._settings
+        rows, cols = self.frame_shape
+        try:
+            payload = cam.get_payload()
+            if payload != rows * cols * 2:
+                raise CameraError(
+                    f"camera {self._model} sends {payload}-byte frames, expected "
+                    f"{rows}x{cols} 16-bit pixels: were its settings changed elsewhere?"
+                )
+            if s.trigger_mode is TriggerMode.SOFTWARE:
+                cam.set_trigger("Software")
+            elif s.trigger_mode is TriggerMode.EXTERNAL:
+                cam.set_trigger(self._external_line())
+            else:
+                cam.clear_triggers()
+                shortest = self.limits.period_range[0]
+                cam.set_frame_rate(1 / max(s.acquire_period or s.exposure_time, shortest))
+            cam.set_acquisition_mode(self._aravis.AcquisitionMode.CONTINUOUS)
+            stream = cam.create_stream(None, None)
+            for _ in range(self._buffer_frames):
+                stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
+            cam.start_acquisition()
+        except self._glib.Error as exc:
+            raise CameraError(f"camera {self._model} did not start: {exc.message}") from exc
+        self._stream = stream
+        self._alive_at = time.monotonic()
+        self._wall0 = time.time()  # Aravis stamps arrivals on the wall clock
+        self._owed, self._outstanding = 0, False
+        self._last_id, self._last_number = None, -1
+        self._pending_missed = 0
+        self._stamp0 = None
 
-    def stop(self) -> None:
-        """Disarm: a reader blocked in `read_into` gets CameraError within ~50 ms."""
-        with self._lock:
-            was_running, self._running = self._running, False
-            held, self._stream = [self._stream], None
-            self._drop(held)
-            self._owed, self._outstanding = 0, False
-            if was_running and self._cam is not None and not self._gone:
-                try:
-                    self._cam.stop_acquisition()
-                except self._glib.Error as exc:
-                    raise CameraError(
-                        f"camera {self._model} failed to stop: {exc.message}"
-                    ) from exc
+    def _stop(self) -> None:
+        """A reader blocked in `read_into` gets CameraError within ~50 ms."""
+        held, self._stream = [self._stream], None  # a stream exists while acquiring
+        acquiring = held[0] is not None
+        self._drop(held)
+        self._owed, self._outstanding = 0, False
+        if acquiring and self._cam is not None and not self._gone:
+            try:
+                self._cam.stop_acquisition()
+            except self._glib.Error as exc:
+                raise CameraError(f"camera {self._model} failed to stop: {exc.message}") from exc
 
     # -- acquisition -------------------------------------------------------------------------
 

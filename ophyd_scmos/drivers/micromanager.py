@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ._common import DriverBase, MissingLibrary, check_out, check_settings, coerce_trigger_mode
-from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
+from ._common import DriverBase, MissingLibrary, check_out
+from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["MicroManagerCamera", "list_cameras"]
 
@@ -39,6 +38,8 @@ INSTALL = (
 )
 _BINNINGS = (1, 2, 4)
 _BIT_DEPTHS = (12, 16)
+# s; MMCore reports no bound on a sequence's interval (and many adapters ignore it).
+MAX_PERIOD = 3600.0
 _POLL = 0.0005  # s between looks at the circular buffer (MMCore has no blocking pop)
 _CAMERA_DEVICE_TYPE = 2  # MM::CameraDevice
 _PLAUSIBLE_ELAPSED = 86400.0  # s; a larger ElapsedTime-ms is MMCore's clock, not the camera's
@@ -105,10 +106,8 @@ class MicroManagerCamera(DriverBase):
         self._buffer_mb = buffer_mb
         self._adapter_paths = [os.fspath(p) for p in adapter_paths] if adapter_paths else None
         self._core: Any = None
-        self._lock = threading.RLock()
         self._bit_depth_prop: str | None = None
         self._binning_values: dict[int, str] = {}
-        self._exposure_ms = (1e-3, 1e7)
         self._t0 = 0.0
         self._seq: _Sequence | None = None
         self._owed = 0  # software-triggered frames waiting for the current sequence to drain
@@ -185,9 +184,22 @@ class MicroManagerCamera(DriverBase):
                 f"camera {label!r} delivers {core.getBytesPerPixel() * 8}-bit pixels with "
                 f"{core.getNumberOfComponents()} component(s); ophyd-scmos needs 16-bit mono"
             )
+        exposure_ms = (1e-3, 1e7)
         if core.hasPropertyLimits(label, "Exposure"):
             lo = max(core.getPropertyLowerLimit(label, "Exposure"), 1e-3)
-            self._exposure_ms = (lo, core.getPropertyUpperLimit(label, "Exposure"))
+            exposure_ms = (lo, core.getPropertyUpperLimit(label, "Exposure"))
+        self._limits = CameraLimits(
+            exposure_range=(exposure_ms[0] / 1e3, exposure_ms[1] / 1e3),
+            period_range=(0.0, MAX_PERIOD),
+            binnings=tuple(sorted(self._binning_values)),
+            bit_depths=self._bit_depths(),
+            refused_trigger_modes={
+                TriggerMode.EXTERNAL: "has no standard switch in Micro-Manager: set the "
+                f"camera's own trigger property on {label!r} (e.g. Hamamatsu 'TRIGGER SOURCE', "
+                "Andor 'TriggerMode') and use 'internal', whose sequence then waits for the "
+                "pulses"
+            },
+        )
         self._sensor = (core.getImageHeight(), core.getImageWidth())
         self._model = (
             f"{core.getDeviceDescription(label)} "
@@ -197,51 +209,17 @@ class MicroManagerCamera(DriverBase):
             exposure_time=core.getExposure() / 1e3, bit_depth=core.getImageBitDepth()
         )
 
-    def close(self) -> None:
-        """Stop, and unload the devices this driver loaded; safe to call twice."""
-        with self._lock:
-            self._running = False
-            core, self._core = self._core, None
-            if core is not None:
-                with contextlib.suppress(RuntimeError):  # the camera may be gone already
-                    if core.isSequenceRunning(self._label):
-                        core.stopSequenceAcquisition(self._label)
-                self._release(core)
+    def _close(self) -> None:
+        """Unload the devices this driver loaded."""
+        core, self._core = self._core, None
+        if core is not None:
+            self._release(core)
 
     def _release(self, core: Any) -> None:
         """Unload what this driver loaded: all of a core it made, nothing of one it was given."""
         if self._given_core is None:
             with contextlib.suppress(RuntimeError):
                 core.unloadAllDevices()
-
-    def configure(self, settings: CameraSettings) -> None:
-        """Check every value against the camera's limits, then apply; all or nothing."""
-        with self._lock:
-            core = self._require_stopped("cannot configure while acquiring")
-            settings = coerce_trigger_mode(settings)
-            if settings.trigger_mode is TriggerMode.EXTERNAL:
-                raise ValueError(
-                    "trigger_mode 'external' has no standard switch in Micro-Manager: set the "
-                    f"camera's own trigger property on {self._label!r} (e.g. Hamamatsu 'TRIGGER "
-                    "SOURCE', Andor 'TriggerMode') and use 'internal', whose sequence then waits "
-                    "for the pulses"
-                )
-            lo, hi = self._exposure_ms
-            roi = check_settings(
-                settings,
-                self._sensor,
-                exposure_range=(lo / 1e3, hi / 1e3),
-                binnings=tuple(sorted(self._binning_values)),
-                bit_depths=self._bit_depths(),
-            )
-            previous = self._settings
-            try:
-                applied = self._apply(core, settings, roi)
-            except RuntimeError as exc:
-                with contextlib.suppress(RuntimeError):
-                    self._apply(core, previous, self._roi_of(previous))
-                raise ValueError(f"camera {self._label!r} refused {settings}: {exc}") from exc
-            self._settings = applied
 
     def _bit_depths(self) -> tuple[int, ...]:
         if self._bit_depth_prop is None:
@@ -250,8 +228,8 @@ class MicroManagerCamera(DriverBase):
         allowed = self._core.getAllowedPropertyValues(self._label, self._bit_depth_prop)
         return tuple(d for d in _BIT_DEPTHS if str(d) in allowed)
 
-    def _apply(self, core: Any, s: CameraSettings, roi: ROI) -> CameraSettings:
-        label, b = self._label, s.binning
+    def _apply(self, s: CameraSettings, roi: ROI) -> CameraSettings:
+        core, label, b = self._core, self._label, s.binning
         if "Binning" in core.getDevicePropertyNames(label):
             core.setProperty(label, "Binning", self._binning_values[b])
         core.clearROI()
@@ -269,34 +247,28 @@ class MicroManagerCamera(DriverBase):
         # Cameras round the exposure to their line time: record what the camera will use.
         return replace(s, exposure_time=core.getExposure(label) / 1e3)
 
-    def start(self) -> None:
-        """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
-        with self._lock:
-            core = self._require_stopped("camera already started")
-            self._t0 = time.monotonic()
-            self._seq = None
-            self._owed = self._requested = self._next_number = self._missed_total = 0
-            try:
-                core.clearCircularBuffer()  # frames left from an earlier run are not this run's
-                if self._settings.trigger_mode is TriggerMode.INTERNAL:
-                    core.startContinuousSequenceAcquisition(self._settings.acquire_period * 1e3)
-                    self._seq = _Sequence(base=0, size=None, started=0.0)
-            except RuntimeError as exc:
-                raise CameraError(f"camera {self._label!r} did not start: {exc}") from exc
-            self._running = True
+    def _start(self) -> None:
+        core = self._core
+        self._t0 = time.monotonic()
+        self._seq = None
+        self._owed = self._requested = self._next_number = 0
+        try:
+            core.clearCircularBuffer()  # frames left from an earlier run are not this run's
+            if self._settings.trigger_mode is TriggerMode.INTERNAL:
+                core.startContinuousSequenceAcquisition(self._settings.acquire_period * 1e3)
+                self._seq = _Sequence(base=0, size=None, started=0.0)
+        except RuntimeError as exc:
+            raise CameraError(f"camera {self._label!r} did not start: {exc}") from exc
 
-    def stop(self) -> None:
-        """Disarm: queued frames are dropped; a reader blocked in `read_into` gets CameraError."""
-        with self._lock:
-            self._running = False
-            self._seq = None
-            self._owed = 0
-            if self._core is not None:
-                try:
-                    if self._core.isSequenceRunning(self._label):
-                        self._core.stopSequenceAcquisition(self._label)
-                except RuntimeError as exc:
-                    raise CameraError(f"camera {self._label!r} failed to stop: {exc}") from exc
+    def _stop(self) -> None:
+        self._seq = None
+        self._owed = 0
+        if self._core is not None:
+            try:
+                if self._core.isSequenceRunning(self._label):
+                    self._core.stopSequenceAcquisition(self._label)
+            except RuntimeError as exc:  # the camera may be gone already
+                raise CameraError(f"camera {self._label!r} failed to stop: {exc}") from exc
 
     # -- acquisition -------------------------------------------------------------------------
 
@@ -361,7 +333,9 @@ class MicroManagerCamera(DriverBase):
                 f"Micro-Manager camera {self._label!r} is gone or failed mid-acquisition ({exc})"
             ) from exc
         if popped is None:
-            return None if running else self._sequence_ended(seq)
+            if not running:
+                self._sequence_ended(seq)
+            return None
         image, md = popped
         number = seq.base + int(md["ImageNumber"])
         seq.received = number - seq.base + 1
@@ -382,7 +356,7 @@ class MicroManagerCamera(DriverBase):
         if seq.size is not None and seq.received >= seq.size:
             self._seq = None
             self._start_sequence()
-            return None
+            return
         overflowed = self._core.isBufferOverflowed()
         raise CameraError(
             f"Micro-Manager camera {self._label!r} stopped acquiring on its own after "

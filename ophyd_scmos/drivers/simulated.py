@@ -23,14 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import DriverBase, check_out, check_settings, coerce_trigger_mode
-from .base import ROI, CameraError, CameraSettings, FrameInfo, TriggerMode
+from ._common import DriverBase, check_out
+from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["SimulatedSCMOS"]
 
-_MAX_EXPOSURE = 10.0  # seconds
-_BINNINGS = (1, 2, 4)
-_BIT_DEPTHS = (12, 16)
+# Like an sCMOS in a lab: exposures up to 10 s, a frame at least once an hour in free run.
+LIMITS = CameraLimits(
+    exposure_range=(0.0, 10.0), period_range=(0.0, 3600.0), binnings=(1, 2, 4), bit_depths=(12, 16)
+)
 _N_STRIPS = 16
 _CHUNK_ROWS = 256  # rows drawn at once while building the bank; a multiple of every binning
 # Tags that keep the scene, strip schedule and noise streams of one seed independent.
@@ -77,7 +78,7 @@ class SimulatedSCMOS(DriverBase):
 
     Model: gain `GAIN` e-/ADU, read noise `READ_NOISE` e- rms, offset `OFFSET` ADU per sensor
     pixel (binned pixels are sums, so their offset is `OFFSET * binning**2`). `missed_frames`
-    counts frames lost to a full camera buffer.
+    counts frames lost to a full camera buffer. What it can do: `LIMITS`.
 
     Errors: invalid settings -> ValueError; configure/start/software_trigger used in the wrong
     state -> RuntimeError; a closed camera, or `read_into` on a stopped camera (also when `stop`
@@ -106,14 +107,14 @@ class SimulatedSCMOS(DriverBase):
             raise ValueError(f"bank_size must be >= 1; got {bank_size!r}")
         if camera_buffer_frames < 1:
             raise ValueError(f"camera_buffer_frames must be >= 1; got {camera_buffer_frames!r}")
-        super().__init__(model, (rows, cols))
+        super().__init__(model, (rows, cols), LIMITS)
         self._seed = int(seed)
         self._bank_size = int(bank_size)
         self._buffer_frames = int(camera_buffer_frames)
         self._bank: _FrameBank | None = None
         self._bank_key: _BankKey | None = None
         self._bank_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(self._lock)  # wakes readers of the driver's lock
         self._open = False
         self._t0 = 0.0
         # Frames queued on the camera's clock: [base, j, end] means frames due at
@@ -129,49 +130,27 @@ class SimulatedSCMOS(DriverBase):
         with self._cond:
             self._open = True
 
-    def close(self) -> None:
-        """Stop and release the camera; safe to call twice."""
-        with self._cond:
-            self._running = False
-            self._open = False
-            self._queue.clear()
-            self._cond.notify_all()
+    def _close(self) -> None:
+        self._open = False
 
-    def configure(self, settings: CameraSettings) -> None:
-        """Validate and apply settings; the noise bank is rebuilt lazily at the next `start`."""
-        with self._cond:
-            self._require_stopped("cannot configure while acquiring")
-            settings = coerce_trigger_mode(settings)
-            check_settings(
-                settings,
-                self._sensor,
-                exposure_range=(0.0, _MAX_EXPOSURE),
-                binnings=_BINNINGS,
-                bit_depths=_BIT_DEPTHS,
-            )
-            self._settings = settings
+    def _apply(self, settings: CameraSettings, roi: ROI) -> CameraSettings:
+        """Nothing to touch: the noise bank is rebuilt lazily at the next `start`."""
+        return settings
 
-    def start(self) -> None:
-        """Arm the camera: frame numbers restart at 0; in INTERNAL mode frames start coming."""
-        with self._cond:
-            self._require_stopped("camera already started")
-            self._ensure_bank()  # slow for big frames, so built before the clock starts
-            self._t0 = time.monotonic()
-            self._queue.clear()
-            self._last_due = self._t0
-            self._next_number = 0
-            self._pending_missed = 0
-            self._missed_total = 0
-            if self._settings.trigger_mode is TriggerMode.INTERNAL:
-                self._queue.append([self._t0, 1, None])
-            self._running = True
+    def _start(self) -> None:
+        """Frames start coming in INTERNAL mode, once the noise bank is ready."""
+        self._ensure_bank()  # slow for big frames, so built before the clock starts
+        self._t0 = time.monotonic()
+        self._queue.clear()
+        self._last_due = self._t0
+        self._next_number = 0
+        self._pending_missed = 0
+        if self._settings.trigger_mode is TriggerMode.INTERNAL:
+            self._queue.append([self._t0, 1, None])
 
-    def stop(self) -> None:
-        """Disarm: queued frames are dropped; a reader blocked in `read_into` gets CameraError."""
-        with self._cond:
-            self._running = False
-            self._queue.clear()
-            self._cond.notify_all()
+    def _stop(self) -> None:
+        self._queue.clear()
+        self._cond.notify_all()
 
     # -- acquisition -------------------------------------------------------------------------
 
