@@ -204,6 +204,7 @@ def test_roi_crops_the_sensor_scene(make_cam):
         (CameraSettings(exposure_time=float("nan")), "nan"),
         (CameraSettings(acquire_period=-0.25), "-0.25"),
         (CameraSettings(acquire_period=float("inf")), "inf"),
+        (CameraSettings(acquire_period=3600.5), "3600.5"),  # longer than an hour
         (CameraSettings(binning=3), "3"),
         (CameraSettings(bit_depth=14), "14"),
         (CameraSettings(roi=ROI(200, 0, 64, 64)), "200"),
@@ -211,7 +212,7 @@ def test_roi_crops_the_sensor_scene(make_cam):
         (CameraSettings(roi=ROI(0, 0, 0, 64)), "0x64"),
         (CameraSettings(roi=ROI(0, 0, 66, 64), binning=4), "66"),
         (CameraSettings(roi=ROI(10, 20, 64, 32), binning=4), "x=10 is not"),
-        (CameraSettings(trigger_mode="hardware"), "hardware"),
+        (CameraSettings(trigger_mode="hardware"), "hardware"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_settings_raise_valueerror_naming_the_value(make_cam, settings, shown):
@@ -222,8 +223,25 @@ def test_bad_settings_raise_valueerror_naming_the_value(make_cam, settings, show
     assert cam.settings == before
 
 
+@pytest.mark.parametrize(
+    ("signal", "value", "shown"),
+    [
+        ("roi", (100.7, 16, 96, 64), "100.7"),
+        ("binning", 2.0, "2.0"),
+        ("exposure_time", True, "True"),
+        ("acquire_period", 1e12, "1000000000000.0"),
+    ],
+)
+def test_the_device_hands_values_to_the_drivers_check_as_typed(cam, signal, value, shown):
+    """What a user types at the Device is refused, not rounded into something the camera takes."""
+    before = cam.driver.settings
+    with pytest.raises(ValueError, match=f"{signal}.*{shown}"):
+        getattr(cam, signal).set(value).wait(5)
+    assert cam.driver.settings == before
+
+
 def test_trigger_mode_accepts_its_string_value(make_cam):
-    cam = make_cam(CameraSettings(trigger_mode="internal"))
+    cam = make_cam(CameraSettings(trigger_mode="internal"))  # type: ignore[arg-type]
     assert cam.settings.trigger_mode is TriggerMode.INTERNAL
 
 
@@ -248,7 +266,12 @@ def test_read_into_rejects_a_wrong_buffer(make_cam):
 
 def test_internal_mode_delivers_frames_one_interval_apart(make_cam):
     cam = make_cam(
-        CameraSettings(exposure_time=0.005, acquire_period=0.02, roi=SMALL, trigger_mode="internal")
+        CameraSettings(
+            exposure_time=0.005,
+            acquire_period=0.02,
+            roi=SMALL,
+            trigger_mode="internal",  # type: ignore[arg-type]
+        )
     )
     t0 = time.monotonic()
     cam.start()
