@@ -5,6 +5,9 @@ DemoCamera. With Aravis: Aravis's fake GigE Vision camera, a separate process st
 127.0.0.1 (broadcast discovery does not see it, so it is opened by address). With
 ``OPHYD_SCMOS_TEST_CAMERA=<spec>`` (see `driver_from_spec`): your camera too.
 
+The contract suite runs once per entry of `HARNESSES`: to run it on a new driver, add a
+function that returns its `Harness` (`probed_harness` fits any camera) and list it there.
+
 Where a stack is missing its tests skip and say what to install; under CI (``CI`` set) a
 missing stack fails instead, so a green CI never hides an untested driver.
 """
@@ -87,6 +90,7 @@ class FakeGigECamera:
         deadline = time.monotonic() + 10
         while True:
             if self.process.poll() is not None:
+                assert self.process.stderr is not None
                 err = self.process.stderr.read().decode(errors="replace")
                 pytest.fail(f"{FAKE_GV} exited with {self.process.returncode}: {err}")
             try:
@@ -106,6 +110,7 @@ class FakeGigECamera:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+            assert self.process.stderr is not None
             self.process.stderr.close()
 
 
@@ -147,7 +152,7 @@ def mm_demo_available() -> None:
 SMALL_ROI = ROI(32, 16, 96, 64)
 
 
-def simulated_harness() -> Harness:
+def simulated_harness(request: pytest.FixtureRequest) -> Harness:
     # The software camera cannot be unplugged; closing it under a blocked reader is the nearest.
     return Harness(
         "simulated",
@@ -161,11 +166,13 @@ def simulated_harness() -> Harness:
     )
 
 
-def micromanager_harness() -> Harness:
+def micromanager_harness(request: pytest.FixtureRequest) -> Harness:
+    request.getfixturevalue("mm_demo_available")
     from ophyd_scmos.drivers.micromanager import MicroManagerCamera
 
-    def unplug(driver: MicroManagerCamera) -> None:
+    def unplug(driver: CameraDriver) -> None:
         # What MMCore shows when a camera goes: its sequence ends and the device is gone.
+        assert isinstance(driver, MicroManagerCamera)
         driver.core.stopSequenceAcquisition(driver.label)
         driver.core.unloadDevice(driver.label)
 
@@ -178,7 +185,8 @@ def micromanager_harness() -> Harness:
     )
 
 
-def genicam_harness(fake: FakeGigECamera) -> Harness:
+def genicam_harness(request: pytest.FixtureRequest) -> Harness:
+    fake: FakeGigECamera = request.getfixturevalue("fake_gige")
     from ophyd_scmos.drivers.genicam import GenICamCamera
 
     def make(small: bool) -> GenICamCamera:
@@ -195,11 +203,11 @@ def genicam_harness(fake: FakeGigECamera) -> Harness:
     )
 
 
-def env_harness(spec: str) -> Harness:
-    """Your camera, named by OPHYD_SCMOS_TEST_CAMERA; unplugging it needs you (see docs)."""
-    kind = spec.partition(":")[0]
-    small_kwargs = {"micromanager": {"buffer_mb": 1}, "genicam": {"buffer_frames": 3}}
-    probe = driver_from_spec(spec)
+def probed_harness(name: str, make: Callable[[bool], CameraDriver]) -> Harness:
+    """A harness for any real camera: opened once to find its sensor, then run at a 256x256
+    ROI near the centre with 5 ms exposures; a person unplugs it (with OPHYD_SCMOS_TEST_UNPLUG
+    set; the test is skipped otherwise)."""
+    probe = make(False)
     probe.open()
     rows, cols = probe.sensor_shape
     probe.close()
@@ -208,11 +216,11 @@ def env_harness(spec: str) -> Harness:
     roi = ROI((cols - side) // 32 * 16, (rows - side) // 32 * 16, side, side)
 
     def unplug(driver: CameraDriver) -> None:
-        print(f"\n>>> unplug the camera ({spec}) now <<<", file=sys.__stderr__, flush=True)
+        print(f"\n>>> unplug the camera ({name}) now <<<", file=sys.__stderr__, flush=True)
 
     return Harness(
-        f"env:{spec}",
-        lambda small: driver_from_spec(spec, **(small_kwargs.get(kind, {}) if small else {})),
+        name,
+        make,
         roi,
         exposure=0.005,
         overflow_after=2.0,
@@ -221,23 +229,31 @@ def env_harness(spec: str) -> Harness:
     )
 
 
-HARNESSES = ["simulated", "micromanager", "genicam"] + (
-    ["env"] if os.environ.get(ENV_CAMERA) else []
-)
+def env_harness(request: pytest.FixtureRequest) -> Harness:
+    """Your camera, named by OPHYD_SCMOS_TEST_CAMERA (see docs/cameras.md)."""
+    spec = os.environ[ENV_CAMERA]
+    kind = spec.partition(":")[0]
+    small_kwargs = {"micromanager": {"buffer_mb": 1}, "genicam": {"buffer_frames": 3}}
+    return probed_harness(
+        f"env:{spec}",
+        lambda small: driver_from_spec(spec, **(small_kwargs.get(kind, {}) if small else {})),
+    )
 
 
-@pytest.fixture(params=HARNESSES)
+#: The drivers the contract suite runs on, by test id (``-k genicam``): each makes a Harness,
+#: skipping (``missing``) where its stack is not installed.
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
+    "simulated": simulated_harness,
+    "micromanager": micromanager_harness,
+    "genicam": genicam_harness,
+}
+if os.environ.get(ENV_CAMERA):
+    HARNESSES["env"] = env_harness
+
+
+@pytest.fixture(params=list(HARNESSES))
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    kind = request.param
-    if kind == "simulated":
-        h = simulated_harness()
-    elif kind == "micromanager":
-        request.getfixturevalue("mm_demo_available")
-        h = micromanager_harness()
-    elif kind == "genicam":
-        h = genicam_harness(request.getfixturevalue("fake_gige"))
-    else:
-        h = env_harness(os.environ[ENV_CAMERA])
+    h = HARNESSES[request.param](request)
     yield h
     h.close_all()
 

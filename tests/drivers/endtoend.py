@@ -35,7 +35,9 @@ def count_and_replay(
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(open_catalog(tmp_path / "catalog")))
     t = time.perf_counter()
-    (uid,) = RE(count([cam], num=num))
+    uids = RE(count([cam], num=num))
+    assert isinstance(uids, tuple)  # call_returns_result=False: the run uids
+    (uid,) = uids
     rate = num / (time.perf_counter() - t)
     frames = open_catalog(tmp_path / "catalog")[uid]["primary"]["cam_image"].read()
     assert frames.shape == (num, 1, *driver.frame_shape)

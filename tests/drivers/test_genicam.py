@@ -149,7 +149,13 @@ def test_list_cameras_and_open_by_address(genicam, fake_gige):
 
 def test_external_mode_arms_the_trigger_line(genicam):
     driver = genicam()
-    driver.configure(CameraSettings(exposure_time=0.005, roi=ROI_, trigger_mode="external"))
+    driver.configure(
+        CameraSettings(
+            exposure_time=0.005,
+            roi=ROI_,
+            trigger_mode="external",  # type: ignore[arg-type]
+        )
+    )
     driver.start()
     cam = driver.camera
     assert (cam.get_string("TriggerMode"), cam.get_string("TriggerSource")) == ("On", "Line0")
@@ -162,4 +168,4 @@ def test_external_mode_arms_the_trigger_line(genicam):
 def test_a_trigger_line_the_camera_lacks_is_refused(genicam):
     driver = genicam(trigger_line="Line7")
     with pytest.raises(ValueError, match="Line7"):
-        driver.configure(CameraSettings(trigger_mode="external"))
+        driver.configure(CameraSettings(trigger_mode="external"))  # type: ignore[arg-type]

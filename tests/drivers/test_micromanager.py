@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ophyd_scmos.drivers import ROI, CameraSettings, TriggerMode
+from ophyd_scmos.drivers import ROI, CameraSettings, FrameInfo, TriggerMode
 
 from .endtoend import count_and_replay
 
@@ -107,7 +107,7 @@ def test_buffer_overflow_in_a_triggered_sequence_is_reported_as_missed(mm):
     driver.software_trigger(capacity * 3)
     time.sleep(capacity * 3 * 0.001 * 1.5)  # the whole sequence runs while nobody reads
     out = np.empty(driver.frame_shape, np.uint16)
-    infos = []
+    infos: list[FrameInfo] = []
     while not infos or infos[-1].frame_number < capacity * 3 - 1:
         infos.append(driver.read_into(out, 5.0))
     assert sum(i.missed_before for i in infos) == capacity * 3 - len(infos) > 0
