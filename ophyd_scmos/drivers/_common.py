@@ -1,4 +1,4 @@
-"""What every driver shares: one settings check, one buffer check, and `DriverBase`.
+"""What every driver shares: one settings check and `DriverBase`.
 
 SDKs disagree on what they refuse (Micro-Manager and Aravis both accept an exposure or a ROI
 the camera cannot do, and quietly ignore or clamp it), so every driver, the simulated one too,
@@ -87,24 +87,17 @@ def check_settings(s: CameraSettings, sensor_shape: tuple[int, int], limits: Cam
     return roi
 
 
-def check_out(out: np.ndarray, frame_shape: tuple[int, int]) -> None:
-    """The caller's buffer must take one frame as it is: uint16, `frame_shape`."""
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint16:
-        raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
-    if out.shape != frame_shape:
-        raise ValueError(f"out must have shape {frame_shape}; got {out.shape}")
-
-
 class DriverBase(abc.ABC):
     """The parts of `CameraDriver` every driver does the same way, so a driver holds only what
     its camera needs.
 
-    `configure`, `start`, `stop` and `close` are done here, under one lock (`_lock`), in one
-    order: the checks, then the driver's step. A driver supplies its camera's `CameraLimits`
-    (in `_limits`: given to `__init__`, or set at `open` from what the SDK reports), `_apply`
-    (settings onto the camera) and `read_into` (one frame into the caller's buffer), and the
-    SDK calls for `open`, `_start`, `_stop`, `_close`, `software_trigger` and `_require_open`.
-    It keeps `_model`, `_sensor` current and counts `_missed_total` as frames go missing.
+    `configure`, `start`, `stop`, `close` and `read_into` are done here, in one order: the
+    checks, then the driver's step (all but `read_into` under one lock, `_lock`). A driver
+    supplies its camera's `CameraLimits` (in `_limits`: given to `__init__`, or set at `open`
+    from what the SDK reports), `_apply` (settings onto the camera) and `_read` (one frame into
+    the caller's buffer), and the SDK calls for `open`, `_start`, `_stop`, `_close`,
+    `software_trigger` and `_require_open`. It keeps `_model`, `_sensor` current and counts
+    `_missed_total` as frames go missing. See docs/drivers.md.
     """
 
     def __init__(
@@ -197,6 +190,16 @@ class DriverBase(abc.ABC):
                 self.stop()
             self._close()
 
+    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+        """Block until the next frame, copy it into `out`; TimeoutError if none in `timeout` s,
+        CameraError if the camera is stopped, closed or gone. Not under the lock: a reader
+        waits while another thread triggers or stops the camera."""
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint16:
+            raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
+        if out.shape != self.frame_shape:
+            raise ValueError(f"out must have shape {self.frame_shape}; got {out.shape}")
+        return self._read(out, timeout)
+
     # -- what a driver supplies --------------------------------------------------------------
 
     @abc.abstractmethod
@@ -227,9 +230,9 @@ class DriverBase(abc.ABC):
         """Ask for `frames` more frames (software trigger mode); see `_check_trigger`."""
 
     @abc.abstractmethod
-    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
-        """Block until the next frame, copy it into `out` (see `check_out`); TimeoutError if
-        none in `timeout` s, CameraError if the camera is stopped, closed or gone."""
+    def _read(self, out: np.ndarray, timeout: float) -> FrameInfo:
+        """`read_into` for a buffer that fits (uint16, `frame_shape`): take the lock only for
+        the driver's bookkeeping, not while waiting for the frame."""
 
     @abc.abstractmethod
     def _require_open(self) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import DriverBase, MissingLibrary, check_out
+from ._common import DriverBase, MissingLibrary
 from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["GenICamCamera", "list_cameras"]
@@ -302,9 +302,8 @@ class GenICamCamera(DriverBase):
         self._owed -= 1
         self._outstanding = True
 
-    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+    def _read(self, out: np.ndarray, timeout: float) -> FrameInfo:
         """Wait for the next complete frame and copy it into `out` (uint16, `frame_shape`)."""
-        check_out(out, self.frame_shape)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             with self._lock:

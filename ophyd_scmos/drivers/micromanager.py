@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import DriverBase, MissingLibrary, check_out
+from ._common import DriverBase, MissingLibrary
 from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["MicroManagerCamera", "list_cameras"]
@@ -295,9 +295,8 @@ class MicroManagerCamera(DriverBase):
         self._requested += self._owed
         self._owed = 0
 
-    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+    def _read(self, out: np.ndarray, timeout: float) -> FrameInfo:
         """Pop the next frame from MMCore's circular buffer into `out` (uint16, `frame_shape`)."""
-        check_out(out, self.frame_shape)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             with self._lock:

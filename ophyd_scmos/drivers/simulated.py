@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import DriverBase, check_out
+from ._common import DriverBase
 from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
 __all__ = ["SimulatedSCMOS"]
@@ -180,9 +180,8 @@ class SimulatedSCMOS(DriverBase):
             self._last_due = base + (end - 1) * self._settings.frame_interval
             self._cond.notify_all()
 
-    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
+    def _read(self, out: np.ndarray, timeout: float) -> FrameInfo:
         """Wait for the next frame and write it into `out` (shape `frame_shape`, uint16)."""
-        check_out(out, self.frame_shape)
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             while True:

@@ -1,5 +1,6 @@
 """What `DriverBase` does for every driver: configure checked, coerced, applied or rolled back;
-start, stop and close in order; and the one trigger-mode coercion everyone uses."""
+start, stop and close in order; the caller's buffer checked; and the one trigger-mode
+coercion everyone uses."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ class RecordingCamera(DriverBase):
     def software_trigger(self, frames: int = 1) -> None:
         self._check_trigger(frames, TriggerMode.SOFTWARE, "software_trigger")
 
-    def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
-        raise TimeoutError(f"no frame within {timeout} s")
+    def _read(self, out: np.ndarray, timeout: float) -> FrameInfo:
+        out[...] = 7
+        return FrameInfo(0, 0.0)
 
     def _require_open(self) -> None:
         if not self.connected:
@@ -175,3 +177,13 @@ def test_start_stop_and_close_run_the_drivers_steps_in_order(camera):
     assert camera.calls == ["start", "stop", "close"]
     with pytest.raises(CameraError):
         camera.software_trigger(1)
+
+
+def test_read_into_checks_the_callers_buffer_before_the_driver_reads(camera):
+    camera.configure(CameraSettings(binning=2))
+    for wrong in (np.zeros((64, 128), np.uint16), np.zeros((32, 64), np.int32), [0] * 8):
+        with pytest.raises(ValueError, match="out must"):
+            camera.read_into(wrong, 0.1)
+    out = np.zeros((32, 64), np.uint16)
+    assert camera.read_into(out, 0.1).frame_number == 0
+    assert (out == 7).all()
