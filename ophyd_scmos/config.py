@@ -6,30 +6,49 @@ is found at ``$OPHYD_SCMOS_CONFIG``, else at `default_config_path()`; with neith
 defaults hold (one simulated camera named ``cam``, the embedded catalog), so a new machine
 starts without writing any file. ``profiles/lab.toml`` documents every key.
 
-Everything is checked at load, so a wrong value stops the session before a camera opens,
-with the key, the value and what is allowed (`ConfigError`). A server's API key is never
-read from the file: the file names the environment variable that holds it.
+The file's shape is declared once, as pydantic models (one per TOML table, unknown keys
+refused, TOML's own types required). Everything is checked at load, so a wrong value stops
+the session before a camera opens, with one line naming the file, the key, the value and what
+is allowed (`ConfigError`). A server's API key is never read from the file: the file names
+the environment variable that holds it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import keyword
-import math
 import os
+import re
 import sys
-from collections.abc import Mapping
+import tempfile
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import platformdirs
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ophyd_scmos.drivers.base import TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template
-from ophyd_scmos.pipeline.compression import CODECS, check_compression
-from ophyd_scmos.pipeline.ring import check_ring_size
-from ophyd_scmos.pipeline.stream import OVERFLOW_POLICIES
+from ophyd_scmos.paths import default_config_path, default_metadata_dir
+from ophyd_scmos.pipeline.compression import CODECS
+from ophyd_scmos.pipeline.options import OVERFLOW_POLICIES, PipelineOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,31 +68,21 @@ __all__ = [
     "LabConfig",
     "default_config_path",
     "load_config",
+    "parse_config",
 ]
 
 CONFIG_ENV = "OPHYD_SCMOS_CONFIG"  #: the lab configuration file, where it is not the default
-DRIVER_KINDS = ("simulated", "micromanager", "genicam")
-DRIVER_FORMS = (
-    "'simulated', 'micromanager:Library:Device', 'micromanager:<file>.cfg', "
-    "'genicam[:<id or address>]'"
-)
+#: The driver class each spec's kind makes (`driver_from_spec`): its keywords are the options.
+DRIVER_CLASSES = {
+    "simulated": "SimulatedSCMOS",
+    "micromanager": "MicroManagerCamera",
+    "genicam": "GenICamCamera",
+}
 #: Names the IPython profile defines: a camera of one of these names would hide it.
 PROFILE_NAMES = frozenset(
     {"RE", "bec", "bp", "bps", "bpp", "catalog", "cameras", "count", "darks", "lab", "movie"}
 )
-#: Camera settings, in the order they are applied (trigger mode and binning before the ROI).
-SETTINGS = (
-    "trigger_mode",
-    "bit_depth",
-    "binning",
-    "roi",
-    "exposure_time",
-    "acquire_period",
-    "frames_per_point",
-)
-PIPELINE_KEYS = ("compression", "ring_mb", "ring_frames", "overflow", "write_limit_mb_s")
-CAMERA_KEYS = ("driver", "options", "write_dir", "file_template", *PIPELINE_KEYS, *SETTINGS)
-SECTIONS = ("data", "catalog", "pipeline", "session", "metadata", "cameras")
+SECRET_NAMES = ("api_key", "key", "token", "password")
 
 
 class ConfigError(ValueError):
@@ -85,17 +94,225 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
-@dataclass(frozen=True)
-class CatalogConfig:
-    """Where runs are catalogued: an embedded catalog directory or a Tiled server URL.
+# -- what one value may be -------------------------------------------------------------------
+def _refuse(value: Any, allowed: str, key: str | None = None) -> PydanticCustomError:
+    """The one wording of a refused value; `key`, below the one validated, where it is."""
+    context = {"value": repr(value), "allowed": allowed, **({"key": key} if key else {})}
+    return PydanticCustomError("refused", "{value} is not allowed; expected {allowed}", context)
+
+
+def _expect(allowed: str, check: Callable[[Any], object] | None = None) -> WrapValidator:
+    """Whatever refuses the value (its type, a constraint, or `check` raising ValueError)
+    says the same thing: the value and what is `allowed`, not pydantic's own words."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            checked = handler(value)
+            if check is not None:
+                check(checked)
+        except ValueError:  # pydantic's ValidationError is one
+            raise _refuse(value, allowed) from None
+        return checked
+
+    return WrapValidator(validate)
+
+
+def _pipeline_option(name: str) -> Callable[[Any], object]:
+    """`PipelineOptions` judges each pipeline value: this config only names its key."""
+    return lambda value: PipelineOptions(**{name: value})
+
+
+_UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def _directory(value: Any, info: ValidationInfo) -> Path:
+    """A directory that is there or can be made: ``~`` and $VARIABLES expanded, relative to
+    the file's folder (not to wherever one starts), refused if a variable is unset, if it
+    (or a folder on its way) is a file, or if nothing can be created where it would go."""
+    if not isinstance(value, str) or not value:
+        raise _refuse(value, "a directory path as a string")
+    expanded = os.path.expandvars(value)
+    unset = _UNSET_VARIABLE.search(expanded)
+    if unset:
+        raise ValueError(f"{value!r}: the environment variable {unset.group(0)} is not set")
+    path = Path(expanded).expanduser()
+    if not path.is_absolute():
+        base = (info.context or {}).get("base") or Path.cwd()
+        path = base / path
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{value!r}: {existing} is a file; expected a directory")
+    try:  # the one honest test (permissions, read-only and pseudo file systems): try it
+        os.rmdir(tempfile.mkdtemp(prefix=".ophyd-scmos-check-", dir=existing))
+    except OSError as exc:
+        raise ValueError(
+            f"{value!r}: cannot create a directory in {existing}: {exc.strerror or exc}"
+        ) from None
+    return path
+
+
+def _url(value: str) -> None:
+    if not value.lower().startswith(("http://", "https://")):
+        raise ValueError(value)
+
+
+def _variable_name(value: str) -> None:
+    if not value.isidentifier():
+        raise ValueError(value)
+
+
+def _driver_spec(value: str) -> None:
+    kind, _, camera = value.partition(":")
+    if (
+        kind not in DRIVER_CLASSES
+        or (kind == "simulated" and camera)
+        or (kind == "micromanager" and not camera)
+    ):
+        raise ValueError(value)
+
+
+def _camera_name(name: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name) or name in PROFILE_NAMES:
+        raise ValueError(name)
+
+
+def _at_least_one_camera(cameras: dict[str, CameraTable]) -> dict[str, CameraTable]:
+    if not cameras:
+        raise ValueError("name at least one camera: [cameras.cam]")
+    return cameras
+
+
+METADATA_VALUES = "a string, number, boolean, or an array or table of them"
+
+
+def _metadata(value: Any, key: str = "") -> Any:
+    """Values RE.md can store and documents can carry: no TOML dates or times."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _metadata(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            _metadata(item, key)
+    elif not isinstance(value, (str, int, float, bool)):
+        raise _refuse(value, METADATA_VALUES, key)
+    return value
+
+
+Directory = Annotated[Path, PlainValidator(_directory)]
+Template = Annotated[str, _expect("a file name template string"), AfterValidator(check_template)]
+Url = Annotated[str, _expect("an http:// or https:// URL of a Tiled server", _url)]
+VariableName = Annotated[str, _expect("the name of an environment variable", _variable_name)]
+DriverSpec = Annotated[
+    str,
+    _expect(
+        "a camera spec: 'simulated', 'micromanager:Library:Device', 'micromanager:<file>.cfg', "
+        "'genicam[:<id or address>]' (`ophyd-scmos cameras` lists them)",
+        _driver_spec,
+    ),
+]
+CameraName = Annotated[
+    str,
+    _expect(
+        "a Python name (letters, digits, _) that is not one the profile uses "
+        f"({', '.join(sorted(PROFILE_NAMES))}), since the camera becomes that name",
+        _camera_name,
+    ),
+]
+Plots = Annotated[bool | Literal["auto"], _expect('true, false or "auto"')]
+# The pipeline's keys: TOML's type here, the value judged by `PipelineOptions`.
+Compression = Annotated[
+    str, _expect(f"one of: none, {', '.join(CODECS)}", _pipeline_option("compression"))
+]
+RingMB = Annotated[float, _expect("megabytes of shared memory, > 0", _pipeline_option("ring_mb"))]
+RingFrames = Annotated[
+    int, _expect("frames the ring holds, an integer >= 2", _pipeline_option("ring_frames"))
+]
+Overflow = Annotated[
+    str,
+    _expect(
+        f"one of: {', '.join(OVERFLOW_POLICIES)} (block waits for the writer, drop discards "
+        "frames and counts them)",
+        _pipeline_option("overflow"),
+    ),
+]
+WriteLimit = Annotated[
+    float, _expect("MB/s the writer may use, > 0", _pipeline_option("write_limit_mb_s"))
+]
+# The settings' types; the camera's own limits (binnings, sensor size) when it opens.
+TriggerModeName = Annotated[
+    str, _expect(f"one of: {', '.join(m.value for m in TriggerMode)}", TriggerMode.coerce)
+]
+Count = Annotated[int, Field(ge=1), _expect("an integer >= 1")]
+Pixel = Annotated[int, Field(strict=True, ge=0)]
+Roi = Annotated[
+    tuple[Pixel, Pixel, Pixel, Pixel],
+    Field(strict=False),  # from TOML's array
+    _expect("[x, y, width, height] in sensor pixels"),
+]
+Exposure = Annotated[float, Field(gt=0, allow_inf_nan=False), _expect("seconds, > 0")]
+Period = Annotated[
+    float,
+    Field(ge=0, allow_inf_nan=False),
+    _expect("seconds between frames, >= 0 (0: as fast as exposure)"),
+]
+
+
+# -- the file, table by table -----------------------------------------------------------------
+class _Table(BaseModel):
+    """One TOML table: its keys, TOML's types, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        """An unknown key names what is allowed here, with the likely one it meant."""
+        if not isinstance(data, Mapping):
+            return data  # pydantic says it is not a table
+        allowed = list(cls.model_fields)
+        for name in data:
+            if name in allowed:
+                continue
+            message = f"unknown key; allowed here: {', '.join(allowed)}"
+            if name in SECRET_NAMES and "api_key_env" in allowed:
+                variable = data.get("api_key_env", cls.model_fields["api_key_env"].default)
+                message += (
+                    "; secrets are never read from this file: remove it and put the key in the "
+                    f"environment variable ${variable} (api_key_env holds that variable's "
+                    "name, never the key)"
+                )
+            else:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                message += f"; did you mean {close[0]}?" if close else ""
+            raise PydanticCustomError("unknown_key", "{message}", {"key": name, "message": message})
+        return data
+
+
+class DataTable(_Table):
+    """[data]: where every camera's files go unless its own table says otherwise."""
+
+    dir: Directory | None = None
+    file_template: Template | None = None
+
+
+class CatalogConfig(_Table):
+    """[catalog]: where runs are catalogued, an embedded catalog directory or a Tiled server.
 
     None for both: `open_catalog()`'s own choice (``$OPHYD_SCMOS_CATALOG``, else the
     embedded catalog in the user's data directory).
     """
 
-    path: Path | None = None
-    url: str | None = None
-    api_key_env: str = "TILED_API_KEY"
+    path: Directory | None = None
+    url: Url | None = None
+    api_key_env: VariableName = "TILED_API_KEY"
+
+    @model_validator(mode="after")
+    def _one_place(self) -> CatalogConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give path (embedded) or url (server), not both")
+        return self
 
     @property
     def location(self) -> str | None:
@@ -103,7 +320,8 @@ class CatalogConfig:
 
     def describe(self) -> str:
         """Which catalog `open` opens and why, for people."""
-        from ophyd_scmos.catalog import CATALOG_ENV, default_catalog_dir
+        from ophyd_scmos.catalog.embedded import CATALOG_ENV
+        from ophyd_scmos.paths import default_catalog_dir
 
         if self.location:
             return self.url or f"embedded, {self.path}"
@@ -119,6 +337,90 @@ class CatalogConfig:
         return open_catalog(self.location, api_key=os.environ.get(self.api_key_env) or None)
 
 
+RING_SIZES = ("ring_mb", "ring_frames")
+
+
+class PipelineTable(_Table):
+    """[pipeline], and a camera's own pipeline keys: TOML types here, values judged by
+    `PipelineOptions`. A table giving one ring size replaces both sizes of the defaults."""
+
+    compression: Compression | None = None
+    ring_mb: RingMB | None = None
+    ring_frames: RingFrames | None = None
+    overflow: Overflow | None = None
+    write_limit_mb_s: WriteLimit | None = None
+
+    @model_validator(mode="after")
+    def _one_ring_size(self) -> PipelineTable:
+        if self.ring_mb is not None and self.ring_frames is not None:
+            raise _refuse(self.ring_frames, "ring_mb or ring_frames, not both", "ring_frames")
+        return self
+
+    def over(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The pipeline keys this table gives, over `defaults`."""
+        given = {
+            name: getattr(self, name)
+            for name in PipelineTable.model_fields
+            if name in self.model_fields_set
+        }
+        if given.keys() & set(RING_SIZES):
+            defaults = {k: v for k, v in defaults.items() if k not in RING_SIZES}
+        return {**defaults, **given}
+
+
+class SessionTable(_Table):
+    """[session]: the IPython session's RunEngine metadata and plots."""
+
+    metadata_dir: Directory | None = None
+    plots: Plots = "auto"
+
+
+class _CameraDevice(_Table):
+    """A camera's driver and files (first in a camera table, as in the example file)."""
+
+    driver: DriverSpec = "simulated"
+    options: dict[str, Any] = {}  #: checked against the driver's keywords when it opens
+    write_dir: Directory | None = None
+    file_template: Template | None = None
+
+
+class CameraSettingsTable(_Table):
+    """A camera's settings, in the order they are applied (trigger mode and binning before the
+    ROI). The types here; the camera's own limits (binnings, sensor size) when it opens."""
+
+    trigger_mode: TriggerModeName | None = None
+    bit_depth: Count | None = None
+    binning: Count | None = None
+    roi: Roi | None = None
+    exposure_time: Exposure | None = None
+    acquire_period: Period | None = None
+    frames_per_point: Count | None = None
+
+
+SETTINGS = tuple(CameraSettingsTable.model_fields)
+
+
+class CameraTable(CameraSettingsTable, PipelineTable, _CameraDevice):
+    """[cameras.NAME]: driver, options, files, pipeline keys over [pipeline], settings."""
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SETTINGS if name in self.model_fields_set}
+
+
+class LabFile(_Table):
+    """The whole file."""
+
+    data: DataTable = DataTable()
+    catalog: CatalogConfig = CatalogConfig()
+    pipeline: PipelineTable = PipelineTable()
+    session: SessionTable = SessionTable()
+    metadata: Annotated[dict[str, Any], AfterValidator(_metadata)] = {}
+    cameras: Annotated[dict[CameraName, CameraTable], AfterValidator(_at_least_one_camera)] = {
+        "cam": CameraTable()
+    }
+
+
+# -- what the entry points use ----------------------------------------------------------------
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: its driver spec (as `driver_from_spec` takes it), the driver's keyword
@@ -129,26 +431,24 @@ class CameraConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     write_dir: Path | None = None
     file_template: str = DEFAULT_TEMPLATE
-    compression: str | None = None
-    ring_mb: float | None = 256
-    ring_frames: int | None = None
-    overflow: str = "block"
-    write_limit_mb_s: float | None = None
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     settings: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None  #: the file it came from, for messages
 
     def build(self) -> SCMOSCamera:
         """Open the camera and apply the settings; a refused one raises `ConfigError` naming
-        its key with the driver's reason (the allowed values depend on the camera)."""
+        its key with the driver's reason (the allowed values depend on the camera), and the
+        camera is given back."""
         from ophyd_scmos.device import SCMOSCamera
         from ophyd_scmos.drivers import CameraError, MissingLibrary, driver_from_spec
 
         key = f"cameras.{self.name}"
+        options = self._driver_options(key)
         try:
-            driver = driver_from_spec(self.driver, **self.options)
+            driver = driver_from_spec(self.driver, **options)
         except MissingLibrary as exc:
             raise ConfigError(str(exc), key=f"{key}.driver", path=self.path) from None
-        except (TypeError, ValueError) as exc:  # the spec's form was checked at load
+        except (TypeError, ValueError) as exc:  # the driver's own checks of its options
             raise ConfigError(str(exc), key=f"{key}.options", path=self.path) from None
         try:
             cam = SCMOSCamera(
@@ -156,13 +456,10 @@ class CameraConfig:
                 driver=driver,
                 write_dir=self.write_dir,
                 file_template=self.file_template,
-                ring_mb=self.ring_mb,
-                ring_frames=self.ring_frames,
-                overflow=self.overflow,
-                compression=self.compression,
-                write_limit_mb_s=self.write_limit_mb_s,
+                options=self.pipeline,
             )
         except (CameraError, OSError) as exc:
+            driver.close()
             raise ConfigError(
                 f"cannot open {self.driver!r}: {exc}", key=f"{key}.driver", path=self.path
             ) from None
@@ -172,13 +469,51 @@ class CameraConfig:
             try:
                 getattr(cam, name).set(self.settings[name])
             except (ValueError, TypeError, RuntimeError) as exc:
-                driver.close()
+                cam.destroy()
                 raise ConfigError(
                     f"{self.settings[name]!r} refused by {driver.model}: {exc}",
                     key=f"{key}.{name}",
                     path=self.path,
                 ) from None
         return cam
+
+    def _driver_options(self, key: str) -> dict[str, Any]:
+        """The options, checked against the keywords of the driver's class (its signature
+        is their schema), so a wrong one names its own key instead of failing deep inside."""
+        cls, schema = _driver_schema(self.driver.partition(":")[0])
+        try:
+            return schema.model_validate(self.options).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = str(error["loc"][0])
+            if error["type"] == "extra_forbidden":
+                message = f"unknown option {name!r}; {cls.__name__} takes: "
+                raise ConfigError(
+                    message + ", ".join(schema.model_fields), key=f"{key}.options", path=self.path
+                ) from None
+            expected = inspect.signature(cls).parameters[name].annotation
+            raise ConfigError(
+                f"{self.options[name]!r} is not allowed; expected {expected}",
+                key=f"{key}.options.{name}",
+                path=self.path,
+            ) from None
+
+
+@functools.cache
+def _driver_schema(kind: str) -> tuple[type, type[BaseModel]]:
+    """The driver class of a spec's kind, and a model of its constructor's keywords."""
+    import ophyd_scmos.drivers
+
+    cls = getattr(ophyd_scmos.drivers, DRIVER_CLASSES[kind])
+    hints = typing.get_type_hints(cls.__init__)
+    keywords = [
+        p
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    fields: dict[str, Any] = {p.name: (hints.get(p.name, Any), p.default) for p in keywords}
+    schema = create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"), **fields)
+    return cls, schema
 
 
 @dataclass(frozen=True)
@@ -209,16 +544,6 @@ class LabConfig:
         raise ConfigError(f"no camera named {name!r}; configured: {known}", path=self.path)
 
 
-def default_config_path() -> Path:
-    """Where the lab configuration lives when ``$OPHYD_SCMOS_CONFIG`` is not set."""
-    return Path(platformdirs.user_config_dir("ophyd-scmos")) / "lab.toml"
-
-
-def default_metadata_dir() -> Path:
-    """Where the RunEngine's metadata (``RE.md``, with the scan id) persists between sessions."""
-    return Path(platformdirs.user_state_dir("ophyd-scmos")) / "runengine-metadata"
-
-
 def config_path() -> tuple[Path, bool]:
     """The file to read and whether it must exist (it must, when the environment names it)."""
     named = os.environ.get(CONFIG_ENV)
@@ -230,7 +555,8 @@ def config_path() -> tuple[Path, bool]:
 def load_config(path: str | os.PathLike[str] | None = None) -> LabConfig:
     """Read and check the lab configuration: `path`, else `config_path()`'s file, else defaults.
 
-    Raises `ConfigError` for a missing named file, bad TOML, an unknown key or a wrong value.
+    Raises `ConfigError` for a missing named file, a file that is not TOML text, an unknown
+    key or a wrong value.
     """
     if path is not None:
         source, required = Path(path).expanduser(), True
@@ -242,254 +568,64 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LabConfig:
             raise ConfigError(f"file not found{via}", path=source)
         return parse_config({}, None)
     try:
-        data = tomllib.loads(source.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=source) from None
+        data = tomllib.loads(source.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not valid TOML: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start})",
+            path=source,
+        ) from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ConfigError(f"not valid TOML: {exc or 'nested too deeply'}", path=source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=source) from None
     return parse_config(data, source.absolute())
 
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig:
-    """Check a parsed configuration (a TOML document as a dict); `path` is for messages."""
-    check = _Checker(path)
-    check.keys("", data, SECTIONS)
-    data_section = check.table("data", data.get("data", {}))
-    check.keys("data", data_section, ("dir", "file_template"))
-    write_dir = check.path("data.dir", data_section.get("dir"))
-    template = check.template("data.file_template", data_section.get("file_template"))
-
-    catalog = check.table("catalog", data.get("catalog", {}))
-    check.keys("catalog", catalog, ("path", "url", "api_key_env"))
-    if "path" in catalog and "url" in catalog:
-        raise ConfigError(
-            "give path (embedded) or url (server), not both", key="catalog", path=path
+    """Check a parsed configuration (a TOML document as a dict); `path` is for messages and
+    the folder relative paths start from."""
+    try:
+        lab = LabFile.model_validate(data, context={"base": path.parent if path else None})
+    except ValidationError as exc:
+        raise _config_error(exc, path) from None
+    defaults = lab.pipeline.over({})
+    cameras = tuple(
+        CameraConfig(
+            name=name,
+            driver=camera.driver,
+            options=camera.options,
+            write_dir=camera.write_dir or lab.data.dir,
+            file_template=camera.file_template or lab.data.file_template or DEFAULT_TEMPLATE,
+            pipeline=PipelineOptions(**camera.over(defaults)),
+            settings=camera.settings(),
+            path=path,
         )
-    url = catalog.get("url")
-    if url is not None and not (
-        isinstance(url, str) and url.lower().startswith(("http://", "https://"))
-    ):
-        check.fail("catalog.url", url, "an http:// or https:// URL of a Tiled server")
-    api_key_env = catalog.get("api_key_env", "TILED_API_KEY")
-    if not (isinstance(api_key_env, str) and api_key_env.isidentifier()):
-        check.fail("catalog.api_key_env", api_key_env, "the name of an environment variable")
-    catalog_config = CatalogConfig(
-        check.path("catalog.path", catalog.get("path")), url, api_key_env
+        for name, camera in lab.cameras.items()
     )
-
-    pipeline = check.table("pipeline", data.get("pipeline", {}))
-    check.keys("pipeline", pipeline, PIPELINE_KEYS)
-    defaults = check.pipeline("pipeline", pipeline, {})
-
-    session = check.table("session", data.get("session", {}))
-    check.keys("session", session, ("metadata_dir", "plots"))
-    plots = session.get("plots", "auto")
-    if not (isinstance(plots, bool) or plots == "auto"):
-        check.fail("session.plots", plots, 'true, false or "auto"')
-    metadata_dir = check.path("session.metadata_dir", session.get("metadata_dir"))
-
-    cameras_table = check.table("cameras", data.get("cameras", {"cam": {}}))
-    if not cameras_table:
-        raise ConfigError("name at least one camera: [cameras.cam]", key="cameras", path=path)
-    cameras = []
-    for name, camera in cameras_table.items():
-        key = f"cameras.{name}"
-        if not name.isidentifier() or keyword.iskeyword(name) or name in PROFILE_NAMES:
-            check.fail(
-                key,
-                name,
-                "a Python name (letters, digits, _) that is not one the profile uses "
-                f"({', '.join(sorted(PROFILE_NAMES))}), since the camera becomes that name",
-            )
-        camera = check.table(key, camera)
-        check.keys(key, camera, CAMERA_KEYS)
-        cameras.append(
-            CameraConfig(
-                name=name,
-                driver=check.driver(f"{key}.driver", camera.get("driver", "simulated")),
-                options=check.table(f"{key}.options", camera.get("options", {})),
-                write_dir=check.path(f"{key}.write_dir", camera.get("write_dir")) or write_dir,
-                file_template=check.template(f"{key}.file_template", camera.get("file_template"))
-                or template
-                or DEFAULT_TEMPLATE,
-                **check.pipeline(key, camera, defaults),
-                settings=check.settings(key, camera),
-                path=path,
-            )
-        )
     return LabConfig(
         path=path,
-        cameras=tuple(cameras),
-        catalog=catalog_config,
-        metadata_dir=metadata_dir or default_metadata_dir(),
-        plots=None if plots == "auto" else plots,
-        metadata=check.metadata("metadata", check.table("metadata", data.get("metadata", {}))),
+        cameras=cameras,
+        catalog=lab.catalog,
+        metadata_dir=lab.session.metadata_dir or default_metadata_dir(),
+        plots=None if lab.session.plots == "auto" else lab.session.plots,
+        metadata=lab.metadata,
     )
 
 
-class _Checker:
-    """Checks of one file's values, each failing with the key and what is allowed."""
-
-    def __init__(self, path: Path | None):
-        self.file = path
-
-    def fail(self, key: str, value: Any, allowed: str) -> NoReturn:
-        raise ConfigError(f"{value!r} is not allowed; expected {allowed}", key=key, path=self.file)
-
-    def keys(self, where: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-        for name in table:
-            if name not in allowed:
-                key = f"{where}.{name}" if where else name
-                hint = ""
-                if name in ("api_key", "key", "token", "password"):
-                    hint = (
-                        "; secrets are never read from this file: put the key in the "
-                        "environment variable that catalog.api_key_env names (TILED_API_KEY "
-                        "unless set)"
-                    )
-                close = difflib.get_close_matches(name, allowed, n=1)
-                if close:
-                    hint = f"; did you mean {close[0]}?{hint}"
-                raise ConfigError(
-                    f"unknown key; allowed here: {', '.join(allowed)}{hint}",
-                    key=key,
-                    path=self.file,
-                )
-
-    def table(self, key: str, value: Any) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            self.fail(key, value, f"a table ([{key}])")
-        return dict(value)
-
-    def path(self, key: str, value: Any) -> Path | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            self.fail(key, value, "a directory path as a string")
-        resolved = Path(os.path.expandvars(value)).expanduser()
-        if not resolved.is_absolute():  # relative to the file, not to wherever one starts
-            base = self.file.parent if self.file else Path.cwd()
-            resolved = base / resolved
-        return resolved
-
-    def template(self, key: str, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.fail(key, value, "a file name template string")
-        try:
-            return check_template(value)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=key, path=self.file) from None
-
-    def driver(self, key: str, value: Any) -> str:
-        kind, _, camera = value.partition(":") if isinstance(value, str) else ("", "", "")
-        if (
-            kind not in DRIVER_KINDS
-            or (kind == "simulated" and camera)
-            or (kind == "micromanager" and not camera)
-        ):
-            self.fail(
-                key, value, f"a camera spec: {DRIVER_FORMS} (`ophyd-scmos cameras` lists them)"
-            )
-        return value
-
-    def metadata(self, key: str, value: Any) -> Any:
-        """Values RE.md can store and documents can carry: no TOML dates or times."""
-        if isinstance(value, Mapping):
-            return {k: self.metadata(f"{key}.{k}", v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.metadata(key, v) for v in value]
-        if not isinstance(value, (str, int, float, bool)):
-            self.fail(key, value, "a string, number, boolean, or an array or table of them")
-        return value
-
-    def pipeline(
-        self, where: str, table: Mapping[str, Any], defaults: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        out = {
-            "compression": None,
-            "ring_mb": 256,
-            "ring_frames": None,
-            "overflow": "block",
-            "write_limit_mb_s": None,
-            **defaults,
-        }
-        if "compression" in table:
-            value = table["compression"]
-            try:
-                out["compression"] = check_compression(value if isinstance(value, str) else "?")
-            except ValueError:
-                self.fail(f"{where}.compression", value, f"one of: none, {', '.join(CODECS)}")
-        # One size, in megabytes or in frames: a table that gives one replaces both defaults.
-        if "ring_mb" in table and "ring_frames" in table:
-            self.fail(
-                f"{where}.ring_frames", table["ring_frames"], "ring_mb or ring_frames, not both"
-            )
-        if "ring_mb" in table:
-            value = table["ring_mb"]
-            if not _number(value) or not 0 < value < math.inf:
-                self.fail(f"{where}.ring_mb", value, "megabytes of shared memory, > 0")
-            out["ring_mb"], out["ring_frames"] = float(value), None
-        if "ring_frames" in table:
-            value = table["ring_frames"]
-            try:
-                out["ring_mb"], out["ring_frames"] = check_ring_size(None, value)
-            except ValueError:
-                self.fail(f"{where}.ring_frames", value, "frames the ring holds, an integer >= 2")
-        if "overflow" in table:
-            value = table["overflow"]
-            if value not in OVERFLOW_POLICIES:
-                self.fail(
-                    f"{where}.overflow",
-                    value,
-                    f"one of: {', '.join(OVERFLOW_POLICIES)} (block waits for the writer, drop "
-                    "discards frames and counts them)",
-                )
-            out["overflow"] = value
-        if "write_limit_mb_s" in table:
-            value = table["write_limit_mb_s"]
-            if not _number(value) or not 0 < value < math.inf:
-                self.fail(f"{where}.write_limit_mb_s", value, "MB/s the writer may use, > 0")
-            out["write_limit_mb_s"] = float(value)
-        return out
-
-    def settings(self, where: str, camera: Mapping[str, Any]) -> dict[str, Any]:
-        """The types here; the camera's own limits (binnings, sensor size) when it opens."""
-        out: dict[str, Any] = {}
-        for name in SETTINGS:
-            if name not in camera:
-                continue
-            value, key = camera[name], f"{where}.{name}"
-            if name == "trigger_mode":
-                allowed = [m.value for m in TriggerMode]
-                if value not in allowed:
-                    self.fail(key, value, f"one of: {', '.join(allowed)}")
-            elif name == "exposure_time":
-                if not _number(value) or not 0 < value < math.inf:
-                    self.fail(key, value, "seconds, > 0")
-            elif name == "acquire_period":
-                if not _number(value) or not 0 <= value < math.inf:
-                    self.fail(key, value, "seconds between frames, >= 0 (0: as fast as exposure)")
-            elif name == "roi":
-                if not (
-                    isinstance(value, list)
-                    and len(value) == 4
-                    and all(_integer(v) and v >= 0 for v in value)
-                ):
-                    self.fail(key, value, "[x, y, width, height] in sensor pixels")
-                value = tuple(value)
-            elif name in ("binning", "bit_depth", "frames_per_point") and (
-                not _integer(value) or value < 1
-            ):
-                self.fail(key, value, "an integer >= 1")
-            out[name] = value
-        return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _config_error(exc: ValidationError, path: Path | None) -> ConfigError:
+    """pydantic's first error as one line: its location as the dotted key, the message our
+    validators wrote (or, for a value that is not a table, what is expected)."""
+    error = exc.errors()[0]
+    context = error.get("ctx", {})
+    parts = [str(part) for part in error["loc"] if part != "[key]"]  # a table's key itself
+    if "key" in context:  # a key below the one validated (an unknown key, a nested value)
+        parts.append(context["key"])
+    key = ".".join(parts)
+    if error["type"] == "value_error":
+        message = str(context["error"])
+    elif error["type"] in ("model_type", "dict_type"):
+        message = f"{error['input']!r} is not allowed; expected a table ([{key}])"
+    else:
+        message = error["msg"]
+    return ConfigError(message, key=key or None, path=path)

@@ -44,7 +44,11 @@ def test_no_file_means_one_simulated_camera_named_cam_and_the_default_catalog():
         {},
         {},
     )
-    assert (cam.compression, cam.ring_mb, cam.overflow) == (None, 256, "block")
+    assert (cam.pipeline.compression, cam.pipeline.ring_mb, cam.pipeline.overflow) == (
+        None,
+        256,
+        "block",
+    )
     assert lab.catalog.location is None and lab.catalog.describe().startswith("embedded, ")
     assert lab.plots is None  # "auto"
 
@@ -55,7 +59,7 @@ def test_the_example_file_is_valid_and_says_what_the_docs_say():
     assert cam.driver == "simulated" and dict(cam.options) == {"shape": [2048, 2048], "seed": 0}
     assert cam.settings["roi"] == (768, 768, 512, 512)
     assert cam.settings["exposure_time"] == 0.005
-    assert (cam.compression, cam.overflow) == ("bitshuffle-lz4", "block")
+    assert (cam.pipeline.compression, cam.pipeline.overflow) == ("bitshuffle-lz4", "block")
     assert lab.metadata["instrument"] == "sCMOS test bench"
     assert lab.catalog.api_key_env == "TILED_API_KEY"
 
@@ -98,21 +102,28 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
             "write_limit_mb_s = 400\n",
         )
     )
-    a, b = lab.cameras
+    a, b = (camera.pipeline for camera in lab.cameras)
     assert (a.compression, a.overflow, a.ring_mb) == ("blosc2-zstd", "drop", 256)
     assert (b.compression, b.overflow, b.ring_mb) == (None, "drop", 32)
     assert (a.write_limit_mb_s, b.write_limit_mb_s) == (None, 400)
-    assert b.build().write_limit_mb_s == 400
+    cam = lab.cameras[1].build()
+    try:
+        assert cam.options.write_limit_mb_s == 400
+    finally:
+        cam.destroy()
 
 
 def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
     lab = load_config(
         write(tmp_path, "[pipeline]\nring_mb = 64\n[cameras.a]\n[cameras.b]\nring_frames = 40\n")
     )
-    a, b = lab.cameras
+    a, b = (camera.pipeline for camera in lab.cameras)
     assert (a.ring_mb, a.ring_frames, b.ring_mb, b.ring_frames) == (64, None, None, 40)
-    cam = b.build()
-    assert (cam.ring_mb, cam.ring_frames) == (None, 40)
+    cam = lab.cameras[1].build()
+    try:
+        assert (cam.options.ring_mb, cam.options.ring_frames) == (None, 40)
+    finally:
+        cam.destroy()
 
 
 @pytest.mark.parametrize(
@@ -202,9 +213,9 @@ def test_a_built_camera_has_the_configured_settings_and_options(tmp_path):
         assert cam.exposure_time.get() == 0.002 and cam.trigger_mode.get() == "internal"
         assert cam.frames_per_point.get() == 3
         assert (cam.write_dir, cam.file_template) == (tmp_path, "{name}_{counter:03d}.h5")
-        assert (cam.compression, cam.ring_mb) == ("bitshuffle-lz4", 8)
+        assert (cam.options.compression, cam.options.ring_mb) == ("bitshuffle-lz4", 8)
     finally:
-        cam.driver.close()
+        cam.destroy()
     with pytest.raises(ConfigError, match="no camera named 'cam'; configured: side"):
         lab.camera("cam")
 
@@ -237,3 +248,87 @@ def test_config_check_fails_with_exit_2_on_the_first_wrong_key(tmp_path, capsys)
     path.write_text('[pipeline]\noverflow = "wait"\n')
     assert main(["config", "check", "--config", str(path), "--no-cameras"]) == 2
     assert "pipeline.overflow: 'wait' is not allowed" in capsys.readouterr().err
+
+
+def test_config_check_of_a_file_that_is_not_text_is_one_line_naming_it(tmp_path, capsys):
+    path = tmp_path / "lab.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"lab configuration {path}: not valid TOML: not UTF-8 text" in err
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("{tmp}/a-file", "a-file is a file; expected a directory"),
+        ("{tmp}/a-file/data", "a-file is a file; expected a directory"),
+        ("/proc/ophyd-scmos-data", "cannot create a directory in /proc"),
+        ("$OPHYD_SCMOS_UNSET/data", "the environment variable $OPHYD_SCMOS_UNSET is not set"),
+    ],
+)
+def test_a_data_directory_that_cannot_be_one_is_refused_naming_the_key(
+    tmp_path, capsys, monkeypatch, value, says
+):
+    monkeypatch.delenv("OPHYD_SCMOS_UNSET", raising=False)
+    (tmp_path / "a-file").write_text("not a directory")
+    path = write(tmp_path, f'[data]\ndir = "{value.format(tmp=tmp_path)}"\n')
+    assert main(["config", "check", "--config", str(path), "--no-cameras"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"lab configuration {path}: data.dir: " in err and says in err
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "says"),
+    [
+        ('{shape = "big"}', "cameras.cam.options.shape", "'big' is not allowed; expected tuple"),
+        ("{seed = [1]}", "cameras.cam.options.seed", "[1] is not allowed; expected int"),
+        (
+            "{buffer_frames = 4}",
+            "cameras.cam.options",
+            "unknown option 'buffer_frames'; SimulatedSCMOS takes: shape, seed",
+        ),
+    ],
+)
+def test_a_wrong_driver_option_is_one_line_naming_the_option(tmp_path, capsys, options, key, says):
+    path = write(tmp_path, f"[cameras.cam]\noptions = {options}\n")
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"lab configuration {path}: {key}: {says}" in err
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("data = 5", "data"),
+        ("cameras = 5", "cameras"),
+        ("[cameras.cam]\noptions = 5", "cameras.cam.options"),
+        ("[cameras.cam]\ndriver = 5", "cameras.cam.driver"),
+        ("[cameras.cam]\nroi = [true, 0, 8, 8]", "cameras.cam.roi"),
+        ("[cameras.cam]\nframes_per_point = 1e300", "cameras.cam.frames_per_point"),
+        ("[cameras.cam]\nacquire_period = nan", "cameras.cam.acquire_period"),
+        ("[pipeline]\nring_mb = inf", "pipeline.ring_mb"),
+        ('[session]\nmetadata_dir = ""', "session.metadata_dir"),
+        ("[metadata]\nrun = {day = 2026-01-01}", "metadata.run.day"),
+        ("[catalog]\npath = 7", "catalog.path"),
+    ],
+)
+def test_every_wrong_file_is_one_line_naming_the_key_and_exit_2(tmp_path, capsys, toml, key):
+    path = write(tmp_path, toml + "\n")
+    assert main(["config", "check", "--config", str(path), "--no-cameras"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"ophyd-scmos config check: lab configuration {path}: {key}: ")
+
+
+def test_an_api_key_in_the_file_is_sent_to_the_environment_not_to_api_key_env(tmp_path):
+    path = write(tmp_path, '[catalog]\napi_key_env = "LAB_KEY"\napi_key = "s3cr3t-abc"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "did you mean" not in message
+    assert "put the key in the environment variable $LAB_KEY" in message
+    assert "s3cr3t" not in message  # the refusal never repeats the key
