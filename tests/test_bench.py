@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ophyd_scmos._bench.cameras import EightBitSCMOS
 from ophyd_scmos.cli import main
-from ophyd_scmos.pipeline.bench import EightBitSCMOS
 from ophyd_scmos.pipeline.compression import CODECS
 
 

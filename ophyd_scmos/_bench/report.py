@@ -1,0 +1,230 @@
+"""One bench run: each section measured in turn, printed as its results arrive, and kept as
+JSON (what was measured is kept even when a later section fails)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ophyd_scmos._bench import harness, probes
+from ophyd_scmos._bench.cameras import SHAPES, bank_of, make_camera
+from ophyd_scmos._bench.harness import Timing
+from ophyd_scmos.pipeline.compression import CODECS, default_workers
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every section `args` asks for (the options of `ophyd-scmos bench`), into one scratch
+    directory under `args.dir`; the JSON to `args.json` if given."""
+    codecs: list[str | None] = [None, *CODECS]
+    out: dict[str, Any] = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "args": {k: v for k, v in vars(args).items() if k != "func"},
+        },
+        "bursts": [],
+    }
+    say = _Printer()
+    try:
+        with harness.scratch_dir(args.dir) as scratch:
+            free_gb = shutil.disk_usage(scratch).free / 1e9
+            say(f"scratch directory {scratch} ({free_gb:.0f} GB free), {os.cpu_count()} cores")
+            for key in args.shapes:
+                out["bursts"] += _bursts(args, key, codecs, scratch, say)
+            if "orca" in args.shapes and args.capped_gb > 0:
+                out["capped"] = _capped(args, codecs, scratch, say)
+            if "orca" in args.shapes and args.engines:
+                out["engines"] = _engines(args.engines, say)
+            if args.sustain_seconds > 0:
+                out["sustained"] = _sustained(args, out["bursts"], scratch, say)
+            if args.memory_frames:
+                out["memory"] = _memory(args.memory_frames, args.memory_ring_mb, scratch, say)
+            if args.count:
+                out["count"] = _count(args.count, scratch, say)
+    finally:
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+            say(f"\nresults in {args.json}")
+    return 0
+
+
+def _bursts(
+    args: argparse.Namespace, key: str, codecs: list[str | None], scratch: Path, say: _Printer
+) -> list[dict[str, Any]]:
+    """One camera format: memcpy, then short bursts and long runs of every variant."""
+    shape = SHAPES[key]
+    mb = shape.frame_bytes / 1e6
+    bank = bank_of(make_camera(shape, 1))
+    n = max(4, round(args.burst_gb * 1e9 / shape.frame_bytes))
+    copy_fps = n / harness.memcpy(bank, n)
+    say.header(f"{shape.name} ({mb:.1f} MB a frame; {shape.label})")
+    say(f"memcpy of frames: {copy_fps:,.0f} frames/s ({copy_fps * mb / 1e3:.1f} GB/s)")
+    runs = [("burst", n, args.repeat)]
+    if args.long_gb > 0:
+        runs.append(("long", round(args.long_gb * 1e9 / shape.frame_bytes), args.long_repeat))
+    rows = []
+    for kind, frames, repeat in runs:
+        timings = harness.burst(shape, frames, scratch, repeat, codecs)
+        say.table(kind, frames, mb, timings)
+        rows.append(
+            {
+                "shape": shape.name,
+                "kind": kind,
+                "frames": frames,
+                "frame_mb": mb,
+                "memcpy_fps": copy_fps,
+                "timings": [asdict(t) for t in timings],
+            }
+        )
+    return rows
+
+
+def _capped(
+    args: argparse.Namespace, codecs: list[str | None], scratch: Path, say: _Printer
+) -> dict[str, Any]:
+    """Long runs through a writer that paces itself to a slower disk's rate."""
+    shape = SHAPES["orca"]
+    n = round(args.capped_gb * 1e9 / shape.frame_bytes)
+    mb = shape.frame_bytes / 1e6
+    timings = harness.capped(shape, n, scratch, args.long_repeat, args.disk_cap_mb_s, codecs)
+    say.header(
+        f"{shape.name} on a disk capped at {args.disk_cap_mb_s:g} MB/s (the writer paces its "
+        f"writes): {n} frames, {n * mb / 1e3:.1f} GB, timed to fsync"
+    )
+    plain = next(t for t in timings if t.variant == harness.variant_name(None))
+    for t in timings:
+        say(
+            f"  {t.variant:26s} {t.disk_fps:7.1f} frames/s {t.disk_fps * mb:6.0f} MB/s of frames "
+            f"{t.disk_fps * mb / t.ratio:5.0f} MB/s to disk  ratio {t.ratio:4.2f}  "
+            f"x uncompressed {t.disk_fps / plain.disk_fps:4.2f}"
+        )
+    return {"cap_mb_s": args.disk_cap_mb_s, "timings": [asdict(t) for t in timings]}
+
+
+def _engines(frames: int, say: _Printer) -> list[dict[str, Any]]:
+    """Each codec's frames/s in memory, by HDF5's filter, our threads and worker processes."""
+    shape = SHAPES["orca"]
+    rows = probes.engines(bank_of(make_camera(shape, 1)), frames, default_workers())
+    say.header(f"compression engines, {frames} 2048x2048 uint16 frames in memory")
+    for row in rows:
+        say(
+            f"  {row['codec']:15s} {row['engine']:36s} {row['fps']:7.1f} frames/s "
+            f"{row['fps'] * shape.frame_bytes / 1e6:6.0f} MB/s"
+        )
+    return rows
+
+
+def _sustained(
+    args: argparse.Namespace, bursts: list[dict[str, Any]], scratch: Path, say: _Printer
+) -> dict[str, Any]:
+    """Free runs at the camera's rate, and at the rate the bench calls sustainable.
+
+    This disk's speed changes from minute to minute, so that rate is 80% of the lower of: a
+    plain write timed to fsync just before the free runs times the codec's ratio, and the
+    pipeline's own on-disk rate in this run's bursts.
+    """
+    shape = SHAPES["orca"]
+    probe_frames = round(args.sustain_probe_gb * 1e9 / shape.frame_bytes)
+    bank = bank_of(make_camera(shape, 1))
+    os.sync()
+    seconds = harness.plain_write(bank, probe_frames, scratch / "probe.bin", write_behind=True)[1]
+    (scratch / "probe.bin").unlink()
+    disk_mb_s = probe_frames * shape.frame_bytes / 1e6 / seconds
+    timings = [t for r in bursts if r["shape"] == shape.name for t in r["timings"]]
+    plan = []
+    for c in args.sustain:
+        plan.append((c, args.sustain_rate))
+        mine = [t for t in timings if t["variant"] == harness.variant_name(c)]
+        ratio = max([1.0] + [t["ratio"] for t in mine])
+        # the disk now, or the pipeline itself (CPU), whichever this run found slower
+        limit = min([disk_mb_s * ratio / (shape.frame_bytes / 1e6)] + [t["disk_fps"] for t in mine])
+        sustainable = math.floor(0.8 * limit)
+        if sustainable < args.sustain_rate:
+            plan.append((c, sustainable))
+    say.header(
+        f"sustained free run (internal trigger), {shape.name}, ring {args.sustain_ring_mb:g} MB, "
+        f"overflow=drop; disk just before: {disk_mb_s:.0f} MB/s to fsync"
+    )
+    rows = []
+    for compression, rate in plan:
+        row = harness.sustained(
+            shape, rate, args.sustain_seconds, compression, scratch, args.sustain_ring_mb
+        )
+        lost = row["dropped"] + row["missed"]
+        say(
+            f"  {row['variant']:26s} {rate:5.0f} frames/s for {row['seconds']:.0f} s: "
+            f"{row['taken']} taken, {row['written']} written, {row['dropped']} dropped, "
+            f"{row['missed']} missed -> {'0 lost' if not lost else f'{lost} LOST'}; "
+            f"ring peak {row['peak_ring_fill']:.0%}, drain {row['drain_s']} s"
+        )
+        rows.append(row)
+    return {"disk_mb_s": disk_mb_s, "runs": rows}
+
+
+def _memory(
+    lengths: list[int], ring_mb: float, scratch: Path, say: _Printer
+) -> list[dict[str, Any]]:
+    """Peak memory of runs of each length, uncompressed and compressed."""
+    say.header(f"memory: peak RSS, 256x256 frames, ring {ring_mb} MB")
+    rows = []
+    for compression in (None, "bitshuffle-lz4"):
+        rows += probes.memory(lengths, ring_mb, compression, scratch)
+    for row in rows:
+        say(
+            f"  {row['compression']:15s} {row['frames']:6d} frames: acquiring "
+            f"process {row['main_peak_mb']:6.0f} MB, writer process "
+            f"{row['writer_peak_mb']:6.0f} MB"
+        )
+    return rows
+
+
+def _count(events: int, scratch: Path, say: _Printer) -> dict[str, float]:
+    say.header(f"RE(count(..., num={events})) events/s")
+    counted = probes.re_count(events, scratch)
+    for name, rate in counted.items():
+        if name != "events":
+            say(f"  {name:40s} {rate:7.1f} events/s")
+    return counted
+
+
+class _Printer:
+    """Prints as results arrive: a long run shows its progress."""
+
+    def __call__(self, text: str) -> None:
+        print(text, flush=True)
+
+    def header(self, text: str) -> None:
+        self(f"\n{text}")
+
+    def table(self, kind: str, n: int, mb: float, timings: list[Timing]) -> None:
+        what = (
+            "page cache may hold most of it"
+            if kind == "burst"
+            else "several times what the page cache absorbs: the disk is the limit"
+        )
+        self(f" {kind}: {n} frames, {n * mb / 1e3:.1f} GB ({what})")
+        self(
+            f"  {'variant':26s} {'closed':>14s} {'on disk (fsync)':>16s} {'ratio':>6s} "
+            f"{'/plain':>7s} {'/plain':>7s} {'/w-b':>6s} {'x naive':>8s}"
+        )
+        self(
+            f"  {'':26s} {'frames/s':>9s} {'MB/s':>5s} {'frames/s':>9s} {'MB/s':>6s} {'':>6s} "
+            f"{'closed':>7s} {'disk':>7s} {'disk':>6s} {'disk':>8s}"
+        )
+        naive = next(t for t in timings if t.variant == harness.NAIVE)
+        for t in timings:
+            self(
+                f"  {t.variant:26s} {t.closed_fps:9.1f} {t.closed_fps * mb:5.0f} "
+                f"{t.disk_fps:9.1f} {t.disk_fps * mb:6.0f} {t.ratio:6.2f} "
+                f"{t.vs_plain[0]:7.2f} {t.vs_plain[1]:7.2f} {t.vs_behind:6.2f} "
+                f"{t.disk_fps / naive.disk_fps:8.1f}"
+            )
