@@ -25,6 +25,7 @@ from bluesky import RunEngine
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.drivers import CameraSettings, TriggerMode
 from ophyd_scmos.pipeline import FrameStream
+from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.plans import movie
 
 EXPOSURE = 1e-4  # 10,000 frames/s: the camera is never the limit
@@ -40,7 +41,8 @@ def camera(shape: tuple[int, int]) -> SimulatedSCMOS:
 
 def pipeline(cam: SimulatedSCMOS, n: int, directory: Path) -> float:
     cam.configure(CameraSettings(exposure_time=EXPOSURE, trigger_mode=TriggerMode.INTERNAL))
-    stream = FrameStream(cam, directory / "pipeline.h5", ring_mb=512, gated=True)
+    options = PipelineOptions(ring_mb=512)
+    stream = FrameStream(cam, directory / "pipeline.h5", options=options, gated=True)
     stream.open()
     t0 = time.perf_counter()
     stream.allow(n)
@@ -53,8 +55,8 @@ def fly(cam: SimulatedSCMOS, n: int, directory: Path) -> float:
     device = SCMOSCamera(name="cam", driver=cam, write_dir=directory, ring_mb=512)
     device.exposure_time.set(EXPOSURE)
     RE = RunEngine({}, context_managers=[])
-    timings = {}
-    RE.msg_hook = lambda msg: timings.setdefault(msg.command, time.perf_counter())
+    timings: dict[str, float] = {}
+    RE.msg_hook = lambda msg: timings.setdefault(msg.command, time.perf_counter())  # type: ignore[assignment]
     RE(movie(device, frames=n))
     end = time.perf_counter()
     assert device.frames_missed.get() == 0 and device.frames_dropped.get() == 0
