@@ -61,8 +61,11 @@ def metadata_dir(home: Path) -> Path:
     return home / ".local" / "state" / "ophyd-scmos" / "runengine-metadata"
 
 
-def run(command: list[str], home: Path, timeout: float = 120, **extra: str):
-    """Run a command as the stand-in user, in its home; the result, output as text."""
+def run(
+    command: list[str], home: Path, timeout: float = 120, typed: str | None = None, **extra: str
+):
+    """Run a command as the stand-in user, in its home; the result, output as text. `typed`:
+    what the user types (then end of input), as into an interactive session."""
     return subprocess.run(
         command,
         env=user_env(home, **extra),
@@ -70,7 +73,7 @@ def run(command: list[str], home: Path, timeout: float = 120, **extra: str):
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        **({"input": typed} if typed is not None else {"stdin": subprocess.DEVNULL}),
     )
 
 

@@ -188,3 +188,26 @@ def test_a_wheel_install_starts_the_profile_it_carries(home, tmp_path):
     assert [p.read_text() for p in sorted(installed.glob("*.py"))] == [
         p.read_text() for p in shipped
     ]
+
+
+# The note's lambda binds what it uses: at exit the session's names are gone (the point).
+LEAVE_SESSION = """\
+import pathlib
+note = pathlib.Path({mark!r})
+cam.driver.close = lambda close=cam.driver.close, note=note: (close(), note.write_text("closed"))
+print("RESULT", cam.name)
+"""
+
+
+def test_leaving_the_session_gives_the_cameras_back_without_a_traceback(home, tmp_path):
+    """A session typed into and left (end of input), as a person does: IPython empties the
+    session's namespace before the interpreter's exit hooks run, and the profile's hook must
+    still reach the cameras."""
+    mark = tmp_path / "closed"
+    session = run(
+        [str(BIN / "ophyd-scmos"), "ipython"], home, typed=LEAVE_SESSION.format(mark=str(mark))
+    )
+    assert session.returncode == 0, session.stderr[-3000:]
+    assert "RESULT cam" in session.stdout
+    assert "Traceback" not in session.stderr, session.stderr[-3000:]
+    assert mark.read_text() == "closed"  # the camera's driver was closed at exit

@@ -4,15 +4,11 @@ a table of each event's scalars, and progress bars while it waits for frames."""
 import os
 import sys
 
-from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
-from bluesky.utils import PersistentDict, ProgressBarManager
 
-RE = RunEngine()
-lab.metadata_dir.mkdir(parents=True, exist_ok=True)  # noqa: F821 - from 00-config.py
-RE.md = PersistentDict(str(lab.metadata_dir))  # noqa: F821
-RE.md.update(lab.metadata)  # noqa: F821
-RE.waiting_hook = ProgressBarManager()
+from ophyd_scmos.session import make_run_engine
+
+RE = make_run_engine(lab, progress=True)  # noqa: F821 - from 00-config.py
 
 bec = BestEffortCallback()
 _plots = lab.plots  # noqa: F821

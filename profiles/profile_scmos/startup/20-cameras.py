@@ -12,18 +12,13 @@ from ophyd_scmos.config import ConfigError
 cameras = {}
 for _camera in lab.cameras:  # noqa: F821 - from 00-config.py
     try:
-        cameras[_camera.name] = _camera.build()
+        _cam = cameras[_camera.name] = _camera.build()
     except ConfigError as _error:
         print(f"ophyd-scmos profile: {_error}", file=sys.stderr)
         raise SystemExit(2) from None
-globals().update(cameras)
-for _cam in cameras.values():
+    # Given back at exit (a vendor SDK may hold a camera until its handle is closed). The hook
+    # holds the camera itself: IPython empties this namespace before exit hooks run.
+    atexit.register(_cam.destroy)
     # The table of each event shows the camera's own frame number: a gap shows at once.
     _cam.frame_number.kind = Kind.hinted
-
-
-@atexit.register
-def _close_cameras():
-    """Give the cameras back (a vendor SDK may hold a camera until its handle is closed)."""
-    for camera in cameras.values():
-        camera.driver.close()
+globals().update(cameras)
