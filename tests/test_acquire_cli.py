@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -15,8 +18,9 @@ from ophyd_scmos import SimulatedSCMOS
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
+from ophyd_scmos.session import FrameProgress
 from tests.conftest import expected_frames
-from tests.lab_env import BIN, EXAMPLE_CONFIG, data_dir, run, shared_home, user_env
+from tests.lab_env import BIN, EXAMPLE_CONFIG, REPO, data_dir, run, shared_home, user_env
 
 ACQUIRE = str(BIN / "ophyd-scmos"), "acquire"
 
@@ -122,3 +126,96 @@ def test_acquire_takes_exactly_one_positive_amount(capsys):
             main(argv)
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+BITSHUFFLE_FILTER = 32008  # hdf5plugin's filter id, which the writer's chunks declare
+
+
+def test_acquire_takes_the_settings_a_user_sets_in_ipython(home):
+    config = home / "settings.toml"
+    config.write_text(FAST_CAMERA.replace("[cameras.fast]", "[cameras.settings]"))
+    argv = [*ACQUIRE, "--config", str(config), "--frames", "20", "--json"]
+    argv += ["--roi", "0", "0", "64", "32", "--binning", "2", "--exposure", "0.0015"]
+    argv += ["--compression", "bitshuffle-lz4"]  # over the file's "none"
+    done = run(argv, home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    with h5py.File(result["file"], "r") as f:
+        data = f[layout.DATA]
+        assert data.shape == (20, 16, 32)  # the ROI, binned 2x2
+        assert data.id.get_create_plist().get_filter(0)[0] == BITSHUFFLE_FILTER
+        assert (f["/entry"].attrs["binning"], f["/entry"].attrs["exposure_time"]) == (2, 0.0015)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--roi", "0", "0", "4096", "4096"], "--roi 0 0 4096 4096: refused by Simulated sCMOS"),
+        (["--binning", "3"], "--binning 3: refused by Simulated sCMOS"),
+        (["--compression", "gzip"], "--compression gzip: compression 'gzip' is not one of: none,"),
+    ],
+)
+def test_a_setting_the_camera_refuses_is_one_line_and_exit_2(tmp_path, capsys, flags, says):
+    config = tmp_path / "lab.toml"
+    config.write_text(FAST_CAMERA)
+    assert main(["acquire", "--config", str(config), "--num", "1", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"ophyd-scmos acquire: {says}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--exposure", "-1"], "argument --exposure: must be > 0, got -1"),
+        (["--roi", "0", "0", "64"], "argument --roi: expected 4 arguments"),
+        (["--binning", "two"], "argument --binning: invalid int value: 'two'"),
+    ],
+)
+def test_a_malformed_setting_is_one_line_and_exit_2(capsys, flags, says):
+    with pytest.raises(SystemExit) as exit_:
+        main(["acquire", "--num", "1", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"ophyd-scmos acquire: {says} (see ophyd-scmos acquire --help)\n"
+
+
+def test_the_readme_acquire_step_records_a_region_not_full_frames(home):
+    """The README's command without IPython records "the same kind of movie" as its IPython
+    step: a 512x512 region (0.5 GB in 10 s), not 8.4 MB full frames (8.4 GB). Run for 1 s."""
+    readme = (REPO / "README.md").read_text()
+    (command,) = re.findall(r"`\.venv/bin/(ophyd-scmos acquire [^`]*)`", readme)
+    argv = shlex.split(command)
+    assert "--roi" in argv
+    argv[argv.index("--seconds") + 1] = "1"
+    done = run([str(BIN / argv[0]), *argv[1:], "--json"], home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    with h5py.File(result["file"], "r") as f:
+        assert f[layout.DATA].shape[1:] == (512, 512)
+        assert 50 <= f[layout.DATA].shape[0] <= 150  # ~100 frames/s for 1 s
+
+
+def test_the_progress_bar_stays_within_its_total_and_shows_the_cameras_rate():
+    """A timed movie's total is an estimate (300 for 3 s at 100 frames/s; it takes 301 or
+    more); the rate counts from the run's start to the last frame, not the set-up before it
+    (catalog, writer) nor the tail after it (closing the file, the catalog's stop)."""
+    out = io.StringIO()
+    progress = FrameProgress(300, "cam", file=out, disable=False)
+    time.sleep(0.3)  # set-up
+    progress("start", {})
+    progress("descriptor", {"data_keys": {"cam_image": {"dtype": "array", "shape": [64, 96]}}})
+    for stop in (100, 200, 301):
+        time.sleep(0.1)
+        progress("stream_datum", {"indices": {"start": 0, "stop": stop}})
+    time.sleep(0.3)  # tail
+    progress.close()
+    drawn = out.getvalue()
+    assert not re.search(r"\d+frames \[", drawn)  # tqdm's form for a count past its total
+    for count, total in re.findall(r"(\d+)/(\d+) \[", drawn):
+        assert int(count) <= int(total)
+    final = drawn.rstrip().split("\r")[-1]
+    assert "301/301" in final
+    rate = float(re.search(r"([\d.]+)frames/s", final).group(1))
+    assert 301 / 0.5 < rate < 301 / 0.28  # 0.3 s from start to the last frame, not 0.9 s
+    assert progress.elapsed == pytest.approx(0.3, abs=0.15)

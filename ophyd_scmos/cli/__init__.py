@@ -10,12 +10,21 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "recover")
 
 
+class Parser(argparse.ArgumentParser):
+    """A wrong command line is refused in one line, as a wrong value anywhere else is: what
+    is wrong, and where the help is (exit code 2, as argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ophyd-scmos",
         description="Drive an sCMOS camera from Bluesky; every frame into one HDF5 file a run.",
     )

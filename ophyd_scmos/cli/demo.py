@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import cast
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -15,6 +16,7 @@ def demo(args: argparse.Namespace) -> int:
     from bluesky_tiled_plugins import TiledWriter
 
     from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS, open_catalog
+    from ophyd_scmos.session import FrameProgress
 
     driver = SimulatedSCMOS(seed=args.seed)
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
@@ -24,16 +26,20 @@ def demo(args: argparse.Namespace) -> int:
     catalog = open_catalog(args.catalog)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(catalog))
-    RE.subscribe(_Progress(args.num))
+    progress = FrameProgress(args.num, cam.name)
+    RE.subscribe(progress)
     rows, cols = driver.frame_shape
     print(
         f"count([cam], num={args.num}): {rows}x{cols} uint16 frames, "
         f"exposure {args.exposure * 1e3:g} ms -> {cam.write_dir}",
         file=sys.stderr,
     )
-    t0 = time.perf_counter()
-    (uid,) = RE(count([cam], num=args.num))
-    acquired = time.perf_counter() - t0
+    try:
+        (uid,) = cast("tuple[str]", RE(count([cam], num=args.num)))
+    finally:
+        progress.close()
+    acquired = progress.elapsed  # from the run's start to its last frame, set-up aside
+    assert acquired is not None  # the run took its frames, or RE raised
 
     t0 = time.perf_counter()
     frames = open_catalog(args.catalog)[uid]["primary"]["cam_image"].read()
@@ -41,6 +47,7 @@ def demo(args: argparse.Namespace) -> int:
     mismatched = [
         k for k in range(args.num) if not np.array_equal(frames[k, 0], driver.expected_frame(k))
     ]
+    cam.destroy()
     print(f"run        {uid}")
     print(f"file       {cam.file_path.get()}")
     print(f"acquired   {args.num} frames in {acquired:.1f} s ({args.num / acquired:.0f} frames/s)")
@@ -54,19 +61,6 @@ def demo(args: argparse.Namespace) -> int:
     if not args.full_frame:
         print("full frame: ophyd-scmos demo --full-frame (2048x2048, 8 MB a frame)")
     return 1 if mismatched else 0
-
-
-class _Progress:
-    """Print how far a count has come, every tenth of the way."""
-
-    def __init__(self, total: int):
-        self.total, self.seen, self.step = total, 0, max(1, total // 10)
-
-    def __call__(self, name: str, doc: dict) -> None:
-        if name == "event":
-            self.seen += 1
-            if self.seen % self.step == 0:
-                print(f"  {self.seen}/{self.total} frames", file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

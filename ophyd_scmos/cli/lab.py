@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 EXIT_CONFIG = 2  #: the configuration is wrong (or names a camera that cannot open)
 EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
@@ -59,33 +59,34 @@ def acquire(args: argparse.Namespace) -> int:
     import dataclasses
     import warnings
 
-    from ophyd_scmos.config import ConfigError
-
     lab = _load(args.config, "acquire")
     if lab is None:
         return EXIT_CONFIG
     try:
         camera = lab.camera(args.camera)
-        if args.exposure is not None:
-            settings = {**camera.settings, "exposure_time": args.exposure}
-            camera = dataclasses.replace(camera, settings=settings)
+        if args.compression is not None:
+            camera = dataclasses.replace(camera, pipeline=_compression(camera, args.compression))
         cam = camera.build()
-    except ConfigError as exc:
+    except ValueError as exc:  # a ConfigError, or --compression refused
         print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from bluesky import RunEngine
+    try:
+        _apply_settings(cam, args)
+    except ValueError as exc:
+        cam.destroy()
+        print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     from bluesky.plans import count
-    from bluesky.utils import PersistentDict, RunEngineInterrupted
+    from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
 
     from ophyd_scmos.plans import movie
+    from ophyd_scmos.session import FrameProgress, make_run_engine
 
     try:
         catalog = lab.catalog.open()
-        RE = RunEngine(context_managers=[])  # Ctrl-C is _Interrupt's, not a RunEngine pause
-        lab.metadata_dir.mkdir(parents=True, exist_ok=True)
-        RE.md = PersistentDict(str(lab.metadata_dir))  # scan ids go on from the IPython session
-        RE.md.update(lab.metadata)
+        # Ctrl-C is _Interrupt's (end the run, keep it), not a RunEngine pause.
+        RE = make_run_engine(lab, progress=False, sigint=False)
         RE.subscribe(TiledWriter(catalog))
         if args.num is not None:
             plan = count([cam], num=args.num)
@@ -94,7 +95,7 @@ def acquire(args: argparse.Namespace) -> int:
             plan = movie(cam, frames=args.frames, seconds=args.seconds)
             interval = cam.settings.frame_interval
             total = args.frames or max(1, round(args.seconds / interval))
-        progress = _Progress(total, cam.name)
+        progress = FrameProgress(total, cam.name)
         RE.subscribe(progress)
         interrupt = _Interrupt(RE, cam, flying=args.num is None)
         try:
@@ -102,9 +103,9 @@ def acquire(args: argparse.Namespace) -> int:
             with warnings.catch_warnings(), interrupt, contextlib.redirect_stdout(sys.stderr):
                 warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
                 try:
-                    (uid,) = RE(plan)
+                    (uid,) = cast("tuple[str]", RE(plan))  # not call_returns_result
                 except RunEngineInterrupted:  # a count paused by Ctrl-C: end it, keep it
-                    (uid,) = RE.stop()
+                    (uid,) = cast("tuple[str]", RE.stop())
         except Exception as exc:  # the camera's, the writer's or the catalog's own message
             print(f"ophyd-scmos acquire: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
@@ -121,7 +122,7 @@ def acquire(args: argparse.Namespace) -> int:
             "catalog": lab.catalog.describe(),
         }
     finally:
-        cam.driver.close()
+        cam.destroy()
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -145,11 +146,40 @@ def acquire(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compression(camera: Any, codec: str) -> Any:
+    """The camera's pipeline options with --compression; ValueError naming the flag."""
+    import dataclasses
+
+    try:
+        return dataclasses.replace(camera.pipeline, compression=codec)
+    except ValueError as exc:  # PipelineOptions' own check
+        raise ValueError(f"--compression {codec}: {exc}") from None
+
+
+#: acquire's settings flags, in the order the camera takes them (binning before the ROI)
+SETTING_FLAGS = (("binning", "--binning"), ("roi", "--roi"), ("exposure_time", "--exposure"))
+
+
+def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
+    """The command line's settings over the configuration's, each checked by the camera as
+    in IPython (``cam.roi.set(...)``); ValueError names the flag, the value and the reason."""
+    values = {"binning": args.binning, "roi": args.roi, "exposure_time": args.exposure}
+    for setting, flag in SETTING_FLAGS:
+        value = values[setting]
+        if value is None:
+            continue
+        try:
+            getattr(cam, setting).set(tuple(value) if setting == "roi" else value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            shown = " ".join(map(str, value)) if setting == "roi" else value
+            raise ValueError(f"{flag} {shown}: refused by {cam.driver.model}: {exc}") from None
+
+
 def config_check(args: argparse.Namespace) -> int:
     """Check the lab configuration: every key and value, then open each camera and apply its
     settings (the camera's own limits), unless --no-cameras."""
     from ophyd_scmos.config import ConfigError
-    from ophyd_scmos.device import default_write_dir
+    from ophyd_scmos.paths import default_write_dir
 
     lab = _load(args.config, "config check")
     if lab is None:
@@ -172,7 +202,7 @@ def config_check(args: argparse.Namespace) -> int:
                 return EXIT_CONFIG
             rows, cols = cam.driver.frame_shape
             line += f" ({cam.driver.model}, {cols}x{rows}, opened and set)"
-            cam.driver.close()
+            cam.destroy()
         print(line)
     print("ok")
     return 0
@@ -219,34 +249,6 @@ class _Interrupt:
             self.RE.request_pause(defer=True)
 
 
-class _Progress:
-    """A progress bar of frames on stderr (none where stderr is not a terminal), from the
-    documents: events for a count, StreamDatum pages for a movie."""
-
-    def __init__(self, total: int, name: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="frames", desc=name, file=sys.stderr, disable=None)
-        self.k = 1  # frames an event holds
-
-    def __call__(self, name: str, doc: dict) -> None:
-        if name == "descriptor":
-            shape = next(
-                (v["shape"] for v in doc["data_keys"].values() if v.get("dtype") == "array"), []
-            )
-            self.k = shape[0] if len(shape) == 3 else 1
-        elif name == "event":
-            self.bar.update(self.k)
-        elif name == "stream_datum":
-            self.bar.update(max(0, doc["indices"]["stop"] - self.bar.n))
-
-    def close(self) -> None:
-        if self.bar.n > self.bar.total:  # a timed movie's frame count was an estimate
-            self.bar.total = self.bar.n
-            self.bar.refresh()
-        self.bar.close()
-
-
 def _config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -280,7 +282,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--frames", type=_positive(int), help="movie: this many frames, full rate")
     what.add_argument("--seconds", type=_positive(float), help="movie: this long, full rate")
     p.add_argument("--camera", help="which configured camera (default: the first)")
+    p.add_argument(
+        "--roi",
+        type=int,
+        nargs=4,
+        metavar=("X", "Y", "W", "H"),
+        help="region of interest in sensor pixels (a 512x512 frame is 0.5 MB, a full 2048x2048 "
+        "one 8 MB)",
+    )
+    p.add_argument("--binning", type=int, help="square binning: 1, 2, 4 (what the camera offers)")
     p.add_argument("--exposure", type=_positive(float), help="exposure time, seconds")
+    p.add_argument(
+        "--compression",
+        metavar="CODEC",
+        help="none, bitshuffle-lz4, blosc2-lz4 or blosc2-zstd (default: the configuration's)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(func=acquire)
 
