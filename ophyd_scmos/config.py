@@ -129,6 +129,7 @@ def _directory(value: Any, info: ValidationInfo) -> Path:
     """A directory that is there or can be made: ``~`` and $VARIABLES expanded, relative to
     the file's folder (not to wherever one starts), refused if a variable is unset, if it
     (or a folder on its way) is a file, or if nothing can be created where it would go."""
+    value = os.fspath(value) if isinstance(value, os.PathLike) else value  # from Python
     if not isinstance(value, str) or not value:
         raise _refuse(value, "a directory path as a string")
     expanded = os.path.expandvars(value)
