@@ -2,25 +2,36 @@
 
 One module per job: `embedded` (`open_catalog`: the in-process catalog on SQLite, or a Tiled
 server by URL), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's
-documents, and `sync` between catalogs), `summary` (what is in a run, for people). Importing
+documents, and `sync` between catalogs), `summary` (what is in a run, for people), `hdf5`
+(the adapter Tiled reads run files with, which refuses a damaged file at once). Importing
 this package loads none of Tiled, h5py or numpy, so the CLI starts fast.
 The design reasoning is in docs/architecture.md ("Catalogs").
 """
 
 from ophyd_scmos.catalog.embedded import CATALOG_ENV, default_catalog_dir, open_catalog
-from ophyd_scmos.catalog.server import server_command, server_config, write_server_config
-from ophyd_scmos.catalog.summary import FileStats, RunSummary, file_stats, summarize
+from ophyd_scmos.catalog.server import (
+    run_server,
+    server_command,
+    server_config,
+    write_server_config,
+)
+from ophyd_scmos.catalog.summary import FileStats, RunSummary, file_stats, probe, summarize
 from ophyd_scmos.catalog.transfer import SyncResult, documents, sync
+from ophyd_scmos.pipeline.recovery import MissingFile, UnreadableFile
 
 __all__ = [
     "CATALOG_ENV",
     "FileStats",
+    "MissingFile",
     "RunSummary",
     "SyncResult",
+    "UnreadableFile",
     "default_catalog_dir",
     "documents",
     "file_stats",
     "open_catalog",
+    "probe",
+    "run_server",
     "server_command",
     "server_config",
     "summarize",

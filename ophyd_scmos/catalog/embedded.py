@@ -39,6 +39,9 @@ BLUESKY_CATALOG_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
 CATALOG_ENV = "OPHYD_SCMOS_CATALOG"  #: the catalog `open_catalog()` opens when given none
 JSON_SEQ = "application/json-seq"  #: the media type of a run's document stream
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
+#: Tiled reads run files with this adapter, which first checks that the file is whole
+#: (`ophyd_scmos.catalog.hdf5`); an import path, as a server's configuration names it.
+ADAPTERS_BY_MIMETYPE = {"application/x-hdf5": "ophyd_scmos.catalog.hdf5:CheckedHDF5Adapter"}
 
 PathLike = str | os.PathLike[str]
 
@@ -199,6 +202,7 @@ def _start_embedded(directory: Path, readable: tuple[Path, ...], *, announce: bo
                 specs=[BLUESKY_CATALOG_SPEC],
                 writable_storage=[directory / DATA_DIR, f"sqlite:///{directory / TABLES_DB}"],
                 readable_storage=list(readable),
+                adapters_by_mimetype=dict(ADAPTERS_BY_MIMETYPE),
                 init_if_not_exists=created,
             )
         # from_app starts the app's event loop on a thread and registers its shutdown with

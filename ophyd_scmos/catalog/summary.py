@@ -7,6 +7,7 @@ counts, frame-number gaps and the camera clock are in the file (`ophyd_scmos.pip
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from ophyd_scmos.catalog.embedded import PathLike
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["FileStats", "RunSummary", "file_stats", "summarize"]
+__all__ = ["FileStats", "RunSummary", "file_stats", "probe", "summarize"]
 
 
 @dataclass
@@ -94,6 +95,32 @@ def local_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
+def probe(node: Any) -> None:
+    """Read an image's last frame through the catalog, to learn at once whether the catalog
+    can read its file: raises with the catalog's reason if it cannot (a file outside a
+    server's readable storage, missing, truncated).
+
+    Tiled's client retries a server's "500 Internal Server Error" for up to 45 s, which is
+    also how a plain Tiled server answers all of these: the probe turns the retries off.
+    """
+    if math.prod(node.shape):
+        with _no_retries():
+            node[-1]
+
+
+@contextlib.contextmanager
+def _no_retries() -> Iterator[None]:
+    """Turn off Tiled's client retries (process-wide, for as long as this lasts)."""
+    import stamina
+
+    active = stamina.is_active()
+    stamina.set_active(False)
+    try:
+        yield
+    finally:
+        stamina.set_active(active)
+
+
 @dataclass
 class FileStats:
     """What a camera's HDF5 file (our layout, `ophyd_scmos.pipeline.layout`) says about its
@@ -112,7 +139,12 @@ class FileStats:
     frames_dropped: int | None
     frames_missed: int | None
     complete: bool | None
-    gaps: list[tuple[int, int]]  #: missing frame numbers, as (first, last) ranges
+    #: frame numbers lost (dropped or missed), as (first, last) ranges. A file whose writer
+    #: recorded no loss has none, even where numbers are absent: those frames were cut when
+    #: a paused plan rewound, and their points taken again (`rewound_frames`). Where both
+    #: happened, or the writer never closed the file, every absent number is listed.
+    gaps: list[tuple[int, int]]
+    rewound_frames: int  #: absent frame numbers that were cut, not lost
     intervals: np.ndarray = field(repr=False)  #: seconds between frames, camera clock
 
     @property
@@ -121,16 +153,24 @@ class FileStats:
 
     @property
     def missing_frames(self) -> int:
-        return sum(last - first + 1 for first, last in self.gaps)
+        """Frames lost, by their numbers."""
+        absent = sum(last - first + 1 for first, last in self.gaps)
+        return absent - self.rewound_frames if self.gaps else 0
 
 
 def file_stats(path: PathLike) -> FileStats:
-    """Read the statistics of a camera file, written or being written (SWMR)."""
+    """Read the statistics of a camera file, written or being written (SWMR).
+
+    Raises `MissingFile` (a FileNotFoundError) where there is no such file, `UnreadableFile`
+    where it is cut short or not HDF5, KeyError where it is not a camera file.
+    """
     import h5py
     import numpy as np
 
     from ophyd_scmos.pipeline import layout
+    from ophyd_scmos.pipeline.recovery import check_readable
 
+    check_readable(path)
     # locking=False: a writer that still holds the file must not make this read fail.
     with h5py.File(path, "r", locking=False) as f:
         data = f[layout.DATA]
@@ -139,6 +179,9 @@ def file_stats(path: PathLike) -> FileStats:
         # Per-frame metadata grows in steps ahead of the frames: only the first `frames` count.
         numbers = f[layout.FRAME_NUMBER][:frames]
         times = f[layout.TIMESTAMP][:frames]
+        absent = _gaps(numbers)
+        lost = None if outcome is None else outcome.frames_dropped + outcome.frames_missed
+        rewound = 0 if lost is None else max(0, sum(b - a + 1 for a, b in absent) - lost)
         plist = data.id.get_create_plist()
         filters = [
             plist.get_filter(i)[3].decode(errors="replace").split(";")[0]
@@ -157,7 +200,8 @@ def file_stats(path: PathLike) -> FileStats:
             frames_dropped=None if outcome is None else outcome.frames_dropped,
             frames_missed=None if outcome is None else outcome.frames_missed,
             complete=None if outcome is None else outcome.complete,
-            gaps=_gaps(numbers),
+            gaps=[] if lost == 0 else absent,
+            rewound_frames=rewound,
             intervals=np.diff(times),
         )
     return stats

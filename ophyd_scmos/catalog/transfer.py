@@ -7,7 +7,6 @@ target, so the target indexes it exactly as if it had been written there.
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.catalog.embedded import JSON_SEQ, JSON_SEQ_EXPORTER, PathLike, absolute_path
-from ophyd_scmos.catalog.summary import image_nodes, local_path, node_files
+from ophyd_scmos.catalog.summary import image_nodes, local_path, node_files, probe
 
 if TYPE_CHECKING:
     from tiled.client.container import Container
@@ -97,12 +96,19 @@ def sync(
             result = SyncResult(uid, "present", _run_files(target[uid]))
         else:
             docs = list(documents(run))
-            files = []
-            for name, doc in docs:
-                if name == "stream_resource" and doc["uri"].startswith("file:"):
-                    if copy_data_to is not None:
-                        doc["uri"] = _file_uri(_copy_file(local_path(doc["uri"]), copy_data_to))
-                    files.append(str(local_path(doc["uri"])))
+            resources = [
+                doc
+                for name, doc in docs
+                if name == "stream_resource" and doc["uri"].startswith("file:")
+            ]
+            if copy_data_to is not None:
+                copies: dict[Path, Path] = {}  # a movie's file holds several streams
+                for doc in resources:
+                    path = local_path(doc["uri"])
+                    if path not in copies:
+                        copies[path] = _copy_file(path, copy_data_to)
+                    doc["uri"] = _file_uri(copies[path])
+            files = _unique(str(local_path(doc["uri"])) for doc in resources)
             writer = TiledWriter(target)
             for name, doc in docs:
                 writer(name, doc)
@@ -135,15 +141,18 @@ def _copy_file(path: Path, directory: PathLike) -> Path:
 
 
 def _run_files(run: Any) -> list[str]:
-    return [path for _, _, node in image_nodes(run) for path in node_files(node)]
+    return _unique(path for _, _, node in image_nodes(run) for path in node_files(node))
+
+
+def _unique(paths: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(paths))
 
 
 def _unreadable(run: Any) -> str | None:
     """Why the catalog cannot read the run's images (it tries the last frame), or None."""
     for stream, key, node in image_nodes(run):
         try:
-            with _no_retries():
-                node[-1]
+            probe(node)
         except Exception as err:  # whatever the cause, the user's answer is the same
             files = ", ".join(node_files(node))
             return (
@@ -151,20 +160,3 @@ def _unreadable(run: Any) -> str | None:
                 "files outside its readable storage (ophyd-scmos serve --read DIR)"
             )
     return None
-
-
-@contextlib.contextmanager
-def _no_retries() -> Iterator[None]:
-    """Turn off Tiled's client retries (process-wide, for as long as this lasts).
-
-    A server answers a file outside its readable storage with the same 500 as a passing
-    fault, and the client retries that for up to 45 s: a probe wants the first answer.
-    """
-    import stamina
-
-    active = stamina.is_active()
-    stamina.set_active(False)
-    try:
-        yield
-    finally:
-        stamina.set_active(active)

@@ -61,7 +61,10 @@ def runs(args: argparse.Namespace) -> int:
     rows = []
     for run in reversed(list(catalog.values().tail(args.number))):
         summary = summarize(run)
-        stats = _file_stats_or_none(summary.file)
+        try:
+            stats = _local_file_stats(summary.file)
+        except OSError:  # damaged: `show` says how
+            stats = None
         lost = (
             None
             if stats is None or stats.frames_dropped is None
@@ -95,9 +98,10 @@ def runs(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
+    import httpx
     import numpy as np
 
-    from ophyd_scmos.catalog import summarize
+    from ophyd_scmos.catalog import probe, summarize
 
     try:
         run = _open(args)[_run_key(args.uid)]
@@ -108,7 +112,13 @@ def show(args: argparse.Namespace) -> int:
     if summary.key is None:
         print(f"run {summary.uid} has no images", file=sys.stderr)
         return 1
-    stats = _file_stats_or_none(summary.file)
+    node = run[summary.stream][summary.key]
+    try:
+        stats = _local_file_stats(summary.file)
+        probe(node)  # the catalog reads the file too, or says at once why it cannot
+    except (OSError, httpx.HTTPStatusError) as err:
+        print(f"ophyd-scmos show: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
     if stats is not None:
         intervals, clock = stats.intervals, "camera clock"
     else:  # the file is on another host: the event times are what is left
@@ -133,10 +143,11 @@ def show(args: argparse.Namespace) -> int:
             complete=stats.complete,
             missing_frames=stats.missing_frames,
             gaps=stats.gaps,
+            rewound_frames=stats.rewound_frames,
         )
-    if not args.no_png:
+    if not args.no_png and summary.frames:
         png = Path(args.png or f"scmos_{summary.uid[:8]}.png").absolute()
-        report["mean_of_frames"] = _draw(run, summary, intervals, clock, png, args.mean_frames)
+        report["mean_of_frames"] = _draw(node, summary, intervals, clock, png, args.mean_frames)
         report["png"] = str(png)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -181,16 +192,17 @@ def _run_key(text: str) -> str | int:
     return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
 
 
-def _file_stats_or_none(path: str | None) -> FileStats | None:
-    """The file's statistics, or None where this host cannot read the file (a catalog
-    server's run whose data disk is not mounted here) or it is not one of our files."""
+def _local_file_stats(path: str | None) -> FileStats | None:
+    """The file's statistics, or None where this host has no such file (a catalog server's
+    run whose data disk is not mounted here) or it is not one of our files. A damaged file
+    raises `UnreadableFile`."""
     from ophyd_scmos.catalog import file_stats
 
     if path is None:
         return None
     try:
         return file_stats(path)
-    except (OSError, KeyError):
+    except (FileNotFoundError, KeyError):
         return None
 
 
@@ -242,11 +254,15 @@ def _print_report(r: dict[str, Any]) -> None:
         )
         gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in r["gaps"][:10])
         more = " ..." if len(r["gaps"]) > 10 else ""
-        print(
-            "gaps       none"
-            if not r["gaps"]
-            else f"gaps       {r['missing_frames']} frame numbers missing: {gaps}{more}"
-        )
+        if not r["gaps"]:
+            line = "none"
+        elif r["rewound_frames"]:
+            line = f"{r['missing_frames']} frames lost; absent frame numbers: {gaps}{more}"
+        else:
+            line = f"{r['missing_frames']} frame numbers missing: {gaps}{more}"
+        if r["rewound_frames"]:
+            line += f" ({r['rewound_frames']} cut when a paused plan rewound, then retaken)"
+        print(f"gaps       {line}")
     else:
         print("           (this host cannot read the file: sizes and gaps unknown)")
     print(
@@ -258,43 +274,28 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def _draw(
-    run: Any, summary: RunSummary, intervals: Any, clock: str, png: Path, mean_frames: int
+    node: Any, summary: RunSummary, intervals: Any, clock: str, png: Path, mean_frames: int
 ) -> int:
-    """First frame, mean frame and a histogram of frame intervals, as a PNG. The mean is over
-    up to `mean_frames` events spread evenly through the run (0: all), read through the
-    catalog in strided slices, so a long run is never read whole. Returns how many."""
+    """First frame, mean frame and a histogram of frame intervals, as a PNG. Returns how many
+    frames the mean is of (`_mean_frame`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    node = run[summary.stream][summary.key]
-    events = summary.shape[0]
-    step = 1 if mean_frames <= 0 else max(1, math.ceil(events / mean_frames))
-    total, count, block = np.zeros(summary.shape[-2:]), 0, 32 * step
-    for start in range(0, events, block):
-        part = np.asarray(node[start : start + block : step], dtype=np.float64)
-        part = part.reshape(-1, *part.shape[-2:])
-        total += part.sum(axis=0)
-        count += part.shape[0]
     first = np.asarray(node[0]).reshape(-1, *summary.shape[-2:])[0]
+    mean, count = _mean_frame(node, summary.shape, mean_frames)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
     for ax, image, title in (
         (axes[0], first, "first frame"),
-        (axes[1], total / count, f"mean of {count} frames"),
+        (axes[1], mean, f"mean of {count} frames"),
     ):
         shown = ax.imshow(image, cmap="gray", interpolation="nearest")
         fig.colorbar(shown, ax=ax, shrink=0.8, label="ADU")
         ax.set_title(title)
-    ax = axes[2]
-    if intervals.size:
-        # Log counts: the rare long intervals are what one looks for.
-        ax.hist(intervals * 1e3, bins=min(100, max(10, intervals.size // 20)), log=True)
-    ax.set_xlabel(f"frame interval, ms ({clock})")
-    ax.set_ylabel("frames")
-    ax.set_title(f"{intervals.size} intervals")
+    interval_histogram(axes[2], intervals, clock)
     fig.suptitle(
         f"run {summary.uid[:8]}  {summary.stream}/{summary.key}  {summary.frames} "
         f"frames  {Path(summary.file).name if summary.file else ''}"
@@ -303,6 +304,56 @@ def _draw(
     fig.savefig(png, dpi=80)
     plt.close(fig)
     return count
+
+
+def _mean_frame(node: Any, shape: tuple[int, ...], wanted: int) -> tuple[Any, int]:
+    """The mean of `wanted` frames spread evenly over the run (all of them for 0, or where
+    the run has fewer), and how many that is.
+
+    Read through the catalog in strided slices, so a long run is never read whole: every
+    `step`-th event, `step` as large as still gives `wanted` frames, and of those frames
+    `wanted` evenly spaced ones are averaged.
+    """
+    import numpy as np
+
+    events, per_event = shape[0], math.prod(shape[1:-2])
+    available = events * per_event
+    count = available if wanted <= 0 else min(wanted, available)
+    step = max(1, events // math.ceil(count / per_event))
+    read = math.ceil(events / step) * per_event  # >= count
+    chosen = (np.arange(count) * read) // count  # positions among the frames read
+    total, position, block = np.zeros(shape[-2:]), 0, 32 * step
+    for start in range(0, events, block):
+        part = np.asarray(node[start : start + block : step], dtype=np.float64)
+        part = part.reshape(-1, *shape[-2:])
+        mine = chosen[(chosen >= position) & (chosen < position + len(part))] - position
+        total += part[mine].sum(axis=0)
+        position += len(part)
+    return total / count, count
+
+
+def interval_histogram(ax: Any, intervals: Any, clock: str) -> None:
+    """A histogram of frame intervals (seconds), in ms with log counts: the rare long
+    intervals are what one looks for. Intervals all equal (a camera clock that never
+    wavers) make one bar at their value, on an axis around it, not an axis as wide as
+    floating-point noise."""
+    import numpy as np
+
+    ms = np.asarray(intervals, dtype=np.float64) * 1e3
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.set_xlabel(f"frame interval, ms ({clock})")
+    ax.set_ylabel("frames")
+    ax.set_title(f"{ms.size} intervals")
+    if not ms.size:
+        return
+    middle = float(np.median(ms))
+    if np.ptp(ms) <= 1e-6 * max(abs(middle), 1e-3):
+        half = max(abs(middle) * 0.1, 1e-3)
+        ax.bar([middle], [ms.size], width=half / 10, log=True)
+        ax.set_xlim(middle - half, middle + half)
+        ax.set_title(f"{ms.size} intervals, all {middle:.6g} ms")
+    else:
+        ax.hist(ms, bins=min(100, max(10, ms.size // 20)), log=True)
 
 
 def _catalog_options(p: argparse.ArgumentParser) -> None:

@@ -1,19 +1,96 @@
-"""Make a file openable again after its writer was killed, as `h5clear -s` does.
+"""The superblock at the start of a run file: is the file whole, is it open for writing, and
+making it openable again after its writer was killed, as `h5clear -s` does.
 
 A SWMR writer marks the superblock "open for writing"; if it dies without closing, every
 later plain open fails ("file is already open for write") although the data is consistent:
 SWMR orders its writes so that a reader always sees a valid file. Clearing the flag is a
 one-byte change in the version 2/3 superblock, plus its Jenkins lookup3 checksum.
+
+The superblock also records how long the file is. A plain open refuses a shorter file
+("truncated file"), but a SWMR reader (Tiled's, for one) skips that check: it reads the
+missing frames of a truncated file as zeros, or retries its missing metadata for minutes.
+`check_readable` makes the check for such readers.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+from dataclasses import dataclass
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FLAGS_AT = 11  # signature, version, size of offsets, size of lengths, then the flags byte
 _MASK = 0xFFFFFFFF
+
+
+class UnreadableFile(OSError):
+    """A run file that cannot be read as it was written: missing, cut short, or not HDF5."""
+
+
+class MissingFile(UnreadableFile, FileNotFoundError):
+    """A run file that is not where its run says (moved, deleted, or on an unmounted disk)."""
+
+
+@dataclass(frozen=True)
+class Superblock:
+    version: int
+    end_of_file: int  #: the file's length in bytes, as HDF5 last recorded it
+    open_for_writing: bool  #: a writer has the file open, or died with it open
+
+
+def read_superblock(path: str | os.PathLike) -> Superblock:
+    """Read the superblock (versions 0-3, after a user block if there is one).
+
+    Raises `MissingFile` or `UnreadableFile` (not an HDF5 file), naming `path`.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            at = 0
+            while at < size:  # HDF5 looks at 0, 512, 1024, 2048, ...
+                f.seek(at)
+                block = f.read(128)
+                if block.startswith(SIGNATURE):
+                    break
+                at = 512 if at == 0 else 2 * at
+            else:
+                raise UnreadableFile(f"{path} is not an HDF5 file (no superblock in {size} bytes)")
+    except FileNotFoundError:
+        raise MissingFile(
+            errno.ENOENT, "no such file (moved, deleted, or its disk is not mounted)", str(path)
+        ) from None
+    version = block[8]
+    if version in (0, 1):
+        offsets, flags = block[13], int.from_bytes(block[20:24], "little")
+        addresses = 24 if version == 0 else 28  # base, free space, end of file, driver
+    elif version in (2, 3):
+        offsets, flags = block[9], block[_FLAGS_AT]
+        addresses = 12  # base, superblock extension, end of file, root group
+    else:
+        raise UnreadableFile(f"{path}: unknown HDF5 superblock version {version}")
+    eof_at = addresses + 2 * offsets
+    return Superblock(
+        version=version,
+        end_of_file=int.from_bytes(block[eof_at : eof_at + offsets], "little"),
+        open_for_writing=flags != 0,
+    )
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise `UnreadableFile` (or `MissingFile`), saying what is wrong, unless `path` is an
+    HDF5 file at least as long as its superblock records.
+
+    A file open for writing is not measured: its writer may have recorded space it has not
+    filled yet, which SWMR readers expect.
+    """
+    superblock = read_superblock(path)
+    size = os.stat(path).st_size
+    if not superblock.open_for_writing and size < superblock.end_of_file:
+        raise UnreadableFile(
+            f"{path} is truncated: {size} bytes where HDF5 recorded {superblock.end_of_file} "
+            "(cut short by an unfinished copy or a full disk?)"
+        )
 
 
 def _rot(x: int, k: int) -> int:

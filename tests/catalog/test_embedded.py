@@ -7,6 +7,9 @@ everything real: the camera's writer process, TiledWriter, HDF5 files on disk.
 from __future__ import annotations
 
 import json
+import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,18 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
-from ophyd_scmos.catalog import documents, file_stats, open_catalog, summarize
+from ophyd_scmos.catalog import (
+    MissingFile,
+    UnreadableFile,
+    documents,
+    file_stats,
+    open_catalog,
+    summarize,
+)
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
 from tests.conftest import SENSOR, expected_frames
@@ -210,3 +221,145 @@ def test_databroker_apis_read_the_embedded_catalog(
     for client in (catalog, open_catalog(catalog_dir)):
         np.testing.assert_array_equal(client[uid]["primary"]["cam_image"][:20, 0], expected)
     assert summarize(catalog[uid]).frames == FRAMES
+
+
+# ---------------------------------------------------------------------------------------------
+# `show` and `sync`, for people
+
+
+def test_show_averages_exactly_the_frames_asked_for(
+    catalog_dir: Path, camera_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["show", camera_run["uid"], "--catalog", str(catalog_dir), "--json"]
+    for asked, averaged in ((70, 70), (1000, FRAMES), (0, FRAMES)):  # 300 frames: not a divisor
+        assert main([*args, "--png", str(tmp_path / "run.png"), "--mean-frames", str(asked)]) == 0
+        assert json.loads(capsys.readouterr().out)["mean_of_frames"] == averaged
+
+
+def test_constant_frame_intervals_draw_as_one_bar_at_their_value() -> None:
+    """A camera clock that never wavers: 99 intervals of 10 ms, give or take a rounding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ophyd_scmos.cli.catalog import interval_histogram
+
+    intervals = 0.01 + np.arange(99) % 3 * 1e-17  # as np.diff of a float clock gives them
+    fig, ax = plt.subplots()
+    interval_histogram(ax, intervals, "camera clock")
+    fig.canvas.draw()
+    assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e-10+1e1"
+    (bar,) = ax.patches
+    assert bar.get_x() + bar.get_width() / 2 == pytest.approx(10.0)
+    assert bar.get_height() == 99
+    low, high = ax.get_xlim()
+    assert 8 <= low < 10 < high <= 12
+    labels = [float(t.get_text().replace("\N{MINUS SIGN}", "-")) for t in ax.get_xticklabels()]
+    assert all(low - 1 <= x <= high + 1 for x in labels)  # in ms, readable as they are
+    assert "all 10 ms" in ax.get_title()
+    plt.close(fig)
+
+
+def test_show_reports_no_gap_where_a_paused_plan_retook_a_point(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan pauses after a trigger, before its event: on resume the point's frames are
+    cut from the file and taken again, so a frame number is absent but nothing was lost."""
+    import bluesky.plan_stubs as bps
+
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=4), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set((0, 0, 32, 32))
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    paused = []
+
+    def shot(detectors: list[Any]) -> Any:
+        yield from bps.trigger(cam, wait=True)
+        if len(paused) == 0 and cam.frames_written.get() >= 3:  # the third point
+            paused.append(True)
+            yield from bps.pause()
+        yield from bps.create()
+        yield from bps.read(cam)
+        yield from bps.save()
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=5, per_shot=shot))
+    (uid,) = RE.resume()
+    capsys.readouterr()  # the RunEngine's "Pausing..."
+    with h5py.File(cam.file_path.get(), "r") as f:
+        numbers = f[layout.FRAME_NUMBER][: layout.stored_frames(f)]
+    assert len(numbers) == 5 and np.diff(numbers).max() == 2  # one number absent
+
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--json", "--no-png"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gaps"] == [] and report["missing_frames"] == 0
+    assert report["rewound_frames"] == 1 and report["frames_dropped"] == 0
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 0
+    assert "gaps       none (1 cut when a paused plan rewound" in capsys.readouterr().out
+
+
+def test_sync_names_a_movie_file_once(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A movie's file holds three of its streams (frames, frame numbers, times)."""
+    from ophyd_scmos.plans import movie
+
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set((0, 0, 32, 32))
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    (uid,) = RE(movie(cam, frames=50))
+    path = cam.file_path.get()
+    sync = ["sync", "--from", str(catalog_dir), uid]
+    assert main([*sync, "--to", str(tmp_path / "target")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("copied") and out.count(path) == 1
+    copies = tmp_path / "copies"
+    assert main([*sync, "--to", str(tmp_path / "other"), "--copy-data", str(copies), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["files"] == [str(copies / Path(path).name)] and result["error"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files
+
+
+def test_a_truncated_or_moved_file_fails_at_once_naming_it(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tiled reads in SWMR mode, which skips HDF5's end-of-file check: a truncated file read
+    as zeros, or hung for minutes. Each read checks the file first."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=8), write_dir=tmp_path, ring_mb=4
+    )
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    (uid,) = RE(count([cam], num=10))
+    path = Path(cam.file_path.get())
+    images = open_catalog(catalog_dir)[uid]["primary"]["cam_image"]
+    show = ["show", uid, "--catalog", str(catalog_dir), "--no-png"]
+
+    os.truncate(path, 8192)
+    started = time.monotonic()
+    with pytest.raises(UnreadableFile, match=rf"{re.escape(str(path))} is truncated: 8192 bytes"):
+        images.read()
+    assert time.monotonic() - started < 5
+    with pytest.raises(UnreadableFile, match="truncated"):
+        file_stats(path)
+    assert main(show) == 1
+    assert f"{path} is truncated" in capsys.readouterr().err
+
+    path.rename(tmp_path / "moved.h5")
+    with pytest.raises(MissingFile, match=re.escape(str(path))):
+        images[0]
+    assert main(show) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and str(path) in err

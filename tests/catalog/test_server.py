@@ -1,12 +1,16 @@
 """The facility catalog: a real PostgreSQL and a real Tiled server (``ophyd-scmos serve``) on
-127.0.0.1, one of each for the whole session; runs written over HTTP, read from elsewhere."""
+127.0.0.1, one of each for the whole session; runs written over HTTP, read from elsewhere.
+The database asks for a password, as a facility's does; the server gets it from PGPASSWORD."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,11 @@ import pytest
 from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
+from tiled.client.utils import ClientError
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.catalog import open_catalog, server_config, sync, write_server_config
+from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI as SensorROI
 from ophyd_scmos.drivers import CameraSettings
 from tests.conftest import SENSOR
@@ -34,16 +40,54 @@ def facility(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     postgres = PostgreSQL(require_postgres())
     postgres.start()
     try:
+        password = secrets.token_hex(12)
+        database = database_with_password(postgres, "catalog", "tiled", password)
         root = tmp_path_factory.mktemp("facility")
         readable = [root / "frames", root / "shared"]
-        server = CatalogServer(postgres.create_database("catalog"), root / "server", readable)
-        server.start()
+        server = CatalogServer(database, root / "server", readable)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PGPASSWORD", password)  # the server's environment: in no file or log
+            server.start()
+        assert server.process is not None
         try:
-            yield {"url": server.url, "api_key": server.api_key, "root": root}
+            yield {
+                "url": server.url,
+                "api_key": server.api_key,
+                "root": root,
+                "password": password,
+                "log": server.log,
+                "pid": server.process.pid,
+            }
         finally:
             server.stop()
     finally:
         postgres.stop()
+
+
+def database_with_password(postgres: PostgreSQL, name: str, user: str, password: str) -> str:
+    """A database owned by `user`, who must give `password` over TCP (scram-sha-256, as a
+    facility's server asks); its URI, without the password."""
+    psql = [str(postgres.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(postgres.port)]
+    psql += ["-U", postgres.user, "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
+    for sql in (
+        f"CREATE ROLE {user} LOGIN PASSWORD '{password}'",
+        f"CREATE DATABASE {name} OWNER {user}",
+    ):
+        subprocess.run([*psql, "-c", sql], check=True, capture_output=True)
+    hba = postgres.dir / "data" / "pg_hba.conf"
+    hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n{hba.read_text()}")
+    assert postgres.process is not None
+    os.kill(postgres.process.pid, signal.SIGHUP)  # PostgreSQL reads pg_hba.conf again
+    uri = f"postgresql://{user}@127.0.0.1:{postgres.port}/{name}"
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run([psql[0], uri, "-c", "SELECT 1"], env=env, capture_output=True).returncode
+        == 0
+    ):
+        assert time.monotonic() < deadline, "PostgreSQL still lets the user in without a password"
+        time.sleep(0.1)
+    return uri
 
 
 @pytest.fixture(scope="session")
@@ -183,10 +227,15 @@ def test_server_config_serves_runs_like_the_embedded_catalog(tmp_path: Path) -> 
     assert tree["args"]["uri"] == "postgresql+asyncpg://u@db:5433/runs"
     assert tree["args"]["writable_storage"] == [
         str(tmp_path / "data"),
-        "postgresql://u@db:5433/runs",  # event tables in the same database, through ADBC
+        # Event tables in the same database, through ADBC (libpq); the user as a parameter,
+        # since Tiled turns "u@db" without a password into "u:None@db".
+        "postgresql://db:5433/runs?user=u",
     ]
     assert tree["args"]["readable_storage"] == [str(tmp_path / "frames")]
     assert tree["args"]["specs"] == [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}]
+    # Files are read through the adapter that refuses a damaged one at once.
+    hdf5 = tree["args"]["adapters_by_mimetype"]["application/x-hdf5"]
+    assert hdf5 == "ophyd_scmos.catalog.hdf5:CheckedHDF5Adapter"
     assert "application/json-seq" in config["media_types"]["BlueskyRun"]
     path = write_server_config(tmp_path / "tiled.yml", config)
     assert path.stat().st_mode & 0o777 == 0o600  # the URI may hold a password
@@ -224,3 +273,84 @@ def test_the_ipython_profile_records_into_the_facility_server(
     driver.open()
     driver.configure(CameraSettings(exposure_time=0.001, roi=SensorROI(*ROI)))
     np.testing.assert_array_equal(frames, expected(driver, 20))
+
+
+def test_the_database_password_is_in_no_log_and_no_command_line(
+    facility: dict[str, Any], server_catalog: Any
+) -> None:
+    """Tiled prints its database URI when it starts; the password is not in it, nor on the
+    server's command line (which every user of the host sees), nor is the API key echoed."""
+    list(server_catalog)  # the server works: it reached the database with the password
+    log = Path(facility["log"]).read_text(errors="replace")
+    assert "shared DB pool: postgresql+asyncpg://tiled@127.0.0.1" in log  # the URI, printed
+    assert facility["password"] not in log
+    assert facility["api_key"] not in log
+    command = Path(f"/proc/{facility['pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"ophyd_scmos.catalog" in command  # the server process itself
+    assert not any(facility["password"].encode() in part for part in command)
+
+
+def test_serve_refuses_a_password_on_its_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve = ["serve", "--read", str(tmp_path / "frames"), "--data", str(tmp_path / "srv")]
+    assert main([*serve, "--postgres", "postgresql://tiled:hunter2@db:5432/catalog"]) == 2
+    err = capsys.readouterr().err
+    assert "PGPASSWORD" in err and "hunter2" not in err
+    assert not (tmp_path / "srv").exists()  # nothing written, nothing started
+    with pytest.raises(ValueError, match="PGPASSWORD") as refused:
+        server_config("postgresql://u@db/c", tmp_path, [tmp_path], tables="postgresql://u:s3cr@t/c")
+    assert "s3cr" not in str(refused.value)
+
+
+def _log_size(facility: dict[str, Any]) -> int:
+    return Path(facility["log"]).stat().st_size
+
+
+def _log_since(facility: dict[str, Any], size: int) -> str:
+    with open(facility["log"], "rb") as log:
+        log.seek(size)
+        return log.read().decode(errors="replace")
+
+
+def test_a_file_outside_the_readable_directories_is_refused_at_once_with_the_reason(
+    facility: dict[str, Any], server_catalog: Any, tmp_path: Path
+) -> None:
+    uid, _ = take_run(server_catalog, tmp_path / "elsewhere", 3, seed=16)
+    images = server_catalog[uid]["primary"]["cam_image"]
+    logged = _log_size(facility)
+    started = time.monotonic()
+    with pytest.raises(ClientError) as refused:
+        images.read()
+    assert time.monotonic() - started < 5  # not ~25 s of retries
+    message = str(refused.value)
+    assert message.startswith("403: Refusing to serve")
+    assert str(tmp_path / "elsewhere") in message and "--read" in message
+    assert "Traceback" not in _log_since(facility, logged)
+
+
+def test_a_truncated_or_moved_file_is_refused_at_once_naming_it(
+    facility: dict[str, Any],
+    server_catalog: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uid, _ = take_run(server_catalog, facility["root"] / "frames", 5, seed=17)
+    images = server_catalog[uid]["primary"]["cam_image"]
+    (path,) = {asset.data_uri for source in images.data_sources() for asset in source.assets}
+    path = Path(path.removeprefix("file://localhost"))
+    os.truncate(path, 8192)
+    logged = _log_size(facility)
+    started = time.monotonic()
+    with pytest.raises(ClientError, match="409: .* is truncated: 8192 bytes") as refused:
+        images.read()
+    assert time.monotonic() - started < 5 and str(path) in str(refused.value)
+    assert "Traceback" not in _log_since(facility, logged)
+    show = ["show", uid, "--catalog", facility["url"], "--api-key", facility["api_key"]]
+    assert main([*show, "--no-png"]) == 1
+    assert "truncated" in capsys.readouterr().err
+
+    path.rename(tmp_path / path.name)
+    with pytest.raises(ClientError, match="409: .*no such file") as refused:
+        images.read()
+    assert str(path) in str(refused.value)

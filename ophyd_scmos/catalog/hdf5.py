@@ -1,0 +1,31 @@
+"""The adapter our catalogs read HDF5 files with: Tiled's own, once the file is checked.
+
+Tiled opens a run's file in SWMR mode (its documents ask for it, so that a run is readable
+while it is written), which skips HDF5's end-of-file check: a truncated file then reads as
+zero-filled frames, or hangs for minutes retrying its lost metadata. Every read first checks
+the file (`check_readable`), so a damaged, missing or moved file fails at once, with its path
+and what is wrong. Loaded by Tiled's server (embedded or `ophyd-scmos serve`), never by the
+`ophyd_scmos.catalog` package itself: it imports Tiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiled.adapters.hdf5 import HDF5Adapter
+from tiled.utils import path_from_uri
+
+from ophyd_scmos.pipeline.recovery import check_readable
+
+__all__ = ["CheckedHDF5Adapter"]
+
+
+class CheckedHDF5Adapter(HDF5Adapter):
+    """Tiled's `HDF5Adapter`, refusing a file that is missing or shorter than HDF5 recorded."""
+
+    @classmethod
+    def from_catalog(cls, data_source: Any, node: Any, /, **parameters: Any) -> Any:
+        for asset in data_source.assets:
+            if asset.data_uri.startswith("file:"):
+                check_readable(path_from_uri(asset.data_uri))
+        return super().from_catalog(data_source, node, **parameters)
