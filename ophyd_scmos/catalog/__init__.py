@@ -2,13 +2,15 @@
 
 One module per job: `embedded` (`open_catalog`: the in-process catalog on SQLite, or a Tiled
 server by URL), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's
-documents, and `sync` between catalogs), `summary` (what is in a run, for people), `hdf5`
-(the adapter Tiled reads run files with, which refuses a damaged file at once). Importing
-this package loads none of Tiled, h5py or numpy, so the CLI starts fast.
+documents, and `sync` between catalogs), `summary` (what is in a run, for people), `recover`
+(closing a run whose acquiring process died), `hdf5` (the adapter Tiled reads run files with,
+which refuses a damaged file at once). Importing this package loads none of Tiled, h5py or
+numpy, so the CLI starts fast.
 The design reasoning is in docs/architecture.md ("Catalogs").
 """
 
 from ophyd_scmos.catalog.embedded import CATALOG_ENV, default_catalog_dir, open_catalog
+from ophyd_scmos.catalog.recover import UnfinishedRun, close_run, find_unfinished_run
 from ophyd_scmos.catalog.server import (
     run_server,
     server_command,
@@ -25,10 +27,13 @@ __all__ = [
     "MissingFile",
     "RunSummary",
     "SyncResult",
+    "UnfinishedRun",
     "UnreadableFile",
+    "close_run",
     "default_catalog_dir",
     "documents",
     "file_stats",
+    "find_unfinished_run",
     "open_catalog",
     "probe",
     "run_server",

@@ -1,9 +1,12 @@
-"""`ophyd-scmos recover`: open again a file whose writer never closed it (killed, power cut).
+"""`ophyd-scmos recover`: open again a file whose writer never closed it (killed, power cut),
+and close the run it belongs to.
 
 A stream recovers its own file when its writer dies; this is for what no stream was left to
 recover. HDF5 marks a file open for writing in its superblock; after a crash the mark stays
 and readers refuse the file. Clearing it is what `h5clear -s` does (Debian's h5clear is too
-old for these files).
+old for these files). With ``--catalog``, the run whose acquiring process died gets the
+image references and the stop document that process never wrote
+(`ophyd_scmos.catalog.recover`), so it replays the frames the file holds.
 """
 
 from __future__ import annotations
@@ -12,31 +15,99 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def recover(args: argparse.Namespace) -> int:
-    """Clear the open-for-writing mark of HDF5 files no process is writing; say what they hold."""
+    """Clear the open-for-writing mark of HDF5 files no process is writing; say what they
+    hold; with --catalog, close the runs they belong to."""
     import h5py
 
     from ophyd_scmos.pipeline import layout
     from ophyd_scmos.pipeline.recovery import clear_open_flags
 
+    files = list(args.files)
+    if args.catalog and Path(args.catalog).is_file():
+        # `--catalog FILE`: a catalog is a directory or a URL, so FILE is a file to recover.
+        files.insert(0, Path(args.catalog))
+        args.catalog = ""
+    if not files:
+        print("ophyd-scmos recover: name the HDF5 files to recover", file=sys.stderr)
+        return 2
+    catalog = None
+    if args.catalog is not None:
+        from ophyd_scmos.catalog import open_catalog
+
+        catalog = open_catalog(args.catalog or None, api_key=args.api_key)
     failed = 0
-    for path in args.files:
+    for path in files:
         holder = _holder(path)
         try:
             if holder is not None:
                 raise ValueError(f"{path} is open in process {holder}; recover it after it ends")
             cleared = clear_open_flags(path)
             with h5py.File(path, "r") as f:
-                frames = f[layout.DATA].shape[0] if layout.DATA in f else 0
+                frames = layout.stored_frames(f)
+                entry = dict(f[layout.ENTRY].attrs)
+                last_frame = float(f[layout.HOST_TIMESTAMP][frames - 1]) if frames else None
         except (OSError, ValueError) as exc:
             print(f"ophyd-scmos recover: {exc}", file=sys.stderr)
             failed += 1
             continue
         what = "cleared the open-for-writing mark" if cleared else "was not marked open"
         print(f"{path}: {what}; {frames} frames")
+        if catalog is None:
+            continue
+        end_time = last_frame if last_frame is not None else os.stat(path).st_mtime
+        try:
+            print(_close_run(catalog, path, entry, frames, end_time))
+        except (LookupError, RuntimeError, ValueError) as exc:
+            print(f"ophyd-scmos recover: {path}: {exc}", file=sys.stderr)
+            failed += 1
     return 1 if failed else 0
+
+
+def _close_run(catalog: Any, path: Path, entry: dict[str, Any], frames: int, end: float) -> str:
+    """Close the run of `path` in `catalog`; say what it replays now."""
+    from ophyd_scmos.catalog import close_run, find_unfinished_run
+
+    if "device_name" not in entry or "start_time" not in entry:
+        raise ValueError("not a camera file of ophyd-scmos (no device_name, start_time in /entry)")
+    found = find_unfinished_run(catalog, path, str(entry["device_name"]), entry["start_time"])
+    reason = (
+        f"the acquiring process ended without closing the run; closed by ophyd-scmos recover "
+        f"from {path}, which holds {frames} frames (the events were lost)"
+    )
+    shape = close_run(
+        found,
+        _asset_documents(found.key, found.data_key, path, frames),
+        reason=reason,
+        end_time=end,
+    )
+    return f"{path}: closed run {found.uid}: {found.stream}/{found.key} replays {shape}"
+
+
+def _asset_documents(
+    key: str, description: dict[str, Any], path: Path, frames: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """The asset documents the camera would have emitted for the whole points of `path`, in
+    the style its descriptor announced: a Resource and a Datum per point (FILESTORE:), or a
+    StreamResource and one StreamDatum (STREAM:)."""
+    from ophyd_scmos.documents import AssetDocs
+    from ophyd_scmos.pipeline import layout
+
+    path = Path(path).absolute()
+    docs = AssetDocs(path, path.parent)
+    shape = description["shape"]
+    if str(description["external"]).startswith("FILESTORE"):
+        per_point = shape[0]  # [frames per point, H, W]
+        for point in range(frames // per_point):
+            docs.datum(point, per_point)
+    else:
+        per_point = shape[0] if len(shape) == 3 else 1  # [H, W] for one frame per point
+        docs.stream({key: layout.DATA}, per_point)
+        docs.stream_datum(0, frames // per_point)
+    return list(docs.drain())
 
 
 def _holder(path: Path) -> int | None:
@@ -54,5 +125,14 @@ def _holder(path: Path) -> int | None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recover", help=recover.__doc__, description=__doc__)
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="HDF5 files to recover")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="HDF5 files to recover")
+    p.add_argument(
+        "--catalog",
+        nargs="?",
+        const="",
+        metavar="LOCATION",
+        help="also close each file's unfinished run in this catalog (a directory or server "
+        "URL; without LOCATION: $OPHYD_SCMOS_CATALOG or the default embedded catalog)",
+    )
+    p.add_argument("--api-key", help="a server's API key (default: $TILED_API_KEY)")
     p.set_defaults(func=recover)

@@ -1,5 +1,6 @@
 """Everything died at once (the machine, say): no stream was left to recover its file, so
-`ophyd-scmos recover` does, and refuses while a process still has the file open."""
+`ophyd-scmos recover` does, and refuses while a process still has the file open. With
+--catalog it also closes the run whose acquiring process died."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
+from ophyd_scmos.catalog import open_catalog
 from ophyd_scmos.cli import main
-from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.drivers import ROI, CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import layout
 from tests.conftest import expected_frames
 
@@ -72,9 +74,94 @@ def test_recover_opens_a_file_no_one_closed_and_refuses_one_still_open(tmp_path,
     assert "was not marked open" in capsys.readouterr().out
 
 
+def _closed(path: str) -> bool:
+    """Whether the writer has closed `path`: until then plain readers are refused."""
+    try:
+        h5py.File(path, "r").close()
+    except OSError:
+        return False
+    return True
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split(") ", 1)[1][:1]
     except OSError:
         return "Z"
+
+
+COUNT = """
+import sys
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+
+catalog_dir, write_dir = sys.argv[1:]
+cam = SCMOSCamera(
+    name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
+)
+cam.roi.set((32, 16, 96, 64))
+cam.exposure_time.set(0.001)
+RE = RunEngine({}, call_returns_result=False)
+RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+
+def report(name, doc):
+    if name == "start":
+        print(doc["uid"], flush=True)
+    if name == "event" and doc["seq_num"] == 30:
+        print(cam.file_path.get(), flush=True)
+
+RE.subscribe(report)
+RE(count([cam], num=100_000))
+"""
+
+
+def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
+    tmp_path, capsys, monkeypatch
+):
+    """The RunEngine's process is killed mid-count: its TiledWriter never wrote the images or
+    the stop. Recovering the file with --catalog makes the run replay every frame it holds."""
+    catalog_dir = tmp_path / "catalog"
+    acquiring = subprocess.Popen(
+        [sys.executable, "-c", COUNT, str(catalog_dir), str(tmp_path / "frames")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        uid = acquiring.stdout.readline().strip()
+        path = acquiring.stdout.readline().strip()
+        assert uid and path, "the acquisition did not start"
+    finally:
+        acquiring.kill()  # the RunEngine's process only: its writer closes the file
+        acquiring.wait()
+    deadline = time.monotonic() + 60
+    while not _closed(path):
+        assert time.monotonic() < deadline, "the writer did not close the file"
+        time.sleep(0.05)
+    run = open_catalog(catalog_dir)[uid]
+    assert "stop" not in run.metadata and "cam_image" not in run["primary"]
+
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    assert f"closed run {uid}" in capsys.readouterr().out
+    with h5py.File(path, "r") as f:
+        numbers = f[layout.FRAME_NUMBER][: layout.stored_frames(f)]
+    assert len(numbers) >= 30
+    run = open_catalog(catalog_dir)[uid]
+    images = run["primary"]["cam_image"].read()
+    driver = SimulatedSCMOS(shape=(256, 320), seed=5)
+    driver.open()
+    driver.configure(CameraSettings(exposure_time=0.001, roi=ROI(32, 16, 96, 64)))
+    expected = np.stack([driver.expected_frame(int(n)) for n in numbers])
+    assert images.shape == (len(numbers), 1, 64, 96)
+    np.testing.assert_array_equal(images[:, 0], expected)
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert "ophyd-scmos recover" in stop["reason"] and path in stop["reason"]
+
+    # Closed now: a second recovery finds no unfinished run and says so. (`--catalog FILE`:
+    # the catalog from the environment, FILE the file to recover.)
+    monkeypatch.setenv("OPHYD_SCMOS_CATALOG", str(catalog_dir))
+    assert main(["recover", "--catalog", path]) == 1
+    assert "no unfinished run" in capsys.readouterr().err
