@@ -9,13 +9,16 @@ free-running camera at full rate with StreamResource/StreamDatum.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from ophyd.status import Status
 
 from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
-from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, next_file, prepare_dir
+from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.paths import default_write_dir
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
@@ -42,6 +45,63 @@ _PIPELINE_KEYWORDS = dict(
 )
 #: event-model's pattern for data keys, which begin with the camera's name
 _DOCUMENT_KEY = re.compile(r"[^./]+")
+
+logger = logging.getLogger(__name__)
+
+#: cameras with a run in progress, closed at interpreter exit (see `_close_runs_at_exit`)
+_RUNNING: weakref.WeakSet[SCMOSCamera] = weakref.WeakSet()
+
+
+def _close_runs_at_exit() -> None:
+    """Close the runs a script left open, while the threads that talk to the writer still
+    run: once the interpreter finalizes, those threads stop, and a later unstage could only
+    wait and then kill.
+
+    Ctrl-C in a plain script leaves its RunEngine paused with our camera staged. That
+    RunEngine is aborted here, as a person at the prompt would (`RE.abort()`): the run gets
+    its stop document and its file keeps exactly the frames of its events. Left to
+    garbage collection, bluesky would unstage during finalization, with its callbacks
+    (TiledWriter) already half torn down.
+    """
+    if not _RUNNING:
+        return
+    import gc
+
+    from bluesky import RunEngine
+
+    for engine in [obj for obj in gc.get_objects() if isinstance(obj, RunEngine)]:
+        if engine.state == "paused":
+            with contextlib.suppress(Exception):
+                engine.abort(reason="the Python session ended while the run was paused")
+    for camera in list(_RUNNING):
+        path = camera.file_path.get()
+        try:
+            camera._finish_run()
+        except Exception as exc:
+            logger.warning("%s: closing %s at exit: %s", camera.name, path, exc)
+        else:
+            logger.warning(
+                "%s: the run was still open at exit; %s is closed with %d frames",
+                camera.name,
+                path,
+                camera.frames_written.get(),
+            )
+
+
+atexit.register(_close_runs_at_exit)  # where the hook below is not available
+
+
+def _close_runs_first_at_exit() -> None:
+    """Have `_close_runs_at_exit` run before the other hooks threading runs at exit, which
+    include the shutdown of an in-process Tiled server (the embedded catalog) that the
+    aborted run's stop document still has to reach. Those hooks run last-registered first,
+    before `atexit`'s; so the hook moves to the end whenever a run starts."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if not isinstance(hooks, list) or (hooks and hooks[-1] is _close_runs_at_exit):
+        return
+    with contextlib.suppress(ValueError):
+        hooks.remove(_close_runs_at_exit)
+    hooks.append(_close_runs_at_exit)
 
 
 @dataclass
@@ -99,7 +159,8 @@ class SCMOSCamera(Device):
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only).
 
     Trigger modes in step scans: `software` takes a burst of `frames_per_point` frames per
-    trigger; `internal` free-runs from stage and records the first `frames_per_point` frames
+    trigger; `internal` free-runs from the first trigger (a fly scan: from kickoff, so a
+    movie's frame numbers start at 0) and records the first `frames_per_point` frames
     after each trigger (the frames between triggers are read and skipped; to record them all,
     fly: `ophyd_scmos.plans.movie`); `external` records the frames the camera's trigger input
     produces after each trigger.
@@ -249,17 +310,24 @@ class SCMOSCamera(Device):
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
         write_dir = prepare_dir(self.write_dir)
-        path = next_file(write_dir, self.file_template, self.name)
-        stream = FrameStream(
-            self.driver,
-            path,
-            self.options,
-            attrs=self._file_attrs(),
-            on_progress=self._on_progress,
-            gated=self._mode is not TriggerMode.SOFTWARE,
-        )
-        stream.open()
+
+        def open_stream(path: Path) -> FrameStream:
+            stream = FrameStream(
+                self.driver,
+                path,
+                self.options,
+                attrs=self._file_attrs(),
+                on_progress=self._on_progress,
+                gated=self._mode is not TriggerMode.SOFTWARE,
+            )
+            stream.open()
+            return stream
+
+        stream = create_next(write_dir, self.file_template, self.name, open_stream)
+        path = stream.path
         self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
+        _RUNNING.add(self)
+        _close_runs_first_at_exit()
         for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
             sig.put(0)
         self.file_path.put(str(path))
@@ -297,6 +365,7 @@ class SCMOSCamera(Device):
         RunEngine collecting documents (or in a fly scan), every frame is kept.
         """
         run, self._run = self._run, None
+        _RUNNING.discard(self)
         if run is None:
             return
         if run.flying:
@@ -339,7 +408,7 @@ class SCMOSCamera(Device):
         run = self._run
         if run is None or run.stream is not stream:
             return
-        settled = stream.frames_stored + stream.frames_dropped + stream.frames_missed
+        settled = stream.frames_written + stream.frames_dropped + stream.frames_missed
         for status in run.pending():
             status.update(settled)
 
@@ -372,7 +441,7 @@ class SCMOSCamera(Device):
                     f"{self.name} lost {lost} frame(s) ({stream.frames_missed} missed by the "
                     f"camera, {stream.frames_dropped} dropped from a full ring) because writing "
                     f"fell behind; each event must hold its own frames, so the scan stops. "
-                    f"{stream.path} keeps the {stream.frames_stored} frames stored. "
+                    f"{stream.path} keeps the {stream.frames_written} frames written. "
                     "Use a larger ring_mb, compression, or a longer exposure."
                 )
             if error is not None:
@@ -503,7 +572,8 @@ class SCMOSCamera(Device):
                     time.sleep(0.01)
                 stream.stop()
                 stream.wait_settled(timeout=60)
-                status.target = stream.frames_acquired + stream.frames_dropped
+                # A timed movie's target was an estimate: the frames taken replace it.
+                status.target = min(n, stream.frames_taken) if n else stream.frames_taken
                 status.update(status.target)
                 if run.staged_by_kickoff:
                     self.unstage()
@@ -536,7 +606,8 @@ class SCMOSCamera(Device):
         }
 
     def get_index(self) -> int:
-        """Frames in the file that a collect may point at (bluesky's WritesStreamAssets)."""
+        """Frames in the file that a collect may point at (bluesky's WritesStreamAssets):
+        flushed ones only, so a StreamDatum never claims a frame a killed writer loses."""
         if self._run is not None:
-            return self._run.stream.frames_stored
+            return self._run.stream.frames_written
         return int(self.frames_written.get())  # after the file closed: all of it

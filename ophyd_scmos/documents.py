@@ -25,22 +25,22 @@ class AssetDocs:
     def __init__(self, path: Path, root: Path):
         self.path, self.root = path, root
         self._queue: deque[tuple[str, dict]] = deque()
-        self._compose_datum = None
-        self._stream_datums: list = []  # one composer per StreamResource
+        self._compose_datum: event_model.ComposeDatum | None = None
+        #: one composer per StreamResource
+        self._stream_datums: list[event_model.ComposeStreamDatum] = []
 
     # -- AD_HDF5: one Resource, a Datum per point ------------------------------------------
     def datum(self, point: int, frames_per_point: int) -> str:
         """Queue the Datum of `point` (its frames are `point * k` on), return its id."""
         if self._compose_datum is None:
-            bundle = event_model.compose_resource(
+            # No start document: the RunEngine fills in the Resource's run_start.
+            bundle = event_model.ComposeResource(start=None)(
                 spec="AD_HDF5",
                 root=str(self.root),
                 resource_path=str(self.path.relative_to(self.root)),
                 resource_kwargs={"frame_per_point": frames_per_point},
             )
-            resource = dict(bundle.resource_doc)
-            resource.pop("run_start", None)  # the RunEngine fills it in
-            self._queue.append(("resource", resource))
+            self._queue.append(("resource", dict(bundle.resource_doc)))
             self._compose_datum = bundle.compose_datum
         datum = self._compose_datum(datum_kwargs={"point_number": point})
         self._queue.append(("datum", dict(datum)))
@@ -55,15 +55,13 @@ class AssetDocs:
             parameters = {"dataset": dataset, "swmr": True}
             if dataset == layout.DATA and frames_per_point > 1:
                 parameters["multiplier"] = frames_per_point
-            bundle = event_model.compose_stream_resource(
+            bundle = event_model.ComposeStreamResource(start=None)(
                 mimetype=HDF5_MIMETYPE,
                 uri=self.path.absolute().as_uri(),
                 data_key=data_key,
                 parameters=parameters,
             )
-            resource = dict(bundle.stream_resource_doc)
-            resource.pop("run_start", None)
-            self._queue.append(("stream_resource", resource))
+            self._queue.append(("stream_resource", dict(bundle.stream_resource_doc)))
             self._stream_datums.append(bundle.compose_stream_datum)
 
     def stream_datum(self, start: int, stop: int) -> None:

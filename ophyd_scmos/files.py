@@ -6,7 +6,11 @@ import datetime
 import os
 import string
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_TEMPLATE = "{name}_{date:%Y%m%d-%H%M%S}_{uid}.h5"
 FIELDS = {"name", "date", "uid", "counter"}
@@ -15,6 +19,8 @@ SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 
 def check_template(template: str) -> str:
     """Raise ValueError unless `template` names a file inside the write directory."""
+    if not isinstance(template, str) or "\0" in template:
+        raise ValueError(f"file template {template!r} must be a string without NUL characters")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:
@@ -70,3 +76,16 @@ def next_file(write_dir: Path, template: str, name: str) -> Path:
         counter += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def create_next(write_dir: Path, template: str, name: str, create: Callable[[Path], T]) -> T:
+    """Make this run's file with `create(path)`, which must create it exclusively (raising
+    FileExistsError if it exists). With a `{counter}` field, a number that another process
+    took in the meantime is skipped, so two processes starting together both get a file."""
+    while True:
+        path = next_file(write_dir, template, name)
+        try:
+            return create(path)
+        except FileExistsError:
+            if "{counter" not in template:
+                raise

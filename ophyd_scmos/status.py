@@ -26,6 +26,9 @@ class FrameStatus(DeviceStatus):
         self._watchers.append(func)
 
     def update(self, current: int) -> None:
+        """Tell the watchers; progress never passes the target (lost frames count as taken,
+        so the camera's count can run past it)."""
+        current = min(current, self.target)
         span = max(1, self.target - self.initial)
         remaining = max(0, self.target - current) / span
         for watcher in list(self._watchers):

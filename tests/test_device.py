@@ -15,7 +15,7 @@ from bluesky.plans import count
 from databroker import Broker
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import PipelineOptions, layout
 from tests.conftest import expected_frames
 
 REPLAY = """
@@ -160,6 +160,49 @@ def test_bad_settings_fail_at_set_before_any_frame(cam):
     assert cam.exposure_time.get() == 0.001  # unchanged
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("exposure_time", True),
+        ("roi", (0, 0, 100.7, 64)),
+        ("roi", "0123"),
+        ("binning", 2.0),
+        ("binning", True),
+        ("acquire_period", 1e12),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_at_set(cam, setting, value):
+    """Each was once accepted and failed later (at stage), or was recorded as given but
+    applied otherwise (100.7 as 100), or made a count wait forever (a period of 30,000 years)."""
+    before = getattr(cam, setting).get()
+    with pytest.raises(ValueError, match=setting):
+        getattr(cam, setting).set(value)
+    assert getattr(cam, setting).get() == before
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"ring_mb": float("inf")}, "ring_mb must be positive"),
+        ({"ring_mb": "10"}, "ring_mb must be positive"),
+        ({"ring_frames": True}, "ring_frames must be an integer"),
+        ({"overflow": "wait"}, "overflow"),
+        ({"compression": "zip"}, "compression 'zip' is not one of"),
+    ],
+)
+def test_pipeline_options_are_checked_when_the_camera_is_made(driver, tmp_path, options, says):
+    with pytest.raises(ValueError, match=says):
+        SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, **options)
+
+
+def test_options_come_as_one_object_or_as_keywords_not_both(driver, tmp_path):
+    options = PipelineOptions(ring_frames=4, compression="bitshuffle-lz4")
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, options=options)
+    assert (cam.ring_frames, cam.compression, cam.ring_mb) == (4, "bitshuffle-lz4", None)
+    with pytest.raises(ValueError, match="not both"):
+        SCMOSCamera(name="c", driver=driver, write_dir=tmp_path, options=options, ring_mb=8)
+
+
 def test_binning_and_12_bit_shape_the_frames(cam, driver, RE, recorder):
     cam.binning.set(2)
     cam.bit_depth.set(12)
@@ -232,7 +275,9 @@ def test_a_bandwidth_cap_must_be_positive(driver, tmp_path):
         SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, write_limit_mb_s=0)
 
 
-@pytest.mark.parametrize("template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name"])
+@pytest.mark.parametrize(
+    "template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name", "a\0b.h5"]
+)
 def test_bad_file_templates_are_refused(driver, tmp_path, template):
     with pytest.raises(ValueError, match="template"):
         SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template=template)

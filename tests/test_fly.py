@@ -51,6 +51,7 @@ def test_movie_records_every_frame_in_order_and_replays_from_tiled(tmp_path, RE,
     numbers = run["cam_frame_number"].read()
     times = run["cam_frame_time"].read()
     assert images.shape == (5000, 64, 96)
+    assert numbers[0] == 0  # the camera starts at kickoff: no frames skipped before the first
     np.testing.assert_array_equal(np.diff(numbers), 1)  # no gaps
     assert np.all(np.diff(times) > 0)
     for i in range(5000):
@@ -155,6 +156,7 @@ def test_internal_mode_count_skips_frames_between_triggers(cam, driver, RE, reco
     cam.frames_per_point.set(2)
     RE(bp.count([cam], num=10, delay=0.05))
     numbers = [e["data"]["cam_frame_number"] for e in recorder.of("event")]
+    assert numbers[0] == 0  # the camera starts free-running at the first trigger
     assert all(b - a > 2 for a, b in zip(numbers, numbers[1:], strict=False))  # skipped between
     with h5py.File(cam.file_path.get(), "r") as f:
         recorded = f[layout.FRAME_NUMBER][()]

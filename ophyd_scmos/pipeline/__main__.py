@@ -14,8 +14,10 @@ from ophyd_scmos.pipeline.writer import Writer, send
 
 def describe_error(exc: BaseException, path: str) -> str:
     """Say what failed; the acquiring process adds how many frames the file holds."""
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)
-    if full or "No space left" in str(exc) or "File too large" in str(exc):
+    code, text = getattr(exc, "errno", None), str(exc)
+    if code == errno.EFBIG or "File too large" in text or "File size limit" in text:
+        return f"file-size limit reached writing {path}: {exc}"
+    if code == errno.ENOSPC or "No space left" in text:
         return f"disk full writing {path}: {exc}"
     return f"{type(exc).__name__} writing {path}: {exc}"
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BaseException as exc:  # report everything, then exit nonzero
         written = 0
+        message = describe_error(exc, config.path)
         if writer is not None:  # keep what made it, without raising again
             with contextlib.suppress(Exception):
                 writer.flush()
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 writer.file.close()  # a close that returns has written the metadata
                 written = writer.written
-        message = describe_error(exc, config.path)
+                writer.record_outcome(complete=False, error=message)
         send(status, {"state": State.ERROR.value, "written": written, "error": message})
         print(message, file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +113,9 @@ class _Blosc2(FrameEncoder):
 
 def _blosc2_filter(cname: str, clevel: int, shuffle: str) -> Callable[[], Mapping[str, Any]]:
     return lambda: hdf5plugin.Blosc2(
-        cname=cname, clevel=clevel, filters=getattr(hdf5plugin.Blosc2, shuffle)
+        cname=cname,  # type: ignore[arg-type]  # one of the names hdf5plugin lists
+        clevel=clevel,
+        filters=getattr(hdf5plugin.Blosc2, shuffle),
     )
 
 
@@ -164,7 +166,7 @@ class ChunkCompressor:
         """One frame's chunk, in the calling thread."""
         return self.encoder(frame)
 
-    def imap(self, frames: Iterable[np.ndarray]) -> Iterator[bytes]:
+    def imap(self, frames: Iterable[np.ndarray]) -> Generator[bytes, None, None]:
         """Chunks for `frames`, in order, with at most two frames per worker in flight.
 
         Each frame's pieces go to the pool at once, so even a lone frame uses every worker.

@@ -29,6 +29,7 @@ class Op(enum.IntEnum):
     DROPPED = 3  #: frames dropped from a full ring so far (recorded in the file)
     MISSED = 4  #: frames the camera lost so far (recorded in the file)
     TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
+    FLUSH = 6  #: flush as soon as the file holds this many frames: someone waits for them
 
 
 class State(str, enum.Enum):
@@ -41,11 +42,10 @@ class State(str, enum.Enum):
 
 
 class WriterStatus(TypedDict, total=False):
-    """One status line. `written` and `stored` are on every line."""
+    """One status line. `state` and `written` are on every line."""
 
     state: str  #: a `State` value
     written: int  #: frames in the file and flushed: they survive a killed writer
-    stored: int  #: frames handed to HDF5, flushed or not
     path: str  #: with `open`
     truncated: int  #: the answer to `Op.TRUNCATE`
     complete: bool  #: with `closed`

@@ -11,14 +11,20 @@ camera timestamp, host timestamp), then page-aligned frame slots.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import sys
 from dataclasses import asdict, dataclass
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 
 import numpy as np
 
 PAGE = 4096
 _HEADER = 64
+SHM_DIR = Path("/dev/shm")  #: where Linux keeps POSIX shared memory
+#: ring names: this prefix, the creating process's pid, a random token
+_PREFIX = "scmos_"
 
 
 def _round_up(n: int, to: int = PAGE) -> int:
@@ -81,14 +87,24 @@ class FrameRing:
         """Allocate a new segment; raises MemoryError naming /dev/shm when it is too small."""
         if n_slots < 2:
             raise ValueError(f"a ring needs at least 2 slots, got {n_slots}")
-        probe = RingSpec("", tuple(frame_shape), np.dtype(dtype).str, n_slots)
+        probe = RingSpec("", (frame_shape[0], frame_shape[1]), np.dtype(dtype).str, n_slots)
+        size = probe.segment_bytes
+        remove_orphan_rings()
+        _check_room(size)
+        name = f"{_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         try:
-            shm = shared_memory.SharedMemory(create=True, size=probe.segment_bytes)
+            shm = shared_memory.SharedMemory(name, create=True, size=size)
         except OSError as exc:
-            raise MemoryError(
-                f"cannot allocate a {probe.segment_bytes / 2**20:.0f} MiB frame ring in shared "
-                f"memory ({exc}); make /dev/shm larger (Docker: --shm-size) or the ring smaller"
-            ) from exc
+            raise MemoryError(_no_room(size, str(exc))) from exc
+        try:
+            # tmpfs hands out a segment larger than its free space, and touching the pages
+            # then kills the process with SIGBUS: reserve them now, where failing is an error.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
+        except OSError as exc:
+            shm.close()
+            shm.unlink()
+            raise MemoryError(_no_room(size, exc.strerror or str(exc))) from exc
         spec = RingSpec(shm.name, probe.frame_shape, probe.dtype, n_slots)
         ring = cls(spec, shm, owner=True)
         ring._released[0] = 0
@@ -134,3 +150,44 @@ def _touch(shm: shared_memory.SharedMemory) -> None:
     view = np.ndarray((shm.size,), np.uint8, shm.buf)
     view[::PAGE] = 0
     del view
+
+
+def _free_shm() -> int | None:
+    """Bytes free in /dev/shm, or None where there is no such directory."""
+    try:
+        disk = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return disk.f_bavail * disk.f_frsize
+
+
+def _no_room(size: int, reason: str) -> str:
+    free = _free_shm()
+    free_text = "" if free is None else f"; {free / 2**20:.0f} MiB free"
+    return (
+        f"cannot make a {size / 2**20:.0f} MiB frame ring in shared memory ({SHM_DIR}"
+        f"{free_text}: {reason}); give the camera a smaller ring (ring_mb=..., or ring_frames=) "
+        "or make /dev/shm larger (Docker: --shm-size=1g)"
+    )
+
+
+def _check_room(size: int) -> None:
+    free = _free_shm()
+    if free is not None and free < size:
+        raise MemoryError(_no_room(size, "not enough room"))
+
+
+def remove_orphan_rings() -> list[str]:
+    """Remove rings left in /dev/shm by processes that are gone (killed with their whole
+    process group, so no resource tracker was left to do it); return their names."""
+    removed: list[str] = []
+    if not Path("/proc/self").exists():  # no way to tell who is alive
+        return removed
+    for entry in SHM_DIR.glob(f"{_PREFIX}*_*"):
+        pid = entry.name[len(_PREFIX) :].split("_", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry.name)
+    return removed

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -31,8 +30,7 @@ from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode
 from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing
-
-logger = logging.getLogger(__name__)
+from ophyd_scmos.pipeline.writeback import no_room, room
 
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 
@@ -105,7 +103,6 @@ class WriterProcess:
             self.last = {
                 "state": State.ERROR.value,
                 "written": self.last.get("written", 0),
-                "stored": self.last.get("stored", 0),
                 "error": f"writer process (pid {self.pid}) died with exit code "
                 f"{self.process.returncode}{self.stderr_tail()}",
             }
@@ -181,11 +178,6 @@ class FrameStream:
         return self.writer.last.get("written", 0) if self.writer else 0
 
     @property
-    def frames_stored(self) -> int:
-        """Frames handed to HDF5 in the file, flushed or not."""
-        return self.writer.last.get("stored", 0) if self.writer else 0
-
-    @property
     def ring_fill(self) -> float:
         """Fraction of ring slots holding frames the writer has not finished with."""
         if self.ring is None:
@@ -194,8 +186,28 @@ class FrameStream:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self, timeout: float = 30) -> None:
-        if self.path.exists():
-            raise FileExistsError(f"{self.path} exists; ophyd-scmos never overwrites a file")
+        """Create the file (never an existing one), start the writer and the camera.
+
+        Raises before any frame is taken if the file, the ring, the writer or the camera
+        cannot be had; then nothing is left behind: no file, no ring, no process.
+        """
+        frame_bytes = int(np.prod(self.driver.frame_shape)) * np.dtype(self.driver.dtype).itemsize
+        space, reason = room(self.path, 0)
+        if space < frame_bytes:  # a full disk: fail now, not with an empty file
+            raise no_room(reason, f"a new run's file {self.path}")
+        try:
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise FileExistsError(
+                f"{self.path} exists; ophyd-scmos never overwrites a file"
+            ) from None
+        try:
+            self._start(timeout)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _start(self, timeout: float) -> None:
         shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
         self.ring = FrameRing.create(shape, dtype, self.options.slots_for(shape, dtype))
         config = WriterConfig(str(self.path), self.ring.spec, self.options, self.attrs)
@@ -204,12 +216,24 @@ class FrameStream:
         while not self._opened.wait(0.05):
             if self.writer.ended.is_set() or time.monotonic() > deadline:
                 message = self.writer.last.get("error", "writer did not start in time")
-                self.writer.kill()
-                self._release_ring()
                 raise OSError(f"cannot write {self.path}: {message}")
+        if self._gate is None:
+            self._start_camera()
+
+    def _start_camera(self) -> None:
+        """Start the camera and the thread that reads it. A gated stream does this when the
+        first frames are allowed, so a movie's frame numbers start at 0 with its first frame."""
         self.driver.start()
         self._thread = threading.Thread(target=self._acquire, name="scmos-acquire", daemon=True)
         self._thread.start()
+
+    def _abandon(self) -> None:
+        """Undo a failed `open`: no frame was taken, so the file goes too."""
+        if self.writer is not None:
+            self.writer.kill()
+        self._release_ring()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     def close(self, timeout: float = 60, keep: int | None = None) -> StreamSummary:
         """Stop the camera, write what is in the ring, close the file. Safe to call twice.
@@ -217,12 +241,10 @@ class FrameStream:
         `keep` cuts the file to its first `keep` frames (those a run recorded in events).
         If the writer died, the file is recovered so plain readers open it again.
         """
-        if self.writer is None:
-            raise StreamError("the stream was never opened")
+        writer = self._require_writer()
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        writer = self.writer
         if writer.process.poll() is None and not writer.ended.is_set():
             with contextlib.suppress(OSError):
                 writer.send(Op.DROPPED, self.frames_dropped)
@@ -295,6 +317,8 @@ class FrameStream:
             return self.frames_acquired
         first = max(self._gate, self.frames_acquired)
         self._gate = first + frames
+        if self._thread is None and not self.stopped:
+            self._start_camera()
         return first
 
     def frame_info(self, index: int) -> tuple[int, float]:
@@ -309,9 +333,10 @@ class FrameStream:
 
         Only while no frames are on their way (the camera idle): later frames follow on.
         """
+        writer = self._require_writer()
         with self._truncated:
             self._truncated_to = None
-            self.writer.send(Op.TRUNCATE, frames)
+            writer.send(Op.TRUNCATE, frames)
             if not self._truncated.wait_for(
                 lambda: self._truncated_to == frames or self.error, timeout
             ):
@@ -322,10 +347,11 @@ class FrameStream:
     def wait_settled(self, timeout: float) -> None:
         """After `stop`: return once every frame in the ring is in the file."""
         deadline = time.monotonic() + timeout
-        while self.frames_stored < self.frames_acquired and self.error is None:
+        self._ask_flush(self.frames_acquired)
+        while self.frames_written < self.frames_acquired and self.error is None:
             if time.monotonic() > deadline:
                 raise StreamError(
-                    f"only {self.frames_stored} of {self.frames_acquired} frames reached "
+                    f"only {self.frames_written} of {self.frames_acquired} frames reached "
                     f"{self.path} in {timeout} s"
                 )
             time.sleep(0.01)
@@ -337,29 +363,37 @@ class FrameStream:
         """Block until `wait_for(count)` would call back: raise its error, or TimeoutError."""
         done = threading.Event()
         errors: list[BaseException | None] = []
-        self.wait_for(count, lambda error: (errors.append(error), done.set()))
+
+        def called_back(error: BaseException | None) -> None:
+            errors.append(error)
+            done.set()
+
+        self.wait_for(count, called_back)
         if not done.wait(timeout):
             raise TimeoutError(
-                f"{self.frames_stored} of {count} frames in {self.path} after {timeout} s"
+                f"{self.frames_written} of {count} frames in {self.path} after {timeout} s"
             )
         if errors[0] is not None:
             raise errors[0]
 
     def wait_for(self, count: int, callback: Callable[[BaseException | None], None]) -> None:
         """Call `callback(None)` once the camera has taken `count` frames and those that were
-        not lost are in the file (the caller checks the loss counters), or `callback(error)`
-        when the stream fails first."""
+        not lost are in the file and flushed, so they survive even a killed writer (the
+        caller checks the loss counters), or `callback(error)` when the stream fails first."""
         with self._lock:
             if self.error is None and self._settled < count:
                 self._waiters.append((count, callback))
+                self._ask_flush(count - self.frames_dropped - self.frames_missed)
                 return
             error = self.error
         callback(error if self._settled < count else None)
 
     @property
     def _settled(self) -> int:
-        """Frames taken whose fate is known: stored in the file, dropped or missed."""
-        return min(self.frames_stored + self.frames_dropped + self.frames_missed, self.frames_taken)
+        """Frames taken whose fate is known: flushed to the file, dropped or missed."""
+        return min(
+            self.frames_written + self.frames_dropped + self.frames_missed, self.frames_taken
+        )
 
     def _notify(self) -> None:
         taken = self._settled
@@ -400,7 +434,8 @@ class FrameStream:
             self._on_progress(self)
 
     def _acquire(self) -> None:
-        ring, writer = self.ring, self.writer
+        ring, writer = self.ring, self._require_writer()
+        assert ring is not None  # open() made it before starting this thread
         n_slots = ring.spec.n_slots
         scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
         try:
@@ -435,6 +470,16 @@ class FrameStream:
             if not self._stop.is_set():
                 writer.ended.wait(5)
                 self._fail(StreamError(f"writer lost ({exc}). {self._saved()}"))
+
+    def _ask_flush(self, frames: int) -> None:
+        """Have the writer flush once the file holds `frames` frames (someone waits)."""
+        with contextlib.suppress(OSError):  # a writer that died: its listener says why
+            self._require_writer().send(Op.FLUSH, frames)
+
+    def _require_writer(self) -> WriterProcess:
+        if self.writer is None:
+            raise StreamError(f"the stream of {self.path} was never opened")
+        return self.writer
 
     def _recording(self) -> bool:
         return self._gate is None or self.frames_acquired < self._gate

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
+import resource
 import time
+from pathlib import Path
 
 #: bytes between two pushes
 WINDOW = 64 * 2**20
+#: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
+HEADROOM = 8 * 2**20
 
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
@@ -73,3 +78,28 @@ class WriteBehind:
         if _SYNC_FILE_RANGE(self.fd, start, length, flags) != 0:
             code = ctypes.get_errno()
             raise OSError(code, f"writing the file to disk failed: {os.strerror(code)}")
+
+
+def room(path: str | os.PathLike[str], file_size: int) -> tuple[int, int]:
+    """(bytes the file at `path` may still grow by, the errno that says why not more).
+
+    The disk's free space (ENOSPC) or this process's file-size limit, ``ulimit -f`` (EFBIG),
+    whichever is less, less HEADROOM for the metadata HDF5 writes when the file closes.
+    """
+    disk = os.statvfs(Path(path).absolute().parent)
+    free, reason = disk.f_bavail * disk.f_frsize, errno.ENOSPC
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit - file_size < free:
+        free, reason = limit - file_size, errno.EFBIG
+    return max(0, free - HEADROOM), reason
+
+
+def no_room(reason: int, needed: str) -> OSError:
+    """The error for a full disk or a reached file-size limit, saying which."""
+    if reason == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        what = f"File size limit reached (ulimit -f: {limit / 2**20:.0f} MiB)"
+    else:
+        what = "No space left on device"
+    kept = f"kept {HEADROOM // 2**20} MiB free so that the file closes cleanly"
+    return OSError(reason, f"{what} for {needed} ({kept})")

@@ -4,8 +4,8 @@ Run as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` (see `__main__.py`; never 
 multiprocessing's spawn, which would re-import the user's main script). The commands, status
 lines and configuration are defined in `protocol`: commands are served in order; end of
 stdin without `Op.FINISH` means the acquiring process is gone: write what was announced,
-close, exit. Every status line carries ``written`` (frames in the file and flushed) and
-``stored`` (in the file, maybe not yet flushed).
+close, exit. Every status line carries ``written``: frames in the file and flushed, which
+survive even a killed writer.
 
 The file is written in SWMR mode and flushed at least every `flush_interval` seconds, so a
 reader (or a crash) always sees a consistent file holding every frame reported written.
@@ -14,10 +14,9 @@ reader (or a crash) always sees a consistent file holding every frame reported w
 from __future__ import annotations
 
 import contextlib
-import errno
+import heapq
 import json
 import os
-import resource
 import select
 import time
 from typing import Any, TextIO
@@ -29,10 +28,7 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
-from ophyd_scmos.pipeline.writeback import WriteBehind
-
-#: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
-HEADROOM = 8 * 2**20
+from ophyd_scmos.pipeline.writeback import WriteBehind, no_room, room
 
 
 class Writer:
@@ -49,9 +45,12 @@ class Writer:
         self.released = self.ring.released
         self.lost = {Op.DROPPED: 0, Op.MISSED: 0}  # as the producer last told us
         self.frame_bytes = self.ring.spec.frame_bytes
+        # The acquiring process created the file, empty, to claim its name (see `files`).
+        if os.path.getsize(self.path) != 0:
+            raise FileExistsError(f"{self.path} is not the empty file made for this run")
         # Large chunks start on page boundaries: whole-page writes (small ones would waste space)
         self.file = h5py.File(
-            self.path, "w-", libver="latest", alignment_threshold=2**20, alignment_interval=PAGE
+            self.path, "w", libver="latest", alignment_threshold=2**20, alignment_interval=PAGE
         )
         spec = self.ring.spec
         self.data = layout.create_layout(
@@ -71,11 +70,11 @@ class Writer:
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
+        self.flush_targets: list[int] = []  #: frame counts someone waits for (a heap)
 
     def report(self, state: State, **extra: Any) -> None:
-        message: WriterStatus = {"state": state.value, "written": self.flushed}
-        message.update(stored=self.written, **extra)  # type: ignore[typeddict-item]
-        send(self.status, message)
+        message = {"state": state.value, "written": self.flushed, **extra}
+        send(self.status, WriterStatus(**message))  # type: ignore[typeddict-item]
 
     def write_frames(self, slots: np.ndarray) -> None:
         """Append the frames in `slots` (in order), handing each slot back once it is stored.
@@ -110,16 +109,6 @@ class Writer:
                 ds[start:done] = frame_values[: done - start]
             self.written = done
 
-    def room_for(self, frames: int) -> int:
-        """How many of `frames` frames fit on the disk (and under any file-size limit) while
-        leaving HEADROOM for the metadata HDF5 writes when the file closes."""
-        disk = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
-        room = disk.f_bavail * disk.f_frsize
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY:
-            room = min(room, limit - self.file.id.get_filesize())
-        return max(0, min(frames, (room - HEADROOM) // self.frame_bytes))
-
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process."""
         for ds in self.meta:
@@ -127,6 +116,8 @@ class Writer:
         self.file.flush()
         self.flushed = self.written
         self.last_flush = time.monotonic()
+        while self.flush_targets and self.flush_targets[0] <= self.flushed:
+            heapq.heappop(self.flush_targets)
         self.report(State.PROGRESS)
 
     def truncate(self, keep: int) -> None:
@@ -142,11 +133,7 @@ class Writer:
         self.truncate(keep)
         self.flush()
         self.file.close()
-        # Attributes cannot be created in SWMR mode: record the outcome after closing.
-        with h5py.File(self.path, "r+") as f:
-            layout.Outcome(
-                self.written, self.lost[Op.DROPPED], self.lost[Op.MISSED], complete
-            ).write(f)
+        self.record_outcome(complete)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -154,6 +141,13 @@ class Writer:
             os.close(fd)
         self.ring.close()
         self.report(State.CLOSED, complete=complete)
+
+    def record_outcome(self, complete: bool, error: str | None = None) -> None:
+        """After closing: attributes cannot be created in SWMR mode. HEADROOM leaves room
+        for them on a full disk."""
+        dropped, missed = self.lost[Op.DROPPED], self.lost[Op.MISSED]
+        with h5py.File(self.path, "r+") as f:
+            layout.Outcome(self.written, dropped, missed, complete, error).write(f)
 
     def run(self, commands: int) -> None:
         """Serve commands until FINISH or end of input."""
@@ -178,7 +172,10 @@ class Writer:
             pending = pending[whole:]
             if self.serve(records):
                 return
-            if time.monotonic() - self.last_flush >= self.flush_interval:
+            # Flush when the interval is up, and as soon as someone waits for these frames:
+            # only flushed frames survive a killed writer, so only they complete a wait.
+            due = self.flush_targets and self.written >= self.flush_targets[0]
+            if due or time.monotonic() - self.last_flush >= self.flush_interval:
                 self.flush()
             else:
                 self.report(State.PROGRESS)
@@ -191,6 +188,9 @@ class Writer:
                 self.append(arg)
             elif op in self.lost:
                 self.lost[op] = int(arg[-1])
+            elif op is Op.FLUSH:
+                for target in arg:
+                    heapq.heappush(self.flush_targets, int(target))
             elif op is Op.TRUNCATE:
                 self.truncate(int(arg[-1]))
                 self.report(State.PROGRESS, truncated=int(arg[-1]))
@@ -201,14 +201,11 @@ class Writer:
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
-        fit = self.room_for(len(slots))
+        space, reason = room(self.path, self.file.id.get_filesize())
+        fit = min(len(slots), space // self.frame_bytes)
         self.write_frames(slots[:fit])
         if fit < len(slots):
-            raise OSError(
-                errno.ENOSPC,
-                f"No space left on device for frame {self.written + 1} (kept "
-                f"{HEADROOM // 2**20} MiB so that the file closes cleanly)",
-            )
+            raise no_room(reason, f"frame {self.written + 1}")
 
 
 def send(status: TextIO, message: WriterStatus) -> None:

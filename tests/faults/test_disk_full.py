@@ -60,6 +60,15 @@ def check_nothing_claimed_is_missing(path, driver, recorder) -> int:
     return saved
 
 
+def check_outcome(path, saved: int, why: str) -> None:
+    """The file records how it ended, as every other ending does."""
+    with h5py.File(path, "r") as f:
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None
+    assert (outcome.frames_written, outcome.complete) == (saved, False)
+    assert why in outcome.error
+
+
 def test_disk_full_on_a_real_small_file_system(driver, small_disk, RE, recorder):
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=small_disk, ring_mb=1)
     cam.roi.set((0, 0, 96, 64))
@@ -69,6 +78,14 @@ def test_disk_full_on_a_real_small_file_system(driver, small_disk, RE, recorder)
     assert "disk full" in message and path in message
     saved = check_nothing_claimed_is_missing(path, driver, recorder)
     assert f"holds the first {saved} frames" in message
+    check_outcome(path, saved, "disk full")
+
+    # A second run on the full disk fails before it makes a file (an empty one, or worse).
+    files = sorted(small_disk.iterdir())
+    recorder.docs.clear()
+    with pytest.raises(OSError, match="No space left on device for a new run's file"):
+        RE(count([cam], num=1))
+    assert sorted(small_disk.iterdir()) == files
 
 
 def test_disk_full_by_file_size_limit(driver, tmp_path, RE, recorder):
@@ -82,5 +99,7 @@ def test_disk_full_by_file_size_limit(driver, tmp_path, RE, recorder):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     path = cam.file_path.get()
-    assert "disk full" in message and path in message
-    check_nothing_claimed_is_missing(path, driver, recorder)
+    assert "file-size limit reached" in message and "ulimit -f: 12 MiB" in message
+    assert path in message and "disk full" not in message
+    saved = check_nothing_claimed_is_missing(path, driver, recorder)
+    check_outcome(path, saved, "file-size limit")

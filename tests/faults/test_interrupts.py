@@ -15,6 +15,7 @@ from area_detector_handlers.handlers import AreaDetectorHDF5Handler
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
 
+from ophyd_scmos import open_catalog
 from ophyd_scmos.pipeline import layout
 
 
@@ -152,3 +153,54 @@ def test_resume_after_a_rewind_cuts_the_unrecorded_point(cam, driver):
         np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], [0, 1, 4, 5])
         np.testing.assert_array_equal(f[layout.DATA][2], driver.expected_frame(4))
         assert f[layout.DATA].shape[0] == 4
+
+
+TILED_SCRIPT = """
+import sys
+from bluesky import RunEngine
+from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky.plans import count
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+
+cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(128, 128), seed=4),
+                  write_dir=sys.argv[1], ring_mb=2)
+cam.exposure_time.set(0.001)
+events = []
+def note(name, doc):
+    if name == "event":
+        events.append(doc)
+        if len(events) == 20:
+            print("RUNNING", flush=True)
+RE = RunEngine({})
+RE.subscribe(TiledWriter(open_catalog(sys.argv[2])))
+RE.subscribe(note)
+RE(count([cam], num=10**6))  # no try: Ctrl-C leaves the RunEngine paused at exit
+"""
+
+
+def test_ctrl_c_in_a_plain_script_with_tiled_writer_ends_the_run_at_exit(tmp_path):
+    """The script ends on RunEngineInterrupted with its run paused and the camera staged.
+    At exit the run is aborted while the embedded catalog still serves: the stop document
+    is written and the file keeps exactly the frames of the run's events."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TILED_SCRIPT, str(tmp_path / "data"), str(tmp_path / "cat")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "RUNNING"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=90)  # it once hung for 130 s, then aborted
+    assert proc.returncode == 1, err[-3000:]  # the uncaught RunEngineInterrupted
+    assert "RunEngineInterrupted" in err and "did not finish" not in err
+    run = open_catalog(tmp_path / "cat").values().last()
+    assert run.metadata["stop"]["exit_status"] == "abort"
+    events = run.metadata["stop"]["num_events"]["primary"]
+    assert events >= 20
+    images = run["primary"]["cam_image"].read()
+    assert images.shape[0] == events and images.shape[-2:] == (128, 128)
+    (path,) = (tmp_path / "data").iterdir()
+    with h5py.File(path, "r") as f:
+        assert f[layout.DATA].shape[0] == events
+        assert bool(f["/entry"].attrs["complete"])

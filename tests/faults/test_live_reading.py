@@ -59,3 +59,33 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
     assert sizes[-1] == 100
     assert len(sizes) >= 4, f"the reader saw only {sizes}"
     assert sizes == sorted(sizes)
+
+
+PLAIN_OPEN = """
+import sys, h5py
+try:
+    h5py.File(sys.argv[1], "r")
+except OSError as exc:
+    print("refused:", exc)
+with h5py.File(sys.argv[1], "r", swmr=True) as f:
+    print("swmr:", f["/entry/data/data"].shape[0])
+"""
+
+
+def test_while_writing_a_plain_open_is_refused_and_a_swmr_open_reads(tmp_path):
+    """What README and docs/faults.md promise a reader of a file being written."""
+    camera = SimulatedSCMOS(shape=(48, 80), seed=9)
+    camera.open()
+    path = tmp_path / "busy.h5"
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.05))
+    stream.open()
+    try:
+        camera.software_trigger(5)
+        stream.wait(5, timeout=10)
+        out = subprocess.run(
+            [sys.executable, "-c", PLAIN_OPEN, str(path)], capture_output=True, text=True
+        ).stdout
+    finally:
+        stream.close()
+    assert "refused:" in out and "already open for write" in out
+    assert "swmr: 5" in out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from bluesky.plans import count
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
 
 
@@ -99,3 +102,82 @@ def test_binning_that_does_not_divide_the_roi_is_refused(cam):
     cam.roi.set((0, 0, 30, 30))
     with pytest.raises(ValueError, match="divisible by binning 4"):
         cam.binning.set(4)
+
+
+class CameraThatWillNotStart(SimulatedSCMOS):
+    """A camera whose SDK refuses to start acquiring (unplugged, held by another program)."""
+
+    def start(self) -> None:
+        raise CameraError("camera not responding")
+
+
+def _our_rings() -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").glob(f"scmos_{os.getpid()}_*"))
+
+
+def _writer_children() -> list[int]:
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    return [
+        int(pid)
+        for pid in children
+        if b"ophyd_scmos.pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
+    cam = SCMOSCamera(
+        name="cam", driver=CameraThatWillNotStart(shape=(64, 64)), write_dir=tmp_path, ring_mb=2
+    )
+    rings = _our_rings()
+    for _ in range(3):  # every attempt, not just the first
+        with pytest.raises(CameraError, match="not responding"):
+            RE(count([cam], num=1))
+        assert cam._staged.name == "no"
+    assert list(tmp_path.iterdir()) == []  # no file, marked open or otherwise
+    assert _our_rings() == rings
+    deadline = time.monotonic() + 10
+    while _writer_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _writer_children() == []
+
+
+@pytest.mark.parametrize("name", ["../../esc", "/abs/x", "a.b", ""])
+def test_a_camera_name_that_is_not_a_document_key_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="valid document key"):
+        SCMOSCamera(name=name, driver=SimulatedSCMOS(shape=(8, 8)), write_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_cameras_numbering_files_at_once_each_get_their_own(tmp_path):
+    """{counter}: the first free number is taken atomically, so cameras (or processes)
+    starting together never both take it and fail."""
+    cams = [
+        SCMOSCamera(
+            name="cam",
+            driver=SimulatedSCMOS(shape=(16, 16), seed=seed),
+            write_dir=tmp_path,
+            file_template="scan_{counter:03d}.h5",
+            ring_frames=2,
+        )
+        for seed in range(4)
+    ]
+    start = threading.Barrier(len(cams))
+    errors: list[BaseException] = []
+
+    def stage(camera: SCMOSCamera) -> None:
+        start.wait()
+        try:
+            camera.stage()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stage, args=(c,)) for c in cams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for camera in cams:
+        if camera._staged.name == "yes":
+            camera.unstage()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"scan_{i:03d}.h5" for i in range(4)]

@@ -50,10 +50,34 @@ def test_killed_writer_fails_the_plan_and_leaves_a_readable_file(cam, driver, RE
     np.testing.assert_array_equal(handler(point_number=0)[0], driver.expected_frame(0))
     handler.close()
 
+    # Every event claims frames that survived: its trigger completed once they were flushed.
+    events = recorder.of("event")
+    assert len(events) <= saved
+    points = [d["datum_kwargs"]["point_number"] for d in recorder.of("datum")]
+    assert max(points[: len(events)]) < saved
+
     recorder.docs.clear()  # the same session goes on: a new run works
     RE(count([cam], num=5))
     assert cam.file_path.get() != path
     assert len(recorder.of("event")) == 5
+
+
+def test_a_writer_killed_at_once_leaves_no_event_claiming_a_lost_frame(cam, driver, RE, recorder):
+    """Killed right after an event, before any periodic flush: the events so far must all
+    point at frames the file holds (a trigger completes once its frames are flushed)."""
+
+    def kill_writer_at_event_30(name, doc):
+        if name == "event" and doc["seq_num"] == 30:
+            os.kill(cam._run.stream.writer.pid, signal.SIGKILL)
+
+    RE.subscribe(kill_writer_at_event_30)
+    with pytest.raises(Exception) as info:
+        RE(count([cam], num=5000))
+    assert "died" in " ".join(str(e) for e in _chain(info.value))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = f[layout.DATA].shape[0]
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
+    assert 30 <= len(recorder.of("event")) <= saved
 
 
 def _chain(exc: BaseException | None):
