@@ -80,6 +80,18 @@ def test_acquire_movie_records_frames_at_full_rate_and_reports_json(home):
     np.testing.assert_array_equal(np.diff(numbers), 1)  # the camera's numbers: no gap
 
 
+def frames_recorded(directory, pattern: str) -> int:
+    """Frames a growing run file holds so far, read beside its writer (SWMR); 0 before the
+    file is there or readable."""
+    for path in directory.glob(pattern):
+        try:
+            with h5py.File(path, "r", swmr=True) as f:
+                return f[layout.DATA].shape[0]
+        except (OSError, KeyError):
+            return 0
+    return 0
+
+
 def test_ctrl_c_ends_a_movie_early_keeping_its_frames_and_exits_130(home):
     config = home / "interrupted.toml"
     config.write_text(FAST_CAMERA.replace("[cameras.fast]", "[cameras.interrupted]"))
@@ -88,10 +100,9 @@ def test_ctrl_c_ends_a_movie_early_keeping_its_frames_and_exits_130(home):
         argv, env=user_env(home), cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not list(data_dir(home).glob("interrupted_*.h5")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # the file is made at staging, before the camera runs
+    while not frames_recorded(data_dir(home), "interrupted_*.h5") and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)  # recording
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-3000:]
@@ -101,6 +112,30 @@ def test_ctrl_c_ends_a_movie_early_keeping_its_frames_and_exits_130(home):
     with h5py.File(result["file"], "r") as f:
         assert f[layout.DATA].shape[0] == result["frames_written"]
         assert bool(f["/entry"].attrs["complete"])
+
+
+def test_ctrl_c_while_the_camera_is_being_staged_still_ends_the_movie_at_once(tmp_path):
+    """Ctrl-C can come while the camera is staged (its file already made), when there is no
+    recording yet to stop: the movie must still end as it starts, not run its 60 s."""
+    from bluesky import RunEngine
+    from bluesky.preprocessors import msg_mutator
+
+    from ophyd_scmos.cli.lab import _Interrupt
+    from ophyd_scmos.config import parse_config
+    from ophyd_scmos.plans import movie
+
+    lab = parse_config({"data": {"dir": str(tmp_path)}, "cameras": {"cam": {}}})
+    cam = lab.camera().build()
+    try:
+        RE = RunEngine(context_managers=[])
+        with _Interrupt(RE, cam, flying=True) as interrupt:
+            interrupt.handle(signal.SIGINT, None)  # before the run's camera exists
+            started = time.monotonic()
+            RE(msg_mutator(movie(cam, seconds=60), interrupt.at_kickoff))
+        assert time.monotonic() - started < 20
+        assert int(cam.frames_written.get()) == 0
+    finally:
+        cam.destroy()
 
 
 def test_acquire_with_a_wrong_config_or_camera_exits_2_saying_why(tmp_path, capsys):

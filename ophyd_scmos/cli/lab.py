@@ -77,6 +77,7 @@ def acquire(args: argparse.Namespace) -> int:
         print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     from bluesky.plans import count
+    from bluesky.preprocessors import msg_mutator
     from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
 
@@ -88,16 +89,18 @@ def acquire(args: argparse.Namespace) -> int:
         # Ctrl-C is _Interrupt's (end the run, keep it), not a RunEngine pause.
         RE = make_run_engine(lab, progress=False, sigint=False)
         RE.subscribe(TiledWriter(catalog))
+        interrupt = _Interrupt(RE, cam, flying=args.num is None)
         if args.num is not None:
             plan = count([cam], num=args.num)
             total = args.num * int(cam.frames_per_point.get())
         else:
-            plan = movie(cam, frames=args.frames, seconds=args.seconds)
+            plan = msg_mutator(
+                movie(cam, frames=args.frames, seconds=args.seconds), interrupt.at_kickoff
+            )
             interval = cam.settings.frame_interval
             total = args.frames or max(1, round(args.seconds / interval))
         progress = FrameProgress(total, cam.name)
         RE.subscribe(progress)
-        interrupt = _Interrupt(RE, cam, flying=args.num is None)
         try:
             # The RunEngine's own messages go to stderr: stdout is the result (--json).
             with warnings.catch_warnings(), interrupt, contextlib.redirect_stdout(sys.stderr):
@@ -247,6 +250,14 @@ class _Interrupt:
             self.cam.stop(success=True)  # the movie's completion sees the camera stopped
         else:
             self.RE.request_pause(defer=True)
+
+    def at_kickoff(self, msg: Any) -> Any:
+        """A movie's messages pass here: a Ctrl-C while the camera was still being staged
+        found no recording to stop, so stop it as the movie starts (the run then ends at
+        once, with the frames taken: none)."""
+        if msg.command == "kickoff" and self.seen:
+            self.cam.stop(success=True)
+        return msg
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
