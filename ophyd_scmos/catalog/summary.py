@@ -139,10 +139,10 @@ class FileStats:
     frames_dropped: int | None
     frames_missed: int | None
     complete: bool | None
-    #: frame numbers lost (dropped or missed), as (first, last) ranges. A file whose writer
-    #: recorded no loss has none, even where numbers are absent: those frames were cut when
-    #: a paused plan rewound, and their points taken again (`rewound_frames`). Where both
-    #: happened, or the writer never closed the file, every absent number is listed.
+    #: frame numbers lost (dropped or missed), as (first, last) ranges. A complete file whose
+    #: writer recorded no loss has none, even where numbers are absent: those frames were cut
+    #: when a paused plan rewound, and their points taken again (`rewound_frames`). Where
+    #: both happened, or writing did not end as planned, every absent number is listed.
     gaps: list[tuple[int, int]]
     rewound_frames: int  #: absent frame numbers that were cut, not lost
     intervals: np.ndarray = field(repr=False)  #: seconds between frames, camera clock
@@ -180,7 +180,11 @@ def file_stats(path: PathLike) -> FileStats:
         numbers = f[layout.FRAME_NUMBER][:frames]
         times = f[layout.TIMESTAMP][:frames]
         absent = _gaps(numbers)
-        lost = None if outcome is None else outcome.frames_dropped + outcome.frames_missed
+        # The counts are whole only where writing ended as planned: a writer that outlived
+        # the acquiring process, say, never learnt what the camera missed.
+        lost = None
+        if outcome is not None and outcome.complete:
+            lost = outcome.frames_dropped + outcome.frames_missed
         rewound = 0 if lost is None else max(0, sum(b - a + 1 for a, b in absent) - lost)
         plist = data.id.get_create_plist()
         filters = [

@@ -200,6 +200,22 @@ def test_file_stats_of_a_file_no_writer_closed_have_no_writer_counts(tmp_path: P
     assert stats.frames_missed is None and stats.complete is None
 
 
+def test_file_stats_list_every_absent_number_where_writing_ended_early(tmp_path: Path) -> None:
+    """A writer that outlived its acquiring process never learnt what the camera missed:
+    its counts say nothing lost, yet absent numbers are gaps, not points retaken."""
+    path = tmp_path / "early.h5"
+    with h5py.File(path, "w") as f:
+        data = layout.create_layout(f, (8, 8), "<u2")
+        data.resize(3, axis=0)
+        for name in (layout.FRAME_NUMBER, layout.TIMESTAMP):
+            f[name].resize(3, axis=0)
+            f[name][:] = [0, 1, 5]
+        layout.Outcome(frames_written=3, frames_dropped=0, frames_missed=0, complete=False).write(f)
+
+    stats = file_stats(path)
+    assert stats.gaps == [(2, 4)] and stats.missing_frames == 3 and stats.rewound_frames == 0
+
+
 def test_databroker_apis_read_the_embedded_catalog(
     catalog_dir: Path, camera_run: dict[str, Any]
 ) -> None:

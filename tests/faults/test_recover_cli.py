@@ -91,14 +91,15 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-COUNT = """
+ACQUIRE_INTO_CATALOG = """
 import sys
 from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.plans import movie
 
-catalog_dir, write_dir = sys.argv[1:]
+plan, catalog_dir, write_dir = sys.argv[1:]
 cam = SCMOSCamera(
     name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
 )
@@ -106,26 +107,34 @@ cam.roi.set((32, 16, 96, 64))
 cam.exposure_time.set(0.001)
 RE = RunEngine({}, call_returns_result=False)
 RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+pages = []
 
 def report(name, doc):
     if name == "start":
         print(doc["uid"], flush=True)
-    if name == "event" and doc["seq_num"] == 30:
-        print(cam.file_path.get(), flush=True)
+    if name in ("event", "stream_datum"):
+        pages.append(name)
+        if len(pages) == 30:  # well under way: 30 events, or 30 pages of a movie
+            print(cam.file_path.get(), flush=True)
 
 RE.subscribe(report)
-RE(count([cam], num=100_000))
+if plan == "count":
+    RE(count([cam], num=100_000))
+else:
+    RE(movie(cam, frames=10_000_000, page_every=0.05))
 """
 
 
+@pytest.mark.parametrize("plan", ["count", "movie"])
 def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
-    tmp_path, capsys, monkeypatch
+    plan, tmp_path, capsys, monkeypatch
 ):
-    """The RunEngine's process is killed mid-count: its TiledWriter never wrote the images or
-    the stop. Recovering the file with --catalog makes the run replay every frame it holds."""
+    """The RunEngine's process is killed mid-run: its TiledWriter never wrote the images or
+    the stop. Recovering the file with --catalog makes the run replay every frame it holds,
+    as a Resource and Datums (count) or a StreamResource and StreamDatum (movie) would."""
     catalog_dir = tmp_path / "catalog"
     acquiring = subprocess.Popen(
-        [sys.executable, "-c", COUNT, str(catalog_dir), str(tmp_path / "frames")],
+        [sys.executable, "-c", ACQUIRE_INTO_CATALOG, plan, str(catalog_dir), str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -154,8 +163,10 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     driver.open()
     driver.configure(CameraSettings(exposure_time=0.001, roi=ROI(32, 16, 96, 64)))
     expected = np.stack([driver.expected_frame(int(n)) for n in numbers])
-    assert images.shape == (len(numbers), 1, 64, 96)
-    np.testing.assert_array_equal(images[:, 0], expected)
+    if plan == "count":  # (events, frames per event, H, W)
+        expected = expected[:, None]
+    assert images.shape == expected.shape
+    np.testing.assert_array_equal(images, expected)
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert "ophyd-scmos recover" in stop["reason"] and path in stop["reason"]
