@@ -372,7 +372,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--postgres",
         required=True,
         metavar="URI",
-        help="postgresql://user:password@host:port/database (it must exist)",
+        help="postgresql://user@host:port/database (it must exist); the password in "
+        "$PGPASSWORD or ~/.pgpass, never here: other users see a command line",
     )
     p.add_argument(
         "--read",
@@ -387,7 +388,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where the server writes data of its own, and its configuration",
     )
-    p.add_argument("--tables", metavar="URI", help="event tables elsewhere than --postgres")
+    p.add_argument(
+        "--tables", metavar="URI", help="event tables elsewhere than --postgres (no password)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
