@@ -35,6 +35,7 @@ from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, pre
 from ophyd_scmos.paths import default_write_dir
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
+from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.stream import FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
@@ -226,6 +227,9 @@ class SCMOSCamera(Device):
         self.options = options
         self.asset_docs = asset_docs
         self._run: _Run | None = None
+        #: the writer process and its ring, started at the first stage and kept between runs
+        self._writer: WriterProcess | None = None
+        self._writer_finalizer: weakref.finalize | None = None
         #: a fly scan's run after `complete` closed its file, until `collect` documents it
         self._flown: _Run | None = None
         super().__init__(prefix, name=name, **kwargs)
@@ -236,14 +240,23 @@ class SCMOSCamera(Device):
             self.image.kind = "omitted"  # a STREAM: key is never in read()
 
     def destroy(self) -> None:
-        """Give the camera back: end any run still staged (its file is kept) and close the
-        driver (a vendor SDK may hold a camera until its handle is closed). Safe twice."""
+        """Give the camera back: end any run still staged (its file is kept), end the writer
+        process, free its ring and close the driver (a vendor SDK may hold a camera until
+        its handle is closed). Safe twice."""
         try:
             if self._staged.name == "yes":
                 self.unstage()
         finally:
+            self._drop_writer()
             self.driver.close()
         super().destroy()
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            if self._writer_finalizer is not None:
+                self._writer_finalizer.detach()
+            writer.shutdown()
 
     # -- settings -------------------------------------------------------------------------
     def _sync_settings_from_driver(self) -> None:
@@ -310,6 +323,12 @@ class SCMOSCamera(Device):
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
         write_dir = prepare_dir(self.write_dir)
+        if self._writer is None or not self._writer.alive:  # first run, or it died
+            self._drop_writer()
+            self._writer = writer = WriterProcess()
+            # A camera dropped without destroy() still ends its writer and frees its ring.
+            self._writer_finalizer = weakref.finalize(self, writer.shutdown)
+        writer = self._writer
 
         def open_stream(path: Path) -> FrameStream:
             stream = FrameStream(
@@ -319,11 +338,16 @@ class SCMOSCamera(Device):
                 attrs=self._file_attrs(),
                 on_progress=self._on_progress,
                 gated=self._mode is not TriggerMode.SOFTWARE,
+                writer=writer,
             )
             stream.open()
             return stream
 
-        stream = create_next(write_dir, self.file_template, self.name, open_stream)
+        try:
+            stream = create_next(write_dir, self.file_template, self.name, open_stream)
+        except BaseException:
+            self._drop_writer()  # a failed stage leaves nothing: no process, no ring
+            raise
         path = stream.path
         self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
         _RUNNING.add(self)
@@ -383,6 +407,8 @@ class SCMOSCamera(Device):
             return
         finally:
             self._warn_lost(stream)
+            if self._writer is not None and not self._writer.alive:
+                self._drop_writer()  # it died: free its ring now, start another next run
         self._update_signals(stream)
         self.frames_written.put(summary.frames_written)
 

@@ -23,8 +23,7 @@ def cam(driver: SimulatedSCMOS, tmp_path) -> SCMOSCamera:
     camera.roi.set((32, 16, 96, 64))
     camera.exposure_time.set(0.001)
     yield camera
-    if camera._staged.name != "no":
-        camera.unstage()
+    camera.destroy()  # unstages a run a test left staged, ends the writer process
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""Entry point of the writer process: ``python -m ophyd_scmos.pipeline CONFIG_JSON``."""
+"""Entry point of the writer process: ``python -m ophyd_scmos.pipeline``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 
-from ophyd_scmos.pipeline.protocol import State, WriterConfig
-from ophyd_scmos.pipeline.writer import Writer, send
+from ophyd_scmos.pipeline.protocol import State
+from ophyd_scmos.pipeline.writer import WriterLoop, send
 
 
 def describe_error(exc: BaseException, path: str) -> str:
@@ -22,9 +22,7 @@ def describe_error(exc: BaseException, path: str) -> str:
     return f"{type(exc).__name__} writing {path}: {exc}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    config = WriterConfig.from_json(argv[0])
+def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group: the acquiring process decides
     # when writing stops, so this process must not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -32,22 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     status = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt status
-    writer = None
+    loop = WriterLoop(status)
     try:
-        writer = Writer(config, status)
-        writer.run(sys.stdin.fileno())
+        loop.run(sys.stdin.fileno())
         return 0
     except BaseException as exc:  # report everything, then exit nonzero
-        written = 0
-        message = describe_error(exc, config.path)
-        if writer is not None:  # keep what made it, without raising again
+        file, written = loop.file, 0
+        message = describe_error(exc, file.path if file else "the run's file")
+        if file is not None:  # keep what made it, without raising again
             with contextlib.suppress(Exception):
-                writer.flush()
-            written = writer.flushed
+                file.flush()
+            written = file.flushed
             with contextlib.suppress(Exception):
-                writer.file.close()  # a close that returns has written the metadata
-                written = writer.written
-                writer.record_outcome(complete=False, error=message)
+                file.file.close()  # a close that returns has written the metadata
+                written = file.written
+                file.record_outcome(complete=False, error=message)
         send(status, {"state": State.ERROR.value, "written": written, "error": message})
         print(message, file=sys.stderr)
         return 1

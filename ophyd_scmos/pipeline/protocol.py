@@ -1,8 +1,10 @@
 """What the acquiring process and the writer process say to each other, named once.
 
-The writer is started as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` with a `WriterConfig`.
-Commands go to its stdin as fixed-size records (`RECORD`: an `Op` and its argument), served
-in order; it answers on stdout with one JSON `WriterStatus` per line.
+The writer is started as ``python -m ophyd_scmos.pipeline`` and lives as long as the camera
+that started it, writing one run's file after another. Commands go to its stdin as
+fixed-size records (`RECORD`: an `Op` and its argument), served in order; `Op.OPEN` is
+followed by the file's `WriterConfig` as JSON. It answers on stdout with one JSON
+`WriterStatus` per line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Op(enum.IntEnum):
     MISSED = 4  #: frames the camera lost so far (recorded in the file)
     TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
     FLUSH = 6  #: flush as soon as the file holds this many frames: someone waits for them
+    OPEN = 7  #: start a run's file: its `WriterConfig` follows, this many bytes of JSON
 
 
 class State(str, enum.Enum):
@@ -37,7 +40,7 @@ class State(str, enum.Enum):
 
     OPEN = "open"  #: the file exists; frames may come
     PROGRESS = "progress"
-    CLOSED = "closed"  #: the file is closed and on disk; the process exits
+    CLOSED = "closed"  #: the file is closed and on disk; the next one may be opened
     ERROR = "error"  #: writing failed; what could be kept is closed; the process exits
 
 
@@ -81,3 +84,9 @@ class WriterConfig:
 
 def encode(op: Op, arg: int) -> bytes:
     return np.array([(op, arg)], RECORD).tobytes()
+
+
+def encode_open(config: WriterConfig) -> bytes:
+    """`Op.OPEN` and the file's configuration after it."""
+    payload = config.to_json().encode()
+    return encode(Op.OPEN, len(payload)) + payload

@@ -1,18 +1,16 @@
 """One acquisition's frames: camera -> shared-memory ring -> writer process -> one HDF5 file.
 
-`FrameStream` owns the ring, the writer process and an acquisition thread that reads the
-camera into free slots. It knows nothing of ophyd: the Device, the flyer and the benchmarks
-all drive it the same way.
+`FrameStream` is one run: its file, the acquisition thread that reads the camera into free
+ring slots, and the counts of what happened to every frame. The writer process and its ring
+outlive it when the caller lends a warm `WriterProcess` (a camera does); otherwise the
+stream starts its own and ends it when it closes. It knows nothing of ophyd: the Device,
+the flyer and the benchmarks all drive it the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -27,7 +25,8 @@ import numpy as np
 from ophyd_scmos.drivers.base import CameraDriver, CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
-from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode
+from ophyd_scmos.pipeline.process import WriterProcess
+from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing
 from ophyd_scmos.pipeline.writeback import no_room, room
@@ -50,84 +49,6 @@ class StreamSummary:
     frames_missed: int  #: frames the camera itself lost (reported by the driver)
 
 
-#: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
-#: which by default is a new mmap whose pages the kernel faults in and zeroes, a third of the
-#: cost of compressing it. Kept in the heap, the same pages serve frame after frame.
-WRITER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
-
-
-class WriterProcess:
-    """The writer subprocess and the thread that listens to its status lines."""
-
-    def __init__(self, config: WriterConfig, on_status: Callable[[WriterStatus], None]):
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ophyd_scmos.pipeline", config.to_json()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            close_fds=True,
-            env={**os.environ, **WRITER_MALLOC},
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self._stdin = self.process.stdin.fileno()
-        self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
-        self._on_status = on_status
-        self.last: WriterStatus = {"state": "starting", "written": 0}
-        self.died = False  #: ended without closing the file or saying why (killed, crashed)
-        self.ended = threading.Event()
-        self._listener = threading.Thread(
-            target=self._listen, name="scmos-writer-status", daemon=True
-        )
-        self._listener.start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _listen(self) -> None:
-        """Pass status lines on; an error only once the process has gone (and its file with
-        it), so whoever handles it may touch the file."""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                status: WriterStatus = json.loads(line)
-            except ValueError:
-                continue
-            self.last = status
-            if status["state"] != State.ERROR:
-                self._on_status(status)
-        self.process.wait()
-        if self.last["state"] not in (State.CLOSED, State.ERROR):
-            self.died = True
-            self.last = {
-                "state": State.ERROR.value,
-                "written": self.last.get("written", 0),
-                "error": f"writer process (pid {self.pid}) died with exit code "
-                f"{self.process.returncode}{self.stderr_tail()}",
-            }
-        if self.last["state"] == State.ERROR:
-            self._on_status(self.last)
-        self.ended.set()
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
-        return f"; its last words: {text[-limit:]}" if text else ""
-
-    def send(self, op: Op, arg: int) -> None:
-        self.bytes_sent += os.write(self._stdin, encode(op, arg))
-
-    def close_input(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()  # type: ignore[union-attr]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.ended.wait(10)
-
-
 class FrameStream:
     """Stream frames from `driver` into a new HDF5 file at `path` through a writer process.
 
@@ -147,6 +68,7 @@ class FrameStream:
         attrs: dict[str, Any] | None = None,
         on_progress: Callable[[FrameStream], None] | None = None,
         gated: bool = False,
+        writer: WriterProcess | None = None,
     ):
         self.driver = driver
         self.path = Path(path)
@@ -154,7 +76,10 @@ class FrameStream:
         self.attrs = dict(attrs or {})
         self._on_progress = on_progress
         self.ring: FrameRing | None = None
-        self.writer: WriterProcess | None = None
+        self.writer = writer
+        self._own_writer = writer is None  #: started here, ended by `close`
+        self._base = 0  #: frames the ring had passed before this run, for slot numbers
+        self._written = 0
         self.frames_acquired = 0
         self.frames_dropped = 0
         self.frames_missed = 0
@@ -164,6 +89,7 @@ class FrameStream:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
+        self._closed = threading.Event()  #: the writer closed the file, or failed
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
@@ -175,14 +101,15 @@ class FrameStream:
     @property
     def frames_written(self) -> int:
         """Frames in the file and flushed: they survive even a killed writer."""
-        return self.writer.last.get("written", 0) if self.writer else 0
+        return self._written
 
     @property
     def ring_fill(self) -> float:
         """Fraction of ring slots holding frames the writer has not finished with."""
         if self.ring is None:
             return 0.0
-        return (self.frames_acquired - self.ring.released) / self.ring.spec.n_slots
+        in_ring = self._base + self.frames_acquired - self.ring.released
+        return in_ring / self.ring.spec.n_slots
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self, timeout: float = 30) -> None:
@@ -208,10 +135,13 @@ class FrameStream:
             raise
 
     def _start(self, timeout: float) -> None:
+        if self.writer is None:
+            self.writer = WriterProcess()
         shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
-        self.ring = FrameRing.create(shape, dtype, self.options.slots_for(shape, dtype))
+        self.ring = self.writer.ring_for(shape, dtype, self.options.slots_for(shape, dtype))
+        self._base = self.ring.released
         config = WriterConfig(str(self.path), self.ring.spec, self.options, self.attrs)
-        self.writer = WriterProcess(config, self._on_writer_status)
+        self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
         while not self._opened.wait(0.05):
             if self.writer.ended.is_set() or time.monotonic() > deadline:
@@ -228,10 +158,14 @@ class FrameStream:
         self._thread.start()
 
     def _abandon(self) -> None:
-        """Undo a failed `open`: no frame was taken, so the file goes too."""
+        """Undo a failed `open`: no frame was taken, so the file goes too, and the writer
+        that had it open (a caller that lent it replaces it)."""
         if self.writer is not None:
             self.writer.kill()
-        self._release_ring()
+            self.writer.file_done()
+            if self._own_writer:
+                self.writer.shutdown()
+        self.ring = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -245,17 +179,19 @@ class FrameStream:
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        if writer.process.poll() is None and not writer.ended.is_set():
-            with contextlib.suppress(OSError):
+        if not self._closed.is_set():
+            with contextlib.suppress(OSError):  # a writer that died: its listener says why
                 writer.send(Op.DROPPED, self.frames_dropped)
                 writer.send(Op.MISSED, self.frames_missed)
                 writer.send(Op.FINISH, -1 if keep is None else keep)
-            writer.close_input()
-            if not writer.ended.wait(timeout):
+            if not self._closed.wait(timeout):
                 writer.kill()
+                self._closed.wait(timeout)
                 self._fail(StreamError(f"writer did not finish {self.path} in {timeout} s"))
-        writer.ended.wait(timeout)
-        self._release_ring()
+        writer.file_done()
+        if self._own_writer:
+            writer.shutdown()
+        self.ring = None  # the writer's now: another run may use it
         summary = StreamSummary(
             self.path,
             self.frames_acquired,
@@ -299,11 +235,6 @@ class FrameStream:
         self._stop.set()
         with contextlib.suppress(CameraError):
             self.driver.stop()
-
-    def _release_ring(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
 
     @property
     def frames_taken(self) -> int:
@@ -414,8 +345,12 @@ class FrameStream:
 
     # -- the two threads ----------------------------------------------------------------------
     def _on_writer_status(self, status: WriterStatus) -> None:
+        self._written = status.get("written", self._written)
         if status["state"] == State.OPEN:
             self._opened.set()
+        elif status["state"] == State.CLOSED:
+            self._closed.set()
+            self._notify()
         elif status["state"] == State.ERROR:
             saved = self._recover()
             self._fail(
@@ -426,6 +361,8 @@ class FrameStream:
             )
         else:
             self._notify()
+        if status["state"] == State.ERROR:
+            self._closed.set()
         if "truncated" in status or status["state"] == State.ERROR:
             with self._truncated:
                 self._truncated_to = status.get("truncated")
@@ -440,11 +377,12 @@ class FrameStream:
         scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
         try:
             while not self._stop.is_set():
-                room = self.frames_acquired - ring.released < n_slots
+                passed = self._base + self.frames_acquired  # frames through the ring so far
+                room = passed - ring.released < n_slots
                 if not room and self.options.overflow == "block" and self._recording():
                     time.sleep(0.0005)  # the camera buffers (or misses) meanwhile
                     continue
-                slot = self.frames_acquired % n_slots
+                slot = passed % n_slots
                 try:
                     info = self.driver.read_into(ring.slot(slot) if room else scratch, 0.1)
                 except TimeoutError:

@@ -1,11 +1,12 @@
-"""The writer process: slot indices in on stdin, frames out to one HDF5 file, status on stdout.
+"""The writer process: slot indices in on stdin, frames out to HDF5 files, status on stdout.
 
-Run as ``python -m ophyd_scmos.pipeline CONFIG_JSON`` (see `__main__.py`; never through
-multiprocessing's spawn, which would re-import the user's main script). The commands, status
-lines and configuration are defined in `protocol`: commands are served in order; end of
-stdin without `Op.FINISH` means the acquiring process is gone: write what was announced,
-close, exit. Every status line carries ``written``: frames in the file and flushed, which
-survive even a killed writer.
+Run as ``python -m ophyd_scmos.pipeline`` (see `__main__.py`; never through multiprocessing's
+spawn, which would re-import the user's main script), once per camera: it writes one run's
+file after another. The commands, status lines and configuration are defined in `protocol`:
+commands are served in order; end of stdin means the acquiring process is gone, or done
+with the camera: an open file gets what was announced and is closed, then the process exits.
+Every status line carries ``written``: frames in the file and flushed, which survive even a
+killed writer.
 
 The file is written in SWMR mode and flushed at least every `flush_interval` seconds, so a
 reader (or a crash) always sees a consistent file holding every frame reported written.
@@ -31,13 +32,19 @@ from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import WriteBehind, no_room, room
 
 
-class Writer:
-    """Appends frames from ring slots to the file; owns nothing but the open file."""
+class RunFile:
+    """One run's file: appends frames from ring slots; owns nothing but the open file."""
 
-    def __init__(self, config: WriterConfig, status: TextIO):
+    def __init__(
+        self,
+        config: WriterConfig,
+        ring: FrameRing,
+        compressor: ChunkCompressor | None,
+        status: TextIO,
+    ):
         options = config.options
         self.path = config.path
-        self.ring = FrameRing.attach(config.ring)
+        self.ring = ring
         self.flush_interval = options.flush_interval
         self.status = status
         self.written = 0  # frames in the file
@@ -63,9 +70,7 @@ class Writer:
         self.meta = [
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
-        self.compressor = (
-            ChunkCompressor(options.compression, spec.dtype) if options.compression else None
-        )
+        self.compressor = compressor
         limit = options.write_limit_mb_s
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
@@ -139,7 +144,6 @@ class Writer:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.ring.close()
         self.report(State.CLOSED, complete=complete)
 
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
@@ -149,56 +153,6 @@ class Writer:
         with h5py.File(self.path, "r+") as f:
             layout.Outcome(self.written, dropped, missed, complete, error).write(f)
 
-    def run(self, commands: int) -> None:
-        """Serve commands until FINISH or end of input."""
-        self.report(State.OPEN, path=self.path)
-        pending = b""
-        while True:
-            timeout = max(0.0, self.last_flush + self.flush_interval - time.monotonic())
-            ready, _, _ = select.select([commands], [], [], timeout)
-            if not ready:
-                if self.flushed != self.written:
-                    self.flush()
-                else:
-                    self.last_flush = time.monotonic()
-                continue
-            chunk = os.read(commands, 1 << 16)
-            if not chunk:
-                self.finish(keep=-1, complete=False)
-                return
-            pending += chunk
-            whole = len(pending) // RECORD.itemsize * RECORD.itemsize
-            records = np.frombuffer(pending[:whole], RECORD)
-            pending = pending[whole:]
-            if self.serve(records):
-                return
-            # Flush when the interval is up, and as soon as someone waits for these frames:
-            # only flushed frames survive a killed writer, so only they complete a wait.
-            due = self.flush_targets and self.written >= self.flush_targets[0]
-            if due or time.monotonic() - self.last_flush >= self.flush_interval:
-                self.flush()
-            else:
-                self.report(State.PROGRESS)
-
-    def serve(self, records: np.ndarray) -> bool:
-        """Carry out `records` in order, runs of frames at once; True once finished."""
-        for run in np.split(records, np.flatnonzero(np.diff(records["op"])) + 1):
-            op, arg = Op(run["op"][0]), run["arg"]
-            if op is Op.FRAME:
-                self.append(arg)
-            elif op in self.lost:
-                self.lost[op] = int(arg[-1])
-            elif op is Op.FLUSH:
-                for target in arg:
-                    heapq.heappush(self.flush_targets, int(target))
-            elif op is Op.TRUNCATE:
-                self.truncate(int(arg[-1]))
-                self.report(State.PROGRESS, truncated=int(arg[-1]))
-            elif op is Op.FINISH:
-                self.finish(keep=int(arg[0]), complete=True)
-                return True
-        return False
-
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
         space, reason = room(self.path, self.file.id.get_filesize())
@@ -206,6 +160,114 @@ class Writer:
         self.write_frames(slots[:fit])
         if fit < len(slots):
             raise no_room(reason, f"frame {self.written + 1}")
+
+
+class WriterLoop:
+    """The writer process: serves one run's file after another, for as long as the camera
+    that started it lives, and keeps the ring and the compressors between them.
+
+    A file is opened by `Op.OPEN` (its `WriterConfig` follows as JSON) and closed by
+    `Op.FINISH`; the frame commands between them are that file's. End of input means the
+    acquiring process is gone (or is done with the camera): an open file is closed with
+    what it was handed, then the process exits.
+    """
+
+    def __init__(self, status: TextIO):
+        self.status = status
+        self.ring: FrameRing | None = None
+        self.file: RunFile | None = None
+        self.compressors: dict[tuple[str, str], ChunkCompressor] = {}
+
+    def run(self, commands: int) -> None:
+        """Serve commands until the end of input."""
+        pending = b""
+        while True:
+            file = self.file
+            timeout = None
+            if file is not None:
+                timeout = max(0.0, file.last_flush + file.flush_interval - time.monotonic())
+            ready, _, _ = select.select([commands], [], [], timeout)
+            if not ready:
+                if file is not None and file.flushed != file.written:
+                    file.flush()
+                elif file is not None:
+                    file.last_flush = time.monotonic()
+                continue
+            chunk = os.read(commands, 1 << 16)
+            if not chunk:
+                if self.file is not None:
+                    self.file.finish(keep=-1, complete=False)
+                return
+            pending = self.serve(pending + chunk)
+            file = self.file
+            if file is None:
+                continue
+            # Flush when the interval is up, and as soon as someone waits for these frames:
+            # only flushed frames survive a killed writer, so only they complete a wait.
+            due = file.flush_targets and file.written >= file.flush_targets[0]
+            if due or time.monotonic() - file.last_flush >= file.flush_interval:
+                file.flush()
+            else:
+                file.report(State.PROGRESS)
+
+    def serve(self, data: bytes) -> bytes:
+        """Carry out the whole commands in `data`, in order, runs of frames at once; return
+        what is left of it (a command, or an OPEN's configuration, not yet complete)."""
+        start = 0
+        while len(data) - start >= RECORD.itemsize:
+            whole = (len(data) - start) // RECORD.itemsize * RECORD.itemsize
+            records = np.frombuffer(data[start : start + whole], RECORD)
+            opens = np.flatnonzero(records["op"] == Op.OPEN)
+            count = int(opens[0]) if len(opens) else len(records)
+            self.serve_records(records[:count])
+            start += count * RECORD.itemsize
+            if not len(opens):
+                break
+            size = int(records["arg"][count])
+            payload = data[start + RECORD.itemsize : start + RECORD.itemsize + size]
+            if len(payload) < size:
+                break  # the configuration has not all arrived yet
+            self.open(WriterConfig.from_json(payload.decode()))
+            start += RECORD.itemsize + size
+        return data[start:]
+
+    def serve_records(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
+        file = self.file
+        if file is None:
+            raise RuntimeError(f"commands {sorted(set(records['op']))} came with no file open")
+        for run in np.split(records, np.flatnonzero(np.diff(records["op"])) + 1):
+            op, arg = Op(run["op"][0]), run["arg"]
+            if op is Op.FRAME:
+                file.append(arg)
+            elif op in file.lost:
+                file.lost[op] = int(arg[-1])
+            elif op is Op.FLUSH:
+                for target in arg:
+                    heapq.heappush(file.flush_targets, int(target))
+            elif op is Op.TRUNCATE:
+                file.truncate(int(arg[-1]))
+                file.report(State.PROGRESS, truncated=int(arg[-1]))
+            elif op is Op.FINISH:
+                file.finish(keep=int(arg[0]), complete=True)
+                self.file = None
+
+    def open(self, config: WriterConfig) -> None:
+        """Start a run's file, attaching to its ring if it is not the one attached."""
+        if self.ring is None or self.ring.spec != config.ring:
+            if self.ring is not None:
+                self.ring.close()
+            self.ring = FrameRing.attach(config.ring)
+        compressor = None
+        codec = config.options.compression
+        if codec is not None:
+            key = (codec, config.ring.dtype)
+            if key not in self.compressors:
+                self.compressors[key] = ChunkCompressor(codec, config.ring.dtype)
+            compressor = self.compressors[key]
+        self.file = RunFile(config, self.ring, compressor, self.status)
+        self.file.report(State.OPEN, path=self.file.path)
 
 
 def send(status: TextIO, message: WriterStatus) -> None:

@@ -158,7 +158,7 @@ def test_resume_after_a_rewind_cuts_the_unrecorded_point(cam, driver):
 TILED_SCRIPT = """
 import sys
 from bluesky import RunEngine
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 from bluesky.plans import count
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
 

@@ -128,7 +128,7 @@ def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
     cam = SCMOSCamera(
         name="cam", driver=CameraThatWillNotStart(shape=(64, 64)), write_dir=tmp_path, ring_mb=2
     )
-    rings = _our_rings()
+    rings, writers = _our_rings(), _writer_children()  # other tests' cameras may keep theirs
     for _ in range(3):  # every attempt, not just the first
         with pytest.raises(CameraError, match="not responding"):
             RE(count([cam], num=1))
@@ -136,9 +136,9 @@ def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
     assert list(tmp_path.iterdir()) == []  # no file, marked open or otherwise
     assert _our_rings() == rings
     deadline = time.monotonic() + 10
-    while _writer_children() and time.monotonic() < deadline:
+    while _writer_children() != writers and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _writer_children() == []
+    assert _writer_children() == writers
 
 
 @pytest.mark.parametrize("name", ["../../esc", "/abs/x", "a.b", ""])

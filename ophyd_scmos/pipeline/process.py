@@ -1,0 +1,165 @@
+"""The acquiring process's side of a writer process: start it once, keep it warm, end it.
+
+A camera keeps one `WriterProcess` for as long as it lives: the process start, its imports
+and the first touch of a shared-memory ring are paid once, not at every run. Each run opens
+its own file in it (`open_file`) and finishes it with `Op.FINISH`. A writer that died is not
+reused: the next run starts another.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode, encode_open
+from ophyd_scmos.pipeline.ring import FrameRing
+
+#: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
+#: which by default is a new mmap whose pages the kernel faults in and zeroes, a third of the
+#: cost of compressing it. Kept in the heap, the same pages serve frame after frame.
+WRITER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+
+StatusHandler = Callable[[WriterStatus], None]
+
+#: writer processes not yet shut down, ended at interpreter exit
+_LIVE: weakref.WeakSet[WriterProcess] = weakref.WeakSet()
+
+
+class WriterProcess:
+    """A writer subprocess, the ring it reads, and the thread that listens to its status.
+
+    Status lines go to the handler of the file being written (`open_file`). When the
+    process ends without being asked to (killed, crashed), the handler gets an error
+    status saying so, once the process is gone and the file with it.
+    """
+
+    def __init__(self) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ophyd_scmos.pipeline"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            close_fds=True,
+            env={**os.environ, **WRITER_MALLOC},
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin = self.process.stdin.fileno()
+        self.ring: FrameRing | None = None
+        self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
+        self.last: WriterStatus = {"state": State.CLOSED.value, "written": 0}
+        self.died = False  #: ended while writing a file, or without saying why
+        self.ended = threading.Event()
+        self._handler: StatusHandler | None = None
+        self._closing = False  #: `shutdown` asked it to end
+        self._listener = threading.Thread(
+            target=self._listen, name="scmos-writer-status", daemon=True
+        )
+        self._listener.start()
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return not self.ended.is_set() and self.process.poll() is None
+
+    def ring_for(self, frame_shape: tuple[int, int], dtype: np.dtype, slots: int) -> FrameRing:
+        """The ring for a run's frames: the one there is, or a new one if the frame shape,
+        the dtype or the number of slots changed. Only between runs."""
+        spec = self.ring.spec if self.ring is not None else None
+        wanted = (tuple(frame_shape), np.dtype(dtype).str, slots)
+        if spec is None or (spec.frame_shape, spec.dtype, spec.n_slots) != wanted:
+            self.release_ring()  # the writer attaches to the new one when the file opens
+            self.ring = FrameRing.create(frame_shape, dtype, slots)
+        assert self.ring is not None
+        return self.ring
+
+    def open_file(self, config: WriterConfig, on_status: StatusHandler) -> None:
+        """Start writing a run's file; its status lines go to `on_status` from now on."""
+        self.last = {"state": "opening", "written": 0}
+        self._handler = on_status
+        self._send(encode_open(config))
+
+    def file_done(self) -> None:
+        """The run's file is closed: its status lines stop here."""
+        self._handler = None
+
+    def send(self, op: Op, arg: int) -> None:
+        self._send(encode(op, arg))
+
+    def _send(self, data: bytes) -> None:
+        self.bytes_sent += os.write(self._stdin, data)
+
+    def _listen(self) -> None:
+        """Pass status lines on; an error only once the process has gone (and its file with
+        it), so whoever handles it may touch the file."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                status: WriterStatus = json.loads(line)
+            except ValueError:
+                continue
+            self.last = status
+            handler = self._handler
+            if handler is not None and status["state"] != State.ERROR:
+                handler(status)
+        self.process.wait()
+        writing = self.last["state"] not in (State.CLOSED, State.ERROR)
+        if writing or (self.process.returncode != 0 and not self._closing):
+            self.died = True
+            self.last = {
+                "state": State.ERROR.value,
+                "written": self.last.get("written", 0),
+                "error": f"writer process (pid {self.pid}) died with exit code "
+                f"{self.process.returncode}{self.stderr_tail()}",
+            }
+        handler = self._handler
+        if handler is not None and self.last["state"] == State.ERROR:
+            handler(self.last)
+        self.ended.set()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return f"; its last words: {text[-limit:]}" if text else ""
+
+    def shutdown(self, timeout: float = 30) -> None:
+        """End the process (it closes a file still open with what it was handed) and free
+        the ring. Safe to call twice."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        if not self.ended.wait(timeout):
+            self.kill()
+        self.release_ring()
+        _LIVE.discard(self)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.ended.wait(10)
+
+    def release_ring(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+
+@atexit.register
+def _shut_down_writers() -> None:
+    """At exit, end the writers still running, so their rings leave /dev/shm now."""
+    for writer in list(_LIVE):
+        writer.shutdown(timeout=10)
