@@ -42,6 +42,9 @@ _BIT_DEPTHS = (12, 16)
 MAX_PERIOD = 3600.0
 _POLL = 0.0005  # s between looks at the circular buffer (MMCore has no blocking pop)
 _CAMERA_DEVICE_TYPE = 2  # MM::CameraDevice
+# Micro-Manager's library of virtual devices: its "Multi Camera" is a camera device that
+# combines other cameras, not a camera of its own.
+_UTILITIES_LIBRARY = "Utilities"
 _PLAUSIBLE_ELAPSED = 86400.0  # s; a larger ElapsedTime-ms is MMCore's clock, not the camera's
 
 
@@ -379,13 +382,16 @@ def list_cameras(adapter_paths: list[str | os.PathLike] | None = None) -> list[t
     """Camera devices offered by the Micro-Manager adapters found: ("Library:Device", description).
 
     Micro-Manager finds cameras per adapter, so this lists the camera adapters installed, not
-    which cameras are plugged in; an adapter whose vendor SDK is missing is left out.
+    which cameras are plugged in; an adapter whose vendor SDK is missing is left out, and so
+    are the Utilities library's virtual devices.
     """
     core = _core_class()()
     if adapter_paths:
         core.setDeviceAdapterSearchPaths([os.fspath(p) for p in adapter_paths])
     found = []
     for library in core.getDeviceAdapterNames():
+        if library == _UTILITIES_LIBRARY:
+            continue
         try:
             names = core.getAvailableDevices(library)
             types = core.getAvailableDeviceTypes(library)

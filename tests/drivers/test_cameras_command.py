@@ -26,6 +26,17 @@ def test_cameras_lists_every_driver_with_a_spec_that_opens_it(fake_gige, mm_demo
         driver.close()
 
 
+def test_cameras_leaves_out_micromanagers_virtual_devices(mm_demo_available, capsys):
+    from pymmcore_plus import CMMCorePlus
+
+    # Its "Multi Camera" is of MMCore's camera type, yet combines other cameras.
+    assert "Utilities" in CMMCorePlus().getDeviceAdapterNames()
+    assert main(["cameras"]) == 0
+    specs = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert "micromanager:DemoCamera:DCam" in specs
+    assert not [spec for spec in specs if spec.startswith("micromanager:Utilities:")]
+
+
 def test_a_bad_spec_names_the_forms_it_takes():
     assert isinstance(driver_from_spec("simulated"), SimulatedSCMOS)
     for spec in ("pco:1", "micromanager", "simulated:big"):
