@@ -176,3 +176,97 @@ def re_count(n: int, scratch: Path) -> dict[str, float]:
             cam.destroy()
         shutil.rmtree(scratch / "re")
     return {"events": n, **rates}
+
+
+# -- pace: what a scientist waits for between and within short runs ---------------------------
+def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
+    """The interactive loop, ours beside ophyd.sim's trivial detector in the same process:
+    a one-event `count` run (its whole cost: stage, trigger, unstage), `count` events/s at
+    a 256x256 region with TiledWriter into an embedded catalog, and a full-frame `count`
+    beside a movie at the same settings. Rounds alternate the two, medians are quoted."""
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from bluesky_tiled_plugins import TiledWriter
+    from ophyd.sim import det
+
+    from ophyd_scmos import SCMOSCamera, open_catalog
+    from ophyd_scmos.plans import movie
+
+    RE = RunEngine({})
+    small = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=0), write_dir=scratch / "pace"
+    )
+    full = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=1), write_dir=scratch / "pace"
+    )
+    try:
+        small.roi.set((896, 896, 256, 256))
+        small.exposure_time.set(1e-5)
+        full.exposure_time.set(EXPOSURE)
+
+        def seconds(plan: Any) -> float:
+            t0 = time.perf_counter()
+            RE(plan)
+            return time.perf_counter() - t0
+
+        RE(count([small], num=1))  # the camera's writer starts here, once
+        one: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
+        for _ in range(rounds * 10):
+            one["ophyd.sim det"].append(seconds(count([det], num=1)))
+            one["SCMOSCamera"].append(seconds(count([small], num=1)))
+        token = RE.subscribe(TiledWriter(open_catalog(scratch / "pace-catalog")))
+        tiled: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
+        for _ in range(rounds):
+            tiled["ophyd.sim det"].append(events / seconds(count([det], num=events)))
+            tiled["SCMOSCamera"].append(events / seconds(count([small], num=events)))
+        RE.unsubscribe(token)
+        full_frames = max(events // 5, 50)
+        RE(count([full], num=1))
+        stepped: dict[str, list[float]] = {"count": [], "movie": []}
+        for _ in range(rounds):
+            stepped["count"].append(full_frames / seconds(count([full], num=full_frames)))
+            stepped["movie"].append(full_frames / seconds(movie(full, frames=full_frames)))
+    finally:
+        small.destroy()
+        full.destroy()
+        shutil.rmtree(scratch / "pace", ignore_errors=True)
+        shutil.rmtree(scratch / "pace-catalog", ignore_errors=True)
+    return {
+        "rounds": rounds,
+        "events": events,
+        "one_event_run_ms": {k: 1e3 * float(np.median(v)) for k, v in one.items()},
+        "one_event_run_ratio": float(
+            np.median(np.divide(one["SCMOSCamera"], one["ophyd.sim det"]))
+        ),
+        "count_256_tiled_events_s": {k: float(np.median(v)) for k, v in tiled.items()},
+        "count_256_tiled_ratio": float(
+            np.median(np.divide(tiled["SCMOSCamera"], tiled["ophyd.sim det"]))
+        ),
+        "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
+        "full_frame_count_vs_movie": float(
+            np.median(np.divide(stepped["count"], stepped["movie"]))
+        ),
+        "open_catalog_s": _open_catalog_seconds(scratch / "pace-open", rounds),
+    }
+
+
+def _open_catalog_seconds(directory: Path, rounds: int) -> float:
+    """Median seconds of `open_catalog()` on an existing embedded catalog, after imports, in
+    a new process each time (what `ophyd-scmos runs` or a new session pays)."""
+    script = (
+        "import sys, time\n"
+        "from ophyd_scmos import open_catalog\n"
+        "import ophyd_scmos.catalog.embedded\n"
+        "t = time.perf_counter(); open_catalog(sys.argv[1]); print(time.perf_counter() - t)\n"
+    )
+    times = []
+    for _ in range(rounds + 1):  # the first creates the catalog
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(directory)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        times.append(float(out.stdout.split()[-1]))
+    shutil.rmtree(directory, ignore_errors=True)
+    return float(np.median(times[1:]))

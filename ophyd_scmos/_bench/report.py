@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
                 out["memory"] = _memory(args.memory_frames, args.memory_ring_mb, scratch, say)
             if args.count:
                 out["count"] = _count(args.count, scratch, say)
+            if args.pace:
+                out["pace"] = _pace(args.pace, args.pace_events, scratch, say)
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -194,6 +196,26 @@ def _count(events: int, scratch: Path, say: _Printer) -> dict[str, float]:
         if name != "events":
             say(f"  {name:40s} {rate:7.1f} events/s")
     return counted
+
+
+def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, Any]:
+    say.header(f"pace: ours beside ophyd.sim's det in the same run, medians of {rounds} rounds")
+    p = probes.pace(rounds, events, scratch)
+    one, tiled, full = p["one_event_run_ms"], p["count_256_tiled_events_s"], p["full_frame_per_s"]
+    say(
+        f"  one-event count run       ours {one['SCMOSCamera']:7.1f} ms   "
+        f"det {one['ophyd.sim det']:6.1f} ms   ours/det {p['one_event_run_ratio']:5.1f}x"
+    )
+    say(
+        f"  count 256x256, TiledWriter ours {tiled['SCMOSCamera']:6.0f} events/s   "
+        f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {p['count_256_tiled_ratio']:5.2f}"
+    )
+    say(
+        f"  2048x2048 count           {full['count']:6.1f} events/s   movie {full['movie']:6.1f} "
+        f"frames/s   count/movie {p['full_frame_count_vs_movie']:5.2f}"
+    )
+    say(f"  open_catalog() (embedded, after imports, new process) {p['open_catalog_s']:.2f} s")
+    return p
 
 
 class _Printer:

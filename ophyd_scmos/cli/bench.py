@@ -18,10 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help=bench.__doc__, description=bench.__doc__)
     p.add_argument(
         "--shapes",
-        nargs="+",
+        nargs="*",
         default=["orca", "kinetix8"],
         choices=["orca", "kinetix8"],
-        help="orca: 2048x2048 uint16; kinetix8: 3200x3200 uint8",
+        help="orca: 2048x2048 uint16; kinetix8: 3200x3200 uint8; none: no disk sections",
     )
     p.add_argument("--burst-gb", type=float, default=1.6, help="size of the short bursts")
     p.add_argument("--repeat", type=int, default=3, help="runs of each short burst (median)")
@@ -82,6 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--memory-ring-mb", type=float, default=16)
     p.add_argument("--count", type=int, default=1000, help="events of RE(count) (0: skip)")
+    p.add_argument(
+        "--pace", type=int, default=3, help="rounds of the interactive-pace section (0: skip)"
+    )
+    p.add_argument("--pace-events", type=int, default=500, help="events of each pace count")
     p.add_argument(
         "--dir",
         type=Path,

@@ -23,7 +23,7 @@ DATA = "/entry/data/data"
 FRAME_NUMBER = "/entry/data/frame_number"
 TIMESTAMP = "/entry/data/timestamp"
 HOST_TIMESTAMP = "/entry/data/host_timestamp"
-METADATA_STEP = 4096  #: per-frame metadata datasets grow in chunks of this many frames
+METADATA_STEP = 4096  #: per-frame metadata datasets are stored in chunks of this many frames
 
 
 def create_layout(
