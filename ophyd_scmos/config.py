@@ -436,6 +436,13 @@ class CameraConfig:
     settings: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None  #: the file it came from, for messages
 
+    # The pipeline's keys, as the file gives them (read-only; `pipeline` holds them all).
+    compression = property(lambda self: self.pipeline.compression)
+    ring_mb = property(lambda self: self.pipeline.ring_mb)
+    ring_frames = property(lambda self: self.pipeline.ring_frames)
+    overflow = property(lambda self: self.pipeline.overflow)
+    write_limit_mb_s = property(lambda self: self.pipeline.write_limit_mb_s)
+
     def build(self) -> SCMOSCamera:
         """Open the camera and apply the settings; a refused one raises `ConfigError` naming
         its key with the driver's reason (the allowed values depend on the camera), and the

@@ -44,11 +44,7 @@ def test_no_file_means_one_simulated_camera_named_cam_and_the_default_catalog():
         {},
         {},
     )
-    assert (cam.pipeline.compression, cam.pipeline.ring_mb, cam.pipeline.overflow) == (
-        None,
-        256,
-        "block",
-    )
+    assert (cam.compression, cam.ring_mb, cam.overflow) == (None, 256, "block")
     assert lab.catalog.location is None and lab.catalog.describe().startswith("embedded, ")
     assert lab.plots is None  # "auto"
 
@@ -59,7 +55,7 @@ def test_the_example_file_is_valid_and_says_what_the_docs_say():
     assert cam.driver == "simulated" and dict(cam.options) == {"shape": [2048, 2048], "seed": 0}
     assert cam.settings["roi"] == (768, 768, 512, 512)
     assert cam.settings["exposure_time"] == 0.005
-    assert (cam.pipeline.compression, cam.pipeline.overflow) == ("bitshuffle-lz4", "block")
+    assert (cam.compression, cam.overflow) == ("bitshuffle-lz4", "block")
     assert lab.metadata["instrument"] == "sCMOS test bench"
     assert lab.catalog.api_key_env == "TILED_API_KEY"
 
@@ -102,13 +98,13 @@ def test_pipeline_defaults_apply_to_every_camera_unless_it_overrides_them(tmp_pa
             "write_limit_mb_s = 400\n",
         )
     )
-    a, b = (camera.pipeline for camera in lab.cameras)
+    a, b = lab.cameras
     assert (a.compression, a.overflow, a.ring_mb) == ("blosc2-zstd", "drop", 256)
     assert (b.compression, b.overflow, b.ring_mb) == (None, "drop", 32)
     assert (a.write_limit_mb_s, b.write_limit_mb_s) == (None, 400)
     cam = lab.cameras[1].build()
     try:
-        assert cam.options.write_limit_mb_s == 400
+        assert cam.write_limit_mb_s == 400
     finally:
         cam.destroy()
 
@@ -117,11 +113,11 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
     lab = load_config(
         write(tmp_path, "[pipeline]\nring_mb = 64\n[cameras.a]\n[cameras.b]\nring_frames = 40\n")
     )
-    a, b = (camera.pipeline for camera in lab.cameras)
+    a, b = lab.cameras
     assert (a.ring_mb, a.ring_frames, b.ring_mb, b.ring_frames) == (64, None, None, 40)
     cam = lab.cameras[1].build()
     try:
-        assert (cam.options.ring_mb, cam.options.ring_frames) == (None, 40)
+        assert (cam.ring_mb, cam.ring_frames) == (None, 40)
     finally:
         cam.destroy()
 
@@ -213,7 +209,7 @@ def test_a_built_camera_has_the_configured_settings_and_options(tmp_path):
         assert cam.exposure_time.get() == 0.002 and cam.trigger_mode.get() == "internal"
         assert cam.frames_per_point.get() == 3
         assert (cam.write_dir, cam.file_template) == (tmp_path, "{name}_{counter:03d}.h5")
-        assert (cam.options.compression, cam.options.ring_mb) == ("bitshuffle-lz4", 8)
+        assert (cam.compression, cam.ring_mb) == ("bitshuffle-lz4", 8)
     finally:
         cam.destroy()
     with pytest.raises(ConfigError, match="no camera named 'cam'; configured: side"):
