@@ -1,7 +1,8 @@
 """The one owner of our HDF5 file format: one NeXus entry, frames on axis 0, an outcome.
 
 `/entry/data/data` is what areaDetector's HDF5 plugin writes and what the AD_HDF5 handler and
-Tiled read; the NeXus attributes let generic viewers (silx, h5web) show the images. When a
+Tiled read; the NeXus attributes let generic viewers (silx, h5web) show the images. Each
+frame's statistics (see `stats`) grow beside the frames under `/entry/stats`. When a
 file is closed, `/entry` records how its writing ended (`Outcome`): the writer, the stream
 that recovers a dead writer's file, `ophyd-scmos recover` and the catalog's file statistics
 all go through this module to write or read it.
@@ -17,12 +18,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ophyd_scmos.pipeline import stats
+
 ENTRY = "/entry"
 DATA_GROUP = "/entry/data"
 DATA = "/entry/data/data"
 FRAME_NUMBER = "/entry/data/frame_number"
 TIMESTAMP = "/entry/data/timestamp"
 HOST_TIMESTAMP = "/entry/data/host_timestamp"
+STATS_GROUP = "/entry/stats"  #: per-frame statistics: <group>/<region>/<stat>, one row a frame
 METADATA_STEP = 4096  #: per-frame metadata datasets are stored in chunks of this many frames
 
 
@@ -68,6 +72,35 @@ def create_layout(
     for key, value in (attrs or {}).items():
         entry.attrs[key] = value
     return data
+
+
+def stats_path(region: str, stat: str) -> str:
+    """Where a region's statistic is stored, one value per frame (the whole frame's region
+    is `stats.FRAME`)."""
+    return f"{STATS_GROUP}/{region}/{stat}"
+
+
+def create_stats(
+    f: h5py.File, frame_shape: tuple[int, int], regions: Mapping[str, stats.Region]
+) -> list[h5py.Dataset]:
+    """Make the empty, growable statistics datasets, the whole frame's first, then each
+    region's, each in `stats.STATS` order: the order of `stats.compute`'s values. Each
+    region's group records its (x, y, width, height) in frame pixels."""
+    group = f.create_group(STATS_GROUP)
+    group.attrs["NX_class"] = "NXcollection"
+    rows, cols = frame_shape
+    datasets = []
+    for name, region in {stats.FRAME: (0, 0, cols, rows), **regions}.items():
+        region_group = group.create_group(name)
+        region_group.attrs["NX_class"] = "NXcollection"
+        region_group.attrs["region"] = list(region)
+        for stat in stats.STATS:
+            datasets.append(
+                region_group.create_dataset(
+                    stat, shape=(0,), maxshape=(None,), chunks=(METADATA_STEP,), dtype=np.float64
+                )
+            )
+    return datasets
 
 
 @dataclass(frozen=True)

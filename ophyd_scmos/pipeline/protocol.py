@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.ring import RingSpec
+from ophyd_scmos.pipeline.stats import Region
 
 #: one command: 16 bytes, little-endian
 RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
@@ -53,6 +54,8 @@ class WriterStatus(TypedDict, total=False):
     truncated: int  #: the answer to `Op.TRUNCATE`
     complete: bool  #: with `closed`
     error: str  #: with `error`: what failed, naming the file
+    stats_from: int  #: with `stats`: the file index of its first frame
+    stats: list[list[list[float]]]  #: frames written since the last line: [frame][region][stat]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class WriterConfig:
     ring: RingSpec
     options: PipelineOptions = field(default_factory=PipelineOptions)
     attrs: dict[str, Any] = field(default_factory=dict)  #: recorded on /entry
+    #: regions whose statistics are computed besides the whole frame's; None: no statistics
+    regions: dict[str, Region] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -71,14 +76,20 @@ class WriterConfig:
                 "ring": self.ring.to_json(),
                 "options": self.options.to_dict(),
                 "attrs": self.attrs,
+                "regions": self.regions,
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> WriterConfig:
         d = json.loads(text)
+        regions = d["regions"]
         return cls(
-            d["path"], RingSpec.from_json(d["ring"]), PipelineOptions(**d["options"]), d["attrs"]
+            d["path"],
+            RingSpec.from_json(d["ring"]),
+            PipelineOptions(**d["options"]),
+            d["attrs"],
+            None if regions is None else {k: cast(Region, tuple(v)) for k, v in regions.items()},
         )
 
 

@@ -29,9 +29,11 @@ from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.recovery import clear_open_flags
 from ophyd_scmos.pipeline.ring import FrameRing
+from ophyd_scmos.pipeline.stats import Region
 from ophyd_scmos.pipeline.writeback import no_room, room
 
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
+STATS_KEPT = 1 << 14  #: statistics of the most recent frames written, for events
 
 
 class StreamError(RuntimeError):
@@ -57,6 +59,9 @@ class FrameStream:
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
     a `StreamSummary`, or raises `StreamError` saying what was saved. `options` sizes the
     ring (all the memory a stream takes, however long it runs) and says how to write.
+    With `regions` (a dict, maybe empty; None: no statistics) the writer computes every
+    frame's statistics (`stats`), stores them in the file and reports them with the frames
+    written: `frame_stats` has them by the time `wait_for` calls back.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class FrameStream:
         on_progress: Callable[[FrameStream], None] | None = None,
         gated: bool = False,
         writer: WriterProcess | None = None,
+        regions: dict[str, Region] | None = None,
     ):
         self.driver = driver
         self.path = Path(path)
@@ -94,6 +100,9 @@ class FrameStream:
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
+        self.regions = regions
+        self._stats: deque[list[list[float]]] = deque()  #: per frame: [region][stat]
+        self._stats_from = 0  #: file index of the first frame in `_stats`
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
 
@@ -140,7 +149,9 @@ class FrameStream:
         shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
         self.ring = self.writer.ring_for(shape, dtype, self.options.slots_for(shape, dtype))
         self._base = self.ring.released
-        config = WriterConfig(str(self.path), self.ring.spec, self.options, self.attrs)
+        config = WriterConfig(
+            str(self.path), self.ring.spec, self.options, self.attrs, self.regions
+        )
         self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
         while not self._opened.wait(0.05):
@@ -259,6 +270,32 @@ class FrameStream:
             raise IndexError(f"frame {index} is not among the last {len(self._info)} recorded")
         return self._info[index - first]
 
+    def frame_stats(self, start: int, stop: int) -> np.ndarray:
+        """Statistics of the file's frames [start, stop): (frames, regions, `stats.STATS`),
+        the whole frame's region first. Only frames already reported written."""
+        with self._lock:
+            first, last = self._stats_from, self._stats_from + len(self._stats)
+            if not first <= start <= stop <= last:
+                raise IndexError(
+                    f"statistics of frames {start}..{stop - 1} of {self.path} are not known "
+                    f"(known: {first}..{last - 1})"
+                )
+            return np.array([self._stats[i - first] for i in range(start, stop)])
+
+    def _keep_stats(self, start: int, values: list[list[list[float]]]) -> None:
+        """Keep reported statistics from file index `start`; after a truncation the frames
+        at the same indices replace those that were cut."""
+        with self._lock:
+            if start < self._stats_from or start > self._stats_from + len(self._stats):
+                self._stats.clear()
+                self._stats_from = start
+            while self._stats_from + len(self._stats) > start:
+                self._stats.pop()
+            self._stats.extend(values)
+            while len(self._stats) > STATS_KEPT:
+                self._stats.popleft()
+                self._stats_from += 1
+
     def truncate(self, frames: int, timeout: float = 30) -> None:
         """Cut the file to its first `frames` frames now; returns once the writer has.
 
@@ -345,6 +382,8 @@ class FrameStream:
 
     # -- the two threads ----------------------------------------------------------------------
     def _on_writer_status(self, status: WriterStatus) -> None:
+        if "stats" in status:  # before the waiters for these frames are woken
+            self._keep_stats(status["stats_from"], status["stats"])
         self._written = status.get("written", self._written)
         if status["state"] == State.OPEN:
             self._opened.set()

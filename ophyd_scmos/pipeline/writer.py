@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import h5py
 import numpy as np
 
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
@@ -70,6 +70,14 @@ class RunFile:
         self.meta = [
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
+        self.regions = config.regions
+        self.stats = (
+            []
+            if self.regions is None
+            else layout.create_stats(self.file, spec.frame_shape, self.regions)
+        )
+        self.unreported: list[list[list[float]]] = []  #: statistics of frames from `stats_from`
+        self.stats_from = 0
         self.compressor = compressor
         limit = options.write_limit_mb_s
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
@@ -79,16 +87,20 @@ class RunFile:
 
     def report(self, state: State, **extra: Any) -> None:
         message = {"state": state.value, "written": self.flushed, **extra}
+        if self.unreported:
+            message.update(stats_from=self.stats_from, stats=self.unreported)
+            self.unreported = []
         send(self.status, WriterStatus(**message))  # type: ignore[typeddict-item]
 
     def write_frames(self, slots: np.ndarray) -> None:
         """Append the frames in `slots` (in order), handing each slot back once it is stored.
 
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
-        compressor made from them. The per-frame metadata is copied out of the ring first, so a
-        slot can go back to the producer as soon as its frame is written. If a write fails
-        (disk full), the datasets are cut back to the frames that made it, so the file never
-        claims a frame it does not hold.
+        compressor made from them. Its statistics are computed on the slot before it goes
+        back (the whole frame and each region: no copy). The per-frame metadata is copied out
+        of the ring first, so a slot can go back to the producer as soon as its frame is
+        written. If a write fails (disk full), the datasets are cut back to the frames that
+        made it, so the file never claims a frame it does not hold.
         """
         ring, start = self.ring, self.written
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
@@ -98,9 +110,12 @@ class RunFile:
         frame_shape = self.ring.spec.frame_shape
         self.data.id.set_extent((start + len(slots), *frame_shape))
         done = start
+        computed: list[np.ndarray] = []
         try:
             for chunk in chunks:
                 self.data.id.write_direct_chunk((done, 0, 0), chunk)
+                if self.regions is not None:
+                    computed.append(stats.compute(ring.slot(slots[done - start]), self.regions))
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
@@ -112,7 +127,19 @@ class RunFile:
             if done > start:
                 for ds, frame_values in zip(self.meta, values, strict=True):
                     _append(ds, start, frame_values[: done - start])
+                if computed:
+                    self.record_stats(start, np.array(computed))
             self.written = done
+
+    def record_stats(self, start: int, computed: np.ndarray) -> None:
+        """Append frames' statistics (frame, region, stat) from file index `start`, and keep
+        them for the next status line."""
+        columns = computed.reshape(len(computed), -1)
+        for i, ds in enumerate(self.stats):
+            _append(ds, start, columns[:, i])
+        if not self.unreported:
+            self.stats_from = start
+        self.unreported.extend(computed.tolist())
 
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process."""
@@ -126,8 +153,9 @@ class RunFile:
     def truncate(self, keep: int) -> None:
         """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
         if 0 <= keep < self.written:
-            for ds in (self.data, *self.meta):
+            for ds in (self.data, *self.meta, *self.stats):
                 ds.resize(keep, axis=0)
+            del self.unreported[max(0, keep - self.stats_from) :]
             self.written = keep
             self.flushed = min(self.flushed, keep)
 

@@ -1,0 +1,150 @@
+"""Statistics of every frame, for the whole frame and for named regions, as areaDetector's.
+
+The writer computes them on the ring slot it is storing (no copy of the frame), so they
+describe exactly the frames in the file. The definitions are those of areaDetector's
+NDPluginStats, for the pixels I(x, y) of a region (x the column, y the row):
+
+- ``total`` = sum I; ``mean`` = total / N (N pixels); ``min``, ``max``;
+- ``sigma`` = sqrt(sum (I - mean)^2 / N), the pixels' population standard deviation;
+- ``centroid_x`` = sum x I / total, ``centroid_y`` likewise (the intensity-weighted mean
+  position), and ``sigma_x`` = sqrt(sum (x - centroid_x)^2 I / total), ``sigma_y`` likewise.
+
+Unlike areaDetector, whose ROI plugin hands the Stats plugin an array starting at 0, the
+centroids are in frame pixels: a region's offset is added, so every region's centroid is
+comparable. A region whose total is 0 has centroids and their sigmas NaN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+#: the statistics of a region, in the order of `compute`'s rows
+STATS = ("total", "mean", "min", "max", "sigma", "centroid_x", "centroid_y", "sigma_x", "sigma_y")
+#: the whole frame, always first among the regions a writer computes
+FRAME = "frame"
+#: region names: they name data keys (``cam_<name>_total``) and HDF5 groups
+REGION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED = (FRAME, "stats")
+
+Region = tuple[int, int, int, int]  #: (x, y, width, height) in frame pixels
+_ROWS_PER_BLOCK = 32  #: rows converted to float at once (stays in the CPU's cache)
+
+
+def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = None) -> Region:
+    """`value` as a region, or ValueError naming it: (x, y, width, height), integers, inside
+    the frame of `frame_shape` (rows, columns) when given."""
+    if not isinstance(name, str) or not REGION_NAME.fullmatch(name) or name in RESERVED:
+        raise ValueError(
+            f"region name {name!r} must be letters, digits and _, start with a letter, and "
+            f"not be one of {RESERVED}"
+        )
+    if (
+        isinstance(value, (str, bytes))
+        or not hasattr(value, "__len__")
+        or len(value) != 4
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"region {name}={value!r} must be (x, y, width, height), integers")
+    x, y, w, h = (int(v) for v in value)
+    if x < 0 or y < 0 or w < 1 or h < 1:
+        raise ValueError(f"region {name}={value!r} needs x, y >= 0 and width, height >= 1")
+    if frame_shape is not None:
+        rows, cols = frame_shape
+        if x + w > cols or y + h > rows:
+            raise ValueError(
+                f"region {name}={value!r} is outside the {cols}x{rows} frame (width x height)"
+            )
+    return (x, y, w, h)
+
+
+def check_regions(
+    regions: Mapping[str, Any], frame_shape: tuple[int, int] | None = None
+) -> dict[str, Region]:
+    return {name: check_region(name, value, frame_shape) for name, value in regions.items()}
+
+
+def compute(frame: np.ndarray, regions: Mapping[str, Region]) -> np.ndarray:
+    """The statistics of `frame` over the whole frame and each region: one row per region
+    (the whole frame first), one column per `STATS` entry, float64."""
+    rows, cols = frame.shape
+    out = np.empty((1 + len(regions), len(STATS)))
+    out[0] = _region_stats(frame, 0, 0)
+    for i, (x, y, w, h) in enumerate(regions.values(), start=1):
+        out[i] = _region_stats(frame[y : y + h, x : x + w], x, y)
+    return out
+
+
+def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
+    """One pass over the region, a block of rows at a time converted to float (no
+    frame-sized temporary): its column sums, row sums and sum of squares give the rest."""
+    h, w = pixels.shape
+    n = pixels.size
+    column_sums = np.zeros(w)
+    row_sums = np.empty(h)
+    squares = 0.0
+    for start in range(0, h, _ROWS_PER_BLOCK):
+        block = pixels[start : start + _ROWS_PER_BLOCK].astype(np.float64)
+        column_sums += block.sum(axis=0)
+        row_sums[start : start + len(block)] = block.sum(axis=1)
+        squares += float(np.einsum("ij,ij->", block, block))
+    total = float(row_sums.sum())
+    mean = total / n
+    sigma = np.sqrt(max(squares / n - mean * mean, 0.0))
+    centroid_x, sigma_x = _moments(column_sums, total, x0)
+    centroid_y, sigma_y = _moments(row_sums, total, y0)
+    return [
+        total,
+        mean,
+        float(pixels.min()),
+        float(pixels.max()),
+        float(sigma),
+        centroid_x,
+        centroid_y,
+        sigma_x,
+        sigma_y,
+    ]
+
+
+def _moments(profile: np.ndarray, total: float, offset: int) -> tuple[float, float]:
+    """Centroid and sigma of a projection, positions measured from its first pixel then
+    shifted by `offset` (better conditioned than squaring frame coordinates)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    position = np.arange(len(profile), dtype=np.float64)
+    centre = float(position @ profile) / total
+    variance = float(((position - centre) ** 2) @ profile) / total
+    return centre + offset, float(np.sqrt(max(variance, 0.0)))
+
+
+def combine(per_frame: np.ndarray) -> np.ndarray:
+    """One point's statistics from its frames' (k, regions, STATS): those of the frames
+    summed into one image for total, mean, centroids and their sigmas (exact, from the
+    moments); min, max and sigma over all the k frames' pixels (the summed image's would need
+    the frames again): every frame has the same pixels, so pooling needs no weights."""
+    if len(per_frame) == 1:
+        return per_frame[0]
+    col = {name: i for i, name in enumerate(STATS)}
+    values = {name: per_frame[:, :, i] for name, i in col.items()}
+    total = values["total"].sum(axis=0)
+    out = np.empty(per_frame.shape[1:])
+    out[:, col["total"]] = total
+    out[:, col["mean"]] = values["mean"].sum(axis=0)
+    out[:, col["min"]] = values["min"].min(axis=0)
+    out[:, col["max"]] = values["max"].max(axis=0)
+    second = values["sigma"] ** 2 + values["mean"] ** 2  # each frame's mean of squares
+    pooled_mean = values["mean"].mean(axis=0)
+    out[:, col["sigma"]] = np.sqrt(np.maximum(second.mean(axis=0) - pooled_mean**2, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for axis in ("x", "y"):
+            centre, spread = values[f"centroid_{axis}"], values[f"sigma_{axis}"]
+            weights = values["total"]
+            weighted = weights != 0  # a dark frame's centroid is NaN and weighs nothing
+            c = np.where(weighted, centre * weights, 0).sum(axis=0) / total
+            m2 = np.where(weighted, (spread**2 + centre**2) * weights, 0).sum(axis=0) / total
+            out[:, col[f"centroid_{axis}"]] = c
+            out[:, col[f"sigma_{axis}"]] = np.sqrt(np.maximum(m2 - c**2, 0))
+    return out

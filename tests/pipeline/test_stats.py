@@ -1,0 +1,157 @@
+"""Per-frame statistics: computed by the writer, stored beside the frames, reported back."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.pipeline import FrameStream, layout, stats
+from ophyd_scmos.pipeline.options import PipelineOptions
+
+ODD_REGIONS = {"spot": (5, 3, 7, 9), "corner": (0, 0, 1, 1), "strip": (11, 2, 13, 1)}
+
+
+def numpy_stats(frame: np.ndarray, region: tuple[int, int, int, int]) -> dict[str, float]:
+    """areaDetector's definitions, spelled out on a float copy of the region."""
+    x, y, w, h = region
+    pixels = frame[y : y + h, x : x + w].astype(np.float64)
+    total = pixels.sum()
+    cols, rows = np.arange(x, x + w), np.arange(y, y + h)
+    cx = (pixels.sum(axis=0) @ cols) / total
+    cy = (pixels.sum(axis=1) @ rows) / total
+    return {
+        "total": total,
+        "mean": pixels.mean(),
+        "min": pixels.min(),
+        "max": pixels.max(),
+        "sigma": pixels.std(),
+        "centroid_x": cx,
+        "centroid_y": cy,
+        "sigma_x": np.sqrt((pixels.sum(axis=0) @ (cols - cx) ** 2) / total),
+        "sigma_y": np.sqrt((pixels.sum(axis=1) @ (rows - cy) ** 2) / total),
+    }
+
+
+def assert_stats_match(values: np.ndarray, frame: np.ndarray, region) -> None:
+    expected = numpy_stats(frame, region)
+    for name, value in zip(stats.STATS, values, strict=True):
+        assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
+
+
+def test_compute_follows_area_detectors_definitions():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 4096, (31, 45)).astype(np.uint16)
+    computed = stats.compute(frame, ODD_REGIONS)
+    assert computed.shape == (4, len(stats.STATS))
+    assert_stats_match(computed[0], frame, (0, 0, 45, 31))
+    for row, region in zip(computed[1:], ODD_REGIONS.values(), strict=True):
+        assert_stats_match(row, frame, region)
+
+
+def test_a_dark_region_has_no_centroid():
+    (row,) = stats.compute(np.zeros((4, 4), np.uint16), {})
+    values = dict(zip(stats.STATS, row, strict=True))
+    assert values["total"] == 0 and values["sigma"] == 0
+    assert np.isnan(values["centroid_x"]) and np.isnan(values["sigma_y"])
+
+
+def test_combined_frames_give_the_summed_images_total_and_centroid():
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 1000, (3, 20, 30)).astype(np.uint16)
+    region = (3, 4, 9, 7)
+    per_frame = np.array([stats.compute(f, {"r": region}) for f in frames])
+    combined = dict(zip(stats.STATS, stats.combine(per_frame)[1], strict=True))
+    summed = numpy_stats(frames.sum(axis=0, dtype=np.int64), region)
+    for name in ("total", "mean", "centroid_x", "centroid_y", "sigma_x", "sigma_y"):
+        assert combined[name] == pytest.approx(summed[name], rel=1e-9), name
+    x, y, w, h = region
+    pixels = frames[:, y : y + h, x : x + w].astype(np.float64)
+    assert combined["min"] == pixels.min() and combined["max"] == pixels.max()
+    assert combined["sigma"] == pytest.approx(pixels.std(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("spot", (40, 0, 5, 5), "outside the 44x30 frame"),
+        ("spot", (0, 28, 5, 3), "outside the 44x30 frame"),
+        ("spot", (0, 0, 0, 5), "width, height >= 1"),
+        ("spot", (-1, 0, 5, 5), "x, y >= 0"),
+        ("spot", (0, 0, 5.0, 5), "integers"),
+        ("spot", (0, 0, 5), "integers"),
+        ("frame", (0, 0, 5, 5), "not be one of"),
+        ("2nd", (0, 0, 5, 5), "start with a letter"),
+    ],
+)
+def test_bad_regions_are_refused_naming_them(name, value, says):
+    with pytest.raises(ValueError, match=says):
+        stats.check_region(name, value, (30, 44))
+
+
+@pytest.mark.parametrize("binning, bit_depth", [(1, 16), (2, 12)])
+def test_stored_statistics_are_numpys_on_the_stored_frames(tmp_path, binning, bit_depth):
+    camera = SimulatedSCMOS(shape=(62, 90), seed=5, camera_buffer_frames=1000)
+    camera.open()
+    camera.configure(CameraSettings(exposure_time=0.0005, binning=binning, bit_depth=bit_depth))
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, PipelineOptions(ring_frames=4), regions=ODD_REGIONS)
+    stream.open()
+    camera.software_trigger(25)
+    stream.wait(25, timeout=30)
+    reported = stream.frame_stats(0, 25)
+    stream.close()
+    with h5py.File(path, "r") as f:
+        frames = f[layout.DATA][()]
+        assert f[layout.stats_path("spot", "total")].shape == (25,)
+        assert list(f[f"{layout.STATS_GROUP}/spot"].attrs["region"]) == [5, 3, 7, 9]
+        stored = np.stack(
+            [
+                np.stack([f[layout.stats_path(region, s)][()] for s in stats.STATS], axis=1)
+                for region in (stats.FRAME, *ODD_REGIONS)
+            ],
+            axis=1,
+        )
+    assert frames.shape == (25, 62 // binning, 90 // binning)
+    assert frames.max() < 2**bit_depth
+    np.testing.assert_array_equal(reported, stored)
+    rows, cols = frames.shape[1:]
+    for frame, values in zip(frames, stored, strict=True):
+        assert_stats_match(values[0], frame, (0, 0, cols, rows))
+        for row, region in zip(values[1:], ODD_REGIONS.values(), strict=True):
+            assert_stats_match(row, frame, region)
+
+
+def test_no_regions_no_statistics(tmp_path):
+    camera = SimulatedSCMOS(shape=(16, 16), seed=1)
+    camera.open()
+    stream = FrameStream(camera, tmp_path / "run.h5", PipelineOptions(ring_frames=4))
+    stream.open()
+    camera.software_trigger(3)
+    stream.wait(3, timeout=30)
+    stream.close()
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        assert layout.STATS_GROUP not in f
+    with pytest.raises(IndexError, match="not known"):
+        stream.frame_stats(0, 1)
+
+
+def test_truncated_frames_statistics_are_replaced(tmp_path):
+    camera = SimulatedSCMOS(shape=(16, 24), seed=2, camera_buffer_frames=100)
+    camera.open()
+    stream = FrameStream(camera, tmp_path / "run.h5", PipelineOptions(ring_frames=4), regions={})
+    stream.open()
+    camera.software_trigger(6)
+    stream.wait(6, timeout=30)
+    stream.truncate(4)
+    camera.software_trigger(2)
+    stream.wait(6, timeout=30)  # file frames: the 2 new ones follow the 4 kept
+    reported = stream.frame_stats(0, 6)
+    stream.close()
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        frames = f[layout.DATA][()]
+        totals = f[layout.stats_path(stats.FRAME, "total")][()]
+    assert len(frames) == len(totals) == 6
+    np.testing.assert_array_equal(totals, frames.sum(axis=(1, 2)))
+    np.testing.assert_array_equal(reported[:, 0, 0], totals)
