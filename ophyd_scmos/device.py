@@ -5,6 +5,10 @@ Each staged run gets one new HDF5 file written by a separate process. Step scans
 a Datum (``AD_HDF5``, as areaDetector's HDF5 plugin), so databroker, area-detector-handlers
 and Tiled read the runs back. Fly scans (`kickoff`/`complete`/`collect`) record a
 free-running camera at full rate with StreamResource/StreamDatum.
+
+Every frame's statistics (`ophyd_scmos.pipeline.stats`), over the whole frame and each named
+region of `cam.rois`, are computed by the writer and stored in the file; in step scans they
+are readings of the camera (``cam_stats_total``, ``cam_spot_centroid_x``, ...).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.paths import default_write_dir
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.stream import FrameStream, StreamError
@@ -132,6 +136,42 @@ class _Run:
             return list(self.statuses)
 
 
+class Regions(MutableMapping[str, stats.Region]):
+    """A camera's named regions of interest, (x, y, width, height) in frame pixels (after
+    the camera's ROI and binning). Each is checked when set, against the frame the camera
+    takes now, and all again at stage (the frame may have changed since); they cannot change
+    while the camera is staged."""
+
+    def __init__(self, camera: SCMOSCamera):
+        self._camera = camera
+        self._regions: dict[str, stats.Region] = {}
+
+    def __getitem__(self, name: str) -> stats.Region:
+        return self._regions[name]
+
+    def __setitem__(self, name: str, value: Sequence[int]) -> None:
+        self._refuse_while_staged()
+        self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+
+    def __delitem__(self, name: str) -> None:
+        self._refuse_while_staged()
+        del self._regions[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._regions)
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def __repr__(self) -> str:
+        return f"Regions({self._regions!r})"
+
+    def _refuse_while_staged(self) -> None:
+        camera = self._camera
+        if camera._staged.name == "yes":
+            raise RuntimeError(f"{camera.name}.rois cannot change while {camera.name} is staged")
+
+
 class Setting(Signal):
     """A camera setting: checked and applied by the driver when set, so a bad value fails at
     `set()`, before any frame is taken, with the driver's message."""
@@ -157,7 +197,15 @@ class SCMOSCamera(Device):
     `drop` discards and counts), `compression`, `write_limit_mb_s` (cap on the writer's disk
     bandwidth, to share a disk), or all of those as one `options` (`PipelineOptions`), and
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
-    Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only).
+    Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only), `rois` (named regions,
+    see `rois`), `statistics` (False: none computed, no statistics readings), `stats_read`
+    and `stats_hinted` (which statistics are readings, and which of those are hinted for
+    live plots and peak finding: the totals by default).
+
+    Statistics in step scans: one reading per region and statistic, ``<name>_stats_<stat>``
+    for the whole frame and ``<name>_<region>_<stat>`` for a region. With `frames_per_point`
+    k > 1 a point's statistics are those of its k frames summed into one image (total, mean,
+    centroids and their sigmas); min, max and sigma are over all its frames' pixels.
 
     Trigger modes in step scans: `software` takes a burst of `frames_per_point` frames per
     trigger; `internal` free-runs from the first trigger (a fly scan: from kickoff, so a
@@ -202,6 +250,10 @@ class SCMOSCamera(Device):
         write_limit_mb_s: float | None = None,
         options: PipelineOptions | None = None,
         asset_docs: str = "resource",
+        rois: Mapping[str, Sequence[int]] | None = None,
+        statistics: bool = True,
+        stats_read: Sequence[str] = stats.STATS,
+        stats_hinted: Sequence[str] = ("total",),
         **kwargs: Any,
     ):
         given = dict(ring_mb=ring_mb, ring_frames=ring_frames, compression=compression)
@@ -238,6 +290,65 @@ class SCMOSCamera(Device):
         self.model.put(driver.model)
         if asset_docs == "stream":
             self.image.kind = "omitted"  # a STREAM: key is never in read()
+        self.statistics = bool(statistics)
+        self.stats_read = stats_read
+        self.stats_hinted = stats_hinted
+        self.rois = Regions(self)
+        for roi_name, value in (rois or {}).items():
+            self.rois[roi_name] = value
+        #: this point's statistics: data key -> (value, timestamp)
+        self._stat_readings: dict[str, tuple[float, float]] = {}
+
+    # -- statistics ----------------------------------------------------------------------
+    @property
+    def stats_read(self) -> tuple[str, ...]:
+        """The statistics that are readings, of every region."""
+        return self._stats_read
+
+    @stats_read.setter
+    def stats_read(self, names: Sequence[str]) -> None:
+        self._stats_read = _check_stat_names("stats_read", names)
+
+    @property
+    def stats_hinted(self) -> tuple[str, ...]:
+        """The statistics hinted (plotted live, searched for peaks), of every region."""
+        return self._stats_hinted
+
+    @stats_hinted.setter
+    def stats_hinted(self, names: Sequence[str]) -> None:
+        self._stats_hinted = _check_stat_names("stats_hinted", names)
+
+    def _stat_keys(self) -> dict[str, tuple[int, str]]:
+        """Data key -> (region row in `stats.compute`'s values, statistic) of each reading."""
+        if not self.statistics:
+            return {}
+        prefixes = [f"{self.name}_stats", *(f"{self.name}_{r}" for r in self.rois)]
+        return {
+            f"{prefix}_{stat}": (row, stat)
+            for row, prefix in enumerate(prefixes)
+            for stat in self.stats_read
+        }
+
+    def _record_stats(self, values: np.ndarray) -> None:
+        now = time.time()
+        self._stat_readings = {
+            key: (float(values[row, stats.STATS.index(stat)]), now)
+            for key, (row, stat) in self._stat_keys().items()
+        }
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        readings = super().read()
+        for key in self._stat_keys():
+            value, timestamp = self._stat_readings.get(key, (float("nan"), 0.0))
+            readings[key] = {"value": value, "timestamp": timestamp}
+        return readings
+
+    @property
+    def hints(self) -> dict[str, list[str]]:
+        fields = list(super().hints["fields"])
+        hinted = self.stats_hinted
+        fields += [key for key, (_, stat) in self._stat_keys().items() if stat in hinted]
+        return {"fields": fields}
 
     def destroy(self) -> None:
         """Give the camera back: end any run still staged (its file is kept), end the writer
@@ -322,6 +433,9 @@ class SCMOSCamera(Device):
     def stage(self) -> list[object]:
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
+        regions = (
+            stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
+        )
         write_dir = prepare_dir(self.write_dir)
         if self._writer is None or not self._writer.alive:  # first run, or it died
             self._drop_writer()
@@ -339,6 +453,7 @@ class SCMOSCamera(Device):
                 on_progress=self._on_progress,
                 gated=self._mode is not TriggerMode.SOFTWARE,
                 writer=writer,
+                regions=regions,
             )
             stream.open()
             return stream
@@ -355,6 +470,7 @@ class SCMOSCamera(Device):
         for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
             sig.put(0)
         self.file_path.put(str(path))
+        self._stat_readings = {}
         try:
             return super().stage()
         except Exception:
@@ -445,7 +561,8 @@ class SCMOSCamera(Device):
 
     # -- step scans ------------------------------------------------------------------------
     def trigger(self) -> FrameStatus:
-        """Take this point's frames; done when they are in the file."""
+        """Take this point's frames; done when they are in the file and their statistics
+        are known."""
         run = self._require_run("trigger()")
         if run.flying:
             raise RuntimeError(f"{self.name} is flying; trigger() is for step scans")
@@ -473,6 +590,15 @@ class SCMOSCamera(Device):
             if error is not None:
                 run.reported_error = error
                 status.set_exception(error)
+                return
+            try:
+                if self.statistics:
+                    self._record_stats(
+                        stats.combine(stream.frame_stats(point * k, (point + 1) * k))
+                    )
+            except IndexError as exc:
+                run.reported_error = StreamError(f"{self.name}: {exc}")
+                status.set_exception(run.reported_error)
                 return
             number, timestamp = stream.frame_info(first)
             self.frame_number.put(number)
@@ -525,6 +651,14 @@ class SCMOSCamera(Device):
     def describe(self) -> dict[str, dict]:
         description = super().describe()
         description[self.image.name] = self._image_key(per_point=True)
+        source = f"{self.driver.model}:{self.name}:stats"
+        for key in self._stat_keys():
+            description[key] = {
+                "source": source,
+                "dtype": "number",
+                "dtype_numpy": "<f8",
+                "shape": [],
+            }
         return description
 
     def _image_key(self, *, per_point: bool) -> dict[str, Any]:
@@ -637,3 +771,9 @@ class SCMOSCamera(Device):
         if self._run is not None:
             return self._run.stream.frames_written
         return int(self.frames_written.get())  # after the file closed: all of it
+
+
+def _check_stat_names(setting: str, names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str) or any(name not in stats.STATS for name in names):
+        raise ValueError(f"{setting}={names!r} must be a sequence of names from {stats.STATS}")
+    return tuple(names)

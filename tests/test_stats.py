@@ -1,0 +1,139 @@
+"""The camera's statistics under a RunEngine: named regions, readings, hints, the file."""
+
+from __future__ import annotations
+
+import os
+
+import event_model
+import h5py
+import numpy as np
+import pytest
+from bluesky.plans import count
+
+from ophyd_scmos import SCMOSCamera
+from ophyd_scmos.pipeline import layout, stats
+from tests.pipeline.test_stats import numpy_stats
+
+
+def stored_frames(cam: SCMOSCamera) -> np.ndarray:
+    with h5py.File(cam.file_path.get(), "r") as f:
+        return f[layout.DATA][()]
+
+
+def test_statistics_are_readings_of_every_event(cam, RE, recorder):
+    cam.rois["spot"] = (7, 5, 11, 13)  # odd sizes, in the 96x64 frame
+    RE(count([cam], num=4))
+    (descriptor,) = recorder.of("descriptor")
+    for name, doc in recorder.docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+    keys = descriptor["data_keys"]
+    for region in ("stats", "spot"):
+        for stat in stats.STATS:
+            key = keys[f"cam_{region}_{stat}"]
+            assert (key["dtype"], key["dtype_numpy"], key["shape"]) == ("number", "<f8", [])
+    assert descriptor["hints"]["cam"]["fields"] == ["cam_stats_total", "cam_spot_total"]
+    frames = stored_frames(cam)
+    events = recorder.of("event")
+    assert len(events) == len(frames) == 4
+    for event, frame in zip(events, frames, strict=True):
+        whole = numpy_stats(frame, (0, 0, 96, 64))
+        spot = numpy_stats(frame, (7, 5, 11, 13))
+        for stat in stats.STATS:
+            assert event["data"][f"cam_stats_{stat}"] == pytest.approx(whole[stat], rel=1e-9)
+            assert event["data"][f"cam_spot_{stat}"] == pytest.approx(spot[stat], rel=1e-9)
+
+
+def test_a_points_statistics_are_its_frames_summed(cam, RE, recorder):
+    cam.frames_per_point.set(3)
+    cam.rois["spot"] = (20, 10, 9, 7)
+    RE(count([cam], num=2))
+    frames = stored_frames(cam).reshape(2, 3, 64, 96)
+    for event, point in zip(recorder.of("event"), frames, strict=True):
+        summed = numpy_stats(point.sum(axis=0, dtype=np.int64), (20, 10, 9, 7))
+        for stat in ("total", "mean", "centroid_x", "centroid_y", "sigma_x", "sigma_y"):
+            assert event["data"][f"cam_spot_{stat}"] == pytest.approx(summed[stat], rel=1e-9)
+        assert event["data"]["cam_spot_max"] == point[:, 10:17, 20:29].max()
+
+
+def test_binning_and_12_bit_statistics_match_the_stored_frames(cam, RE, recorder):
+    cam.binning.set(2)
+    cam.bit_depth.set(12)
+    cam.rois["spot"] = (3, 1, 5, 31)  # the 48x32 binned frame's pixels
+    RE(count([cam], num=3))
+    frames = stored_frames(cam)
+    assert frames.shape == (3, 32, 48) and frames.max() <= 4095
+    for event, frame in zip(recorder.of("event"), frames, strict=True):
+        expected = numpy_stats(frame, (3, 1, 5, 31))
+        for stat in stats.STATS:
+            assert event["data"][f"cam_spot_{stat}"] == pytest.approx(expected[stat], rel=1e-9)
+
+
+def test_a_region_outside_the_frame_is_refused_when_set(cam):
+    with pytest.raises(ValueError, match=r"region spot=\(90, 0, 7, 5\) is outside the 96x64"):
+        cam.rois["spot"] = (90, 0, 7, 5)
+    assert "spot" not in cam.rois
+
+
+def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(cam):
+    cam.rois["spot"] = (80, 40, 10, 10)
+    cam.binning.set(2)  # the frame is now 48x32
+    with pytest.raises(ValueError, match="outside the 48x32 frame"):
+        cam.stage()
+    assert cam._staged.name == "no"
+    assert not cam.write_dir.exists() or not os.listdir(cam.write_dir)
+
+
+def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam):
+    cam.rois["spot"] = (0, 0, 4, 4)
+    cam.rois["spot"] = (1, 1, 4, 4)
+    cam.rois["edge"] = (0, 0, 96, 1)
+    assert dict(cam.rois) == {"spot": (1, 1, 4, 4), "edge": (0, 0, 96, 1)}
+    del cam.rois["edge"]
+    assert list(cam.rois) == ["spot"]
+    cam.stage()
+    try:
+        with pytest.raises(RuntimeError, match="cannot change while cam is staged"):
+            cam.rois["spot"] = (0, 0, 2, 2)
+        with pytest.raises(RuntimeError, match="cannot change while cam is staged"):
+            del cam.rois["spot"]
+    finally:
+        cam.unstage()
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert list(f[layout.STATS_GROUP]) == [stats.FRAME, "spot"]
+
+
+def test_which_statistics_are_read_and_hinted_is_configurable(driver, tmp_path, RE, recorder):
+    cam = SCMOSCamera(
+        name="cam",
+        driver=driver,
+        write_dir=tmp_path,
+        rois={"spot": (0, 0, 8, 8)},
+        stats_read=("total", "max"),
+        stats_hinted=("max",),
+    )
+    try:
+        assert cam.hints == {"fields": ["cam_stats_max", "cam_spot_max"]}
+        RE(count([cam], num=1))
+        (event,) = recorder.of("event")
+        assert {k for k in event["data"] if k.startswith(("cam_stats", "cam_spot"))} == {
+            "cam_stats_total",
+            "cam_stats_max",
+            "cam_spot_total",
+            "cam_spot_max",
+        }
+        with pytest.raises(ValueError, match="stats_hinted='total' must be a sequence of names"):
+            cam.stats_hinted = "total"
+    finally:
+        cam.destroy()
+
+
+def test_without_statistics_there_are_no_readings_and_none_stored(driver, tmp_path, RE, recorder):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, statistics=False)
+    try:
+        RE(count([cam], num=1))
+        (event,) = recorder.of("event")
+        assert not [k for k in event["data"] if "_stats_" in k]
+        with h5py.File(cam.file_path.get(), "r") as f:
+            assert layout.STATS_GROUP not in f
+    finally:
+        cam.destroy()
