@@ -318,22 +318,33 @@ class SCMOSCamera(Device):
     def stats_hinted(self, names: Sequence[str]) -> None:
         self._stats_hinted = _check_stat_names("stats_hinted", names)
 
-    def _stat_keys(self) -> dict[str, tuple[int, str]]:
-        """Data key -> (region row in `stats.compute`'s values, statistic) of each reading."""
+    def _stat_keys(self) -> dict[str, tuple[int, str, str]]:
+        """Data key -> (row in `stats.compute`'s values, region in the file, statistic) of
+        each reading."""
         if not self.statistics:
             return {}
-        prefixes = [f"{self.name}_stats", *(f"{self.name}_{r}" for r in self.rois)]
+        prefixes = {f"{self.name}_stats": stats.FRAME}
+        prefixes.update({f"{self.name}_{r}": r for r in self.rois})
         return {
-            f"{prefix}_{stat}": (row, stat)
-            for row, prefix in enumerate(prefixes)
+            f"{prefix}_{stat}": (row, region, stat)
+            for row, (prefix, region) in enumerate(prefixes.items())
             for stat in self.stats_read
         }
+
+    def _stat_key(self, external: str | None = None) -> dict[str, Any]:
+        key = {
+            "source": f"{self.driver.model}:{self.name}:stats",
+            "dtype": "number",
+            "dtype_numpy": "<f8",
+            "shape": [],
+        }
+        return key if external is None else {**key, "external": external}
 
     def _record_stats(self, values: np.ndarray) -> None:
         now = time.time()
         self._stat_readings = {
             key: (float(values[row, stats.STATS.index(stat)]), now)
-            for key, (row, stat) in self._stat_keys().items()
+            for key, (row, _, stat) in self._stat_keys().items()
         }
 
     def read(self) -> dict[str, dict[str, Any]]:
@@ -347,7 +358,7 @@ class SCMOSCamera(Device):
     def hints(self) -> dict[str, list[str]]:
         fields = list(super().hints["fields"])
         hinted = self.stats_hinted
-        fields += [key for key, (_, stat) in self._stat_keys().items() if stat in hinted]
+        fields += [key for key, (_, _, stat) in self._stat_keys().items() if stat in hinted]
         return {"fields": fields}
 
     def destroy(self) -> None:
@@ -651,14 +662,8 @@ class SCMOSCamera(Device):
     def describe(self) -> dict[str, dict]:
         description = super().describe()
         description[self.image.name] = self._image_key(per_point=True)
-        source = f"{self.driver.model}:{self.name}:stats"
         for key in self._stat_keys():
-            description[key] = {
-                "source": source,
-                "dtype": "number",
-                "dtype_numpy": "<f8",
-                "shape": [],
-            }
+            description[key] = self._stat_key()
         return description
 
     def _image_key(self, *, per_point: bool) -> dict[str, Any]:
@@ -705,6 +710,10 @@ class SCMOSCamera(Device):
                 self.image.name: layout.DATA,
                 self.frame_number.name: layout.FRAME_NUMBER,
                 self.frame_time.name: layout.TIMESTAMP,
+                **{
+                    key: layout.stats_path(region, stat)
+                    for key, (_, region, stat) in self._stat_keys().items()
+                },
             },
             frames_per_point=1,
         )
@@ -746,7 +755,9 @@ class SCMOSCamera(Device):
         return status
 
     def describe_collect(self) -> dict[str, dict]:
+        """The frames, their numbers and times, and their statistics: one row per frame."""
         source = f"{self.driver.model}:{self.name}"
+        stat_keys = {key: self._stat_key("STREAM:") for key in self._stat_keys()}
         return {
             self.image.name: self._image_key(per_point=False),
             self.frame_number.name: {
@@ -763,6 +774,7 @@ class SCMOSCamera(Device):
                 "shape": [],
                 "external": "STREAM:",
             },
+            **stat_keys,
         }
 
     def get_index(self) -> int:

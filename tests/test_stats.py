@@ -137,3 +137,27 @@ def test_without_statistics_there_are_no_readings_and_none_stored(driver, tmp_pa
             assert layout.STATS_GROUP not in f
     finally:
         cam.destroy()
+
+
+def test_a_movies_statistics_are_stream_columns_one_row_per_frame(cam, RE, recorder, tmp_path):
+    from bluesky_tiled_plugins import TiledWriter
+
+    from ophyd_scmos import open_catalog
+    from ophyd_scmos.plans import movie
+
+    RE.subscribe(TiledWriter(open_catalog(tmp_path / "catalog")))
+    cam.rois["spot"] = (7, 5, 11, 13)
+    cam.stats_read = ("total", "centroid_x")
+    RE(movie(cam, frames=300))
+    (descriptor,) = recorder.of("descriptor")
+    assert descriptor["data_keys"]["cam_spot_total"]["external"] == "STREAM:"
+    (start,) = recorder.of("start")
+    run = open_catalog(tmp_path / "catalog")[start["uid"]]["primary"]
+    frames = stored_frames(cam)
+    assert len(frames) == 300
+    spot = run["cam_spot_total"].read()
+    centroids = run["cam_stats_centroid_x"].read()
+    assert spot.shape == centroids.shape == (300,)
+    np.testing.assert_array_equal(spot, frames[:, 5:18, 7:18].sum(axis=(1, 2)))
+    expected = [numpy_stats(frame, (0, 0, 96, 64))["centroid_x"] for frame in frames]
+    np.testing.assert_allclose(centroids, expected, rtol=1e-9)
