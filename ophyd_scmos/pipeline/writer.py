@@ -78,6 +78,9 @@ class RunFile:
         )
         self.unreported: list[list[list[float]]] = []  #: statistics of frames from `stats_from`
         self.stats_from = 0
+        self.unstored: list[np.ndarray] = []  #: statistics of frames from `stats_stored` on
+        self.stats_stored = 0  #: frames whose statistics are in the file
+        self.last_stats_store = time.monotonic()
         self.compressor = compressor
         limit = options.write_limit_mb_s
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
@@ -132,17 +135,31 @@ class RunFile:
             self.written = done
 
     def record_stats(self, start: int, computed: np.ndarray) -> None:
-        """Append frames' statistics (frame, region, stat) from file index `start`, and keep
-        them for the next status line."""
-        columns = computed.reshape(len(computed), -1)
-        for i, ds in enumerate(self.stats):
-            _append(ds, start, columns[:, i])
+        """Keep frames' statistics (frame, region, stat) from file index `start` for the next
+        status line and for the file."""
         if not self.unreported:
             self.stats_from = start
         self.unreported.extend(computed.tolist())
+        self.unstored.append(computed)
+
+    def store_stats(self, force: bool = False) -> None:
+        """Append the statistics not yet in the file, at most once a flush interval unless
+        `force`d: a step scan flushes every event, and one append per statistic and region
+        per event would cost more than the frame. Readers see them lag the frames by up to
+        `flush_interval`; the acquiring process has them from the status lines at once."""
+        now = time.monotonic()
+        if not self.unstored or (not force and now - self.last_stats_store < self.flush_interval):
+            return
+        columns = np.concatenate(self.unstored).reshape(-1, len(self.stats))
+        for i, ds in enumerate(self.stats):
+            _append(ds, self.stats_stored, columns[:, i])
+        self.stats_stored += len(columns)
+        self.unstored = []
+        self.last_stats_store = now
 
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process."""
+        self.store_stats()
         self.file.flush()
         self.flushed = self.written
         self.last_flush = time.monotonic()
@@ -153,9 +170,15 @@ class RunFile:
     def truncate(self, keep: int) -> None:
         """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
         if 0 <= keep < self.written:
-            for ds in (self.data, *self.meta, *self.stats):
+            for ds in (self.data, *self.meta):
                 ds.resize(keep, axis=0)
             del self.unreported[max(0, keep - self.stats_from) :]
+            if keep < self.stats_stored:
+                for ds in self.stats:
+                    ds.resize(keep, axis=0)
+                self.stats_stored, self.unstored = keep, []
+            elif self.unstored:
+                self.unstored = [np.concatenate(self.unstored)[: keep - self.stats_stored]]
             self.written = keep
             self.flushed = min(self.flushed, keep)
 
@@ -163,6 +186,7 @@ class RunFile:
         """Flush, cut to `keep` frames (if >= 0), close, record the outcome, and make sure it
         is all on disk: a closed file survives a power cut (write-behind left little to do)."""
         self.truncate(keep)
+        self.store_stats(force=True)
         self.flush()
         self.file.close()
         self.record_outcome(complete)
@@ -224,7 +248,7 @@ class WriterLoop:
                 timeout = max(0.0, file.last_flush + file.flush_interval - time.monotonic())
             ready, _, _ = select.select([commands], [], [], timeout)
             if not ready:
-                if file is not None and file.flushed != file.written:
+                if file is not None and (file.flushed != file.written or file.unstored):
                     file.flush()
                 elif file is not None:
                     file.last_flush = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import h5py
 import numpy as np
 import pytest
@@ -137,21 +139,54 @@ def test_no_regions_no_statistics(tmp_path):
         stream.frame_stats(0, 1)
 
 
-def test_truncated_frames_statistics_are_replaced(tmp_path):
+@pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "in-the-file"])
+def test_truncated_frames_statistics_are_replaced(tmp_path, stored):
+    """Whether the cut frames' statistics were still waiting in the writer or already in
+    the file, those of the frames that follow replace them."""
     camera = SimulatedSCMOS(shape=(16, 24), seed=2, camera_buffer_frames=100)
     camera.open()
-    stream = FrameStream(camera, tmp_path / "run.h5", PipelineOptions(ring_frames=4), regions={})
+    options = PipelineOptions(ring_frames=4, flush_interval=0.2 if stored else 30)
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, options, regions={})
     stream.open()
     camera.software_trigger(6)
     stream.wait(6, timeout=30)
+    if stored:
+        wait_for_stored_stats(path, 6)
     stream.truncate(4)
     camera.software_trigger(2)
     stream.wait(6, timeout=30)  # file frames: the 2 new ones follow the 4 kept
     reported = stream.frame_stats(0, 6)
     stream.close()
-    with h5py.File(tmp_path / "run.h5", "r") as f:
+    with h5py.File(path, "r") as f:
         frames = f[layout.DATA][()]
         totals = f[layout.stats_path(stats.FRAME, "total")][()]
     assert len(frames) == len(totals) == 6
     np.testing.assert_array_equal(totals, frames.sum(axis=(1, 2)))
     np.testing.assert_array_equal(reported[:, 0, 0], totals)
+
+
+def wait_for_stored_stats(path, frames: int, timeout: float = 10) -> None:
+    """Until a SWMR reader sees `frames` frames' statistics in the file."""
+    deadline = time.monotonic() + timeout
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        total = f[layout.stats_path(stats.FRAME, "total")]
+        while total.shape[0] < frames:
+            assert time.monotonic() < deadline, f"{total.shape[0]} of {frames} in the file"
+            time.sleep(0.05)
+            total.refresh()
+
+
+def test_statistics_reach_the_file_within_a_flush_interval_of_their_frames(tmp_path):
+    camera = SimulatedSCMOS(shape=(16, 24), seed=4, camera_buffer_frames=100)
+    camera.open()
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.2), regions={})
+    stream.open()
+    for n in range(1, 6):  # one frame a flush, as a step scan takes them
+        camera.software_trigger(1)
+        stream.wait(n, timeout=30)
+    started = time.monotonic()
+    wait_for_stored_stats(path, 5)
+    assert time.monotonic() - started < 2
+    stream.close()
