@@ -27,7 +27,13 @@ from ophyd_scmos.pipeline.ring import FrameRing
 #: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
 #: which by default is a new mmap whose pages the kernel faults in and zeroes, a third of the
 #: cost of compressing it. Kept in the heap, the same pages serve frame after frame.
-WRITER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+#: BLAS on one thread: the statistics' products are small, and the writer's cores are the
+#: compressors'; threaded BLAS spins up threads for each and is slower than one.
+WRITER_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**28),
+    **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1"),
+}
 
 StatusHandler = Callable[[WriterStatus], None]
 
@@ -51,7 +57,7 @@ class WriterProcess:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             close_fds=True,
-            env={**os.environ, **WRITER_MALLOC},
+            env={**os.environ, **WRITER_ENV},
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin.fileno()
