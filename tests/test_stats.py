@@ -161,3 +161,22 @@ def test_a_movies_statistics_are_stream_columns_one_row_per_frame(cam, RE, recor
     np.testing.assert_array_equal(spot, frames[:, 5:18, 7:18].sum(axis=(1, 2)))
     expected = [numpy_stats(frame, (0, 0, 96, 64))["centroid_x"] for frame in frames]
     np.testing.assert_allclose(centroids, expected, rtol=1e-9)
+
+
+def test_best_effort_callback_plots_the_totals_and_finds_their_peaks(cam, RE, recorder):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from bluesky.plans import scan
+    from ophyd.sim import motor
+
+    bec = BestEffortCallback()
+    RE.subscribe(bec)
+    cam.rois["spot"] = (3, 3, 9, 9)
+    RE(scan([cam], motor, -1, 1, 5))
+    events = recorder.of("event")
+    for key in ("cam_stats_total", "cam_spot_total"):
+        totals = [e["data"][key] for e in events]
+        brightest = events[int(np.argmax(totals))]["data"]["motor"]
+        assert bec.peaks["max"][key][0] == pytest.approx(brightest)
