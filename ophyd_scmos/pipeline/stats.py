@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-#: the statistics of a region, in the order of `compute`'s rows
+#: the statistics of a region, in the order of `compute`'s columns
 STATS = ("total", "mean", "min", "max", "sigma", "centroid_x", "centroid_y", "sigma_x", "sigma_y")
 #: the whole frame, always first among the regions a writer computes
 FRAME = "frame"
