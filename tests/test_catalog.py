@@ -32,6 +32,7 @@ from ophyd import Device
 from ophyd.status import Status
 
 from ophyd_scmos.catalog import default_catalog_dir, open_catalog
+from ophyd_scmos.catalog.local_server import IDLE_ENV
 
 FRAME_SHAPE = (6, 10)  # small, non-square: catches swapped axes
 
@@ -162,7 +163,8 @@ class H5Detector(Device):
 @pytest.fixture(scope="module", autouse=True)
 def user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Per-user directories (data, cache, Tiled's cache) inside a temporary one, so no test
-    writes to the real ones; environment variables reach subprocesses too."""
+    writes to the real ones; environment variables reach subprocesses too. The catalogs'
+    local servers stop seconds after the tests, not minutes."""
     home = tmp_path_factory.mktemp("user")
 
     def user_data_dir(appname: str | None = None, *args: Any, **kwargs: Any) -> str:
@@ -172,6 +174,7 @@ def user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("XDG_DATA_HOME", str(home / "data"))
         mp.setenv("XDG_CACHE_HOME", str(home / "cache"))
         mp.setenv("TILED_CACHE_DIR", str(home / "cache" / "tiled"))
+        mp.setenv(IDLE_ENV, "5")
         mp.setattr(platformdirs, "user_data_dir", user_data_dir)  # also where XDG is ignored
         yield home
 
@@ -353,18 +356,20 @@ def test_a_file_is_not_a_catalog_directory(tmp_path: Path) -> None:
 # Processes forked after opening (multiprocessing's default start method on Linux < 3.14)
 
 
-def _child_reads(catalog_dir: str) -> None:
-    list(open_catalog(catalog_dir))
+def _child_reads(catalog_dir: str, in_process: bool) -> None:
+    list(open_catalog(catalog_dir, in_process=in_process))
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+@pytest.mark.parametrize("in_process", [False, True], ids=["local-server", "in-process"])
 @pytest.mark.parametrize("target", [None, _child_reads], ids=["idle-child", "reading-child"])
-def test_forked_children_exit(catalog: Any, catalog_dir: Path, target: Any) -> None:
-    """The parent's server thread does not exist in a forked child: neither exiting nor opening
-    the catalog there may wait for it."""
-    list(catalog)
+def test_forked_children_exit(catalog_dir: Path, target: Any, in_process: bool) -> None:
+    """The parent's connection is not the child's to use, and an in-process app's thread does
+    not exist in a forked child: neither exiting nor opening the catalog there may wait for
+    them."""
+    list(open_catalog(catalog_dir, in_process=in_process))
     child = multiprocessing.get_context("fork").Process(
-        target=target, args=(str(catalog_dir),) if target else ()
+        target=target, args=(str(catalog_dir), in_process) if target else ()
     )
     child.start()
     child.join(timeout=30)

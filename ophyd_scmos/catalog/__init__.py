@@ -1,15 +1,20 @@
 """The catalogs runs are written to (`TiledWriter`) and read back from.
 
-One module per job: `embedded` (`open_catalog`: the in-process catalog on SQLite, or a Tiled
-server by URL), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's
-documents, and `sync` between catalogs), `summary` (what is in a run, for people), `recover`
-(closing a run whose acquiring process died), `hdf5` (the adapter Tiled reads run files with,
-which refuses a damaged file at once). Importing this package loads none of Tiled, h5py or
-numpy, so the CLI starts fast.
-The design reasoning is in docs/architecture.md ("Catalogs").
+One module per job: `embedded` (`open_catalog`: the embedded catalog on SQLite, or a Tiled
+server by URL), `local_server` (the embedded catalog's server, shared by the processes that
+open it), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's documents,
+and `sync` between catalogs), `summary` (what is in a run, for people), `recover` (closing a
+run whose acquiring process died), `hdf5` (the adapter Tiled reads run files with, which
+refuses a damaged file at once). Importing this package loads none of Tiled, h5py or numpy,
+so the CLI starts fast. The design reasoning is in docs/architecture.md ("Catalogs").
 """
 
-from ophyd_scmos.catalog.embedded import CATALOG_ENV, default_catalog_dir, open_catalog
+from ophyd_scmos.catalog.embedded import (
+    CATALOG_ENV,
+    default_catalog_dir,
+    open_catalog,
+    start_local_server,
+)
 from ophyd_scmos.catalog.recover import UnfinishedRun, close_run, find_unfinished_run
 from ophyd_scmos.catalog.server import (
     run_server,
@@ -39,6 +44,7 @@ __all__ = [
     "run_server",
     "server_command",
     "server_config",
+    "start_local_server",
     "summarize",
     "sync",
     "write_server_config",

@@ -1,9 +1,11 @@
-"""The embedded catalog: Tiled's server app inside this process, on SQLite, no network port.
+"""The embedded catalog: Tiled's server app on SQLite, for this user, no network port opened to
+others.
 
 `open_catalog` is the one way to a catalog of runs, embedded or a Tiled server by URL, so code
-written against one runs against the other. Every client of an embedded catalog in a process
-shares one in-process server, started on first use; why SQLite and why the whole filesystem
-is readable is told in docs/architecture.md ("Catalogs").
+written against one runs against the other. An embedded catalog is served by its local server
+(`ophyd_scmos.catalog.local_server`), which the first process to open it starts and every other
+shares, or on request by an app inside the process. Why SQLite and why the whole filesystem is
+readable is told in docs/architecture.md ("Catalogs").
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ if TYPE_CHECKING:
     from tiled.client.container import Container
     from tiled.client.context import Context
 
-__all__ = ["CATALOG_ENV", "default_catalog_dir", "open_catalog"]
+    from ophyd_scmos.catalog.local_server import LocalServer
+
+__all__ = ["CATALOG_ENV", "default_catalog_dir", "open_catalog", "start_local_server"]
 
 CATALOG_DB = "catalog.db"  #: run metadata: the Tiled catalog database
 TABLES_DB = "tables.sqlite"  #: event tables written by TiledWriter
@@ -37,6 +41,8 @@ DATA_DIR = "data"  #: arrays Tiled itself writes (e.g. event arrays too big for 
 #: uids). Version 3 is the SQL layout TiledWriter writes.
 BLUESKY_CATALOG_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
 CATALOG_ENV = "OPHYD_SCMOS_CATALOG"  #: the catalog `open_catalog()` opens when given none
+#: Local servers need `fcntl`'s file locks (POSIX); elsewhere each process serves its own.
+LOCAL_SERVERS = os.name == "posix"
 JSON_SEQ = "application/json-seq"  #: the media type of a run's document stream
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
 #: Tiled reads run files with this adapter, which first checks that the file is whole
@@ -51,6 +57,7 @@ def open_catalog(
     *,
     readable: Sequence[PathLike] | None = None,
     api_key: str | None = None,
+    in_process: bool = False,
 ) -> Container:
     """Open a catalog of Bluesky runs: embedded (a directory) or a Tiled server (a URL).
 
@@ -64,20 +71,25 @@ def open_catalog(
     catalog's own data directory is always readable.
     `api_key` (server only; ignored by the embedded catalog, which needs none): defaults to
     the ``TILED_API_KEY`` environment variable.
+    `in_process` (embedded only): serve the catalog from an app inside this process instead
+    of the catalog's local server, which the first process to open the catalog starts and
+    later ones share (it stops when no process has used it for ``$OPHYD_SCMOS_CATALOG_IDLE``
+    seconds, 600 by default). In-process, every process pays Tiled's start-up (2-4 s) and
+    leaves nothing running behind it. Always so where there is no ``fcntl`` (Windows).
 
     Opening the same embedded catalog again in the same process returns a new client over the
-    same in-process server, so repeated ``open_catalog()[uid]`` calls are cheap. Other
-    processes may open it at the same time. The server stops at interpreter exit, or earlier
-    by ``catalog.context.close()`` (which ends every client of that catalog in this process;
-    the next `open_catalog` starts a new one).
+    same connection (or in-process app), so repeated ``open_catalog()[uid]`` calls are cheap.
+    Other processes may open it at the same time, and see at once what each writes. The
+    connection ends at interpreter exit, or earlier by ``catalog.context.close()`` (which ends
+    every client of that catalog in this process; the next `open_catalog` opens a new one).
     """
     if path is None:
         path = os.environ.get(CATALOG_ENV) or None
     if path is not None and _is_url(path):
-        if readable is not None:
+        if readable is not None or in_process:
             raise ValueError(
-                "readable= applies to embedded catalogs only: a Tiled server's readable "
-                "storage is part of the server's configuration"
+                "readable= and in_process= apply to embedded catalogs only: a Tiled server's "
+                "readable storage is part of the server's configuration"
             )
         from tiled.client import from_uri
 
@@ -87,13 +99,40 @@ def open_catalog(
             structure_clients=_client_classes(),
         )
 
-    from tiled.client import from_context
-
     announce = path is None
     directory = absolute_path(default_catalog_dir() if path is None else path)
-    roots = _filesystem_roots() if readable is None else tuple(absolute_path(p) for p in readable)
-    context = _embedded_context(directory, roots, announce=announce)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"an embedded catalog is a directory, not a file: {directory}")
+    context = _embedded_context(
+        directory,
+        readable_roots(readable),
+        announce=announce,
+        in_process=in_process or not LOCAL_SERVERS,
+    )
+    from tiled.client import from_context
+
     return from_context(context, structure_clients=_client_classes())
+
+
+def start_local_server(
+    path: PathLike | None = None, *, readable: Sequence[PathLike] | None = None
+) -> None:
+    """Have the embedded catalog's local server start now, without waiting for it, where
+    none runs: this process's next `open_catalog` of that catalog finds it started (or
+    starting). For a session with imports to do meanwhile, on the other core (the IPython
+    profile). Nothing for a server's URL, or where there are no local servers.
+    """
+    if path is None:
+        path = os.environ.get(CATALOG_ENV) or None
+    if (path is not None and _is_url(path)) or not LOCAL_SERVERS:
+        return
+    from ophyd_scmos.catalog.local_server import LocalServer
+
+    directory = absolute_path(default_catalog_dir() if path is None else path)
+    key = (directory, readable_roots(readable))
+    with _servers_lock:
+        if key not in _started and (*key, False) not in _servers:
+            _started[key] = LocalServer(*key)
 
 
 def _client_classes() -> Any:
@@ -139,6 +178,14 @@ def absolute_path(path: PathLike) -> Path:
     return Path(path).expanduser().absolute()
 
 
+def readable_roots(readable: Sequence[PathLike] | None) -> tuple[Path, ...]:
+    """The directories an embedded catalog serves files from, given `open_catalog`'s
+    `readable`: sorted, each once."""
+    if readable is None:
+        return _filesystem_roots()
+    return tuple(sorted({absolute_path(p) for p in readable}))
+
+
 def _filesystem_roots() -> tuple[Path, ...]:
     if os.name != "nt":
         return (Path("/"),)
@@ -149,68 +196,98 @@ def _filesystem_roots() -> tuple[Path, ...]:
     return tuple(Path(f"{d}:\\") for i, d in enumerate(string.ascii_uppercase) if mask >> i & 1)
 
 
-# One in-process server per (catalog directory, readable roots) and process: every client of
-# a catalog shares it, so repeated opens neither pay the start-up (~0.5 s) nor leave a server
-# thread behind each time. The pid guards against a forked child reusing its parent's server,
-# whose event-loop thread does not exist in the child.
+# One connection (or in-process app) per (catalog directory, readable roots) and process: every
+# client of a catalog shares it, so repeated opens neither pay the start-up nor leave a thread
+# or socket behind each time. The pid guards against a forked child reusing its parent's: an
+# in-process app's event-loop thread does not exist in the child, and a connection must not be
+# shared between processes.
 @dataclass
 class _Server:
     pid: int
     context: Context
 
     def alive(self) -> bool:
-        # starlette's TestClient drops its portal (event-loop thread) when closed.
-        portal = getattr(self.context.http_client, "portal", None)
-        return self.pid == os.getpid() and portal is not None
+        client = self.context.http_client
+        # starlette's TestClient (the in-process transport) drops its portal when closed.
+        closed = client.is_closed or getattr(client, "portal", True) is None
+        return self.pid == os.getpid() and not closed
 
 
-_servers: dict[tuple[Path, tuple[Path, ...]], _Server] = {}
+_servers: dict[tuple[Path, tuple[Path, ...], bool], _Server] = {}
 _servers_lock = threading.Lock()
+_started: dict[tuple[Path, tuple[Path, ...]], LocalServer] = {}  # by `start_local_server`
 
 
 def _embedded_context(
-    directory: Path, readable: tuple[Path, ...], *, announce: bool = False
+    directory: Path, readable: tuple[Path, ...], *, announce: bool, in_process: bool
 ) -> Context:
-    key = (directory, tuple(sorted(set(readable))))
+    key = (directory, readable, in_process)
     with _servers_lock:
         server = _servers.get(key)
         if server is None or not server.alive():
-            context = _start_embedded(directory, key[1], announce=announce)
+            start = _start_in_process if in_process else _connect_local
+            context, created = start(directory, readable)
+            if created and announce:
+                print(f"ophyd-scmos: created a Tiled catalog in {directory}", file=sys.stderr)
             server = _servers[key] = _Server(os.getpid(), context)
         return server.context
 
 
-def _start_embedded(directory: Path, readable: tuple[Path, ...], *, announce: bool) -> Context:
-    """Build the catalog over `directory` and serve it from an app inside this process."""
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"an embedded catalog is a directory, not a file: {directory}")
-    (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
+def _connect_local(directory: Path, readable: tuple[Path, ...]) -> tuple[Context, bool]:
+    """A context on the catalog's local server, started if none runs; and whether the catalog
+    was created."""
+    from ophyd_scmos.catalog.local_server import LocalServer
 
-    from tiled.catalog import from_uri as catalog_from_uri
-    from tiled.server.app import build_app
+    server = _started.pop((directory, readable), None) or LocalServer(directory, readable)
+    # What the clients need, imported while a server starts (in another process, on another
+    # core): the root's client class imports bluesky-tiled-plugins, the longest of them.
+    import bluesky_tiled_plugins  # noqa: F401
+    import tiled.client.context  # noqa: F401
 
+    return server.context(), server.created
+
+
+def _start_in_process(directory: Path, readable: tuple[Path, ...]) -> tuple[Context, bool]:
+    """Serve the catalog from an app inside this process; and whether it was created."""
     with _quiet_tiled():
         from tiled.client.context import Context
 
-        db = directory / CATALOG_DB
-        with _init_lock(directory):
-            _use_wal(directory / TABLES_DB)
-            # Tiled initialises a new database in a subprocess (~3 s): only when it is new.
-            created = not db.exists() or db.stat().st_size == 0
-            tree = catalog_from_uri(
-                f"sqlite:///{db}",
-                specs=[BLUESKY_CATALOG_SPEC],
-                writable_storage=[directory / DATA_DIR, f"sqlite:///{directory / TABLES_DB}"],
-                readable_storage=list(readable),
-                adapters_by_mimetype=dict(ADAPTERS_BY_MIMETYPE),
-                init_if_not_exists=created,
-            )
+        app, created = build_app(directory, readable)
         # from_app starts the app's event loop on a thread and registers its shutdown with
         # threading's exit hooks, which run before non-daemon threads are joined: no hang.
-        context = Context.from_app(build_app(tree, serialization_registry=_serializers()))
-    if created and announce:
-        print(f"ophyd-scmos: created a Tiled catalog in {directory}", file=sys.stderr)
-    return context
+        return Context.from_app(app), created
+
+
+def build_app(
+    directory: Path, readable: tuple[Path, ...], *, api_key: str | None = None
+) -> tuple[Any, bool]:
+    """Tiled's server app over the catalog in `directory` (created if new), answering requests
+    with `api_key` (None: Tiled makes one up), and whether the catalog was created."""
+    (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
+
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.config import Authentication
+    from tiled.server.app import build_app as build_tiled_app
+
+    db = directory / CATALOG_DB
+    with _init_lock(directory):
+        _use_wal(directory / TABLES_DB)
+        # Tiled initialises a new database in a subprocess (~3 s): only when it is new.
+        created = not db.exists() or db.stat().st_size == 0
+        tree = catalog_from_uri(
+            f"sqlite:///{db}",
+            specs=[BLUESKY_CATALOG_SPEC],
+            writable_storage=[directory / DATA_DIR, f"sqlite:///{directory / TABLES_DB}"],
+            readable_storage=list(readable),
+            adapters_by_mimetype=dict(ADAPTERS_BY_MIMETYPE),
+            init_if_not_exists=created,
+        )
+    app = build_tiled_app(
+        tree,
+        authentication=Authentication(single_user_api_key=api_key),
+        serialization_registry=_serializers(),
+    )
+    return app, created
 
 
 def _serializers() -> Any:
@@ -279,19 +356,20 @@ def _init_lock(directory: Path) -> Iterator[Any]:
 
 
 def _after_fork_in_child() -> None:
-    """Disown the parent's in-process servers in a forked child (multiprocessing's default
-    on Linux before Python 3.14).
+    """Disown the parent's connections and in-process apps in a forked child
+    (multiprocessing's default on Linux before Python 3.14).
 
-    Their event-loop threads were not forked. Tiled registers each server's shutdown with
-    threading's exit hooks, which a child also runs (multiprocessing calls them when the
-    target returns): waiting on a loop that does not exist, the child would hang at exit.
-    The parent's database engines are bound to those loops too, so a child that opens a
-    catalog must build new ones.
+    A connection is the parent's to use, and an app's event-loop thread was not forked. Tiled
+    registers each app's shutdown with threading's exit hooks, which a child also runs
+    (multiprocessing calls them when the target returns): waiting on a loop that does not
+    exist, the child would hang at exit. The parent's database engines are bound to those
+    loops too, so a child that opens a catalog in-process must build new ones.
     """
     global _servers_lock
     _servers_lock = threading.Lock()  # may have been held by another thread at fork
     clients = {id(server.context.http_client) for server in _servers.values()}
     _servers.clear()
+    _started.clear()
     hooks = getattr(threading, "_threading_atexits", None)
     if clients and isinstance(hooks, list):
         hooks[:] = [

@@ -32,6 +32,7 @@ from ophyd_scmos.catalog import (
     open_catalog,
     summarize,
 )
+from ophyd_scmos.catalog.local_server import find_server
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
 from tests.conftest import SENSOR, expected_frames
@@ -88,12 +89,14 @@ def test_documents_come_in_an_order_every_callback_accepts(
 
 
 def test_reading_the_last_frame_reads_a_small_part_of_the_file(
-    catalog: Any, camera_run: dict[str, Any]
+    catalog: Any, catalog_dir: Path, camera_run: dict[str, Any]
 ) -> None:
-    """The embedded server reads in this process: its read() calls show in /proc/self/io."""
-    io = Path("/proc/self/io")
+    """The catalog's local server reads the file: its read() calls show in its /proc/PID/io."""
+    server = find_server(catalog_dir)
+    assert server is not None
+    io = Path(f"/proc/{server.pid}/io")
     if not io.exists():
-        pytest.skip("needs Linux's per-process I/O counters (/proc/self/io)")
+        pytest.skip("needs Linux's per-process I/O counters (/proc/PID/io)")
 
     def bytes_read() -> int:
         return int(dict(line.split(": ") for line in io.read_text().splitlines())["rchar"])

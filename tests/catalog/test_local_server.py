@@ -1,0 +1,196 @@
+"""The embedded catalog's local server: shared by the processes that open the catalog, a cache
+of the catalog's files (what one process writes, the next reads at once; a killed server is
+replaced and loses nothing), and gone once no process uses it. Real processes and servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+
+from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog.local_server import IDLE_ENV, Address, ServerFiles, find_server
+from tests.conftest import expected_frames
+
+#: Prints the pid of the server it used; waits for its stdin to close if asked to.
+OPEN = """
+import sys
+from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog.local_server import find_server
+directory = sys.argv[1]
+list(open_catalog(directory))
+print("RESULT", find_server(directory).pid, flush=True)
+if sys.argv[2:] == ["hold"]:
+    sys.stdin.read()
+"""
+
+#: Writes a count of ophyd's simulated detector; prints its uid and the values it read.
+WRITE = """
+import json, sys
+from bluesky import RunEngine
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+from ophyd.sim import det
+from ophyd_scmos.catalog import open_catalog
+values = []
+RE = RunEngine({}, call_returns_result=False)
+RE.subscribe(lambda name, doc: name == "event" and values.append(doc["data"]["det"]))
+RE.subscribe(TiledWriter(open_catalog(sys.argv[1], in_process=sys.argv[2] == "in-process")))
+(uid,) = RE(count([det], num=5))
+print("RESULT", json.dumps([uid, values]), flush=True)
+"""
+
+
+def python(code: str, *args: Any, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def result(process: subprocess.Popen[str], timeout: float = 120) -> str:
+    """The RESULT its code printed, once it has."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("RESULT "):
+            return line.removeprefix("RESULT ").strip()
+    _, err = process.communicate(timeout=timeout)
+    pytest.fail(f"no RESULT (exit code {process.returncode}):\n{err[-3000:]}")
+
+
+def wait_until_gone(directory: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while find_server(directory) is not None:
+        assert time.monotonic() < deadline, f"the server of {directory} is still running"
+        time.sleep(0.05)
+
+
+def refuses_connections(address: Address) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", address.port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_processes_share_one_server_which_answers_only_its_key(tmp_path: Path) -> None:
+    directory = tmp_path / "catalog"
+    first = python(OPEN, directory, **{IDLE_ENV: "60"})
+    pid = int(result(first))
+    assert first.wait(timeout=30) == 0
+
+    list(open_catalog(directory))  # the first process has gone; its server serves this one
+    address = find_server(directory)
+    assert address is not None and address.pid == pid
+    state = ServerFiles(directory, (Path("/"),)).state
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600  # the key is its user's alone
+    assert httpx.get(f"{address.url}/metadata/").status_code == 401
+    assert httpx.get(f"{address.url}/metadata/", headers=_key(address)).status_code == 200
+
+
+def _key(address: Address) -> dict[str, str]:
+    return {"Authorization": f"Apikey {address.key}"}
+
+
+def test_processes_opening_a_new_catalog_at_once_start_one_server(tmp_path: Path) -> None:
+    directory = tmp_path / "catalog"
+    openers = [python(OPEN, directory) for _ in range(3)]
+    assert len({result(opener) for opener in openers}) == 1
+    for opener in openers:
+        assert opener.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("writer", ["local-server", "in-process"])
+def test_a_run_written_by_another_process_is_read_at_once(tmp_path: Path, writer: str) -> None:
+    """Whether the writer goes through the server or writes the catalog's files itself, a
+    client of the running server sees the run as soon as the writer has written it."""
+    directory = tmp_path / "catalog"
+    catalog = open_catalog(directory)
+    assert len(catalog) == 0
+    uid, values = json.loads(result(python(WRITE, directory, writer)))
+    run = catalog[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(run["primary"]["det"].read(), values)
+
+
+def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
+    tmp_path: Path, cam: Any, driver: Any
+) -> None:
+    """SIGKILL between two of TiledWriter's requests: the next request finds no server and
+    starts another, which serves everything the first had written."""
+    directory = tmp_path / "catalog"
+    catalog = open_catalog(directory)
+    killed = find_server(directory)
+    assert killed is not None
+
+    def kill_at_the_fifth_event(name: str, doc: dict[str, Any]) -> None:
+        if name == "event" and doc["seq_num"] == 5:
+            os.kill(killed.pid, signal.SIGKILL)
+            wait_until_gone(directory, timeout=10)
+
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(kill_at_the_fifth_event)  # before TiledWriter: it runs first
+    RE.subscribe(TiledWriter(catalog, batch_size=1))  # every event written as it comes
+    (uid,) = RE(count([cam], num=10))
+
+    replacement = find_server(directory)
+    assert replacement is not None and replacement.pid != killed.pid
+    assert refuses_connections(killed)
+    for client in (catalog, open_catalog(directory)):
+        run = client[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), range(10))
+        frames = run["primary"]["cam_image"].read()
+        np.testing.assert_array_equal(frames[:, 0], expected_frames(driver, 10))
+
+
+def test_the_server_stops_once_unused_for_its_idle_time(tmp_path: Path) -> None:
+    """It stays while a process that opened the catalog lives, however idle; once the last
+    one has gone, it stops after its idle time (1 s here), leaving no port open."""
+    directory = tmp_path / "catalog"
+    holder = python(OPEN, directory, "hold", **{IDLE_ENV: "1"})
+    pid = int(result(holder))
+    time.sleep(2.5)  # idle for more than its idle time, but used
+    address = find_server(directory)
+    assert address is not None and address.pid == pid
+
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+    wait_until_gone(directory, timeout=15)
+    assert refuses_connections(address)
+    assert not ServerFiles(directory, (Path("/"),)).state.exists()
+
+
+def test_in_process_starts_no_server(tmp_path: Path) -> None:
+    directory = tmp_path / "catalog"
+    catalog = open_catalog(directory, in_process=True)
+    assert type(catalog).__name__ == "CatalogOfBlueskyRuns" and len(catalog) == 0
+    assert find_server(directory) is None and not (directory / ".server").exists()
+    catalog.context.close()
+
+
+def test_a_wrong_idle_time_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(IDLE_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{IDLE_ENV}='soon': expected seconds"):
+        open_catalog(tmp_path / "catalog")
