@@ -10,6 +10,7 @@ import pytest
 from bluesky.utils import PersistentDict
 
 from ophyd_scmos import SimulatedSCMOS, open_catalog
+from ophyd_scmos.catalog.local_server import IDLE_ENV
 from ophyd_scmos.cli import main
 from ophyd_scmos.config import CONFIG_ENV
 from ophyd_scmos.drivers import ROI, CameraSettings
@@ -23,14 +24,23 @@ from tests.lab_env import (
     data_dir,
     metadata_dir,
     result_line,
-    run,
     shared_home,
 )
+from tests.lab_env import run as run_as_user
+
+SHORT_IDLE = {IDLE_ENV: "5"}  # the catalog's local server stops seconds after the tests
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    return shared_home(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(IDLE_ENV, SHORT_IDLE[IDLE_ENV])  # for the servers this process starts
+        yield shared_home(tmp_path_factory)
+
+
+def run(command, home, **kwargs):
+    """A command run as the stand-in user (`tests.lab_env.run`)."""
+    return run_as_user(command, home, **SHORT_IDLE, **kwargs)
 
 
 COUNT_50 = """
@@ -92,6 +102,7 @@ print("RESULT", json.dumps({
     "uid": uid,
     "shutter": shutter.get(),
     "scan_id": RE.md["scan_id"],
+    "catalog": type(catalog).__name__,
 }))
 """
 
@@ -107,6 +118,7 @@ def test_profile_starts_with_no_config_file_with_a_simulated_cam_and_persistent_
     assert (facts["md_type"], facts["hook"]) == ("PersistentDict", "ProgressBarManager")
     assert "has no shutter" in facts["refused"] and "covered=True" in facts["refused"]
     assert facts["shutter"] == "open"  # closed for the darks, given back after
+    assert facts["catalog"] == "CatalogOfBlueskyRuns"  # the catalog itself, once open
 
     start = open_catalog(catalog_dir(home))[facts["uid"]].metadata["start"]
     assert (start["frame_type"], start["dark_method"]) == ("dark", "shutter shutter")

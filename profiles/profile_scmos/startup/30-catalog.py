@@ -1,8 +1,10 @@
 """Every run goes to the catalog: the lab configuration's [catalog], else open_catalog()'s
 default ($OPHYD_SCMOS_CATALOG, else the embedded catalog in your data directory).
-`catalog[-1]` is the latest run."""
+`catalog[-1]` is the latest run. It opens in the background, so that the prompt does not wait
+for it: until it is open `catalog` stands in for it (a use waits), then it is the catalog."""
 
-from bluesky_tiled_plugins import TiledWriter
+from ophyd_scmos.catalog.background import BackgroundCatalog
 
-catalog = lab.catalog.open()  # noqa: F821 - from 00-config.py
-RE.subscribe(TiledWriter(catalog))  # noqa: F821 - from 10-run-engine.py
+catalog = BackgroundCatalog(lab.catalog.open)  # noqa: F821 - from 00-config.py
+RE.subscribe(catalog.tiled_writer)  # noqa: F821 - from 10-run-engine.py
+catalog.start(get_ipython().user_ns, "catalog")  # noqa: F821 - IPython's

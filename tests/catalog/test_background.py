@@ -1,0 +1,63 @@
+"""A catalog opened on a thread (the IPython profile's): it stands in for the catalog, waits for
+it at first use, writes runs, and gives its place to the catalog itself once open."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count
+from ophyd.sim import det
+
+from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog.background import BackgroundCatalog
+
+
+def test_it_stands_in_for_the_catalog_until_open_then_gives_it_its_place(
+    tmp_path: Path,
+) -> None:
+    gate = threading.Event()
+
+    def opener() -> Any:
+        gate.wait(timeout=60)
+        return open_catalog(tmp_path / "catalog")
+
+    stand_in = BackgroundCatalog(opener)
+    session: dict[str, Any] = {"catalog": stand_in}
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(stand_in.tiled_writer)
+    stand_in.start(session, "catalog")
+    assert session["catalog"] is stand_in  # still opening: the gate is shut
+
+    threading.Timer(0.2, gate.set).start()
+    (uid,) = RE(count([det], num=3))  # the start document waits for the catalog
+    catalog = session["catalog"]
+    assert type(catalog).__name__ == "CatalogOfBlueskyRuns"
+    assert len(stand_in) == len(catalog) == 1 and uid in stand_in
+    assert repr(stand_in) == repr(catalog) and stand_in.context is catalog.context
+    assert list(stand_in) == [uid]
+    np.testing.assert_array_equal(stand_in[uid]["primary"]["det"].read(), [1.0] * 3)
+
+
+def test_a_catalog_that_did_not_open_is_opened_again_at_first_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    attempts: list[int] = []
+
+    def opener() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("no catalog server at http://catalog.example.org")
+        return open_catalog(tmp_path / "catalog")
+
+    stand_in = BackgroundCatalog(opener)
+    session: dict[str, Any] = {"catalog": stand_in}
+    stand_in.start(session, "catalog")
+    assert len(stand_in) == 0  # opened here, on the second attempt
+    assert len(attempts) == 2 and session["catalog"] is stand_in
+    err = capsys.readouterr().err
+    assert "the catalog did not open: no catalog server at http://catalog.example.org" in err
