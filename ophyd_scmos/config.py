@@ -383,6 +383,8 @@ class _CameraDevice(_Table):
     options: dict[str, Any] = {}  #: checked against the driver's keywords when it opens
     write_dir: Directory | None = None
     file_template: Template | None = None
+    #: named regions of interest, [x, y, width, height] in frame pixels (checked when it opens)
+    rois: dict[str, Roi] = {}
 
 
 class CameraSettingsTable(_Table):
@@ -434,6 +436,7 @@ class CameraConfig:
     file_template: str = DEFAULT_TEMPLATE
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    rois: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict)
     path: Path | None = None  #: the file it came from, for messages
 
     # The pipeline's keys, as the file gives them (read-only; `pipeline` holds them all).
@@ -483,6 +486,12 @@ class CameraConfig:
                     key=f"{key}.{name}",
                     path=self.path,
                 ) from None
+        for region, value in self.rois.items():  # in frame pixels: after ROI and binning
+            try:
+                cam.rois[region] = value
+            except ValueError as exc:
+                cam.destroy()
+                raise ConfigError(str(exc), key=f"{key}.rois.{region}", path=self.path) from None
         return cam
 
     def _driver_options(self, key: str) -> dict[str, Any]:
@@ -607,6 +616,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig
             file_template=camera.file_template or lab.data.file_template or DEFAULT_TEMPLATE,
             pipeline=PipelineOptions(**camera.over(defaults)),
             settings=camera.settings(),
+            rois=camera.rois,
             path=path,
         )
         for name, camera in lab.cameras.items()

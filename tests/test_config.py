@@ -328,3 +328,24 @@ def test_an_api_key_in_the_file_is_sent_to_the_environment_not_to_api_key_env(tm
     assert "did you mean" not in message
     assert "put the key in the environment variable $LAB_KEY" in message
     assert "s3cr3t" not in message  # the refusal never repeats the key
+
+
+def test_a_camera_gets_its_named_regions_from_the_file(tmp_path):
+    path = write(
+        tmp_path,
+        "[cameras.cam]\noptions = {shape = [64, 96]}\nrois = {spot = [10, 20, 8, 6]}\n",
+    )
+    cam = load_config(path).camera().build()
+    try:
+        assert dict(cam.rois) == {"spot": (10, 20, 8, 6)}
+        assert "cam_spot_total" in cam.describe()
+    finally:
+        cam.destroy()
+
+
+def test_a_region_outside_the_frame_is_refused_naming_its_key(tmp_path):
+    path = write(
+        tmp_path, "[cameras.cam]\noptions = {shape = [64, 96]}\nrois = {spot = [90, 0, 8, 8]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"cameras\.cam\.rois\.spot: "):
+        load_config(path).camera().build()
