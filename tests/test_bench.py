@@ -15,12 +15,12 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
         "bench", "--burst-gb", "0.01", "--repeat", "1", "--long-gb", "0", "--engines", "2",
         "--sustain-seconds", "1", "--sustain-rate", "20", "--memory-frames", "20", "40",
         "--sustain-probe-gb", "0.05", "--count", "3", "--dir", str(tmp_path), "--json", str(out),
-        "--capped-gb", "0.2", "--disk-cap-mb-s", "200",
+        "--capped-gb", "0.2", "--disk-cap-mb-s", "200", "--pace", "1", "--pace-events", "20",
     ]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
     for heading in ("2048x2048 uint16", "3200x3200 uint8", "compression engines", "sustained",
-                    "memory", "RE(count", "capped at 200 MB/s"):  # fmt: skip
+                    "memory", "RE(count", "capped at 200 MB/s", "pace:"):  # fmt: skip
         assert heading in table
     results = json.loads(out.read_text())
     variants = {t["variant"] for t in results["bursts"][0]["timings"]}
@@ -41,6 +41,9 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
     capped = results["capped"]["timings"]
     assert {t["variant"] for t in capped} == {"ours, uncompressed"} | {f"ours, {c}" for c in CODECS}
     assert all(t["ratio"] > 1.5 for t in capped if t["variant"] != "ours, uncompressed")
+    pace = results["pace"]
+    assert pace["one_event_run_ms"]["SCMOSCamera"] > 0 and pace["open_catalog_s"] > 0
+    assert set(pace["count_256_tiled_events_s"]) == {"SCMOSCamera", "ophyd.sim det"}
     assert list(tmp_path.iterdir()) == [out]  # the scratch files are gone
 
 

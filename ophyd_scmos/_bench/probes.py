@@ -196,9 +196,10 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     small = SCMOSCamera(
         name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=0), write_dir=scratch / "pace"
     )
-    full = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=1), write_dir=scratch / "pace"
-    )
+    # Memory for every frame of the movie on the camera: it throttles to the writer's pace
+    # instead of missing frames, as a count does by waiting.
+    camera = SimulatedSCMOS(shape=(2048, 2048), seed=1, camera_buffer_frames=100_000)
+    full = SCMOSCamera(name="cam", driver=camera, write_dir=scratch / "pace")
     try:
         small.roi.set((896, 896, 256, 256))
         small.exposure_time.set(1e-5)
