@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from bluesky import RunEngine
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.catalog.local_server import IDLE_ENV
 
 SENSOR = (256, 320)  # small, non-square: catches swapped axes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def catalog_servers_stop_soon_after_the_tests() -> Iterator[None]:
+    """The local catalog servers tests start stop seconds after the test run, not minutes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(IDLE_ENV, "5")
+        yield
 
 
 @pytest.fixture
