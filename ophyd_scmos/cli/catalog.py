@@ -98,10 +98,11 @@ def runs(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
+    from ophyd_scmos.catalog import probe, start_local_server, summarize
+
+    start_local_server(args.catalog)  # if none runs: it starts while this process imports
     import httpx
     import numpy as np
-
-    from ophyd_scmos.catalog import probe, summarize
 
     try:
         run = _open(args)[_run_key(args.uid)]

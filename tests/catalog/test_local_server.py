@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -22,14 +23,14 @@ from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 
-from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog import open_catalog, start_local_server
 from ophyd_scmos.catalog.local_server import IDLE_ENV, Address, ServerFiles, find_server
 from tests.conftest import expected_frames
 
 #: Prints the pid of the server it used; waits for its stdin to close if asked to.
 OPEN = """
 import sys
-from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog import open_catalog, start_local_server
 from ophyd_scmos.catalog.local_server import find_server
 directory = sys.argv[1]
 list(open_catalog(directory))
@@ -45,7 +46,7 @@ from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import det
-from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog import open_catalog, start_local_server
 values = []
 RE = RunEngine({}, call_returns_result=False)
 RE.subscribe(lambda name, doc: name == "event" and values.append(doc["data"]["det"]))
@@ -53,6 +54,20 @@ RE.subscribe(TiledWriter(open_catalog(sys.argv[1], in_process=sys.argv[2] == "in
 (uid,) = RE(count([det], num=5))
 print("RESULT", json.dumps([uid, values]), flush=True)
 """
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty catalog, made once (creating its database takes seconds), no server running."""
+    directory = tmp_path_factory.mktemp("template") / "catalog"
+    open_catalog(directory, in_process=True).context.close()
+    return directory
+
+
+@pytest.fixture
+def directory(template: Path, tmp_path: Path) -> Path:
+    """An empty catalog of this test's, no server running."""
+    return Path(shutil.copytree(template, tmp_path / "catalog"))
 
 
 def python(code: str, *args: Any, **env: str) -> subprocess.Popen[str]:
@@ -91,8 +106,7 @@ def refuses_connections(address: Address) -> bool:
     return False
 
 
-def test_processes_share_one_server_which_answers_only_its_key(tmp_path: Path) -> None:
-    directory = tmp_path / "catalog"
+def test_processes_share_one_server_which_answers_only_its_key(directory: Path) -> None:
     first = python(OPEN, directory, **{IDLE_ENV: "60"})
     pid = int(result(first))
     assert first.wait(timeout=30) == 0
@@ -119,10 +133,9 @@ def test_processes_opening_a_new_catalog_at_once_start_one_server(tmp_path: Path
 
 
 @pytest.mark.parametrize("writer", ["local-server", "in-process"])
-def test_a_run_written_by_another_process_is_read_at_once(tmp_path: Path, writer: str) -> None:
+def test_a_run_written_by_another_process_is_read_at_once(directory: Path, writer: str) -> None:
     """Whether the writer goes through the server or writes the catalog's files itself, a
     client of the running server sees the run as soon as the writer has written it."""
-    directory = tmp_path / "catalog"
     catalog = open_catalog(directory)
     assert len(catalog) == 0
     uid, values = json.loads(result(python(WRITE, directory, writer)))
@@ -132,11 +145,10 @@ def test_a_run_written_by_another_process_is_read_at_once(tmp_path: Path, writer
 
 
 def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
-    tmp_path: Path, cam: Any, driver: Any
+    directory: Path, cam: Any, driver: Any
 ) -> None:
     """SIGKILL between two of TiledWriter's requests: the next request finds no server and
     starts another, which serves everything the first had written."""
-    directory = tmp_path / "catalog"
     catalog = open_catalog(directory)
     killed = find_server(directory)
     assert killed is not None
@@ -162,10 +174,9 @@ def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
         np.testing.assert_array_equal(frames[:, 0], expected_frames(driver, 10))
 
 
-def test_the_server_stops_once_unused_for_its_idle_time(tmp_path: Path) -> None:
+def test_the_server_stops_once_unused_for_its_idle_time(directory: Path) -> None:
     """It stays while a process that opened the catalog lives, however idle; once the last
     one has gone, it stops after its idle time (1 s here), leaving no port open."""
-    directory = tmp_path / "catalog"
     holder = python(OPEN, directory, "hold", **{IDLE_ENV: "1"})
     pid = int(result(holder))
     time.sleep(2.5)  # idle for more than its idle time, but used
@@ -180,8 +191,15 @@ def test_the_server_stops_once_unused_for_its_idle_time(tmp_path: Path) -> None:
     assert not ServerFiles(directory, (Path("/"),)).state.exists()
 
 
-def test_in_process_starts_no_server(tmp_path: Path) -> None:
-    directory = tmp_path / "catalog"
+def test_a_server_started_ahead_serves_the_next_open(directory: Path) -> None:
+    start_local_server(directory)  # returns at once, the server starting meanwhile
+    start_local_server(directory)  # already starting
+    start_local_server("http://catalog.example.org:8000")  # a server's URL: nothing to start
+    assert len(open_catalog(directory)) == 0
+    assert find_server(directory) is not None
+
+
+def test_in_process_starts_no_server(directory: Path) -> None:
     catalog = open_catalog(directory, in_process=True)
     assert type(catalog).__name__ == "CatalogOfBlueskyRuns" and len(catalog) == 0
     assert find_server(directory) is None and not (directory / ".server").exists()
