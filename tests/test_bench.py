@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ophyd_scmos._bench.cameras import EightBitSCMOS
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline.compression import CODECS
 
 
+@pytest.mark.timeout(900)  # every section of the bench, small: minutes on a busy machine
 def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = [
