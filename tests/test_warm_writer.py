@@ -95,9 +95,7 @@ def test_two_cameras_keep_a_writer_each(tmp_path, RE):
         assert writers[0].pid != writers[1].pid and all(w.alive for w in writers)
         for c in cams:
             with h5py.File(c.file_path.get(), "r") as f:
-                np.testing.assert_array_equal(
-                    f[layout.DATA][()], expected_frames(c.driver, 6)
-                )
+                np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(c.driver, 6))
     finally:
         for c in cams:
             c.destroy()
