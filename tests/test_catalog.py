@@ -32,7 +32,6 @@ from ophyd import Device
 from ophyd.status import Status
 
 from ophyd_scmos.catalog import default_catalog_dir, open_catalog
-from ophyd_scmos.catalog.local_server import IDLE_ENV
 
 FRAME_SHAPE = (6, 10)  # small, non-square: catches swapped axes
 
@@ -163,8 +162,7 @@ class H5Detector(Device):
 @pytest.fixture(scope="module", autouse=True)
 def user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Per-user directories (data, cache, Tiled's cache) inside a temporary one, so no test
-    writes to the real ones; environment variables reach subprocesses too. The catalogs'
-    local servers stop seconds after the tests, not minutes."""
+    writes to the real ones; environment variables reach subprocesses too."""
     home = tmp_path_factory.mktemp("user")
 
     def user_data_dir(appname: str | None = None, *args: Any, **kwargs: Any) -> str:
@@ -174,19 +172,19 @@ def user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("XDG_DATA_HOME", str(home / "data"))
         mp.setenv("XDG_CACHE_HOME", str(home / "cache"))
         mp.setenv("TILED_CACHE_DIR", str(home / "cache" / "tiled"))
-        mp.setenv(IDLE_ENV, "5")
         mp.setattr(platformdirs, "user_data_dir", user_data_dir)  # also where XDG is ignored
         yield home
 
 
 @pytest.fixture(scope="module")
-def default_catalog(user_dirs: Path) -> tuple[Path, str]:
+def default_catalog(user_dirs: Path) -> Iterator[tuple[Path, str]]:
     """The default catalog, created once for the module (creating one takes ~3 s), and what
-    creating it printed on stderr."""
+    creating it printed on stderr. A client held meanwhile keeps its local server running."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        open_catalog()
-    return default_catalog_dir(), stderr.getvalue()
+        held = open_catalog()
+    yield default_catalog_dir(), stderr.getvalue()
+    held.context.close()
 
 
 @pytest.fixture

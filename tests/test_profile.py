@@ -28,19 +28,16 @@ from tests.lab_env import (
 )
 from tests.lab_env import run as run_as_user
 
-SHORT_IDLE = {IDLE_ENV: "5"}  # the catalog's local server stops seconds after the tests
-
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(IDLE_ENV, SHORT_IDLE[IDLE_ENV])  # for the servers this process starts
-        yield shared_home(tmp_path_factory)
+    return shared_home(tmp_path_factory)
 
 
 def run(command, home, **kwargs):
-    """A command run as the stand-in user (`tests.lab_env.run`)."""
-    return run_as_user(command, home, **SHORT_IDLE, **kwargs)
+    """A command run as the stand-in user (`tests.lab_env.run`), whose catalog server stops a
+    minute after the last session rather than ten: the next session finds it still running."""
+    return run_as_user(command, home, **{IDLE_ENV: "60"}, **kwargs)
 
 
 COUNT_50 = """

@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +74,17 @@ def open_catalog(
     the ``TILED_API_KEY`` environment variable.
     `in_process` (embedded only): serve the catalog from an app inside this process instead
     of the catalog's local server, which the first process to open the catalog starts and
-    later ones share (it stops when no process has used it for ``$OPHYD_SCMOS_CATALOG_IDLE``
-    seconds, 600 by default). In-process, every process pays Tiled's start-up (2-4 s) and
-    leaves nothing running behind it. Always so where there is no ``fcntl`` (Windows).
+    later ones share (it stops once no process holds a client of it and it has had no
+    request for ``$OPHYD_SCMOS_CATALOG_IDLE`` seconds, 600 by default). In-process, every
+    process pays Tiled's start-up (2-4 s) and leaves nothing running behind it. Always so
+    where there is no ``fcntl`` (Windows).
 
     Opening the same embedded catalog again in the same process returns a new client over the
     same connection (or in-process app), so repeated ``open_catalog()[uid]`` calls are cheap.
-    Other processes may open it at the same time, and see at once what each writes. The
-    connection ends at interpreter exit, or earlier by ``catalog.context.close()`` (which ends
-    every client of that catalog in this process; the next `open_catalog` opens a new one).
+    Other processes may open it at the same time, and see at once what each writes. A
+    connection ends once no client of it is left (an in-process app at interpreter exit), or
+    earlier by ``catalog.context.close()`` (which ends every client of that catalog in this
+    process; the next `open_catalog` opens a new one).
     """
     if path is None:
         path = os.environ.get(CATALOG_ENV) or None
@@ -126,13 +129,12 @@ def start_local_server(
         path = os.environ.get(CATALOG_ENV) or None
     if (path is not None and _is_url(path)) or not LOCAL_SERVERS:
         return
-    from ophyd_scmos.catalog.local_server import LocalServer
-
     directory = absolute_path(default_catalog_dir() if path is None else path)
     key = (directory, readable_roots(readable))
     with _servers_lock:
-        if key not in _started and (*key, False) not in _servers:
-            _started[key] = LocalServer(*key)
+        connected = _servers.get((*key, False))
+        if key not in _started and (connected is None or connected.context() is None):
+            _started[key] = _local_server(*key)
 
 
 def _client_classes() -> Any:
@@ -198,19 +200,26 @@ def _filesystem_roots() -> tuple[Path, ...]:
 
 # One connection (or in-process app) per (catalog directory, readable roots) and process: every
 # client of a catalog shares it, so repeated opens neither pay the start-up nor leave a thread
-# or socket behind each time. The pid guards against a forked child reusing its parent's: an
-# in-process app's event-loop thread does not exist in the child, and a connection must not be
-# shared between processes.
+# or socket behind each time. An in-process app is held for the life of the process (so is its
+# event-loop thread); a connection to a local server only as long as clients of it are alive,
+# since it keeps the server from stopping (`LocalServer.context`). The pid guards against a
+# forked child reusing its parent's: an app's event-loop thread does not exist in the child,
+# and a connection must not be shared between processes.
 @dataclass
 class _Server:
     pid: int
-    context: Context
+    held: Context | None  #: an in-process app's context
+    ref: weakref.ref[Context]
 
-    def alive(self) -> bool:
-        client = self.context.http_client
+    def context(self) -> Context | None:
+        """The context, where it is still open (and this process's)."""
+        context = self.ref()
+        if context is None or self.pid != os.getpid():
+            return None
+        client = context.http_client
         # starlette's TestClient (the in-process transport) drops its portal when closed.
         closed = client.is_closed or getattr(client, "portal", True) is None
-        return self.pid == os.getpid() and not closed
+        return None if closed else context
 
 
 _servers: dict[tuple[Path, tuple[Path, ...], bool], _Server] = {}
@@ -224,27 +233,36 @@ def _embedded_context(
     key = (directory, readable, in_process)
     with _servers_lock:
         server = _servers.get(key)
-        if server is None or not server.alive():
-            start = _start_in_process if in_process else _connect_local
-            context, created = start(directory, readable)
+        context = server.context() if server is not None else None
+        if context is None:
+            if in_process:
+                context, created = _start_in_process(directory, readable)
+            else:
+                local = _started.pop((directory, readable), None)
+                local = local or _local_server(directory, readable)
+                context, created = _connect(local), local.created
             if created and announce:
                 print(f"ophyd-scmos: created a Tiled catalog in {directory}", file=sys.stderr)
-            server = _servers[key] = _Server(os.getpid(), context)
-        return server.context
+            held = context if in_process else None
+            _servers[key] = _Server(os.getpid(), held, weakref.ref(context))
+        return context
 
 
-def _connect_local(directory: Path, readable: tuple[Path, ...]) -> tuple[Context, bool]:
-    """A context on the catalog's local server, started if none runs; and whether the catalog
-    was created."""
+def _local_server(directory: Path, readable: tuple[Path, ...]) -> LocalServer:
+    """The catalog's local server: found, or starting (`ophyd_scmos.catalog.local_server`)."""
     from ophyd_scmos.catalog.local_server import LocalServer
 
-    server = _started.pop((directory, readable), None) or LocalServer(directory, readable)
+    return LocalServer(directory, readable)
+
+
+def _connect(server: LocalServer) -> Context:
+    """A context on a local server, once it answers."""
     # What the clients need, imported while a server starts (in another process, on another
     # core): the root's client class imports bluesky-tiled-plugins, the longest of them.
     import bluesky_tiled_plugins  # noqa: F401
     import tiled.client.context  # noqa: F401
 
-    return server.context(), server.created
+    return server.context()
 
 
 def _start_in_process(directory: Path, readable: tuple[Path, ...]) -> tuple[Context, bool]:
@@ -367,7 +385,8 @@ def _after_fork_in_child() -> None:
     """
     global _servers_lock
     _servers_lock = threading.Lock()  # may have been held by another thread at fork
-    clients = {id(server.context.http_client) for server in _servers.values()}
+    contexts = (server.ref() for server in _servers.values())
+    clients = {id(context.http_client) for context in contexts if context is not None}
     _servers.clear()
     _started.clear()
     hooks = getattr(threading, "_threading_atexits", None)

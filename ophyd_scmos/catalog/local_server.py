@@ -1,5 +1,5 @@
 """The embedded catalog's local server: one Tiled server per catalog directory and user, shared
-by every process that opens the catalog, started by the first and stopped when none is left.
+by every process that opens the catalog, started by the first and stopped when unused.
 
 Building Tiled's server app costs seconds in every process (FastAPI analyses each of Tiled's
 ~60 routes when the app is built, and again at the first request); a server that outlives one
@@ -9,8 +9,8 @@ answers, so a server that dies (killed, crashed) loses nothing it reported writt
 next request that finds it gone starts another.
 
 The server listens on 127.0.0.1 and answers only requests with its API key, which is in a file
-only its user can read. Its files, per host, user and readable roots (the `tag`), are in
-``<catalog>/.server/``:
+only its user can read. Its files are in a directory of its user's, ``<catalog>/.server-UID/``
+(users who share a catalog each have their own), per host and readable roots (the `tag`):
 
 * ``<tag>.json``: its port, API key and process id (mode 0600);
 * ``<tag>.log``: what it says (Tiled's messages, tracebacks);
@@ -18,8 +18,9 @@ only its user can read. Its files, per host, user and readable roots (the `tag`)
   never start at once and a client never finds one half-started or half-stopped;
 * ``<tag>.alive``: locked (exclusively) by the server for as long as it runs: the kernel
   releases it when the process dies, however it dies;
-* ``<tag>.clients``: locked (shared) by each process using the server: it stops once no
-  process holds it and no request came for ``$OPHYD_SCMOS_CATALOG_IDLE`` seconds (600).
+* ``<tag>.kept``: locked (shared) by each process for as long as it holds clients of the
+  server: it stops once no process holds the lock and no request came for
+  ``$OPHYD_SCMOS_CATALOG_IDLE`` seconds (600).
 
 `LocalServer` starts it as ``python -m ophyd_scmos.catalog.local_server --idle S DIR ROOT...``.
 """
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,9 +108,9 @@ class ServerFiles:
     """The files by which the processes using one catalog find, start and keep its server."""
 
     def __init__(self, directory: Path, readable: tuple[Path, ...]) -> None:
-        owner = "\0".join([socket.gethostname(), str(os.getuid()), *map(str, readable)])
-        self.tag = hashlib.sha256(owner.encode()).hexdigest()[:16]
-        self.dir = directory / ".server"
+        served = "\0".join([socket.gethostname(), *map(str, readable)])
+        self.tag = hashlib.sha256(served.encode()).hexdigest()[:16]
+        self.dir = directory / f".server-{os.getuid()}"
         self.state = self.dir / f"{self.tag}.json"
         self.log = self.dir / f"{self.tag}.log"
 
@@ -175,8 +177,8 @@ def find_server(directory: PathLike, readable: Sequence[PathLike] | None = None)
 
 class LocalServer:
     """This process's way to the local server of one catalog: finds it or starts one (without
-    waiting for it: the caller imports what it needs meanwhile), keeps it from stopping while
-    this process uses it, and replaces it when it is gone."""
+    waiting for it: the caller imports what it needs meanwhile), and replaces it when it is
+    gone."""
 
     def __init__(self, directory: Path, readable: tuple[Path, ...]) -> None:
         self.directory, self.readable = directory, readable
@@ -184,8 +186,7 @@ class LocalServer:
         self.idle = idle_seconds()  # refused here, in one line, rather than in the server
         self.created = False  #: a server started for this process created the catalog
         self._lock = threading.Lock()
-        # Waits only for a server that is stopping: it holds the lock until it exits.
-        self._using: Lock | None = self.files.hold("clients", shared=True)
+        self._kept: Lock | None = None
         self._address: Address | None = None
         self._starting: subprocess.Popen[bytes] | None = None
         self._find_or_start()
@@ -246,24 +247,30 @@ class LocalServer:
 
     def context(self) -> Context:
         """A Tiled client context on the server, whose requests follow it where it is
-        replaced."""
+        replaced. The server does not stop while the context is open, until it is garbage
+        (one context per `LocalServer`)."""
         from tiled.client.context import Context
         from tiled.client.transport import Transport
 
+        # Waits only for a server that is stopping: it holds the lock until it exits.
+        self._kept = self._kept or self.files.hold("kept", shared=True)
         address = self.address()
+        if not self.files.server_alive():  # it stopped before this process kept it
+            address = self.replace(address)
         # trust_env=False: a proxy set for the outside world must not see 127.0.0.1.
         context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
         transport = context.http_client._transport  # Tiled's own: caching, compression
         assert isinstance(transport, Transport), type(transport)
         transport.transport.close()
         transport.transport = ServerTransport(self)
+        weakref.finalize(context, self.close)
         return context
 
     def close(self) -> None:
-        """This process no longer uses the server: it may stop when idle."""
-        if self._using is not None:
-            self._using.close()
-            self._using = None
+        """This process no longer keeps the server: it may stop when idle."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
 
 class ServerTransport:
@@ -388,8 +395,8 @@ async def _raise_in_client(request: Any, exc: Exception) -> Any:
 
 
 class _Usage:
-    """Whether a server is still used: requests within its idle time, or processes holding
-    the clients lock."""
+    """Whether a server is still used: requests within its idle time, or processes that keep
+    it."""
 
     def __init__(self, files: ServerFiles, address: Address, idle: float) -> None:
         self.files, self.address, self.idle = files, address, idle
@@ -397,7 +404,7 @@ class _Usage:
         self.held: list[Lock] = []  # the locks a stopping server keeps until it exits
 
     def over(self, state: Any) -> bool:
-        """No request for `idle` seconds and no process using the server; or its catalog
+        """No request for `idle` seconds and no process keeping the server; or its catalog
         deleted."""
         if state.total_requests != self.requests or state.tasks:
             self.requests, self.last_request = state.total_requests, time.monotonic()
@@ -406,7 +413,7 @@ class _Usage:
             return True
         if time.monotonic() - self.last_request < self.idle:
             return False
-        unused = self.files.try_hold("clients")
+        unused = self.files.try_hold("kept")
         if unused is None:
             return False
         self.held.append(unused)  # a process that comes now waits until this one has gone

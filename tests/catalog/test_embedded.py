@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ FRAMES = 300
 
 
 @pytest.fixture(scope="module")
-def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embedded") / "catalog"
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The module's catalog; a client held meanwhile keeps its local server running."""
+    directory = tmp_path_factory.mktemp("embedded") / "catalog"
+    held = open_catalog(directory)
+    yield directory
+    held.context.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ replaced and loses nothing), and gone once no process uses it. Real processes an
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -27,13 +28,14 @@ from ophyd_scmos.catalog import open_catalog, start_local_server
 from ophyd_scmos.catalog.local_server import IDLE_ENV, Address, ServerFiles, find_server
 from tests.conftest import expected_frames
 
-#: Prints the pid of the server it used; waits for its stdin to close if asked to.
+#: Prints the pid of the server it used; with "hold", holds its client until stdin closes.
 OPEN = """
 import sys
-from ophyd_scmos.catalog import open_catalog, start_local_server
+from ophyd_scmos.catalog import open_catalog
 from ophyd_scmos.catalog.local_server import find_server
 directory = sys.argv[1]
-list(open_catalog(directory))
+catalog = open_catalog(directory)
+list(catalog)
 print("RESULT", find_server(directory).pid, flush=True)
 if sys.argv[2:] == ["hold"]:
     sys.stdin.read()
@@ -172,14 +174,17 @@ def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
         np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), range(10))
         frames = run["primary"]["cam_image"].read()
         np.testing.assert_array_equal(frames[:, 0], expected_frames(driver, 10))
+    catalog.context.close()  # this process keeps it no more: it stops when idle
 
 
-def test_the_server_stops_once_unused_for_its_idle_time(directory: Path) -> None:
-    """It stays while a process that opened the catalog lives, however idle; once the last
-    one has gone, it stops after its idle time (1 s here), leaving no port open."""
+def test_the_server_stops_once_no_process_holds_its_clients_and_it_is_idle(
+    directory: Path,
+) -> None:
+    """It stays while a process holds a client of it, however idle; once that process has
+    gone, it stops after its idle time (1 s here), leaving no port open."""
     holder = python(OPEN, directory, "hold", **{IDLE_ENV: "1"})
     pid = int(result(holder))
-    time.sleep(2.5)  # idle for more than its idle time, but used
+    time.sleep(2.5)  # idle for more than its idle time, but held
     address = find_server(directory)
     assert address is not None and address.pid == pid
 
@@ -189,6 +194,18 @@ def test_the_server_stops_once_unused_for_its_idle_time(directory: Path) -> None
     wait_until_gone(directory, timeout=15)
     assert refuses_connections(address)
     assert not ServerFiles(directory, (Path("/"),)).state.exists()
+
+
+def test_a_process_that_drops_its_clients_no_longer_keeps_the_server(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(IDLE_ENV, "1")
+    catalog = open_catalog(directory)
+    time.sleep(2.5)  # idle for more than its idle time, but held
+    assert find_server(directory) is not None
+    del catalog
+    gc.collect()
+    wait_until_gone(directory, timeout=15)
 
 
 def test_a_server_started_ahead_serves_the_next_open(directory: Path) -> None:
@@ -202,7 +219,7 @@ def test_a_server_started_ahead_serves_the_next_open(directory: Path) -> None:
 def test_in_process_starts_no_server(directory: Path) -> None:
     catalog = open_catalog(directory, in_process=True)
     assert type(catalog).__name__ == "CatalogOfBlueskyRuns" and len(catalog) == 0
-    assert find_server(directory) is None and not (directory / ".server").exists()
+    assert find_server(directory) is None and not list(directory.glob(".server*"))
     catalog.context.close()
 
 
