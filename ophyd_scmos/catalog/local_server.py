@@ -295,7 +295,8 @@ class ServerTransport:
             response = self.http.handle_request(_to(request, self.server.replace(address)))
         name = response.headers.get(ERROR_HEADER)
         if name is not None:
-            detail = json.loads(response.read()).get("detail", "")
+            with contextlib.closing(response):
+                detail = json.loads(response.read()).get("detail", "")
             cls = SERVER_EXCEPTIONS.get(name)
             raise cls(detail) if cls is not None else RuntimeError(f"{name}: {detail}")
         return response
