@@ -44,6 +44,7 @@ def user_env(home: Path, **extra: str) -> dict[str, str]:
         XDG_CACHE_HOME=str(home / ".cache"),
         IPYTHONDIR=str(home / ".ipython"),
         MPLBACKEND="Agg",
+        OPHYD_SCMOS_CATALOG_IDLE="5",  # its catalog server stops seconds after the session
         **extra,
     )
     return env
