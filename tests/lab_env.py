@@ -45,8 +45,8 @@ def user_env(home: Path, **extra: str) -> dict[str, str]:
         IPYTHONDIR=str(home / ".ipython"),
         MPLBACKEND="Agg",
         OPHYD_SCMOS_CATALOG_IDLE="5",  # its catalog server stops seconds after the session
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -328,7 +328,7 @@ def serve(directory: Path, readable: tuple[Path, ...], idle: float) -> None:
         os._exit(0)
     files = ServerFiles(directory, readable)
     starting = files.hold("start")
-    alive = files.try_hold("alive")  # held until the process exits
+    alive = _hold_alive(files)
     if alive is None:
         serving = files.read()
         if serving is not None:  # else no line: the client says the server did not start
@@ -375,6 +375,21 @@ def serve(directory: Path, readable: tuple[Path, ...], idle: float) -> None:
         Server(uvicorn.Config(app, log_level="warning", access_log=False)).run([listening])
     finally:
         files.forget(address)
+        # Before the start lock, which a stopping server holds until it exits: the next server,
+        # which waits for that lock, must find this one gone.
+        alive.close()
+
+
+def _hold_alive(files: ServerFiles) -> Lock | None:
+    """The lock that says this server runs, or None where another server serves the catalog.
+    One that holds it without saying where it listens is ending (killed as it started, say: the
+    kernel may release its start lock first): wait for it to go."""
+    deadline = time.monotonic() + 10.0
+    while (alive := files.try_hold("alive")) is None:
+        if files.read() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return alive
 
 
 def _say_ready(address: Address, *, created: bool) -> None:
