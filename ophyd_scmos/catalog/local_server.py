@@ -262,8 +262,8 @@ class LocalServer:
         transport = context.http_client._transport  # Tiled's own: caching, compression
         assert isinstance(transport, Transport), type(transport)
         transport.transport.close()
-        transport.transport = ServerTransport(self)
-        weakref.finalize(context, self.close)
+        transport.transport = to_server = ServerTransport(self)
+        weakref.finalize(context, to_server.close)  # its connections, and the server's lock
         return context
 
     def close(self) -> None:

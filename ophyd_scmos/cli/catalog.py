@@ -9,12 +9,14 @@ or a server URL; the default embedded catalog otherwise) and prints ``--json`` f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,20 +59,20 @@ def runs(args: argparse.Namespace) -> int:
     """List the most recent runs: uid, start, frames, frame shape, file, lost frames."""
     from ophyd_scmos.catalog import summarize
 
-    catalog = _open(args)
     rows = []
-    for run in reversed(list(catalog.values().tail(args.number))):
-        summary = summarize(run)
-        try:
-            stats = _local_file_stats(summary.file)
-        except OSError:  # damaged: `show` says how
-            stats = None
-        lost = (
-            None
-            if stats is None or stats.frames_dropped is None
-            else (stats.frames_dropped + (stats.frames_missed or 0))
-        )
-        rows.append({**_summary_dict(summary), "lost": lost})
+    with _opened(args) as catalog:
+        for run in reversed(list(catalog.values().tail(args.number))):
+            summary = summarize(run)
+            try:
+                stats = _local_file_stats(summary.file)
+            except OSError:  # damaged: `show` says how
+                stats = None
+            lost = (
+                None
+                if stats is None or stats.frames_dropped is None
+                else (stats.frames_dropped + (stats.frames_missed or 0))
+            )
+            rows.append({**_summary_dict(summary), "lost": lost})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -98,14 +100,21 @@ def runs(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
-    from ophyd_scmos.catalog import probe, start_local_server, summarize
+    from ophyd_scmos.catalog import start_local_server
 
     start_local_server(args.catalog)  # if none runs: it starts while this process imports
+    with _opened(args) as catalog:
+        return _show(args, catalog)
+
+
+def _show(args: argparse.Namespace, catalog: Any) -> int:
     import httpx
     import numpy as np
 
+    from ophyd_scmos.catalog import probe, summarize
+
     try:
-        run = _open(args)[_run_key(args.uid)]
+        run = catalog[_run_key(args.uid)]
         summary = summarize(run, args.key)
     except KeyError as err:
         print(f"ophyd-scmos show: {err.args[0] if err.args else err}", file=sys.stderr)
@@ -162,17 +171,15 @@ def sync(args: argparse.Namespace) -> int:
     from ophyd_scmos.catalog import open_catalog
     from ophyd_scmos.catalog import sync as sync_runs
 
-    source = _open(args)
-    target = open_catalog(args.to, api_key=args.api_key)
-
     def report(result: SyncResult) -> None:
         if not args.json:
             line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
             print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
 
-    results = sync_runs(
-        source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
-    )
+    with _opened(args) as source, _closing(open_catalog(args.to, api_key=args.api_key)) as target:
+        results = sync_runs(
+            source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
+        )
     if args.json:
         print(json.dumps([vars(r) for r in results], indent=1))
     return 1 if any(r.error for r in results) else 0
@@ -181,10 +188,22 @@ def sync(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Any]:
+    """The catalog the arguments name; its connections are closed after."""
     from ophyd_scmos.catalog import open_catalog
 
-    return open_catalog(args.catalog, api_key=args.api_key)
+    with _closing(open_catalog(args.catalog, api_key=args.api_key)) as catalog:
+        yield catalog
+
+
+@contextlib.contextmanager
+def _closing(catalog: Any) -> Iterator[Any]:
+    """`catalog`, whose client connections are closed after."""
+    try:
+        yield catalog
+    finally:
+        catalog.context.close()
 
 
 def _run_key(text: str) -> str | int:

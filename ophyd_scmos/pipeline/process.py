@@ -113,15 +113,16 @@ class WriterProcess:
         """Pass status lines on; an error only once the process has gone (and its file with
         it), so whoever handles it may touch the file."""
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                status: WriterStatus = json.loads(line)
-            except ValueError:
-                continue
-            self.last = status
-            handler = self._handler
-            if handler is not None and status["state"] != State.ERROR:
-                handler(status)
+        with self.process.stdout:
+            for line in self.process.stdout:
+                try:
+                    status: WriterStatus = json.loads(line)
+                except ValueError:
+                    continue
+                self.last = status
+                handler = self._handler
+                if handler is not None and status["state"] != State.ERROR:
+                    handler(status)
         self.process.wait()
         writing = self.last["state"] not in (State.CLOSED, State.ERROR)
         if writing or (self.process.returncode != 0 and not self._closing):
@@ -150,6 +151,8 @@ class WriterProcess:
             self.process.stdin.close()  # type: ignore[union-attr]
         if not self.ended.wait(timeout):
             self.kill()
+        if self.ended.is_set():  # else its listener still reads what it says
+            self._stderr.close()
         self.release_ring()
         _LIVE.discard(self)
 

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,24 @@ def directory(template: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(template, tmp_path / "catalog"))
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """Every process a test started has ended, and its pipes are closed, when the test ends."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            pipe.close()  # type: ignore[union-attr]
+
+
 def python(code: str, *args: Any, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", code, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -81,6 +98,8 @@ def python(code: str, *args: Any, **env: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, **env},
     )
+    _started.append(process)
+    return process
 
 
 def result(process: subprocess.Popen[str], timeout: float = 120) -> str:

@@ -91,8 +91,10 @@ def database_with_password(postgres: PostgreSQL, name: str, user: str, password:
 
 
 @pytest.fixture(scope="session")
-def server_catalog(facility: dict[str, Any]) -> Any:
-    return open_catalog(facility["url"], api_key=facility["api_key"])
+def server_catalog(facility: dict[str, Any]) -> Iterator[Any]:
+    catalog = open_catalog(facility["url"], api_key=facility["api_key"])
+    yield catalog
+    catalog.context.close()
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,7 @@ def take_run(catalog: Any, write_dir: Path, num: int, seed: int) -> tuple[str, S
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(catalog))
     (uid,) = RE(count([cam], num=num))
+    cam.destroy()
     return uid, driver
 
 
@@ -158,7 +161,7 @@ def test_databroker_v1_reads_the_server_catalog(
     facility: dict[str, Any], server_catalog: Any
 ) -> None:
     uid, driver = take_run(server_catalog, facility["root"] / "frames", 5, seed=12)
-    table = open_catalog(facility["url"], api_key=facility["api_key"]).v1[uid].table(fill=True)
+    table = server_catalog.v1[uid].table(fill=True)
     np.testing.assert_array_equal(np.stack(list(table["cam_image"])), expected(driver, 5))
 
 
