@@ -16,6 +16,7 @@ _EXPORTS = {
     "FrameStream": "ophyd_scmos.pipeline",
     "SCMOSCamera": "ophyd_scmos.device",
     "SimulatedSCMOS": "ophyd_scmos.drivers",
+    "Spot": "ophyd_scmos.drivers",
     "StreamError": "ophyd_scmos.pipeline",
     "TriggerMode": "ophyd_scmos.drivers",
     "open_catalog": "ophyd_scmos.catalog",

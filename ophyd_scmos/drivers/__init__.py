@@ -18,7 +18,7 @@ from .base import (
     FrameInfo,
     TriggerMode,
 )
-from .simulated import SimulatedSCMOS
+from .simulated import SimulatedSCMOS, Spot, sample_on_stage
 
 __all__ = [
     "CameraDriver",
@@ -32,8 +32,10 @@ __all__ = [
     "MissingLibrary",
     "ROI",
     "SimulatedSCMOS",
+    "Spot",
     "TriggerMode",
     "driver_from_spec",
+    "sample_on_stage",
 ]
 
 _OPTIONAL = {"MicroManagerCamera": ".micromanager", "GenICamCamera": ".genicam"}

@@ -7,6 +7,11 @@ every pixel is a true shot + read noise sample, consecutive frames differ in eve
 frame k is a pure function of (seed, settings, bank_size, k): tests can check every pixel with
 `expected_frame`.
 
+A `Spot` (a sample to align) adds a bright Gaussian whose place and brightness follow motors or
+signals: each frame reads them when it is taken and draws the spot's light over a small patch
+of the composed frame, so the pace stays the bank's. The spot each frame was taken with is
+recorded (`frame_spot`), and `expected_frame(k)` still gives frame k exactly.
+
 Timing mimics a real camera: frames are due on the camera's clock at a fixed interval, a slow
 reader loses the oldest frames once the on-camera buffer is full, and a reader blocked in
 `read_into` is woken by `stop` (it raises `CameraError`).
@@ -14,19 +19,23 @@ reader loses the oldest frames once the on-camera buffer is full, and a reader b
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from ._common import DriverBase
+from ._common import DriverBase, _is_number
 from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
 
-__all__ = ["SimulatedSCMOS"]
+__all__ = ["BEAM_EDGE", "SimulatedSCMOS", "Spot", "SpotSource", "sample_on_stage"]
 
 # Like an sCMOS in a lab: exposures up to 10 s, a frame at least once an hour in free run.
 LIMITS = CameraLimits(
@@ -35,7 +44,136 @@ LIMITS = CameraLimits(
 _N_STRIPS = 16
 _CHUNK_ROWS = 256  # rows drawn at once while building the bank; a multiple of every binning
 # Tags that keep the scene, strip schedule and noise streams of one seed independent.
-_TAG_SCENE, _TAG_STRIPS, _TAG_NOISE = 0, 1, 2
+_TAG_SCENE, _TAG_STRIPS, _TAG_NOISE, _TAG_SPOT = 0, 1, 2, 3
+# A spot lights the sensor pixels within this many of its sigmas of its centre; beyond, its
+# Gaussian is below 4e-6 of its peak.
+_SPOT_REACH = 5.0
+#: `sample_on_stage`: the beam is cut (an aperture) this many beam widths from its axis.
+BEAM_EDGE = 4.0
+
+
+class _Positioner(Protocol):
+    @property
+    def position(self) -> Any: ...
+
+
+class _Signal(Protocol):
+    def get(self) -> Any: ...
+
+
+#: A number, or where one is read each time a frame is taken: a positioner's `position` (an
+#: ophyd motor, `ophyd.sim.SynAxis`), a signal's `get()`, or a function of no arguments.
+SpotSource = float | _Positioner | _Signal | Callable[[], float]
+
+
+def _check_source(name: str, source: object) -> None:
+    if _is_number(source):
+        _checked(name, float(source))  # type: ignore[arg-type]
+    elif not (hasattr(source, "position") or hasattr(source, "get") or callable(source)):
+        raise ValueError(
+            f"spot {name} must be a number, a positioner, a signal or a function; got {source!r}"
+        )
+
+
+def _checked(name: str, value: float, source: object = None) -> float:
+    """`value` if a spot can take it as its `name`; ValueError naming it otherwise."""
+    if not math.isfinite(value) or (name == "brightness" and value < 0):
+        allowed = "a number >= 0" if name == "brightness" else "a finite number"
+        origin = "" if source is None else f" from {getattr(source, 'name', source)!r}"
+        raise ValueError(f"spot {name}{origin} is {value!r}; it must be {allowed}")
+    return value
+
+
+def _value(name: str, source: SpotSource) -> float:
+    """The number a source holds now."""
+    if _is_number(source):
+        value = source
+    elif hasattr(source, "position"):
+        value = source.position
+    elif hasattr(source, "get"):
+        value = source.get()
+    else:
+        value = source()  # type: ignore[operator]
+    return _checked(name, float(value), source)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Spot:
+    """A bright 2-D Gaussian over the scene: a sample to align.
+
+    `x`, `y`: its centre in sensor pixels, column and row, a pixel's centre at its index (as
+    the statistics count centroids). `brightness`: photons per second on the centre pixel.
+    Each is a number or a `SpotSource`, read when a frame is taken, so the spot follows the
+    motors or signals that drive it. `sigma`: its width, sensor pixels; it lights the pixels
+    within 5 sigma of its centre.
+    """
+
+    x: SpotSource
+    y: SpotSource
+    brightness: SpotSource = 1e6
+    sigma: float = 2.0
+
+    def __post_init__(self) -> None:
+        sigma = self.sigma
+        if not (_is_number(sigma) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"spot sigma must be a number of sensor pixels > 0; got {sigma!r}")
+        for name in ("x", "y", "brightness"):
+            _check_source(name, getattr(self, name))
+
+    def now(self) -> Spot:
+        """This spot with its sources read: numbers only, as a frame records it."""
+        return Spot(
+            _value("x", self.x),
+            _value("y", self.y),
+            _value("brightness", self.brightness),
+            self.sigma,
+        )
+
+
+def sample_on_stage(
+    motor_x: SpotSource,
+    motor_y: SpotSource,
+    *,
+    axis: tuple[float, float],
+    aligned_at: tuple[float, float] = (0.0, 0.0),
+    pixels_per_unit: float = 10.0,
+    beam_width: float = 0.25,
+    brightness: float = 1e6,
+    sigma: float = 2.0,
+) -> Spot:
+    """The spot of a small sample on a stage that two motors move, lit by a beam fixed on
+    the camera's axis: what aligning a sample looks like, a peak in a scan of either motor.
+
+    When the motors read `aligned_at` the sample sits in the beam and is imaged at `axis`
+    (sensor pixels x, y); one motor unit moves its image `pixels_per_unit` sensor pixels.
+    It shines `brightness` photons/s on its centre pixel in the middle of the beam, less as
+    it leaves it (a Gaussian of sigma `beam_width` motor units), and not at all beyond
+    `BEAM_EDGE` widths: a sample that far adds nothing to the frames.
+    """
+    ax, ay = (float(v) for v in axis)
+    x0, y0 = (float(v) for v in aligned_at)
+    for name, value in (("pixels_per_unit", pixels_per_unit), ("beam_width", beam_width)):
+        if not (_is_number(value) and math.isfinite(value) and value != 0):
+            raise ValueError(f"{name} must be a non-zero number; got {value!r}")
+    _check_source("brightness", brightness)
+    _check_source("motor_x", motor_x)
+    _check_source("motor_y", motor_y)
+
+    def off_axis() -> tuple[float, float]:
+        """How far the motors are from aligned, motor units."""
+        return _value("x", motor_x) - x0, _value("y", motor_y) - y0
+
+    def lit() -> float:
+        dx, dy = off_axis()
+        r2 = (dx * dx + dy * dy) / (beam_width * beam_width)
+        return brightness * math.exp(-0.5 * r2) if r2 < BEAM_EDGE * BEAM_EDGE else 0.0
+
+    return Spot(
+        x=lambda: ax + pixels_per_unit * off_axis()[0],
+        y=lambda: ay + pixels_per_unit * off_axis()[1],
+        brightness=lit,
+        sigma=sigma,
+    )
 
 
 @dataclass(frozen=True)
@@ -51,8 +189,9 @@ class _BankKey:
 class _FrameBank:
     """K noisy frames plus the strip schedule that composes frame k from them."""
 
-    def __init__(self, frames: np.ndarray, seed: int) -> None:
+    def __init__(self, frames: np.ndarray, seed: int, key: _BankKey) -> None:
         self.frames = frames
+        self.key = key
         k, rows, _ = frames.shape
         bounds = np.unique(np.linspace(0, rows, min(_N_STRIPS, rows) + 1).astype(int))
         rng = np.random.default_rng([seed, _TAG_STRIPS])
@@ -78,7 +217,8 @@ class SimulatedSCMOS(DriverBase):
 
     Model: gain `GAIN` e-/ADU, read noise `READ_NOISE` e- rms, offset `OFFSET` ADU per sensor
     pixel (binned pixels are sums, so their offset is `OFFSET * binning**2`). `missed_frames`
-    counts frames lost to a full camera buffer. What it can do: `LIMITS`.
+    counts frames lost to a full camera buffer. What it can do: `LIMITS`. `spot`: a sample
+    over the scene (see `Spot`), none by default.
 
     Errors: invalid settings -> ValueError; configure/start/software_trigger used in the wrong
     state -> RuntimeError; a closed camera, or `read_into` on a stopped camera (also when `stop`
@@ -123,6 +263,36 @@ class SimulatedSCMOS(DriverBase):
         self._last_due = 0.0
         self._next_number = 0
         self._pending_missed = 0
+        self._spot: Spot | None = None
+        # The spot's numbers each time they changed since `start`, from the frame that first
+        # had them on, and the last frame taken with a spot on record: see `frame_spot`.
+        self._spot_log: list[tuple[int, Spot | None]] = []
+        self._spot_last_frame = -1
+        self._spot_lock = threading.Lock()
+
+    # -- the sample ---------------------------------------------------------------------------
+
+    @property
+    def spot(self) -> Spot | None:
+        """A bright spot over the scene, or None: then every pixel is the scene's alone. It may
+        change at any time, also while acquiring: each frame reads it as it is taken."""
+        return self._spot
+
+    @spot.setter
+    def spot(self, spot: Spot | None) -> None:
+        if spot is not None and not isinstance(spot, Spot):
+            raise ValueError(f"spot must be a Spot or None; got {spot!r}")
+        self._spot = spot
+
+    def frame_spot(self, k: int) -> Spot | None:
+        """The spot frame k was taken with, its numbers as they were read (None: no spot), for
+        the frames taken since `start`; for a frame not taken yet, the spot as it is now."""
+        with self._spot_lock:
+            if k <= self._spot_last_frame:
+                i = bisect.bisect_right(self._spot_log, k, key=lambda record: record[0])
+                return self._spot_log[i - 1][1] if i else None
+        spot = self._spot
+        return None if spot is None else spot.now()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -145,6 +315,9 @@ class SimulatedSCMOS(DriverBase):
         self._last_due = self._t0
         self._next_number = 0
         self._pending_missed = 0
+        with self._spot_lock:
+            self._spot_log.clear()
+            self._spot_last_frame = -1
         if self._settings.trigger_mode is TriggerMode.INTERNAL:
             self._queue.append([self._t0, 1, None])
 
@@ -201,20 +374,28 @@ class SimulatedSCMOS(DriverBase):
             self._pending_missed = 0
             bank = self._bank
         assert bank is not None  # built by start()
+        spot = self._take_spot(info.frame_number)
         bank.compose(info.frame_number, out)
+        if spot is not None:
+            self._add_spot(out, info.frame_number, spot, bank.key)
         return info
 
     def expected_frame(self, k: int) -> np.ndarray:
-        """Frame number k for the current settings, exactly as `read_into` delivers it."""
+        """Frame number k for the current settings, exactly as `read_into` delivers it, with
+        the spot it was taken with (`frame_spot`)."""
         if k < 0:
             raise ValueError(f"frame number must be >= 0; got {k}")
         bank = self._ensure_bank()
         out = np.empty(self.frame_shape, np.uint16)
         bank.compose(k, out)
+        spot = self.frame_spot(k)
+        if spot is not None:
+            self._add_spot(out, k, spot, bank.key)
         return out
 
     def mean_frame(self) -> np.ndarray:
-        """Noise-free mean in ADU (float, unclipped) for the current settings: truth for tests."""
+        """Noise-free mean in ADU (float, unclipped) of the scene, without the spot, for the
+        current settings: truth for tests."""
         s = self._settings
         b = s.binning
         electrons = self._photon_flux(self._roi_of(s)) * s.exposure_time
@@ -263,6 +444,59 @@ class SimulatedSCMOS(DriverBase):
             self._pop(excess)
             self._pending_missed += excess
             self._missed_total += excess
+
+    def _take_spot(self, k: int) -> Spot | None:
+        """Read the spot for frame k, and record it if it changed, for `frame_spot`. A source
+        that fails to read fails the frame (CameraError), as a camera that lost its light."""
+        spot = self._spot
+        if spot is None and not self._spot_log:
+            return None  # no spot since start: nothing to record
+        try:
+            taken = None if spot is None else spot.now()
+        except Exception as exc:
+            raise CameraError(f"frame {k}: cannot read the spot: {exc}") from exc
+        with self._spot_lock:
+            if not self._spot_log or self._spot_log[-1][1] != taken:
+                self._spot_log.append((k, taken))
+            self._spot_last_frame = k
+        return taken
+
+    def _add_spot(self, out: np.ndarray, k: int, spot: Spot, key: _BankKey) -> None:
+        """Add the spot's light to frame k: its photons, shot noise and all, drawn over the
+        frame pixels within reach of its centre, binned, in ADU, clipped to the bit depth.
+
+        The bank frame already holds the read noise and the scene's shot noise; photons add
+        as Poisson counts do, so frame + spot is a true sample of scene + spot. The draw is
+        seeded by (seed, k): frame k is the same whoever composes it.
+        """
+        x, y = _value("x", spot.x), _value("y", spot.y)
+        brightness = _value("brightness", spot.brightness)
+        if brightness == 0:
+            return
+        roi, b = key.roi, key.binning
+        reach = _SPOT_REACH * spot.sigma
+        rows, cols = out.shape
+
+        def span(centre: float, origin: int, size: int) -> tuple[int, int]:
+            """The frame pixels holding sensor pixels within reach of `centre`."""
+            lo = (math.ceil(centre - reach) - origin) // b
+            hi = (math.floor(centre + reach) - origin) // b + 1
+            return max(lo, 0), min(hi, size)
+
+        c0, c1 = span(x, roi.x, cols)
+        r0, r1 = span(y, roi.y, rows)
+        if c0 >= c1 or r0 >= r1:
+            return
+        xs = roi.x + np.arange(c0 * b, c1 * b)  # sensor pixels, centres at their indices
+        ys = roi.y + np.arange(r0 * b, r1 * b)
+        gx = np.exp(-0.5 * ((xs - x) / spot.sigma) ** 2)
+        gy = np.exp(-0.5 * ((ys - y) / spot.sigma) ** 2)
+        mean = (brightness * key.exposure_time) * gy[:, None] * gx[None, :]
+        electrons = np.random.default_rng([self._seed, _TAG_SPOT, k]).poisson(mean)
+        binned = electrons.reshape(r1 - r0, b, c1 - c0, b).sum(axis=(1, 3))
+        patch = out[r0:r1, c0:c1]
+        lit = np.minimum(patch + np.rint(binned / self.GAIN), 2**key.bit_depth - 1)
+        np.copyto(patch, lit, casting="unsafe")  # whole numbers within the bit depth
 
     def _photon_flux(self, roi: ROI) -> np.ndarray:
         """Photons per second per sensor pixel over `roi`: gradient background + Gaussian spots.
@@ -319,4 +553,4 @@ class SimulatedSCMOS(DriverBase):
         workers = min(self._bank_size, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(draw, range(self._bank_size)))
-        return _FrameBank(frames, self._seed)
+        return _FrameBank(frames, self._seed, key)
