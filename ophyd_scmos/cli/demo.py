@@ -1,15 +1,27 @@
-"""`ophyd-scmos demo`: the main job on the simulated camera, end to end."""
+"""`ophyd-scmos demo`: the main job on the simulated camera, end to end; with `--align`, a
+sample found by scans as a user aligns one."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import cast
+from typing import Any, cast
+
+#: Where `demo --align` hides the sample: motor units, off centre, between scan points.
+ALIGN_SAMPLE = (0.73, -0.26)
+#: Its scans: -2 to 2 in 41 points, a step of 0.1 motor units.
+ALIGN_SCAN = (-2.0, 2.0, 41)
+#: How far one motor unit moves the sample's image, sensor pixels: a step is a pixel.
+PIXELS_PER_UNIT = 10.0
+#: The side of the region the peak is found in, frame pixels, in the middle of the frame.
+ALIGN_REGION = 32
 
 
 def demo(args: argparse.Namespace) -> int:
     """Run count(num) on the simulated camera into the catalog, replay it, check every pixel."""
+    if args.align:
+        return align(args)
     import numpy as np
     from bluesky import RunEngine
     from bluesky.plans import count
@@ -63,6 +75,78 @@ def demo(args: argparse.Namespace) -> int:
     return 1 if mismatched else 0
 
 
+def align(args: argparse.Namespace) -> int:
+    """Find a hidden sample as a user aligns one: scan motor_x through the beam, move to the
+    peak bluesky's PeakStats finds, the same with motor_y; compare with where the sample is.
+    Succeeds (0) when both peaks are within half a step of it, half a pixel of its image."""
+    import bluesky.plan_stubs as bps
+    import h5py
+    import numpy as np
+    from bluesky import RunEngine
+    from bluesky.callbacks.fitting import PeakStats
+    from bluesky.plans import scan
+    from ophyd.sim import SynAxis
+
+    from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS
+    from ophyd_scmos.drivers import sample_on_stage
+    from ophyd_scmos.pipeline import layout
+
+    driver = SimulatedSCMOS(seed=args.seed)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
+    sensor = driver.sensor_shape
+    roi = ROI.full(sensor) if args.full_frame else ROI.centered(sensor, args.roi, args.roi)
+    cam.roi.set(roi.as_tuple())
+    cam.exposure_time.set(args.exposure)
+    # A region where the sample is to be, so the scene's noise over the rest does not count.
+    side = ALIGN_REGION
+    cam.rois["sample"] = ((roi.width - side) // 2, (roi.height - side) // 2, side, side)
+    motors = (SynAxis(name="motor_x"), SynAxis(name="motor_y"))
+    driver.spot = sample_on_stage(
+        *motors,
+        axis=(roi.x + (roi.width - 1) / 2, roi.y + (roi.height - 1) / 2),  # the ROI's middle
+        aligned_at=ALIGN_SAMPLE,
+        pixels_per_unit=PIXELS_PER_UNIT,
+    )
+    RE = RunEngine({}, call_returns_result=False)
+    start, stop, num = ALIGN_SCAN
+    half_step = (stop - start) / (num - 1) / 2
+    print(
+        f"scan([cam], motor, {start:g}, {stop:g}, {num}) for motor_x, then motor_y: "
+        f"{roi.height}x{roi.width} frames, exposure {args.exposure * 1e3:g} ms -> {cam.write_dir}",
+        file=sys.stderr,
+    )
+    agreed = True
+    try:
+        for motor, true in zip(motors, ALIGN_SAMPLE, strict=True):
+            # Any: bluesky types neither a callback's results nor callbacks as subscribers.
+            peak: Any = PeakStats(motor.name, "cam_sample_total")
+            t0 = time.perf_counter()
+            RE(scan([cam], motor, start, stop, num), peak)
+            took = time.perf_counter() - t0
+            with h5py.File(cam.file_path.get(), "r") as f:
+                frames = f[layout.DATA][()]
+            exact = sum(np.array_equal(f, driver.expected_frame(k)) for k, f in enumerate(frames))
+            if peak.cen is None:
+                print(f"{motor.name}  no peak in cam_sample_total; the sample is at {true:+.3f}")
+                return 1
+            off = peak.cen - true
+            agreed &= abs(off) <= half_step and exact == len(frames) == num
+            print(
+                f"{motor.name}  peak at {peak.cen:+.3f}, the sample at {true:+.3f}: off by "
+                f"{off:+.3f} ({off * PIXELS_PER_UNIT:+.2f} px); {num} points in {took:.1f} s; "
+                f"{exact} of {len(frames)} frames equal the camera's, pixel for pixel"
+            )
+            RE(bps.mv(motor, peak.cen))
+    finally:
+        cam.destroy()
+    verdict = "found" if agreed else "NOT found"
+    print(
+        f"sample {verdict} within half a step ({half_step:g} motor units, "
+        f"{half_step * PIXELS_PER_UNIT:g} px)"
+    )
+    return 0 if agreed else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help=demo.__doc__, description=demo.__doc__)
     p.add_argument("--num", type=int, default=10_000, help="frames (events) to take")
@@ -72,4 +156,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulated camera seed")
     p.add_argument("--write-dir", default=None, help="where the HDF5 file goes")
     p.add_argument("--catalog", default=None, help="catalog directory or server URL")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="instead, find a hidden sample with a scan of each motor (docs/align.md); "
+        "exit 0 if both peaks are within half a step of it",
+    )
     p.set_defaults(func=demo)
