@@ -33,7 +33,7 @@ AXIS = (32 + 47.5, 16 + 31.5)  # sensor pixels: the middle of that ROI
 SAMPLE = (0.73, -0.12)  # motor units: where the sample sits in the beam, between scan points
 PIXELS_PER_UNIT = 10.0  # sample_on_stage's default: a 0.1 step moves the image one pixel
 BEAM_WIDTH = 0.25
-BRIGHTNESS = 1e6
+BRIGHTNESS = 3e6  # sample_on_stage's default
 HALF_STEP = 0.05  # of the scans below (-2 to 2 in 41 points): half a pixel
 
 
@@ -68,7 +68,7 @@ def where_the_sample_shines(mx: float, my: float) -> Spot:
 def test_a_scan_through_the_beam_finds_the_sample_within_half_a_step(cam, RE, recorder, stage):
     motor_x, motor_y = stage
     cam.driver.spot = sample_on_stage(motor_x, motor_y, axis=AXIS, aligned_at=SAMPLE)
-    cam.rois["centre"] = (40, 24, 16, 16)  # frame pixels around the axis
+    cam.rois["centre"] = (32, 16, 32, 32)  # frame pixels around the axis
     peaks = [PeakStats("motor_x", key) for key in ("cam_stats_total", "cam_centre_total")]
     RE(scan([cam], motor_x, -2, 2, 41), peaks)
     assert len(recorder.of("event")) == 41
@@ -118,8 +118,8 @@ def test_the_stored_frames_are_the_expected_ones_with_the_spot_where_the_motors_
     [
         None,
         "the sample far from the beam",
-        Spot(x=32 - 11, y=40),  # left of the ROI, out of reach
-        Spot(x=128 + 10, y=40),  # right of it
+        Spot(x=32 - 16, y=40),  # left of the ROI, 5 sigma away
+        Spot(x=128 + 15, y=40),  # right of it
         Spot(x=60, y=40, brightness=0),
     ],
     ids=["none", "out of the beam", "left of the roi", "right of the roi", "dark"],
@@ -141,7 +141,7 @@ def test_the_spot_is_cut_by_the_roi_summed_by_binning_and_clipped_at_the_bit_dep
         c.open()
         c.configure(settings)
     try:
-        camera.spot = Spot(x=65.0, y=47.0, brightness=2e7)  # across the ROI's left edge
+        camera.spot = Spot(x=65.0, y=47.0, brightness=2e7, sigma=2.0)  # across the left edge
         camera.start()
         camera.software_trigger(3)
         for _ in range(3):

@@ -102,16 +102,17 @@ class Spot:
     """A bright 2-D Gaussian over the scene: a sample to align.
 
     `x`, `y`: its centre in sensor pixels, column and row, a pixel's centre at its index (as
-    the statistics count centroids). `brightness`: photons per second on the centre pixel.
-    Each is a number or a `SpotSource`, read when a frame is taken, so the spot follows the
-    motors or signals that drive it. `sigma`: its width, sensor pixels; it lights the pixels
-    within 5 sigma of its centre.
+    the statistics count centroids). `brightness`: photons per second on the centre pixel
+    (3e6: 60 000 ADU in 10 ms, just within 16 bits, and a total that stands out of the
+    noise of a whole 2048x2048 frame). Each is a number or a `SpotSource`, read when a frame
+    is taken, so the spot follows the motors or signals that drive it. `sigma`: its width,
+    sensor pixels; it lights the pixels within 5 sigma of its centre.
     """
 
     x: SpotSource
     y: SpotSource
-    brightness: SpotSource = 1e6
-    sigma: float = 2.0
+    brightness: SpotSource = 3e6
+    sigma: float = 3.0
 
     def __post_init__(self) -> None:
         sigma = self.sigma
@@ -138,8 +139,8 @@ def sample_on_stage(
     aligned_at: tuple[float, float] = (0.0, 0.0),
     pixels_per_unit: float = 10.0,
     beam_width: float = 0.25,
-    brightness: float = 1e6,
-    sigma: float = 2.0,
+    brightness: float = 3e6,
+    sigma: float = 3.0,
 ) -> Spot:
     """The spot of a small sample on a stage that two motors move, lit by a beam fixed on
     the camera's axis: what aligning a sample looks like, a peak in a scan of either motor.
