@@ -77,6 +77,26 @@ def test_ipython_with_the_example_config_counts_50_frames_into_the_catalog(home)
     assert start["instrument"] == "sCMOS test bench"  # [metadata] of the configuration
 
 
+ALIGN = """
+import json
+from bluesky.callbacks.fitting import PeakStats
+peaks = [PeakStats("motor_x", key) for key in ("cam_stats_total", "cam_spot_total")]
+RE(bp.scan([cam], motor_x, -2, 2, 41), peaks)
+print("RESULT", json.dumps([peak.cen for peak in peaks]))
+"""
+
+
+def test_the_simulated_camera_comes_with_motors_and_a_sample_a_scan_finds(home):
+    """The example configuration's session: its camera is the simulated one, so motor_x and
+    motor_y move a sample hidden at motor_x = 1.2 (25-sample.py), and a scan finds it."""
+    command = [str(BIN / "ophyd-scmos"), "ipython", "--config", str(EXAMPLE_CONFIG), "--"]
+    session = run([*command, "-c", ALIGN], home)
+    assert session.returncode == 0, session.stderr[-3000:]
+    assert "sample   motor_x, motor_y move a hidden sample: RE(bp.scan([cam]" in session.stdout
+    # The whole frame's total and its region's: both peak within half a step of the sample.
+    assert json.loads(result_line(session.stdout)) == pytest.approx([1.2, 1.2], abs=0.05)
+
+
 NO_CONFIG_SESSION = """
 import json
 from ophyd import Signal

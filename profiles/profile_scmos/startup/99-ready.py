@@ -7,6 +7,11 @@ for _name, _cam in cameras.items():  # noqa: F821 - from 20-cameras.py
         f"{_cam.exposure_time.get() * 1e3:g} ms, {_cam.trigger_mode.get()} trigger -> "
         f"{_cam.write_dir}"
     )
+if _simulated:  # noqa: F821 - from 25-sample.py
+    print(
+        "sample   motor_x, motor_y move a hidden sample: "
+        f"RE(bp.scan([{_simulated[0]}], motor_x, -2, 2, 41)), docs/align.md"  # noqa: F821
+    )
 print(f"catalog  {lab.catalog.describe()}")  # noqa: F821 - from 00-config.py
 print(f"config   {lab.source}")  # noqa: F821
 _first = next(iter(cameras))  # noqa: F821
