@@ -230,10 +230,20 @@ def test_a_spot_that_cannot_be_read_fails_the_frame_naming_why():
         (lambda: Spot(x=1, y=2, brightness=-5), "spot brightness is -5.0; it must be a number >="),
         (lambda: Spot(x=math.inf, y=2), "spot x is inf; it must be a finite number"),
         (
-            lambda: sample_on_stage(
-                SynAxis(name="a"), SynAxis(name="b"), axis=(0, 0), beam_width=0
-            ),
-            "beam_width must be a non-zero number; got 0",
+            lambda: sample_on_stage(0.0, 0.0, axis=(0, 0), beam_width=-0.25),
+            "beam_width must be a number of motor units > 0; got -0.25",
+        ),
+        (
+            lambda: sample_on_stage(0.0, 0.0, axis=(0, 0), pixels_per_unit=0),
+            "pixels_per_unit must be a non-zero number; got 0",
+        ),
+        (
+            lambda: sample_on_stage(0.0, 0.0, axis=(0, 0), brightness=Signal(name="lamp")),
+            "brightness must be a number of photons/s >= 0; got Signal",
+        ),
+        (
+            lambda: sample_on_stage("stage", 0.0, axis=(0, 0)),
+            "spot motor_x must be a number, a positioner, a signal or a function; got 'stage'",
         ),
     ],
 )

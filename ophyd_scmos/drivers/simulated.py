@@ -153,10 +153,12 @@ def sample_on_stage(
     """
     ax, ay = (float(v) for v in axis)
     x0, y0 = (float(v) for v in aligned_at)
-    for name, value in (("pixels_per_unit", pixels_per_unit), ("beam_width", beam_width)):
-        if not (_is_number(value) and math.isfinite(value) and value != 0):
-            raise ValueError(f"{name} must be a non-zero number; got {value!r}")
-    _check_source("brightness", brightness)
+    if not (_is_number(pixels_per_unit) and math.isfinite(pixels_per_unit) and pixels_per_unit):
+        raise ValueError(f"pixels_per_unit must be a non-zero number; got {pixels_per_unit!r}")
+    if not (_is_number(beam_width) and math.isfinite(beam_width) and beam_width > 0):
+        raise ValueError(f"beam_width must be a number of motor units > 0; got {beam_width!r}")
+    if not (_is_number(brightness) and math.isfinite(brightness) and brightness >= 0):
+        raise ValueError(f"brightness must be a number of photons/s >= 0; got {brightness!r}")
     _check_source("motor_x", motor_x)
     _check_source("motor_y", motor_y)
 
