@@ -257,3 +257,17 @@ def test_only_a_spot_is_a_spot():
     with pytest.raises(ValueError, match=r"spot must be a Spot or None; got \(1, 2\)"):
         camera.spot = (1, 2)
     assert camera.spot is None
+
+
+def test_demo_align_finds_the_hidden_sample_and_exits_0(tmp_path, capsys):
+    from ophyd_scmos.cli import main
+    from ophyd_scmos.cli.demo import ALIGN_SAMPLE
+
+    assert main(["demo", "--align", "--roi", "128", "--write-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for motor, true in zip(("motor_x", "motor_y"), ALIGN_SAMPLE, strict=True):
+        line = next(line for line in out.splitlines() if line.startswith(motor))
+        found = float(line.split()[3].rstrip(","))
+        assert found == pytest.approx(true, abs=HALF_STEP), line
+        assert "41 of 41 frames equal the camera's, pixel for pixel" in line
+    assert "sample found within half a step (0.05 motor units, 0.5 px)" in out
