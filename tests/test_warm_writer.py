@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -104,9 +105,11 @@ def test_two_cameras_keep_a_writer_each(tmp_path, RE):
 
 def test_two_hundred_runs_leak_no_descriptors_threads_or_shared_memory(cam, RE):
     RE(count([cam], num=1))  # the writer and its ring exist from here on
+    gc.collect()  # what earlier tests left for the garbage collector goes first
     fds, threads, rings = _open_fds(), _threads(), _rings()
     for _ in range(200):
         RE(count([cam], num=1))
+    gc.collect()
     deadline = time.monotonic() + 5  # a finished status thread may still be ending
     while _threads() > threads and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -190,16 +190,26 @@ def sync(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _opened(args: argparse.Namespace) -> Iterator[Any]:
-    """The catalog the arguments name; its connections are closed after."""
+    """The catalog the arguments name; a server's connections are closed after (an embedded
+    catalog's client is this process's, shared, and closes its own when garbage)."""
     from ophyd_scmos.catalog import open_catalog
+    from ophyd_scmos.catalog.embedded import CATALOG_ENV
 
-    with _closing(open_catalog(args.catalog, api_key=args.api_key)) as catalog:
+    catalog = open_catalog(args.catalog, api_key=args.api_key)
+    if not _is_url(args.catalog or os.environ.get(CATALOG_ENV)):
         yield catalog
+        return
+    with _closing(catalog):
+        yield catalog
+
+
+def _is_url(location: str | None) -> bool:
+    return location is not None and location.lower().startswith(("http://", "https://"))
 
 
 @contextlib.contextmanager
 def _closing(catalog: Any) -> Iterator[Any]:
-    """`catalog`, whose client connections are closed after."""
+    """`catalog` of a server, whose client connections are closed after."""
     try:
         yield catalog
     finally:

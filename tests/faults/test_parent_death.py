@@ -54,6 +54,7 @@ def test_writer_outlives_a_killed_parent_closes_the_file_and_leaks_nothing(tmp_p
     writer_pid = int(writer_pid)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
+    parent.stdout.close()
 
     deadline = time.monotonic() + 30
     while (_alive(writer_pid) or os.path.exists(f"/dev/shm/{ring}")) and (

@@ -56,6 +56,7 @@ def test_recover_opens_a_file_no_one_closed_and_refuses_one_still_open(tmp_path,
     finally:
         os.killpg(acquiring.pid, signal.SIGKILL)  # no process left to close or recover it
         acquiring.wait()
+        acquiring.stdout.close()
     while os.path.exists(f"/proc/{pid}") and _state(int(pid)) != "Z":
         time.sleep(0.01)
     with contextlib.suppress(FileNotFoundError):  # its resource tracker died with it
@@ -145,6 +146,7 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     finally:
         acquiring.kill()  # the RunEngine's process only: its writer closes the file
         acquiring.wait()
+        acquiring.stdout.close()
     deadline = time.monotonic() + 60
     while not _closed(path):
         assert time.monotonic() < deadline, "the writer did not close the file"

@@ -63,14 +63,18 @@ def test_two_cameras_write_one_directory_at_the_same_time(tmp_path, RE):
 
     thread = threading.Thread(target=other_session)
     thread.start()
-    RE(count(cams, num=30))
-    thread.join(30)
-    assert other_done.is_set()
-    paths = {c.file_path.get() for c in (*cams, other_cam)}
-    assert len(paths) == 3 and all(os.path.dirname(p) == str(tmp_path) for p in paths)
-    for camera in (*cams, other_cam):
-        with h5py.File(camera.file_path.get(), "r") as f:
-            np.testing.assert_array_equal(f[layout.DATA][29], camera.driver.expected_frame(29))
+    try:
+        RE(count(cams, num=30))
+        thread.join(30)
+        assert other_done.is_set()
+        paths = {c.file_path.get() for c in (*cams, other_cam)}
+        assert len(paths) == 3 and all(os.path.dirname(p) == str(tmp_path) for p in paths)
+        for camera in (*cams, other_cam):
+            with h5py.File(camera.file_path.get(), "r") as f:
+                np.testing.assert_array_equal(f[layout.DATA][29], camera.driver.expected_frame(29))
+    finally:
+        for camera in (*cams, other_cam):
+            camera.destroy()
 
 
 @pytest.mark.parametrize(
