@@ -36,10 +36,12 @@ from ophyd.status import Status
 from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
+from ophyd_scmos.live.control import LiveControl
 from ophyd_scmos.paths import default_write_dir
 from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
+from ophyd_scmos.pipeline.ring import FrameRing
 from ophyd_scmos.pipeline.stream import FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
@@ -152,10 +154,12 @@ class Regions(MutableMapping[str, stats.Region]):
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
         self._refuse_while_staged()
         self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+        self._camera._announce()
 
     def __delitem__(self, name: str) -> None:
         self._refuse_while_staged()
         del self._regions[name]
+        self._camera._announce()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._regions)
@@ -179,6 +183,7 @@ class Setting(Signal):
     def put(self, value: Any, **kwargs: Any) -> None:
         self.parent._apply_setting(self.attr_name, value)
         super().put(value, **kwargs)
+        self.parent._announce()
 
     def set(self, value: Any, **kwargs: Any) -> Status:
         self.put(value)
@@ -298,6 +303,8 @@ class SCMOSCamera(Device):
             self.rois[roi_name] = value
         #: this point's statistics: data key -> (value, timestamp)
         self._stat_readings: dict[str, tuple[float, float]] = {}
+        self._live = LiveControl(name, driver, self._focus_ring)
+        self._announce()
 
     # -- statistics ----------------------------------------------------------------------
     @property
@@ -366,12 +373,61 @@ class SCMOSCamera(Device):
         process, free its ring and close the driver (a vendor SDK may hold a camera until
         its handle is closed). Safe twice."""
         try:
+            self._live.stop()
             if self._staged.name == "yes":
                 self.unstage()
         finally:
             self._drop_writer()
             self.driver.close()
         super().destroy()
+
+    # -- live view -------------------------------------------------------------------------
+    def live(self, on: bool = True, *, host: str = "127.0.0.1", port: int = 0) -> str | None:
+        """Watch the camera in a web page; returns its address (also printed). With no run
+        staged the camera free-runs into no file (focus mode: internal trigger, at most 30
+        frames/s, settings take effect at once); a run pauses focus mode and shows its own
+        frames. `live(False)` stops both. The page is served on `host` (this computer only,
+        by default) at `port` (0: a free one), to whoever has the token in its address."""
+        if not on:
+            self._live.stop()
+            return None
+        url = self._live.start(host, port)
+        print(f"{self.name} live view: {url}")
+        return url
+
+    def _announce(self) -> None:
+        """Tell the live view the camera's settings and regions (a no-op without one)."""
+        live = getattr(self, "_live", None)  # settings are set while the camera is made
+        if live is None:
+            return
+        settings = {
+            attr: getattr(self, attr).get()
+            for attr in (
+                *("exposure_time", "acquire_period", "roi", "binning", "bit_depth"),
+                *("trigger_mode", "frames_per_point"),
+            )
+        }
+        live.announce(
+            camera=self.name,
+            model=self.driver.model,
+            sensor_shape=list(self.driver.sensor_shape),
+            settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+            rois={name: list(region) for name, region in self.rois.items()},
+        )
+
+    def _focus_ring(self) -> FrameRing:
+        """The writer's ring, fitting the camera's frames now: focus mode runs into it."""
+        shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
+        return self._ensure_writer().ring_for(shape, dtype, self.options.slots_for(shape, dtype))
+
+    def _ensure_writer(self) -> WriterProcess:
+        """The camera's writer process: started at first need, replaced where it died."""
+        if self._writer is None or not self._writer.alive:
+            self._drop_writer()
+            self._writer = writer = WriterProcess()
+            # A camera dropped without destroy() still ends its writer and frees its ring.
+            self._writer_finalizer = weakref.finalize(self, writer.shutdown)
+        return self._writer
 
     def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -419,7 +475,8 @@ class SCMOSCamera(Device):
             value = ROI(*value)
         elif attr == "trigger_mode":
             value = TriggerMode.coerce(value)
-        self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
+        with self._live.settings_change():
+            self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
 
     @property
     def settings(self) -> CameraSettings:
@@ -448,12 +505,12 @@ class SCMOSCamera(Device):
             stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
         )
         write_dir = prepare_dir(self.write_dir)
-        if self._writer is None or not self._writer.alive:  # first run, or it died
-            self._drop_writer()
-            self._writer = writer = WriterProcess()
-            # A camera dropped without destroy() still ends its writer and frees its ring.
-            self._writer_finalizer = weakref.finalize(self, writer.shutdown)
-        writer = self._writer
+        self._live.run_staging()  # focus mode, if on, gives the camera to the run
+        try:
+            writer = self._ensure_writer()
+        except BaseException:
+            self._live.run_ended()
+            raise
 
         def open_stream(path: Path) -> FrameStream:
             stream = FrameStream(
@@ -473,7 +530,10 @@ class SCMOSCamera(Device):
             stream = create_next(write_dir, self.file_template, self.name, open_stream)
         except BaseException:
             self._drop_writer()  # a failed stage leaves nothing: no process, no ring
+            self._live.run_ended()
             raise
+        assert stream.ring is not None
+        self._live.run_started(stream.ring, str(stream.path))
         path = stream.path
         self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
         _RUNNING.add(self)
@@ -486,6 +546,7 @@ class SCMOSCamera(Device):
             return super().stage()
         except Exception:
             self._finish_run()
+            self._live.run_ended()
             raise
 
     def _file_attrs(self) -> dict[str, Any]:
@@ -507,6 +568,7 @@ class SCMOSCamera(Device):
             self._finish_run()
         finally:
             result = super().unstage()
+            self._live.run_ended()
         return result
 
     def _finish_run(self) -> None:
