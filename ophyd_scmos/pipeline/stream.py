@@ -441,8 +441,9 @@ class FrameStream:
                 if not self._recording():
                     unrecorded = target
                     continue
-                self.frames_missed += info.missed_before
-                header[Header.MISSED] = self.frames_missed
+                if unrecorded < 0:  # frames lost between triggers were never to be recorded
+                    self.frames_missed += info.missed_before
+                    header[Header.MISSED] = self.frames_missed
                 if not room:
                     self.frames_dropped += 1
                     header[Header.DROPPED] = self.frames_dropped
