@@ -772,6 +772,7 @@ class SCMOSCamera(Device):
                 self.image.name: layout.DATA,
                 self.frame_number.name: layout.FRAME_NUMBER,
                 self.frame_time.name: layout.TIMESTAMP,
+                self._host_time_key: layout.HOST_TIMESTAMP,
                 **{
                     key: layout.stats_path(region, stat)
                     for key, (_, region, stat) in self._stat_keys().items()
@@ -817,7 +818,8 @@ class SCMOSCamera(Device):
         return status
 
     def describe_collect(self) -> dict[str, dict]:
-        """The frames, their numbers and times, and their statistics: one row per frame."""
+        """The frames, their numbers, their times on the camera's clock and on the computer's,
+        and their statistics: one row per frame."""
         source = f"{self.driver.model}:{self.name}"
         stat_keys = {key: self._stat_key("STREAM:") for key in self._stat_keys()}
         return {
@@ -836,8 +838,22 @@ class SCMOSCamera(Device):
                 "shape": [],
                 "external": "STREAM:",
             },
+            self._host_time_key: {
+                "source": source,
+                "dtype": "number",
+                "dtype_numpy": "<f8",
+                "shape": [],
+                "units": "s",
+                "external": "STREAM:",
+            },
             **stat_keys,
         }
+
+    @property
+    def _host_time_key(self) -> str:
+        """A movie's column of when each frame reached the computer (time.time()): one clock
+        for all cameras, where each camera's own (`frame_time`) is its own."""
+        return f"{self.name}_host_time"
 
     def get_index(self) -> int:
         """Frames in the file that a collect may point at (bluesky's WritesStreamAssets):
