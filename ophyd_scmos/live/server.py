@@ -83,7 +83,7 @@ def encode_frame(header: dict[str, Any], pixels: np.ndarray) -> bytes:
     text = json.dumps(header).encode()
     pad = -(4 + len(text)) % 4
     data = np.ascontiguousarray(pixels, pixels.dtype.newbyteorder("<"))
-    return struct.pack("<I", len(text)) + text + b"\0" * pad + data.tobytes()
+    return b"".join((struct.pack("<I", len(text)), text, b"\0" * pad, data.data))
 
 
 class FrameSource:

@@ -239,24 +239,36 @@ def test_a_wrong_token_gets_no_image(camera, server, browser, tmp_path):
     screen(browser, tmp_path)
 
 
-def test_the_page_shows_a_recording_its_file_and_counters(cam, RE, browser, tmp_path):
-    url = cam.live()
-    open_page(browser, url)
-    assert text(browser, "mode") == "focus"
+def test_the_page_shows_a_recording_its_frames_file_and_counters(
+    cam, driver, RE, browser, tmp_path
+):
+    cam.roi.set((0, 0, 320, 256))
+    cam.rois["spot"] = (40, 30, 64, 48)
     cam.trigger_mode.set("internal")
-    cam.acquire_period.set(0.005)
+    cam.acquire_period.set(0.01)
+    open_page(browser, cam.live())
+    assert text(browser, "mode") == "focus"
+    left, top, width, _ = drawn(browser).rect
+    scale = width / 320
+    browser.page(
+        "Input.dispatchMouseEvent", type="mouseMoved", x=left + 60.5 * scale, y=top + 45.5 * scale
+    )
     seen: list[tuple[str, str, str]] = []
+    recorded: list[Drawn] = []
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
             seen.append((text(browser, "mode"), text(browser, "file"), text(browser, "written")))
+            if not recorded and seen[-1][0] == "recording" and seen[-1][2] not in ("—", "0"):
+                recorded.append(drawn(browser))
+                screen(browser, tmp_path)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        RE(movie(cam, frames=600))
+        RE(movie(cam, frames=300))
         time.sleep(0.3)
     finally:
         done.set()
@@ -265,6 +277,10 @@ def test_the_page_shows_a_recording_its_file_and_counters(cam, RE, browser, tmp_
     assert recording, seen
     assert {file for file, _ in recording} == {cam.file_path.get()}
     assert max(int(written) for _, written in recording if written.isdigit()) > 0
+    assert recorded, "no frame of the recording on the page"
+    (shown,) = recorded
+    expected = driver.expected_frame(shown.frame).astype(float)
+    np.testing.assert_array_equal(shown.grey, grey_levels(expected, shown.low, shown.high))
     browser.wait_for("document.getElementById('mode').textContent === 'focus'")
     assert text(browser, "written") == "—"
 
