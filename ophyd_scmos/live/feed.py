@@ -93,13 +93,14 @@ class LiveFeed:
     def counters(self) -> dict[str, float]:
         """This run's frames acquired, dropped, missed and written (in the file), frames
         delivered to the ring since it was made, and the ring's fill: the share of its slots
-        holding frames acquired and not yet written. Zeros without a ring."""
+        holding frames the writer has not finished with. Zeros without a ring."""
         ring = self._attach()
         if ring is None:
             return {key: 0 for key in (*_COUNTERS, "ring_fill")}
         header = ring.header.copy()
         counts = {key: int(header[index]) for key, index in _COUNTERS.items()}
-        pending = max(0, counts["acquired"] - counts["written"])
+        released = int(header[Header.RELEASED]) - int(header[Header.RUN_BASE])
+        pending = max(0, counts["acquired"] - released)
         return {**counts, "ring_fill": min(1.0, pending / ring.spec.n_slots)}
 
     def _attach(self) -> FrameRing | None:

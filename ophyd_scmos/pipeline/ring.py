@@ -11,7 +11,7 @@ only if the slot's generation did not change while it copied. One extra slot pas
 writer's (`preview`) takes the frames no one records while a view watches, so that the
 newest of them stays put while the next arrives.
 
-Segment layout: a 64-byte header (`Header` fields), per-slot arrays (frame number, camera
+Segment layout: a 128-byte header (`Header` fields), per-slot arrays (frame number, camera
 timestamp, host timestamp, generation), then page-aligned frame slots.
 """
 
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 PAGE = 4096
-_HEADER = 64
+_HEADER = 128
 _PER_SLOT = 4 * 8  #: frame number, camera timestamp, host timestamp, generation
 
 
 class Header:
-    """Indices of the header's eight 8-byte fields."""
+    """Indices of the header's 8-byte fields."""
 
     RELEASED = 0  #: slots the writer has finished with (writer)
     DELIVERED = 1  #: frames that landed in a slot, recorded or not, since the ring was made
@@ -44,6 +44,7 @@ class Header:
     MISSED = 5  #: this run's frames the camera lost (producer)
     WRITTEN = 6  #: this run's frames in the file (acquiring process)
     WATCHED_UNTIL = 7  #: a live view watches until this time.time() (float; the view)
+    RUN_BASE = 8  #: slots released before this run began (acquiring process)
 
 
 SHM_DIR = Path("/dev/shm")  #: where Linux keeps POSIX shared memory
@@ -113,7 +114,7 @@ class FrameRing:
         self._owner = owner
         buf = shm.buf
         n = spec.all_slots
-        self.header = np.ndarray((8,), np.int64, buf, 0)
+        self.header = np.ndarray((_HEADER // 8,), np.int64, buf, 0)
         self._watched_until = np.ndarray((1,), np.float64, buf, 8 * Header.WATCHED_UNTIL)
         self.frame_number = np.ndarray((n,), np.int64, buf, _HEADER)
         self.camera_timestamp = np.ndarray((n,), np.float64, buf, _HEADER + 8 * n)

@@ -150,6 +150,7 @@ class FrameStream:
         self.ring = self.writer.ring_for(shape, dtype, self.options.slots_for(shape, dtype))
         self._base = self.ring.released
         self.ring.header[Header.ACQUIRED : Header.WRITTEN + 1] = 0  # this run's counts
+        self.ring.header[Header.RUN_BASE] = self._base
         config = WriterConfig(
             str(self.path), self.ring.spec, self.options, self.attrs, self.regions
         )
