@@ -205,7 +205,9 @@ class SCMOSCamera(Device):
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only), `rois` (named regions,
     see `rois`), `statistics` (False: none computed, no statistics readings), `stats_read`
     and `stats_hinted` (which statistics are readings, and which of those are hinted for
-    live plots and peak finding: the totals by default).
+    live plots and peak finding: the totals by default), `save_images` (False: the file keeps
+    every frame's statistics, number and timestamps but not the frame; also a setting,
+    `cam.save_images`).
 
     Statistics in step scans: one reading per region and statistic, ``<name>_stats_<stat>``
     for the whole frame and ``<name>_<region>_<stat>`` for a region. With `frames_per_point`
@@ -229,6 +231,7 @@ class SCMOSCamera(Device):
     frames_per_point = Cpt(Setting, value=1, kind="config", doc="frames per trigger")
     num_frames = Cpt(Setting, value=0, kind="config", doc="fly scans: frames; 0 = no limit")
     duration = Cpt(Setting, value=0.0, kind="config", doc="fly scans: seconds; 0 = no limit")
+    save_images = Cpt(Setting, value=True, kind="config", doc="False: statistics, no frames")
     model = Cpt(Signal, value="", kind="config")
     file_path = Cpt(Signal, value="", kind="config", doc="the file of the current run")
 
@@ -259,6 +262,7 @@ class SCMOSCamera(Device):
         statistics: bool = True,
         stats_read: Sequence[str] = stats.STATS,
         stats_hinted: Sequence[str] = ("total",),
+        save_images: bool = True,
         **kwargs: Any,
     ):
         given = dict(ring_mb=ring_mb, ring_frames=ring_frames, compression=compression)
@@ -298,6 +302,7 @@ class SCMOSCamera(Device):
         self.statistics = bool(statistics)
         self.stats_read = stats_read
         self.stats_hinted = stats_hinted
+        self.save_images.put(save_images)
         self.rois = Regions(self)
         for roi_name, value in (rois or {}).items():
             self.rois[roi_name] = value
@@ -356,6 +361,8 @@ class SCMOSCamera(Device):
 
     def read(self) -> dict[str, dict[str, Any]]:
         readings = super().read()
+        if not self._images:
+            readings.pop(self.image.name, None)
         for key in self._stat_keys():
             value, timestamp = self._stat_readings.get(key, (float("nan"), 0.0))
             readings[key] = {"value": value, "timestamp": timestamp}
@@ -458,6 +465,10 @@ class SCMOSCamera(Device):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{attr} must be an integer >= {least}, got {value!r}")
             return
+        if attr == "save_images":
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"save_images must be True or False, got {value!r}")
+            return
         if attr == "duration":
             if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"duration must be finite seconds >= 0, got {value!r}")
@@ -494,6 +505,10 @@ class SCMOSCamera(Device):
         return TriggerMode.coerce(self.trigger_mode.get())
 
     @property
+    def _images(self) -> bool:
+        return bool(self.save_images.get())
+
+    @property
     def _k(self) -> int:
         return int(self.frames_per_point.get())
 
@@ -501,6 +516,11 @@ class SCMOSCamera(Device):
     def stage(self) -> list[object]:
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
+        if not self.statistics and not self._images:
+            raise ValueError(
+                f"{self.name}: save_images=False with statistics=False would keep nothing of "
+                "the frames; turn one of them on"
+            )
         regions = (
             stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
         )
@@ -522,6 +542,7 @@ class SCMOSCamera(Device):
                 gated=self._mode is not TriggerMode.SOFTWARE,
                 writer=writer,
                 regions=regions,
+                images=self._images,
             )
             stream.open()
             return stream
@@ -560,6 +581,7 @@ class SCMOSCamera(Device):
             "bit_depth": int(self.bit_depth.get()),
             "trigger_mode": self._mode.value,
             "frames_per_point": self._k,
+            "save_images": self._images,
             "start_time": time.time(),
         }
 
@@ -643,7 +665,9 @@ class SCMOSCamera(Device):
         run.points += 1
         first = stream.allow(k)
         status = run.add_status(FrameStatus(self, initial=point * k, target=(point + 1) * k))
-        if self.asset_docs == "resource":
+        if not self._images:
+            pass  # the file has no frames to point at
+        elif self.asset_docs == "resource":
             self.image.put(run.docs.datum(point, k))
         else:
             run.docs.stream({self.image.name: layout.DATA}, k)
@@ -712,6 +736,8 @@ class SCMOSCamera(Device):
             stop = self.get_index() if index is None else min(index, self.get_index())
             run.docs.stream_datum(run.collected, stop)
             run.collected = max(run.collected, stop)
+        elif not self._images:
+            run.recorded_points = run.points  # read, so recorded: no datums to count
         elif run.recorded_points is None:
             run.recorded_points = 0
         for name, doc in run.docs.drain():
@@ -723,7 +749,10 @@ class SCMOSCamera(Device):
 
     def describe(self) -> dict[str, dict]:
         description = super().describe()
-        description[self.image.name] = self._image_key(per_point=True)
+        if self._images:
+            description[self.image.name] = self._image_key(per_point=True)
+        else:
+            description.pop(self.image.name, None)
         for key in self._stat_keys():
             description[key] = self._stat_key()
         return description
@@ -769,7 +798,7 @@ class SCMOSCamera(Device):
         run.stream.allow(n if n else 2**62)
         run.docs.stream(
             {
-                self.image.name: layout.DATA,
+                **({self.image.name: layout.DATA} if self._images else {}),
                 self.frame_number.name: layout.FRAME_NUMBER,
                 self.frame_time.name: layout.TIMESTAMP,
                 self._host_time_key: layout.HOST_TIMESTAMP,
@@ -822,8 +851,9 @@ class SCMOSCamera(Device):
         and their statistics: one row per frame."""
         source = f"{self.driver.model}:{self.name}"
         stat_keys = {key: self._stat_key("STREAM:") for key in self._stat_keys()}
+        images = {self.image.name: self._image_key(per_point=False)} if self._images else {}
         return {
-            self.image.name: self._image_key(per_point=False),
+            **images,
             self.frame_number.name: {
                 "source": source,
                 "dtype": "integer",

@@ -61,7 +61,8 @@ class FrameStream:
     ring (all the memory a stream takes, however long it runs) and says how to write.
     With `regions` (a dict, maybe empty; None: no statistics) the writer computes every
     frame's statistics (`stats`), stores them in the file and reports them with the frames
-    written: `frame_stats` has them by the time `wait_for` calls back.
+    written: `frame_stats` has them by the time `wait_for` calls back. With `images` False
+    the file gets every frame's number, timestamps and statistics but not the frame.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class FrameStream:
         gated: bool = False,
         writer: WriterProcess | None = None,
         regions: dict[str, Region] | None = None,
+        images: bool = True,
     ):
         self.driver = driver
         self.path = Path(path)
@@ -101,6 +103,7 @@ class FrameStream:
         self._gate: int | None = 0 if gated else None
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self.regions = regions
+        self.images = images
         self._stats: deque[list[list[float]]] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
         self._truncated = threading.Condition()
@@ -152,7 +155,7 @@ class FrameStream:
         self.ring.header[Header.ACQUIRED : Header.WRITTEN + 1] = 0  # this run's counts
         self.ring.header[Header.RUN_BASE] = self._base
         config = WriterConfig(
-            str(self.path), self.ring.spec, self.options, self.attrs, self.regions
+            str(self.path), self.ring.spec, self.options, self.attrs, self.regions, self.images
         )
         self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
