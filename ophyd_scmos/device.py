@@ -36,10 +36,12 @@ from ophyd.status import Status
 from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
+from ophyd_scmos.live.control import LiveControl
 from ophyd_scmos.paths import default_write_dir
 from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
+from ophyd_scmos.pipeline.ring import FrameRing
 from ophyd_scmos.pipeline.stream import FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
@@ -152,10 +154,12 @@ class Regions(MutableMapping[str, stats.Region]):
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
         self._refuse_while_staged()
         self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+        self._camera._announce()
 
     def __delitem__(self, name: str) -> None:
         self._refuse_while_staged()
         del self._regions[name]
+        self._camera._announce()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._regions)
@@ -179,6 +183,7 @@ class Setting(Signal):
     def put(self, value: Any, **kwargs: Any) -> None:
         self.parent._apply_setting(self.attr_name, value)
         super().put(value, **kwargs)
+        self.parent._announce()
 
     def set(self, value: Any, **kwargs: Any) -> Status:
         self.put(value)
@@ -200,7 +205,9 @@ class SCMOSCamera(Device):
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only), `rois` (named regions,
     see `rois`), `statistics` (False: none computed, no statistics readings), `stats_read`
     and `stats_hinted` (which statistics are readings, and which of those are hinted for
-    live plots and peak finding: the totals by default).
+    live plots and peak finding: the totals by default), `save_images` (False: the file keeps
+    every frame's statistics, number and timestamps but not the frame; also a setting,
+    `cam.save_images`).
 
     Statistics in step scans: one reading per region and statistic, ``<name>_stats_<stat>``
     for the whole frame and ``<name>_<region>_<stat>`` for a region. With `frames_per_point`
@@ -224,6 +231,7 @@ class SCMOSCamera(Device):
     frames_per_point = Cpt(Setting, value=1, kind="config", doc="frames per trigger")
     num_frames = Cpt(Setting, value=0, kind="config", doc="fly scans: frames; 0 = no limit")
     duration = Cpt(Setting, value=0.0, kind="config", doc="fly scans: seconds; 0 = no limit")
+    save_images = Cpt(Setting, value=True, kind="config", doc="False: statistics, no frames")
     model = Cpt(Signal, value="", kind="config")
     file_path = Cpt(Signal, value="", kind="config", doc="the file of the current run")
 
@@ -254,6 +262,7 @@ class SCMOSCamera(Device):
         statistics: bool = True,
         stats_read: Sequence[str] = stats.STATS,
         stats_hinted: Sequence[str] = ("total",),
+        save_images: bool = True,
         **kwargs: Any,
     ):
         given = dict(ring_mb=ring_mb, ring_frames=ring_frames, compression=compression)
@@ -293,11 +302,14 @@ class SCMOSCamera(Device):
         self.statistics = bool(statistics)
         self.stats_read = stats_read
         self.stats_hinted = stats_hinted
+        self.save_images.put(save_images)
         self.rois = Regions(self)
         for roi_name, value in (rois or {}).items():
             self.rois[roi_name] = value
         #: this point's statistics: data key -> (value, timestamp)
         self._stat_readings: dict[str, tuple[float, float]] = {}
+        self._live = LiveControl(name, driver, self._focus_ring)
+        self._announce()
 
     # -- statistics ----------------------------------------------------------------------
     @property
@@ -349,6 +361,8 @@ class SCMOSCamera(Device):
 
     def read(self) -> dict[str, dict[str, Any]]:
         readings = super().read()
+        if not self._images:
+            readings.pop(self.image.name, None)
         for key in self._stat_keys():
             value, timestamp = self._stat_readings.get(key, (float("nan"), 0.0))
             readings[key] = {"value": value, "timestamp": timestamp}
@@ -366,12 +380,61 @@ class SCMOSCamera(Device):
         process, free its ring and close the driver (a vendor SDK may hold a camera until
         its handle is closed). Safe twice."""
         try:
+            self._live.stop()
             if self._staged.name == "yes":
                 self.unstage()
         finally:
             self._drop_writer()
             self.driver.close()
         super().destroy()
+
+    # -- live view -------------------------------------------------------------------------
+    def live(self, on: bool = True, *, host: str = "127.0.0.1", port: int = 0) -> str | None:
+        """Watch the camera in a web page; returns its address (also printed). With no run
+        staged the camera free-runs into no file (focus mode: internal trigger, at most 30
+        frames/s, settings take effect at once); a run pauses focus mode and shows its own
+        frames. `live(False)` stops both. The page is served on `host` (this computer only,
+        by default) at `port` (0: a free one), to whoever has the token in its address."""
+        if not on:
+            self._live.stop()
+            return None
+        url = self._live.start(host, port)
+        print(f"{self.name} live view: {url}")
+        return url
+
+    def _announce(self) -> None:
+        """Tell the live view the camera's settings and regions (a no-op without one)."""
+        live = getattr(self, "_live", None)  # settings are set while the camera is made
+        if live is None:
+            return
+        settings = {
+            attr: getattr(self, attr).get()
+            for attr in (
+                *("exposure_time", "acquire_period", "roi", "binning", "bit_depth"),
+                *("trigger_mode", "frames_per_point"),
+            )
+        }
+        live.announce(
+            camera=self.name,
+            model=self.driver.model,
+            sensor_shape=list(self.driver.sensor_shape),
+            settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+            rois={name: list(region) for name, region in self.rois.items()},
+        )
+
+    def _focus_ring(self) -> FrameRing:
+        """The writer's ring, fitting the camera's frames now: focus mode runs into it."""
+        shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
+        return self._ensure_writer().ring_for(shape, dtype, self.options.slots_for(shape, dtype))
+
+    def _ensure_writer(self) -> WriterProcess:
+        """The camera's writer process: started at first need, replaced where it died."""
+        if self._writer is None or not self._writer.alive:
+            self._drop_writer()
+            self._writer = writer = WriterProcess()
+            # A camera dropped without destroy() still ends its writer and frees its ring.
+            self._writer_finalizer = weakref.finalize(self, writer.shutdown)
+        return self._writer
 
     def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -402,6 +465,10 @@ class SCMOSCamera(Device):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{attr} must be an integer >= {least}, got {value!r}")
             return
+        if attr == "save_images":
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"save_images must be True or False, got {value!r}")
+            return
         if attr == "duration":
             if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"duration must be finite seconds >= 0, got {value!r}")
@@ -419,7 +486,8 @@ class SCMOSCamera(Device):
             value = ROI(*value)
         elif attr == "trigger_mode":
             value = TriggerMode.coerce(value)
-        self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
+        with self._live.settings_change():
+            self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
 
     @property
     def settings(self) -> CameraSettings:
@@ -437,6 +505,10 @@ class SCMOSCamera(Device):
         return TriggerMode.coerce(self.trigger_mode.get())
 
     @property
+    def _images(self) -> bool:
+        return bool(self.save_images.get())
+
+    @property
     def _k(self) -> int:
         return int(self.frames_per_point.get())
 
@@ -444,16 +516,21 @@ class SCMOSCamera(Device):
     def stage(self) -> list[object]:
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
+        if not self.statistics and not self._images:
+            raise ValueError(
+                f"{self.name}: save_images=False with statistics=False would keep nothing of "
+                "the frames; turn one of them on"
+            )
         regions = (
             stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
         )
         write_dir = prepare_dir(self.write_dir)
-        if self._writer is None or not self._writer.alive:  # first run, or it died
-            self._drop_writer()
-            self._writer = writer = WriterProcess()
-            # A camera dropped without destroy() still ends its writer and frees its ring.
-            self._writer_finalizer = weakref.finalize(self, writer.shutdown)
-        writer = self._writer
+        self._live.run_staging()  # focus mode, if on, gives the camera to the run
+        try:
+            writer = self._ensure_writer()
+        except BaseException:
+            self._live.run_ended()
+            raise
 
         def open_stream(path: Path) -> FrameStream:
             stream = FrameStream(
@@ -465,6 +542,7 @@ class SCMOSCamera(Device):
                 gated=self._mode is not TriggerMode.SOFTWARE,
                 writer=writer,
                 regions=regions,
+                images=self._images,
             )
             stream.open()
             return stream
@@ -473,7 +551,10 @@ class SCMOSCamera(Device):
             stream = create_next(write_dir, self.file_template, self.name, open_stream)
         except BaseException:
             self._drop_writer()  # a failed stage leaves nothing: no process, no ring
+            self._live.run_ended()
             raise
+        assert stream.ring is not None
+        self._live.run_started(stream.ring, str(stream.path))
         path = stream.path
         self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
         _RUNNING.add(self)
@@ -486,6 +567,7 @@ class SCMOSCamera(Device):
             return super().stage()
         except Exception:
             self._finish_run()
+            self._live.run_ended()
             raise
 
     def _file_attrs(self) -> dict[str, Any]:
@@ -499,6 +581,7 @@ class SCMOSCamera(Device):
             "bit_depth": int(self.bit_depth.get()),
             "trigger_mode": self._mode.value,
             "frames_per_point": self._k,
+            "save_images": self._images,
             "start_time": time.time(),
         }
 
@@ -507,6 +590,7 @@ class SCMOSCamera(Device):
             self._finish_run()
         finally:
             result = super().unstage()
+            self._live.run_ended()
         return result
 
     def _finish_run(self) -> None:
@@ -581,7 +665,9 @@ class SCMOSCamera(Device):
         run.points += 1
         first = stream.allow(k)
         status = run.add_status(FrameStatus(self, initial=point * k, target=(point + 1) * k))
-        if self.asset_docs == "resource":
+        if not self._images:
+            pass  # the file has no frames to point at
+        elif self.asset_docs == "resource":
             self.image.put(run.docs.datum(point, k))
         else:
             run.docs.stream({self.image.name: layout.DATA}, k)
@@ -650,6 +736,8 @@ class SCMOSCamera(Device):
             stop = self.get_index() if index is None else min(index, self.get_index())
             run.docs.stream_datum(run.collected, stop)
             run.collected = max(run.collected, stop)
+        elif not self._images:
+            run.recorded_points = run.points  # read, so recorded: no datums to count
         elif run.recorded_points is None:
             run.recorded_points = 0
         for name, doc in run.docs.drain():
@@ -661,7 +749,10 @@ class SCMOSCamera(Device):
 
     def describe(self) -> dict[str, dict]:
         description = super().describe()
-        description[self.image.name] = self._image_key(per_point=True)
+        if self._images:
+            description[self.image.name] = self._image_key(per_point=True)
+        else:
+            description.pop(self.image.name, None)
         for key in self._stat_keys():
             description[key] = self._stat_key()
         return description
@@ -707,9 +798,10 @@ class SCMOSCamera(Device):
         run.stream.allow(n if n else 2**62)
         run.docs.stream(
             {
-                self.image.name: layout.DATA,
+                **({self.image.name: layout.DATA} if self._images else {}),
                 self.frame_number.name: layout.FRAME_NUMBER,
                 self.frame_time.name: layout.TIMESTAMP,
+                self._host_time_key: layout.HOST_TIMESTAMP,
                 **{
                     key: layout.stats_path(region, stat)
                     for key, (_, region, stat) in self._stat_keys().items()
@@ -755,11 +847,13 @@ class SCMOSCamera(Device):
         return status
 
     def describe_collect(self) -> dict[str, dict]:
-        """The frames, their numbers and times, and their statistics: one row per frame."""
+        """The frames, their numbers, their times on the camera's clock and on the computer's,
+        and their statistics: one row per frame."""
         source = f"{self.driver.model}:{self.name}"
         stat_keys = {key: self._stat_key("STREAM:") for key in self._stat_keys()}
+        images = {self.image.name: self._image_key(per_point=False)} if self._images else {}
         return {
-            self.image.name: self._image_key(per_point=False),
+            **images,
             self.frame_number.name: {
                 "source": source,
                 "dtype": "integer",
@@ -774,8 +868,22 @@ class SCMOSCamera(Device):
                 "shape": [],
                 "external": "STREAM:",
             },
+            self._host_time_key: {
+                "source": source,
+                "dtype": "number",
+                "dtype_numpy": "<f8",
+                "shape": [],
+                "units": "s",
+                "external": "STREAM:",
+            },
             **stat_keys,
         }
+
+    @property
+    def _host_time_key(self) -> str:
+        """A movie's column of when each frame reached the computer (time.time()): one clock
+        for all cameras, where each camera's own (`frame_time`) is its own."""
+        return f"{self.name}_host_time"
 
     def get_index(self) -> int:
         """Frames in the file that a collect may point at (bluesky's WritesStreamAssets):

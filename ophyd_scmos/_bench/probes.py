@@ -271,3 +271,89 @@ def _open_catalog_seconds(directory: Path, rounds: int) -> float:
         times.append(float(out.stdout.split()[-1]))
     shutil.rmtree(directory, ignore_errors=True)
     return float(np.median(times[1:]))
+
+
+# -- live view: what watching costs a recording, and what the page gets ----------------------
+#: A page's loop, as a process of its own: asks for the next frame binned to 1024x1024, as
+#: fast as they come, says READY at its first, and stops when its stdin closes; then prints
+#: updates/s while recording and the median and 95th percentile of frame-to-page latency
+#: (the frame's landing in the ring to its bytes here).
+_PAGE = """
+import json, struct, sys, threading, time
+import httpx
+base, token = sys.argv[1].split("/?token=")
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+after, ring, latencies, times = 0, "", [], []
+with httpx.Client(timeout=10) as client:
+    while not stop.is_set():
+        params = {"token": token, "after": after, "ring": ring, "width": 1024, "height": 1024}
+        r = client.get(base + "/frame", params=params)
+        if r.status_code != 200:
+            continue
+        (size,) = struct.unpack("<I", r.content[:4])
+        header = json.loads(r.content[4 : 4 + size])
+        if after == 0:
+            print("READY", flush=True)
+        after, ring = header["delivered"], header["ring"]
+        if header["mode"] == "recording":
+            latencies.append(time.time() - header["host_time"])
+            times.append(time.monotonic())
+latencies.sort()
+nan = float("nan")
+print(json.dumps({
+    "updates_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else nan,
+    "latency_ms_median": 1e3 * latencies[len(latencies) // 2] if latencies else nan,
+    "latency_ms_p95": 1e3 * latencies[int(len(latencies) * 0.95)] if latencies else nan,
+}))
+"""
+
+
+def live_view(rounds: int, frames: int, scratch: Path) -> dict[str, Any]:
+    """Movie frames/s at 2048x2048 and 512x512 with the live view closed and open (a page
+    process asking for every newest frame), rounds alternating; and what the page got."""
+    from bluesky import RunEngine
+
+    from ophyd_scmos import SCMOSCamera
+    from ophyd_scmos.plans import movie
+
+    RE = RunEngine({})
+    results: dict[str, Any] = {"rounds": rounds, "frames": frames}
+    for side in (2048, 512):
+        camera = SimulatedSCMOS(shape=(side, side), seed=2, camera_buffer_frames=100_000)
+        cam = SCMOSCamera(name="cam", driver=camera, write_dir=scratch / "live")
+        rates: dict[str, list[float]] = {"closed": [], "open": []}
+        pages: list[dict[str, float]] = []
+        try:
+            cam.trigger_mode.set("internal")
+            cam.exposure_time.set(EXPOSURE)
+            RE(movie(cam, frames=10))  # the writer starts here, once
+            for _ in range(rounds):
+                for view in ("closed", "open"):
+                    page = None
+                    if view == "open":
+                        page = subprocess.Popen(
+                            [sys.executable, "-c", _PAGE, str(cam.live())],
+                            stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            text=True,
+                        )
+                        assert page.stdout is not None
+                        page.stdout.readline()  # READY: it has its first frame
+                    t0 = time.perf_counter()
+                    RE(movie(cam, frames=frames))
+                    rates[view].append(frames / (time.perf_counter() - t0))
+                    if page is not None:
+                        out, _ = page.communicate("", timeout=60)
+                        pages.append(json.loads(out))
+                        cam.live(False)
+                    shutil.rmtree(scratch / "live", ignore_errors=True)
+        finally:
+            cam.destroy()
+            shutil.rmtree(scratch / "live", ignore_errors=True)
+        results[f"{side}x{side}"] = {
+            "movie_frames_s": {view: float(np.median(r)) for view, r in rates.items()},
+            "open_vs_closed": float(np.median(np.divide(rates["open"], rates["closed"]))),
+            "page": {key: float(np.median([p[key] for p in pages])) for key in pages[0]},
+        }
+    return results

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                 out["count"] = _count(args.count, scratch, say)
             if args.pace:
                 out["pace"] = _pace(args.pace, args.pace_events, scratch, say)
+            if args.live:
+                out["live"] = _live(args.live, args.live_frames, scratch, say)
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -216,6 +218,24 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
     )
     say(f"  open_catalog() (embedded, after imports, new process) {p['open_catalog_s']:.2f} s")
     return p
+
+
+def _live(rounds: int, frames: int, scratch: Path, say: _Printer) -> dict[str, Any]:
+    say.header(
+        f"live view: movies of {frames} frames with the view closed and open (a page asking "
+        f"for every newest frame, binned to 1024x1024), medians of {rounds} rounds"
+    )
+    results = probes.live_view(rounds, frames, scratch)
+    for shape in ("2048x2048", "512x512"):
+        r = results[shape]
+        rates, page = r["movie_frames_s"], r["page"]
+        say(
+            f"  {shape:9s} movie closed {rates['closed']:6.1f} frames/s   open "
+            f"{rates['open']:6.1f} frames/s   open/closed {r['open_vs_closed']:5.2f}   page "
+            f"{page['updates_s']:5.1f} updates/s, frame to page {page['latency_ms_median']:4.0f} "
+            f"ms (95%: {page['latency_ms_p95']:4.0f} ms)"
+        )
+    return results
 
 
 class _Printer:

@@ -128,9 +128,9 @@ class FileStats:
 
     path: str
     size: int  #: bytes of the file on disk
-    frames: int
-    frame_shape: tuple[int, ...]
-    dtype: str
+    frames: int  #: frames recorded (in a file without images: their numbers, times, statistics)
+    frame_shape: tuple[int, ...]  #: () in a file without images
+    dtype: str  #: "" in a file without images
     raw_bytes: int  #: the frames uncompressed
     stored_bytes: int  #: the frames as stored
     filters: list[str]  #: the HDF5 filters (compression) of the frame dataset
@@ -173,7 +173,7 @@ def file_stats(path: PathLike) -> FileStats:
     check_readable(path)
     # locking=False: a writer that still holds the file must not make this read fail.
     with h5py.File(path, "r", locking=False) as f:
-        data = f[layout.DATA]
+        data = f.get(layout.DATA)  # None in a file of statistics without images
         frames = layout.stored_frames(f)
         outcome = layout.Outcome.read(f)  # None until a writer closes the file
         # Per-frame metadata grows in steps ahead of the frames: only the first `frames` count.
@@ -186,19 +186,25 @@ def file_stats(path: PathLike) -> FileStats:
         if outcome is not None and outcome.complete:
             lost = outcome.frames_dropped + outcome.frames_missed
         rewound = 0 if lost is None else max(0, sum(b - a + 1 for a, b in absent) - lost)
-        plist = data.id.get_create_plist()
-        filters = [
-            plist.get_filter(i)[3].decode(errors="replace").split(";")[0]
-            for i in range(plist.get_nfilters())
-        ]
+        frame_shape: tuple[int, ...] = ()
+        dtype, raw_bytes, stored_bytes, filters = "", 0, 0, []
+        if data is not None:
+            plist = data.id.get_create_plist()
+            filters = [
+                plist.get_filter(i)[3].decode(errors="replace").split(";")[0]
+                for i in range(plist.get_nfilters())
+            ]
+            frame_shape, dtype = tuple(data.shape[1:]), data.dtype.str
+            raw_bytes = frames * int(np.prod(frame_shape)) * data.dtype.itemsize
+            stored_bytes = data.id.get_storage_size()
         stats = FileStats(
             path=str(path),
             size=os.stat(path).st_size,
             frames=frames,
-            frame_shape=tuple(data.shape[1:]),
-            dtype=data.dtype.str,
-            raw_bytes=frames * int(np.prod(data.shape[1:])) * data.dtype.itemsize,
-            stored_bytes=data.id.get_storage_size(),
+            frame_shape=frame_shape,
+            dtype=dtype,
+            raw_bytes=raw_bytes,
+            stored_bytes=stored_bytes,
             filters=filters,
             frames_written=None if outcome is None else outcome.frames_written,
             frames_dropped=None if outcome is None else outcome.frames_dropped,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "recover")
+COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "live", "recover")
 
 
 class Parser(argparse.ArgumentParser):

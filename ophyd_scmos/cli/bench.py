@@ -86,6 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pace", type=int, default=3, help="rounds of the interactive-pace section (0: skip)"
     )
     p.add_argument("--pace-events", type=int, default=500, help="events of each pace count")
+    p.add_argument("--live", type=int, default=3, help="rounds of the live-view section (0: skip)")
+    p.add_argument("--live-frames", type=int, default=1000, help="frames of each live movie")
     p.add_argument(
         "--dir",
         type=Path,

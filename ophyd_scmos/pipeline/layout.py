@@ -2,8 +2,10 @@
 
 `/entry/data/data` is what areaDetector's HDF5 plugin writes and what the AD_HDF5 handler and
 Tiled read; the NeXus attributes let generic viewers (silx, h5web) show the images. Each
-frame's statistics (see `stats`) grow beside the frames under `/entry/stats`. When a
-file is closed, `/entry` records how its writing ended (`Outcome`): the writer, the stream
+frame's statistics (see `stats`) grow beside the frames under `/entry/stats`. A file made
+without images (statistics only) has no `/entry/data/data`: `/entry/data` then holds only
+each frame's number and timestamps, and its statistics count its frames. When a file is
+closed, `/entry` records how its writing ended (`Outcome`): the writer, the stream
 that recovers a dead writer's file, `ophyd-scmos recover` and the catalog's file statistics
 all go through this module to write or read it.
 """
@@ -37,26 +39,33 @@ def create_layout(
     *,
     compression: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
-) -> h5py.Dataset:
-    """Make the entry with empty, growable datasets and return the frame dataset.
+    images: bool = True,
+) -> h5py.Dataset | None:
+    """Make the entry with empty, growable datasets and return the frame dataset (None
+    without `images`: the frames' numbers and timestamps are then all `/entry/data` holds,
+    an NXcollection, since NeXus's NXdata needs a signal).
 
     `compression` is keyword arguments for `create_dataset` (e.g. an hdf5plugin filter).
     """
     entry = f.create_group(ENTRY)
     entry.attrs["NX_class"] = "NXentry"
-    entry.attrs["default"] = "data"
     group = f.create_group(DATA_GROUP)
-    group.attrs["NX_class"] = "NXdata"
-    group.attrs["signal"] = "data"
-    data = group.create_dataset(
-        "data",
-        shape=(0, *frame_shape),
-        maxshape=(None, *frame_shape),
-        chunks=(1, *frame_shape),
-        dtype=dtype,
-        **dict(compression or {}),
-    )
-    data.attrs["interpretation"] = "image"
+    data = None
+    if images:
+        entry.attrs["default"] = "data"
+        group.attrs["NX_class"] = "NXdata"
+        group.attrs["signal"] = "data"
+        data = group.create_dataset(
+            "data",
+            shape=(0, *frame_shape),
+            maxshape=(None, *frame_shape),
+            chunks=(1, *frame_shape),
+            dtype=dtype,
+            **dict(compression or {}),
+        )
+        data.attrs["interpretation"] = "image"
+    else:
+        group.attrs["NX_class"] = "NXcollection"
     for name, dt, units in (
         ("frame_number", np.int64, None),
         ("timestamp", np.float64, "s"),
@@ -149,5 +158,9 @@ class Outcome:
 
 
 def stored_frames(f: h5py.File) -> int:
-    """Frames the file's frame dataset holds (0 if it has none yet)."""
-    return f[DATA].shape[0] if DATA in f else 0
+    """Frames the file records (0 if it has none yet): those its frame dataset holds, or in
+    a file without images, those whose statistics it holds. Statistics reach the file up to
+    a flush interval after the frames' numbers and timestamps: a killed writer may leave a
+    few frames numbered but without statistics, and those are not counted."""
+    path = DATA if DATA in f else stats_path(stats.FRAME, "total")
+    return f[path].shape[0] if path in f else 0

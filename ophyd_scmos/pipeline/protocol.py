@@ -68,6 +68,15 @@ class WriterConfig:
     attrs: dict[str, Any] = field(default_factory=dict)  #: recorded on /entry
     #: regions whose statistics are computed besides the whole frame's; None: no statistics
     regions: dict[str, Region] | None = None
+    #: False: the frames are not stored, only their numbers, timestamps and statistics
+    images: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.images and self.regions is None:
+            raise ValueError(
+                f"{self.path}: a file without images needs statistics (regions), or it would "
+                "keep nothing of the frames"
+            )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -77,6 +86,7 @@ class WriterConfig:
                 "options": self.options.to_dict(),
                 "attrs": self.attrs,
                 "regions": self.regions,
+                "images": self.images,
             }
         )
 
@@ -90,6 +100,7 @@ class WriterConfig:
             PipelineOptions(**d["options"]),
             d["attrs"],
             None if regions is None else {k: cast(Region, tuple(v)) for k, v in regions.items()},
+            d["images"],
         )
 
 

@@ -4,8 +4,15 @@ The producer (acquisition thread) copies each frame once, from the camera into a
 sends only the slot index to the writer process. The writer publishes how many slots it has
 released in a counter in the same segment; the producer never overwrites an unreleased slot.
 
-Segment layout: a 64-byte header (released counter), per-slot metadata arrays (frame number,
-camera timestamp, host timestamp), then page-aligned frame slots.
+A live view reads the newest frame best-effort, from its own process (`newest`): it never
+holds a slot and nothing waits for it. The producer marks each slot's generation odd while a
+frame lands in it and names the newest complete slot in the header; a reader's copy counts
+only if the slot's generation did not change while it copied. One extra slot past the
+writer's (`preview`) takes the frames no one records while a view watches, so that the
+newest of them stays put while the next arrives.
+
+Segment layout: a 128-byte header (`Header` fields), per-slot arrays (frame number, camera
+timestamp, host timestamp, generation), then page-aligned frame slots.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import contextlib
 import os
 import secrets
 import sys
+import time
 from dataclasses import asdict, dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -21,7 +29,24 @@ from pathlib import Path
 import numpy as np
 
 PAGE = 4096
-_HEADER = 64
+_HEADER = 128
+_PER_SLOT = 4 * 8  #: frame number, camera timestamp, host timestamp, generation
+
+
+class Header:
+    """Indices of the header's 8-byte fields."""
+
+    RELEASED = 0  #: slots the writer has finished with (writer)
+    DELIVERED = 1  #: frames that landed in a slot, recorded or not, since the ring was made
+    NEWEST = 2  #: the slot of the newest of them
+    ACQUIRED = 3  #: this run's frames recorded so far (producer)
+    DROPPED = 4  #: this run's frames dropped from a full ring (producer)
+    MISSED = 5  #: this run's frames the camera lost (producer)
+    WRITTEN = 6  #: this run's frames in the file (acquiring process)
+    WATCHED_UNTIL = 7  #: a live view watches until this time.time() (float; the view)
+    RUN_BASE = 8  #: slots released before this run began (acquiring process)
+
+
 SHM_DIR = Path("/dev/shm")  #: where Linux keeps POSIX shared memory
 #: ring names: this prefix, the creating process's pid, a random token
 _PREFIX = "scmos_"
@@ -49,12 +74,17 @@ class RingSpec:
         return _round_up(self.frame_bytes)
 
     @property
+    def all_slots(self) -> int:
+        """The writer's slots and the preview slot."""
+        return self.n_slots + 1
+
+    @property
     def data_offset(self) -> int:
-        return _round_up(_HEADER + 24 * self.n_slots)
+        return _round_up(_HEADER + _PER_SLOT * self.all_slots)
 
     @property
     def segment_bytes(self) -> int:
-        return self.data_offset + self.slot_stride * self.n_slots
+        return self.data_offset + self.slot_stride * self.all_slots
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -62,6 +92,17 @@ class RingSpec:
     @classmethod
     def from_json(cls, d: dict) -> RingSpec:
         return cls(d["name"], tuple(d["frame_shape"]), d["dtype"], int(d["n_slots"]))
+
+
+@dataclass(frozen=True)
+class NewestFrame:
+    """A copy of the newest frame in a ring, for a live view."""
+
+    ring: str  #: the ring's name: `delivered` counts its frames
+    delivered: int  #: frames that had landed in the ring, this one included
+    frame_number: int  #: the camera's
+    host_time: float  #: time.time() when it landed
+    image: np.ndarray
 
 
 class FrameRing:
@@ -72,15 +113,18 @@ class FrameRing:
         self._shm = shm
         self._owner = owner
         buf = shm.buf
-        n = spec.n_slots
-        self._released = np.ndarray((1,), np.int64, buf, 0)
+        n = spec.all_slots
+        self.header = np.ndarray((_HEADER // 8,), np.int64, buf, 0)
+        self._watched_until = np.ndarray((1,), np.float64, buf, 8 * Header.WATCHED_UNTIL)
         self.frame_number = np.ndarray((n,), np.int64, buf, _HEADER)
         self.camera_timestamp = np.ndarray((n,), np.float64, buf, _HEADER + 8 * n)
         self.host_timestamp = np.ndarray((n,), np.float64, buf, _HEADER + 16 * n)
+        self._generation = np.ndarray((n,), np.int64, buf, _HEADER + 24 * n)
         self._slots = [
             np.ndarray(spec.frame_shape, spec.dtype, buf, spec.data_offset + i * spec.slot_stride)
             for i in range(n)
         ]
+        self.preview = spec.n_slots  #: the slot for frames no one records, while watched
 
     @classmethod
     def create(cls, frame_shape: tuple[int, int], dtype: np.dtype | str, n_slots: int) -> FrameRing:
@@ -107,7 +151,7 @@ class FrameRing:
             raise MemoryError(_no_room(size, exc.strerror or str(exc))) from exc
         spec = RingSpec(shm.name, probe.frame_shape, probe.dtype, n_slots)
         ring = cls(spec, shm, owner=True)
-        ring._released[0] = 0
+        ring.header[:] = 0
         _touch(shm)
         return ring
 
@@ -115,7 +159,7 @@ class FrameRing:
     def attach(cls, spec: RingSpec) -> FrameRing:
         """Attach from another process; only the creating process ever unlinks the segment."""
         shm = shared_memory.SharedMemory(name=spec.name)
-        if sys.version_info < (3, 13):
+        if sys.version_info < (3, 13) and not spec.name.startswith(f"{_PREFIX}{os.getpid()}_"):
             # Before 3.13 attaching registers the segment with this process's resource
             # tracker, which would unlink it when this process exits.
             resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
@@ -127,17 +171,58 @@ class FrameRing:
     @property
     def released(self) -> int:
         """Frames the writer has finished with, counted since the ring was made."""
-        return int(self._released[0])
+        return int(self.header[Header.RELEASED])
 
     def release_to(self, count: int) -> None:
-        self._released[0] = count
+        self.header[Header.RELEASED] = count
+
+    # -- the live view's way in -----------------------------------------------------------
+    def landing(self, slot: int) -> None:
+        """A frame starts to land in `slot` (producer): a reader copying it now discards it."""
+        self._generation[slot] += 1
+
+    def landed(self, slot: int, frame_number: int, camera_timestamp: float) -> None:
+        """The frame in `slot` is complete (producer): it is the newest."""
+        self.frame_number[slot] = frame_number
+        self.camera_timestamp[slot] = camera_timestamp
+        self.host_timestamp[slot] = time.time()
+        self._generation[slot] += 1
+        self.header[Header.NEWEST] = slot
+        self.header[Header.DELIVERED] += 1
+
+    @property
+    def watched(self) -> bool:
+        """A live view has looked in the last seconds."""
+        return bool(self._watched_until[0] > time.time())
+
+    def watch(self, seconds: float = 2.0) -> None:
+        """Say that a live view watches (reader): the producer keeps the newest unrecorded
+        frame in place meanwhile."""
+        self._watched_until[0] = time.time() + seconds
+
+    def newest(self, after: int = 0) -> NewestFrame | None:
+        """A copy of the newest complete frame, if more than `after` frames have landed
+        (`NewestFrame.delivered`), else None; None too where the producer was writing the
+        slot while it was copied (the next call gets a newer one). Never waits."""
+        delivered = int(self.header[Header.DELIVERED])
+        if delivered <= after:
+            return None
+        slot = int(self.header[Header.NEWEST])
+        before = int(self._generation[slot])
+        if before % 2:
+            return None
+        image = self._slots[slot].copy()
+        number, landed = int(self.frame_number[slot]), float(self.host_timestamp[slot])
+        frame = NewestFrame(self.spec.name, delivered, number, landed, image)
+        return frame if int(self._generation[slot]) == before else None
 
     def close(self) -> None:
         """Drop this process's mapping; the owner also removes the segment. Idempotent."""
         if not self._slots:
             return
         self._slots.clear()
-        del self._released, self.frame_number, self.camera_timestamp, self.host_timestamp
+        del self.header, self._watched_until, self._generation
+        del self.frame_number, self.camera_timestamp, self.host_timestamp
         self._shm.close()
         if self._owner:
             with contextlib.suppress(FileNotFoundError):

@@ -28,7 +28,7 @@ from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.recovery import clear_open_flags
-from ophyd_scmos.pipeline.ring import FrameRing
+from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
 from ophyd_scmos.pipeline.writeback import no_room, room
 
@@ -61,7 +61,8 @@ class FrameStream:
     ring (all the memory a stream takes, however long it runs) and says how to write.
     With `regions` (a dict, maybe empty; None: no statistics) the writer computes every
     frame's statistics (`stats`), stores them in the file and reports them with the frames
-    written: `frame_stats` has them by the time `wait_for` calls back.
+    written: `frame_stats` has them by the time `wait_for` calls back. With `images` False
+    the file gets every frame's number, timestamps and statistics but not the frame.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class FrameStream:
         gated: bool = False,
         writer: WriterProcess | None = None,
         regions: dict[str, Region] | None = None,
+        images: bool = True,
     ):
         self.driver = driver
         self.path = Path(path)
@@ -101,6 +103,7 @@ class FrameStream:
         self._gate: int | None = 0 if gated else None
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self.regions = regions
+        self.images = images
         self._stats: deque[list[list[float]]] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
         self._truncated = threading.Condition()
@@ -149,8 +152,10 @@ class FrameStream:
         shape, dtype = self.driver.frame_shape, np.dtype(self.driver.dtype)
         self.ring = self.writer.ring_for(shape, dtype, self.options.slots_for(shape, dtype))
         self._base = self.ring.released
+        self.ring.header[Header.ACQUIRED : Header.WRITTEN + 1] = 0  # this run's counts
+        self.ring.header[Header.RUN_BASE] = self._base
         config = WriterConfig(
-            str(self.path), self.ring.spec, self.options, self.attrs, self.regions
+            str(self.path), self.ring.spec, self.options, self.attrs, self.regions, self.images
         )
         self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
@@ -385,6 +390,8 @@ class FrameStream:
         if "stats" in status:  # before the waiters for these frames are woken
             self._keep_stats(status["stats_from"], status["stats"])
         self._written = status.get("written", self._written)
+        if self.ring is not None:
+            self.ring.header[Header.WRITTEN] = self._written
         if status["state"] == State.OPEN:
             self._opened.set()
         elif status["state"] == State.CLOSED:
@@ -412,8 +419,8 @@ class FrameStream:
     def _acquire(self) -> None:
         ring, writer = self.ring, self._require_writer()
         assert ring is not None  # open() made it before starting this thread
-        n_slots = ring.spec.n_slots
-        scratch = np.empty(ring.spec.frame_shape, ring.spec.dtype)
+        n_slots, header = ring.spec.n_slots, ring.header
+        unrecorded = -1  #: the slot of the last frame read and not recorded
         try:
             while not self._stop.is_set():
                 passed = self._base + self.frames_acquired  # frames through the ring so far
@@ -422,23 +429,38 @@ class FrameStream:
                     time.sleep(0.0005)  # the camera buffers (or misses) meanwhile
                     continue
                 slot = passed % n_slots
+                # A frame that may not be recorded lands beside the last one that was not,
+                # while a live view watches: that one stays whole for the view meanwhile.
+                target = slot if room else ring.preview
+                if target == unrecorded and room and ring.watched and not self._recording():
+                    target = ring.preview
+                ring.landing(target)
                 try:
-                    info = self.driver.read_into(ring.slot(slot) if room else scratch, 0.1)
+                    info = self.driver.read_into(ring.slot(target), 0.1)
                 except TimeoutError:
+                    ring.landing(target)  # nothing landed: even again
                     continue
+                ring.landed(target, info.frame_number, info.camera_timestamp)
                 # Decide once the frame is here: a gate opened while we waited counts.
                 if not self._recording():
+                    unrecorded = target
                     continue
-                self.frames_missed += info.missed_before
+                if unrecorded < 0:  # frames lost between triggers were never to be recorded
+                    self.frames_missed += info.missed_before
+                    header[Header.MISSED] = self.frames_missed
                 if not room:
                     self.frames_dropped += 1
+                    header[Header.DROPPED] = self.frames_dropped
                     self._notify()
                     continue
-                ring.frame_number[slot] = info.frame_number
-                ring.camera_timestamp[slot] = info.camera_timestamp
-                ring.host_timestamp[slot] = time.time()
+                if target != slot:  # it landed in the preview slot as the gate opened
+                    ring.landing(slot)
+                    ring.slot(slot)[...] = ring.slot(target)
+                    ring.landed(slot, info.frame_number, info.camera_timestamp)
+                unrecorded = -1
                 self._info.append((info.frame_number, info.camera_timestamp))
                 self.frames_acquired += 1
+                header[Header.ACQUIRED] = self.frames_acquired
                 writer.send(Op.FRAME, slot)
         except CameraError as exc:
             if not self._stop.is_set():

@@ -9,7 +9,9 @@ Every status line carries ``written``: frames in the file and flushed, which sur
 killed writer.
 
 The file is written in SWMR mode and flushed at least every `flush_interval` seconds, so a
-reader (or a crash) always sees a consistent file holding every frame reported written.
+reader (or a crash) always sees a consistent file holding every frame reported written. A
+file without images (`WriterConfig.images` False) gets each frame's number, timestamps and
+statistics: the frame itself is read for its statistics, and not stored.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ class RunFile:
         self.flushed = 0  # frames in the file and flushed
         self.released = self.ring.released
         self.lost = {Op.DROPPED: 0, Op.MISSED: 0}  # as the producer last told us
-        self.frame_bytes = self.ring.spec.frame_bytes
         # The acquiring process created the file, empty, to claim its name (see `files`).
         if os.path.getsize(self.path) != 0:
             raise FileExistsError(f"{self.path} is not the empty file made for this run")
@@ -66,6 +67,7 @@ class RunFile:
             spec.dtype,
             compression=dataset_options(options.compression),
             attrs=config.attrs,
+            images=config.images,
         )
         self.meta = [
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
@@ -76,6 +78,9 @@ class RunFile:
             if self.regions is None
             else layout.create_stats(self.file, spec.frame_shape, self.regions)
         )
+        #: what a frame adds to the file: its chunk, or without images its row of 8-byte values
+        row_bytes = 8 * (len(self.meta) + len(self.stats))
+        self.frame_bytes = row_bytes if self.data is None else spec.frame_bytes
         self.unreported: list[list[list[float]]] = []  #: statistics of frames from `stats_from`
         self.stats_from = 0
         self.unstored: list[np.ndarray] = []  #: statistics of frames from `stats_stored` on
@@ -99,11 +104,12 @@ class RunFile:
         """Append the frames in `slots` (in order), handing each slot back once it is stored.
 
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
-        compressor made from them. Its statistics are computed on the slot before it goes
-        back (the whole frame and each region: no copy). The per-frame metadata is copied out
-        of the ring first, so a slot can go back to the producer as soon as its frame is
-        written. If a write fails (disk full), the datasets are cut back to the frames that
-        made it, so the file never claims a frame it does not hold.
+        compressor made from them (none in a file without images). Its statistics are
+        computed on the slot before it goes back (the whole frame and each region: no copy).
+        The per-frame metadata is copied out of the ring first, so a slot can go back to the
+        producer as soon as its frame is written. If a write fails (disk full), the datasets
+        are cut back to the frames that made it, so the file never claims a frame it does not
+        hold.
         """
         ring, start = self.ring, self.written
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
@@ -111,12 +117,14 @@ class RunFile:
         frames = (ring.slot(s) for s in slots)
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
-        self.data.id.set_extent((start + len(slots), *frame_shape))
+        if self.data is not None:
+            self.data.id.set_extent((start + len(slots), *frame_shape))
         done = start
         computed: list[np.ndarray] = []
         try:
             for chunk in chunks:
-                self.data.id.write_direct_chunk((done, 0, 0), chunk)
+                if self.data is not None:
+                    self.data.id.write_direct_chunk((done, 0, 0), chunk)
                 if self.regions is not None:
                     computed.append(stats.compute(ring.slot(slots[done - start]), self.regions))
                 done += 1
@@ -125,7 +133,7 @@ class RunFile:
                 self.behind.advance(self.file.id.get_filesize())
         finally:
             chunks.close()  # a failed write: start no more compressions
-            if done < start + len(slots):
+            if done < start + len(slots) and self.data is not None:
                 self.data.id.set_extent((done, *frame_shape))
             if done > start:
                 for ds, frame_values in zip(self.meta, values, strict=True):
@@ -171,7 +179,8 @@ class RunFile:
         """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
         if 0 <= keep < self.written:
             for ds in (self.data, *self.meta):
-                ds.resize(keep, axis=0)
+                if ds is not None:
+                    ds.resize(keep, axis=0)
             del self.unreported[max(0, keep - self.stats_from) :]
             if keep < self.stats_stored:
                 for ds in self.stats:
@@ -321,7 +330,7 @@ class WriterLoop:
             self.ring = FrameRing.attach(config.ring)
         compressor = None
         codec = config.options.compression
-        if codec is not None:
+        if codec is not None and config.images:
             key = (codec, config.ring.dtype)
             if key not in self.compressors:
                 self.compressors[key] = ChunkCompressor(codec, config.ring.dtype)

@@ -1,0 +1,103 @@
+"""A camera's live view and focus mode, as the camera drives them.
+
+Focus mode runs while the view is on and no run is staged: staging a run pauses it (the
+view then shows the run's frames), unstaging resumes it. A setting changed in focus mode
+takes effect at once: focus mode stops, the camera takes the setting, focus mode starts
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ophyd_scmos.drivers.base import CameraDriver
+from ophyd_scmos.live.view import LiveView
+from ophyd_scmos.pipeline.focus import FocusLoop
+from ophyd_scmos.pipeline.ring import FrameRing
+
+__all__ = ["LiveControl"]
+
+
+class LiveControl:
+    """The live view of the camera `name` (none until `start`), and its focus mode.
+    `ring_for_focus` gives a ring fitting the camera's frames as they are now."""
+
+    def __init__(
+        self, name: str, driver: CameraDriver, ring_for_focus: Callable[[], FrameRing]
+    ) -> None:
+        self.name, self.driver, self._ring_for_focus = name, driver, ring_for_focus
+        self.view: LiveView | None = None
+        self.focus: FocusLoop | None = None
+        self.recording = False
+        self._state: dict[str, Any] = {}
+
+    def start(self, host: str, port: int) -> str:
+        """Start the view (if not running) and, unless a run is staged, focus mode."""
+        if self.view is None or not self.view.alive:
+            if self.view is not None:
+                self.view.close()
+            self.view = LiveView(self.name, host, port)
+            self.view.publish(**self._state)
+        if not self.recording:
+            self._start_focus()
+        return self.view.url
+
+    def stop(self) -> None:
+        """Stop focus mode and the view. Safe twice."""
+        view, self.view = self.view, None
+        try:
+            self._stop_focus()
+        finally:
+            if view is not None:
+                view.close()
+
+    def announce(self, **state: Any) -> None:
+        """What the camera is and does now, for the view (kept for a view started later)."""
+        self._state.update(state)
+        if self.view is not None:
+            self.view.publish(**state)
+
+    @contextlib.contextmanager
+    def settings_change(self) -> Iterator[None]:
+        """Around a change of the camera's settings: focus mode stops for it and starts again
+        with the new settings."""
+        focusing = self.focus is not None
+        self._stop_focus()
+        try:
+            yield
+        finally:
+            if focusing:
+                self._start_focus()
+
+    def run_staging(self) -> None:
+        """A run is being staged: focus mode stops, the camera is the run's."""
+        self.recording = True
+        self._stop_focus()
+
+    def run_started(self, ring: FrameRing, file: str) -> None:
+        self.announce(mode="recording", ring=ring.spec.to_json(), file=file)
+
+    def run_ended(self) -> None:
+        """The run's file is closed (or its staging failed): focus mode again if the view is
+        on."""
+        self.recording = False
+        self.announce(mode="idle", file=None)
+        if self.view is not None:
+            self._start_focus()
+
+    def _start_focus(self) -> None:
+        if self.focus is not None:
+            return
+        ring = self._ring_for_focus()
+        focus = FocusLoop(self.driver, ring)
+        focus.start()
+        self.focus = focus
+        self.announce(mode="focus", ring=ring.spec.to_json(), file=None)
+
+    def _stop_focus(self) -> None:
+        focus, self.focus = self.focus, None
+        if focus is not None:
+            focus.stop()
+            self.announce(mode="idle")

@@ -1,0 +1,102 @@
+"""Several cameras in one plan: one run, one file and one writer process per camera, every
+frame of each, replayed from the catalog; a movie's frames carry one clock for all cameras."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count, scan
+from bluesky_tiled_plugins import TiledWriter
+from ophyd.sim import motor
+
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.pipeline import layout
+from ophyd_scmos.plans import movie
+from tests.conftest import expected_frames
+
+
+@pytest.fixture
+def cameras(tmp_path: Path) -> Iterator[tuple[SCMOSCamera, SCMOSCamera]]:
+    """Two cameras of different frame shapes and seeds, writing into one directory."""
+    made = []
+    for name, shape, seed in (("left", (48, 64), 1), ("right", (40, 56), 2)):
+        cam = SCMOSCamera(
+            name=name,
+            driver=SimulatedSCMOS(shape=shape, seed=seed),
+            write_dir=tmp_path / "data",
+            ring_mb=4,
+        )
+        cam.exposure_time.set(0.001)
+        made.append(cam)
+    yield made[0], made[1]
+    for cam in made:
+        cam.destroy()
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[object]:
+    catalog = open_catalog(tmp_path / "catalog", in_process=True)
+    yield catalog
+    catalog.context.close()
+
+
+def _replays_every_frame(run, cameras, n: int) -> None:
+    for cam in cameras:
+        frames = run["primary"][f"{cam.name}_image"].read()
+        expected = expected_frames(cam.driver, n)
+        np.testing.assert_array_equal(frames.reshape(expected.shape), expected)
+        with h5py.File(cam.file_path.get(), "r") as f:
+            assert f[layout.DATA].shape[0] == n
+    files = {cam.file_path.get() for cam in cameras}
+    assert len(files) == len(cameras), "one file per camera"
+
+
+def test_count_and_scan_of_two_cameras(cameras, catalog):
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(catalog))
+    (uid,) = RE(count(list(cameras), num=5))
+    _replays_every_frame(catalog[uid], cameras, 5)
+    (uid,) = RE(scan(list(cameras), motor, -1, 1, 7))
+    run = catalog[uid]
+    _replays_every_frame(run, cameras, 7)
+    totals = run["primary"]["left_stats_total"].read()
+    assert totals.shape == (7,) and np.all(totals > 0)
+    writers = {cam._writer.pid for cam in cameras}
+    assert len(writers) == 2, "one writer process per camera"
+
+
+def test_a_movie_of_two_cameras_records_every_frame_of_each_with_one_clock(cameras, catalog):
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(catalog))
+    for cam in cameras:
+        cam.acquire_period.set(0.004)
+    (uid,) = RE(movie(*cameras, frames=120))
+    run = catalog[uid]
+    assert run.metadata["start"]["detectors"] == ["left", "right"]
+    _replays_every_frame(run, cameras, 120)
+    data = run["primary"].read()
+    for cam in cameras:
+        assert data[f"{cam.name}_frame_number"].values.tolist() == list(range(120))
+        host = data[f"{cam.name}_host_time"].values
+        assert np.all(np.diff(host) > 0)
+        assert run.metadata["start"]["time"] <= host[0] <= host[-1] <= run.metadata["stop"]["time"]
+    # Both cameras ran at once: their clocks, on the computer's, overlap.
+    left, right = data["left_host_time"].values, data["right_host_time"].values
+    assert max(left[0], right[0]) < min(left[-1], right[-1])
+    assert all(cam.trigger_mode.get() == "software" for cam in cameras)  # given back
+
+
+def test_a_movie_refuses_two_cameras_of_one_name(tmp_path):
+    a = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(8, 8)), write_dir=tmp_path)
+    b = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(8, 8)), write_dir=tmp_path)
+    try:
+        with pytest.raises(ValueError, match="distinct names"):
+            list(movie(a, b, frames=3))
+    finally:
+        a.destroy()
+        b.destroy()
