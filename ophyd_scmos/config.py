@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -398,6 +399,7 @@ class CameraSettingsTable(_Table):
     exposure_time: Exposure | None = None
     acquire_period: Period | None = None
     frames_per_point: Count | None = None
+    save_images: StrictBool | None = None
 
 
 SETTINGS = tuple(CameraSettingsTable.model_fields)

@@ -23,8 +23,10 @@ def catalog_servers_stop_soon_after_the_tests() -> Iterator[None]:
 
 
 @pytest.fixture
-def driver() -> SimulatedSCMOS:
-    return SimulatedSCMOS(shape=SENSOR, seed=7)
+def driver(request: pytest.FixtureRequest) -> SimulatedSCMOS:
+    """The simulated camera of `cam`; a test parametrizes it indirectly for other options
+    (e.g. a camera buffer deep enough that a loaded machine makes it wait, not miss frames)."""
+    return SimulatedSCMOS(shape=SENSOR, seed=7, **getattr(request, "param", {}))
 
 
 @pytest.fixture
