@@ -19,12 +19,13 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
         "--sustain-seconds", "1", "--sustain-rate", "20", "--memory-frames", "20", "40",
         "--sustain-probe-gb", "0.05", "--count", "3", "--dir", str(tmp_path), "--json", str(out),
         "--capped-gb", "0.2", "--disk-cap-mb-s", "200", "--pace", "1", "--pace-events", "20",
-        "--live", "1", "--live-frames", "300",
+        "--live", "1", "--live-frames", "300", "--stats", "1", "--stats-frames", "50",
     ]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
     for heading in ("2048x2048 uint16", "3200x3200 uint8", "compression engines", "sustained",
-                    "memory", "RE(count", "capped at 200 MB/s", "pace:", "live view:"):  # fmt: skip
+                    "memory", "RE(count", "capped at 200 MB/s", "pace:", "live view:",
+                    "statistics:"):  # fmt: skip
         assert heading in table
     results = json.loads(out.read_text())
     variants = {t["variant"] for t in results["bursts"][0]["timings"]}
@@ -45,6 +46,7 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
     capped = results["capped"]["timings"]
     assert {t["variant"] for t in capped} == {"ours, uncompressed"} | {f"ours, {c}" for c in CODECS}
     assert all(t["ratio"] > 1.5 for t in capped if t["variant"] != "ours, uncompressed")
+    assert results["statistics"]["count 256x256"]["per_s"]["on"] > 0
     live = results["live"]["512x512"]
     assert live["movie_frames_s"]["open"] > 0 and live["page"]["updates_s"] > 0
     pace = results["pace"]

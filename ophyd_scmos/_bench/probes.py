@@ -357,3 +357,54 @@ def live_view(rounds: int, frames: int, scratch: Path) -> dict[str, Any]:
             "page": {key: float(np.median([p[key] for p in pages])) for key in pages[0]},
         }
     return results
+
+
+# -- statistics: what every frame's statistics cost --------------------------------------------
+def statistics_cost(rounds: int, frames: int, events: int, scratch: Path) -> dict[str, Any]:
+    """Movie frames/s at 512x512 and 2048x2048, and step-scan (`count`, 256x256) events/s,
+    with the statistics on (whole frame and one region) and off, rounds alternating."""
+    from bluesky import RunEngine
+    from bluesky.plans import count
+
+    from ophyd_scmos import SCMOSCamera
+    from ophyd_scmos.plans import movie
+
+    RE = RunEngine({})
+    results: dict[str, Any] = {"rounds": rounds, "frames": frames, "events": events}
+    cases = [("movie 512x512", 512), ("movie 2048x2048", 2048), ("count 256x256", 256)]
+    for label, side in cases:
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        cams = {}
+        for stats_on in ("on", "off"):
+            camera = SimulatedSCMOS(shape=(side, side), seed=3, camera_buffer_frames=100_000)
+            cam = SCMOSCamera(
+                name="cam",
+                driver=camera,
+                write_dir=scratch / "stats",
+                statistics=stats_on == "on",
+                rois={"spot": (side // 4, side // 4, side // 2, side // 2)},
+            )
+            cam.exposure_time.set(1e-5 if label.startswith("count") else EXPOSURE)
+            cams[stats_on] = cam
+        try:
+            for cam in cams.values():
+                RE(count([cam], num=1))  # the writers start here, once
+            for _ in range(rounds):
+                for stats_on, cam in cams.items():
+                    t0 = time.perf_counter()
+                    if label.startswith("count"):
+                        RE(count([cam], num=events))
+                        rates[stats_on].append(events / (time.perf_counter() - t0))
+                    else:
+                        RE(movie(cam, frames=frames))
+                        rates[stats_on].append(frames / (time.perf_counter() - t0))
+                    shutil.rmtree(scratch / "stats", ignore_errors=True)
+        finally:
+            for cam in cams.values():
+                cam.destroy()
+            shutil.rmtree(scratch / "stats", ignore_errors=True)
+        results[label] = {
+            "per_s": {k: float(np.median(v)) for k, v in rates.items()},
+            "on_vs_off": float(np.median(np.divide(rates["on"], rates["off"]))),
+        }
+    return results

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                 out["pace"] = _pace(args.pace, args.pace_events, scratch, say)
             if args.live:
                 out["live"] = _live(args.live, args.live_frames, scratch, say)
+            if args.stats:
+                out["statistics"] = _statistics(args, scratch, say)
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -234,6 +236,22 @@ def _live(rounds: int, frames: int, scratch: Path, say: _Printer) -> dict[str, A
             f"{rates['open']:6.1f} frames/s   open/closed {r['open_vs_closed']:5.2f}   page "
             f"{page['updates_s']:5.1f} updates/s, frame to page {page['latency_ms_median']:4.0f} "
             f"ms (95%: {page['latency_ms_p95']:4.0f} ms)"
+        )
+    return results
+
+
+def _statistics(args: argparse.Namespace, scratch: Path, say: _Printer) -> dict[str, Any]:
+    say.header(
+        f"statistics: every frame's (whole frame and one region) on vs off, medians of "
+        f"{args.stats} rounds"
+    )
+    results = probes.statistics_cost(args.stats, args.stats_frames, args.pace_events, scratch)
+    for label in ("movie 512x512", "movie 2048x2048", "count 256x256"):
+        r = results[label]
+        unit = "events/s" if label.startswith("count") else "frames/s"
+        say(
+            f"  {label:16s} on {r['per_s']['on']:7.1f} {unit}   off {r['per_s']['off']:7.1f} "
+            f"{unit}   on/off {r['on_vs_off']:5.2f}"
         )
     return results
 

@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--live", type=int, default=3, help="rounds of the live-view section (0: skip)")
     p.add_argument("--live-frames", type=int, default=1000, help="frames of each live movie")
     p.add_argument(
+        "--stats", type=int, default=3, help="rounds of the statistics on/off section (0: skip)"
+    )
+    p.add_argument("--stats-frames", type=int, default=1000, help="frames of each statistics movie")
+    p.add_argument(
         "--dir",
         type=Path,
         default=None,
