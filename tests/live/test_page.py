@@ -284,7 +284,6 @@ def test_the_page_shows_a_recording_its_frames_file_and_counters(
     assert text(browser, "written") == "—"
 
 
-@pytest.mark.parametrize("camera", [(2048, 2048)], indirect=True)
 def test_focus_camera_fixture_frames_are_the_simulated_ones(tmp_path):
     """The stand-in camera these tests watch delivers `SimulatedSCMOS.expected_frame`."""
     from ophyd_scmos.live.feed import LiveFeed
