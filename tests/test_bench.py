@@ -19,7 +19,7 @@ def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys)
         "--sustain-seconds", "1", "--sustain-rate", "20", "--memory-frames", "20", "40",
         "--sustain-probe-gb", "0.05", "--count", "3", "--dir", str(tmp_path), "--json", str(out),
         "--capped-gb", "0.2", "--disk-cap-mb-s", "200", "--pace", "1", "--pace-events", "20",
-        "--live", "1", "--live-frames", "300", "--stats", "1", "--stats-frames", "50",
+        "--live", "1", "--live-frames", "150", "--stats", "1", "--stats-frames", "30",
     ]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out

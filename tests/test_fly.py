@@ -37,9 +37,9 @@ def only_uid(recorder) -> str:
 
 
 def test_movie_records_every_frame_in_order_and_replays_from_tiled(tmp_path, RE, recorder, tiled):
-    # 1000 frames/s with on-camera memory for a second of them (as PCO or Hamamatsu cameras
-    # have): a loaded CI machine may stall the reader for a moment without losing frames.
-    driver = SimulatedSCMOS(shape=(256, 320), seed=7, camera_buffer_frames=1000)
+    # 1000 frames/s with on-camera memory for the whole movie (PCO and Hamamatsu cameras hold
+    # gigabytes): a loaded CI machine may stall the reader for seconds without losing frames.
+    driver = SimulatedSCMOS(shape=(256, 320), seed=7, camera_buffer_frames=5000)
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=16)
     cam.roi.set((32, 16, 96, 64))
     cam.exposure_time.set(0.001)
