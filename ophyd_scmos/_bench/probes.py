@@ -252,12 +252,13 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
 
 
 def _open_catalog_seconds(directory: Path, rounds: int) -> float:
-    """Median seconds of `open_catalog()` on an existing embedded catalog, after imports, in
-    a new process each time (what `ophyd-scmos runs` or a new session pays)."""
+    """Median seconds of `open_catalog()` on an existing embedded catalog, after imports
+    (Tiled's client and bluesky-tiled-plugins' client classes: ~2 s here), in a new process
+    each time (what `ophyd-scmos runs` or a new session pays)."""
     script = (
         "import sys, time\n"
         "from ophyd_scmos import open_catalog\n"
-        "import ophyd_scmos.catalog.embedded\n"
+        "import ophyd_scmos.catalog.embedded, tiled.client, bluesky_tiled_plugins\n"
         "t = time.perf_counter(); open_catalog(sys.argv[1]); print(time.perf_counter() - t)\n"
     )
     times = []

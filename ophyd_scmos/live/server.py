@@ -44,6 +44,9 @@ __all__ = ["FrameSource", "bin_frame", "binning_for", "create_app", "encode_fram
 
 LONG_POLL = 1.0  #: seconds a frame request waits for a frame newer than the page's
 POLL_INTERVAL = 0.002  #: seconds between looks at the ring while it waits
+#: frames a second the server copies out of the ring at most: more than a person follows,
+#: and each copy of a full frame takes memory bandwidth the camera's pipeline shares
+MAX_UPDATES = 20.0
 ALIVE_CHECK = 1.0  #: seconds between checks that the camera's process is still there
 TOKEN_HEADER = "x-live-token"
 MAX_SIDE = 8192  #: the largest size, each way, a page may ask for
@@ -93,6 +96,7 @@ class FrameSource:
     def __init__(self, feed: LiveFeed) -> None:
         self.feed = feed
         self._lock = threading.Lock()
+        self._last_copy = 0.0  #: time.monotonic() of the last frame copied
 
     def state(self) -> dict[str, Any]:
         """The camera's announcement with its counters, and whether it is still there."""
@@ -112,10 +116,13 @@ class FrameSource:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                frame = self.feed.frame(after, ring)
+                wait = self._last_copy + 1 / MAX_UPDATES - time.monotonic()
+                frame = self.feed.frame(after, ring) if wait <= 0 else None
+                if frame is not None:
+                    self._last_copy = time.monotonic()
             if frame is not None or time.monotonic() >= deadline:
                 return frame
-            time.sleep(POLL_INTERVAL)
+            time.sleep(min(max(wait, POLL_INTERVAL), max(0.0, deadline - time.monotonic())))
 
     def binned_frame(
         self, after: int, ring: str | None, width: int, height: int, timeout: float
