@@ -69,16 +69,12 @@ class FocusLoop:
         ring, slots, landed = self.ring, (0, self.ring.preview), 0
         while not self._stop.is_set():
             target = slots[landed % 2]
-            ring.landing(target)
             try:
-                info = self.driver.read_into(ring.slot(target), 0.2)
+                ring.land(target, lambda out: self.driver.read_into(out, 0.2))
             except TimeoutError:
-                ring.landing(target)  # nothing landed: even again
                 continue
             except CameraError as exc:
-                ring.landing(target)
                 if not self._stop.is_set():
                     self.error = exc
                 return
-            ring.landed(target, info.frame_number, info.camera_timestamp)
             landed += 1

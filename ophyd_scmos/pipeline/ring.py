@@ -22,9 +22,11 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,6 +179,18 @@ class FrameRing:
         self.header[Header.RELEASED] = count
 
     # -- the live view's way in -----------------------------------------------------------
+    def land(self, slot: int, read: Callable[[np.ndarray], Any]) -> Any:
+        """`read(slot's array)` (a camera's `read_into`), marked landing meanwhile, and
+        `landed` once it returns; what it raised leaves the slot as it was marked before."""
+        self.landing(slot)
+        try:
+            info = read(self._slots[slot])
+        except BaseException:
+            self.landing(slot)  # nothing landed: even again
+            raise
+        self.landed(slot, info.frame_number, info.camera_timestamp)
+        return info
+
     def landing(self, slot: int) -> None:
         """A frame starts to land in `slot` (producer): a reader copying it now discards it."""
         self._generation[slot] += 1

@@ -434,13 +434,10 @@ class FrameStream:
                 target = slot if room else ring.preview
                 if target == unrecorded and room and ring.watched and not self._recording():
                     target = ring.preview
-                ring.landing(target)
                 try:
-                    info = self.driver.read_into(ring.slot(target), 0.1)
+                    info = ring.land(target, lambda out: self.driver.read_into(out, 0.1))
                 except TimeoutError:
-                    ring.landing(target)  # nothing landed: even again
                     continue
-                ring.landed(target, info.frame_number, info.camera_timestamp)
                 # Decide once the frame is here: a gate opened while we waited counts.
                 if not self._recording():
                     unrecorded = target
