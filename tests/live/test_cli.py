@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +31,10 @@ rois = {{ centre = [40, 32, 80, 64] }}
 """
 
 
-def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_path):
-    config = tmp_path / "lab.toml"
-    config.write_text(EYE.format(data=tmp_path / "data"))
-    command = [*LIVE, "live", "--config", str(config), "--camera", "eye"]
-    process = subprocess.Popen(
-        command,
+def start_live(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """`ophyd-scmos live ARGS` as a user in `tmp_path` runs it."""
+    return subprocess.Popen(
+        [*LIVE, "live", *args],
         env=user_env(tmp_path),
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
@@ -43,6 +42,12 @@ def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_p
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_path):
+    config = tmp_path / "lab.toml"
+    config.write_text(EYE.format(data=tmp_path / "data"))
+    process = start_live(tmp_path, "--config", str(config), "--camera", "eye")
     try:
         assert process.stdout is not None
         ready = select.select([process.stdout], [], [], 120)[0]
@@ -84,15 +89,7 @@ def test_live_with_an_unknown_camera_is_one_line_and_exit_2(tmp_path, capsys):
 def test_sigterm_ends_live_as_ctrl_c_does(tmp_path):
     config = tmp_path / "lab.toml"
     config.write_text(EYE.format(data=tmp_path / "data"))
-    process = subprocess.Popen(
-        [*LIVE, "live", "--config", str(config)],
-        env=user_env(tmp_path),
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_live(tmp_path, "--config", str(config))
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
