@@ -21,11 +21,17 @@ __all__ = ["CheckedHDF5Adapter"]
 
 
 class CheckedHDF5Adapter(HDF5Adapter):
-    """Tiled's `HDF5Adapter`, refusing a file that is missing or shorter than HDF5 recorded."""
+    """Tiled's `HDF5Adapter`, refusing a file that is missing, shorter than HDF5 recorded or
+    damaged; a file no writer holds is read without SWMR, which would retry a damaged part
+    for minutes."""
 
     @classmethod
     def from_catalog(cls, data_source: Any, node: Any, /, **parameters: Any) -> Any:
+        being_written = False
         for asset in data_source.assets:
             if asset.data_uri.startswith("file:"):
-                check_readable(path_from_uri(asset.data_uri))
+                superblock = check_readable(path_from_uri(asset.data_uri))
+                being_written = being_written or superblock.open_for_writing
+        if not being_written:
+            parameters["swmr"] = False
         return super().from_catalog(data_source, node, **parameters)

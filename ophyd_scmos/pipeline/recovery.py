@@ -77,20 +77,37 @@ def read_superblock(path: str | os.PathLike) -> Superblock:
     )
 
 
-def check_readable(path: str | os.PathLike) -> None:
+def check_readable(path: str | os.PathLike) -> Superblock:
     """Raise `UnreadableFile` (or `MissingFile`), saying what is wrong, unless `path` is an
-    HDF5 file at least as long as its superblock records.
+    HDF5 file at least as long as its superblock records, whose objects' metadata reads;
+    return its superblock.
 
-    A file open for writing is not measured: its writer may have recorded space it has not
+    A file open for writing is not checked: its writer may have recorded space it has not
     filled yet, which SWMR readers expect.
     """
     superblock = read_superblock(path)
+    if superblock.open_for_writing:
+        return superblock
     size = os.stat(path).st_size
-    if not superblock.open_for_writing and size < superblock.end_of_file:
+    if size < superblock.end_of_file:
         raise UnreadableFile(
             f"{path} is truncated: {size} bytes where HDF5 recorded {superblock.end_of_file} "
             "(cut short by an unfinished copy or a full disk?)"
         )
+    _check_metadata(path)
+    return superblock
+
+
+def _check_metadata(path: str | os.PathLike) -> None:
+    """Open every object of the file, without SWMR: a SWMR reader retries a damaged
+    object's checksum for minutes, a plain one fails at once."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            f.visititems(lambda name, obj: None)
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise UnreadableFile(f"{path} is damaged: {exc}") from None
 
 
 def _rot(x: int, k: int) -> int:
