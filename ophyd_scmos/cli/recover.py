@@ -6,7 +6,8 @@ recover. HDF5 marks a file open for writing in its superblock; after a crash the
 and readers refuse the file. Clearing it is what `h5clear -s` does (Debian's h5clear is too
 old for these files). With ``--catalog``, the run whose acquiring process died gets the
 image references and the stop document that process never wrote
-(`ophyd_scmos.catalog.recover`), so it replays the frames the file holds.
+(`ophyd_scmos.catalog.recover`), so it replays the frames the file holds. Frame rings left
+in /dev/shm by processes that are gone (killed with their process group) are removed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ def recover(args: argparse.Namespace) -> int:
 
     from ophyd_scmos.pipeline import layout
     from ophyd_scmos.pipeline.recovery import clear_open_flags
+    from ophyd_scmos.pipeline.ring import SHM_DIR, remove_orphan_rings
 
+    removed = remove_orphan_rings()
+    if removed:
+        rings = ", ".join(str(SHM_DIR / name) for name in removed)
+        print(f"removed the frame rings of processes that are gone: {rings}")
     files = list(args.files)
     if args.catalog and Path(args.catalog).is_file():
         # `--catalog FILE`: a catalog is a directory or a URL, so FILE is a file to recover.
