@@ -86,6 +86,12 @@ PROFILE_NAMES = frozenset(
 SECRET_NAMES = ("api_key", "key", "token", "password")
 
 
+def _is_secret(name: str) -> bool:
+    """`name` is one of SECRET_NAMES however it is spelt: apikey, API-Key, Token..."""
+    squeezed = name.lower().replace("-", "").replace("_", "")
+    return squeezed in {secret.replace("_", "") for secret in SECRET_NAMES}
+
+
 class ConfigError(ValueError):
     """A wrong lab configuration: names the file, the key, the value and what is allowed."""
 
@@ -278,7 +284,7 @@ class _Table(BaseModel):
             if name in allowed:
                 continue
             message = f"unknown key; allowed here: {', '.join(allowed)}"
-            if name in SECRET_NAMES and "api_key_env" in allowed:
+            if _is_secret(name) and "api_key_env" in allowed:
                 variable = data.get("api_key_env", cls.model_fields["api_key_env"].default)
                 message += (
                     "; secrets are never read from this file: remove it and put the key in the "
