@@ -1,0 +1,197 @@
+"""Faults found by trying the project as a hostile tester would, beyond the other fault tests:
+a ring the free-space check misses, runs whose writer was killed read from the catalog, a
+file with damaged metadata, rings of dead processes removed by recover, a secret however
+it is spelt in the lab configuration, the package's license."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from bluesky.plans import count
+from bluesky_tiled_plugins import TiledWriter
+
+from ophyd_scmos import open_catalog
+from ophyd_scmos.catalog import UnreadableFile
+from ophyd_scmos.cli import main
+from ophyd_scmos.config import ConfigError, load_config
+from ophyd_scmos.pipeline import layout
+from ophyd_scmos.plans import movie
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+
+UNCHECKED_RING = """
+import sys
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.pipeline import ring
+ring._check_room = lambda size: None  # as if /dev/shm filled up after the check
+cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 256)), write_dir=sys.argv[1],
+                  ring_mb=64)
+try:
+    cam.stage()
+except MemoryError as exc:
+    print("refused:", exc)
+print("alive")
+"""
+
+
+def test_a_ring_the_room_check_misses_is_refused_when_its_pages_are_reserved(tmp_path):
+    """Free space can go between the check and the ring: reserving the segment's pages
+    (posix_fallocate) refuses the ring there, where touching them would be a SIGBUS."""
+    script = f'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {sys.executable} -c "$0" "$1"'
+    unshare = ["unshare", "-m", "--propagation", "private"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here ({probe.stderr.strip()})")
+    run = subprocess.run(
+        [*unshare, "sh", "-c", script, UNCHECKED_RING, tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    assert "refused: cannot make a 64 MiB frame ring in shared memory" in run.stdout
+    assert "No space left on device" in run.stdout and "alive" in run.stdout
+
+
+def _kill_writer(cam) -> None:
+    os.kill(cam._run.stream.writer.pid, signal.SIGKILL)
+
+
+def test_a_count_whose_writer_was_killed_replays_its_events_from_the_catalog(
+    cam, driver, tmp_path, RE, recorder
+):
+    """The catalog once refused the whole run (its events claimed frames the file lacked:
+    "Can not reshape (125, ...) to (130, ...)"), even frame 0."""
+    catalog_dir = tmp_path / "catalog"
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+
+    def kill_at_event_40(name: str, doc: dict) -> None:
+        if name == "event" and doc["seq_num"] == 40:
+            _kill_writer(cam)
+
+    RE.subscribe(kill_at_event_40)
+    with pytest.raises(Exception, match="FrameStatus"):
+        RE(count([cam], num=100_000))
+    events = len(recorder.of("event"))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = f[layout.DATA].shape[0]
+    assert 40 <= events <= saved
+
+    run = open_catalog(catalog_dir)[recorder.of("start")[0]["uid"]]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    images = run["primary"]["cam_image"].read()
+    assert images.shape == (events, 1, 64, 96)
+    expected = np.stack([driver.expected_frame(k) for k in range(events)])
+    np.testing.assert_array_equal(images[:, 0], expected)
+
+
+def test_a_movie_whose_writer_was_killed_claims_and_replays_only_frames_the_file_holds(
+    cam, tmp_path, RE, recorder
+):
+    """A StreamDatum page once claimed frames handed to HDF5 but not flushed (150 claimed,
+    137 in the file): it may only claim flushed frames, which survive the writer."""
+    catalog_dir = tmp_path / "catalog"
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    image_resources: set[str] = set()
+    pages: list[dict] = []
+
+    def kill_at_the_third_page(name: str, doc: dict) -> None:
+        if name == "stream_resource" and doc["data_key"] == "cam_image":
+            image_resources.add(doc["uid"])
+        elif name == "stream_datum" and doc["stream_resource"] in image_resources:
+            pages.append(doc)
+            if len(pages) == 3:
+                _kill_writer(cam)
+
+    RE.subscribe(kill_at_the_third_page)
+    with pytest.raises(Exception, match="FrameStatus"):
+        RE(movie(cam, frames=10_000_000, page_every=0.05))
+    claimed = max(page["indices"]["stop"] for page in pages)
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = f[layout.DATA].shape[0]
+        in_file = f[layout.DATA][:claimed]
+    assert 0 < claimed <= saved
+
+    run = open_catalog(catalog_dir)[recorder.of("start")[0]["uid"]]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    images = run["primary"]["cam_image"].read()
+    assert images.shape == (claimed, 64, 96)
+    np.testing.assert_array_equal(images, in_file)
+
+
+def test_a_file_with_damaged_metadata_fails_at_once_naming_it(cam, tmp_path, RE, recorder, capsys):
+    """SWMR readers (Tiled's) retry a damaged object's checksum for minutes; plain h5py
+    refuses such a file at once, and so does the catalog, naming it."""
+    catalog_dir = tmp_path / "catalog"
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    RE(count([cam], num=10))
+    uid = recorder.of("start")[0]["uid"]
+    path = Path(cam.file_path.get())
+    damaged = bytearray(path.read_bytes())
+    damaged[100:4000] = bytes(3900)  # object headers after the superblock
+    path.write_bytes(bytes(damaged))
+    with h5py.File(path, "r") as f, pytest.raises(RuntimeError, match="metadata checksum"):
+        f.visititems(lambda name, obj: None)  # plain h5py refuses it at once
+
+    images = open_catalog(catalog_dir)[uid]["primary"]["cam_image"]
+    started = time.monotonic()
+    with pytest.raises(UnreadableFile, match=f"{path} is damaged"):
+        images.read()
+    assert time.monotonic() - started < 5  # not a minute of SWMR retries
+    capsys.readouterr()
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path} is damaged" in err and "Traceback" not in err
+
+
+def test_recover_removes_the_rings_of_processes_that_are_gone(cam, RE, capsys):
+    """A process group killed at once leaves its ring in /dev/shm (no resource tracker
+    left to remove it); recover, run after such a crash, removes it."""
+    RE(count([cam], num=2))
+    path = cam.file_path.get()
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    orphan = Path(f"/dev/shm/scmos_{pid_max + 1}_0badc0de")  # a pid no process can have
+    orphan.write_bytes(bytes(4096))
+    try:
+        assert main(["recover", path]) == 0
+        assert not orphan.exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+    out = capsys.readouterr().out
+    assert f"removed the frame rings of processes that are gone: {orphan}" in out
+    assert f"{path}: was not marked open; 2 frames" in out
+
+
+@pytest.mark.parametrize("name", ["apikey", "API_KEY", "Api-Key", "token", "password"])
+def test_a_secret_in_the_file_however_spelt_is_sent_to_the_environment(tmp_path, name):
+    """'did you mean api_key_env?' once told a user with `apikey = "..."` to put the key
+    in the setting that names the variable holding it."""
+    path = tmp_path / "lab.toml"
+    path.write_text(f'[catalog]\n{name} = "s3cr3t-abc"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert f"catalog.{name}: unknown key" in message
+    assert "did you mean" not in message
+    assert "put the key in the environment variable $TILED_API_KEY" in message
+    assert "s3cr3t" not in message
+
+
+def test_the_license_is_an_spdx_expression():
+    """setuptools warns at every install that a license table is deprecated."""
+    with (REPO / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    assert project["license"] == "BSD-3-Clause"
