@@ -5,6 +5,7 @@ it is spelt in the lab configuration, the package's license."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def _kill_writer(cam) -> None:
 
 
 def test_a_count_whose_writer_was_killed_replays_its_events_from_the_catalog(
-    cam, driver, tmp_path, RE, recorder
+    cam, driver, tmp_path, RE, recorder, capsys
 ):
     """The catalog once refused the whole run (its events claimed frames the file lacked:
     "Can not reshape (125, ...) to (130, ...)"), even frame 0."""
@@ -96,6 +97,10 @@ def test_a_count_whose_writer_was_killed_replays_its_events_from_the_catalog(
     assert images.shape == (events, 1, 64, 96)
     expected = np.stack([driver.expected_frame(k) for k in range(events)])
     np.testing.assert_array_equal(images[:, 0], expected)
+    capsys.readouterr()
+    assert main(["runs", "--catalog", str(catalog_dir), "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)  # once "131 frames" for 125 in the file
+    assert (listed["exit_status"], listed["frames"]) == ("fail", events)
 
 
 def test_a_movie_whose_writer_was_killed_claims_and_replays_only_frames_the_file_holds(
