@@ -329,7 +329,8 @@ def test_show_reports_no_gap_where_a_paused_plan_retook_a_point(
 def test_sync_names_a_movie_file_once(
     catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A movie's file holds three of its streams (frames, frame numbers, times)."""
+    """A movie's file holds three of its streams (frames, frame numbers, times): a sync names
+    it once, and copies it once. Two movies into one target (a target is a server to start)."""
     from ophyd_scmos.plans import movie
 
     cam = SCMOSCamera(
@@ -341,14 +342,17 @@ def test_sync_names_a_movie_file_once(
     RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
     (uid,) = RE(movie(cam, frames=50))
     path = cam.file_path.get()
-    sync = ["sync", "--from", str(catalog_dir), uid]
-    assert main([*sync, "--to", str(tmp_path / "target")]) == 0
+    (copied_uid,) = RE(movie(cam, frames=50))
+    copied_path = Path(cam.file_path.get())
+    cam.destroy()
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(tmp_path / "target")]
+    assert main([*sync, uid]) == 0
     out = capsys.readouterr().out
     assert out.startswith("copied") and out.count(path) == 1
     copies = tmp_path / "copies"
-    assert main([*sync, "--to", str(tmp_path / "other"), "--copy-data", str(copies), "--json"]) == 0
+    assert main([*sync, copied_uid, "--copy-data", str(copies), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
-    assert result["files"] == [str(copies / Path(path).name)] and result["error"] is None
+    assert result["files"] == [str(copies / copied_path.name)] and result["error"] is None
 
 
 # ---------------------------------------------------------------------------------------------
