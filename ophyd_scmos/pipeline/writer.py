@@ -31,7 +31,7 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
-from ophyd_scmos.pipeline.writeback import WriteBehind, no_room, room
+from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
 
 
 class RunFile:
@@ -88,6 +88,7 @@ class RunFile:
         self.last_stats_store = time.monotonic()
         self.compressor = compressor
         limit = options.write_limit_mb_s
+        self.room = Room(self.path)
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
@@ -215,7 +216,7 @@ class RunFile:
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
-        space, reason = room(self.path, self.file.id.get_filesize())
+        space, reason = self.room(self.file.id.get_filesize())
         fit = min(len(slots), space // self.frame_bytes)
         self.write_frames(slots[:fit])
         if fit < len(slots):
@@ -272,12 +273,11 @@ class WriterLoop:
             if file is None:
                 continue
             # Flush when the interval is up, and as soon as someone waits for these frames:
-            # only flushed frames survive a killed writer, so only they complete a wait.
+            # only flushed frames survive a killed writer, so only they complete a wait and
+            # only a flush is reported (a line between flushes would tell nothing new).
             due = file.flush_targets and file.written >= file.flush_targets[0]
             if due or time.monotonic() - file.last_flush >= file.flush_interval:
                 file.flush()
-            else:
-                file.report(State.PROGRESS)
 
     def serve(self, data: bytes) -> bytes:
         """Carry out the whole commands in `data`, in order, runs of frames at once; return
