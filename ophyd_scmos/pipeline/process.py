@@ -106,6 +106,11 @@ class WriterProcess:
     def send(self, op: Op, arg: int) -> None:
         self._send(encode(op, arg))
 
+    def send_frame(self, slot: int, flush: int = 0) -> None:
+        """A frame's slot, and with it a flush (of the file's first `flush` frames) where one
+        is asked for: one write, so the writer wakes once for both."""
+        self._send(encode(Op.FRAME, slot) + (encode(Op.FLUSH, flush) if flush else b""))
+
     def _send(self, data: bytes) -> None:
         self.bytes_sent += os.write(self._stdin, data)
 

@@ -101,6 +101,7 @@ class FrameStream:
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
+        self._flush_with_gate = 0  #: a flush a waiter asked for, to send with the gate's last frame
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self.regions = regions
         self.images = images
@@ -356,7 +357,12 @@ class FrameStream:
         with self._lock:
             if self.error is None and self._settled < count:
                 self._waiters.append((count, callback))
-                self._ask_flush(count - self.frames_dropped - self.frames_missed)
+                target = count - self.frames_dropped - self.frames_missed
+                if self._gate is not None and self.frames_acquired < self._gate:
+                    # Sent with the gate's last frame: one write, one wake-up of the writer.
+                    self._flush_with_gate = max(target, self._flush_with_gate)
+                else:
+                    self._ask_flush(target)
                 return
             error = self.error
         callback(error if self._settled < count else None)
@@ -456,9 +462,13 @@ class FrameStream:
                     ring.landed(slot, info.frame_number, info.camera_timestamp)
                 unrecorded = -1
                 self._info.append((info.frame_number, info.camera_timestamp))
-                self.frames_acquired += 1
+                with self._lock:
+                    self.frames_acquired += 1
+                    flush = 0
+                    if self._flush_with_gate and not self._recording():
+                        flush, self._flush_with_gate = self._flush_with_gate, 0
                 header[Header.ACQUIRED] = self.frames_acquired
-                writer.send(Op.FRAME, slot)
+                writer.send_frame(slot, flush)
         except CameraError as exc:
             if not self._stop.is_set():
                 self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))
