@@ -702,9 +702,11 @@ class SCMOSCamera(Device):
             self.frame_time.put(timestamp)
             status.set_finished()
 
+        # Waiting first asks the writer to flush these frames before they exist, so the
+        # request is there when they arrive and the writer flushes them at once.
+        stream.wait_for((point + 1) * k, done)
         if self._mode is TriggerMode.SOFTWARE:
             self.driver.software_trigger(k)
-        stream.wait_for((point + 1) * k, done)
         return status
 
     def pause(self) -> None:

@@ -68,6 +68,32 @@ def test_binning_and_12_bit_statistics_match_the_stored_frames(cam, RE, recorder
             assert event["data"][f"cam_spot_{stat}"] == pytest.approx(expected[stat], rel=1e-9)
 
 
+def test_a_step_scans_stored_statistics_are_its_frames_also_after_a_point_is_retaken(cam):
+    """A step scan's statistics are computed beside the writer and sent to the file: the
+    rows there are the stored frames', and a point cut on resume takes its rows with it."""
+    cam.rois["spot"] = (20, 10, 9, 7)
+    cam.stage()
+    cam.trigger().wait(10)
+    list(cam.collect_asset_docs())  # point 0 recorded in an event
+    cam.trigger().wait(10)  # point 1: the pause comes before its event
+    cam.pause()
+    cam.resume()  # the plan rewinds and takes point 1 again
+    cam.trigger().wait(10)
+    reading = cam.read()
+    list(cam.collect_asset_docs())  # point 1 recorded
+    cam.unstage()
+    frames = stored_frames(cam)
+    assert len(frames) == 2
+    with h5py.File(cam.file_path.get(), "r") as f:
+        for region, box in ((stats.FRAME, (0, 0, 96, 64)), ("spot", (20, 10, 9, 7))):
+            for stat in stats.STATS:
+                stored = f[layout.stats_path(region, stat)][()]
+                expected = [numpy_stats(frame, box)[stat] for frame in frames]
+                np.testing.assert_allclose(stored, expected, rtol=1e-9, err_msg=stat)
+    retaken = numpy_stats(frames[1], (20, 10, 9, 7))
+    assert reading["cam_spot_total"]["value"] == pytest.approx(retaken["total"], rel=1e-9)
+
+
 def test_a_region_outside_the_frame_is_refused_when_set(cam):
     with pytest.raises(ValueError, match=r"region spot=\(90, 0, 7, 5\) is outside the 96x64"):
         cam.rois["spot"] = (90, 0, 7, 5)

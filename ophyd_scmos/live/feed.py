@@ -12,8 +12,11 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ophyd_scmos.pipeline.ring import FrameRing, Header, NewestFrame, RingSpec
 
@@ -81,14 +84,20 @@ class LiveFeed:
             return True
         return True
 
-    def frame(self, after: int = 0, ring: str | None = None) -> NewestFrame | None:
-        """The newest frame, if newer than the `after`-th of `ring` (another ring: any
-        frame), else None. Tells the producer a view watches."""
+    def frame(
+        self,
+        after: int = 0,
+        ring: str | None = None,
+        read: Callable[[np.ndarray], np.ndarray] = np.copy,
+    ) -> NewestFrame | None:
+        """The newest frame (`read` of it: see `FrameRing.newest`), if newer than the
+        `after`-th of `ring` (another ring: any frame), else None. Tells the producer a view
+        watches."""
         current = self._attach()
         if current is None:
             return None
         current.watch()
-        return current.newest(after if ring == current.spec.name else 0)
+        return current.newest(after if ring == current.spec.name else 0, read)
 
     def counters(self) -> dict[str, float]:
         """This run's frames acquired, dropped, missed and written (in the file), frames

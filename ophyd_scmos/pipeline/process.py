@@ -21,7 +21,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode, encode_open
+from ophyd_scmos.pipeline.protocol import (
+    Op,
+    State,
+    WriterConfig,
+    WriterStatus,
+    encode,
+    encode_open,
+    encode_stats,
+)
 from ophyd_scmos.pipeline.ring import FrameRing
 
 #: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
@@ -105,6 +113,15 @@ class WriterProcess:
 
     def send(self, op: Op, arg: int) -> None:
         self._send(encode(op, arg))
+
+    def send_frame(self, slot: int, flush: int = 0) -> None:
+        """A frame's slot, and with it a flush (of the file's first `flush` frames) where one
+        is asked for: one write, so the writer wakes once for both."""
+        self._send(encode(Op.FRAME, slot) + (encode(Op.FLUSH, flush) if flush else b""))
+
+    def send_stats(self, values: np.ndarray) -> None:
+        """One frame's statistics, computed here (`WriterConfig.stats_sent`)."""
+        self._send(encode_stats(values))
 
     def _send(self, data: bytes) -> None:
         self.bytes_sent += os.write(self._stdin, data)

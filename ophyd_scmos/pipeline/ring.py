@@ -98,13 +98,14 @@ class RingSpec:
 
 @dataclass(frozen=True)
 class NewestFrame:
-    """A copy of the newest frame in a ring, for a live view."""
+    """The newest frame in a ring (a copy, or what a view read of it), for a live view."""
 
     ring: str  #: the ring's name: `delivered` counts its frames
     delivered: int  #: frames that had landed in the ring, this one included
     frame_number: int  #: the camera's
     host_time: float  #: time.time() when it landed
     image: np.ndarray
+    shape: tuple[int, int]  #: the frame's (rows, columns), whatever the image was read as
 
 
 class FrameRing:
@@ -214,10 +215,13 @@ class FrameRing:
         frame in place meanwhile."""
         self._watched_until[0] = time.time() + seconds
 
-    def newest(self, after: int = 0) -> NewestFrame | None:
-        """A copy of the newest complete frame, if more than `after` frames have landed
-        (`NewestFrame.delivered`), else None; None too where the producer was writing the
-        slot while it was copied (the next call gets a newer one). Never waits."""
+    def newest(
+        self, after: int = 0, read: Callable[[np.ndarray], np.ndarray] = np.copy
+    ) -> NewestFrame | None:
+        """`read` of the newest complete frame (a copy; a view may bin it instead, reading the
+        slot once), if more than `after` frames have landed (`NewestFrame.delivered`), else
+        None; None too where the producer was writing the slot meanwhile (the next call gets
+        a newer one). `read` must return a new array, never the slot. Never waits."""
         delivered = int(self.header[Header.DELIVERED])
         if delivered <= after:
             return None
@@ -225,9 +229,9 @@ class FrameRing:
         before = int(self._generation[slot])
         if before % 2:
             return None
-        image = self._slots[slot].copy()
+        image = read(self._slots[slot])
         number, landed = int(self.frame_number[slot]), float(self.host_timestamp[slot])
-        frame = NewestFrame(self.spec.name, delivered, number, landed, image)
+        frame = NewestFrame(self.spec.name, delivered, number, landed, image, self.spec.frame_shape)
         return frame if int(self._generation[slot]) == before else None
 
     def close(self) -> None:

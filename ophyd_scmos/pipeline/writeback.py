@@ -94,6 +94,29 @@ def room(path: str | os.PathLike[str], file_size: int) -> tuple[int, int]:
     return max(0, free - HEADROOM), reason
 
 
+class Room:
+    """`room` for one file that grows frame by frame, asked before every frame. The disk is
+    asked again only when the room it last gave runs low or a tenth of a second has passed:
+    a `statvfs` per frame costs as much as writing a small frame."""
+
+    RECHECK_SECONDS = 0.1
+    LOW = 64 * 2**20  #: below this, every frame asks the disk
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = path
+        self._space, self._reason = 0, errno.ENOSPC
+        self._file_size = 0  #: the file's size when the disk was last asked
+        self._asked = -float("inf")
+
+    def __call__(self, file_size: int) -> tuple[int, int]:
+        space = self._space - (file_size - self._file_size)
+        now = time.monotonic()
+        if space < self.LOW or now - self._asked > self.RECHECK_SECONDS:
+            self._space, self._reason = room(self.path, file_size)
+            self._file_size, self._asked, space = file_size, now, self._space
+        return max(0, space), self._reason
+
+
 def no_room(reason: int, needed: str) -> OSError:
     """The error for a full disk or a reached file-size limit, saying which."""
     if reason == errno.EFBIG:

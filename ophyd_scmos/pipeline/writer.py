@@ -31,7 +31,7 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
-from ophyd_scmos.pipeline.writeback import WriteBehind, no_room, room
+from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
 
 
 class RunFile:
@@ -73,6 +73,8 @@ class RunFile:
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
         self.regions = config.regions
+        self.stats_sent = config.stats_sent
+        self.partial_stats = np.empty(0)  #: sent statistics of a frame not all come yet
         self.stats = (
             []
             if self.regions is None
@@ -88,6 +90,7 @@ class RunFile:
         self.last_stats_store = time.monotonic()
         self.compressor = compressor
         limit = options.write_limit_mb_s
+        self.room = Room(self.path)
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
@@ -125,7 +128,7 @@ class RunFile:
             for chunk in chunks:
                 if self.data is not None:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
-                if self.regions is not None:
+                if self.regions is not None and not self.stats_sent:
                     computed.append(stats.compute(ring.slot(slots[done - start]), self.regions))
                 done += 1
                 self.released += 1
@@ -149,6 +152,15 @@ class RunFile:
             self.stats_from = start
         self.unreported.extend(computed.tolist())
         self.unstored.append(computed)
+
+    def take_stats(self, values: np.ndarray) -> None:
+        """Statistics the acquiring process computed and sent, frame after frame: stored as
+        the writer's own are, not reported back (it has them)."""
+        values = np.concatenate([self.partial_stats, values])
+        whole = len(values) - len(values) % len(self.stats)
+        if whole:
+            self.unstored.append(values[:whole].reshape(-1, len(self.stats)))
+        self.partial_stats = values[whole:]
 
     def store_stats(self, force: bool = False) -> None:
         """Append the statistics not yet in the file, at most once a flush interval unless
@@ -215,7 +227,7 @@ class RunFile:
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
-        space, reason = room(self.path, self.file.id.get_filesize())
+        space, reason = self.room(self.file.id.get_filesize())
         fit = min(len(slots), space // self.frame_bytes)
         self.write_frames(slots[:fit])
         if fit < len(slots):
@@ -272,12 +284,11 @@ class WriterLoop:
             if file is None:
                 continue
             # Flush when the interval is up, and as soon as someone waits for these frames:
-            # only flushed frames survive a killed writer, so only they complete a wait.
+            # only flushed frames survive a killed writer, so only they complete a wait and
+            # only a flush is reported (a line between flushes would tell nothing new).
             due = file.flush_targets and file.written >= file.flush_targets[0]
             if due or time.monotonic() - file.last_flush >= file.flush_interval:
                 file.flush()
-            else:
-                file.report(State.PROGRESS)
 
     def serve(self, data: bytes) -> bytes:
         """Carry out the whole commands in `data`, in order, runs of frames at once; return
@@ -312,6 +323,8 @@ class WriterLoop:
                 file.append(arg)
             elif op in file.lost:
                 file.lost[op] = int(arg[-1])
+            elif op is Op.STAT:
+                file.take_stats(np.ascontiguousarray(arg).view(np.float64))
             elif op is Op.FLUSH:
                 for target in arg:
                     heapq.heappush(file.flush_targets, int(target))

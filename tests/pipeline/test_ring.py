@@ -115,3 +115,29 @@ def test_rings_left_by_processes_that_are_gone_are_removed():
         assert ring.spec.name.startswith(f"scmos_{os.getpid()}_")
     finally:
         ring.close()
+
+
+def test_newest_reads_the_newest_whole_frame_and_drops_one_overwritten_while_read():
+    ring = FrameRing.create((4, 6), "<u2", 3)
+    try:
+        assert ring.newest() is None  # nothing landed yet
+        for number in (7, 8):
+            ring.landing(number % 3)
+            ring.slot(number % 3).fill(number)
+            ring.landed(number % 3, number, 0.0)
+        frame = ring.newest()
+        assert frame is not None and frame.frame_number == 8 and frame.delivered == 2
+        assert frame.shape == (4, 6) and (frame.image == 8).all()
+        assert not np.shares_memory(frame.image, ring.slot(8 % 3))
+        assert ring.newest(after=frame.delivered) is None  # nothing newer
+
+        summed = ring.newest(read=lambda image: image.sum(axis=0))
+        assert summed is not None and (summed.image == 32).all()
+
+        def overwritten(image: np.ndarray) -> np.ndarray:
+            ring.landing(8 % 3)  # the producer takes the slot back while the view reads it
+            return image.copy()
+
+        assert ring.newest(read=overwritten) is None
+    finally:
+        ring.close()
