@@ -3,7 +3,13 @@ and plain `ipython --profile-dir`, with the example configuration, with none, wi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import select
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +31,7 @@ from tests.lab_env import (
     metadata_dir,
     result_line,
     shared_home,
+    user_env,
 )
 from tests.lab_env import run as run_as_user
 
@@ -240,3 +247,33 @@ def test_leaving_the_session_gives_the_cameras_back_without_a_traceback(home, tm
     assert "RESULT cam" in session.stdout
     assert "Traceback" not in session.stderr, session.stderr[-3000:]
     assert mark.read_text() == "closed"  # the camera's driver was closed at exit
+
+
+def test_at_a_terminal_the_catalog_opens_once_the_prompt_is_shown(home):
+    """In a terminal (a pty here), the prompt comes before the catalog's imports; the catalog
+    opens from the first prompt on and then takes `catalog`'s place."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the session, in the pseudo-terminal
+        os.execve(str(BIN / "ophyd-scmos"), ["ophyd-scmos", "ipython"], user_env(home))
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 120) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            assert time.monotonic() < deadline, seen[-2000:].decode(errors="replace")
+            if select.select([terminal], [], [], 1)[0]:
+                seen += os.read(terminal, 1 << 16)
+
+    try:
+        read_until(b"In [")
+        os.write(terminal, b"catalog.wait(); print('OPENED', type(catalog).__name__)\r")
+        read_until(b"OPENED CatalogOfBlueskyRuns")
+        os.write(terminal, b"exit\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)

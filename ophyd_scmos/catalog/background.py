@@ -23,6 +23,7 @@ class BackgroundCatalog:
 
     def __init__(self, opener: Callable[[], Any]) -> None:
         self._opener = opener
+        self._started = threading.Event()
         self._opened = threading.Event()
         self._lock = threading.Lock()
         self._catalog: Any = None
@@ -43,9 +44,22 @@ class BackgroundCatalog:
             finally:
                 self._opened.set()
 
+        if self._started.is_set():
+            return
+        self._started.set()
         # Not a daemon: an interpreter that exits meanwhile waits for it rather than
         # stopping it in the middle of an import.
         threading.Thread(target=open_it, name="scmos-catalog-open").start()
+
+    def start_at_prompt(self, shell: Any, name: str) -> None:
+        """`start` as IPython shows its first prompt (into its namespace as `name`): opened
+        meanwhile, the catalog's imports would share the interpreter with the session's own
+        and hold the prompt back. Without a prompt (input that is not a terminal), at once."""
+        app = getattr(getattr(shell, "pt_app", None), "app", None)
+        if app is None:
+            self.start(shell.user_ns, name)
+        else:
+            app.pre_run_callables.append(lambda: self.start(shell.user_ns, name))
 
     def _open(self) -> Any:
         with self._lock:
@@ -58,8 +72,10 @@ class BackgroundCatalog:
             return self._catalog
 
     def wait(self) -> Any:
-        """The catalog, once open (opened here, where the thread could not)."""
-        self._opened.wait()
+        """The catalog, once open (opened here, where the thread could not or was not
+        started yet)."""
+        if self._started.is_set():
+            self._opened.wait()
         return self._open()
 
     def tiled_writer(self, name: str, doc: dict[str, Any]) -> Any:

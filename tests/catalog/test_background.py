@@ -61,3 +61,12 @@ def test_a_catalog_that_did_not_open_is_opened_again_at_first_use(
     assert len(attempts) == 2 and session["catalog"] is stand_in
     err = capsys.readouterr().err
     assert "the catalog did not open: no catalog server at http://catalog.example.org" in err
+
+
+def test_a_catalog_used_before_it_was_started_opens_at_that_use(tmp_path: Path) -> None:
+    """The profile starts it at the first prompt: code that runs before any prompt (a
+    session's startup, `ipython -c`) opens it itself instead of waiting for ever."""
+    stand_in = BackgroundCatalog(lambda: open_catalog(tmp_path / "catalog"))
+    assert len(stand_in) == 0
+    stand_in.start({}, "catalog")  # the prompt's start, later, finds it open
+    assert type(stand_in.wait()).__name__ == "CatalogOfBlueskyRuns"
