@@ -1,8 +1,11 @@
-"""The throughput harness runs end to end and reports every section; no timing is asserted."""
+"""The throughput harness runs end to end: each section, at the smallest sizes `ophyd-scmos
+bench` accepts, prints its table and writes its JSON; no timing is asserted."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,49 +13,115 @@ from ophyd_scmos._bench.cameras import EightBitSCMOS
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline.compression import CODECS
 
+#: Every section off; each test turns on the ones it checks (a later option wins).
+NO_SECTION = [
+    "--shapes", "--sustain-seconds", "0", "--memory-frames", "--count", "0", "--pace", "0",
+    "--live", "0", "--stats", "0",
+]  # fmt: skip
+OURS = {"ours, uncompressed"} | {f"ours, {c}" for c in CODECS}
+BURST_VARIANTS = {"plain file write", "plain, write-behind", "naive mp.Queue + h5py"} | OURS
 
-@pytest.mark.timeout(900)  # every section of the bench, small: minutes on a busy machine
-def test_bench_command_reports_every_section_as_table_and_json(tmp_path, capsys):
+
+def bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[str, dict[str, Any]]:
+    """`ophyd-scmos bench` with only the sections `options` turn on: its table and its JSON."""
     out = tmp_path / "bench.json"
-    argv = [
-        "bench", "--burst-gb", "0.01", "--repeat", "1", "--long-gb", "0", "--engines", "2",
-        "--sustain-seconds", "1", "--sustain-rate", "20", "--memory-frames", "20", "40",
-        "--sustain-probe-gb", "0.05", "--count", "3", "--dir", str(tmp_path), "--json", str(out),
-        "--capped-gb", "0.2", "--disk-cap-mb-s", "200", "--pace", "1", "--pace-events", "20",
-        "--live", "1", "--live-frames", "150", "--stats", "1", "--stats-frames", "30",
-    ]  # fmt: skip
+    argv = ["bench", *NO_SECTION, *options, "--dir", str(tmp_path), "--json", str(out)]
     assert main(argv) == 0
-    table = capsys.readouterr().out
-    for heading in ("2048x2048 uint16", "3200x3200 uint8", "compression engines", "sustained",
-                    "memory", "RE(count", "capped at 200 MB/s", "pace:", "live view:",
-                    "statistics:"):  # fmt: skip
+    assert list(tmp_path.iterdir()) == [out]  # the scratch files are gone
+    return capsys.readouterr().out, json.loads(out.read_text())
+
+
+def assert_bursts(results: dict[str, Any], shape: str) -> None:
+    (burst,) = results["bursts"]
+    assert burst["shape"] == shape and burst["kind"] == "burst"
+    assert {t["variant"] for t in burst["timings"]} == BURST_VARIANTS
+    for t in burst["timings"]:
+        assert t["closed_fps"] > 0 and t["disk_fps"] > 0
+        assert t["ratio"] >= 1 or t["variant"] == "ours, uncompressed"
+
+
+@pytest.mark.timeout(600)  # four sections of 2048x2048 frames: minutes on a busy machine
+def test_bench_reports_2048_bursts_a_capped_disk_engines_and_free_runs(tmp_path, capsys):
+    """The sections of the 2048x2048 format, which the capped disk and the engines need, and
+    whose bursts set the free runs' sustainable rate."""
+    table, results = bench(
+        tmp_path, capsys,
+        "--shapes", "orca", "--burst-gb", "0.01", "--repeat", "1", "--long-gb", "0",
+        "--capped-gb", "0.01", "--disk-cap-mb-s", "200", "--long-repeat", "1",
+        "--engines", "1",
+        "--sustain-seconds", "0.5", "--sustain-rate", "20", "--sustain-probe-gb", "0.01",
+    )  # fmt: skip
+    for heading in ("2048x2048 uint16", "capped at 200 MB/s", "compression engines", "sustained"):
         assert heading in table
-    results = json.loads(out.read_text())
-    variants = {t["variant"] for t in results["bursts"][0]["timings"]}
-    assert variants == {
-        "plain file write",
-        "plain, write-behind",
-        "naive mp.Queue + h5py",
-        "ours, uncompressed",
-    } | {f"ours, {c}" for c in CODECS}
-    for burst in results["bursts"]:
-        for t in burst["timings"]:
-            assert t["closed_fps"] > 0 and t["disk_fps"] > 0
-            assert t["ratio"] >= 1 or t["variant"] == "ours, uncompressed"
-    assert all(row["dropped"] + row["missed"] + row["written"] == row["taken"]
-               for row in results["sustained"]["runs"])  # fmt: skip
-    assert [row["frames"] for row in results["memory"]] == [20, 40, 20, 40]
-    assert len(results["engines"]) == 3 * len(CODECS)
+    assert_bursts(results, "2048x2048 uint16")
     capped = results["capped"]["timings"]
-    assert {t["variant"] for t in capped} == {"ours, uncompressed"} | {f"ours, {c}" for c in CODECS}
+    assert {t["variant"] for t in capped} == OURS
     assert all(t["ratio"] > 1.5 for t in capped if t["variant"] != "ours, uncompressed")
-    assert results["statistics"]["count 256x256"]["per_s"]["on"] > 0
-    live = results["live"]["512x512"]
-    assert live["movie_frames_s"]["open"] > 0 and live["page"]["updates_s"] > 0
+    assert len(results["engines"]) == 3 * len(CODECS)
+    assert all(row["fps"] > 0 for row in results["engines"])
+    runs = results["sustained"]["runs"]
+    assert {row["variant"] for row in runs} == {"ours, uncompressed", "ours, bitshuffle-lz4"}
+    assert all(row["dropped"] + row["missed"] + row["written"] == row["taken"] for row in runs)
+
+
+def test_bench_reports_3200_uint8_bursts(tmp_path, capsys):
+    table, results = bench(
+        tmp_path, capsys,
+        "--shapes", "kinetix8", "--burst-gb", "0.01", "--repeat", "1", "--long-gb", "0",
+    )  # fmt: skip
+    assert "3200x3200 uint8" in table
+    assert "capped" not in results and "engines" not in results  # 2048x2048 only
+    assert_bursts(results, "3200x3200 uint8")
+
+
+def test_bench_reports_peak_memory(tmp_path, capsys):
+    table, results = bench(tmp_path, capsys, "--memory-frames", "20", "40")
+    assert "memory" in table
+    assert [row["frames"] for row in results["memory"]] == [20, 40, 20, 40]
+    assert [row["compression"] for row in results["memory"]] == ["none"] * 2 + [
+        "bitshuffle-lz4"
+    ] * 2
+
+
+def test_bench_reports_count_events_per_second(tmp_path, capsys):
+    table, results = bench(tmp_path, capsys, "--count", "1")
+    assert "RE(count" in table
+    rates = results["count"]
+    assert rates.pop("events") == 1
+    assert set(rates) == {"ophyd.sim det"} | {
+        f"SCMOSCamera 2048x2048, {c}" for c in ("uncompressed", "bitshuffle-lz4")
+    }
+    assert all(rate > 0 for rate in rates.values())
+
+
+def test_bench_reports_the_interactive_pace(tmp_path, capsys):
+    table, results = bench(tmp_path, capsys, "--pace", "1", "--pace-events", "1")
+    assert "pace:" in table
     pace = results["pace"]
     assert pace["one_event_run_ms"]["SCMOSCamera"] > 0 and pace["open_catalog_s"] > 0
     assert set(pace["count_256_tiled_events_s"]) == {"SCMOSCamera", "ophyd.sim det"}
-    assert list(tmp_path.iterdir()) == [out]  # the scratch files are gone
+    assert pace["full_frame_per_s"]["movie"] > 0
+
+
+def test_bench_reports_what_the_live_view_costs(tmp_path, capsys):
+    # 150 frames: a 512x512 movie lasts long enough for the page to see several.
+    table, results = bench(tmp_path, capsys, "--live", "1", "--live-frames", "150")
+    assert "live view:" in table
+    live = results["live"]["512x512"]
+    assert live["movie_frames_s"]["open"] > 0 and live["page"]["updates_s"] > 0
+    assert results["live"]["2048x2048"]["movie_frames_s"]["closed"] > 0
+
+
+def test_bench_reports_what_statistics_cost(tmp_path, capsys):
+    table, results = bench(
+        tmp_path, capsys, "--stats", "1", "--stats-frames", "10", "--pace-events", "5"
+    )
+    assert "statistics:" in table
+    stats = results["statistics"]
+    assert stats["count 256x256"]["per_s"]["on"] > 0
+    assert stats["movie 2048x2048"]["per_s"]["off"] > 0
 
 
 def test_eight_bit_camera_delivers_clipped_simulator_frames():
