@@ -3,9 +3,14 @@ and of its writer, and the RunEngine's events/s with `count`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
+import os
+import pty
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +24,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos._bench.cameras import EXPOSURE
+from ophyd_scmos.catalog.local_server import IDLE_ENV
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline.compression import CODECS, ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.options import PipelineOptions
@@ -248,6 +254,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             np.median(np.divide(stepped["count"], stepped["movie"]))
         ),
         "open_catalog_s": _open_catalog_seconds(scratch / "pace-open", rounds),
+        "ipython_prompt_s": _ipython_prompt_seconds(scratch / "pace-home", rounds),
     }
 
 
@@ -271,6 +278,52 @@ def _open_catalog_seconds(directory: Path, rounds: int) -> float:
         )
         times.append(float(out.stdout.split()[-1]))
     shutil.rmtree(directory, ignore_errors=True)
+    return float(np.median(times[1:]))
+
+
+def _ipython_prompt_seconds(home: Path, rounds: int) -> float:
+    """Median seconds from starting `ophyd-scmos ipython` in a terminal (a pseudo-terminal
+    here) to its first prompt, as a user whose home is `home` (the first session, which
+    creates the catalog and starts its server, is not counted)."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "IPYTHONDIR": str(home / ".ipython"),
+        "MPLBACKEND": "Agg",
+        IDLE_ENV: "5",  # the catalog's server stops seconds after the last session
+    }
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from ophyd_scmos.cli import main; sys.exit(main())",
+        "ipython",
+    ]
+    times = []
+    for _ in range(rounds + 1):
+        pid, terminal = pty.fork()
+        if pid == 0:  # the session, in the pseudo-terminal
+            os.execve(sys.executable, command, env)
+        started, seen = time.perf_counter(), b""
+        try:
+            while b"In [" not in seen:
+                if not select.select([terminal], [], [], 120)[0]:
+                    raise TimeoutError(f"no IPython prompt in 120 s: {seen[-500:]!r}")
+                seen += os.read(terminal, 1 << 16)
+            times.append(time.perf_counter() - started)
+            os.write(terminal, b"exit\r")
+            with contextlib.suppress(OSError):  # the terminal closes with the session
+                while os.read(terminal, 1 << 16):
+                    pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(terminal)
+    shutil.rmtree(home, ignore_errors=True)
     return float(np.median(times[1:]))
 
 

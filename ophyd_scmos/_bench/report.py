@@ -219,6 +219,7 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"frames/s   count/movie {p['full_frame_count_vs_movie']:5.2f}"
     )
     say(f"  open_catalog() (embedded, after imports, new process) {p['open_catalog_s']:.2f} s")
+    say(f"  ophyd-scmos ipython to its first prompt (a terminal)  {p['ipython_prompt_s']:.2f} s")
     return p
 
 
