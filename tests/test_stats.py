@@ -69,8 +69,8 @@ def test_binning_and_12_bit_statistics_match_the_stored_frames(cam, RE, recorder
 
 
 def test_a_step_scans_stored_statistics_are_its_frames_also_after_a_point_is_retaken(cam):
-    """A step scan's statistics are computed beside the writer and sent to the file: the
-    rows there are the stored frames', and a point cut on resume takes its rows with it."""
+    """The statistics rows in the file are the stored frames', and a point cut on resume
+    takes its rows with it."""
     cam.rois["spot"] = (20, 10, 9, 7)
     cam.stage()
     cam.trigger().wait(10)

@@ -21,15 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ophyd_scmos.pipeline.protocol import (
-    Op,
-    State,
-    WriterConfig,
-    WriterStatus,
-    encode,
-    encode_open,
-    encode_stats,
-)
+from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode, encode_open
 from ophyd_scmos.pipeline.ring import FrameRing
 
 #: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
@@ -118,10 +110,6 @@ class WriterProcess:
         """A frame's slot, and with it a flush (of the file's first `flush` frames) where one
         is asked for: one write, so the writer wakes once for both."""
         self._send(encode(Op.FRAME, slot) + (encode(Op.FLUSH, flush) if flush else b""))
-
-    def send_stats(self, values: np.ndarray) -> None:
-        """One frame's statistics, computed here (`WriterConfig.stats_sent`)."""
-        self._send(encode_stats(values))
 
     def _send(self, data: bytes) -> None:
         self.bytes_sent += os.write(self._stdin, data)

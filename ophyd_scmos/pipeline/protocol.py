@@ -34,9 +34,6 @@ class Op(enum.IntEnum):
     TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
     FLUSH = 6  #: flush as soon as the file holds this many frames: someone waits for them
     OPEN = 7  #: start a run's file: its `WriterConfig` follows, this many bytes of JSON
-    #: one statistic the acquiring process computed (the float64's bits): a frame's come in
-    #: `stats.compute`'s order, frame after frame, after the frame itself
-    STAT = 8
 
 
 class State(str, enum.Enum):
@@ -73,9 +70,6 @@ class WriterConfig:
     regions: dict[str, Region] | None = None
     #: False: the frames are not stored, only their numbers, timestamps and statistics
     images: bool = True
-    #: the acquiring process computes the statistics and sends them (`Op.STAT`): a step
-    #: scan's, while the writer writes the frame; else the writer computes them
-    stats_sent: bool = False
 
     def __post_init__(self) -> None:
         if not self.images and self.regions is None:
@@ -93,7 +87,6 @@ class WriterConfig:
                 "attrs": self.attrs,
                 "regions": self.regions,
                 "images": self.images,
-                "stats_sent": self.stats_sent,
             }
         )
 
@@ -108,20 +101,11 @@ class WriterConfig:
             d["attrs"],
             None if regions is None else {k: cast(Region, tuple(v)) for k, v in regions.items()},
             d["images"],
-            d["stats_sent"],
         )
 
 
 def encode(op: Op, arg: int) -> bytes:
     return np.array([(op, arg)], RECORD).tobytes()
-
-
-def encode_stats(values: np.ndarray) -> bytes:
-    """`Op.STAT` records of one frame's statistics (`stats.compute`'s array)."""
-    records = np.empty(values.size, RECORD)
-    records["op"] = Op.STAT
-    records["arg"] = np.ascontiguousarray(values, np.float64).ravel().view(np.int64)
-    return records.tobytes()
 
 
 def encode_open(config: WriterConfig) -> bytes:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos.drivers.base import CameraDriver, CameraError
-from ophyd_scmos.pipeline import layout, stats
+from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
@@ -59,12 +59,10 @@ class FrameStream:
     `close()` stops the camera, lets the writer drain the ring and close the file, and returns
     a `StreamSummary`, or raises `StreamError` saying what was saved. `options` sizes the
     ring (all the memory a stream takes, however long it runs) and says how to write.
-    With `regions` (a dict, maybe empty; None: no statistics) every frame's statistics
-    (`stats`) are computed, stored in the file and known here: `frame_stats` has them by the
-    time `wait_for` calls back. The writer computes a movie's, beside the camera; a gated
-    stream (a step scan) computes its own while the writer writes the frame, and sends them.
-    With `images` False the file gets every frame's number, timestamps and statistics but
-    not the frame.
+    With `regions` (a dict, maybe empty; None: no statistics) the writer computes every
+    frame's statistics (`stats`), stores them in the file and reports them with the frames
+    written: `frame_stats` has them by the time `wait_for` calls back. With `images` False
+    the file gets every frame's number, timestamps and statistics but not the frame.
     """
 
     def __init__(
@@ -103,14 +101,12 @@ class FrameStream:
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
-        self._flush_with_gate = 0  #: a flush a waiter asked for, to send with the gate's last frame
+        #: a flush a waiter asked for, sent with the frame that brings the file to it
+        self._flush_with_frame = 0
+        self._file_frames = 0  #: frames sent to the file (after cuts)
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
         self.regions = regions
         self.images = images
-        # A step scan's statistics are computed here, on the ring slot, while the writer
-        # writes the frame: a trigger waits for the slower of the two, not for both in turn.
-        self._stats_here = gated and regions is not None
-        self._file_frames = 0  #: frames sent to the file (after cuts): the next one's index
         self._stats: deque[list[list[float]]] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
         self._truncated = threading.Condition()
@@ -162,13 +158,7 @@ class FrameStream:
         self.ring.header[Header.ACQUIRED : Header.WRITTEN + 1] = 0  # this run's counts
         self.ring.header[Header.RUN_BASE] = self._base
         config = WriterConfig(
-            str(self.path),
-            self.ring.spec,
-            self.options,
-            self.attrs,
-            self.regions,
-            self.images,
-            self._stats_here,
+            str(self.path), self.ring.spec, self.options, self.attrs, self.regions, self.images
         )
         self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
@@ -327,9 +317,8 @@ class FrameStream:
                 lambda: self._truncated_to == frames or self.error, timeout
             ):
                 raise StreamError(f"writer did not cut {self.path} to {frames} frames")
-        if frames < self._file_frames:
-            self._file_frames = frames
-            self._keep_stats(frames, [])  # the cut frames' statistics go too
+        with self._lock:
+            self._file_frames = min(frames, self._file_frames)
         if self.error is not None:
             raise self.error
 
@@ -373,9 +362,10 @@ class FrameStream:
             if self.error is None and self._settled < count:
                 self._waiters.append((count, callback))
                 target = count - self.frames_dropped - self.frames_missed
-                if self._gate is not None and self.frames_acquired < self._gate:
-                    # Sent with the gate's last frame: one write, one wake-up of the writer.
-                    self._flush_with_gate = max(target, self._flush_with_gate)
+                if self._file_frames < target:
+                    # Sent with the frame that brings the file to it: one write, one wake-up
+                    # of the writer.
+                    self._flush_with_frame = max(target, self._flush_with_frame)
                 else:
                     self._ask_flush(target)
                 return
@@ -384,12 +374,10 @@ class FrameStream:
 
     @property
     def _settled(self) -> int:
-        """Frames taken whose fate is known: flushed to the file (with their statistics
-        known), dropped or missed."""
-        in_file = self.frames_written
-        if self._stats_here:
-            in_file = min(in_file, self._stats_from + len(self._stats))
-        return min(in_file + self.frames_dropped + self.frames_missed, self.frames_taken)
+        """Frames taken whose fate is known: flushed to the file, dropped or missed."""
+        return min(
+            self.frames_written + self.frames_dropped + self.frames_missed, self.frames_taken
+        )
 
     def _notify(self) -> None:
         taken = self._settled
@@ -481,18 +469,12 @@ class FrameStream:
                 self._info.append((info.frame_number, info.camera_timestamp))
                 with self._lock:
                     self.frames_acquired += 1
+                    self._file_frames += 1
                     flush = 0
-                    if self._flush_with_gate and not self._recording():
-                        flush, self._flush_with_gate = self._flush_with_gate, 0
+                    if 0 < self._flush_with_frame <= self._file_frames:
+                        flush, self._flush_with_frame = self._flush_with_frame, 0
                 header[Header.ACQUIRED] = self.frames_acquired
                 writer.send_frame(slot, flush)
-                if self._stats_here:
-                    assert self.regions is not None  # _stats_here says so
-                    values = stats.compute(ring.slot(slot), self.regions)
-                    writer.send_stats(values)
-                    self._keep_stats(self._file_frames, [values.tolist()])
-                    self._notify()
-                self._file_frames += 1
         except CameraError as exc:
             if not self._stop.is_set():
                 self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))

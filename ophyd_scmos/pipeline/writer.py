@@ -73,8 +73,6 @@ class RunFile:
             self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
         self.regions = config.regions
-        self.stats_sent = config.stats_sent
-        self.partial_stats = np.empty(0)  #: sent statistics of a frame not all come yet
         self.stats = (
             []
             if self.regions is None
@@ -128,7 +126,7 @@ class RunFile:
             for chunk in chunks:
                 if self.data is not None:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
-                if self.regions is not None and not self.stats_sent:
+                if self.regions is not None:
                     computed.append(stats.compute(ring.slot(slots[done - start]), self.regions))
                 done += 1
                 self.released += 1
@@ -152,15 +150,6 @@ class RunFile:
             self.stats_from = start
         self.unreported.extend(computed.tolist())
         self.unstored.append(computed)
-
-    def take_stats(self, values: np.ndarray) -> None:
-        """Statistics the acquiring process computed and sent, frame after frame: stored as
-        the writer's own are, not reported back (it has them)."""
-        values = np.concatenate([self.partial_stats, values])
-        whole = len(values) - len(values) % len(self.stats)
-        if whole:
-            self.unstored.append(values[:whole].reshape(-1, len(self.stats)))
-        self.partial_stats = values[whole:]
 
     def store_stats(self, force: bool = False) -> None:
         """Append the statistics not yet in the file, at most once a flush interval unless
@@ -323,8 +312,6 @@ class WriterLoop:
                 file.append(arg)
             elif op in file.lost:
                 file.lost[op] = int(arg[-1])
-            elif op is Op.STAT:
-                file.take_stats(np.ascontiguousarray(arg).view(np.float64))
             elif op is Op.FLUSH:
                 for target in arg:
                     heapq.heappush(file.flush_targets, int(target))
