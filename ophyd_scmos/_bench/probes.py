@@ -316,7 +316,7 @@ def _ipython_prompt_seconds(home: Path, rounds: int) -> float:
             times.append(time.perf_counter() - started)
             os.write(terminal, b"exit\r")
             with contextlib.suppress(OSError):  # the terminal closes with the session
-                while os.read(terminal, 1 << 16):
+                while select.select([terminal], [], [], 120)[0] and os.read(terminal, 1 << 16):
                     pass
         finally:
             with contextlib.suppress(ProcessLookupError):
