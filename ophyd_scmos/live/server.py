@@ -45,8 +45,8 @@ __all__ = ["FrameSource", "bin_frame", "binning_for", "create_app", "encode_fram
 
 LONG_POLL = 1.0  #: seconds a frame request waits for a frame newer than the page's
 POLL_INTERVAL = 0.002  #: seconds between looks at the ring while it waits
-#: frames a second the server copies out of the ring at most: more than a person follows,
-#: and each copy of a full frame takes memory bandwidth the camera's pipeline shares
+#: frames a second the server reads out of the ring at most: more than a person follows,
+#: and each read of a full frame takes memory bandwidth the camera's pipeline shares
 MAX_UPDATES = 20.0
 ALIVE_CHECK = 1.0  #: seconds between checks that the camera's process is still there
 TOKEN_HEADER = "x-live-token"
@@ -98,7 +98,7 @@ class FrameSource:
     def __init__(self, feed: LiveFeed) -> None:
         self.feed = feed
         self._lock = threading.Lock()
-        self._last_copy = 0.0  #: time.monotonic() of the last frame copied
+        self._last_read = 0.0  #: time.monotonic() of the last frame read
 
     def state(self) -> dict[str, Any]:
         """The camera's announcement with its counters, and whether it is still there."""
@@ -124,10 +124,10 @@ class FrameSource:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                wait = self._last_copy + 1 / MAX_UPDATES - time.monotonic()
+                wait = self._last_read + 1 / MAX_UPDATES - time.monotonic()
                 frame = self.feed.frame(after, ring, read) if wait <= 0 else None
                 if frame is not None:
-                    self._last_copy = time.monotonic()
+                    self._last_read = time.monotonic()
             if frame is not None or time.monotonic() >= deadline:
                 return frame
             time.sleep(min(max(wait, POLL_INTERVAL), max(0.0, deadline - time.monotonic())))
@@ -137,17 +137,15 @@ class FrameSource:
     ) -> bytes | None:
         """The next frame (`next_frame`) binned to at most `width` x `height`, encoded for
         the page with the camera's counters, mode and file."""
-        factors: list[int] = []
 
         def binned(image: np.ndarray) -> np.ndarray:
             """Bin straight out of the ring: a full frame is read once, never copied."""
-            factors.append(binning_for(image.shape, width, height))
-            return bin_frame(image, factors[-1])
+            return bin_frame(image, binning_for(image.shape, width, height))
 
         frame = self.next_frame(after, ring, timeout, binned)
         if frame is None:
             return None
-        factor, pixels = factors[-1], frame.image
+        factor, pixels = binning_for(frame.shape, width, height), frame.image
         if pixels.dtype not in (np.uint16, np.float32):
             pixels = pixels.astype(np.float32)
         with self._lock:

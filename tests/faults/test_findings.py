@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from ophyd_scmos.cli import main
 from ophyd_scmos.config import ConfigError, load_config
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.plans import movie
+from tests.pipeline.test_ring import run_with_small_shm
 
 try:
     import tomllib
@@ -51,17 +50,7 @@ print("alive")
 def test_a_ring_the_room_check_misses_is_refused_when_its_pages_are_reserved(tmp_path):
     """Free space can go between the check and the ring: reserving the segment's pages
     (posix_fallocate) refuses the ring there, where touching them would be a SIGBUS."""
-    script = f'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {sys.executable} -c "$0" "$1"'
-    unshare = ["unshare", "-m", "--propagation", "private"]
-    probe = subprocess.run([*unshare, "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no private mount namespace here ({probe.stderr.strip()})")
-    run = subprocess.run(
-        [*unshare, "sh", "-c", script, UNCHECKED_RING, tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_with_small_shm(UNCHECKED_RING, tmp_path)
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
     assert "refused: cannot make a 64 MiB frame ring in shared memory" in run.stdout
     assert "No space left on device" in run.stdout and "alive" in run.stdout

@@ -81,21 +81,26 @@ print("alive; files:", sorted(p.name for p in __import__("pathlib").Path(sys.arg
 """
 
 
-def test_a_ring_larger_than_free_shared_memory_is_refused_before_it_kills(tmp_path):
-    """Docker's 64 MB /dev/shm with a larger ring: touching the segment's pages would kill
-    the interpreter with SIGBUS. Here /dev/shm is an 8 MiB tmpfs in a private mount namespace."""
-    script = f'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {sys.executable} -c "$0" "$1"'
-    probe = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True
-    )
+def run_with_small_shm(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    """Python `code` (`directory` its argv[1]) in a private mount namespace whose /dev/shm is
+    an 8 MiB tmpfs; skips where the platform gives no such namespace."""
+    unshare = ["unshare", "-m", "--propagation", "private"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"no private mount namespace here ({probe.stderr.strip()})")
-    run = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, SMALL_SHM, tmp_path],
+    script = f'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec {sys.executable} -c "$0" "$1"'
+    return subprocess.run(
+        [*unshare, "sh", "-c", script, code, str(directory)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_ring_larger_than_free_shared_memory_is_refused_before_it_kills(tmp_path):
+    """Docker's 64 MB /dev/shm with a larger ring: touching the segment's pages would kill
+    the interpreter with SIGBUS. Here /dev/shm is an 8 MiB tmpfs in a private mount namespace."""
+    run = run_with_small_shm(SMALL_SHM, tmp_path)
     assert run.returncode == 0, run.stderr
     assert "refused: cannot make a 64 MiB frame ring in shared memory" in run.stdout
     assert "8 MiB free" in run.stdout and "ring_mb" in run.stdout
