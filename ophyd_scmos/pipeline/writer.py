@@ -22,6 +22,7 @@ import json
 import os
 import select
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import Any, TextIO
 
 import h5py
@@ -43,6 +44,7 @@ class RunFile:
         ring: FrameRing,
         compressor: ChunkCompressor | None,
         status: TextIO,
+        measurer: Executor,
     ):
         options = config.options
         self.path = config.path
@@ -87,6 +89,7 @@ class RunFile:
         self.stats_stored = 0  #: frames whose statistics are in the file
         self.last_stats_store = time.monotonic()
         self.compressor = compressor
+        self.measurer = measurer
         limit = options.write_limit_mb_s
         self.room = Room(self.path)
         self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
@@ -106,7 +109,9 @@ class RunFile:
 
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
         compressor made from them (none in a file without images). Its statistics are
-        computed on the slot before it goes back (the whole frame and each region: no copy).
+        computed on the slot (the whole frame and each region: no copy) by the `measurer`
+        thread while frames are written (numpy and BLAS work without the GIL, h5py holds
+        it), and the slot goes back once both are done.
         The per-frame metadata is copied out of the ring first, so a slot can go back to the
         producer as soon as its frame is written. If a write fails (disk full), the datasets
         are cut back to the frames that made it, so the file never claims a frame it does not
@@ -116,6 +121,10 @@ class RunFile:
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
         values = [source[slots] for source in sources]
         frames = (ring.slot(s) for s in slots)
+        regions = self.regions
+        measured: list[Future[np.ndarray]] = []
+        if regions is not None:
+            measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
         if self.data is not None:
@@ -126,14 +135,17 @@ class RunFile:
             for chunk in chunks:
                 if self.data is not None:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
-                if self.regions is not None:
-                    computed.append(stats.compute(ring.slot(slots[done - start]), self.regions))
+                if measured:
+                    computed.append(measured[done - start].result())
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
                 self.behind.advance(self.file.id.get_filesize())
         finally:
             chunks.close()  # a failed write: start no more compressions
+            for future in measured:  # nor statistics; none may read a slot after this
+                future.cancel()
+            wait(measured)
             if done < start + len(slots) and self.data is not None:
                 self.data.id.set_extent((done, *frame_shape))
             if done > start:
@@ -247,6 +259,8 @@ class WriterLoop:
         self.ring: FrameRing | None = None
         self.file: RunFile | None = None
         self.compressors: dict[tuple[str, str], ChunkCompressor] = {}
+        #: one thread computes statistics beside the one that writes
+        self.measurer = ThreadPoolExecutor(1, thread_name_prefix="stats")
 
     def run(self, commands: int) -> None:
         """Serve commands until the end of input."""
@@ -335,7 +349,7 @@ class WriterLoop:
             if key not in self.compressors:
                 self.compressors[key] = ChunkCompressor(codec, config.ring.dtype)
             compressor = self.compressors[key]
-        self.file = RunFile(config, self.ring, compressor, self.status)
+        self.file = RunFile(config, self.ring, compressor, self.status, self.measurer)
         self.file.report(State.OPEN, path=self.file.path)
 
 
