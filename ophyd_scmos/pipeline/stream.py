@@ -323,13 +323,15 @@ class FrameStream:
             raise self.error
 
     def wait_settled(self, timeout: float) -> None:
-        """After `stop`: return once every frame in the ring is in the file."""
+        """After `stop`: return once every frame in the ring is in the file (a cut file's
+        count: frames cut off by `truncate` never will be)."""
         deadline = time.monotonic() + timeout
-        self._ask_flush(self.frames_acquired)
-        while self.frames_written < self.frames_acquired and self.error is None:
+        target = self._file_frames
+        self._ask_flush(target)
+        while self.frames_written < target and self.error is None:
             if time.monotonic() > deadline:
                 raise StreamError(
-                    f"only {self.frames_written} of {self.frames_acquired} frames reached "
+                    f"only {self.frames_written} of {target} frames reached "
                     f"{self.path} in {timeout} s"
                 )
             time.sleep(0.01)

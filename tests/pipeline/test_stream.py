@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import h5py
 import hdf5plugin  # noqa: F401 - registers the compression filters for reading
@@ -159,3 +160,24 @@ def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, 
         saved = f[layout.DATA].shape[0]
         assert saved >= 30
         np.testing.assert_array_equal(f[layout.DATA][:30], expected_frames(camera, 30))
+
+
+def test_settling_after_a_cut_waits_for_the_frames_the_file_keeps(camera, tmp_path):
+    """Frames cut off (a resumed step scan's) never reach the file: settling counts those
+    that follow the cut, not every frame the camera gave."""
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=30))
+    stream.open()
+    take(stream, 6)
+    stream.truncate(4)
+    camera.software_trigger(2)
+    deadline = time.monotonic() + 30
+    while stream.frames_acquired < 8:
+        assert time.monotonic() < deadline, "the camera did not give its frames"
+        time.sleep(0.01)
+    stream.stop()
+    stream.wait_settled(timeout=10)
+    assert stream.frames_written == 6
+    assert stream.close().frames_written == 6
+    with h5py.File(path, "r") as f:
+        assert f[layout.DATA].shape[0] == 6
