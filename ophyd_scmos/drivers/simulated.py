@@ -194,6 +194,7 @@ class _FrameBank:
 
     def __init__(self, frames: np.ndarray, seed: int, key: _BankKey) -> None:
         self.frames = frames
+        self.frames.flags.writeable = False  # shared by cameras of the same settings
         self.key = key
         k, rows, _ = frames.shape
         bounds = np.unique(np.linspace(0, rows, min(_N_STRIPS, rows) + 1).astype(int))
@@ -213,6 +214,11 @@ class _FrameBank:
         cycle = k // n
         for lo, hi, start, step in self._strips:
             np.copyto(out[lo:hi], self.frames[(k + start + cycle * step) % n, lo:hi])
+
+
+#: the bank built last, with whose it is (see `SimulatedSCMOS._shared_bank`)
+_last_bank: tuple[tuple, tuple, _FrameBank] | None = None
+_last_bank_lock = threading.Lock()
 
 
 class SimulatedSCMOS(DriverBase):
@@ -529,9 +535,26 @@ class SimulatedSCMOS(DriverBase):
         key = _BankKey(s.exposure_time, self._roi_of(s), s.binning, s.bit_depth)
         with self._bank_lock:
             if self._bank is None or self._bank_key != key:
-                self._bank = self._build_bank(key)
+                self._bank = self._shared_bank(key)
                 self._bank_key = key
             return self._bank
+
+    def _shared_bank(self, key: _BankKey) -> _FrameBank:
+        """The bank the last camera built, if it was for the same sensor, seed, model and
+        settings (its frames are only ever read); else a new one. A camera made again with
+        the same settings (a notebook cell run twice, a test suite, the bench) then starts
+        at once instead of drawing the noise again, about a second at 2048x2048; what is
+        kept meanwhile is one bank."""
+        global _last_bank
+        whose = (type(self), self._sensor, self._seed, self._bank_size, key)
+        model = (self.GAIN, self.READ_NOISE, self.OFFSET)
+        with _last_bank_lock:
+            if _last_bank is not None and _last_bank[:2] == (whose, model):
+                return _last_bank[2]
+        bank = self._build_bank(key)
+        with _last_bank_lock:
+            _last_bank = (whose, model, bank)
+        return bank
 
     def _build_bank(self, key: _BankKey) -> _FrameBank:
         roi, b = key.roi, key.binning

@@ -75,9 +75,29 @@ def test_satisfies_the_driver_protocol(make_cam):
 def test_same_seed_gives_identical_frames_across_instances(make_cam):
     settings = CameraSettings(roi=SMALL)
     a = make_cam(settings, seed=7)
+    a.expected_frame(0)
+    make_cam(settings, seed=8).expected_frame(0)  # b cannot reuse a's noise: it draws its own
     b = make_cam(settings, seed=7)
     for k in (0, 1, 7, 8, 9, 63, 1000):
         np.testing.assert_array_equal(a.expected_frame(k), b.expected_frame(k))
+
+
+def test_a_camera_made_again_with_the_same_settings_reuses_the_noise(make_cam):
+    """The frames are the same either way; reusing them saves drawing them again."""
+    settings = CameraSettings(roi=SMALL)
+    a, b = make_cam(settings, seed=7), make_cam(settings, seed=7)
+    assert a._ensure_bank().frames is b._ensure_bank().frames
+    assert not a._ensure_bank().frames.flags.writeable
+
+    class Noisier(SimulatedSCMOS):
+        READ_NOISE = 3.0
+
+    noisier = Noisier(shape=SENSOR, seed=7)
+    noisier.open()
+    noisier.configure(settings)
+    assert noisier._ensure_bank().frames is not a._ensure_bank().frames
+    assert not np.array_equal(noisier.expected_frame(0), a.expected_frame(0))
+    noisier.close()
 
 
 def test_different_seed_gives_different_frames(make_cam):
