@@ -21,7 +21,7 @@ import numpy as np
 
 from ophyd_scmos._bench.cameras import EXPOSURE, Shape, bank_of, make_camera
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS, TriggerMode
-from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.options import DEFAULT_RING_MB, PipelineOptions
 from ophyd_scmos.pipeline.stream import FrameStream
 from ophyd_scmos.pipeline.writeback import WriteBehind
 
@@ -135,8 +135,11 @@ def ours(
     shape: Shape, n: int, path: Path, compression: str | None, write_limit_mb_s: float | None = None
 ) -> tuple[float, float]:
     cam = make_camera(shape, n)
+    # The default ring, or just the burst's size when it is shorter: no frame of it waits
+    # for a slot in either, and there is less memory to set up.
+    ring = min(int(DEFAULT_RING_MB * 2**20) // shape.frame_bytes, n)
     options = PipelineOptions(
-        ring_mb=256, compression=compression, write_limit_mb_s=write_limit_mb_s
+        ring_frames=max(ring, 2), compression=compression, write_limit_mb_s=write_limit_mb_s
     )
     stream = FrameStream(cam, path, options=options)
     stream.open()
