@@ -180,7 +180,10 @@ def test_a_wrong_config_ends_the_profile_at_start_naming_the_key(home, toml, say
 def test_ophyd_scmos_ipython_refuses_a_wrong_config_before_starting_ipython(
     tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.delenv(CONFIG_ENV, raising=False)  # restored after: ipython sets it
+    # Unset for the test and after it, though `ipython` sets it: a later test's sessions
+    # must not find this file.
+    monkeypatch.setenv(CONFIG_ENV, "")
+    monkeypatch.delenv(CONFIG_ENV)
     bad = tmp_path / "bad.toml"
     bad.write_text('[catalog]\napi_key = "secret"\n')
     assert main(["ipython", "--config", str(bad), "--", "-c", "print('REACHED')"]) == 2
