@@ -109,9 +109,9 @@ class RunFile:
 
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
         compressor made from them (none in a file without images). Its statistics are
-        computed on the slot (the whole frame and each region: no copy) by the `measurer`
-        thread while frames are written (numpy and BLAS work without the GIL, h5py holds
-        it), and the slot goes back once both are done.
+        computed on the slot before it goes back (the whole frame and each region: no copy):
+        in a run of frames by the `measurer` thread while frames are written (numpy and BLAS
+        work without the GIL, h5py holds it); a lone frame's (a step scan's point) here.
         The per-frame metadata is copied out of the ring first, so a slot can go back to the
         producer as soon as its frame is written. If a write fails (disk full), the datasets
         are cut back to the frames that made it, so the file never claims a frame it does not
@@ -123,7 +123,7 @@ class RunFile:
         frames = (ring.slot(s) for s in slots)
         regions = self.regions
         measured: list[Future[np.ndarray]] = []
-        if regions is not None:
+        if regions is not None and len(slots) > 1:  # a lone frame has no writing to overlap
             measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
@@ -137,6 +137,8 @@ class RunFile:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
                 if measured:
                     computed.append(measured[done - start].result())
+                elif regions is not None:
+                    computed.append(stats.compute(ring.slot(slots[0]), regions))
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
