@@ -34,6 +34,10 @@ from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, Write
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
 
+#: a lone frame at least this big is measured beside its writing: at 256x256 (128 kB) the
+#: hand-over cost more than it overlapped, at 2048x2048 the two take milliseconds each
+OVERLAP_BYTES = 1 << 20
+
 
 class RunFile:
     """One run's file: appends frames from ring slots; owns nothing but the open file."""
@@ -110,8 +114,9 @@ class RunFile:
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
         compressor made from them (none in a file without images). Its statistics are
         computed on the slot before it goes back (the whole frame and each region: no copy):
-        in a run of frames by the `measurer` thread while frames are written (numpy and BLAS
-        work without the GIL, h5py holds it); a lone frame's (a step scan's point) here.
+        by the `measurer` thread while frames are written (numpy and BLAS work without the
+        GIL, h5py holds it), unless the batch is one small frame (a step scan's point): then
+        here, as handing it over would cost more than it overlaps.
         The per-frame metadata is copied out of the ring first, so a slot can go back to the
         producer as soon as its frame is written. If a write fails (disk full), the datasets
         are cut back to the frames that made it, so the file never claims a frame it does not
@@ -123,7 +128,7 @@ class RunFile:
         frames = (ring.slot(s) for s in slots)
         regions = self.regions
         measured: list[Future[np.ndarray]] = []
-        if regions is not None and len(slots) > 1:  # a lone frame has no writing to overlap
+        if regions is not None and (len(slots) > 1 or ring.spec.frame_bytes >= OVERLAP_BYTES):
             measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
