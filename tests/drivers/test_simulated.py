@@ -312,18 +312,19 @@ def test_frame_interval_is_never_shorter_than_exposure(make_cam):
 
 
 def test_slow_reader_in_internal_mode_loses_the_oldest_frames(make_cam):
+    exposure = 2 * FAST  # the 16 frames the camera holds last 32 ms: the reads come sooner
     cam = make_cam(
-        CameraSettings(exposure_time=FAST, roi=SMALL, trigger_mode=TriggerMode.INTERNAL),
-        camera_buffer_frames=4,
+        CameraSettings(exposure_time=exposure, roi=SMALL, trigger_mode=TriggerMode.INTERNAL),
+        camera_buffer_frames=16,
     )
     cam.start()
-    time.sleep(0.05)  # ~50 frames taken, only 4 fit in the camera
+    time.sleep(0.2)  # ~100 frames taken, only 16 fit in the camera
     (first, frame), (second, _) = read_all(cam, 2)
-    assert first.frame_number >= 30
+    assert first.frame_number >= 60
     assert first.missed_before == first.frame_number
     assert second.frame_number == first.frame_number + 1 and second.missed_before == 0
     assert cam.missed_frames == first.frame_number
-    assert first.camera_timestamp == pytest.approx(FAST * (first.frame_number + 1))
+    assert first.camera_timestamp == pytest.approx(exposure * (first.frame_number + 1))
     np.testing.assert_array_equal(frame, cam.expected_frame(first.frame_number))
 
 
