@@ -14,15 +14,18 @@ missing stack fails instead, so a green CI never hides an untested driver.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -114,8 +117,10 @@ class FakeGigECamera:
             self.process.stderr.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fake_gige() -> Iterator[FakeGigECamera]:
+    """The fake camera, for one test module at a time on this machine: it serves a fixed
+    address, and `make test`'s workers run modules side by side."""
     if shutil.which(FAKE_GV) is None:
         missing(f"{FAKE_GV} not found: apt-get install aravis-tools gir1.2-aravis-0.8")
     try:
@@ -127,10 +132,13 @@ def fake_gige() -> Iterator[FakeGigECamera]:
             f"Aravis from Python needs PyGObject and gir1.2-aravis-0.8 ({exc}): "
             "pip install 'ophyd-scmos[genicam]'"
         )
-    camera = FakeGigECamera()
-    camera.ensure()
-    yield camera
-    camera.kill()
+    lock = Path(tempfile.gettempdir()) / "ophyd-scmos-tests-fake-gige.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # until this module's tests are done with it
+        camera = FakeGigECamera()
+        camera.ensure()
+        yield camera
+        camera.kill()
 
 
 # -- Micro-Manager's DemoCamera --------------------------------------------------------------
