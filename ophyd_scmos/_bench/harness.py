@@ -139,7 +139,9 @@ def ours(
     # for a slot in either, and there is less memory to set up.
     ring = min(int(DEFAULT_RING_MB * 2**20) // shape.frame_bytes, n)
     options = PipelineOptions(
-        ring_frames=max(ring, 2), compression=compression, write_limit_mb_s=write_limit_mb_s
+        ring_frames=max(ring, 2),  # a ring has two slots at least
+        compression=compression,
+        write_limit_mb_s=write_limit_mb_s,
     )
     stream = FrameStream(cam, path, options=options)
     stream.open()

@@ -216,8 +216,8 @@ class _FrameBank:
             np.copyto(out[lo:hi], self.frames[(k + start + cycle * step) % n, lo:hi])
 
 
-#: the bank built last, with whose it is (see `SimulatedSCMOS._shared_bank`)
-_last_bank: tuple[tuple, tuple, _FrameBank] | None = None
+#: the bank built last, after whose it is (see `SimulatedSCMOS._shared_bank`)
+_last_bank: tuple[tuple, _FrameBank] | None = None
 _last_bank_lock = threading.Lock()
 
 
@@ -546,14 +546,14 @@ class SimulatedSCMOS(DriverBase):
         at once instead of drawing the noise again, about a second at 2048x2048; what is
         kept meanwhile is one bank."""
         global _last_bank
-        whose = (type(self), self._sensor, self._seed, self._bank_size, key)
         model = (self.GAIN, self.READ_NOISE, self.OFFSET)
+        whose = (type(self), self._sensor, self._seed, self._bank_size, key, model)
         with _last_bank_lock:
-            if _last_bank is not None and _last_bank[:2] == (whose, model):
-                return _last_bank[2]
+            if _last_bank is not None and _last_bank[0] == whose:
+                return _last_bank[1]
         bank = self._build_bank(key)
         with _last_bank_lock:
-            _last_bank = (whose, model, bank)
+            _last_bank = (whose, bank)
         return bank
 
     def _build_bank(self, key: _BankKey) -> _FrameBank:

@@ -143,7 +143,7 @@ class RunFile:
                 if measured:
                     computed.append(measured[done - start].result())
                 elif regions is not None:
-                    computed.append(stats.compute(ring.slot(slots[0]), regions))
+                    computed.append(stats.compute(ring.slot(slots[done - start]), regions))
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
