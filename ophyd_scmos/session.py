@@ -1,10 +1,13 @@
 """What the IPython profile and the commands set up the same way: the RunEngine of a lab
-session, and a progress bar of frames fed by a run's documents."""
+session, a progress bar of frames fed by a run's documents, and stand-ins for what the
+profile loads on a thread once the prompt is there (the catalog, the BestEffortCallback)."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -101,3 +104,114 @@ class FrameProgress:
         """Draw the final count and rate, with the clock stopped at the last frame."""
         self.bar.unpause()  # restarts the clock from the last drawing: the last frame
         self.bar.close()
+
+
+class Background:
+    """What `load` returns, loaded on a thread by `start`, for a session that should not wait
+    for its imports (the catalog: bluesky-tiled-plugins, xarray, pandas; the
+    BestEffortCallback: matplotlib). Until then it stands in for it: calling, indexing,
+    iterating, attributes and ``repr`` wait for it and are its; where it was given a
+    namespace, it puts the loaded object itself in its place. `failed` says what a failure
+    to load means, before the error's own words (it is tried again at the next use)."""
+
+    def __init__(self, load: Callable[[], Any], failed: str) -> None:
+        self._load = load
+        self._failed = failed
+        self._started = threading.Event()
+        self._loaded = threading.Event()
+        self._lock = threading.Lock()
+        self._value: Any = None
+
+    def start(self, namespace: MutableMapping[str, Any] | None = None, name: str = "") -> None:
+        """Load it on a thread. Once loaded, ``namespace[name]`` becomes it, if it still is
+        this stand-in."""
+
+        def load_it() -> None:
+            try:
+                value = self._get()
+            except Exception as exc:  # told now; raised again at first use, if it still fails
+                print(f"ophyd-scmos: {self._failed}: {exc}", file=sys.stderr)
+            else:
+                if namespace is not None and namespace.get(name) is self:
+                    namespace[name] = value
+            finally:
+                self._loaded.set()
+
+        if self._started.is_set():
+            return
+        self._started.set()
+        # Not a daemon: an interpreter that exits meanwhile waits for it rather than
+        # stopping it in the middle of an import.
+        threading.Thread(target=load_it, name=f"scmos-load-{name or 'background'}").start()
+
+    def start_at_prompt(self, shell: Any, name: str) -> None:
+        """`start` once IPython has drawn its first prompt (into its namespace as `name`):
+        loaded meanwhile, its imports would share the interpreter with the session's own and
+        with drawing the prompt, and hold the prompt back. Without a prompt (input that is not
+        a terminal), at once."""
+        app = getattr(getattr(shell, "pt_app", None), "app", None)
+        if app is None:
+            self.start(shell.user_ns, name)
+        else:  # every drawing calls it; only the first starts
+            app.after_render += lambda _: self.start(shell.user_ns, name)
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._value is None:
+                self._value = self._load()
+            return self._value
+
+    def wait(self) -> Any:
+        """The object, once loaded (loaded here, where the thread could not or was not
+        started yet)."""
+        if self._started.is_set():
+            self._loaded.wait()
+        return self._get()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wait()(*args, **kwargs)
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):  # copy, pickle and friends: not the object's
+            raise AttributeError(attribute)
+        return getattr(self.wait(), attribute)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.wait()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.wait())
+
+    def __len__(self) -> int:
+        return len(self.wait())
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.wait()
+
+    def __dir__(self) -> list[str]:
+        return dir(self.wait())
+
+    def __repr__(self) -> str:
+        return repr(self.wait())
+
+
+class BackgroundCatalog(Background):
+    """The catalog that `opener` returns, opened on a thread; `tiled_writer` is a RunEngine
+    callback that writes into it (a `TiledWriter`, made on the same thread)."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._writer: Any = None
+
+        def open_with_writer() -> Any:
+            from bluesky_tiled_plugins import TiledWriter
+
+            catalog = opener()
+            self._writer = TiledWriter(catalog)
+            return catalog
+
+        super().__init__(open_with_writer, "the catalog did not open")
+
+    def tiled_writer(self, name: str, doc: dict[str, Any]) -> Any:
+        """Write a document into the catalog (subscribe this to the RunEngine)."""
+        self.wait()
+        return self._writer(name, doc)

@@ -252,9 +252,10 @@ def test_leaving_the_session_gives_the_cameras_back_without_a_traceback(home, tm
     assert mark.read_text() == "closed"  # the camera's driver was closed at exit
 
 
-def test_at_a_terminal_the_catalog_opens_once_the_prompt_is_shown(home):
-    """In a terminal (a pty here), the prompt comes before the catalog's imports; the catalog
-    opens from the first prompt on and then takes `catalog`'s place."""
+def test_at_a_terminal_the_catalog_and_the_table_load_once_the_prompt_is_shown(home):
+    """In a terminal (a pty here), the prompt comes before the imports of the catalog and of
+    the BestEffortCallback (no display: no plots); both load from the first prompt on, take
+    their names' places, and the first run is written and tabled."""
     pid, terminal = pty.fork()
     if pid == 0:  # the session, in the pseudo-terminal
         os.execve(str(BIN / "ophyd-scmos"), ["ophyd-scmos", "ipython"], user_env(home))
@@ -270,8 +271,14 @@ def test_at_a_terminal_the_catalog_opens_once_the_prompt_is_shown(home):
 
     try:
         read_until(b"In [")
-        os.write(terminal, b"catalog.wait(); print('OPENED', type(catalog).__name__)\r")
+        # A stand-in's `wait` returns once it has given its name to what it loaded.
+        os.write(terminal, b"getattr(catalog, 'wait', list)(); print('OPENED', type(catalog).__name__)\r")
         read_until(b"OPENED CatalogOfBlueskyRuns")
+        os.write(terminal, b"getattr(bec, 'wait', list)(); print('LOADED', type(bec).__name__)\r")
+        read_until(b"LOADED BestEffortCallback")
+        os.write(terminal, b"uid, = RE(count([cam], num=2)); print('RUNS', len(catalog))\r")
+        read_until(b"RUNS 1")
+        assert b"cam_frame_number" in seen  # the table's header
         os.write(terminal, b"exit\r")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0

@@ -2,12 +2,11 @@
 
 One module per job: `embedded` (`open_catalog`: the embedded catalog on SQLite, or a Tiled
 server by URL), `local_server` (the embedded catalog's server, shared by the processes that
-open it), `background` (a catalog opened on a thread, for the IPython profile), `server` (a
-facility's Tiled server on PostgreSQL), `transfer` (a run's documents, and `sync` between
-catalogs), `summary` (what is in a run, for people), `recover` (closing a run whose acquiring
-process died), `hdf5` (the adapter Tiled reads run files with, which refuses a damaged file at
-once). Importing this package loads none of Tiled, h5py or numpy, so the CLI starts fast.
-The design reasoning is in docs/architecture.md ("Catalogs").
+open it), `server` (a facility's Tiled server on PostgreSQL), `transfer` (a run's
+documents, and `sync` between catalogs), `summary` (what is in a run, for people), `recover`
+(closing a run whose acquiring process died), `hdf5` (the adapter Tiled reads run files with,
+which refuses a damaged file at once). Importing this package loads none of Tiled, h5py or
+numpy, so the CLI starts fast. The design reasoning is in docs/architecture.md ("Catalogs").
 """
 
 from ophyd_scmos.catalog.embedded import (

@@ -4,7 +4,7 @@ default ($OPHYD_SCMOS_CATALOG, else the embedded catalog in your data directory)
 the prompt does not wait for it: until it is open `catalog` stands in for it (a use waits),
 then it is the catalog."""
 
-from ophyd_scmos.catalog.background import BackgroundCatalog
+from ophyd_scmos.session import BackgroundCatalog
 
 catalog = BackgroundCatalog(lab.catalog.open)  # noqa: F821 - from 00-config.py
 RE.subscribe(catalog.tiled_writer)  # noqa: F821 - from 10-run-engine.py

@@ -14,7 +14,7 @@ from bluesky.plans import count
 from ophyd.sim import det
 
 from ophyd_scmos.catalog import open_catalog
-from ophyd_scmos.catalog.background import BackgroundCatalog
+from ophyd_scmos.session import BackgroundCatalog
 
 
 def test_it_stands_in_for_the_catalog_until_open_then_gives_it_its_place(
