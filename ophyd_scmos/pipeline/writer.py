@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
 import os
 import select
@@ -37,6 +38,7 @@ from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
 #: a lone frame at least this big is measured beside its writing: at 256x256 (128 kB) the
 #: hand-over cost more than it overlapped, at 2048x2048 the two take milliseconds each
 OVERLAP_BYTES = 1 << 20
+OPEN = int(Op.OPEN)  #: compared with a plain int: numpy compares an enum member slowly
 
 
 class RunFile:
@@ -76,13 +78,14 @@ class RunFile:
             images=config.images,
         )
         self.meta = [
-            self.file[p] for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
+            Column(self.file[p])
+            for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
         self.regions = config.regions
         self.stats = (
             []
             if self.regions is None
-            else layout.create_stats(self.file, spec.frame_shape, self.regions)
+            else [Column(d) for d in layout.create_stats(self.file, spec.frame_shape, self.regions)]
         )
         #: what a frame adds to the file: its chunk, or without images its row of 8-byte values
         row_bytes = 8 * (len(self.meta) + len(self.stats))
@@ -150,14 +153,15 @@ class RunFile:
                 self.behind.advance(self.file.id.get_filesize())
         finally:
             chunks.close()  # a failed write: start no more compressions
-            for future in measured:  # nor statistics; none may read a slot after this
-                future.cancel()
-            wait(measured)
+            if measured:  # nor statistics; none may read a slot after this
+                for future in measured:
+                    future.cancel()
+                wait(measured)
             if done < start + len(slots) and self.data is not None:
                 self.data.id.set_extent((done, *frame_shape))
             if done > start:
-                for ds, frame_values in zip(self.meta, values, strict=True):
-                    _append(ds, start, frame_values[: done - start])
+                for column, frame_values in zip(self.meta, values, strict=True):
+                    column.write(start, frame_values[: done - start])
                 if computed:
                     self.record_stats(start, np.array(computed))
             self.written = done
@@ -179,8 +183,8 @@ class RunFile:
         if not self.unstored or (not force and now - self.last_stats_store < self.flush_interval):
             return
         columns = np.concatenate(self.unstored).reshape(-1, len(self.stats))
-        for i, ds in enumerate(self.stats):
-            _append(ds, self.stats_stored, columns[:, i])
+        for i, column in enumerate(self.stats):
+            column.write(self.stats_stored, columns[:, i])
         self.stats_stored += len(columns)
         self.unstored = []
         self.last_stats_store = now
@@ -198,13 +202,14 @@ class RunFile:
     def truncate(self, keep: int) -> None:
         """Cut the file to its first `keep` frames (frames of points a run never recorded)."""
         if 0 <= keep < self.written:
-            for ds in (self.data, *self.meta):
-                if ds is not None:
-                    ds.resize(keep, axis=0)
+            if self.data is not None:
+                self.data.resize(keep, axis=0)
+            for column in self.meta:
+                column.dataset.resize(keep, axis=0)
             del self.unreported[max(0, keep - self.stats_from) :]
             if keep < self.stats_stored:
-                for ds in self.stats:
-                    ds.resize(keep, axis=0)
+                for column in self.stats:
+                    column.dataset.resize(keep, axis=0)
                 self.stats_stored, self.unstored = keep, []
             elif self.unstored:
                 self.unstored = [np.concatenate(self.unstored)[: keep - self.stats_stored]]
@@ -242,13 +247,26 @@ class RunFile:
             raise no_room(reason, f"frame {self.written + 1}")
 
 
-def _append(ds: h5py.Dataset, start: int, values: np.ndarray) -> None:
-    """Write `values` at [start, start + len) of a 1-D dataset, growing it to fit. h5py's
-    low-level calls: a third of the cost of slicing, paid for every event of a step scan."""
-    ds.id.set_extent((start + len(values),))
-    space = ds.id.get_space()
-    space.select_hyperslab((start,), (len(values),))
-    ds.id.write(h5py.h5s.create_simple((len(values),)), space, np.ascontiguousarray(values))
+class Column:
+    """A 1-D dataset written at any index, growing to fit, through h5py's low-level calls with
+    the dataspaces kept between writes: a step scan writes a value to each for every event,
+    and making the spaces anew cost as much as the write itself."""
+
+    def __init__(self, dataset: h5py.Dataset):
+        self.dataset = dataset
+        self._space = dataset.id.get_space()  #: the file's, re-extended at each write
+        self._memory_size = 1
+        self._memory = h5py.h5s.create_simple((1,))  #: the last write's, of as many values
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        """Write `values` at [start, start + len), growing the dataset to fit."""
+        n, end = len(values), start + len(values)
+        if n != self._memory_size:
+            self._memory, self._memory_size = h5py.h5s.create_simple((n,)), n
+        self.dataset.id.set_extent((end,))
+        self._space.set_extent_simple((end,), (h5py.h5s.UNLIMITED,))
+        self._space.select_hyperslab((start,), (n,))
+        self.dataset.id.write(self._memory, self._space, np.ascontiguousarray(values))
 
 
 class WriterLoop:
@@ -307,7 +325,7 @@ class WriterLoop:
         while len(data) - start >= RECORD.itemsize:
             whole = (len(data) - start) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(data[start : start + whole], RECORD)
-            opens = np.flatnonzero(records["op"] == Op.OPEN)
+            opens = np.flatnonzero(records["op"] == OPEN)
             count = int(opens[0]) if len(opens) else len(records)
             self.serve_records(records[:count])
             start += count * RECORD.itemsize
@@ -327,8 +345,10 @@ class WriterLoop:
         file = self.file
         if file is None:
             raise RuntimeError(f"commands {sorted(set(records['op']))} came with no file open")
-        for run in np.split(records, np.flatnonzero(np.diff(records["op"])) + 1):
-            op, arg = Op(run["op"][0]), run["arg"]
+        ops, args = records["op"], records["arg"]
+        edges = [0, *(np.flatnonzero(ops[1:] != ops[:-1]) + 1).tolist(), len(records)]
+        for first, end in itertools.pairwise(edges):  # runs of one command
+            op, arg = Op(int(ops[first])), args[first:end]
             if op is Op.FRAME:
                 file.append(arg)
             elif op in file.lost:
