@@ -16,6 +16,7 @@ comparable. A region whose total is 0 has centroids and their sigmas NaN.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,7 +87,7 @@ def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
     h, w = pixels.shape
     n = pixels.size
     rows_per_block = max(1, _BLOCK_PIXELS // w)
-    ones = np.ones(max(w, rows_per_block))
+    ones = _ones(max(w, rows_per_block))
     column_sums = np.zeros(w)
     row_sums = np.empty(h)
     squares = 0.0
@@ -96,11 +97,10 @@ def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
         column_sums += ones[: len(block)] @ block
         flat = block.ravel()
         squares += float(flat @ flat)
-    total = float(row_sums.sum())
+    total, centroid_x, sigma_x = _moments(column_sums, x0)
+    _, centroid_y, sigma_y = _moments(row_sums, y0)
     mean = total / n
     sigma = np.sqrt(max(squares / n - mean * mean, 0.0))
-    centroid_x, sigma_x = _moments(column_sums, total, x0)
-    centroid_y, sigma_y = _moments(row_sums, total, y0)
     return [
         total,
         mean,
@@ -114,15 +114,31 @@ def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
     ]
 
 
-def _moments(profile: np.ndarray, total: float, offset: int) -> tuple[float, float]:
-    """Centroid and sigma of a projection, positions measured from its first pixel then
-    shifted by `offset` (better conditioned than squaring frame coordinates)."""
+@functools.cache
+def _ones(n: int) -> np.ndarray:
+    ones = np.ones(n)
+    ones.flags.writeable = False
+    return ones
+
+
+@functools.cache
+def _powers(n: int) -> np.ndarray:
+    """(3, n): 1, x and x^2 for the positions 0..n-1 of a projection, so one product gives
+    its moments."""
+    position = np.arange(n, dtype=np.float64)
+    powers = np.stack([np.ones(n), position, position * position])
+    powers.flags.writeable = False
+    return powers
+
+
+def _moments(profile: np.ndarray, offset: int) -> tuple[float, float, float]:
+    """Total, centroid and sigma of a projection: positions measured from its first pixel
+    (better conditioned than frame coordinates), the centroid then shifted by `offset`."""
+    total, first, second = (float(m) for m in _powers(len(profile)) @ profile)
     if total == 0:
-        return float("nan"), float("nan")
-    position = np.arange(len(profile), dtype=np.float64)
-    centre = float(position @ profile) / total
-    variance = float(((position - centre) ** 2) @ profile) / total
-    return centre + offset, float(np.sqrt(max(variance, 0.0)))
+        return total, float("nan"), float("nan")
+    centre = first / total
+    return total, centre + offset, float(np.sqrt(max(second / total - centre * centre, 0.0)))
 
 
 def combine(per_frame: np.ndarray) -> np.ndarray:
