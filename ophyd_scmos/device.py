@@ -634,10 +634,15 @@ class SCMOSCamera(Device):
             )
 
     def _update_signals(self, stream: FrameStream) -> None:
-        self.frames_written.put(stream.frames_written)
-        self.frames_dropped.put(stream.frames_dropped)
-        self.frames_missed.put(stream.frames_missed)
-        self.ring_fill.put(stream.ring_fill)
+        """Put the stream's counts where they changed (each event asks, most often for none)."""
+        for signal, value in (
+            (self.frames_written, stream.frames_written),
+            (self.frames_dropped, stream.frames_dropped),
+            (self.frames_missed, stream.frames_missed),
+            (self.ring_fill, stream.ring_fill),
+        ):
+            if signal.get() != value:
+                signal.put(value)
 
     def _on_progress(self, stream: FrameStream) -> None:
         """The stream's progress (its writer's status thread): signals, then statuses."""

@@ -405,6 +405,10 @@ class FrameStream:
         self._written = status.get("written", self._written)
         if self.ring is not None:
             self.ring.header[Header.WRITTEN] = self._written
+        # Progress is told before the waiters are woken: a waiter (a RunEngine's next step)
+        # then runs on without this thread's bookkeeping beside it.
+        if self._on_progress is not None:
+            self._on_progress(self)
         if status["state"] == State.OPEN:
             self._opened.set()
         elif status["state"] == State.CLOSED:
@@ -426,8 +430,6 @@ class FrameStream:
             with self._truncated:
                 self._truncated_to = status.get("truncated")
                 self._truncated.notify_all()
-        if self._on_progress is not None:
-            self._on_progress(self)
 
     def _acquire(self) -> None:
         ring, writer = self.ring, self._require_writer()
