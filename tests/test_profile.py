@@ -272,7 +272,9 @@ def test_at_a_terminal_the_catalog_and_the_table_load_once_the_prompt_is_shown(h
     try:
         read_until(b"In [")
         # A stand-in's `wait` returns once it has given its name to what it loaded.
-        os.write(terminal, b"getattr(catalog, 'wait', list)(); print('OPENED', type(catalog).__name__)\r")
+        os.write(
+            terminal, b"getattr(catalog, 'wait', list)(); print('OPENED', type(catalog).__name__)\r"
+        )
         read_until(b"OPENED CatalogOfBlueskyRuns")
         os.write(terminal, b"getattr(bec, 'wait', list)(); print('LOADED', type(bec).__name__)\r")
         read_until(b"LOADED BestEffortCallback")
