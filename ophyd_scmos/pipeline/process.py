@@ -21,7 +21,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, encode, encode_open
+from ophyd_scmos.pipeline.protocol import (
+    Op,
+    State,
+    WriterConfig,
+    WriterStatus,
+    encode,
+    encode_open,
+    encode_stats,
+)
 from ophyd_scmos.pipeline.ring import FrameRing
 
 #: glibc malloc settings for the writer: every compressed chunk is a fresh frame-sized buffer,
@@ -63,6 +71,9 @@ class WriterProcess:
         self._stdin = self.process.stdin.fileno()
         self.ring: FrameRing | None = None
         self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
+        #: threads send whole commands: a write longer than the pipe's atomic size could
+        #: otherwise interleave with another's
+        self._sending = threading.Lock()
         self.last: WriterStatus = {"state": State.CLOSED.value, "written": 0}
         self.died = False  #: ended while writing a file, or without saying why
         self.ended = threading.Event()
@@ -111,8 +122,13 @@ class WriterProcess:
         is asked for: one write, so the writer wakes once for both."""
         self._send(encode(Op.FRAME, slot) + (encode(Op.FLUSH, flush) if flush else b""))
 
+    def send_stats(self, index: int, values: np.ndarray) -> None:
+        """The statistics of the file's frame `index`, measured here, for the file."""
+        self._send(encode_stats(index, values))
+
     def _send(self, data: bytes) -> None:
-        self.bytes_sent += os.write(self._stdin, data)
+        with self._sending:
+            self.bytes_sent += os.write(self._stdin, data)
 
     def _listen(self) -> None:
         """Pass status lines on; an error only once the process has gone (and its file with

@@ -3,8 +3,8 @@
 The writer is started as ``python -m ophyd_scmos.pipeline`` and lives as long as the camera
 that started it, writing one run's file after another. Commands go to its stdin as
 fixed-size records (`RECORD`: an `Op` and its argument), served in order; `Op.OPEN` is
-followed by the file's `WriterConfig` as JSON. It answers on stdout with one JSON
-`WriterStatus` per line.
+followed by the file's `WriterConfig` as JSON, `Op.STATS` by a frame's statistics. It
+answers on stdout with one JSON `WriterStatus` per line.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.ring import RingSpec
-from ophyd_scmos.pipeline.stats import Region
+from ophyd_scmos.pipeline.stats import STATS, Region
 
 #: one command: 16 bytes, little-endian
 RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
@@ -34,6 +34,9 @@ class Op(enum.IntEnum):
     TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
     FLUSH = 6  #: flush as soon as the file holds this many frames: someone waits for them
     OPEN = 7  #: start a run's file: its `WriterConfig` follows, this many bytes of JSON
+    #: the statistics of the file's frame at this index, measured by the acquiring process:
+    #: `WriterConfig.stats_bytes` follow, float64 [region][stat]
+    STATS = 8
 
 
 class State(str, enum.Enum):
@@ -70,6 +73,8 @@ class WriterConfig:
     regions: dict[str, Region] | None = None
     #: False: the frames are not stored, only their numbers, timestamps and statistics
     images: bool = True
+    #: True: the acquiring process measures every frame and sends its statistics (`Op.STATS`)
+    stats_sent: bool = False
 
     def __post_init__(self) -> None:
         if not self.images and self.regions is None:
@@ -77,6 +82,13 @@ class WriterConfig:
                 f"{self.path}: a file without images needs statistics (regions), or it would "
                 "keep nothing of the frames"
             )
+        if self.stats_sent and self.regions is None:
+            raise ValueError(f"{self.path}: statistics are sent but none are kept (no regions)")
+
+    @property
+    def stats_bytes(self) -> int:
+        """Bytes of one frame's statistics after `Op.STATS`."""
+        return 0 if self.regions is None else (1 + len(self.regions)) * len(STATS) * 8
 
     def to_json(self) -> str:
         return json.dumps(
@@ -87,6 +99,7 @@ class WriterConfig:
                 "attrs": self.attrs,
                 "regions": self.regions,
                 "images": self.images,
+                "stats_sent": self.stats_sent,
             }
         )
 
@@ -101,6 +114,7 @@ class WriterConfig:
             d["attrs"],
             None if regions is None else {k: cast(Region, tuple(v)) for k, v in regions.items()},
             d["images"],
+            d["stats_sent"],
         )
 
 
@@ -112,3 +126,8 @@ def encode_open(config: WriterConfig) -> bytes:
     """`Op.OPEN` and the file's configuration after it."""
     payload = config.to_json().encode()
     return encode(Op.OPEN, len(payload)) + payload
+
+
+def encode_stats(index: int, values: np.ndarray) -> bytes:
+    """`Op.STATS`: the statistics of the file's frame `index`, [region][stat]."""
+    return encode(Op.STATS, index) + np.ascontiguousarray(values, "<f8").tobytes()

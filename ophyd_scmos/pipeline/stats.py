@@ -1,7 +1,9 @@
 """Statistics of every frame, for the whole frame and for named regions, as areaDetector's.
 
-The writer computes them on the ring slot it is storing (no copy of the frame), so they
-describe exactly the frames in the file. The definitions are those of areaDetector's
+They are computed on the ring slot a frame is stored from (no copy of the frame), so they
+describe exactly the frames in the file: by the writer, or for a software-triggered camera's
+small frames by the camera's thread in the acquiring process, beside the frame's write in the
+writer process (which stores the values it is sent). The definitions are those of areaDetector's
 NDPluginStats, for the pixels I(x, y) of a region (x the column, y the row):
 
 - ``total`` = sum I; ``mean`` = total / N (N pixels); ``min``, ``max``;
@@ -32,6 +34,11 @@ REGION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED = (FRAME, "stats")
 
 Region = tuple[int, int, int, int]  #: (x, y, width, height) in frame pixels
+#: a frame smaller than this is measured on the thread that has it (the writer's, or the
+#: camera's in a triggered step scan), a larger one on a thread of its own beside the
+#: writing: at 256x256 (128 kB) a hand-over cost more than it overlapped, at 2048x2048 the
+#: two take milliseconds each
+SMALL_FRAME_BYTES = 1 << 20
 _BLOCK_PIXELS = 1 << 16  #: pixels converted to float at once: 512 kB, in the CPU's cache
 
 

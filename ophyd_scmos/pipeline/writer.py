@@ -35,10 +35,7 @@ from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, Write
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
 
-#: a lone frame at least this big is measured beside its writing: at 256x256 (128 kB) the
-#: hand-over cost more than it overlapped, at 2048x2048 the two take milliseconds each
-OVERLAP_BYTES = 1 << 20
-OPEN = int(Op.OPEN)  #: compared with a plain int: numpy compares an enum member slowly
+OPEN, STATS = int(Op.OPEN), int(Op.STATS)  #: plain ints: numpy compares an enum slowly
 
 
 class RunFile:
@@ -82,6 +79,8 @@ class RunFile:
             for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
         self.regions = config.regions
+        self.stats_sent = config.stats_sent  #: they come with `Op.STATS`, not computed here
+        self.stats_bytes = config.stats_bytes
         self.stats = (
             []
             if self.regions is None
@@ -131,7 +130,11 @@ class RunFile:
         frames = (ring.slot(s) for s in slots)
         regions = self.regions
         measured: list[Future[np.ndarray]] = []
-        if regions is not None and (len(slots) > 1 or ring.spec.frame_bytes >= OVERLAP_BYTES):
+        if self.stats_sent:
+            regions = None  # the acquiring process measures these frames and sends the values
+        elif regions is not None and (
+            len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
+        ):
             measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
@@ -173,6 +176,18 @@ class RunFile:
             self.stats_from = start
         self.unreported.extend(computed.tolist())
         self.unstored.append(computed)
+
+    def receive_stats(self, index: int, values: np.ndarray) -> None:
+        """Keep the statistics the acquiring process sent for frame `index` (already written:
+        its frame came first) for the file; that process has them, so they are not reported."""
+        if index >= self.written:
+            return  # a frame cut from the file (`truncate`) after it was measured
+        expected = self.stats_stored + sum(len(rows) for rows in self.unstored)
+        if not self.stats_sent or index != expected:
+            raise RuntimeError(
+                f"{self.path}: statistics sent for frame {index}, expected for frame {expected}"
+            )
+        self.unstored.append(values.reshape(1, len(self.regions or ()) + 1, len(stats.STATS)))
 
     def store_stats(self, force: bool = False) -> None:
         """Append the statistics not yet in the file, at most once a flush interval unless
@@ -325,26 +340,29 @@ class WriterLoop:
         while len(data) - start >= RECORD.itemsize:
             whole = (len(data) - start) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(data[start : start + whole], RECORD)
-            opens = np.flatnonzero(records["op"] == OPEN)
-            count = int(opens[0]) if len(opens) else len(records)
+            ops = records["op"]
+            carrying = np.flatnonzero((ops == OPEN) | (ops == STATS))  # a payload follows
+            count = int(carrying[0]) if len(carrying) else len(records)
             self.serve_records(records[:count])
             start += count * RECORD.itemsize
-            if not len(opens):
+            if not len(carrying):
                 break
-            size = int(records["arg"][count])
+            op, arg = int(ops[count]), int(records["arg"][count])
+            size = arg if op == OPEN else self.require_file(op).stats_bytes
             payload = data[start + RECORD.itemsize : start + RECORD.itemsize + size]
             if len(payload) < size:
-                break  # the configuration has not all arrived yet
-            self.open(WriterConfig.from_json(payload.decode()))
+                break  # the rest has not arrived yet
+            if op == OPEN:
+                self.open(WriterConfig.from_json(payload.decode()))
+            else:
+                self.require_file(op).receive_stats(arg, np.frombuffer(payload, "<f8"))
             start += RECORD.itemsize + size
         return data[start:]
 
     def serve_records(self, records: np.ndarray) -> None:
         if not len(records):
             return
-        file = self.file
-        if file is None:
-            raise RuntimeError(f"commands {sorted(set(records['op']))} came with no file open")
+        file = self.require_file(*set(records["op"].tolist()))
         ops, args = records["op"], records["arg"]
         edges = [0, *(np.flatnonzero(ops[1:] != ops[:-1]) + 1).tolist(), len(records)]
         for first, end in itertools.pairwise(edges):  # runs of one command
@@ -362,6 +380,11 @@ class WriterLoop:
             elif op is Op.FINISH:
                 file.finish(keep=int(arg[0]), complete=True)
                 self.file = None
+
+    def require_file(self, *ops: int) -> RunFile:
+        if self.file is None:
+            raise RuntimeError(f"commands {sorted(ops)} came with no file open")
+        return self.file
 
     def open(self, config: WriterConfig) -> None:
         """Start a run's file, attaching to its ring if it is not the one attached."""

@@ -1,7 +1,10 @@
-"""Per-frame statistics: computed by the writer, stored beside the frames, reported back."""
+"""Per-frame statistics: computed by the writer (or, for a triggered stream's small frames, by
+the camera's thread, which sends them to the writer), stored beside the frames, reported."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 
 import h5py
@@ -11,6 +14,9 @@ import pytest
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import FrameStream, layout, stats
 from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.protocol import Op, WriterConfig, encode, encode_open, encode_stats
+from ophyd_scmos.pipeline.ring import FrameRing
+from ophyd_scmos.pipeline.writer import WriterLoop
 
 ODD_REGIONS = {"spot": (5, 3, 7, 9), "corner": (0, 0, 1, 1), "strip": (11, 2, 13, 1)}
 
@@ -92,14 +98,20 @@ def test_bad_regions_are_refused_naming_them(name, value, says):
         stats.check_region(name, value, (30, 44))
 
 
+MEASURED_BY = pytest.mark.parametrize("triggered", [False, True], ids=["writer", "camera"])
+
+
+@MEASURED_BY
 @pytest.mark.parametrize("binning, bit_depth", [(1, 16), (2, 12)])
-def test_stored_statistics_are_numpys_on_the_stored_frames(tmp_path, binning, bit_depth):
+def test_stored_statistics_are_numpys_on_the_stored_frames(tmp_path, binning, bit_depth, triggered):
     camera = SimulatedSCMOS(shape=(62, 90), seed=5, camera_buffer_frames=1000)
     camera.open()
     camera.configure(CameraSettings(exposure_time=0.0005, binning=binning, bit_depth=bit_depth))
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, PipelineOptions(ring_frames=4), regions=ODD_REGIONS)
+    options = PipelineOptions(ring_frames=4)
+    stream = FrameStream(camera, path, options, regions=ODD_REGIONS, triggered=triggered)
     stream.open()
+    assert stream.measures_here is triggered
     camera.software_trigger(25)
     stream.wait(25, timeout=30)
     reported = stream.frame_stats(0, 25)
@@ -139,15 +151,16 @@ def test_no_regions_no_statistics(tmp_path):
         stream.frame_stats(0, 1)
 
 
+@MEASURED_BY
 @pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "in-the-file"])
-def test_truncated_frames_statistics_are_replaced(tmp_path, stored):
+def test_truncated_frames_statistics_are_replaced(tmp_path, stored, triggered):
     """Whether the cut frames' statistics were still waiting in the writer or already in
     the file, those of the frames that follow replace them."""
     camera = SimulatedSCMOS(shape=(16, 24), seed=2, camera_buffer_frames=100)
     camera.open()
     options = PipelineOptions(ring_frames=4, flush_interval=0.2 if stored else 30)
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, options, regions={})
+    stream = FrameStream(camera, path, options, regions={}, triggered=triggered)
     stream.open()
     camera.software_trigger(6)
     stream.wait(6, timeout=30)
@@ -190,3 +203,51 @@ def test_statistics_reach_the_file_within_a_flush_interval_of_their_frames(tmp_p
     wait_for_stored_stats(path, 5)
     assert time.monotonic() - started < 2
     stream.close()
+
+
+def test_the_writer_stores_the_statistics_it_is_sent_however_the_pipe_splits_them(tmp_path):
+    """Measured by the acquiring process: each frame's values follow its frame; the writer
+    stores them as sent (none computed, none reported back), whatever the reads cut."""
+    regions = {"spot": (1, 2, 3, 4)}
+    frames = np.random.default_rng(7).integers(0, 4096, (3, 8, 10)).astype("<u2")
+    sent = [stats.compute(frame, regions) + 0.5 for frame in frames]  # not the writer's own
+    ring = FrameRing.create((8, 10), "<u2", 4)
+    status = io.StringIO()
+    path = tmp_path / "run.h5"
+    path.touch()
+    try:
+        for slot, frame in enumerate(frames):
+            ring.slot(slot)[...] = frame
+        config = WriterConfig(str(path), ring.spec, regions=regions, stats_sent=True)
+        commands = encode_open(config)
+        for index in range(3):
+            commands += encode(Op.FRAME, index) + encode_stats(index, sent[index])
+        commands += encode(Op.FINISH, -1)
+        loop, pending = WriterLoop(status), b""
+        for start in range(0, len(commands), 7):  # every record and payload cut somewhere
+            pending = loop.serve(pending + commands[start : start + 7])
+        assert pending == b"" and loop.file is None
+    finally:
+        ring.close()
+    assert all("stats" not in json.loads(line) for line in status.getvalue().splitlines())
+    with h5py.File(path, "r") as f:
+        for r, region in enumerate((stats.FRAME, "spot")):
+            for s, name in enumerate(stats.STATS):
+                stored = f[layout.stats_path(region, name)][()]
+                np.testing.assert_array_equal(stored, [values[r, s] for values in sent])
+
+
+def test_statistics_sent_out_of_order_stop_the_writer_naming_the_frame(tmp_path):
+    ring = FrameRing.create((8, 10), "<u2", 4)
+    path = tmp_path / "run.h5"
+    path.touch()
+    try:
+        config = WriterConfig(str(path), ring.spec, regions={}, stats_sent=True)
+        loop = WriterLoop(io.StringIO())
+        loop.serve(encode_open(config) + encode(Op.FRAME, 0) + encode(Op.FRAME, 1))
+        values = stats.compute(ring.slot(1), {})
+        with pytest.raises(RuntimeError, match="sent for frame 1, expected for frame 0"):
+            loop.serve(encode_stats(1, values))
+        loop.file.finish(keep=-1, complete=False)
+    finally:
+        ring.close()
