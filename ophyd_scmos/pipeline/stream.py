@@ -512,6 +512,8 @@ class FrameStream:
             if not self._stop.is_set():
                 writer.ended.wait(5)
                 self._fail(StreamError(f"writer lost ({exc}). {self._saved()}"))
+        except Exception as exc:  # any other fault here (a driver's bug): no one waits forever
+            self._fail(StreamError(f"acquisition failed: {exc!r}. {self._saved()}"))
 
     def _measure(self, slot: int, index: int) -> None:
         """Measure the frame in `slot`, the file's frame `index`, while the writer writes it on

@@ -162,6 +162,32 @@ def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, 
         np.testing.assert_array_equal(f[layout.DATA][:30], expected_frames(camera, 30))
 
 
+class BuggyDriver(SimulatedSCMOS):
+    """A driver adapter with a bug: its sixth frame raises what no camera error is."""
+
+    def read_into(self, out, timeout):
+        info = super().read_into(out, timeout)
+        if info.frame_number == 5:
+            raise KeyError("no such frame field")
+        return info
+
+
+def test_a_fault_in_the_acquisition_thread_fails_the_waiters_instead_of_hanging(tmp_path):
+    camera = BuggyDriver(shape=(48, 80), seed=3, camera_buffer_frames=1000)
+    camera.open()
+    path = tmp_path / "run.h5"
+    stream = FrameStream(camera, path, PipelineOptions())
+    stream.open()
+    take(stream, 5)
+    camera.software_trigger(3)
+    with pytest.raises(StreamError, match="acquisition failed: KeyError.*holds 5 of 5 frames"):
+        stream.wait(8, timeout=30)
+    with pytest.raises(StreamError, match="acquisition failed"):
+        stream.close()
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 5))
+
+
 def test_settling_after_a_cut_waits_for_the_frames_the_file_keeps(camera, tmp_path):
     """Frames cut off (a resumed step scan's) never reach the file: settling counts those
     that follow the cut, not every frame the camera gave."""
