@@ -39,7 +39,13 @@ Region = tuple[int, int, int, int]  #: (x, y, width, height) in frame pixels
 #: writing: at 256x256 (128 kB) a hand-over cost more than it overlapped, at 2048x2048 the
 #: two take milliseconds each
 SMALL_FRAME_BYTES = 1 << 20
-_BLOCK_PIXELS = 1 << 16  #: pixels converted to float at once: 512 kB, in the CPU's cache
+#: pixels converted to float at once: 512 kB, in the CPU's cache
+BLOCK_PIXELS = 1 << 16
+#: at most this many, OpenBLAS computes a product on the calling thread. The acquiring
+#: process's BLAS keeps threads of its own (the writer's has none), and a larger product wakes
+#: them: they then spin for milliseconds, ~6 ms of a core per 256x256 step-scan event
+#: measured, which the writer and the RunEngine needed.
+UNTHREADED_BLOCK_PIXELS = 1 << 13
 
 
 def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = None) -> Region:
@@ -75,25 +81,27 @@ def check_regions(
     return {name: check_region(name, value, frame_shape) for name, value in regions.items()}
 
 
-def compute(frame: np.ndarray, regions: Mapping[str, Region]) -> np.ndarray:
+def compute(
+    frame: np.ndarray, regions: Mapping[str, Region], block_pixels: int = BLOCK_PIXELS
+) -> np.ndarray:
     """The statistics of `frame` over the whole frame and each region: one row per region
-    (the whole frame first), one column per `STATS` entry, float64."""
-    rows, cols = frame.shape
+    (the whole frame first), one column per `STATS` entry, float64. `block_pixels`: see
+    `UNTHREADED_BLOCK_PIXELS`."""
     out = np.empty((1 + len(regions), len(STATS)))
-    out[0] = _region_stats(frame, 0, 0)
+    out[0] = _region_stats(frame, 0, 0, block_pixels)
     for i, (x, y, w, h) in enumerate(regions.values(), start=1):
-        out[i] = _region_stats(frame[y : y + h, x : x + w], x, y)
+        out[i] = _region_stats(frame[y : y + h, x : x + w], x, y, block_pixels)
     return out
 
 
-def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
+def _region_stats(pixels: np.ndarray, x0: int, y0: int, block_pixels: int) -> list[float]:
     """One pass over the region, a block of rows at a time converted to float (no
     frame-sized temporary; the block stays in the CPU's cache): BLAS products give its
     row sums, column sums and sum of squares, three times faster than numpy's reductions
     (the writer process runs BLAS on one thread: see `process.WRITER_ENV`)."""
     h, w = pixels.shape
     n = pixels.size
-    rows_per_block = max(1, _BLOCK_PIXELS // w)
+    rows_per_block = max(1, block_pixels // w)
     ones = _ones(max(w, rows_per_block))
     column_sums = np.zeros(w)
     row_sums = np.empty(h)

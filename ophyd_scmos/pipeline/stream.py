@@ -520,7 +520,9 @@ class FrameStream:
         the other core, and send the writer the values: a point then waits for the longer of
         the two, not for both. The slot is safe to read: only this thread refills slots."""
         assert self.ring is not None and self.regions is not None
-        values = stats.compute(self.ring.slot(slot), self.regions)
+        values = stats.compute(
+            self.ring.slot(slot), self.regions, block_pixels=stats.UNTHREADED_BLOCK_PIXELS
+        )
         self._keep_stats(index, values[np.newaxis])
         self._require_writer().send_stats(index, values)
         self._notify()
