@@ -115,7 +115,7 @@ class FrameStream:
         self._stats_from = 0  #: file index of the first frame in `_stats`
         self._stats_to = 0  #: file index after the last frame in `_stats`
         self._triggered = triggered
-        self.measures_here = False  #: its frames' statistics are computed in `_acquire`
+        self.measures_here = False  #: measured on its camera thread (set when opened)
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
 
