@@ -113,7 +113,9 @@ class FrameStream:
         self.images = images
         self._stats: deque[Sequence[Sequence[float]]] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
-        self._stats_to = 0  #: file index after the last frame in `_stats`
+        #: file index after the last frame in `_stats`: `_settled` reads it without the lock,
+        #: where `_stats_from + len(_stats)` may be passing through a larger value
+        self._stats_to = 0
         self._triggered = triggered
         self.measures_here = False  #: measured on its camera thread (set when opened)
         self._truncated = threading.Condition()

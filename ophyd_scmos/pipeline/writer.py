@@ -128,11 +128,10 @@ class RunFile:
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
         values = [source[slots] for source in sources]
         frames = (ring.slot(s) for s in slots)
-        regions = self.regions
+        # Where statistics are sent, the acquiring process measures these frames.
+        regions = None if self.stats_sent else self.regions
         measured: list[Future[np.ndarray]] = []
-        if self.stats_sent:
-            regions = None  # the acquiring process measures these frames and sends the values
-        elif regions is not None and (
+        if regions is not None and (
             len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
         ):
             measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
