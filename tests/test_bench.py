@@ -102,6 +102,11 @@ def test_bench_reports_the_interactive_pace(tmp_path, capsys):
     pace = results["pace"]
     assert pace["one_event_run_ms"]["SCMOSCamera"] > 0 and pace["open_catalog_s"] > 0
     assert set(pace["count_256_tiled_events_s"]) == {"SCMOSCamera", "ophyd.sim det"}
+    assert (
+        0
+        < pace["count_256_trigger_wait_ms"]
+        < 1e3 / pace["count_256_tiled_events_s"]["SCMOSCamera"]
+    )
     assert pace["full_frame_per_s"]["movie"] > 0 and pace["ipython_prompt_s"] > 0
 
 

@@ -189,8 +189,10 @@ def re_count(n: int, scratch: Path) -> dict[str, float]:
 def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     """The interactive loop, ours beside ophyd.sim's trivial detector in the same process:
     a one-event `count` run (its whole cost: stage, trigger, unstage), `count` events/s at
-    a 256x256 region with TiledWriter into an embedded catalog, and a full-frame `count`
-    beside a movie at the same settings. Rounds alternate the two, medians are quoted."""
+    a 256x256 region with TiledWriter into an embedded catalog (and how long our trigger
+    waits in each of those events for its frame to be flushed and measured), and a
+    full-frame `count` beside a movie at the same settings. Rounds alternate the two,
+    medians are quoted."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from bluesky_tiled_plugins import TiledWriter
@@ -199,8 +201,19 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     from ophyd_scmos import SCMOSCamera, open_catalog
     from ophyd_scmos.plans import movie
 
+    class TimedCamera(SCMOSCamera):
+        """Keeps how long each trigger's status took: the wait a step-scan event adds."""
+
+        waits: list[float] = []
+
+        def trigger(self) -> Any:
+            start = time.perf_counter()
+            status = super().trigger()
+            status.add_callback(lambda _: self.waits.append(time.perf_counter() - start))
+            return status
+
     RE = RunEngine({})
-    small = SCMOSCamera(
+    small = TimedCamera(
         name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=0), write_dir=scratch / "pace"
     )
     # Memory for every frame of the movie on the camera: it throttles to the writer's pace
@@ -222,6 +235,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         for _ in range(rounds * 10):
             one["ophyd.sim det"].append(seconds(count([det], num=1)))
             one["SCMOSCamera"].append(seconds(count([small], num=1)))
+        small.waits.clear()
         token = RE.subscribe(TiledWriter(open_catalog(scratch / "pace-catalog")))
         tiled: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
         for _ in range(rounds):
@@ -251,6 +265,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         "count_256_tiled_ratio": float(
             np.median(np.divide(tiled["SCMOSCamera"], tiled["ophyd.sim det"]))
         ),
+        "count_256_trigger_wait_ms": 1e3 * float(np.median(small.waits)),
         "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
         "full_frame_count_vs_movie": float(
             np.median(np.divide(stepped["count"], stepped["movie"]))

@@ -215,6 +215,10 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {p['count_256_tiled_ratio']:5.2f}"
     )
     say(
+        f"  a step's trigger waits {p['count_256_trigger_wait_ms']:.2f} ms for its frame to be "
+        f"flushed and measured; det's whole event takes {1e3 / tiled['ophyd.sim det']:.2f} ms"
+    )
+    say(
         f"  2048x2048 count           {full['count']:6.1f} events/s   movie {full['movie']:6.1f} "
         f"frames/s   count/movie {p['full_frame_count_vs_movie']:5.2f}"
     )
