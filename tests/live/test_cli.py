@@ -35,13 +35,28 @@ def start_live(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     """`ophyd-scmos live ARGS` as a user in `tmp_path` runs it."""
     return subprocess.Popen(
         [*LIVE, "live", *args],
-        env=user_env(tmp_path),
+        env=user_env(tmp_path, PYTHONFAULTHANDLER="1"),
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def end(process: subprocess.Popen[str], sig: int) -> str:
+    """Send `sig` and return what the command said once it ended; if it hangs instead, fail
+    with every thread's stack (faulthandler, on SIGABRT), so a rare hang says where it was."""
+    process.send_signal(sig)
+    try:
+        return process.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            err = process.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired as exc:  # a child holds the pipe open
+            err = str(exc.stderr)
+        pytest.fail(f"ophyd-scmos live did not end on signal {sig} in 60 s; it was at:\n{err}")
 
 
 def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_path):
@@ -63,8 +78,7 @@ def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_p
         assert state["settings"]["exposure_time"] == 0.002
         header, pixels = decode(get(f"{base}/frame?token={token}")[1])
         assert pixels.shape == (128, 160) and header["mode"] == "focus"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        err = end(process, signal.SIGINT)
     finally:
         if process.poll() is None:
             process.kill()
@@ -95,8 +109,7 @@ def test_sigterm_ends_live_as_ctrl_c_does(tmp_path):
         line = process.stdout.readline()
         assert line.startswith("other live view: http://127.0.0.1:"), line
         started = time.monotonic()
-        process.terminate()
-        _, err = process.communicate(timeout=60)
+        err = end(process, signal.SIGTERM)
     finally:
         if process.poll() is None:
             process.kill()
