@@ -23,7 +23,9 @@ def live(args: argparse.Namespace) -> int:
         print(f"ophyd-scmos live: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     # A SIGTERM (a service manager, `kill`) ends it as Ctrl-C does: the camera is let go.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C's handler is set here too, as `acquire` and the RunEngine set theirs: Python
+    # leaves SIGINT ignored where it started ignored (a job a script put in the background).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cam.live(host=args.host, port=args.port)  # prints the page's address
         sys.stdout.flush()  # now, for whoever reads it from a pipe
@@ -36,7 +38,8 @@ def live(args: argparse.Namespace) -> int:
         print(f"ophyd-scmos live: {exc}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         cam.destroy()
 
 

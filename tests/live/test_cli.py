@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,9 @@ rois = {{ centre = [40, 32, 80, 64] }}
 """
 
 
-def start_live(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """`ophyd-scmos live ARGS` as a user in `tmp_path` runs it."""
+def start_live(tmp_path: Path, *args: str, sigint: Any = signal.SIG_DFL) -> subprocess.Popen[str]:
+    """`ophyd-scmos live ARGS` as a user in `tmp_path` runs it, started with `sigint` as its
+    SIGINT disposition (SIG_IGN: as a script's background job starts)."""
     return subprocess.Popen(
         [*LIVE, "live", *args],
         env=user_env(tmp_path, PYTHONFAULTHANDLER="1"),
@@ -41,6 +43,7 @@ def start_live(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
 
 
@@ -59,10 +62,11 @@ def end(process: subprocess.Popen[str], sig: int) -> str:
         pytest.fail(f"ophyd-scmos live did not end on signal {sig} in 60 s; it was at:\n{err}")
 
 
-def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_path):
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["default", "ignored"])
+def test_live_serves_the_cameras_page_until_ctrl_c_then_lets_the_camera_go(tmp_path, sigint):
     config = tmp_path / "lab.toml"
     config.write_text(EYE.format(data=tmp_path / "data"))
-    process = start_live(tmp_path, "--config", str(config), "--camera", "eye")
+    process = start_live(tmp_path, "--config", str(config), "--camera", "eye", sigint=sigint)
     try:
         assert process.stdout is not None
         ready = select.select([process.stdout], [], [], 120)[0]
