@@ -201,15 +201,16 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     from ophyd_scmos import SCMOSCamera, open_catalog
     from ophyd_scmos.plans import movie
 
-    class TimedCamera(SCMOSCamera):
-        """Keeps how long each trigger's status took: the wait a step-scan event adds."""
+    waits: list[float] = []  #: seconds from each trigger to its status done
 
-        waits: list[float] = []
+    class TimedCamera(SCMOSCamera):
+        """Keeps how long each trigger's status took in `waits`: the wait a step-scan event
+        adds."""
 
         def trigger(self) -> Any:
             start = time.perf_counter()
             status = super().trigger()
-            status.add_callback(lambda _: self.waits.append(time.perf_counter() - start))
+            status.add_callback(lambda _: waits.append(time.perf_counter() - start))
             return status
 
     RE = RunEngine({})
@@ -235,7 +236,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         for _ in range(rounds * 10):
             one["ophyd.sim det"].append(seconds(count([det], num=1)))
             one["SCMOSCamera"].append(seconds(count([small], num=1)))
-        small.waits.clear()
+        waits.clear()
         token = RE.subscribe(TiledWriter(open_catalog(scratch / "pace-catalog")))
         tiled: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
         for _ in range(rounds):
@@ -265,7 +266,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         "count_256_tiled_ratio": float(
             np.median(np.divide(tiled["SCMOSCamera"], tiled["ophyd.sim det"]))
         ),
-        "count_256_trigger_wait_ms": 1e3 * float(np.median(small.waits)),
+        "count_256_trigger_wait_ms": 1e3 * float(np.median(waits)),
         "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
         "full_frame_count_vs_movie": float(
             np.median(np.divide(stepped["count"], stepped["movie"]))
