@@ -1,22 +1,30 @@
-"""Closing a run whose acquiring process died, from the camera's file
+"""Closing a run whose acquiring process died, from its cameras' files
 (``ophyd-scmos recover --catalog``).
 
 TiledWriter keeps a run's events and image references in memory until the stop document (or
 until 10,000 have piled up): when the acquiring process dies, the catalog holds the run's
-start and descriptors, but no images and no stop, and shows the run "running" forever. The
+start and descriptors, but no images and no stop, and shows the run "running" forever. Each
 camera's file survives it (its writer closes it; `ophyd-scmos recover` clears the mark of
 one that could not), and the descriptor names it: the camera's ``file_path`` is part of its
-configuration. `close_run` registers the frames of the file as the images the descriptor
-announced, the way TiledWriter would have, and writes the stop. The events themselves, with
-the readings of every other device, died with the process: they are not made up.
+configuration. `close_run` registers the frames of each file as the images the descriptor
+announced, the way TiledWriter would have, and writes the stop, naming each camera's file
+under ``recovered_from``: a camera's file recovered later still finds the run. The events
+themselves, with the readings of every other device, died with the process: they are not
+made up.
+
+A run that died before its first event has no descriptor (bluesky writes it with the first
+event), and the file does not record its run: such a run is recognised by its start, which
+names the camera among its ``detectors`` and was written close to the file's start. It is
+closed with no images, and only if no other unfinished run fits as well.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ophyd_scmos.catalog.embedded import PathLike
@@ -29,43 +37,78 @@ __all__ = ["UnfinishedRun", "close_run", "find_unfinished_run"]
 
 #: the camera's configuration signal that names its file (`SCMOSCamera.file_path`)
 FILE_PATH_SIGNAL = "file_path"
+#: the stop document's record of the files `close_run` registered, by camera: a run closed by
+#: recovery (rather than by its own process) still takes the files of its other cameras
+RECOVERED_FROM = "recovered_from"
 #: how long before a file was started its run may have started (a run staging its camera
 #: late), and after (a plan staging its camera before it opens its run)
 EARLIER, LATER = 24 * 3600.0, 600.0
+#: how far apart a file's start and the start of a run without descriptors may be for the
+#: file to be that run's: a camera is staged just before its run opens, or just after
+NO_DESCRIPTOR_WINDOW = 60.0
 
 
 @dataclass
 class UnfinishedRun:
-    """A run without a stop document, and the image of it that a camera file holds."""
+    """A run without a stop document (or one `close_run` wrote), and the image of it that a
+    camera file holds: none (`stream` and `key` None) if the run ended before its first
+    event."""
 
     run: Any  #: the run's client
-    stream: str  #: the stream whose descriptor names the file
-    key: str  #: the image's data key in that stream
-    data_key: dict[str, Any]  #: its description: ``external`` (FILESTORE: or STREAM:), shape
+    device: str  #: the camera
+    path: Path  #: its file
+    stream: str | None = None  #: the stream whose descriptor names the file
+    key: str | None = None  #: the image's data key in that stream
+    #: its description: ``external`` (FILESTORE: or STREAM:), shape
+    data_key: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:
         return str(self.run.metadata["start"]["uid"])
 
+    @property
+    def recovered(self) -> bool:
+        """Whether the run's stop names the file: a recovery registered it already."""
+        stop = self.run.metadata.get("stop") or {}
+        return _same_file(stop.get(RECOVERED_FROM, {}).get(self.device), self.path)
 
-def find_unfinished_run(catalog: Any, path: PathLike, device: str, started: float) -> UnfinishedRun:
+
+def find_unfinished_run(
+    catalog: Any, path: PathLike, device: str, started: float, *, uid: str | None = None
+) -> UnfinishedRun:
     """The unfinished run whose camera `device` was writing `path`, a file it started writing
-    at UNIX time `started`: the newest run, started around then, whose descriptor configures
-    `device` with that file. Raises LookupError if there is none.
+    at UNIX time `started`; a run a recovery closed counts as unfinished. That is the newest
+    run, started around then, whose descriptor configures `device` with that file; failing
+    that, the one run without a descriptor for `device` whose start names it among its
+    detectors and was written within `NO_DESCRIPTOR_WINDOW` of `started`. `uid` names the
+    run instead (still refused if it contradicts the file). Raises LookupError if there is
+    none, or several.
     """
     from tiled.queries import Key
 
-    nearby = catalog.search(Key("start.time") >= started - EARLIER).search(
-        Key("start.time") <= started + LATER
-    )
+    if uid is not None:
+        try:
+            runs = [catalog[uid]]
+        except KeyError:
+            raise LookupError(f"no run {uid} in the catalog") from None
+    else:
+        nearby = catalog.search(Key("start.time") >= started - EARLIER).search(
+            Key("start.time") <= started + LATER
+        )
+        runs = list(reversed(list(nearby.values())))
     signal = f"{device}_{FILE_PATH_SIGNAL}"
-    for run in reversed(list(nearby.values())):
-        if run.metadata.get("stop"):
+    no_descriptor = []
+    for run in runs:
+        stop = run.metadata.get("stop")
+        if stop and RECOVERED_FROM not in stop:
             continue
+        recovered = (stop or {}).get(RECOVERED_FROM, {})
+        names_a_file = device in recovered
         for stream in run:
             descriptor = run[stream].metadata
-            configured = descriptor.get("configuration", {}).get(device, {}).get("data", {})
-            if not _same_file(configured.get(signal), path):
+            config = descriptor.get("configuration", {}).get(device, {}).get("data", {})
+            names_a_file = names_a_file or signal in config
+            if not _same_file(config.get(signal), path):
                 continue
             for key, info in descriptor.get("data_keys", {}).items():
                 if (
@@ -73,10 +116,37 @@ def find_unfinished_run(catalog: Any, path: PathLike, device: str, started: floa
                     and info.get("external")
                     and len(info.get("shape") or ()) >= 2
                 ):
-                    return UnfinishedRun(run, stream, key, dict(info))
+                    return UnfinishedRun(run, device, Path(path), stream, key, dict(info))
+        found = UnfinishedRun(run, device, Path(path))
+        if found.recovered:  # closed, before its first event, from this very file
+            return found
+        start = run.metadata["start"]
+        if not names_a_file and (
+            uid is not None
+            or (
+                device in start.get("detectors", ())
+                and abs(start["time"] - started) <= NO_DESCRIPTOR_WINDOW
+            )
+        ):
+            no_descriptor.append(found)
+    if len(no_descriptor) == 1:
+        return no_descriptor[0]
+    if no_descriptor:
+        uids = ", ".join(found.uid for found in no_descriptor)
+        raise LookupError(
+            f"{path} records no run, and several unfinished runs of {device} that ended "
+            f"before their first event started when it did: {uids}; name the file's run "
+            "with `ophyd-scmos recover --run UID`"
+        )
+    if uid is not None:
+        raise LookupError(
+            f"run {uid} is not the run of {path}: it ended well, or it names another file "
+            f"of {device}"
+        )
     raise LookupError(
         f"no unfinished run in the catalog names {path} as the file of {device} "
-        f"(configuration {signal}); finished runs are left as they are"
+        f"(configuration {signal}), and none that ended before its first event names "
+        f"{device} among its detectors; finished runs are left as they are"
     )
 
 
@@ -85,29 +155,50 @@ def _same_file(recorded: Any, path: PathLike) -> bool:
 
 
 def close_run(
-    unfinished: UnfinishedRun,
-    asset_docs: Iterable[tuple[str, dict[str, Any]]],
+    files: Sequence[tuple[UnfinishedRun, Iterable[tuple[str, dict[str, Any]]]]],
     *,
-    reason: str,
     end_time: float,
-) -> tuple[int, ...]:
-    """Register the image `asset_docs` point at (a Resource and a Datum per point, or a
-    StreamResource and StreamDatum, as the device would have emitted them), then write a
-    stop document (``exit_status`` "fail", `reason`). Returns the image's shape as the
-    catalog now replays it.
+) -> list[tuple[int, ...] | None]:
+    """Register the images of the camera files of one run, each from the asset documents
+    that point at it (a Resource and a Datum per point, or a StreamResource and
+    StreamDatum, as the device would have emitted them), then write the stop document once
+    (``exit_status`` "fail", the reason naming the files; `end_time` or later). A run a
+    recovery closed before keeps its stop, which then names these files too. Returns each
+    image's shape as the catalog now replays it (None for a file of a run that ended before
+    its first event).
 
     The documents go through bluesky-tiled-plugins' `RunNormalizer` and consolidators, as
-    in TiledWriter, so the image reads back exactly as that of a run that ended well. An
+    in TiledWriter, so the images read back exactly as those of a run that ended well. An
     image node registered before the process died (a long run's first batches) is replaced
     by one covering the whole file.
     """
-    import event_model
+    runs = {found.uid for found, _ in files}
+    if len(runs) != 1:
+        raise ValueError(f"close_run closes one run at a time, not {sorted(runs)}")
+    run = files[0][0].run
+    nodes = []
+    for found, asset_docs in files:
+        if found.stream is not None:
+            nodes.extend(_register_images(found, asset_docs, end_time))
+    _write_stop(run, {found.device: found.path for found, _ in files}, end_time)
+    streams = dict.fromkeys(found.stream for found, _ in files if found.stream is not None)
+    for node in (*nodes, *(run[name].base for name in streams), run):
+        node.close_stream()  # tell followers of the run that it ended
+    return [
+        None if found.stream is None else tuple(run[found.stream][found.key].shape)
+        for found, _ in files
+    ]
+
+
+def _register_images(
+    found: UnfinishedRun, asset_docs: Iterable[tuple[str, dict[str, Any]]], time: float
+) -> list[Any]:
+    """Register the image of `found`'s file; return its nodes."""
     from bluesky_tiled_plugins.writing.consolidators import consolidator_factory
 
-    run = unfinished.run
-    stream = run[unfinished.stream].base
+    stream = found.run[found.stream].base
     descriptor = dict(stream.metadata)
-    resources, datums = _stream_documents(unfinished, descriptor, asset_docs, end_time)
+    resources, datums = _stream_documents(found, descriptor, asset_docs, time)
     nodes = []
     for resource in resources:
         consolidator = consolidator_factory(resource, descriptor)
@@ -127,18 +218,37 @@ def close_run(
         if consolidator.metadata:
             node.update_metadata(metadata=consolidator.metadata, drop_revision=True)
         nodes.append(node)
-    start = cast("RunStart", dict(run.metadata["start"]))
-    stop = event_model.ComposeStop(start=start, event_counters={}, poison_pill=[])(
-        exit_status="fail", reason=reason, time=end_time
+    return nodes
+
+
+def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
+    """Write the run's stop naming the `files` of its cameras (added to those of a stop a
+    recovery wrote)."""
+    import event_model
+
+    stop = run.metadata.get("stop")
+    recovered = {
+        **(stop[RECOVERED_FROM] if stop else {}),
+        **{device: str(path.absolute()) for device, path in files.items()},
+    }
+    reason = (
+        "the acquiring process ended without closing the run; closed by ophyd-scmos recover "
+        f"from {', '.join(recovered.values())} (the events were lost)"
     )
-    run.update_metadata(metadata={"stop": dict(stop)}, drop_revision=True)
-    for node in (*nodes, stream, run):  # tell followers of the run that it ended
-        node.close_stream()
-    return tuple(run[unfinished.stream][unfinished.key].shape)
+    if stop:
+        doc = {**stop, "reason": reason, "time": max(stop["time"], end_time)}
+    else:
+        start = cast("RunStart", dict(run.metadata["start"]))
+        doc = dict(
+            event_model.ComposeStop(start=start, event_counters={}, poison_pill=[])(
+                exit_status="fail", reason=reason, time=end_time
+            )
+        )
+    run.update_metadata(metadata={"stop": {**doc, RECOVERED_FROM: recovered}}, drop_revision=True)
 
 
 def _stream_documents(
-    unfinished: UnfinishedRun,
+    found: UnfinishedRun,
     descriptor: dict[str, Any],
     asset_docs: Iterable[tuple[str, dict[str, Any]]],
     time: float,
@@ -154,8 +264,8 @@ def _stream_documents(
     out: list[tuple[str, dict[str, Any]]] = []
     normalizer = RunNormalizer()
     normalizer.subscribe(lambda name, doc: out.append((name, doc)))
-    normalizer("descriptor", {**descriptor, "name": unfinished.stream, "run_start": unfinished.uid})
-    key = unfinished.key
+    normalizer("descriptor", {**descriptor, "name": found.stream, "run_start": found.uid})
+    key = found.key
     for name, doc in asset_docs:
         normalizer(name, doc)
         if name == "datum":

@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ophyd_scmos.catalog import UnfinishedRun
 
 
 def recover(args: argparse.Namespace) -> int:
@@ -40,12 +44,19 @@ def recover(args: argparse.Namespace) -> int:
     if not files:
         print("ophyd-scmos recover: name the HDF5 files to recover", file=sys.stderr)
         return 2
+    if args.run and args.catalog is None:
+        print(
+            "ophyd-scmos recover: --run names a run of a catalog: give --catalog too",
+            file=sys.stderr,
+        )
+        return 2
     catalog = None
     if args.catalog is not None:
         from ophyd_scmos.catalog import open_catalog
 
         catalog = open_catalog(args.catalog or None, api_key=args.api_key)
     failed = 0
+    runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
         holder = _holder(path)
         try:
@@ -66,52 +77,88 @@ def recover(args: argparse.Namespace) -> int:
             continue
         end_time = last_frame if last_frame is not None else os.stat(path).st_mtime
         try:
-            print(_close_run(catalog, path, entry, frames, end_time))
-        except (LookupError, RuntimeError, ValueError) as exc:
+            found = _find_run(catalog, path, entry, args.run)
+        except (LookupError, ValueError) as exc:
             print(f"ophyd-scmos recover: {path}: {exc}", file=sys.stderr)
             failed += 1
+            continue
+        if found.recovered:
+            print(f"{path}: already registered in run {found.uid}, closed by ophyd-scmos recover")
+            continue
+        runs.setdefault(found.uid, []).append(_RunFile(found, frames, end_time))
+    for run_files in runs.values():
+        try:
+            for line in _close_run(run_files):
+                print(line)
+        except (RuntimeError, ValueError) as exc:
+            for run_file in run_files:
+                print(f"ophyd-scmos recover: {run_file.found.path}: {exc}", file=sys.stderr)
+            failed += len(run_files)
     return 1 if failed else 0
 
 
-def _close_run(catalog: Any, path: Path, entry: dict[str, Any], frames: int, end: float) -> str:
-    """Close the run of `path` in `catalog`; say what it replays now."""
-    from ophyd_scmos.catalog import close_run, find_unfinished_run
+@dataclass
+class _RunFile:
+    """A camera file to register in its run, and what `recover` read of it."""
+
+    found: UnfinishedRun
+    frames: int
+    end_time: float
+
+
+def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) -> UnfinishedRun:
+    """The run of camera file `path` in `catalog`, from its /entry attributes."""
+    from ophyd_scmos.catalog import find_unfinished_run
 
     if "device_name" not in entry or "start_time" not in entry:
         raise ValueError("not a camera file of ophyd-scmos (no device_name, start_time in /entry)")
-    found = find_unfinished_run(catalog, path, str(entry["device_name"]), entry["start_time"])
-    reason = (
-        f"the acquiring process ended without closing the run; closed by ophyd-scmos recover "
-        f"from {path}, which holds {frames} frames (the events were lost)"
+    return find_unfinished_run(
+        catalog, path, str(entry["device_name"]), float(entry["start_time"]), uid=uid
     )
-    shape = close_run(
-        found,
-        _asset_documents(found.key, found.data_key, path, frames),
-        reason=reason,
-        end_time=end,
-    )
-    return f"{path}: closed run {found.uid}: {found.stream}/{found.key} replays {shape}"
 
 
-def _asset_documents(
-    key: str, description: dict[str, Any], path: Path, frames: int
-) -> list[tuple[str, dict[str, Any]]]:
-    """The asset documents the camera would have emitted for the whole points of `path`, in
+def _close_run(run_files: list[_RunFile]) -> list[str]:
+    """Register the frames of the files of one run and write its stop once; say what the run
+    replays now."""
+    from ophyd_scmos.catalog import close_run
+
+    verb = "added to run" if run_files[0].found.run.metadata.get("stop") else "closed run"
+    shapes = close_run(
+        [(f.found, _asset_documents(f.found, f.frames) if f.found.key else []) for f in run_files],
+        end_time=max(f.end_time for f in run_files),
+    )
+    lines = []
+    for f, shape in zip(run_files, shapes, strict=True):
+        found = f.found
+        if shape is None:
+            lines.append(
+                f"{found.path}: {verb} {found.uid}, which ended before its first event: "
+                f"no points to register (the file's {f.frames} frames are in no event)"
+            )
+        else:
+            lines.append(
+                f"{found.path}: {verb} {found.uid}: {found.stream}/{found.key} replays {shape}"
+            )
+    return lines
+
+
+def _asset_documents(found: UnfinishedRun, frames: int) -> list[tuple[str, dict[str, Any]]]:
+    """The asset documents the camera would have emitted for the whole points of its file, in
     the style its descriptor announced: a Resource and a Datum per point (FILESTORE:), or a
     StreamResource and one StreamDatum (STREAM:)."""
     from ophyd_scmos.documents import AssetDocs
     from ophyd_scmos.pipeline import layout
 
-    path = Path(path).absolute()
+    path = found.path.absolute()
     docs = AssetDocs(path, path.parent)
-    shape = description["shape"]
-    if str(description["external"]).startswith("FILESTORE"):
+    shape = found.data_key["shape"]
+    if str(found.data_key["external"]).startswith("FILESTORE"):
         per_point = shape[0]  # [frames per point, H, W]
         for point in range(frames // per_point):
             docs.datum(point, per_point)
     else:
         per_point = shape[0] if len(shape) == 3 else 1  # [H, W] for one frame per point
-        docs.stream({key: layout.DATA}, per_point)
+        docs.stream({str(found.key): layout.DATA}, per_point)
         docs.stream_datum(0, frames // per_point)
     return list(docs.drain())
 
@@ -139,6 +186,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LOCATION",
         help="also close each file's unfinished run in this catalog (a directory or server "
         "URL; without LOCATION: $OPHYD_SCMOS_CATALOG or the default embedded catalog)",
+    )
+    p.add_argument(
+        "--run",
+        metavar="UID",
+        help="the run the files belong to, for a file the catalog cannot tell the run of (a "
+        "run that ended before its first event, with another such run started near it)",
     )
     p.add_argument("--api-key", help="a server's API key (default: $TILED_API_KEY)")
     p.set_defaults(func=recover)

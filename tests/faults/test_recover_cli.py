@@ -100,57 +100,90 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.plans import movie
 
-plan, catalog_dir, write_dir = sys.argv[1:]
-cam = SCMOSCamera(
-    name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
-)
-cam.roi.set((32, 16, 96, 64))
-cam.exposure_time.set(0.001)
+plan, catalog_dir, write_dir, names, frames_per_point = sys.argv[1:]
+cams = []
+for name in names.split(","):
+    cam = SCMOSCamera(
+        name=name, driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
+    )
+    cam.roi.set((32, 16, 96, 64))
+    cam.exposure_time.set(0.001)
+    cam.frames_per_point.set(int(frames_per_point))
+    cams.append(cam)
 RE = RunEngine({}, call_returns_result=False)
 RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
 pages = []
 
 def report(name, doc):
-    if name == "start":
-        print(doc["uid"], flush=True)
+    if name == "start":  # the cameras are staged: their files are made
+        print(doc["uid"], *(cam.file_path.get() for cam in cams), flush=True)
     if name in ("event", "stream_datum"):
         pages.append(name)
         if len(pages) == 30:  # well under way: 30 events, or 30 pages of a movie
-            print(cam.file_path.get(), flush=True)
+            print("under way", flush=True)
 
 RE.subscribe(report)
 if plan == "count":
-    RE(count([cam], num=100_000))
+    RE(count(cams, num=100_000))
 else:
-    RE(movie(cam, frames=10_000_000, page_every=0.05))
+    RE(movie(*cams, frames=10_000_000, page_every=0.05))
 """
 
 
-@pytest.mark.parametrize("plan", ["count", "movie"])
-def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
-    plan, tmp_path, capsys, monkeypatch
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    """One catalog for the runs of this module: its server starts once (many seconds), and
+    the client held here keeps it up between the acquiring processes."""
+    path = tmp_path_factory.mktemp("catalog")
+    catalog = open_catalog(path)
+    yield path
+    catalog.context.close()
+
+
+def _kill_acquisition(
+    catalog_dir, write_dir, plan="count", cameras=("cam",), frames_per_point=1, under_way=True
 ):
-    """The RunEngine's process is killed mid-run: its TiledWriter never wrote the images or
-    the stop. Recovering the file with --catalog makes the run replay every frame it holds,
-    as a Resource and Datums (count) or a StreamResource and StreamDatum (movie) would."""
-    catalog_dir = tmp_path / "catalog"
+    """Acquire `plan` into the catalog in a process of its own and kill it (SIGKILL) once it
+    is well under way, or else just after its start, then wait for the cameras' writers to
+    close their files. Returns the run's uid and the files."""
     acquiring = subprocess.Popen(
-        [sys.executable, "-c", ACQUIRE_INTO_CATALOG, plan, str(catalog_dir), str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            ACQUIRE_INTO_CATALOG,
+            plan,
+            str(catalog_dir),
+            str(write_dir),
+            ",".join(cameras),
+            str(frames_per_point),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        uid = acquiring.stdout.readline().strip()
-        path = acquiring.stdout.readline().strip()
-        assert uid and path, "the acquisition did not start"
+        uid, *paths = acquiring.stdout.readline().split()
+        if under_way:
+            assert acquiring.stdout.readline() == "under way\n", "the run did not get under way"
     finally:
-        acquiring.kill()  # the RunEngine's process only: its writer closes the file
+        acquiring.kill()  # the RunEngine's process only: its writers close the files
         acquiring.wait()
         acquiring.stdout.close()
     deadline = time.monotonic() + 60
-    while not _closed(path):
-        assert time.monotonic() < deadline, "the writer did not close the file"
-        time.sleep(0.05)
+    for path in paths:
+        while not _closed(path):
+            assert time.monotonic() < deadline, "the writer did not close the file"
+            time.sleep(0.05)
+    return uid, paths
+
+
+@pytest.mark.parametrize("plan", ["count", "movie"])
+def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
+    plan, catalog_dir, tmp_path, capsys, monkeypatch
+):
+    """The RunEngine's process is killed mid-run: its TiledWriter never wrote the images or
+    the stop. Recovering the file with --catalog makes the run replay every frame it holds,
+    as a Resource and Datums (count) or a StreamResource and StreamDatum (movie) would."""
+    uid, (path,) = _kill_acquisition(catalog_dir, tmp_path, plan)
     run = open_catalog(catalog_dir)[uid]
     assert "stop" not in run.metadata and "cam_image" not in run["primary"]
 
@@ -173,8 +206,88 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     assert stop["exit_status"] == "fail"
     assert "ophyd-scmos recover" in stop["reason"] and path in stop["reason"]
 
-    # Closed now: a second recovery finds no unfinished run and says so. (`--catalog FILE`:
+    # Recovered already: a second recovery says so and changes nothing. (`--catalog FILE`:
     # the catalog from the environment, FILE the file to recover.)
     monkeypatch.setenv("OPHYD_SCMOS_CATALOG", str(catalog_dir))
-    assert main(["recover", "--catalog", path]) == 1
-    assert "no unfinished run" in capsys.readouterr().err
+    assert main(["recover", "--catalog", path]) == 0
+    assert f"{path}: already registered in run {uid}" in capsys.readouterr().out
+    assert open_catalog(catalog_dir)[uid].metadata["stop"] == stop
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["together", "one_by_one"])
+def test_recover_registers_the_file_of_every_camera_of_a_run(
+    together, catalog_dir, tmp_path, capsys
+):
+    """A run of two cameras, killed mid-run: each camera's file becomes its image, whether
+    the files are recovered in one call or one by one (the first closes the run; the second
+    finds it by the stop a recovery wrote). The run gets one stop, naming both files."""
+    uid, paths = _kill_acquisition(catalog_dir, tmp_path, cameras=("cam0", "cam1"))
+
+    if together:
+        assert main(["recover", "--catalog", str(catalog_dir), *paths]) == 0
+        assert capsys.readouterr().out.count(f"closed run {uid}") == 2
+    else:
+        assert main(["recover", "--catalog", str(catalog_dir), paths[0]]) == 0
+        assert f"closed run {uid}" in capsys.readouterr().out
+        first_stop = open_catalog(catalog_dir)[uid].metadata["stop"]
+        assert main(["recover", "--catalog", str(catalog_dir), paths[1]]) == 0
+        assert f"added to run {uid}: primary/cam1_image" in capsys.readouterr().out
+    run = open_catalog(catalog_dir)[uid]
+    for name, path in zip(("cam0", "cam1"), paths, strict=True):
+        with h5py.File(path, "r") as f:
+            frames = f[layout.DATA][: layout.stored_frames(f)]
+        assert len(frames) >= 30
+        np.testing.assert_array_equal(run["primary"][f"{name}_image"].read()[:, 0], frames)
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert all(path in stop["reason"] for path in paths)
+    if not together:  # the same stop, naming the second file too
+        assert stop["uid"] == first_stop["uid"]
+
+
+def test_recover_closes_a_run_killed_before_its_first_event(catalog_dir, tmp_path, capsys):
+    """Killed during its first point (16,384 frames), the run has no descriptor yet: the
+    file is tied to it by its start (the camera among its detectors, started with the file).
+    It is closed with no images; the file's frames are in no event."""
+    uid, (path,) = _kill_acquisition(
+        catalog_dir, tmp_path, frames_per_point=16_384, under_way=False
+    )
+    run = open_catalog(catalog_dir)[uid]
+    assert "stop" not in run.metadata and list(run) == []
+
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    assert f"{path}: closed run {uid}, which ended before its first event" in (
+        capsys.readouterr().out
+    )
+    run = open_catalog(catalog_dir)[uid]
+    assert list(run) == []
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "fail" and path in stop["reason"]
+
+
+def test_recover_refuses_a_file_two_runs_before_their_first_event_could_own(
+    catalog_dir, tmp_path, capsys
+):
+    """Two runs of the same camera killed before their first event, a few seconds apart:
+    either could be the second file's run, so recover names both and closes neither; told
+    the run (--run), it closes it. The first file's run is then the only one left. (A camera
+    name of its own: the other runs of the catalog are no candidates.)"""
+    first, (first_path,) = _kill_acquisition(
+        catalog_dir, tmp_path, cameras=("twin",), frames_per_point=16_384, under_way=False
+    )
+    second, (second_path,) = _kill_acquisition(
+        catalog_dir, tmp_path, cameras=("twin",), frames_per_point=16_384, under_way=False
+    )
+
+    assert main(["recover", "--catalog", str(catalog_dir), second_path]) == 1
+    err = capsys.readouterr().err
+    assert first in err and second in err and "--run" in err
+    catalog = open_catalog(catalog_dir)
+    assert "stop" not in catalog[first].metadata and "stop" not in catalog[second].metadata
+
+    assert main(["recover", "--catalog", str(catalog_dir), "--run", second, second_path]) == 0
+    assert main(["recover", "--catalog", str(catalog_dir), first_path]) == 0
+    catalog = open_catalog(catalog_dir)
+    assert second_path in catalog[second].metadata["stop"]["reason"]
+    assert first_path in catalog[first].metadata["stop"]["reason"]
+    assert first_path not in catalog[second].metadata["stop"]["reason"]
