@@ -2,17 +2,61 @@
 
 Each module in `COMMANDS` has `register(subparsers)`, which adds its subcommands with a
 `func(args) -> int` default; heavy imports happen inside those functions, so `--help` is fast.
+A command that cannot start with what it was given raises `CommandError`: one line, no
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "live", "recover")
+EXIT_CONFIG = 2  #: the configuration or the command line is wrong, as argparse's usage errors
+
+
+class CommandError(Exception):
+    """What the user must fix before the command can do anything: `main` prints it as one
+    line and exits with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def server_url(location: str | None) -> str | None:
+    """The URL of the catalog server `open_catalog(location)` opens, None for an embedded
+    catalog."""
+    from ophyd_scmos.catalog import CATALOG_ENV
+
+    location = location or os.environ.get(CATALOG_ENV)
+    return location if location and location.lower().startswith(("http://", "https://")) else None
+
+
+@contextlib.contextmanager
+def reaching_catalog(location: str | None) -> Iterator[None]:
+    """Around opening the catalog at `location` (as `open_catalog` takes it): a server that
+    cannot be reached (refused, no such host, no answer, after Tiled's own retries) is a
+    `CommandError`, exit 2 as a wrong configuration: nothing was done, and the fix is the
+    URL or the server, not the run. An embedded catalog's errors pass unchanged."""
+    url = server_url(location)
+    if url is None:
+        yield
+        return
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise CommandError(
+            f"cannot reach the catalog at {url} ({exc}): check that its server is running "
+            "and that the URL is right"
+        ) from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"ophyd-scmos {args.command}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ophyd_scmos.cli import reaching_catalog, server_url
+
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
 
@@ -60,7 +62,7 @@ def runs(args: argparse.Namespace) -> int:
     from ophyd_scmos.catalog import summarize
 
     rows = []
-    with _opened(args) as catalog:
+    with _opened(args.catalog, args.api_key) as catalog:
         for run in reversed(list(catalog.values().tail(args.number))):
             summary = summarize(run)
             try:
@@ -103,7 +105,7 @@ def show(args: argparse.Namespace) -> int:
     from ophyd_scmos.catalog import start_local_server
 
     start_local_server(args.catalog)  # if none runs: it starts while this process imports
-    with _opened(args) as catalog:
+    with _opened(args.catalog, args.api_key) as catalog:
         return _show(args, catalog)
 
 
@@ -168,7 +170,6 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
 
 def sync(args: argparse.Namespace) -> int:
     """Copy finished runs from the embedded catalog to a catalog server (files referenced)."""
-    from ophyd_scmos.catalog import open_catalog
     from ophyd_scmos.catalog import sync as sync_runs
 
     def report(result: SyncResult) -> None:
@@ -176,7 +177,7 @@ def sync(args: argparse.Namespace) -> int:
             line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
             print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
 
-    with _opened(args) as source, _closing(open_catalog(args.to, api_key=args.api_key)) as target:
+    with _opened(args.to, args.api_key) as target, _opened(args.catalog, args.api_key) as source:
         results = sync_runs(
             source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
         )
@@ -189,27 +190,17 @@ def sync(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _opened(args: argparse.Namespace) -> Iterator[Any]:
-    """The catalog the arguments name; a server's connections are closed after (an embedded
-    catalog's client is this process's, shared, and closes its own when garbage)."""
+def _opened(location: str | None, api_key: str | None) -> Iterator[Any]:
+    """The catalog at `location` (`open_catalog`'s); a server that cannot be reached ends the
+    command in one line (`reaching_catalog`), and a server's connections are closed after (an
+    embedded catalog's client is this process's, shared, and closes its own when garbage)."""
     from ophyd_scmos.catalog import open_catalog
-    from ophyd_scmos.catalog.embedded import CATALOG_ENV
 
-    catalog = open_catalog(args.catalog, api_key=args.api_key)
-    if not _is_url(args.catalog or os.environ.get(CATALOG_ENV)):
+    with reaching_catalog(location):
+        catalog = open_catalog(location, api_key=api_key)
+    if server_url(location) is None:
         yield catalog
         return
-    with _closing(catalog):
-        yield catalog
-
-
-def _is_url(location: str | None) -> bool:
-    return location is not None and location.lower().startswith(("http://", "https://"))
-
-
-@contextlib.contextmanager
-def _closing(catalog: Any) -> Iterator[Any]:
-    """`catalog` of a server, whose client connections are closed after."""
     try:
         yield catalog
     finally:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-EXIT_CONFIG = 2  #: the configuration is wrong (or names a camera that cannot open)
+from ophyd_scmos.cli import EXIT_CONFIG, reaching_catalog
+
 EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
 
 
@@ -85,7 +86,8 @@ def acquire(args: argparse.Namespace) -> int:
     from ophyd_scmos.session import FrameProgress, make_run_engine
 
     try:
-        catalog = lab.catalog.open()
+        with reaching_catalog(lab.catalog.location):  # before the RunEngine takes a frame
+            catalog = lab.catalog.open()
         # Ctrl-C is _Interrupt's (end the run, keep it), not a RunEngine pause.
         RE = make_run_engine(lab, progress=False, sigint=False)
         RE.subscribe(TiledWriter(catalog))

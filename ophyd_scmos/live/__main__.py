@@ -1,5 +1,5 @@
-"""`python -m ophyd_scmos.live ANNOUNCEMENT --host HOST --port PORT`: a camera's live view
-server (see `ophyd_scmos.live.server`); the camera starts it."""
+"""`python -m ophyd_scmos.live ANNOUNCEMENT --host HOST --port PORT [--own-directory]`: a
+camera's live view server (see `ophyd_scmos.live.server`); the camera starts it."""
 
 import sys
 

@@ -8,7 +8,9 @@ again.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +20,17 @@ from ophyd_scmos.pipeline.focus import FocusLoop
 from ophyd_scmos.pipeline.ring import FrameRing
 
 __all__ = ["LiveControl"]
+
+#: the live controls whose view is on, stopped at interpreter exit (`_stop_at_exit`)
+_ON: weakref.WeakSet[LiveControl] = weakref.WeakSet()
+
+
+def _stop_at_exit() -> None:
+    """Stop the views a script left on (it ended without ``cam.destroy()``): focus mode
+    first, while the ring it runs into is still there, then the view, whose server ends and
+    whose directory goes."""
+    for control in list(_ON):
+        control.stop()
 
 
 class LiveControl:
@@ -42,11 +55,17 @@ class LiveControl:
             self.view.publish(**self._state)
         if not self.recording:
             self._start_focus()
+        _ON.add(self)
+        # atexit runs the hook registered last first: registered again after each start, it
+        # runs before the camera's writer ends and takes the ring focus mode runs into.
+        atexit.unregister(_stop_at_exit)
+        atexit.register(_stop_at_exit)
         return self.view.url
 
     def stop(self) -> None:
         """Stop focus mode and the view. Safe twice."""
         view, self.view = self.view, None
+        _ON.discard(self)
         try:
             self._stop_focus()
         finally:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import struct
 import sys
@@ -283,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("announcement", type=Path, help="the camera's announcement file")
     parser.add_argument("--host", default="127.0.0.1", help="default: this computer only")
     parser.add_argument("--port", type=int, default=0, help="default 0: a free port")
+    parser.add_argument(
+        "--own-directory",
+        action="store_true",
+        help="the announcement's directory is this view's: remove it on leaving once the "
+        "camera's process is gone (a killed camera removes nothing)",
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
@@ -297,4 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(FrameSource(feed), token, sock))
     finally:
         feed.close()
+        if args.own_directory and not feed.camera_alive():  # else the camera removes it
+            shutil.rmtree(args.announcement.parent, ignore_errors=True)
     return 0

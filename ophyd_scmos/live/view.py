@@ -5,6 +5,14 @@ The server is a process of its own (`python -m ophyd_scmos.live`), in a session 
 (a Ctrl-C at the prompt is not for it), that reads frames best-effort. The camera never waits
 for it: it only replaces the announcement file, and reads one line from the server, once,
 when it starts.
+
+The view's files (the announcement, the server's log) are in a temporary directory of its
+own, which goes with the view however the camera's process ends: `LiveView.close` removes it
+(at interpreter exit too, see `ophyd_scmos.live.control`). A killed process (SIGKILL) runs
+nothing, so there the server removes it as it leaves (``--own-directory``), which it does
+within a second or two of its camera's process: at once, where a sweep of /tmp by the next
+view started would wait for one, and would have to tell a dead camera's directory from a
+running one's.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ class LiveView:
         command = [sys.executable, "-m", "ophyd_scmos.live", str(self.announcer.path)]
         with open(self.log, "wb") as log:
             process = subprocess.Popen(
-                [*command, "--host", host, "--port", str(port)],
+                [*command, "--host", host, "--port", str(port), "--own-directory"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -126,6 +126,7 @@ def test_the_server_ends_when_its_camera_process_is_gone(tmp_path):
     try:
         assert server.process.wait(10) == 0
         assert "the camera's process is gone" in server.log_path.read_text()
+        assert announcement.exists()  # the directory is not its own: no --own-directory
     finally:
         server.close()
 
