@@ -31,15 +31,30 @@ def check_template(template: str) -> str:
             f"file template {template!r} uses unknown field(s) {sorted(unknown)}; "
             f"allowed: {sorted(FIELDS)}"
         )
-    parts = Path(template).parts
-    if Path(template).is_absolute() or ".." in parts or not parts:
-        raise ValueError(
-            f"file template {template!r} must be a relative path inside the write directory "
-            "(no leading '/', no '..')"
-        )
+    try:  # a field's format is a path too once formatted: `{date:..}`, `{date:/tmp/x}`
+        example = _format(template, "cam", datetime.datetime.now(), "0" * 8, 0)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"file template {template!r} is not a format string: {exc}") from None
+    _inside(template, template)
+    _inside(template, example)
     if not template.endswith(SUFFIXES):
         raise ValueError(f"file template {template!r} must end with one of {SUFFIXES}")
     return template
+
+
+def _format(template: str, name: str, date: datetime.datetime, uid: str, counter: int) -> str:
+    return template.format(name=name, date=date, uid=uid, counter=counter)
+
+
+def _inside(template: str, relative: str) -> None:
+    """Raise ValueError unless `relative` (the template, or a name it gave) stays inside the
+    write directory."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts or not parts:
+        raise ValueError(
+            f"file template {template!r} must give a relative path inside the write directory "
+            f"(no leading '/', no '..'); it gives {relative!r}"
+        )
 
 
 def prepare_dir(write_dir: str | os.PathLike) -> Path:
@@ -65,7 +80,9 @@ def next_file(write_dir: Path, template: str, name: str) -> Path:
     uid = uuid.uuid4().hex[:8]
     counter = 0
     while True:
-        path = write_dir / template.format(name=name, date=now, uid=uid, counter=counter)
+        relative = _format(template, name, now, uid, counter)
+        _inside(template, relative)
+        path = write_dir / relative
         if not path.exists():
             break
         if "{counter" not in template:

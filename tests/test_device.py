@@ -299,11 +299,23 @@ def test_a_bandwidth_cap_must_be_positive(driver, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "template", ["../up.h5", "/abs.h5", "{nope}.h5", "x.txt", "{name", "a\0b.h5"]
+    "template",
+    [
+        "../up.h5",
+        "/abs.h5",
+        "{nope}.h5",
+        "x.txt",
+        "{name",
+        "a\0b.h5",
+        "{date:..}/{name}.h5",  # a date format is a path too once formatted
+        "{date:/tmp/out}_{uid}.h5",
+        "{date:%Y/../..}/{uid}.h5",
+    ],
 )
 def test_bad_file_templates_are_refused(driver, tmp_path, template):
     with pytest.raises(ValueError, match="template"):
         SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template=template)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_settings_cannot_change_while_staged(cam):
