@@ -33,7 +33,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from ophyd_scmos.documents import AssetDocs
+from ophyd_scmos.documents import AssetDocs, SavedEvents
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.live.control import LiveControl
@@ -42,7 +42,7 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.ring import FrameRing
-from ophyd_scmos.pipeline.stream import FrameStream, StreamError
+from ophyd_scmos.pipeline.stream import MAX_FRAMES_PER_POINT, FrameStream, StreamError
 from ophyd_scmos.status import FrameStatus
 
 ASSET_STYLES = ("resource", "stream")
@@ -120,6 +120,8 @@ class _Run:
     docs: AssetDocs
     points: int = 0  #: points triggered; point p holds file frames [p*k, (p+1)*k)
     recorded_points: int | None = None  #: points a RunEngine recorded (None: no RunEngine)
+    read_points: int = 0  #: points triggered when the RunEngine last read the camera
+    saved_events: SavedEvents | None = None  #: word of the staging RunEngine's saved events
     collected: int = 0  #: fly scans: frames covered by StreamDatum so far
     flying: bool = False
     staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
@@ -216,10 +218,12 @@ class SCMOSCamera(Device):
 
     Trigger modes in step scans: `software` takes a burst of `frames_per_point` frames per
     trigger; `internal` free-runs from the first trigger (a fly scan: from kickoff, so a
-    movie's frame numbers start at 0) and records the first `frames_per_point` frames
+    movie's frame numbers start at 0) and records the first `frames_per_point` frames read
     after each trigger (the frames between triggers are read and skipped; to record them all,
-    fly: `ophyd_scmos.plans.movie`); `external` records the frames the camera's trigger input
-    produces after each trigger.
+    fly: `ophyd_scmos.plans.movie`): a frame exposed while the trigger came, or still in the
+    camera's buffer, is among them, so where a point's frames must begin after its trigger
+    (after a motor's move), use `software`; `external` records the frames the camera's
+    trigger input produces after each trigger.
     """
 
     exposure_time = Cpt(Setting, value=0.01, kind="config", doc="seconds")
@@ -464,6 +468,12 @@ class SCMOSCamera(Device):
             least = 1 if attr == "frames_per_point" else 0
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{attr} must be an integer >= {least}, got {value!r}")
+            if attr == "frames_per_point" and value > MAX_FRAMES_PER_POINT:
+                raise ValueError(
+                    f"frames_per_point must be at most {MAX_FRAMES_PER_POINT} (a point's frames "
+                    f"are measured and numbered together), got {value}; record longer series "
+                    "as a movie (ophyd_scmos.plans.movie)"
+                )
             return
         if attr == "save_images":
             if not isinstance(value, (bool, np.bool_)):
@@ -527,10 +537,39 @@ class SCMOSCamera(Device):
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         try:
-            writer = self._ensure_writer()
+            stream = self._open_stream(write_dir, regions)
         except BaseException:
+            self._drop_writer()  # a failed stage leaves nothing: no process, no ring
             self._live.run_ended()
             raise
+        assert stream.ring is not None
+        self._live.run_started(stream.ring, str(stream.path))
+        path = stream.path
+        self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
+        self._run.saved_events = SavedEvents.of_staging_engine(
+            (self.image.name, self.frame_number.name), self._event_saved
+        )
+        _RUNNING.add(self)
+        _close_runs_first_at_exit()
+        for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
+            sig.put(0)
+        self.file_path.put(str(path))
+        self._stat_readings = {}
+        try:
+            return super().stage()
+        except Exception:
+            self._finish_run()
+            self._live.run_ended()
+            raise
+
+    def _open_stream(self, write_dir: Path, regions: dict[str, stats.Region] | None) -> FrameStream:
+        """This run's file, and the stream that fills it through the camera's writer.
+
+        A warm writer killed just before this stage may not be seen as gone yet (its exit
+        not yet reaped): the run then goes to a new writer, as it would a moment later.
+        """
+        kept = self._writer
+        writer = self._ensure_writer()
 
         def open_stream(path: Path) -> FrameStream:
             stream = FrameStream(
@@ -549,27 +588,13 @@ class SCMOSCamera(Device):
             return stream
 
         try:
-            stream = create_next(write_dir, self.file_template, self.name, open_stream)
-        except BaseException:
-            self._drop_writer()  # a failed stage leaves nothing: no process, no ring
-            self._live.run_ended()
-            raise
-        assert stream.ring is not None
-        self._live.run_started(stream.ring, str(stream.path))
-        path = stream.path
-        self._run, self._flown = _Run(stream, AssetDocs(path, write_dir)), None
-        _RUNNING.add(self)
-        _close_runs_first_at_exit()
-        for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
-            sig.put(0)
-        self.file_path.put(str(path))
-        self._stat_readings = {}
-        try:
-            return super().stage()
-        except Exception:
-            self._finish_run()
-            self._live.run_ended()
-            raise
+            return create_next(write_dir, self.file_template, self.name, open_stream)
+        except OSError:
+            if writer is not kept or not writer.ended.is_set():
+                raise
+        self._drop_writer()
+        writer = self._ensure_writer()
+        return create_next(write_dir, self.file_template, self.name, open_stream)
 
     def _file_attrs(self) -> dict[str, Any]:
         return {
@@ -604,6 +629,8 @@ class SCMOSCamera(Device):
         _RUNNING.discard(self)
         if run is None:
             return
+        if run.saved_events is not None:
+            run.saved_events.close()
         if run.flying:
             self._flown = run
         stream = run.stream
@@ -690,22 +717,23 @@ class SCMOSCamera(Device):
                     f"{stream.path} keeps the {stream.frames_written} frames written. "
                     "Use a larger ring_mb, compression, or a longer exposure."
                 )
+            if error is None:
+                # Called on the writer's listener thread: whatever fails here fails this
+                # point, never that thread (every later status would wait forever).
+                try:
+                    if self.statistics:
+                        self._record_stats(
+                            stats.combine(stream.frame_stats(point * k, (point + 1) * k))
+                        )
+                    number, timestamp = stream.frame_info(first)
+                    self.frame_number.put(number)
+                    self.frame_time.put(timestamp)
+                except Exception as exc:
+                    error = StreamError(f"{self.name}: {exc}")
             if error is not None:
                 run.reported_error = error
                 status.set_exception(error)
                 return
-            try:
-                if self.statistics:
-                    self._record_stats(
-                        stats.combine(stream.frame_stats(point * k, (point + 1) * k))
-                    )
-            except IndexError as exc:
-                run.reported_error = StreamError(f"{self.name}: {exc}")
-                status.set_exception(run.reported_error)
-                return
-            number, timestamp = stream.frame_info(first)
-            self.frame_number.put(number)
-            self.frame_time.put(timestamp)
             status.set_finished()
 
         # Waiting first asks the writer to flush these frames before they exist, so the
@@ -744,16 +772,24 @@ class SCMOSCamera(Device):
             stop = self.get_index() if index is None else min(index, self.get_index())
             run.docs.stream_datum(run.collected, stop)
             run.collected = max(run.collected, stop)
-        elif not self._images:
-            run.recorded_points = run.points  # read, so recorded: no datums to count
-        elif run.recorded_points is None:
-            run.recorded_points = 0
-        for name, doc in run.docs.drain():
-            if name == "datum":
-                run.recorded_points = doc["datum_kwargs"]["point_number"] + 1
-            elif name == "stream_datum" and not run.flying:
-                run.recorded_points = doc["indices"]["stop"]
-            yield name, doc
+        else:
+            run.read_points = run.points
+            if run.recorded_points is None:
+                run.recorded_points = 0
+        docs = run.docs.drain()
+        if run.flying or run.saved_events is None:
+            # Saved at once (a fly scan's collect), or no word will come: count it saved.
+            self._event_saved(run)
+        yield from docs
+
+    def _event_saved(self, run: _Run | None = None) -> None:
+        """The RunEngine saved an event holding the camera's last reading: the points read
+        are recorded, and the documents collected with them are in the run."""
+        run = run or self._run
+        if run is not None:
+            if not run.flying:
+                run.recorded_points = run.read_points
+            run.docs.saved()
 
     def describe(self) -> dict[str, dict]:
         description = super().describe()

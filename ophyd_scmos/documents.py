@@ -8,23 +8,34 @@ read by Tiled as one growing (N, H, W) array.
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import event_model
 
 from ophyd_scmos.pipeline import layout
 
 HDF5_MIMETYPE = "application/x-hdf5"
+RESOURCES = ("resource", "stream_resource")
 
 
 class AssetDocs:
-    """Queues the asset documents of one file until the RunEngine collects them."""
+    """Queues the asset documents of one file until the RunEngine collects them, and keeps
+    those collected until their event is known saved (`saved`).
+
+    bluesky collects a device's documents when it reads it but emits them only with the
+    event; an event never saved (a pause's rewind, a plan's drop) takes them with it. A
+    Resource lost so would leave every later Datum pointing at nothing, so it is handed out
+    again at the next collection.
+    """
 
     def __init__(self, path: Path, root: Path):
         self.path, self.root = path, root
         self._queue: deque[tuple[str, dict]] = deque()
+        self._unsaved: list[tuple[str, dict]] = []  #: collected, their event not yet saved
         self._compose_datum: event_model.ComposeDatum | None = None
         #: one composer per StreamResource
         self._stream_datums: list[event_model.ComposeStreamDatum] = []
@@ -74,13 +85,62 @@ class AssetDocs:
                 self._queue.append(("stream_datum", dict(datum)))
 
     def drop_datums_from(self, point: int) -> None:
-        """Forget queued Datums of `point` and later: their events never came."""
+        """Forget queued Datums and StreamDatums of `point` and later: their events never
+        came (a step scan's StreamDatum rows are its points)."""
         self._queue = deque(
             (name, doc)
             for name, doc in self._queue
-            if name != "datum" or doc["datum_kwargs"]["point_number"] < point
+            if (name != "datum" or doc["datum_kwargs"]["point_number"] < point)
+            and (name != "stream_datum" or doc["indices"]["start"] < point)
         )
 
-    def drain(self) -> Iterator[tuple[str, dict]]:
-        while self._queue:
-            yield self._queue.popleft()
+    def drain(self) -> list[tuple[str, dict]]:
+        """The documents to hand the RunEngine now: Resources collected before whose event
+        never came, then the queue. The Datums of such an event are dropped with it."""
+        unsaved = [(name, doc) for name, doc in self._unsaved if name in RESOURCES]
+        unsaved.extend(self._queue)
+        self._queue.clear()
+        self._unsaved = unsaved
+        return list(unsaved)
+
+    def saved(self) -> None:
+        """The RunEngine saved the event of everything collected so far."""
+        self._unsaved.clear()
+
+
+class SavedEvents:
+    """Calls `on_saved()` each time the RunEngine that staged a device emits an event holding
+    one of its `keys`.
+
+    bluesky tells a device nothing of which events it saved: it is found on the stack of the
+    `stage()` call (the RunEngine calls `stage()` itself) and its documents are listened to
+    until `close()`. Its callback registry holds this listener weakly.
+    """
+
+    def __init__(self, engine: Any, keys: Iterable[str], on_saved: Callable[[], None]):
+        self.engine, self.keys, self.on_saved = engine, frozenset(keys), on_saved
+        self._token = engine.subscribe(self._on_event, "event")
+
+    @classmethod
+    def of_staging_engine(
+        cls, keys: Iterable[str], on_saved: Callable[[], None], depth: int = 12
+    ) -> SavedEvents | None:
+        """Listen to the RunEngine staging the caller; None if no RunEngine is staging it."""
+        from bluesky import RunEngine
+
+        frame = inspect.currentframe()
+        for _ in range(depth):
+            if frame is None:
+                return None
+            engine = frame.f_locals.get("self")
+            if isinstance(engine, RunEngine):
+                return cls(engine, keys, on_saved)
+            frame = frame.f_back
+        return None
+
+    def _on_event(self, name: str, doc: dict) -> None:
+        if not self.keys.isdisjoint(doc["data"]):
+            self.on_saved()
+
+    def close(self) -> None:
+        self.engine.unsubscribe(self._token)

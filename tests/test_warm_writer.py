@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from bluesky.plans import count
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
@@ -47,11 +48,14 @@ def test_runs_share_one_writer_process_and_ring_and_each_gets_its_file(cam, driv
             assert bool(f["/entry"].attrs["complete"])
 
 
-def test_a_writer_killed_between_runs_is_replaced_at_the_next_stage(cam, driver, RE):
+@pytest.mark.parametrize("seen_dead", [True, False], ids=["seen-dead", "just-killed"])
+def test_a_writer_killed_between_runs_is_replaced_at_the_next_stage(cam, driver, RE, seen_dead):
+    """Also when the next run starts at once, before the camera can know the writer is gone."""
     RE(count([cam], num=2))
     dead = cam._writer
     os.kill(dead.pid, signal.SIGKILL)
-    dead.ended.wait(10)
+    if seen_dead:
+        dead.ended.wait(10)
     RE(count([cam], num=4))
     assert cam._writer is not dead and cam._writer.alive
     assert dead.ring is None  # the dead one's ring was freed

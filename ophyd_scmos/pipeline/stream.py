@@ -34,6 +34,8 @@ from ophyd_scmos.pipeline.writeback import no_room, room
 
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 STATS_KEPT = 1 << 14  #: statistics of the most recent frames written, for events
+#: frames one step-scan point may take: its statistics must all still be kept when it ends
+MAX_FRAMES_PER_POINT = STATS_KEPT
 
 
 class StreamError(RuntimeError):
@@ -342,6 +344,11 @@ class FrameStream:
                 raise StreamError(f"writer did not cut {self.path} to {frames} frames")
         with self._lock:
             self._file_frames = min(frames, self._file_frames)
+            # The cut frames' statistics go too: a frame retaken at the same index is waited
+            # for until its own are known, never answered with those of the frame it replaced.
+            while self._stats and self._stats_from + len(self._stats) > frames:
+                self._stats.pop()
+            self._stats_to = min(self._stats_to, frames)
         if self.error is not None:
             raise self.error
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -14,17 +16,19 @@ import pytest
 from area_detector_handlers.handlers import AreaDetectorHDF5Handler
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
+from bluesky_tiled_plugins import TiledWriter
 
-from ophyd_scmos import open_catalog
+from ophyd_scmos import SCMOSCamera, open_catalog
 from ophyd_scmos.pipeline import layout
 
 
-def pause_at(RE, seq_num: int, defer: bool):
-    """Request a pause from another thread, as Ctrl-C's handler does, after an event."""
+def pause_at(RE, seq_num: int, defer: bool, delay: float = 0):
+    """Request a pause from another thread, as Ctrl-C's handler does, `delay` s after an
+    event."""
 
     def callback(name, doc):
         if name == "event" and doc["seq_num"] == seq_num:
-            threading.Thread(target=RE.request_pause, kwargs={"defer": defer}).start()
+            threading.Timer(delay, RE.request_pause, kwargs={"defer": defer}).start()
 
     return RE.subscribe(callback)
 
@@ -92,6 +96,7 @@ import h5py
 from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
+from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 
 cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(128, 128), seed=4),
@@ -153,6 +158,100 @@ def test_resume_after_a_rewind_cuts_the_unrecorded_point(cam, driver):
         np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], [0, 1, 4, 5])
         np.testing.assert_array_equal(f[layout.DATA][2], driver.expected_frame(4))
         assert f[layout.DATA].shape[0] == 4
+
+
+def camera(driver, tmp_path, asset_docs: str, exposure: float = 0.001) -> SCMOSCamera:
+    """The `cam` fixture's camera with the given asset documents, two frames a point."""
+    cam = SCMOSCamera(
+        name="cam", driver=driver, write_dir=tmp_path / "data", ring_mb=4, asset_docs=asset_docs
+    )
+    cam.roi.set((32, 16, 96, 64))
+    cam.exposure_time.set(exposure)
+    cam.frames_per_point.set(2)
+    return cam
+
+
+def test_a_pause_during_a_trigger_keeps_one_stream_datum_per_event(driver, tmp_path, RE, recorder):
+    cam = camera(driver, tmp_path, "stream", exposure=0.05)
+    token = pause_at(RE, 3, defer=False, delay=0.03)  # in the next point's 0.1 s trigger
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(count([cam], num=6))
+        RE.unsubscribe(token)
+        RE.resume()
+    finally:
+        cam.destroy()
+    assert [d["indices"] for d in recorder.of("stream_datum")] == [
+        {"start": p, "stop": p + 1} for p in range(6)
+    ]
+    with h5py.File(cam.file_path.get(), "r") as f:
+        numbers = f[layout.FRAME_NUMBER][()]
+    assert [e["data"]["cam_frame_number"] for e in recorder.of("event")] == list(numbers[::2])
+    assert len(numbers) == 12
+
+
+class SlowReader:
+    """A detector read after the camera, whose read awaits (as ophyd-async devices' do):
+    while it reads point `pause_at`, Ctrl-C's pause lands after the camera's read and
+    before the event is saved, so the RunEngine drops that event and takes the point
+    again."""
+
+    name, parent = "slow", None
+
+    def __init__(self, RE, pause_at: int):
+        self.RE, self.pause_at, self.reads = RE, pause_at, 0
+
+    def describe(self):
+        return {"slow": {"source": "test", "dtype": "number", "shape": []}}
+
+    def read_configuration(self):
+        return {}
+
+    def describe_configuration(self):
+        return {}
+
+    async def read(self):
+        self.reads += 1
+        if self.reads == self.pause_at + 1:
+            threading.Timer(0.05, self.RE.request_pause, kwargs={"defer": False}).start()
+            await asyncio.sleep(0.3)
+        return {"slow": {"value": float(self.reads), "timestamp": time.time()}}
+
+
+@pytest.mark.parametrize("asset_docs", ["resource", "stream"])
+@pytest.mark.parametrize("point", [0, 2], ids=["first-point", "third-point"])
+def test_a_pause_between_the_cameras_read_and_the_save_retakes_the_point(
+    driver, tmp_path, RE, recorder, asset_docs, point
+):
+    cam = camera(driver, tmp_path, asset_docs)
+    catalog = open_catalog(tmp_path / "catalog")
+    RE.subscribe(TiledWriter(catalog))
+    slow = SlowReader(RE, pause_at=point)
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(count([cam, slow], num=5))
+        RE.resume()
+    finally:
+        cam.destroy()
+    events = recorder.of("event")
+    dropped = point + 1  # the slow read during which the pause came: its event never was
+    assert [e["data"]["slow"] for e in events] == [r for r in range(1, 7) if r != dropped]
+    # The dropped event's point was cut and taken again: the file holds the events' frames.
+    with h5py.File(cam.file_path.get(), "r") as f:
+        numbers = f[layout.FRAME_NUMBER][()]
+        assert f[layout.DATA].shape[0] == 10
+        assert f[layout.stats_path("frame", "total")].shape[0] == 10
+    assert [e["data"]["cam_frame_number"] for e in events] == list(numbers[::2])
+    if asset_docs == "resource":
+        assert check_events_match_file(recorder, driver) == 10
+    else:
+        assert [d["indices"] for d in recorder.of("stream_datum")] == [
+            {"start": p, "stop": p + 1} for p in range(5)
+        ]
+    images = catalog[recorder.of("start")[0]["uid"]]["primary"]["cam_image"].read()
+    assert images.shape == (5, 2, 64, 96)
+    for image, number in zip(np.asarray(images).reshape(10, 64, 96), numbers, strict=True):
+        np.testing.assert_array_equal(image, driver.expected_frame(number))
 
 
 TILED_SCRIPT = """

@@ -90,6 +90,7 @@ def test_two_cameras_write_one_directory_at_the_same_time(tmp_path, RE):
         ("roi", (0, 0, 16, 16, 16), "roi"),
         ("bit_depth", 8, "bit_depth"),
         ("frames_per_point", 2.5, "frames_per_point"),
+        ("frames_per_point", 16385, "at most 16384 .* movie"),
         ("num_frames", -1, "num_frames"),
         ("duration", float("nan"), "duration"),
     ],

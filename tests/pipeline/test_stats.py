@@ -155,7 +155,8 @@ def test_no_regions_no_statistics(tmp_path):
 @pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "in-the-file"])
 def test_truncated_frames_statistics_are_replaced(tmp_path, stored, triggered):
     """Whether the cut frames' statistics were still waiting in the writer or already in
-    the file, those of the frames that follow replace them."""
+    the file, those of the frames that follow replace them, and no one is told the cut
+    frames' in between."""
     camera = SimulatedSCMOS(shape=(16, 24), seed=2, camera_buffer_frames=100)
     camera.open()
     options = PipelineOptions(ring_frames=4, flush_interval=0.2 if stored else 30)
@@ -167,6 +168,9 @@ def test_truncated_frames_statistics_are_replaced(tmp_path, stored, triggered):
     if stored:
         wait_for_stored_stats(path, 6)
     stream.truncate(4)
+    # Forgotten at the cut: a wait for the frames taken again is never answered with them.
+    with pytest.raises(IndexError, match="not known"):
+        stream.frame_stats(4, 6)
     camera.software_trigger(2)
     stream.wait(6, timeout=30)  # file frames: the 2 new ones follow the 4 kept
     reported = stream.frame_stats(0, 6)
