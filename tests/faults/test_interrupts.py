@@ -218,13 +218,18 @@ class SlowReader:
         return {"slow": {"value": float(self.reads), "timestamp": time.time()}}
 
 
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """One embedded catalog for the module's runs (each test reads its own run)."""
+    return open_catalog(tmp_path_factory.mktemp("catalog"), in_process=True)
+
+
 @pytest.mark.parametrize("asset_docs", ["resource", "stream"])
 @pytest.mark.parametrize("point", [0, 2], ids=["first-point", "third-point"])
 def test_a_pause_between_the_cameras_read_and_the_save_retakes_the_point(
-    driver, tmp_path, RE, recorder, asset_docs, point
+    driver, tmp_path, RE, recorder, catalog, asset_docs, point
 ):
     cam = camera(driver, tmp_path, asset_docs)
-    catalog = open_catalog(tmp_path / "catalog")
     RE.subscribe(TiledWriter(catalog))
     slow = SlowReader(RE, pause_at=point)
     try:
