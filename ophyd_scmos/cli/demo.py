@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, cast
 
+from ophyd_scmos.cli import reaching_catalog
+
 #: Where `demo --align` hides the sample: motor units, off centre, between scan points.
 ALIGN_SAMPLE = (0.73, -0.26)
 #: Its scans: -2 to 2 in 41 points, a step of 0.1 motor units.
@@ -30,12 +32,13 @@ def demo(args: argparse.Namespace) -> int:
     from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS, open_catalog
     from ophyd_scmos.session import FrameProgress
 
+    with reaching_catalog(args.catalog):  # before the camera: a wrong URL takes no frame
+        catalog = open_catalog(args.catalog)
     driver = SimulatedSCMOS(seed=args.seed)
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
     if not args.full_frame:
         cam.roi.set(ROI.centered(driver.sensor_shape, args.roi, args.roi).as_tuple())
     cam.exposure_time.set(args.exposure)
-    catalog = open_catalog(args.catalog)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(catalog))
     progress = FrameProgress(args.num, cam.name)

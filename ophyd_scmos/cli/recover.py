@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ophyd_scmos.cli import reaching_catalog
+
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import UnfinishedRun
 
@@ -54,7 +56,8 @@ def recover(args: argparse.Namespace) -> int:
     if args.catalog is not None:
         from ophyd_scmos.catalog import open_catalog
 
-        catalog = open_catalog(args.catalog or None, api_key=args.api_key)
+        with reaching_catalog(args.catalog or None):
+            catalog = open_catalog(args.catalog or None, api_key=args.api_key)
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:

@@ -44,8 +44,10 @@ def one_line(err: str, command: str, url: str) -> bool:
         ["runs", "--catalog", "{url}"],
         ["show", "-1", "--catalog", "{url}", "--no-png"],
         ["sync", "--to", "{url}"],
+        ["recover", "--catalog", "{url}", "run.h5"],
+        ["demo", "--catalog", "{url}", "--num", "3"],
     ],
-    ids=["runs", "show", "sync"],
+    ids=["runs", "show", "sync", "recover", "demo"],
 )
 def test_a_catalog_command_on_a_server_that_does_not_answer_is_one_line_and_exit_2(
     url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
