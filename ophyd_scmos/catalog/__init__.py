@@ -12,6 +12,7 @@ numpy, so the CLI starts fast. The design reasoning is in docs/architecture.md (
 from ophyd_scmos.catalog.embedded import (
     CATALOG_ENV,
     default_catalog_dir,
+    is_url,
     open_catalog,
     start_local_server,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "documents",
     "file_stats",
     "find_unfinished_run",
+    "is_url",
     "open_catalog",
     "probe",
     "run_server",

@@ -88,7 +88,7 @@ def open_catalog(
     """
     if path is None:
         path = os.environ.get(CATALOG_ENV) or None
-    if path is not None and _is_url(path):
+    if is_url(path):
         if readable is not None or in_process:
             raise ValueError(
                 "readable= and in_process= apply to embedded catalogs only: a Tiled server's "
@@ -127,7 +127,7 @@ def start_local_server(
     """
     if path is None:
         path = os.environ.get(CATALOG_ENV) or None
-    if (path is not None and _is_url(path)) or not LOCAL_SERVERS:
+    if is_url(path) or not LOCAL_SERVERS:
         return
     directory = absolute_path(default_catalog_dir() if path is None else path)
     key = (directory, readable_roots(readable))
@@ -170,7 +170,8 @@ def _client_map_type() -> type[Any]:
     return ClientClasses
 
 
-def _is_url(path: PathLike) -> bool:
+def is_url(path: PathLike | None) -> bool:
+    """Whether `open_catalog(path)` opens a Tiled server (an http(s) URL), not a directory."""
     return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 

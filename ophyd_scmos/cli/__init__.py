@@ -32,10 +32,10 @@ class CommandError(Exception):
 def server_url(location: str | None) -> str | None:
     """The URL of the catalog server `open_catalog(location)` opens, None for an embedded
     catalog."""
-    from ophyd_scmos.catalog import CATALOG_ENV
+    from ophyd_scmos.catalog import CATALOG_ENV, is_url
 
     location = location or os.environ.get(CATALOG_ENV)
-    return location if location and location.lower().startswith(("http://", "https://")) else None
+    return location if is_url(location) else None
 
 
 @contextlib.contextmanager

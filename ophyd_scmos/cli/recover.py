@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophyd_scmos.cli import reaching_catalog
+from ophyd_scmos.cli import CommandError, reaching_catalog
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import UnfinishedRun
@@ -47,11 +47,7 @@ def recover(args: argparse.Namespace) -> int:
         print("ophyd-scmos recover: name the HDF5 files to recover", file=sys.stderr)
         return 2
     if args.run and args.catalog is None:
-        print(
-            "ophyd-scmos recover: --run names a run of a catalog: give --catalog too",
-            file=sys.stderr,
-        )
-        return 2
+        raise CommandError("--run names a run of a catalog: give --catalog too")
     catalog = None
     if args.catalog is not None:
         from ophyd_scmos.catalog import open_catalog
