@@ -115,8 +115,9 @@ RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
 pages = []
 
 def report(name, doc):
-    if name == "start":  # the cameras are staged: their files are made
+    if name == "start":  # the cameras are staged: their files are made, their writers run
         print(doc["uid"], *(cam.file_path.get() for cam in cams), flush=True)
+        print(*(cam._writer.pid for cam in cams), flush=True)
     if name in ("event", "stream_datum"):
         pages.append(name)
         if len(pages) == 30:  # well under way: 30 events, or 30 pages of a movie
@@ -145,7 +146,8 @@ def _kill_acquisition(
 ):
     """Acquire `plan` into the catalog in a process of its own and kill it (SIGKILL) once it
     is well under way, or else just after its start, then wait for the cameras' writers to
-    close their files. Returns the run's uid and the files."""
+    close their files and end (a writer reopens its closed file to record the outcome, and
+    recover refuses a file still open). Returns the run's uid and the files."""
     acquiring = subprocess.Popen(
         [
             sys.executable,
@@ -162,6 +164,7 @@ def _kill_acquisition(
     )
     try:
         uid, *paths = acquiring.stdout.readline().split()
+        writers = [int(pid) for pid in acquiring.stdout.readline().split()]
         if under_way:
             assert acquiring.stdout.readline() == "under way\n", "the run did not get under way"
     finally:
@@ -169,10 +172,11 @@ def _kill_acquisition(
         acquiring.wait()
         acquiring.stdout.close()
     deadline = time.monotonic() + 60
-    for path in paths:
-        while not _closed(path):
-            assert time.monotonic() < deadline, "the writer did not close the file"
+    for pid in writers:
+        while _state(pid) != "Z":
+            assert time.monotonic() < deadline, "the writer did not end"
             time.sleep(0.05)
+    assert all(_closed(path) for path in paths), "a writer ended without closing its file"
     return uid, paths
 
 
