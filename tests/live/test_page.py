@@ -176,8 +176,12 @@ def test_the_contrast_controls_change_the_drawing(camera, server, browser, tmp_p
     logarithmic = drawn(browser)
     assert logarithmic.log and (logarithmic.low, logarithmic.high) == (low, high)
     expected_log = grey_levels(expected, low, high, log=True)
-    assert np.abs(logarithmic.grey.astype(int) - expected_log).max() <= 1  # libm's last bit
-    assert (logarithmic.grey == expected_log).mean() > 0.999
+    # Where the exact level is a half (255 ln 3 / ln 9 = 127.5, say), the last bit of the
+    # browser's log1p and of numpy's decides the rounding: one level either way.
+    level = np.log1p(np.maximum(expected - low, 0)) * (255 / np.log1p(high - low))
+    half = np.abs(level % 1 - 0.5) < 1e-9
+    np.testing.assert_array_equal(logarithmic.grey[~half], expected_log[~half])
+    assert np.abs(logarithmic.grey[half].astype(int) - expected_log[half]).max(initial=0) <= 1
     assert (logarithmic.grey > manual.grey).mean() > 0.3  # log lifts the darker half
 
     click(browser, "log")
