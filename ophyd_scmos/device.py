@@ -173,9 +173,7 @@ class Regions(MutableMapping[str, stats.Region]):
         return f"Regions({self._regions!r})"
 
     def _refuse_while_staged(self) -> None:
-        camera = self._camera
-        if camera._staged.name == "yes":
-            raise RuntimeError(f"{camera.name}.rois cannot change while {camera.name} is staged")
+        self._camera._refuse_while_staged("rois")
 
 
 class Setting(Signal):
@@ -303,7 +301,7 @@ class SCMOSCamera(Device):
         self.model.put(driver.model)
         if asset_docs == "stream":
             self.image.kind = "omitted"  # a STREAM: key is never in read()
-        self.statistics = bool(statistics)
+        self.statistics = statistics
         self.stats_read = stats_read
         self.stats_hinted = stats_hinted
         self.save_images.put(save_images)
@@ -317,12 +315,23 @@ class SCMOSCamera(Device):
 
     # -- statistics ----------------------------------------------------------------------
     @property
+    def statistics(self) -> bool:
+        """Whether every frame's statistics are measured, stored and read."""
+        return self._statistics
+
+    @statistics.setter
+    def statistics(self, on: bool) -> None:
+        self._refuse_while_staged("statistics")
+        self._statistics = bool(on)
+
+    @property
     def stats_read(self) -> tuple[str, ...]:
         """The statistics that are readings, of every region."""
         return self._stats_read
 
     @stats_read.setter
     def stats_read(self, names: Sequence[str]) -> None:
+        self._refuse_while_staged("stats_read")
         self._stats_read = _check_stat_names("stats_read", names)
 
     @property
@@ -332,6 +341,7 @@ class SCMOSCamera(Device):
 
     @stats_hinted.setter
     def stats_hinted(self, names: Sequence[str]) -> None:
+        self._refuse_while_staged("stats_hinted")
         self._stats_hinted = _check_stat_names("stats_hinted", names)
 
     def _stat_keys(self) -> dict[str, tuple[int, str, str]]:
@@ -461,9 +471,14 @@ class SCMOSCamera(Device):
         ):
             Signal.put(getattr(self, attr), value)
 
-    def _apply_setting(self, attr: str, value: Any) -> None:
+    def _refuse_while_staged(self, setting: str) -> None:
+        """A run's file and documents are laid out when it is staged: what shapes them waits
+        for unstage."""
         if self._staged.name == "yes":
-            raise RuntimeError(f"{self.name}.{attr} cannot change while {self.name} is staged")
+            raise RuntimeError(f"{self.name}.{setting} cannot change while {self.name} is staged")
+
+    def _apply_setting(self, attr: str, value: Any) -> None:
+        self._refuse_while_staged(attr)
         if attr in ("frames_per_point", "num_frames"):
             least = 1 if attr == "frames_per_point" else 0
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:

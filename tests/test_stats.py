@@ -110,6 +110,7 @@ def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(
 
 
 def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam):
+    """Nor which statistics there are: the run's file and data keys were laid out at stage."""
     cam.rois["spot"] = (0, 0, 4, 4)
     cam.rois["spot"] = (1, 1, 4, 4)
     cam.rois["edge"] = (0, 0, 96, 1)
@@ -118,12 +119,23 @@ def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam)
     assert list(cam.rois) == ["spot"]
     cam.stage()
     try:
-        with pytest.raises(RuntimeError, match="cannot change while cam is staged"):
+        with pytest.raises(RuntimeError, match="rois cannot change while cam is staged"):
             cam.rois["spot"] = (0, 0, 2, 2)
-        with pytest.raises(RuntimeError, match="cannot change while cam is staged"):
+        with pytest.raises(RuntimeError, match="rois cannot change while cam is staged"):
             del cam.rois["spot"]
+        for setting, value in (
+            ("statistics", False),
+            ("stats_read", ("total",)),
+            ("stats_hinted", ("max",)),
+        ):
+            before = getattr(cam, setting)
+            with pytest.raises(RuntimeError, match=f"{setting} cannot change while cam is staged"):
+                setattr(cam, setting, value)
+            assert getattr(cam, setting) == before
     finally:
         cam.unstage()
+    cam.stats_read = ("total", "max")  # unstaged, it changes again
+    assert cam.stats_read == ("total", "max")
     with h5py.File(cam.file_path.get(), "r") as f:
         assert list(f[layout.STATS_GROUP]) == [stats.FRAME, "spot"]
 
