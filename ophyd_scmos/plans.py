@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from typing import Any
 
@@ -22,12 +23,18 @@ def movie(
 ) -> Generator[Msg, Any, str]:
     """Record free-running cameras at full rate for `frames` frames or `seconds` seconds.
 
-    One run; one file (and one writer process) per camera. While the cameras run, a
-    StreamDatum page of each is collected every `page_every` seconds, so a catalog sees the
-    movie grow. Every frame's time on its camera's clock (``<cam>_frame_time``) and on the
-    computer's (``<cam>_host_time``, one clock for all cameras) are columns of the stream,
-    so frames of several cameras can be matched. Each camera is put in internal trigger mode
-    (unless it is in external mode) and given back as it was.
+    One run; one file (and one writer process) per camera. One camera's frames are the rows
+    of `stream`; with several cameras each has a stream of its own, ``<stream>_<camera>``,
+    as each takes its own number of frames (a stream's columns all have one length). While
+    the cameras run, a StreamDatum page of each is collected every `page_every` seconds, so
+    a catalog sees the movie grow. Every frame's time on its camera's clock
+    (``<cam>_frame_time``) and on the computer's (``<cam>_host_time``, one clock for all
+    cameras) are columns, so frames of several cameras can be matched. Each camera is put in
+    internal trigger mode (unless it is in external mode) and given back as it was.
+
+    However the movie ends (its frames taken, `RE.stop()` or `RE.abort()` after a pause,
+    a writer that died), the cameras are stopped and every frame their files hold is
+    collected into the run before it closes.
     """
     if not cams:
         raise ValueError("movie needs at least one camera")
@@ -54,10 +61,16 @@ def movie(
         **(md or {}),
     }
 
+    streams = {cam.name: stream if len(cams) == 1 else f"{stream}_{cam.name}" for cam in cams}
+
     @bpp.stage_decorator(cams)
     @bpp.run_decorator(md=metadata)
     def record():
-        yield from bps.declare_stream(*cams, name=stream, collect=True)
+        for cam in cams:
+            yield from bps.declare_stream(cam, name=streams[cam.name], collect=True)
+        yield from bpp.finalize_wrapper(fly(), collect_every_frame())
+
+    def fly():
         for cam in cams:
             yield from bps.kickoff(cam, group="kickoff")
         yield from bps.wait(group="kickoff")
@@ -66,7 +79,21 @@ def movie(
         done = False
         while not done:  # waiting (not sleeping) lets RE.waiting_hook show progress bars
             done = yield from bps.wait(group="movie", timeout=page_every, error_on_timeout=False)
-            yield from bps.collect(*cams, name=stream)
+            yield from collect()
+
+    def collect():
+        for cam in cams:
+            yield from bps.collect(cam, name=streams[cam.name])
+
+    def collect_every_frame():
+        """The last page of each camera once all its frames are in its file, whatever ended
+        the movie: a stopped camera's `complete` waits for the frames on their way."""
+        for cam in cams:
+            yield from bps.stop(cam)
+        for cam in cams:
+            with contextlib.suppress(Exception):  # a failure is already on its way out
+                yield from bps.complete(cam, wait=True)
+        yield from collect()
 
     def restore():
         for sig, value in before.items():

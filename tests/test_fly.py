@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import threading
 import time
 
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: F401 - import check
 from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
@@ -66,6 +70,77 @@ def test_movie_for_a_duration_stops_on_time(cam, RE, recorder):
     with h5py.File(cam.file_path.get(), "r") as f:
         frames = f[layout.DATA].shape[0]
     assert 50 <= frames <= 150  # about 100: the clock, not a frame count, ended it
+
+
+def _movie_rows(recorder, key: str) -> list[tuple[int, int]]:
+    """The [start, stop) row ranges of `key` that the run's StreamDatums claim, in order."""
+    resources = {doc["uid"]: doc["data_key"] for doc in recorder.of("stream_resource")}
+    return [
+        (doc["indices"]["start"], doc["indices"]["stop"])
+        for doc in recorder.of("stream_datum")
+        if resources[doc["stream_resource"]] == key
+    ]
+
+
+def _file_frames(cam) -> int:
+    with h5py.File(cam.file_path.get(), "r") as f:
+        return f[layout.DATA].shape[0]
+
+
+@pytest.mark.parametrize("how", ["stop", "abort"])
+def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
+    cam, driver, RE, recorder, how
+):
+    """A movie's camera runs on through a pause; ending the run then (Ctrl-C twice, then
+    RE.stop() or RE.abort()) stops it and collects every frame its file holds."""
+    cam.acquire_period.set(0.004)
+    under_way = threading.Event()
+    RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
+
+    def pause_when_under_way():
+        under_way.wait(30)
+        RE.request_pause(defer=False)
+
+    threading.Thread(target=pause_when_under_way, daemon=True).start()
+    with pytest.raises(RunEngineInterrupted):
+        RE(movie(cam, seconds=30, page_every=0.1))
+    at_pause = sum(stop - start for start, stop in _movie_rows(recorder, "cam_image"))
+    time.sleep(0.3)  # the camera records on while the run is paused
+    getattr(RE, how)()
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == ("success" if how == "stop" else "abort")
+    frames = _file_frames(cam)
+    assert frames > at_pause > 0
+    for key in ("cam_image", "cam_frame_number", "cam_stats_total"):
+        rows = _movie_rows(recorder, key)
+        assert rows[0][0] == 0 and rows[-1][1] == frames, key
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(rows)), f"{key}: contiguous"
+    assert cam.trigger_mode.get() == "software"  # given back as it was
+
+
+def test_a_writer_killed_mid_movie_leaves_every_flushed_frame_in_the_run(cam, RE, recorder):
+    """The writer dies between two pages: the frames it flushed before are in the file, and
+    the run, failing with the writer's error, still collects them all."""
+    cam.acquire_period.set(0.004)
+
+    def kill_writer_after_two_pages(name, doc):
+        if len(recorder.of("stream_datum")) == 2 * len(cam.describe_collect()):
+            collected = doc["indices"]["stop"]
+            deadline = time.monotonic() + 10
+            while cam.get_index() < collected + 20 and time.monotonic() < deadline:
+                time.sleep(0.01)  # frames flushed since the page: no page claims them yet
+            os.kill(cam._writer.pid, signal.SIGKILL)
+
+    RE.subscribe(kill_writer_after_two_pages, "stream_datum")
+    with pytest.raises(Exception, match="FrameStatus|died"):
+        RE(movie(cam, seconds=30, page_every=0.1))
+    frames = _file_frames(cam)
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == "fail"
+    rows = _movie_rows(recorder, "cam_image")
+    assert frames >= rows[1][1] + 20 and rows[-1][1] == frames
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert not f["/entry"].attrs["complete"]
 
 
 def test_kickoff_complete_collect_stubs_with_a_declared_stream(cam, driver, RE, recorder):

@@ -249,6 +249,21 @@ def test_recover_registers_the_file_of_every_camera_of_a_run(
         assert stop["uid"] == first_stop["uid"]
 
 
+def test_recover_registers_each_camera_of_a_movie_in_its_stream(catalog_dir, tmp_path, capsys):
+    """A movie of two cameras has a stream per camera: recovering both files puts each
+    camera's every frame in its own stream."""
+    uid, paths = _kill_acquisition(catalog_dir, tmp_path, "movie", cameras=("cam0", "cam1"))
+    assert main(["recover", "--catalog", str(catalog_dir), *paths]) == 0
+    out = capsys.readouterr().out
+    run = open_catalog(catalog_dir)[uid]
+    for name, path in zip(("cam0", "cam1"), paths, strict=True):
+        assert f"{path}: closed run {uid}: primary_{name}/{name}_image" in out
+        with h5py.File(path, "r") as f:
+            frames = f[layout.DATA][: layout.stored_frames(f)]
+        assert len(frames) >= 30
+        np.testing.assert_array_equal(run[f"primary_{name}"][f"{name}_image"].read(), frames)
+
+
 def test_recover_closes_a_run_killed_before_its_first_event(catalog_dir, tmp_path, capsys):
     """Killed during its first point (16,384 frames), the run has no descriptor yet: the
     file is tied to it by its start (the camera among its detectors, started with the file).
