@@ -100,11 +100,19 @@ def check_readable(path: str | os.PathLike) -> Superblock:
 
 def _check_metadata(path: str | os.PathLike) -> None:
     """Open every object of the file, without SWMR: a SWMR reader retries a damaged
-    object's checksum for minutes, a plain one fails at once."""
+    object's checksum for minutes, a plain one fails at once. Without file locks, unless
+    this process has the file open already (`h5py.File(path)` beside an in-process
+    catalog): HDF5 then wants the same locking as that open."""
     import h5py
 
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except OSError as exc:
+            if "locking flag values don't match" not in str(exc):
+                raise
+            f = h5py.File(path, "r")
+        with f:
             f.visititems(lambda name, obj: None)
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise UnreadableFile(f"{path} is damaged: {exc}") from None

@@ -151,6 +151,17 @@ def test_a_file_with_damaged_metadata_fails_at_once_naming_it(cam, tmp_path, RE,
     assert f"{path} is damaged" in err and "Traceback" not in err
 
 
+def test_a_file_this_process_has_open_reads_from_an_in_process_catalog(cam, tmp_path, RE, recorder):
+    """A user holding the run's file open (`h5py.File(path)`) beside an in-process catalog:
+    the catalog's check of the file opens it as that open did, and reads it."""
+    catalog = open_catalog(tmp_path / "catalog", in_process=True)
+    RE.subscribe(TiledWriter(catalog))
+    RE(count([cam], num=3))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        images = catalog[recorder.of("start")[0]["uid"]]["primary"]["cam_image"].read()
+        np.testing.assert_array_equal(images[:, 0], f[layout.DATA][()])
+
+
 def test_recover_removes_the_rings_of_processes_that_are_gone(cam, RE, capsys):
     """A process group killed at once leaves its ring in /dev/shm (no resource tracker
     left to remove it); recover, run after such a crash, removes it."""
