@@ -41,12 +41,16 @@ def server_url(location: str | None) -> str | None:
 @contextlib.contextmanager
 def reaching_catalog(location: str | None) -> Iterator[None]:
     """Around opening the catalog at `location` (as `open_catalog` takes it): a server that
-    cannot be reached (refused, no such host, no answer, after Tiled's own retries) is a
+    cannot be reached (refused, no such host, no answer, after Tiled's own retries), or an
+    embedded catalog's directory that cannot be used (a file, not writable), is a
     `CommandError`, exit 2 as a wrong configuration: nothing was done, and the fix is the
-    URL or the server, not the run. An embedded catalog's errors pass unchanged."""
+    URL, the server or the directory, not the run."""
     url = server_url(location)
     if url is None:
-        yield
+        try:
+            yield
+        except OSError as exc:
+            raise CommandError(f"cannot open the catalog: {exc}") from None
         return
     import httpx
 

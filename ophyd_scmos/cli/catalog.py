@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophyd_scmos.cli import reaching_catalog, server_url
+from ophyd_scmos.cli import CommandError, reaching_catalog, server_url
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
@@ -62,7 +62,7 @@ def runs(args: argparse.Namespace) -> int:
     from ophyd_scmos.catalog import summarize
 
     rows = []
-    with _opened(args.catalog, args.api_key) as catalog:
+    with _opened(args.catalog, args.api_key, existing=True) as catalog:
         for run in reversed(list(catalog.values().tail(args.number))):
             summary = summarize(run)
             try:
@@ -104,7 +104,9 @@ def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
     from ophyd_scmos.catalog import start_local_server
 
-    start_local_server(args.catalog)  # if none runs: it starts while this process imports
+    _require_catalog(args.catalog)
+    with reaching_catalog(args.catalog):
+        start_local_server(args.catalog)  # if none runs: it starts while this process imports
     with _opened(args.catalog, args.api_key) as catalog:
         return _show(args, catalog)
 
@@ -116,9 +118,9 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
     from ophyd_scmos.catalog import probe, summarize
 
     try:
-        run = catalog[_run_key(args.uid)]
+        run = _find_run(catalog, args.uid)
         summary = summarize(run, args.key)
-    except KeyError as err:
+    except LookupError as err:
         print(f"ophyd-scmos show: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
     if summary.key is None:
@@ -177,7 +179,10 @@ def sync(args: argparse.Namespace) -> int:
             line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
             print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
 
-    with _opened(args.to, args.api_key) as target, _opened(args.catalog, args.api_key) as source:
+    with (
+        _opened(args.to, args.api_key) as target,
+        _opened(args.catalog, args.api_key, existing=True) as source,
+    ):
         results = sync_runs(
             source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
         )
@@ -190,12 +195,15 @@ def sync(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _opened(location: str | None, api_key: str | None) -> Iterator[Any]:
+def _opened(location: str | None, api_key: str | None, existing: bool = False) -> Iterator[Any]:
     """The catalog at `location` (`open_catalog`'s); a server that cannot be reached ends the
     command in one line (`reaching_catalog`), and a server's connections are closed after (an
-    embedded catalog's client is this process's, shared, and closes its own when garbage)."""
+    embedded catalog's client is this process's, shared, and closes its own when garbage).
+    `existing`: to be read, a catalog given by name must be there (`_require_catalog`)."""
     from ophyd_scmos.catalog import open_catalog
 
+    if existing:
+        _require_catalog(location)
     with reaching_catalog(location):
         catalog = open_catalog(location, api_key=api_key)
     if server_url(location) is None:
@@ -207,10 +215,64 @@ def _opened(location: str | None, api_key: str | None) -> Iterator[Any]:
         catalog.context.close()
 
 
-def _run_key(text: str) -> str | int:
-    """A scan id (-1: the latest run) as an int, which the catalog looks up as such; a uid or
-    its first characters as given."""
-    return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
+def _require_catalog(location: str | None) -> None:
+    """An embedded catalog named on the command line (or by $OPHYD_SCMOS_CATALOG) holds a
+    catalog already: opening a mistyped directory would make a new, empty one there, and
+    "no runs yet" would look like runs lost. The default catalog is made on first use."""
+    from ophyd_scmos.catalog import CATALOG_ENV
+    from ophyd_scmos.catalog.embedded import CATALOG_DB
+
+    location = location or os.environ.get(CATALOG_ENV)
+    if not location or server_url(location) is not None:
+        return
+    directory = Path(location).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"{location} is a file: a catalog is a directory or a server's URL")
+    if not (directory / CATALOG_DB).is_file():
+        raise CommandError(
+            f"no catalog in {location} (no {CATALOG_DB}): check the path; a catalog is made "
+            "where a run is first recorded into it"
+        )
+
+
+def _find_run(catalog: Any, text: str) -> Any:
+    """The run `text` names: -1 (the latest) and other negative indices, a scan id, a uid or
+    its first characters (5 at least). LookupError, saying why, where it names none or is
+    ambiguous (digits that are both a scan id and the start of another run's uid)."""
+    if re.fullmatch(r"-\d+", text):
+        runs = catalog.values()
+        if int(text) < -len(runs):
+            held = f"holds {len(runs)} runs" if len(runs) else "holds no runs yet"
+            raise LookupError(f"no run {text}: the catalog {held}")
+        return runs[int(text)]
+    if not re.fullmatch(r"[0-9A-Za-z-]+", text):
+        raise LookupError(f"{text!r} is not a uid, a uid's first characters, or a scan id")
+    by_scan = by_uid = None
+    kinds = []
+    if text.isdigit() and len(text) <= 6:
+        if int(text) == 0:
+            raise LookupError("scan ids start at 1 (-1 is the latest run)")
+        kinds.append("scan id")
+        with contextlib.suppress(KeyError):
+            by_scan = catalog[int(text)]
+    if len(text) >= 5:
+        kinds.append("uid")
+        try:
+            by_uid = catalog[text]
+        except KeyError:
+            pass
+        except ValueError:  # several runs' uids start so
+            raise LookupError(f"several runs' uids start with {text}: give more of it") from None
+    if by_scan is not None and by_uid is not None and by_scan.item["id"] != by_uid.item["id"]:
+        raise LookupError(
+            f"{text} is scan {text} (run {by_scan.item['id']}) and the first characters of "
+            f"run {by_uid.item['id']}: give more of the uid"
+        )
+    if by_scan is None and by_uid is None:
+        if not kinds:
+            raise LookupError(f"{text} is too short for a uid: give 5 characters at least")
+        raise LookupError(f"no run has the {' or '.join(kinds)} {text}")
+    return by_scan if by_scan is not None else by_uid
 
 
 def _local_file_stats(path: str | None) -> FileStats | None:
@@ -377,6 +439,13 @@ def interval_histogram(ax: Any, intervals: Any, clock: str) -> None:
         ax.hist(ms, bins=min(100, max(10, ms.size // 20)), log=True)
 
 
+def _at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def _catalog_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
@@ -432,7 +501,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("runs", help=runs.__doc__, description=runs.__doc__)
     _catalog_options(p)
-    p.add_argument("-n", "--number", type=int, default=20, help="how many runs")
+    p.add_argument("-n", "--number", type=_at_least_one, default=20, help="how many runs")
     p.set_defaults(func=runs)
 
     p = subparsers.add_parser("show", help=show.__doc__, description=show.__doc__)

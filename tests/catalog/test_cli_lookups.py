@@ -1,0 +1,91 @@
+"""`ophyd-scmos runs` and `show` name the run they mean or say in one line why they cannot:
+ambiguous uid prefixes, scan ids that are also the start of another run's uid, indices past
+the end, mistyped catalog paths. Runs of crafted uids and scan ids, written by TiledWriter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bluesky_tiled_plugins import TiledWriter
+from event_model import compose_run
+
+from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.cli import main
+
+#: uid -> scan id: 12345aaa... starts like the scan id 12345 of another run
+RUNS = {
+    "12345aaa-0000-4000-8000-000000000001": 7,
+    "abcde111-0000-4000-8000-000000000002": 12345,
+    "abcde222-0000-4000-8000-000000000003": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("lookups") / "catalog"
+    catalog = open_catalog(directory)
+    writer = TiledWriter(catalog)
+    for uid, scan_id in RUNS.items():
+        run = compose_run(uid=uid, metadata={"scan_id": scan_id})
+        writer("start", run.start_doc)
+        writer("stop", run.compose_stop())
+    yield directory
+    catalog.context.close()
+
+
+def show(catalog_dir: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["show", text, "--catalog", str(catalog_dir), "--no-png"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return code, err.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("abcde111", "run abcde111-0000-4000-8000-000000000002 has no images"),
+        ("-1", "run abcde222-0000-4000-8000-000000000003 has no images"),
+        ("-3", "run 12345aaa-0000-4000-8000-000000000001 has no images"),
+        ("8", "run abcde222-0000-4000-8000-000000000003 has no images"),
+        ("123456", "no run has the scan id or uid 123456"),
+        ("-4", "no run -4: the catalog holds 3 runs"),
+        ("abcde", "several runs' uids start with abcde: give more of it"),
+        ("12345", "12345 is scan 12345 (run abcde111-0000-4000-8000-000000000002) and the "),
+        ("0", "scan ids start at 1"),
+        ("abcd", "abcd is too short for a uid"),
+        ("%%%%%", "'%%%%%' is not a uid"),
+        ("fffff", "no run has the uid fffff"),
+    ],
+)
+def test_show_names_the_run_or_says_why_not(catalog_dir, capsys, text, says):
+    code, err = show(catalog_dir, text, capsys)
+    assert code == 1 and says in err
+
+
+def test_runs_refuses_a_count_below_one_and_lists_what_it_is_asked(catalog_dir, capsys):
+    for number in ("0", "-2"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["runs", "-n", number, "--catalog", str(catalog_dir)])
+        assert exit_.value.code == 2
+        assert "must be 1 or more" in capsys.readouterr().err
+    assert main(["runs", "-n", "2", "--catalog", str(catalog_dir)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows] == ["abcde222", "abcde111"]
+
+
+@pytest.mark.parametrize("command", ["runs", "show"])
+def test_a_catalog_path_that_holds_no_catalog_is_refused_and_left_alone(command, tmp_path, capsys):
+    """A mistyped directory is not made into a new, empty catalog; a file is not a catalog."""
+    typo = tmp_path / "catlog"
+    data = tmp_path / "data"
+    data.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for location, says in ((typo, "no catalog in"), (data, "no catalog in"), (afile, "is a file")):
+        argv = [command, *(["-1"] if command == "show" else []), "--catalog", str(location)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not typo.exists() and list(data.iterdir()) == []
