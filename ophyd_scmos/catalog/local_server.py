@@ -249,6 +249,7 @@ class LocalServer:
         """A Tiled client context on the server, whose requests follow it where it is
         replaced. The server does not stop while the context is open, until it is garbage
         (one context per `LocalServer`)."""
+        import httpx
         from tiled.client.context import Context
         from tiled.client.transport import Transport
 
@@ -258,7 +259,11 @@ class LocalServer:
         if not self.files.server_alive():  # it stopped before this process kept it
             address = self.replace(address)
         # trust_env=False: a proxy set for the outside world must not see 127.0.0.1.
-        context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
+        try:
+            context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
+        except httpx.ConnectError:  # it died after the check, before Tiled's first request
+            address = self.replace(address)
+            context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
         transport = context.http_client._transport  # Tiled's own: caching, compression
         assert isinstance(transport, Transport), type(transport)
         transport.transport.close()

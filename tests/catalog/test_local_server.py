@@ -196,6 +196,35 @@ def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
     catalog.context.close()  # this process keeps it no more: it stops when idle
 
 
+def test_a_server_killed_just_before_a_process_first_asks_it_is_replaced(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process keeps the server; it dies after this process found it alive and
+    before Tiled's first request: the client starts another server and uses that."""
+    import tiled.client.context
+    import tiled.client.utils
+
+    holder = python(OPEN, directory, "hold")
+    first = int(result(holder))
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 2)  # not 25 s of retries
+    build = tiled.client.context.Context.__init__
+    killed = []
+
+    def kill_first(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not killed:
+            os.kill(first, signal.SIGKILL)
+            killed.append(first)
+            wait_until_gone(directory, timeout=10)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(tiled.client.context.Context, "__init__", kill_first)
+    catalog = open_catalog(directory)
+    assert list(catalog) == [] and killed == [first]
+    replacement = find_server(directory)
+    assert replacement is not None and replacement.pid != first
+    catalog.context.close()
+
+
 def test_the_server_stops_once_no_process_holds_its_clients_and_it_is_idle(
     directory: Path,
 ) -> None:
