@@ -52,9 +52,11 @@ class SyncResult:
     """What `sync` did with one run."""
 
     uid: str
-    status: str  #: "copied", "present" (the target had it) or "running" (no stop yet: left)
+    #: "copied"; "present" (the target had it); "running" (no stop yet: left); "incomplete"
+    #: (the target has it half-copied: left); "missing" (a file to copy is gone: not copied)
+    status: str
     files: list[str] = field(default_factory=list)  #: data files the target's run points at
-    error: str | None = None  #: why the target cannot read the run's images, if it cannot
+    error: str | None = None  #: what is wrong with the run there, and what to do, if anything
 
 
 def sync(
@@ -76,10 +78,11 @@ def sync(
     images (it reads the last frame): if not, extend the server's readable storage and the
     run reads at once, with nothing to sync again.
 
-    A run the target holds without a stop document (a sync that died half-way) is an error:
-    it is incomplete there, so delete it on the target and sync again.
+    A run the target holds without a stop document (a sync that died half-way) is left
+    "incomplete", with an error saying to delete it there and sync again; a run whose file is
+    gone is "missing" with `copy_data_to` (nothing written to the target). The other runs go
+    on either way.
     """
-    from bluesky_tiled_plugins import TiledWriter
 
     results = []
     for key in source if uids is None else uids:
@@ -88,37 +91,50 @@ def sync(
         if not run.metadata.get("stop"):
             result = SyncResult(uid, "running")
         elif uid in target:
-            if not target[uid].metadata.get("stop"):
-                raise RuntimeError(
-                    f"run {uid} is in the target catalog without a stop document, from an "
-                    "earlier copy that did not finish: delete it there and sync again"
+            if target[uid].metadata.get("stop"):
+                result = SyncResult(uid, "present", _run_files(target[uid]))
+            else:
+                result = SyncResult(
+                    uid,
+                    "incomplete",
+                    _run_files(target[uid]),
+                    "in the target without a stop document, from an earlier copy that did "
+                    "not finish: delete it there and sync again",
                 )
-            result = SyncResult(uid, "present", _run_files(target[uid]))
         else:
-            docs = list(documents(run))
-            resources = [
-                doc
-                for name, doc in docs
-                if name == "stream_resource" and doc["uri"].startswith("file:")
-            ]
-            if copy_data_to is not None:
-                copies: dict[Path, Path] = {}  # a movie's file holds several streams
-                for doc in resources:
-                    path = local_path(doc["uri"])
-                    if path not in copies:
-                        copies[path] = _copy_file(path, copy_data_to)
-                    doc["uri"] = _file_uri(copies[path])
-            files = _unique(str(local_path(doc["uri"])) for doc in resources)
-            writer = TiledWriter(target)
-            for name, doc in docs:
-                writer(name, doc)
-            result = SyncResult(uid, "copied", files)
-        if result.status != "running":
+            result = _copy(run, uid, target, copy_data_to)
+        if result.status in ("copied", "present"):
             result.error = _unreadable(target[uid])
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) -> SyncResult:
+    """Write `run` into `target` through a TiledWriter, its files first copied into
+    `copy_data_to` if given; a file to copy that is gone leaves the run "missing", with
+    nothing written."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    docs = list(documents(run))
+    resources = [
+        doc for name, doc in docs if name == "stream_resource" and doc["uri"].startswith("file:")
+    ]
+    if copy_data_to is not None:
+        paths = _unique(str(local_path(doc["uri"])) for doc in resources)
+        gone = [path for path in paths if not Path(path).exists()]
+        if gone:
+            return SyncResult(
+                uid, "missing", gone, f"no such file to copy (moved or deleted?): {gone[0]}"
+            )
+        copies = {path: _copy_file(Path(path), copy_data_to) for path in paths}
+        for doc in resources:  # a movie's file holds several streams
+            doc["uri"] = _file_uri(copies[str(local_path(doc["uri"]))])
+    writer = TiledWriter(target)
+    for name, doc in docs:
+        writer(name, doc)
+    return SyncResult(uid, "copied", _unique(str(local_path(doc["uri"])) for doc in resources))
 
 
 def _file_uri(path: Path) -> str:
@@ -153,10 +169,17 @@ def _unreadable(run: Any) -> str | None:
     for stream, key, node in image_nodes(run):
         try:
             probe(node)
-        except Exception as err:  # whatever the cause, the user's answer is the same
-            files = ", ".join(node_files(node))
+        except Exception as err:
+            files = node_files(node)
+            gone = [path for path in files if not Path(path).exists()]
+            why = (
+                f"no such file here either (moved or deleted?): {gone[0]}"
+                if gone
+                else "a server refuses files outside its readable storage "
+                "(ophyd-scmos serve --read DIR)"
+            )
             return (
-                f"{stream}/{key} ({files}): {str(err).splitlines()[0]}; a server refuses "
-                "files outside its readable storage (ophyd-scmos serve --read DIR)"
+                f"unreadable there: {stream}/{key} ({', '.join(files)}): "
+                f"{str(err).splitlines()[0]}; {why}"
             )
     return None

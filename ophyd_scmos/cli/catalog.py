@@ -177,7 +177,7 @@ def sync(args: argparse.Namespace) -> int:
     def report(result: SyncResult) -> None:
         if not args.json:
             line = f"{result.status:8} {result.uid}  {' '.join(result.files)}".rstrip()
-            print(line if result.error is None else f"{line}\n  unreadable there: {result.error}")
+            print(line if result.error is None else f"{line}\n  {result.error}")
 
     with (
         _opened(args.to, args.api_key) as target,

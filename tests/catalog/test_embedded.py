@@ -355,6 +355,40 @@ def test_sync_names_a_movie_file_once(
     assert result["files"] == [str(copies / copied_path.name)] and result["error"] is None
 
 
+def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run the target holds half-copied is left, saying how to mend it; a run whose file is
+    gone is not copied with --copy-data and is named unreadable without; the runs after them
+    are copied all the same."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=8), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set((0, 0, 32, 32))
+    RE = RunEngine({}, call_returns_result=False)
+    source = open_catalog(catalog_dir)
+    RE.subscribe(TiledWriter(source))
+    half, gone, fine = (RE(count([cam], num=2))[0] for _ in range(3))
+    Path(source[gone]["primary"]["cam_image"].data_sources()[0].assets[0].data_uri[16:]).unlink()
+    cam.destroy()
+    target_dir = tmp_path / "target"
+    TiledWriter(open_catalog(target_dir))("start", source[half].metadata["start"])
+
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(target_dir), half, gone, fine]
+    assert main([*sync, "--copy-data", str(tmp_path / "copies")]) == 1
+    out = capsys.readouterr().out
+    assert f"incomplete {half}" in out and "delete it there and sync again" in out
+    assert f"missing  {gone}" in out and "no such file to copy" in out
+    assert f"copied   {fine}" in out
+    target = open_catalog(target_dir)
+    assert gone not in target and "stop" not in target[half].metadata
+    assert target[fine]["primary"]["cam_image"].read().shape == (2, 1, 32, 32)
+
+    assert main([*sync[:-3], gone]) == 1  # without --copy-data: it points at the lost file
+    out = capsys.readouterr().out
+    assert f"copied   {gone}" in out and "no such file here either" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # Damaged files
 
