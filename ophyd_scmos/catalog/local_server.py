@@ -212,10 +212,15 @@ class LocalServer:
                 )
 
     def address(self) -> Address:
-        """Where the server listens, once it does."""
+        """Where the server listens, once it does. A server that ended before saying so
+        (killed as it started) is started once more."""
         with self._lock:
             if self._address is None:
-                self._address = self._wait()
+                try:
+                    self._address = self._wait()
+                except _EndedUnready:
+                    self._find_or_start()
+                    self._address = self._wait()
             return self._address
 
     def replace(self, gone: Address) -> Address:
@@ -236,7 +241,7 @@ class LocalServer:
             line = process.stdout.readline() if ready else b""
         if not line:
             log = self.files.log.read_text(errors="replace").strip().splitlines()[-20:]
-            raise RuntimeError(
+            raise (_EndedUnready if ready else RuntimeError)(
                 f"the catalog server of {self.directory} did not start"
                 f"{'' if ready else f' in {START_TIMEOUT:g} s'}; its log "
                 f"({self.files.log}) ends:\n" + "\n".join(log)
@@ -276,6 +281,10 @@ class LocalServer:
         if self._kept is not None:
             self._kept.close()
             self._kept = None
+
+
+class _EndedUnready(RuntimeError):
+    """The server ended without saying where it listens."""
 
 
 class ServerTransport:

@@ -4,6 +4,7 @@ replaced and loses nothing), and gone once no process uses it. Real processes an
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -222,6 +223,28 @@ def test_a_server_killed_just_before_a_process_first_asks_it_is_replaced(
     assert list(catalog) == [] and killed == [first]
     replacement = find_server(directory)
     assert replacement is not None and replacement.pid != first
+    catalog.context.close()
+
+
+def test_a_server_killed_as_it_starts_is_started_once_more(directory: Path) -> None:
+    """Killed before it said where it listens: the process waiting for it starts another."""
+    from ophyd_scmos.catalog.local_server import MODULE
+
+    start_local_server(directory)
+    killed = None
+    deadline = time.monotonic() + 30
+    while killed is None and time.monotonic() < deadline:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                words = cmdline.read_bytes().split(b"\0")
+                if MODULE.encode() in words and str(directory).encode() in words:
+                    killed = int(cmdline.parent.name)
+                    os.kill(killed, signal.SIGKILL)
+    assert killed is not None, "no server process seen"
+    catalog = open_catalog(directory)
+    assert list(catalog) == []
+    server = find_server(directory)
+    assert server is not None and server.pid != killed
     catalog.context.close()
 
 
