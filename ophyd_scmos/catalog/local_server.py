@@ -377,8 +377,11 @@ def serve(directory: Path, readable: tuple[Path, ...], idle: float) -> None:
             starting.close()
 
         async def on_tick(self, counter: int) -> bool:
-            if counter % 10 == 0 and usage.over(self.server_state):
-                return True
+            if counter % 10 == 0:
+                if usage.over(self.server_state):
+                    return True
+                if files.read() != address:  # deleted (a clean-up of "stale" files?)
+                    files.write(address)  # or new processes would find no server to use
             return bool(await super().on_tick(counter))
 
         async def shutdown(self, sockets: Any = None) -> None:

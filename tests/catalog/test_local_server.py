@@ -248,6 +248,19 @@ def test_a_server_killed_as_it_starts_is_started_once_more(directory: Path) -> N
     catalog.context.close()
 
 
+def test_a_deleted_state_file_is_written_again_by_its_server(directory: Path) -> None:
+    """Someone clears the catalog's "stale" files while its server runs: the server writes
+    where it listens again, and a new process uses it."""
+    catalog = open_catalog(directory)
+    server = find_server(directory)
+    assert server is not None
+    (state,) = (directory / ".server-0").glob("*.json")
+    state.unlink()
+    assert int(result(python(OPEN, directory))) == server.pid
+    assert state.exists()
+    catalog.context.close()
+
+
 def test_the_server_stops_once_no_process_holds_its_clients_and_it_is_idle(
     directory: Path,
 ) -> None:
