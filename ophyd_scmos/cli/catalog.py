@@ -239,7 +239,7 @@ def _find_run(catalog: Any, text: str) -> Any:
     """The run `text` names: -1 (the latest) and other negative indices, a scan id, a uid or
     its first characters (5 at least). LookupError, saying why, where it names none or is
     ambiguous (digits that are both a scan id and the start of another run's uid)."""
-    if re.fullmatch(r"-\d+", text):
+    if re.fullmatch(r"-[1-9]\d*", text):
         runs = catalog.values()
         if int(text) < -len(runs):
             held = f"holds {len(runs)} runs" if len(runs) else "holds no runs yet"
@@ -440,10 +440,9 @@ def interval_histogram(ax: Any, intervals: Any, clock: str) -> None:
 
 
 def _at_least_one(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
-    return number
+    if not re.fullmatch(r"-?\d+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text}")
+    return int(text)
 
 
 def _catalog_options(p: argparse.ArgumentParser) -> None:

@@ -65,11 +65,11 @@ def test_show_names_the_run_or_says_why_not(catalog_dir, capsys, text, says):
 
 
 def test_runs_refuses_a_count_below_one_and_lists_what_it_is_asked(catalog_dir, capsys):
-    for number in ("0", "-2"):
+    for number in ("0", "-2", "two"):
         with pytest.raises(SystemExit) as exit_:
             main(["runs", "-n", number, "--catalog", str(catalog_dir)])
         assert exit_.value.code == 2
-        assert "must be 1 or more" in capsys.readouterr().err
+        assert f"must be a whole number, 1 or more, not {number}" in capsys.readouterr().err
     assert main(["runs", "-n", "2", "--catalog", str(catalog_dir)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert [row.split()[0] for row in rows] == ["abcde222", "abcde111"]
