@@ -181,6 +181,7 @@ class Setting(Signal):
     `set()`, before any frame is taken, with the driver's message."""
 
     def put(self, value: Any, **kwargs: Any) -> None:
+        value = _plain(value)
         self.parent._apply_setting(self.attr_name, value)
         super().put(value, **kwargs)
         self.parent._announce()
@@ -950,6 +951,17 @@ class SCMOSCamera(Device):
         if self._run is not None:
             return self._run.stream.frames_written
         return int(self.frames_written.get())  # after the file closed: all of it
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy scalars (a value computed with numpy: ``np.int64(2)``, a ROI of
+    them) as the Python numbers they hold: a run's documents and the writer's configuration
+    are JSON, which takes no numpy scalar."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _check_stat_names(setting: str, names: Sequence[str]) -> tuple[str, ...]:

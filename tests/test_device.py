@@ -238,6 +238,23 @@ def test_binning_and_12_bit_shape_the_frames(cam, driver, RE, recorder):
     np.testing.assert_array_equal(data, expected_frames(driver, 4))
 
 
+def test_settings_computed_with_numpy_are_taken_as_the_numbers_they_hold(cam, driver, RE, recorder):
+    """A ROI or a count computed with numpy (np.int64, np.float32, np.bool_) works as the
+    same Python numbers would: the run's documents and the writer's configuration are JSON."""
+    cam.roi.set(tuple(np.array([32, 16, 48, 32])))
+    cam.binning.set(np.int64(2))
+    cam.frames_per_point.set(np.int64(2))
+    cam.exposure_time.set(np.float32(0.002))
+    cam.save_images.set(np.True_)
+    RE(count([cam], num=2))
+    config = recorder.of("descriptor")[0]["configuration"]["cam"]["data"]
+    assert list(config["cam_roi"]) == [32, 16, 48, 32] and config["cam_frames_per_point"] == 2
+    assert all(type(v) is int for v in config["cam_roi"])
+    assert type(config["cam_binning"]) is int and type(config["cam_save_images"]) is bool
+    with h5py.File(cam.file_path.get(), "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 4))
+
+
 def test_missing_write_dir_is_created(driver, tmp_path, RE):
     target = tmp_path / "a" / "b"
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=target, ring_mb=4)
