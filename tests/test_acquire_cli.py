@@ -202,17 +202,46 @@ def test_a_setting_the_camera_refuses_is_one_line_and_exit_2(tmp_path, capsys, f
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--exposure", "-1"], "argument --exposure: must be > 0, got -1"),
+        (["--exposure", "-1"], "argument --exposure: must be > 0 and finite, got -1"),
+        (["--seconds", "inf"], "argument --seconds: must be > 0 and finite, got inf"),
         (["--roi", "0", "0", "64"], "argument --roi: expected 4 arguments"),
         (["--binning", "two"], "argument --binning: invalid int value: 'two'"),
     ],
 )
 def test_a_malformed_setting_is_one_line_and_exit_2(capsys, flags, says):
+    amount = [] if "--seconds" in flags else ["--num", "1"]
     with pytest.raises(SystemExit) as exit_:
-        main(["acquire", "--num", "1", *flags])
+        main(["acquire", *amount, *flags])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == f"ophyd-scmos acquire: {says} (see ophyd-scmos acquire --help)\n"
+
+
+def test_a_movie_shorter_than_one_frame_is_refused_before_it_starts(tmp_path, capsys):
+    config = tmp_path / "lab.toml"
+    config.write_text(f'[data]\ndir = "{tmp_path / "data"}"\n' + FAST_CAMERA)
+    assert main(["acquire", "--config", str(config), "--seconds", "0.001"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "--seconds 0.001 is shorter than one frame (0.002 s apart)" in err
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
+def test_a_run_that_fails_at_stage_says_why_in_one_line(tmp_path, capsys):
+    """Its file is there already (a template without a varying field): one line naming it,
+    not bluesky's traceback of the aborted run; the file is left as it was."""
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        f'[data]\ndir = "{tmp_path / "data"}"\nfile_template = "{{name}}.h5"\n'
+        f'[catalog]\npath = "{tmp_path / "catalog"}"\n' + FAST_CAMERA
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "fast.h5").write_bytes(b"earlier")
+    assert main(["acquire", "--config", str(config), "--num", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and "Run aborted" not in err
+    assert "fast.h5" in err and "exists" in err
+    assert (tmp_path / "data" / "fast.h5").read_bytes() == b"earlier"
 
 
 def test_the_readme_acquire_step_records_a_region_not_full_frames(home):

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import math
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -105,7 +108,12 @@ def acquire(args: argparse.Namespace) -> int:
         RE.subscribe(progress)
         try:
             # The RunEngine's own messages go to stderr: stdout is the result (--json).
-            with warnings.catch_warnings(), interrupt, contextlib.redirect_stdout(sys.stderr):
+            with (
+                warnings.catch_warnings(),
+                interrupt,
+                contextlib.redirect_stdout(sys.stderr),
+                _no_run_aborted_traceback(),
+            ):
                 warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
                 try:
                     (uid,) = cast("tuple[str]", RE(plan))  # not call_returns_result
@@ -178,6 +186,12 @@ def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
         except (ValueError, TypeError, RuntimeError) as exc:
             shown = " ".join(map(str, value)) if setting == "roi" else value
             raise ValueError(f"{flag} {shown}: refused by {cam.driver.model}: {exc}") from None
+    interval = cam.driver.settings.frame_interval
+    if args.seconds is not None and args.seconds < interval:
+        raise ValueError(
+            f"--seconds {args.seconds:g} is shorter than one frame ({interval:g} s apart): "
+            "the movie would hold none"
+        )
 
 
 def config_check(args: argparse.Namespace) -> int:
@@ -328,8 +342,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
         return value
 
     return parse
+
+
+class _RunAbortedFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Run aborted"
+
+
+@contextlib.contextmanager
+def _no_run_aborted_traceback() -> Iterator[None]:
+    """`acquire` says in one line why its run failed (the file, what it holds): bluesky's
+    traceback of the same failure, logged as "Run aborted", would bury that line."""
+    bluesky_log, quiet = logging.getLogger("bluesky"), _RunAbortedFilter()
+    bluesky_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        bluesky_log.removeFilter(quiet)
