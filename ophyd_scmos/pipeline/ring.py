@@ -269,7 +269,8 @@ def _no_room(size: int, reason: str) -> str:
     free_text = "" if free is None else f"; {free / 2**20:.0f} MiB free"
     return (
         f"cannot make a {size / 2**20:.0f} MiB frame ring in shared memory ({SHM_DIR}"
-        f"{free_text}: {reason}); give the camera a smaller ring (ring_mb=..., or ring_frames=) "
+        f"{free_text}: {reason}); give the camera a smaller ring (ring_mb=..., or ring_frames=; "
+        "a ring holds two frames at least: else smaller frames, a ROI or binning) "
         "or make /dev/shm larger (Docker: --shm-size=1g)"
     )
 

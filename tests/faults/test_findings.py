@@ -92,6 +92,8 @@ def test_a_count_whose_writer_was_killed_replays_its_events_from_the_catalog(
     assert (listed["exit_status"], listed["frames"]) == ("fail", events)
 
 
+# Frames the camera takes while the writer's death is noticed are missed, and warned about.
+@pytest.mark.filterwarnings("ignore:.*missed by the camera:RuntimeWarning")
 def test_a_movie_whose_writer_was_killed_claims_and_replays_only_frames_the_file_holds(
     cam, tmp_path, RE, recorder
 ):
