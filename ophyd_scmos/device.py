@@ -482,7 +482,7 @@ class SCMOSCamera(Device):
         self._refuse_while_staged(attr)
         if attr in ("frames_per_point", "num_frames"):
             least = 1 if attr == "frames_per_point" else 0
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{attr} must be an integer >= {least}, got {value!r}")
             if attr == "frames_per_point" and value > MAX_FRAMES_PER_POINT:
                 raise ValueError(
@@ -492,7 +492,7 @@ class SCMOSCamera(Device):
                 )
             return
         if attr == "save_images":
-            if not isinstance(value, (bool, np.bool_)):
+            if not isinstance(value, bool):
                 raise ValueError(f"save_images must be True or False, got {value!r}")
             return
         if attr == "duration":

@@ -76,9 +76,9 @@ def movie(
         yield from bps.wait(group="kickoff")
         for cam in cams:
             yield from bps.complete(cam, group="movie", wait=False)
-        done = False
-        while not done:  # waiting (not sleeping) lets RE.waiting_hook show progress bars
-            done = yield from bps.wait(group="movie", timeout=page_every, error_on_timeout=False)
+        # Waiting (not sleeping) lets RE.waiting_hook show progress bars; the last page is
+        # `collect_every_frame`'s.
+        while not (yield from bps.wait(group="movie", timeout=page_every, error_on_timeout=False)):
             yield from collect()
 
     def collect():

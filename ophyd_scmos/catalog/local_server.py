@@ -263,12 +263,15 @@ class LocalServer:
         address = self.address()
         if not self.files.server_alive():  # it stopped before this process kept it
             address = self.replace(address)
-        # trust_env=False: a proxy set for the outside world must not see 127.0.0.1.
+
+        def connect(address: Address) -> Context:
+            # trust_env=False: a proxy set for the outside world must not see 127.0.0.1.
+            return Context(address.url, api_key=address.key, trust_env=False, verify=False)
+
         try:
-            context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
+            context = connect(address)
         except httpx.ConnectError:  # it died after the check, before Tiled's first request
-            address = self.replace(address)
-            context = Context(address.url, api_key=address.key, trust_env=False, verify=False)
+            context = connect(self.replace(address))
         transport = context.http_client._transport  # Tiled's own: caching, compression
         assert isinstance(transport, Transport), type(transport)
         transport.transport.close()

@@ -91,13 +91,14 @@ def sync(
         if not run.metadata.get("stop"):
             result = SyncResult(uid, "running")
         elif uid in target:
-            if target[uid].metadata.get("stop"):
-                result = SyncResult(uid, "present", _run_files(target[uid]))
+            there = target[uid]
+            if there.metadata.get("stop"):
+                result = SyncResult(uid, "present", _run_files(there))
             else:
                 result = SyncResult(
                     uid,
                     "incomplete",
-                    _run_files(target[uid]),
+                    _run_files(there),
                     "in the target without a stop document, from an earlier copy that did "
                     "not finish: delete it there and sync again",
                 )

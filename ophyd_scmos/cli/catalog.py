@@ -241,9 +241,10 @@ def _find_run(catalog: Any, text: str) -> Any:
     ambiguous (digits that are both a scan id and the start of another run's uid)."""
     if re.fullmatch(r"-[1-9]\d*", text):
         runs = catalog.values()
-        if int(text) < -len(runs):
-            held = f"holds {len(runs)} runs" if len(runs) else "holds no runs yet"
-            raise LookupError(f"no run {text}: the catalog {held}")
+        if int(text) < -(held := len(runs)):
+            raise LookupError(
+                f"no run {text}: the catalog holds {f'{held} runs' if held else 'no runs yet'}"
+            )
         return runs[int(text)]
     if not re.fullmatch(r"[0-9A-Za-z-]+", text):
         raise LookupError(f"{text!r} is not a uid, a uid's first characters, or a scan id")

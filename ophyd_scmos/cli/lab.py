@@ -175,7 +175,8 @@ SETTING_FLAGS = (("binning", "--binning"), ("roi", "--roi"), ("exposure_time", "
 
 def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
     """The command line's settings over the configuration's, each checked by the camera as
-    in IPython (``cam.roi.set(...)``); ValueError names the flag, the value and the reason."""
+    in IPython (``cam.roi.set(...)``), then `--seconds` against the frame interval they
+    give; ValueError names the flag, the value and the reason."""
     values = {"binning": args.binning, "roi": args.roi, "exposure_time": args.exposure}
     for setting, flag in SETTING_FLAGS:
         value = values[setting]

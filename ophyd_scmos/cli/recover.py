@@ -44,8 +44,7 @@ def recover(args: argparse.Namespace) -> int:
         files.insert(0, Path(args.catalog))
         args.catalog = ""
     if not files:
-        print("ophyd-scmos recover: name the HDF5 files to recover", file=sys.stderr)
-        return 2
+        raise CommandError("name the HDF5 files to recover")
     if args.run and args.catalog is None:
         raise CommandError("--run names a run of a catalog: give --catalog too")
     catalog = None
