@@ -121,22 +121,23 @@ class Background:
         self._loaded = threading.Event()
         self._lock = threading.Lock()
         self._value: Any = None
+        self._namespace: MutableMapping[str, Any] = {}
+        self._name = ""
 
     def start(self, namespace: MutableMapping[str, Any] | None = None, name: str = "") -> None:
-        """Load it on a thread. Once loaded, ``namespace[name]`` becomes it, if it still is
-        this stand-in."""
+        """Load it on a thread. Once loaded, here or at a use, ``namespace[name]`` becomes
+        it, if it still is this stand-in."""
 
         def load_it() -> None:
             try:
-                value = self._get()
+                self._get()
             except Exception as exc:  # told now; raised again at first use, if it still fails
                 print(f"ophyd-scmos: {self._failed}: {exc}", file=sys.stderr)
-            else:
-                if namespace is not None and namespace.get(name) is self:
-                    namespace[name] = value
             finally:
                 self._loaded.set()
 
+        if namespace is not None:
+            self._namespace, self._name = namespace, name
         if self._started.is_set():
             return
         self._started.set()
@@ -149,6 +150,9 @@ class Background:
         loaded meanwhile, its imports would share the interpreter with the session's own and
         with drawing the prompt, and hold the prompt back. Without a prompt (input that is not
         a terminal), at once."""
+        # A use before any prompt (startup code, `ipython -c` on a terminal, which never draws
+        # one) loads it there and also gives the loaded object its place.
+        self._namespace, self._name = shell.user_ns, name
         app = getattr(getattr(shell, "pt_app", None), "app", None)
         if app is None:
             self.start(shell.user_ns, name)
@@ -159,6 +163,8 @@ class Background:
         with self._lock:
             if self._value is None:
                 self._value = self._load()
+                if self._namespace.get(self._name) is self:
+                    self._namespace[self._name] = self._value
             return self._value
 
     def wait(self) -> Any:

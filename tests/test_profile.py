@@ -252,6 +252,39 @@ def test_leaving_the_session_gives_the_cameras_back_without_a_traceback(home, tm
     assert mark.read_text() == "closed"  # the camera's driver was closed at exit
 
 
+def test_code_given_at_a_terminal_finds_the_catalog_and_the_table_in_their_places(home):
+    """`ipython -c` in a terminal draws no prompt, so nothing starts the loading threads: the
+    first run loads the catalog and the table itself, and they take their names' places."""
+    code = (
+        "(uid,) = RE(count([cam], num=2)); "
+        "print('PLACED', type(catalog).__name__, type(bec).__name__, uid in catalog)"
+    )
+    pid, terminal = pty.fork()
+    if pid == 0:  # the session, in the pseudo-terminal
+        argv = ["ophyd-scmos", "ipython", "--", "-c", code]
+        os.execve(str(BIN / "ophyd-scmos"), argv, user_env(home))
+    seen = b""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                try:
+                    chunk = os.read(terminal, 1 << 16)
+                except OSError:  # the session ended: its terminal is gone
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, seen[-3000:].decode(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    assert b"PLACED CatalogOfBlueskyRuns BestEffortCallback True" in seen, seen[-3000:]
+
+
 def test_at_a_terminal_the_catalog_and_the_table_load_once_the_prompt_is_shown(home):
     """In a terminal (a pty here), the prompt comes before the imports of the catalog and of
     the BestEffortCallback (no display: no plots); both load from the first prompt on, take
