@@ -289,6 +289,7 @@ def build_app(
     from tiled.server.app import build_app as build_tiled_app
 
     db = directory / CATALOG_DB
+    _wait_for_locked_tables()
     with _init_lock(directory):
         _use_wal(directory / TABLES_DB)
         # Tiled initialises a new database in a subprocess (~3 s): only when it is new.
@@ -336,6 +337,49 @@ def _use_wal(path: Path) -> None:
     ):
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             connection.execute("PRAGMA journal_mode=WAL")
+
+
+#: How long a use of the event tables waits for another process's write (seconds): as long
+#: as the catalog database's own writes wait (Tiled's SQLAlchemy engine), and twice over.
+TABLES_BUSY_TIMEOUT = 10.0
+
+
+@functools.cache
+def _wait_for_locked_tables() -> None:
+    """Make each use of the event tables (Tiled's SQLite through ADBC) wait for another
+    process's write rather than fail; once per process.
+
+    ADBC opens SQLite with no busy timeout, and keeps a deferred transaction open on every
+    connection, in which Tiled reads before it writes: SQLite cannot wait to turn such a read
+    into a write, and fails at once with "database is locked" while another process writes
+    the file (an in-process catalog beside the local server, a server replaced after a kill).
+    The run being written then loses its events and its stop in the catalog. So each
+    connection, when taken from the pool, starts its transaction by taking the write lock,
+    which waits up to the busy timeout.
+    """
+    import adbc_driver_manager.dbapi
+    import sqlalchemy.event
+    import sqlalchemy.pool
+
+    def is_sqlite(connection: Any) -> bool:
+        return isinstance(connection, adbc_driver_manager.dbapi.Connection) and (
+            connection.adbc_get_info().get("vendor_name") == "SQLite"
+        )
+
+    def on_connect(connection: Any, record: Any) -> None:
+        record.info["scmos_sqlite"] = sqlite = is_sqlite(connection)
+        if sqlite:
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA busy_timeout = {int(TABLES_BUSY_TIMEOUT * 1000)}")
+
+    def on_checkout(connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("scmos_sqlite"):
+            with connection.cursor() as cursor:  # ends ADBC's deferred BEGIN, which holds
+                cursor.execute("ROLLBACK")  # nothing yet, for one that waits for the lock
+                cursor.execute("BEGIN IMMEDIATE")
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", on_connect)
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "checkout", on_checkout)
 
 
 @contextlib.contextmanager

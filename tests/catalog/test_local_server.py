@@ -25,6 +25,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
+from ophyd.sim import det
 
 from ophyd_scmos.catalog import open_catalog, start_local_server
 from ophyd_scmos.catalog.local_server import IDLE_ENV, Address, ServerFiles, find_server
@@ -164,6 +165,38 @@ def test_a_run_written_by_another_process_is_read_at_once(directory: Path, write
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
     np.testing.assert_array_equal(run["primary"]["det"].read(), values)
+
+
+#: Another process writing the catalog's event tables: holds their write lock for a while.
+HOLD_TABLES = """
+import sqlite3, sys, time
+tables = sqlite3.connect(sys.argv[1], isolation_level=None)
+tables.execute("BEGIN IMMEDIATE")
+print("RESULT held", flush=True)
+time.sleep(float(sys.argv[2]))
+tables.execute("COMMIT")
+"""
+
+
+@pytest.mark.parametrize("writer", ["local-server", "in-process"])
+def test_a_run_waits_for_another_process_writing_the_tables_and_loses_nothing(
+    directory: Path, writer: str
+) -> None:
+    """While another process writes the event tables (an in-process catalog beside the local
+    server, say), a run's writes wait for it instead of failing with "database is locked"."""
+    catalog = open_catalog(directory, in_process=writer == "in-process")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(catalog, batch_size=1))
+    RE(count([det], num=2))  # the run's tables exist, as after any first run
+    holder = python(HOLD_TABLES, directory / "tables.sqlite", 1.5)
+    assert result(holder) == "held"
+    started = time.monotonic()
+    (uid,) = RE(count([det], num=5))
+    assert time.monotonic() - started > 1  # it waited for the other process
+    assert holder.wait(timeout=30) == 0
+    run = open_catalog(directory)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(run["primary"]["det"].read(), [det.read()["det"]["value"]] * 5)
 
 
 def test_a_server_killed_during_a_run_is_replaced_and_nothing_is_lost(
