@@ -145,8 +145,11 @@ class WriterProcess:
                 if handler is not None and status["state"] != State.ERROR:
                     handler(status)
         self.process.wait()
+        # One that reported an error (disk full) closed what it could and exited 1: its
+        # own words stand, and its file is not touched again.
         writing = self.last["state"] not in (State.CLOSED, State.ERROR)
-        if writing or (self.process.returncode != 0 and not self._closing):
+        reported = self.last["state"] == State.ERROR
+        if writing or (self.process.returncode != 0 and not self._closing and not reported):
             self.died = True
             self.last = {
                 "state": State.ERROR.value,
