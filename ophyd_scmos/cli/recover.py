@@ -31,7 +31,7 @@ def recover(args: argparse.Namespace) -> int:
     import h5py
 
     from ophyd_scmos.pipeline import layout
-    from ophyd_scmos.pipeline.recovery import clear_open_flags
+    from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
     from ophyd_scmos.pipeline.ring import SHM_DIR, remove_orphan_rings
 
     removed = remove_orphan_rings()
@@ -61,15 +61,21 @@ def recover(args: argparse.Namespace) -> int:
             if holder is not None:
                 raise ValueError(f"{path} is open in process {holder}; recover it after it ends")
             cleared = clear_open_flags(path)
+            finished = finish_close(path)
             with h5py.File(path, "r") as f:
                 frames = layout.stored_frames(f)
                 entry = dict(f[layout.ENTRY].attrs)
                 last_frame = float(f[layout.HOST_TIMESTAMP][frames - 1]) if frames else None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # KeyError, RuntimeError:
+            # h5py's words for a damaged object or attribute heap
             print(f"ophyd-scmos recover: {exc}", file=sys.stderr)
             failed += 1
             continue
-        what = "cleared the open-for-writing mark" if cleared else "was not marked open"
+        done = [
+            *(["cleared the open-for-writing mark"] if cleared else []),
+            *(["finished the close its writer was killed in"] if finished else []),
+        ]
+        what = ", ".join(done) or "was not marked open"
         print(f"{path}: {what}; {frames} frames")
         if catalog is None:
             continue

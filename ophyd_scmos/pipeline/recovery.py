@@ -10,6 +10,11 @@ The superblock also records how long the file is. A plain open refuses a shorter
 ("truncated file"), but a SWMR reader (Tiled's, for one) skips that check: it reads the
 missing frames of a truncated file as zeros, or retries its missing metadata for minutes.
 `check_readable` makes the check for such readers.
+
+A writer killed while HDF5 closes a file can leave it shorter than recorded too: the close
+writes the metadata and the superblock, then sets the file's length, which extends it over
+space nothing points at yet. `finish_close` finishes that close, as `h5clear --increment` would,
+but only where the missing bytes are such space: never where frames or metadata were cut.
 """
 
 from __future__ import annotations
@@ -172,3 +177,48 @@ def clear_open_flags(path: str | os.PathLike) -> bool:
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def finish_close(path: str | os.PathLike) -> bool:
+    """Extend a file shorter than its superblock records to that length, if what is missing
+    is space nothing in the file points at (a close cut short); True if it did.
+
+    Checked after extending, with the extension read as zeros: every object's metadata (each
+    checksummed) and every chunk must lie within what was there. Otherwise the file gets its
+    own length back and `UnreadableFile` says it is truncated.
+    """
+    superblock = read_superblock(path)
+    size = os.stat(path).st_size
+    if superblock.open_for_writing or size >= superblock.end_of_file:
+        return False
+    os.truncate(path, superblock.end_of_file)
+    try:
+        _check_metadata(path)
+        _check_chunks_within(path, size)
+    except UnreadableFile:
+        os.truncate(path, size)
+        raise UnreadableFile(
+            f"{path} is truncated: {size} bytes where HDF5 recorded {superblock.end_of_file}, "
+            "and what is missing holds data"
+        ) from None
+    return True
+
+
+def _check_chunks_within(path: str | os.PathLike, size: int) -> None:
+    """Raise `UnreadableFile` if a dataset's data lies past the first `size` bytes."""
+    import h5py
+
+    def check(name: str, obj: object) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.chunks is None:
+            offset = obj.id.get_offset()
+            ends = [] if offset is None else [offset + obj.id.get_storage_size()]
+        else:
+            ends = []
+            obj.id.chunk_iter(lambda chunk: ends.append(chunk.byte_offset + chunk.size))
+        if any(end > size for end in ends):
+            raise UnreadableFile(f"{path}: {name} has data past byte {size}")
+
+    with h5py.File(path, "r", locking=False) as f:
+        f.visititems(check)

@@ -27,7 +27,7 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
-from ophyd_scmos.pipeline.recovery import clear_open_flags
+from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
 from ophyd_scmos.pipeline.writeback import no_room, room
@@ -253,6 +253,7 @@ class FrameStream:
             return 0
         with contextlib.suppress(ValueError, OSError):
             clear_open_flags(self.path)
+            finish_close(self.path)  # killed while closing it
         try:
             with h5py.File(self.path, "r") as f:
                 saved = layout.stored_frames(f)
