@@ -66,14 +66,16 @@ def bin_frame(image: np.ndarray, factor: int) -> np.ndarray:
     """Block means of `factor` x `factor` pixels, as float32 (a copy of the frame for 1). The
     last rows and columns that do not fill a block are left out (fewer than `factor`).
 
-    Strided sums into uint32 are exact for any factor; the first two rows (then columns) of
-    each block are added with the wider type as the output's, which numpy does without a
-    cast of each input: a 2048x2048 frame bins in ~5 ms, a reshape-mean takes ~50."""
+    Strided sums are exact: into uint32 up to a factor of 256 (256 x 256 x 65535 < 2**32),
+    into uint64 beyond. The first two rows (then columns) of each block are added with the
+    wider type as the output's, which numpy does without a cast of each input: a 2048x2048
+    frame bins in ~5 ms, a reshape-mean takes ~50."""
     if factor == 1:
         return image.copy()
     rows, cols = (n // factor * factor for n in image.shape)
     whole = image[:rows, :cols]
-    by_rows = np.add(whole[0::factor], whole[1::factor], dtype=np.uint32)
+    wide = np.uint32 if factor <= 256 else np.uint64
+    by_rows = np.add(whole[0::factor], whole[1::factor], dtype=wide)
     for k in range(2, factor):
         by_rows += whole[k::factor]
     sums = np.add(by_rows[:, 0::factor], by_rows[:, 1::factor])

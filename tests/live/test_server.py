@@ -163,6 +163,13 @@ def test_binning_is_the_block_mean_leaving_out_what_fills_no_block(factor):
     assert not np.shares_memory(binned, frame)  # read out of a ring slot: never the slot
 
 
+@pytest.mark.parametrize("factor", [256, 257, 512])
+def test_binning_a_bright_frame_by_a_large_factor_is_exact(factor):
+    """A window squashed to a few pixels bins a whole frame into one: its sums pass 2**32."""
+    frame = np.full((600, 520), 65535, np.uint16)
+    np.testing.assert_array_equal(bin_frame(frame, factor), 65535)
+
+
 def test_the_binning_factor_is_the_smallest_that_fits():
     assert binning_for((2048, 2048), 1024, 1024) == 2
     assert binning_for((2048, 2048), 1023, 2048) == 3
