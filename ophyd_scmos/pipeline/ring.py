@@ -161,11 +161,14 @@ class FrameRing:
     @classmethod
     def attach(cls, spec: RingSpec) -> FrameRing:
         """Attach from another process; only the creating process ever unlinks the segment."""
-        shm = shared_memory.SharedMemory(name=spec.name)
-        if sys.version_info < (3, 13) and not spec.name.startswith(f"{_PREFIX}{os.getpid()}_"):
-            # Before 3.13 attaching registers the segment with this process's resource
-            # tracker, which would unlink it when this process exits.
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        # Attaching registers the segment with this process's resource tracker, which would
+        # unlink it when this process exits: from 3.13 on it can be told not to.
+        if sys.version_info >= (3, 13):
+            shm = shared_memory.SharedMemory(name=spec.name, track=False)
+        else:
+            shm = shared_memory.SharedMemory(name=spec.name)
+            if not spec.name.startswith(f"{_PREFIX}{os.getpid()}_"):
+                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         return cls(spec, shm, owner=False)
 
     def slot(self, index: int) -> np.ndarray:
