@@ -4,7 +4,9 @@ as it reads them (`LiveFeed`), and checked pixel for pixel."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +177,45 @@ def test_a_view_ends_with_its_camera_process(tmp_path):
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError("the view outlived its camera's process by 20 s")
+
+
+def test_a_view_whose_files_are_gone_puts_no_setting_and_no_run_at_risk(
+    cam, driver, feed, RE, caplog
+):
+    """A sweep of /tmp took the view's directory (or /tmp is full): the camera cannot tell the
+    view its state any more, and says so once; settings and runs go on as without a view."""
+    next_frame(feed)
+    view = cam._live.view
+    shutil.rmtree(view.dir)
+    with caplog.at_level(logging.WARNING, logger="ophyd_scmos.live.control"):
+        cam.exposure_time.set(0.002)
+        (uid,) = RE(count([cam], num=3))
+    warnings = [r for r in caplog.records if "cannot tell it the camera's state" in r.message]
+    assert len(warnings) == 1
+    assert cam.driver.settings.exposure_time == 0.002
+    with h5py.File(cam.file_path.get(), "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 3))
+    url = cam.live()  # afresh: a new view, told the state again
+    assert cam._live.view is not view and url is not None
+    assert LiveFeed(cam._live.view.announcer.path).state()["mode"] == "focus"
+
+
+def test_a_view_asked_for_on_another_host_or_port_moves_there(cam):
+    cam.live(host="0.0.0.0")
+    anywhere = cam._live.view
+    cam.live(host="0.0.0.0")
+    assert cam._live.view is anywhere  # the same view: port 0 is any port
+    local = cam.live()  # back to this computer only
+    assert cam._live.view is not anywhere and not anywhere.alive
+    assert local is not None and local.startswith("http://127.0.0.1:")
+    cam.live(False)
+
+
+def test_a_view_that_cannot_start_focus_mode_leaves_no_server(cam, monkeypatch):
+    def no_room() -> None:
+        raise MemoryError("cannot make a frame ring in shared memory")
+
+    monkeypatch.setattr(cam._live, "_ring_for_focus", no_room)
+    with pytest.raises(MemoryError):
+        cam.live()
+    assert cam._live.view is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +21,8 @@ from ophyd_scmos.pipeline.focus import FocusLoop
 from ophyd_scmos.pipeline.ring import FrameRing
 
 __all__ = ["LiveControl"]
+
+logger = logging.getLogger(__name__)
 
 #: the live controls whose view is on, stopped at interpreter exit (`_stop_at_exit`)
 _ON: weakref.WeakSet[LiveControl] = weakref.WeakSet()
@@ -45,16 +48,28 @@ class LiveControl:
         self.focus: FocusLoop | None = None
         self.recording = False
         self._state: dict[str, Any] = {}
+        self._where: tuple[str, int] | None = None  #: the view's host and port, as asked
+        self._announce_failed = False  #: said once per view
 
     def start(self, host: str, port: int) -> str:
-        """Start the view (if not running) and, unless a run is staged, focus mode."""
-        if self.view is None or not self.view.alive:
+        """Start the view (if not running, running on another host or port than asked,
+        port 0 being any, or no longer told the camera's state) and, unless a run is staged,
+        focus mode."""
+        where = self._where
+        moved = where is None or host != where[0] or port not in (0, where[1])
+        if self.view is None or not self.view.alive or moved or self._announce_failed:
             if self.view is not None:
                 self.view.close()
+            self.view, self._where, self._announce_failed = None, None, False
             self.view = LiveView(self.name, host, port)
-            self.view.publish(**self._state)
+            self._where = (host, port)
+            self.announce(**self._state)
         if not self.recording:
-            self._start_focus()
+            try:
+                self._start_focus()
+            except BaseException:  # no ring for it, say: no view left running unasked
+                self.stop()
+                raise
         _ON.add(self)
         # atexit runs the hook registered last first: registered again after each start, it
         # runs before the camera's writer ends and takes the ring focus mode runs into.
@@ -64,7 +79,7 @@ class LiveControl:
 
     def stop(self) -> None:
         """Stop focus mode and the view. Safe twice."""
-        view, self.view = self.view, None
+        view, self.view, self._where = self.view, None, None
         _ON.discard(self)
         try:
             self._stop_focus()
@@ -75,8 +90,19 @@ class LiveControl:
     def announce(self, **state: Any) -> None:
         """What the camera is and does now, for the view (kept for a view started later)."""
         self._state.update(state)
-        if self.view is not None:
+        if self.view is None:
+            return
+        try:
             self.view.publish(**state)
+        except OSError as exc:  # the view's files (/tmp full, or cleaned): never the run's
+            if not self._announce_failed:
+                self._announce_failed = True
+                logger.warning(
+                    "%s live view: cannot tell it the camera's state (%s); it may show old "
+                    "frames. cam.live() again starts it afresh.",
+                    self.name,
+                    exc,
+                )
 
     @contextlib.contextmanager
     def settings_change(self) -> Iterator[None]:
