@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import io
 import itertools
 import json
 import os
@@ -230,14 +231,14 @@ class RunFile:
             self.written = keep
             self.flushed = min(self.flushed, keep)
 
-    def finish(self, keep: int, complete: bool) -> None:
+    def finish(self, keep: int, complete: bool, error: str | None = None) -> None:
         """Flush, cut to `keep` frames (if >= 0), close, record the outcome, and make sure it
         is all on disk: a closed file survives a power cut (write-behind left little to do)."""
         self.truncate(keep)
         self.store_stats(force=True)
         self.flush()
         self.file.close()
-        self.record_outcome(complete)
+        self.record_outcome(complete, error)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -387,6 +388,8 @@ class WriterLoop:
 
     def open(self, config: WriterConfig) -> None:
         """Start a run's file, attaching to its ring if it is not the one attached."""
+        if self.file is not None:
+            self.close_unfinished(self.file)
         if self.ring is None or self.ring.spec != config.ring:
             if self.ring is not None:
                 self.ring.close()
@@ -400,6 +403,22 @@ class WriterLoop:
             compressor = self.compressors[key]
         self.file = RunFile(config, self.ring, compressor, self.status, self.measurer)
         self.file.report(State.OPEN, path=self.file.path)
+
+
+    def close_unfinished(self, file: RunFile) -> None:
+        """Close a file whose `Op.FINISH` never came (its acquiring process was interrupted
+        while closing it) as a run that ended early, with every frame it holds. Its status
+        lines go nowhere: they would be taken for the next file's."""
+        file.status = io.StringIO()
+        file.finish(keep=-1, complete=False, error=UNFINISHED)
+        self.file = None
+
+
+#: the outcome's error of a file that `WriterLoop.close_unfinished` closed
+UNFINISHED = (
+    "closed as the next run's file opened: the acquiring process never finished this one "
+    "(interrupted while closing it?); every frame written is kept"
+)
 
 
 def send(status: TextIO, message: WriterStatus) -> None:

@@ -160,6 +160,37 @@ def test_resume_after_a_rewind_cuts_the_unrecorded_point(cam, driver):
         assert f[layout.DATA].shape[0] == 4
 
 
+def test_ctrl_c_while_a_file_closes_leaves_it_to_the_next_run_to_close(cam, driver, monkeypatch):
+    """Ctrl-C in a plain script after the camera stopped, before the writer was told to finish
+    the file: the next run's file closes it as ended early, with every frame, not silently."""
+    cam.stage()
+    for _ in range(3):
+        cam.trigger().wait(10)
+    first = cam.file_path.get()
+    stream = cam._run.stream
+    stop = stream.stop
+
+    def stop_then_ctrl_c() -> None:
+        stop()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream, "stop", stop_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        cam.unstage()
+    cam.stage()
+    cam.trigger().wait(10)
+    cam.unstage()
+    with h5py.File(first, "r") as f:
+        np.testing.assert_array_equal(
+            f[layout.DATA][()], [driver.expected_frame(n) for n in range(3)]
+        )
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None and (outcome.frames_written, outcome.complete) == (3, False)
+    assert "never finished" in outcome.error
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape[0] == 1 and layout.Outcome.read(f).complete
+
+
 def camera(driver, tmp_path, asset_docs: str, exposure: float = 0.001) -> SCMOSCamera:
     """The `cam` fixture's camera with the given asset documents, two frames a point."""
     cam = SCMOSCamera(
