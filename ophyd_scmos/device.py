@@ -755,7 +755,7 @@ class SCMOSCamera(Device):
         # Waiting first asks the writer to flush these frames before they exist, so the
         # request is there when they arrive and the writer flushes them at once.
         stream.wait_for((point + 1) * k, done)
-        if self._mode is TriggerMode.SOFTWARE:
+        if self._mode is TriggerMode.SOFTWARE and stream.error is None:  # else failed, saying why
             self.driver.software_trigger(k)
         return status
 
@@ -775,9 +775,14 @@ class SCMOSCamera(Device):
         if run is not None and not run.flying:
             recorded = run.recorded_points or 0
             if run.points > recorded:
-                run.stream.truncate(recorded * self._k)
-                run.docs.drop_datums_from(recorded)
-                run.points = recorded
+                try:
+                    run.stream.truncate(recorded * self._k)
+                except StreamError:  # the writer died while paused: the run cannot go on,
+                    pass  # and its next trigger ends it with the error (a resume that raised
+                    # would leave the RunEngine paused)
+                else:
+                    run.docs.drop_datums_from(recorded)
+                    run.points = recorded
         super().resume()
 
     def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:

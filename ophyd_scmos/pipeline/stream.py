@@ -336,9 +336,15 @@ class FrameStream:
         Only while no frames are on their way (the camera idle): later frames follow on.
         """
         writer = self._require_writer()
+        if self.error is not None:
+            raise self.error
         with self._truncated:
             self._truncated_to = None
-            writer.send(Op.TRUNCATE, frames)
+            try:
+                writer.send(Op.TRUNCATE, frames)
+            except OSError:  # the writer is gone: its listener says why, once it has seen it
+                writer.ended.wait(timeout)
+                raise self.error or StreamError(f"the writer of {self.path} is gone") from None
             if not self._truncated.wait_for(
                 lambda: self._truncated_to == frames or self.error, timeout
             ):

@@ -404,7 +404,6 @@ class WriterLoop:
         self.file = RunFile(config, self.ring, compressor, self.status, self.measurer)
         self.file.report(State.OPEN, path=self.file.path)
 
-
     def close_unfinished(self, file: RunFile) -> None:
         """Close a file whose `Op.FINISH` never came (its acquiring process was interrupted
         while closing it) as a run that ended early, with every frame it holds. Its status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import h5py
@@ -78,6 +79,35 @@ def test_a_writer_killed_at_once_leaves_no_event_claiming_a_lost_frame(cam, driv
         saved = f[layout.DATA].shape[0]
         np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
     assert 30 <= len(recorder.of("event")) <= saved
+
+
+def test_a_writer_killed_while_paused_ends_the_run_at_resume_saying_why(cam, driver, RE, recorder):
+    """Paused inside a point (its frames taken, its event never sent), the writer killed
+    meanwhile: resuming cannot cut the file to the recorded points, so the run fails with the
+    writer's death, as during a run, rather than a broken pipe that left the RunEngine paused."""
+    from bluesky.utils import RunEngineInterrupted
+
+    cam.exposure_time.set(0.05)
+
+    def pause_inside_point_3(name, doc):
+        if name == "event" and doc["seq_num"] == 3:  # as Ctrl-C's handler asks, from a thread
+            threading.Timer(0.01, RE.request_pause, kwargs={"defer": False}).start()
+
+    RE.subscribe(pause_inside_point_3)
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=20))
+    writer = cam._run.stream.writer
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.ended.wait(10)
+    with pytest.raises(Exception) as info:
+        RE.resume()
+    message = " ".join(str(e) for e in _chain(info.value))
+    assert "died with exit code -9" in message and "holds the first" in message
+    assert RE.state == "idle"
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = f[layout.DATA].shape[0]
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
+    assert 3 <= len(recorder.of("event")) <= saved
 
 
 def _chain(exc: BaseException | None):
