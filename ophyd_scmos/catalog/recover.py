@@ -52,7 +52,7 @@ NO_DESCRIPTOR_WINDOW = 60.0
 class UnfinishedRun:
     """A run without a stop document (or one `close_run` wrote), and the image of it that a
     camera file holds: none (`stream` and `key` None) if the run ended before its first
-    event."""
+    event, none either (`key` None) where the camera saved no images, only statistics."""
 
     run: Any  #: the run's client
     device: str  #: the camera
@@ -117,6 +117,7 @@ def find_unfinished_run(
                     and len(info.get("shape") or ()) >= 2
                 ):
                     return UnfinishedRun(run, device, Path(path), stream, key, dict(info))
+            return UnfinishedRun(run, device, Path(path), stream)  # a camera saving no images
         found = UnfinishedRun(run, device, Path(path))
         if found.recovered:  # closed, before its first event, from this very file
             return found
@@ -165,7 +166,7 @@ def close_run(
     (``exit_status`` "fail", the reason naming the files; `end_time` or later). A run a
     recovery closed before keeps its stop, which then names these files too. Returns each
     image's shape as the catalog now replays it (None for a file of a run that ended before
-    its first event).
+    its first event, or of a camera that saved no images).
 
     The documents go through bluesky-tiled-plugins' `RunNormalizer` and consolidators, as
     in TiledWriter, so the images read back exactly as those of a run that ended well. An
@@ -178,14 +179,14 @@ def close_run(
     run = files[0][0].run
     nodes = []
     for found, asset_docs in files:
-        if found.stream is not None:
+        if found.key is not None:
             nodes.extend(_register_images(found, asset_docs, end_time))
     _write_stop(run, {found.device: found.path for found, _ in files}, end_time)
     streams = dict.fromkeys(found.stream for found, _ in files if found.stream is not None)
     for node in (*nodes, *(run[name].base for name in streams), run):
         node.close_stream()  # tell followers of the run that it ended
     return [
-        None if found.stream is None else tuple(run[found.stream][found.key].shape)
+        None if found.key is None else tuple(run[found.stream][found.key].shape)
         for found, _ in files
     ]
 

@@ -134,7 +134,12 @@ def _close_run(run_files: list[_RunFile]) -> list[str]:
     lines = []
     for f, shape in zip(run_files, shapes, strict=True):
         found = f.found
-        if shape is None:
+        if shape is None and found.stream is not None:
+            lines.append(
+                f"{found.path}: {verb} {found.uid}: the camera saved no images; the statistics "
+                f"of the file's {f.frames} frames are in the file, not in the run"
+            )
+        elif shape is None:
             lines.append(
                 f"{found.path}: {verb} {found.uid}, which ended before its first event: "
                 f"no points to register (the file's {f.frames} frames are in no event)"

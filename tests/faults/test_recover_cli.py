@@ -100,7 +100,7 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.plans import movie
 
-plan, catalog_dir, write_dir, names, frames_per_point = sys.argv[1:]
+plan, catalog_dir, write_dir, names, frames_per_point, images = sys.argv[1:]
 cams = []
 for name in names.split(","):
     cam = SCMOSCamera(
@@ -109,6 +109,7 @@ for name in names.split(","):
     cam.roi.set((32, 16, 96, 64))
     cam.exposure_time.set(0.001)
     cam.frames_per_point.set(int(frames_per_point))
+    cam.save_images.set(images == "yes")
     cams.append(cam)
 RE = RunEngine({}, call_returns_result=False)
 RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
@@ -142,7 +143,13 @@ def catalog_dir(tmp_path_factory):
 
 
 def _kill_acquisition(
-    catalog_dir, write_dir, plan="count", cameras=("cam",), frames_per_point=1, under_way=True
+    catalog_dir,
+    write_dir,
+    plan="count",
+    cameras=("cam",),
+    frames_per_point=1,
+    under_way=True,
+    save_images=True,
 ):
     """Acquire `plan` into the catalog in a process of its own and kill it (SIGKILL) once it
     is well under way, or else just after its start, then wait for the cameras' writers to
@@ -158,6 +165,7 @@ def _kill_acquisition(
             str(write_dir),
             ",".join(cameras),
             str(frames_per_point),
+            "yes" if save_images else "no",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -216,6 +224,22 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     assert main(["recover", "--catalog", path]) == 0
     assert f"{path}: already registered in run {uid}" in capsys.readouterr().out
     assert open_catalog(catalog_dir)[uid].metadata["stop"] == stop
+
+
+def test_recover_closes_the_run_of_a_camera_that_saved_no_images(catalog_dir, tmp_path, capsys):
+    """Statistics only (`save_images=False`): the descriptor names the file, which holds no
+    image to register; the run is closed all the same, and the file's statistics said to be
+    there."""
+    uid, (path,) = _kill_acquisition(catalog_dir, tmp_path, save_images=False)
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: closed run {uid}: the camera saved no images" in out
+    run = open_catalog(catalog_dir)[uid]
+    assert run.metadata["stop"]["exit_status"] == "fail" and "cam_image" not in run["primary"]
+    with h5py.File(path, "r") as f:
+        assert layout.DATA not in f and f[layout.FRAME_NUMBER].shape[0] >= 30
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    assert f"{path}: already registered in run {uid}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["together", "one_by_one"])
