@@ -58,6 +58,16 @@ class WriterProcess:
     """
 
     def __init__(self) -> None:
+        self.ring: FrameRing | None = None
+        self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
+        #: threads send whole commands: a write longer than the pipe's atomic size could
+        #: otherwise interleave with another's
+        self._sending = threading.Lock()
+        self.last: WriterStatus = {"state": State.CLOSED.value, "written": 0}
+        self.died = False  #: ended while writing a file, or without saying why
+        self.ended = threading.Event()
+        self._handler: StatusHandler | None = None
+        self._closing = False  #: `shutdown` asked it to end
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ophyd_scmos.pipeline"],
@@ -69,21 +79,20 @@ class WriterProcess:
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin.fileno()
-        self.ring: FrameRing | None = None
-        self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
-        #: threads send whole commands: a write longer than the pipe's atomic size could
-        #: otherwise interleave with another's
-        self._sending = threading.Lock()
-        self.last: WriterStatus = {"state": State.CLOSED.value, "written": 0}
-        self.died = False  #: ended while writing a file, or without saying why
-        self.ended = threading.Event()
-        self._handler: StatusHandler | None = None
-        self._closing = False  #: `shutdown` asked it to end
         self._listener = threading.Thread(
             target=self._listen, name="scmos-writer-status", daemon=True
         )
-        self._listener.start()
-        _LIVE.add(self)
+        try:
+            self._listener.start()  # from here on it reads, then closes, the process's output
+            _LIVE.add(self)
+        except BaseException:  # Ctrl-C too: no writer left running that no one holds
+            self.process.kill()
+            self.process.wait()
+            self.process.stdin.close()
+            self._stderr.close()
+            if not self._listener.is_alive():
+                self.process.stdout.close()
+            raise
 
     @property
     def pid(self) -> int:

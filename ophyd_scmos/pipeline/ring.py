@@ -148,14 +148,16 @@ class FrameRing:
             # then kills the process with SIGBUS: reserve them now, where failing is an error.
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
-        except OSError as exc:
+            spec = RingSpec(shm.name, probe.frame_shape, probe.dtype, n_slots)
+            ring = cls(spec, shm, owner=True)
+            ring.header[:] = 0
+            _touch(shm)
+        except BaseException as exc:  # Ctrl-C too: a ring no one holds must not stay behind
             shm.close()
             shm.unlink()
-            raise MemoryError(_no_room(size, exc.strerror or str(exc))) from exc
-        spec = RingSpec(shm.name, probe.frame_shape, probe.dtype, n_slots)
-        ring = cls(spec, shm, owner=True)
-        ring.header[:] = 0
-        _touch(shm)
+            if isinstance(exc, OSError):
+                raise MemoryError(_no_room(size, exc.strerror or str(exc))) from exc
+            raise
         return ring
 
     @classmethod

@@ -339,3 +339,38 @@ def test_ctrl_c_in_a_plain_script_with_tiled_writer_ends_the_run_at_exit(tmp_pat
     with h5py.File(path, "r") as f:
         assert f[layout.DATA].shape[0] == events
         assert bool(f["/entry"].attrs["complete"])
+
+
+def test_ctrl_c_while_a_ring_is_made_leaves_none_in_shared_memory(monkeypatch):
+    from ophyd_scmos.pipeline import ring
+
+    def interrupted(shm):
+        raise KeyboardInterrupt
+
+    before = set(ring.SHM_DIR.glob(f"scmos_{os.getpid()}_*"))
+    monkeypatch.setattr(ring, "_touch", interrupted)  # where a large ring spends its time
+    with pytest.raises(KeyboardInterrupt):
+        ring.FrameRing.create((64, 96), "uint16", 4)
+    assert set(ring.SHM_DIR.glob(f"scmos_{os.getpid()}_*")) == before
+
+
+def test_ctrl_c_while_a_writer_starts_leaves_no_process(monkeypatch):
+    from ophyd_scmos.pipeline import process
+
+    started = []
+    popen = subprocess.Popen
+
+    def remember(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    class Interrupted(set):
+        def add(self, writer):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(process.subprocess, "Popen", remember)
+    monkeypatch.setattr(process, "_LIVE", Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        process.WriterProcess()
+    (writer,) = started
+    assert writer.returncode is not None  # ended and reaped: nothing left running
