@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -219,3 +220,32 @@ def test_a_view_that_cannot_start_focus_mode_leaves_no_server(cam, monkeypatch):
     with pytest.raises(MemoryError):
         cam.live()
     assert cam._live.view is None
+
+
+def test_focus_mode_stopped_by_a_camera_error_says_so_and_starts_again(cam, driver, feed):
+    """The camera fails in focus mode (here the sample stage the simulated spot follows): the
+    view is told why and that no frames come; `cam.live()` starts focus mode again."""
+    from ophyd_scmos.drivers.simulated import Spot
+
+    broken = threading.Event()
+
+    def stage_x() -> float:
+        if broken.is_set():
+            raise RuntimeError("stage controller disconnected")
+        return 32.0
+
+    with cam._live.settings_change():
+        driver.spot = Spot(stage_x, 32.0)
+    next_frame(feed)
+    broken.set()
+    deadline = time.monotonic() + 10
+    while feed.state().get("mode") != "idle":
+        assert time.monotonic() < deadline, feed.state()
+        time.sleep(0.01)
+    assert "stage controller disconnected" in feed.state()["error"]
+    broken.clear()
+    cam.live()
+    state = feed.state()
+    assert state["mode"] == "focus" and state["error"] is None
+    first = next_frame(feed)
+    next_frame(feed, first)

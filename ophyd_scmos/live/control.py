@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,6 +51,7 @@ class LiveControl:
         self._state: dict[str, Any] = {}
         self._where: tuple[str, int] | None = None  #: the view's host and port, as asked
         self._announce_failed = False  #: said once per view
+        self._announcing = threading.Lock()  #: focus mode's thread announces its failure
 
     def start(self, host: str, port: int) -> str:
         """Start the view (if not running, running on another host or port than asked,
@@ -89,11 +91,14 @@ class LiveControl:
 
     def announce(self, **state: Any) -> None:
         """What the camera is and does now, for the view (kept for a view started later)."""
-        self._state.update(state)
-        if self.view is None:
-            return
+        with self._announcing:
+            self._state.update(state)
+            if self.view is not None:
+                self._publish(self.view, state)
+
+    def _publish(self, view: LiveView, state: dict[str, Any]) -> None:
         try:
-            self.view.publish(**state)
+            view.publish(**state)
         except OSError as exc:  # the view's files (/tmp full, or cleaned): never the run's
             if not self._announce_failed:
                 self._announce_failed = True
@@ -133,13 +138,19 @@ class LiveControl:
             self._start_focus()
 
     def _start_focus(self) -> None:
-        if self.focus is not None:
+        if self.focus is not None and self.focus.running:
             return
+        self._stop_focus()  # one that stopped on its own: the user's settings back first
         ring = self._ring_for_focus()
-        focus = FocusLoop(self.driver, ring)
+        focus = FocusLoop(self.driver, ring, on_error=self._focus_failed)
         focus.start()
         self.focus = focus
-        self.announce(mode="focus", ring=ring.spec.to_json(), file=None)
+        self.announce(mode="focus", ring=ring.spec.to_json(), file=None, error=None)
+
+    def _focus_failed(self, error: Exception) -> None:
+        """Focus mode stopped on its own (the camera failed): the page says so, and
+        `cam.live()` starts it again."""
+        self.announce(mode="idle", error=f"focus mode stopped: {error}")
 
     def _stop_focus(self) -> None:
         focus, self.focus = self.focus, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,15 +24,22 @@ MAX_RATE = 30.0  #: frames/s at most in focus mode
 
 
 class FocusLoop:
-    """Runs `driver` into `ring` until `stop`; `error` says why it stopped on its own."""
+    """Runs `driver` into `ring` until `stop`; `error` says why it stopped on its own, and
+    `on_error` is told."""
 
-    def __init__(self, driver: CameraDriver, ring: FrameRing) -> None:
+    def __init__(
+        self,
+        driver: CameraDriver,
+        ring: FrameRing,
+        on_error: Callable[[CameraError], None] | None = None,
+    ) -> None:
         if tuple(ring.spec.frame_shape) != tuple(driver.frame_shape) or ring.spec.dtype != (
             np.dtype(driver.dtype).str
         ):
             raise ValueError(f"ring {ring.spec} does not fit the camera's frames")
         self.driver, self.ring = driver, ring
         self.error: CameraError | None = None
+        self._on_error = on_error  #: told, on the loop's thread, when it stops on its own
         self._theirs = driver.settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,5 +84,7 @@ class FocusLoop:
             except CameraError as exc:
                 if not self._stop.is_set():
                     self.error = exc
+                    if self._on_error is not None:
+                        self._on_error(exc)
                 return
             landed += 1

@@ -288,6 +288,22 @@ def test_the_page_shows_a_recording_its_frames_file_and_counters(
     assert text(browser, "written") == "—"
 
 
+def test_the_page_says_why_focus_mode_stopped_on_its_own(cam, driver, browser):
+    """The camera failed in focus mode: the page says so, with the camera's words, instead of
+    FOCUS over a frame that no longer changes."""
+    from ophyd_scmos.drivers.simulated import Spot
+
+    def stage_x() -> float:
+        raise RuntimeError("stage controller disconnected")
+
+    open_page(browser, cam.live())
+    assert text(browser, "mode") == "focus"
+    with cam._live.settings_change():
+        driver.spot = Spot(stage_x, 32.0)
+    browser.wait_for("document.getElementById('mode').textContent === 'stopped'")
+    assert "stage controller disconnected" in text(browser, "file")
+
+
 def test_focus_camera_fixture_frames_are_the_simulated_ones(tmp_path):
     """The stand-in camera these tests watch delivers `SimulatedSCMOS.expected_frame`."""
     from ophyd_scmos.live.feed import LiveFeed
