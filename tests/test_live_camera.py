@@ -249,3 +249,31 @@ def test_focus_mode_stopped_by_a_camera_error_says_so_and_starts_again(cam, driv
     assert state["mode"] == "focus" and state["error"] is None
     first = next_frame(feed)
     next_frame(feed, first)
+
+
+VIEW_HOLDS_A_RING = """
+import sys, httpx, h5py
+from bluesky import RunEngine
+from bluesky.plans import count
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=1),
+                  write_dir=sys.argv[1], ring_mb=5)
+base, query = cam.live().split("/?")
+frame = httpx.get(f"{base}/frame?{query}&width=320&height=256", timeout=30)
+print("seen", frame.status_code, flush=True)  # the view maps the 5 MiB ring: 3 MiB are left
+cam.roi.set((0, 0, 160, 128))  # another frame size: another ring, once the view lets go
+(uid,) = RunEngine({})(count([cam], num=3))
+with h5py.File(cam.file_path.get(), "r") as f:
+    print("recorded", f["/entry/data/data"].shape, flush=True)
+cam.destroy()
+"""
+
+
+def test_a_ring_the_view_still_maps_is_let_go_so_the_next_one_fits(tmp_path):
+    """A small /dev/shm (Docker's) holds one ring: the one the view had looked into is
+    removed when the frame size changes, and the view lets go of it for the next to fit."""
+    from tests.pipeline.test_ring import run_with_small_shm
+
+    run = run_with_small_shm(VIEW_HOLDS_A_RING, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "seen 200" in run.stdout and "recorded (3, 128, 160)" in run.stdout

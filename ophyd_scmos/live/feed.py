@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ophyd_scmos.pipeline.ring import FrameRing, Header, NewestFrame, RingSpec
+from ophyd_scmos.pipeline.ring import FrameRing, Header, NewestFrame, RingSpec, ring_exists
 
 __all__ = ["MODES", "Announcer", "LiveFeed", "NewestFrame"]
 
@@ -114,15 +114,25 @@ class LiveFeed:
 
     def _attach(self) -> FrameRing | None:
         """The ring the camera announces, attached (again where it changed)."""
+        self.let_go()
         spec = self.state().get("ring")
-        name = spec["name"] if spec else None
-        if self._ring is not None and self._ring.spec.name != name:
-            self._ring.close()
-            self._ring = None
-        if self._ring is None and spec:
+        if self._ring is None and spec and ring_exists(spec["name"]):
             with contextlib.suppress(FileNotFoundError):  # replaced since: the next state
                 self._ring = FrameRing.attach(RingSpec.from_json(spec))
         return self._ring
+
+    def let_go(self) -> None:
+        """Drop the mapping of a ring the camera no longer announces, or has removed.
+
+        A removed ring's memory stays taken while a view maps it: where /dev/shm is small,
+        the camera's next ring (another frame size) would not fit. The server calls this
+        every second, pages or none."""
+        spec, ring = self.state().get("ring"), self._ring
+        if ring is not None and (
+            not spec or ring.spec.name != spec["name"] or not ring_exists(ring.spec.name)
+        ):
+            ring.close()
+            self._ring = None
 
     def close(self) -> None:
         if self._ring is not None:

@@ -112,7 +112,10 @@ class FrameSource:
         return state
 
     def camera_alive(self) -> bool:
+        """Whether the camera's process is still there; meanwhile, let go of a ring it
+        removed (`LiveFeed.let_go`)."""
         with self._lock:
+            self.feed.let_go()
             return self.feed.camera_alive()
 
     def next_frame(

@@ -50,6 +50,8 @@ class Header:
 
 
 SHM_DIR = Path("/dev/shm")  #: where Linux keeps POSIX shared memory
+#: how long a new ring waits for room in /dev/shm (seconds) before it is refused
+ROOM_WAIT = 1.5
 #: ring names: this prefix, the creating process's pid, a random token
 _PREFIX = "scmos_"
 
@@ -137,7 +139,7 @@ class FrameRing:
         probe = RingSpec("", (frame_shape[0], frame_shape[1]), np.dtype(dtype).str, n_slots)
         size = probe.segment_bytes
         remove_orphan_rings()
-        _check_room(size)
+        _wait_for_room(size)
         name = f"{_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         try:
             shm = shared_memory.SharedMemory(name, create=True, size=size)
@@ -280,10 +282,21 @@ def _no_room(size: int, reason: str) -> str:
     )
 
 
-def _check_room(size: int) -> None:
-    free = _free_shm()
-    if free is not None and free < size:
-        raise MemoryError(_no_room(size, "not enough room"))
+def _wait_for_room(size: int) -> None:
+    """Raise MemoryError unless /dev/shm has room for `size` bytes, or has it within
+    `ROOM_WAIT` seconds: a ring just removed stays taken while a live view maps it, and the
+    view lets go of it within a second."""
+    deadline = time.monotonic() + ROOM_WAIT
+    while (free := _free_shm()) is not None and free < size:
+        if time.monotonic() > deadline:
+            raise MemoryError(_no_room(size, "not enough room"))
+        time.sleep(0.05)
+
+
+def ring_exists(name: str) -> bool:
+    """Whether the ring `name` is still in shared memory (True where there is no /dev/shm
+    to look in)."""
+    return not SHM_DIR.is_dir() or (SHM_DIR / name).exists()
 
 
 def remove_orphan_rings() -> list[str]:

@@ -36,7 +36,7 @@ UNCHECKED_RING = """
 import sys
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.pipeline import ring
-ring._check_room = lambda size: None  # as if /dev/shm filled up after the check
+ring._wait_for_room = lambda size: None  # as if /dev/shm filled up after the check
 cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 256)), write_dir=sys.argv[1],
                   ring_mb=64)
 try:
