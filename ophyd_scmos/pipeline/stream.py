@@ -264,7 +264,7 @@ class FrameStream:
             outcome = layout.Outcome(
                 saved, self.frames_dropped, self.frames_missed, False, self.writer.last["error"]
             )
-            with contextlib.suppress(Exception), h5py.File(self.path, "r+") as f:
+            with contextlib.suppress(Exception), h5py.File(self.path, "r+", locking=False) as f:
                 outcome.write(f)
         return saved
 

@@ -248,9 +248,10 @@ class RunFile:
 
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
         """After closing: attributes cannot be created in SWMR mode. HEADROOM leaves room
-        for them on a full disk."""
+        for them on a full disk. Without HDF5's file lock, which a SWMR reader still following
+        the file holds (the documented way to follow a run): the lock would refuse this."""
         dropped, missed = self.lost[Op.DROPPED], self.lost[Op.MISSED]
-        with h5py.File(self.path, "r+") as f:
+        with h5py.File(self.path, "r+", locking=False) as f:
             layout.Outcome(self.written, dropped, missed, complete, error).write(f)
 
     def append(self, slots: np.ndarray) -> None:

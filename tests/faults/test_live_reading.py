@@ -89,3 +89,41 @@ def test_while_writing_a_plain_open_is_refused_and_a_swmr_open_reads(tmp_path):
         stream.close()
     assert "refused:" in out and "already open for write" in out
     assert "swmr: 5" in out
+
+
+HOLD_OPEN = """
+import sys, h5py
+with h5py.File(sys.argv[1], "r", swmr=True) as f:
+    print("following", f["/entry/data/data"].shape[0], flush=True)
+    sys.stdin.read()  # until the test has closed the run
+"""
+
+
+def test_a_reader_still_following_the_file_when_the_run_ends_costs_it_nothing(tmp_path):
+    """A reader opened with SWMR holds HDF5's file lock until it lets go: the writer records
+    the run's outcome all the same, and the run ends well."""
+    import h5py
+
+    from ophyd_scmos.pipeline import layout
+
+    camera = SimulatedSCMOS(shape=(48, 80), seed=9)
+    camera.open()
+    path = tmp_path / "followed.h5"
+    stream = FrameStream(camera, path, PipelineOptions(flush_interval=0.05))
+    stream.open()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        camera.software_trigger(5)
+        stream.wait(5, timeout=10)
+        assert reader.stdout.readline().startswith("following")
+        summary = stream.close()
+    finally:
+        reader.communicate(timeout=30)
+    assert summary.frames_written == 5
+    with h5py.File(path, "r") as f:
+        assert layout.Outcome.read(f).complete and f[layout.DATA].shape[0] == 5
