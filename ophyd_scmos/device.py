@@ -952,9 +952,10 @@ class SCMOSCamera(Device):
 
     def get_index(self) -> int:
         """Frames in the file that a collect may point at (bluesky's WritesStreamAssets):
-        flushed ones only, so a StreamDatum never claims a frame a killed writer loses."""
+        flushed ones only, with their statistics, so a StreamDatum never claims a frame or a
+        statistic a killed writer loses."""
         if self._run is not None:
-            return self._run.stream.frames_written
+            return self._run.stream.frames_readable
         return int(self.frames_written.get())  # after the file closed: all of it
 
 

@@ -145,6 +145,29 @@ def test_a_writer_killed_mid_movie_leaves_every_flushed_frame_in_the_run(cam, RE
         assert not f["/entry"].attrs["complete"]
 
 
+@pytest.mark.parametrize("images", [True, False], ids=["images", "statistics-only"])
+def test_every_page_of_a_movie_points_only_at_statistics_in_the_file(cam, RE, images):
+    """The writer stores statistics less often than it flushes frames: a page (the last
+    one too, after the camera stopped) claims only rows the file holds when it is sent."""
+    cam.rois["spot"] = (10, 10, 5, 5)
+    cam.save_images.set(images)
+    cam.acquire_period.set(0.005)  # 1.5 s: pages while the camera runs, and a last one
+    resources, pages = {}, []
+
+    def check(name, doc):
+        if name == "stream_resource":
+            resources[doc["uid"]] = doc["data_key"]
+        elif name == "stream_datum" and resources[doc["stream_resource"]] == "cam_spot_total":
+            with h5py.File(cam.file_path.get(), "r", swmr=True) as f:
+                rows = f[layout.stats_path("spot", "total")].shape[0]
+            pages.append((doc["indices"]["stop"], rows))
+
+    RE.subscribe(check)
+    RE(movie(cam, frames=300, page_every=0.05))
+    assert len(pages) >= 2 and pages[-1][0] == 300
+    assert all(stop <= rows for stop, rows in pages), pages
+
+
 def test_kickoff_complete_collect_stubs_with_a_declared_stream(cam, driver, RE, recorder):
     cam.trigger_mode.set("internal")
     cam.acquire_period.set(0.005)  # 200 frames/s: no frame missed even on a loaded machine

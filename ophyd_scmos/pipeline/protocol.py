@@ -37,6 +37,8 @@ class Op(enum.IntEnum):
     #: the statistics of the file's frame at this index, measured by the acquiring process:
     #: `WriterConfig.stats_bytes` follow, float64 [region][stat]
     STATS = 8
+    #: as FLUSH, and with every statistic stored: a movie's last page points at them
+    SETTLE = 9
 
 
 class State(str, enum.Enum):
@@ -59,6 +61,7 @@ class WriterStatus(TypedDict, total=False):
     error: str  #: with `error`: what failed, naming the file
     stats_from: int  #: with `stats`: the file index of its first frame
     stats: list[list[list[float]]]  #: frames written since the last line: [frame][region][stat]
+    stored: int  #: a file with statistics: frames whose statistics are in it (they lag)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ class FrameStream:
         self._own_writer = writer is None  #: started here, ended by `close`
         self._base = 0  #: frames the ring had passed before this run, for slot numbers
         self._written = 0
+        self._stored: int | None = None  # frames whose statistics are in the file, if any
         self.frames_acquired = 0
         self.frames_dropped = 0
         self.frames_missed = 0
@@ -128,6 +129,13 @@ class FrameStream:
     def frames_written(self) -> int:
         """Frames in the file and flushed: they survive even a killed writer."""
         return self._written
+
+    @property
+    def frames_readable(self) -> int:
+        """Frames written whose statistics, if the file has any, are in it too (the
+        writer stores statistics less often than it flushes frames): what a page of a
+        movie, whose statistics are columns of the file, may point at."""
+        return self._written if self._stored is None else min(self._written, self._stored)
 
     @property
     def ring_fill(self) -> float:
@@ -360,12 +368,12 @@ class FrameStream:
             raise self.error
 
     def wait_settled(self, timeout: float) -> None:
-        """After `stop`: return once every frame in the ring is in the file (a cut file's
-        count: frames cut off by `truncate` never will be)."""
+        """After `stop`: return once every frame in the ring is in the file, with its
+        statistics (a cut file's count: frames cut off by `truncate` never will be)."""
         deadline = time.monotonic() + timeout
         target = self._file_frames
-        self._ask_flush(target)
-        while self.frames_written < target and self.error is None:
+        self._ask_flush(target, Op.SETTLE)
+        while self.frames_readable < target and self.error is None:
             if time.monotonic() > deadline:
                 raise StreamError(
                     f"only {self.frames_written} of {target} frames reached "
@@ -442,6 +450,7 @@ class FrameStream:
         if "stats" in status:  # before the waiters for these frames are woken
             self._keep_stats(status["stats_from"], status["stats"])
         self._written = status.get("written", self._written)
+        self._stored = status.get("stored", self._stored)
         if self.ring is not None:
             self.ring.header[Header.WRITTEN] = self._written
         # Progress is told before the waiters are woken: a waiter (a RunEngine's next step)
@@ -543,10 +552,10 @@ class FrameStream:
         self._require_writer().send_stats(index, values)
         self._notify()
 
-    def _ask_flush(self, frames: int) -> None:
+    def _ask_flush(self, frames: int, op: Op = Op.FLUSH) -> None:
         """Have the writer flush once the file holds `frames` frames (someone waits)."""
         with contextlib.suppress(OSError):  # a writer that died: its listener says why
-            self._require_writer().send(Op.FLUSH, frames)
+            self._require_writer().send(op, frames)
 
     def _require_writer(self) -> WriterProcess:
         if self.writer is None:

@@ -103,9 +103,12 @@ class RunFile:
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
         self.flush_targets: list[int] = []  #: frame counts someone waits for (a heap)
+        self.settle_at: int | None = None  #: a flush from here on stores every statistic
 
     def report(self, state: State, **extra: Any) -> None:
         message = {"state": state.value, "written": self.flushed, **extra}
+        if self.stats:
+            message["stored"] = self.stats_stored
         if self.unreported:
             message.update(stats_from=self.stats_from, stats=self.unreported)
             self.unreported = []
@@ -206,7 +209,7 @@ class RunFile:
 
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process."""
-        self.store_stats()
+        self.store_stats(force=self.settle_at is not None and self.written >= self.settle_at)
         self.file.flush()
         self.flushed = self.written
         self.last_flush = time.monotonic()
@@ -372,9 +375,11 @@ class WriterLoop:
                 file.append(arg)
             elif op in file.lost:
                 file.lost[op] = int(arg[-1])
-            elif op is Op.FLUSH:
+            elif op in (Op.FLUSH, Op.SETTLE):
                 for target in arg:
                     heapq.heappush(file.flush_targets, int(target))
+                if op is Op.SETTLE:
+                    file.settle_at = int(arg.min())
             elif op is Op.TRUNCATE:
                 file.truncate(int(arg[-1]))
                 file.report(State.PROGRESS, truncated=int(arg[-1]))
