@@ -259,6 +259,12 @@ Roi = Annotated[
     Field(strict=False),  # from TOML's array
     _expect("[x, y, width, height] in sensor pixels"),
 ]
+#: a named region: in the frame the camera takes (after its ROI and binning)
+Region = Annotated[
+    tuple[Pixel, Pixel, Pixel, Pixel],
+    Field(strict=False),
+    _expect("[x, y, width, height] in frame pixels (after roi and binning)"),
+]
 Exposure = Annotated[float, Field(gt=0, allow_inf_nan=False), _expect("seconds, > 0")]
 Period = Annotated[
     float,
@@ -391,7 +397,7 @@ class _CameraDevice(_Table):
     write_dir: Directory | None = None
     file_template: Template | None = None
     #: named regions of interest, [x, y, width, height] in frame pixels (checked when it opens)
-    rois: dict[str, Roi] = {}
+    rois: dict[str, Region] = {}
 
 
 class CameraSettingsTable(_Table):

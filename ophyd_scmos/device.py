@@ -163,6 +163,14 @@ class Regions(MutableMapping[str, stats.Region]):
         del self._regions[name]
         self._camera._announce()
 
+    def replace(self, regions: Mapping[str, Sequence[int]]) -> None:
+        """All of them at once: each checked, and none changed if one is refused."""
+        self._refuse_while_staged()
+        shape = self._camera.driver.frame_shape
+        checked = {name: stats.check_region(name, value, shape) for name, value in regions.items()}
+        self._regions = checked
+        self._camera._announce()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._regions)
 
@@ -306,15 +314,24 @@ class SCMOSCamera(Device):
         self.stats_read = stats_read
         self.stats_hinted = stats_hinted
         self.save_images.put(save_images)
-        self.rois = Regions(self)
-        for roi_name, value in (rois or {}).items():
-            self.rois[roi_name] = value
+        self._rois = Regions(self)
+        self.rois = rois or {}
         #: this point's statistics: data key -> (value, timestamp)
         self._stat_readings: dict[str, tuple[float, float]] = {}
         self._live = LiveControl(name, driver, self._focus_ring)
         self._announce()
 
     # -- statistics ----------------------------------------------------------------------
+    @property
+    def rois(self) -> Regions:
+        """The named regions of interest (`Regions`): ``cam.rois["spot"] = (x, y, w, h)``;
+        ``cam.rois = {...}`` replaces them all, each checked as when set one by one."""
+        return self._rois
+
+    @rois.setter
+    def rois(self, regions: Mapping[str, Sequence[int]]) -> None:
+        self._rois.replace(regions)
+
     @property
     def statistics(self) -> bool:
         """Whether every frame's statistics are measured, stored and read."""

@@ -140,6 +140,8 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
         ('[cameras.cam]\nexposure_time = "5 ms"', "cameras.cam.exposure_time", "seconds, > 0"),
         ("[cameras.cam]\nroi = [0, 0, 512]", "cameras.cam.roi",
          "[x, y, width, height] in sensor pixels"),
+        ("[cameras.cam]\nrois = {spot = [0, 0, 1]}", "cameras.cam.rois.spot",
+         "[x, y, width, height] in frame pixels (after roi and binning)"),
         ("[cameras.cam]\nbinning = true", "cameras.cam.binning", "an integer >= 1"),
         ('[cameras.cam]\ndriver = "andor"', "cameras.cam.driver",
          "'simulated', 'micromanager:Library:Device'"),

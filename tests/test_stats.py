@@ -109,6 +109,25 @@ def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(
     assert not cam.write_dir.exists() or not os.listdir(cam.write_dir)
 
 
+def test_regions_assigned_all_at_once_are_each_checked_and_kept_as_regions(cam):
+    """``cam.rois = {...}``, as one writes it: checked as when set one by one, all or none."""
+    cam.rois = {"spot": (1, 1, 4, 4)}
+    assert dict(cam.rois) == {"spot": (1, 1, 4, 4)} and "cam_spot_total" in cam.describe()
+    with pytest.raises(ValueError, match="outside the 96x64"):
+        cam.rois = {"edge": (0, 0, 96, 1), "huge": (0, 0, 5000, 5000)}
+    assert dict(cam.rois) == {"spot": (1, 1, 4, 4)}  # none changed
+    with pytest.raises(ValueError):
+        cam.rois = {"bad.name": (0, 0, 2, 2)}
+    cam.stage()
+    try:
+        with pytest.raises(RuntimeError, match="rois cannot change while cam is staged"):
+            cam.rois = {}
+    finally:
+        cam.unstage()
+    cam.rois = {}
+    assert len(cam.rois) == 0 and "cam_spot_total" not in cam.describe()
+
+
 def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam):
     """Nor which statistics there are: the run's file and data keys were laid out at stage."""
     cam.rois["spot"] = (0, 0, 4, 4)
