@@ -35,6 +35,8 @@ class PipelineOptions:
     from a full ring and counts them. `compression`: None or one of `CODECS`.
     `write_limit_mb_s` caps the writer's disk bandwidth, to share a disk. `flush_interval`:
     the longest a written frame waits before readers (and a crash) see it, in seconds.
+    `stall_timeout`: how long the writer may say nothing while frames wait for it (stopped,
+    or writing to a disk that does not answer) before the run fails, in seconds.
     """
 
     ring_mb: float | None = None
@@ -43,6 +45,7 @@ class PipelineOptions:
     compression: str | None = None
     write_limit_mb_s: float | None = None
     flush_interval: float = 0.5
+    stall_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         ring_mb, ring_frames = self.ring_mb, self.ring_frames
@@ -73,10 +76,9 @@ class PipelineOptions:
             if not _positive_number(limit):
                 raise ValueError(f"write_limit_mb_s must be positive, got {limit!r}")
             object.__setattr__(self, "write_limit_mb_s", float(limit))
-        if not _positive_number(self.flush_interval):
-            raise ValueError(
-                f"flush_interval must be positive seconds, got {self.flush_interval!r}"
-            )
+        for name in ("flush_interval", "stall_timeout"):
+            if not _positive_number(getattr(self, name)):
+                raise ValueError(f"{name} must be positive seconds, got {getattr(self, name)!r}")
 
     def slots_for(self, frame_shape: tuple[int, int], dtype: np.dtype | str) -> int:
         """Ring slots for frames of this shape: `ring_frames`, or as many as fit in `ring_mb`

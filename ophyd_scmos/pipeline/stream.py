@@ -95,6 +95,8 @@ class FrameStream:
         self._base = 0  #: frames the ring had passed before this run, for slot numbers
         self._written = 0
         self._stored: int | None = None  # frames whose statistics are in the file, if any
+        self._heard = 0.0  # time.monotonic() of the writer's last status line
+        self._stalled: float | None = None  # seconds the writer was silent before its kill
         self.frames_acquired = 0
         self.frames_dropped = 0
         self.frames_missed = 0
@@ -196,6 +198,7 @@ class FrameStream:
             if self.writer.ended.is_set() or time.monotonic() > deadline:
                 message = self.writer.last.get("error", "writer did not start in time")
                 raise OSError(f"cannot write {self.path}: {message}")
+        threading.Thread(target=self._watch_writer, name="scmos-writer-watch", daemon=True).start()
         if self._gate is None:
             self._start_camera()
 
@@ -252,7 +255,7 @@ class FrameStream:
             raise self.error
         return summary
 
-    def _recover(self) -> int:
+    def _recover(self, why: str) -> int:
         """After the writer failed: clear the open-for-write flag so plain readers open the
         file and return how many frames it holds. If the writer died without a word (killed),
         record that in the file; one that reported an error (disk full) already closed what
@@ -269,9 +272,7 @@ class FrameStream:
             return 0
         assert self.writer is not None
         if self.writer.died:
-            outcome = layout.Outcome(
-                saved, self.frames_dropped, self.frames_missed, False, self.writer.last["error"]
-            )
+            outcome = layout.Outcome(saved, self.frames_dropped, self.frames_missed, False, why)
             with contextlib.suppress(Exception), h5py.File(self.path, "r+", locking=False) as f:
                 outcome.write(f)
         return saved
@@ -446,7 +447,22 @@ class FrameStream:
             callback(self.error)
 
     # -- the two threads ----------------------------------------------------------------------
+    def _watch_writer(self) -> None:
+        """Until the file is closed: kill a writer that says nothing for `stall_timeout`
+        seconds while frames wait for it (stopped, or writing to a disk that does not
+        answer), which would hold every trigger, and so the plan, for ever. The run then
+        fails as for any writer that died, saying why."""
+        timeout = self.options.stall_timeout
+        self._heard = time.monotonic()
+        while not self._closed.wait(min(1.0, timeout / 4)):
+            waiting = self._file_frames > self._written  # sent to the file, not flushed
+            if waiting and time.monotonic() - self._heard > timeout and self.error is None:
+                self._stalled = timeout
+                self._require_writer().kill()
+                return
+
     def _on_writer_status(self, status: WriterStatus) -> None:
+        self._heard = time.monotonic()
         if "stats" in status:  # before the waiters for these frames are woken
             self._keep_stats(status["stats_from"], status["stats"])
         self._written = status.get("written", self._written)
@@ -463,10 +479,17 @@ class FrameStream:
             self._closed.set()
             self._notify()
         elif status["state"] == State.ERROR:
-            saved = self._recover()
+            why = status["error"]
+            if self._stalled is not None:
+                why = (
+                    f"writer process (pid {self._require_writer().pid}) said nothing for "
+                    f"{self._stalled:g} s while frames waited for it (stopped, or its disk "
+                    "does not answer) and was killed"
+                )
+            saved = self._recover(why)
             self._fail(
                 StreamError(
-                    f"{status['error']}. {self.path} holds the first {saved} frames "
+                    f"{why}. {self.path} holds the first {saved} frames "
                     f"of {self.frames_acquired} acquired."
                 )
             )

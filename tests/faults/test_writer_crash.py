@@ -114,3 +114,39 @@ def _chain(exc: BaseException | None):
     while exc is not None:
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def test_a_writer_that_stops_answering_fails_the_run_in_bounded_time(driver, tmp_path, RE):
+    """A stopped writer (SIGSTOP here; a disk that no longer answers does the same) would
+    hold the next trigger, and so the plan, for ever: after `stall_timeout` seconds of
+    silence while frames wait, it is killed and the run fails saying why."""
+    from ophyd_scmos import SCMOSCamera
+    from ophyd_scmos.pipeline.options import PipelineOptions
+
+    cam = SCMOSCamera(
+        name="cam",
+        driver=driver,
+        write_dir=tmp_path,
+        options=PipelineOptions(ring_mb=4, stall_timeout=2),
+    )
+    cam.exposure_time.set(0.001)
+
+    def stop_writer_at_event_10(name, doc):
+        if name == "event" and doc["seq_num"] == 10:
+            os.kill(cam._run.stream.writer.pid, signal.SIGSTOP)
+
+    RE.subscribe(stop_writer_at_event_10)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as info:
+            RE(count([cam], num=5000))
+    finally:
+        cam.destroy()
+    assert time.monotonic() - started < 30  # the stall, then the kill: seconds, not for ever
+    message = " ".join(str(e) for e in _chain(info.value))
+    assert "said nothing for 2 s while frames waited for it" in message
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = f[layout.DATA].shape[0]
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
+        assert "said nothing for 2 s" in layout.Outcome.read(f).error
+    assert saved >= 10
