@@ -17,6 +17,7 @@ statistics: the frame itself is read for its statistics, and not stored.
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import io
 import itertools
@@ -99,7 +100,8 @@ class RunFile:
         self.measurer = measurer
         limit = options.write_limit_mb_s
         self.room = Room(self.path)
-        self.behind = WriteBehind(self.file.id.get_vfd_handle(), limit=limit and limit * 1e6)
+        self.fd = self.file.id.get_vfd_handle()
+        self.behind = WriteBehind(self.fd, limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
         self.flush_targets: list[int] = []  #: frame counts someone waits for (a heap)
@@ -208,7 +210,11 @@ class RunFile:
         self.last_stats_store = now
 
     def flush(self) -> None:
-        """Make written frames visible to readers and safe from a crash of this process."""
+        """Make written frames visible to readers and safe from a crash of this process.
+        A file deleted meanwhile fails here, within a flush interval, not at the run's end:
+        every frame written into it since is lost."""
+        if os.fstat(self.fd).st_nlink == 0:
+            raise FileNotFoundError(errno.ENOENT, "deleted while it was written", self.path)
         self.store_stats(force=self.settle_at is not None and self.written >= self.settle_at)
         self.file.flush()
         self.flushed = self.written

@@ -150,3 +150,19 @@ def test_a_writer_that_stops_answering_fails_the_run_in_bounded_time(driver, tmp
         np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, saved))
         assert "said nothing for 2 s" in layout.Outcome.read(f).error
     assert saved >= 10
+
+
+def test_a_file_deleted_while_written_fails_the_run_at_once(cam, RE, recorder):
+    """Deleted (a cleaning script, a mistaken rm): every frame written into it is lost, so the
+    run stops at the writer's next flush, not after emitting events into the void."""
+
+    def delete_at_event_10(name, doc):
+        if name == "event" and doc["seq_num"] == 10:
+            os.unlink(cam.file_path.get())
+
+    RE.subscribe(delete_at_event_10)
+    with pytest.raises(Exception) as info:
+        RE(count([cam], num=2000))
+    message = " ".join(str(e) for e in _chain(info.value))
+    assert "deleted while it was written" in message and cam.file_path.get() in message
+    assert len(recorder.of("event")) < 20  # a flush or two after the deletion
