@@ -288,6 +288,20 @@ def test_the_page_shows_a_recording_its_frames_file_and_counters(
     assert text(browser, "written") == "—"
 
 
+def test_a_uniform_frame_is_drawn_mid_grey_not_black(cam, driver, browser):
+    """A saturated sensor (one value everywhere) has no contrast to stretch: auto contrast
+    draws it mid-grey around its value; black would say "too dark" to someone focusing."""
+    from ophyd_scmos.drivers.simulated import Spot
+
+    with cam._live.settings_change():  # light that saturates every pixel of the frame
+        driver.spot = Spot(32 + 48, 16 + 32, brightness=1e15, sigma=1000.0)
+    open_page(browser, cam.live())
+    browser.wait_for("window.liveView.min === 65534.5")
+    shown = drawn(browser)
+    assert (shown.low, shown.high) == (65534.5, 65535.5)
+    assert shown.grey.min() >= 127 and shown.grey.max() <= 128
+
+
 def test_the_page_says_why_focus_mode_stopped_on_its_own(cam, driver, browser):
     """The camera failed in focus mode: the page says so, with the camera's words, instead of
     FOCUS over a frame that no longer changes."""
