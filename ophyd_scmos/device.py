@@ -214,9 +214,9 @@ class SCMOSCamera(Device):
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only), `rois` (named regions,
     see `rois`), `statistics` (False: none computed, no statistics readings), `stats_read`
     and `stats_hinted` (which statistics are readings, and which of those are hinted for
-    live plots and peak finding: the totals by default), `save_images` (False: the file keeps
-    every frame's statistics, number and timestamps but not the frame; also a setting,
-    `cam.save_images`).
+    live plots and peak finding: the totals by default, where read), `save_images` (False:
+    the file keeps every frame's statistics, number and timestamps but not the frame; also a
+    setting, `cam.save_images`).
 
     Statistics in step scans: one reading per region and statistic, ``<name>_stats_<stat>``
     for the whole frame and ``<name>_<region>_<stat>`` for a region. With `frames_per_point`
@@ -272,7 +272,7 @@ class SCMOSCamera(Device):
         rois: Mapping[str, Sequence[int]] | None = None,
         statistics: bool = True,
         stats_read: Sequence[str] = stats.STATS,
-        stats_hinted: Sequence[str] = ("total",),
+        stats_hinted: Sequence[str] | None = None,
         save_images: bool = True,
         **kwargs: Any,
     ):
@@ -312,6 +312,8 @@ class SCMOSCamera(Device):
             self.image.kind = "omitted"  # a STREAM: key is never in read()
         self.statistics = statistics
         self.stats_read = stats_read
+        if stats_hinted is None:  # the totals, where they are read
+            stats_hinted = tuple(name for name in ("total",) if name in self.stats_read)
         self.stats_hinted = stats_hinted
         self.save_images.put(save_images)
         self._rois = Regions(self)
@@ -350,7 +352,14 @@ class SCMOSCamera(Device):
     @stats_read.setter
     def stats_read(self, names: Sequence[str]) -> None:
         self._refuse_while_staged("stats_read")
-        self._stats_read = _check_stat_names("stats_read", names)
+        read = _check_stat_names("stats_read", names)
+        unread = [name for name in getattr(self, "_stats_hinted", ()) if name not in read]
+        if unread:
+            raise ValueError(
+                f"stats_read={names!r} would leave stats_hinted {tuple(unread)} unread, and so "
+                "not plotted: set stats_hinted first"
+            )
+        self._stats_read = read
 
     @property
     def stats_hinted(self) -> tuple[str, ...]:
@@ -360,7 +369,13 @@ class SCMOSCamera(Device):
     @stats_hinted.setter
     def stats_hinted(self, names: Sequence[str]) -> None:
         self._refuse_while_staged("stats_hinted")
-        self._stats_hinted = _check_stat_names("stats_hinted", names)
+        hinted = _check_stat_names("stats_hinted", names)
+        if not set(hinted) <= set(self.stats_read):
+            raise ValueError(
+                f"stats_hinted={names!r} must be among stats_read {self.stats_read}: a hint "
+                "plots a reading"
+            )
+        self._stats_hinted = hinted
 
     def _stat_keys(self) -> dict[str, tuple[int, str, str]]:
         """Data key -> (row in `stats.compute`'s values, region in the file, statistic) of

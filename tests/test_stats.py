@@ -180,8 +180,20 @@ def test_which_statistics_are_read_and_hinted_is_configurable(driver, tmp_path, 
         }
         with pytest.raises(ValueError, match="stats_hinted='total' must be a sequence of names"):
             cam.stats_hinted = "total"
+        # A hint plots a reading: hinting one that is not read would plot nothing, silently.
+        with pytest.raises(ValueError, match=r"must be among stats_read \('total', 'max'\)"):
+            cam.stats_hinted = ("centroid_x",)
+        with pytest.raises(ValueError, match=r"would leave stats_hinted \('max',\) unread"):
+            cam.stats_read = ("total",)
+        assert (cam.stats_read, cam.stats_hinted) == (("total", "max"), ("max",))
     finally:
         cam.destroy()
+    # Read without the total: nothing hinted unless asked (the totals are the default hint).
+    quiet = SCMOSCamera(name="quiet", driver=driver, write_dir=tmp_path, stats_read=("max",))
+    try:
+        assert quiet.stats_hinted == () and quiet.hints == {"fields": []}
+    finally:
+        quiet.destroy()
 
 
 def test_without_statistics_there_are_no_readings_and_none_stored(driver, tmp_path, RE, recorder):
