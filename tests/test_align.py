@@ -225,7 +225,8 @@ def test_a_spot_that_cannot_be_read_fails_the_frame_naming_why():
 @pytest.mark.parametrize(
     ("make", "says"),
     [
-        (lambda: Spot(x=1, y=2, sigma=0), "spot sigma must be a number of sensor pixels > 0"),
+        (lambda: Spot(x=1, y=2, sigma=0), "spot sigma must be a number of sensor pixels >= 0.5"),
+        (lambda: Spot(x=1, y=2, sigma=0.2), "sampled at pixel centres: a narrower one between"),
         (lambda: Spot(x="left", y=2), "spot x must be a number, a positioner, a signal or a"),
         (lambda: Spot(x=1, y=2, brightness=-5), "spot brightness is -5.0; it must be a number >="),
         (lambda: Spot(x=math.inf, y=2), "spot x is inf; it must be a finite number"),

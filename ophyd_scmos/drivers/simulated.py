@@ -97,6 +97,10 @@ def _value(name: str, source: SpotSource) -> float:
     return _checked(name, float(value), source)  # type: ignore[arg-type]
 
 
+#: the narrowest spot (sensor pixels): sampled at pixel centres, it lights a pixel wherever it is
+MIN_SPOT_SIGMA = 0.5
+
+
 @dataclass(frozen=True)
 class Spot:
     """A bright 2-D Gaussian over the scene: a sample to align.
@@ -106,7 +110,9 @@ class Spot:
     (3e6: 60 000 ADU in 10 ms, just within 16 bits, and a total that stands out of the
     noise of a whole 2048x2048 frame). Each is a number or a `SpotSource`, read when a frame
     is taken, so the spot follows the motors or signals that drive it. `sigma`: its width,
-    sensor pixels; it lights the pixels within 5 sigma of its centre.
+    sensor pixels, at least half a pixel (the spot is sampled at pixel centres: a narrower
+    one between two pixels would light neither); it lights the pixels within 5 sigma of its
+    centre.
     """
 
     x: SpotSource
@@ -116,8 +122,12 @@ class Spot:
 
     def __post_init__(self) -> None:
         sigma = self.sigma
-        if not (_is_number(sigma) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"spot sigma must be a number of sensor pixels > 0; got {sigma!r}")
+        if not (_is_number(sigma) and math.isfinite(sigma) and sigma >= MIN_SPOT_SIGMA):
+            raise ValueError(
+                f"spot sigma must be a number of sensor pixels >= {MIN_SPOT_SIGMA} (the spot "
+                f"is sampled at pixel centres: a narrower one between pixels lights none); "
+                f"got {sigma!r}"
+            )
         for name in ("x", "y", "brightness"):
             _check_source(name, getattr(self, name))
 
