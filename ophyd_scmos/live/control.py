@@ -138,8 +138,9 @@ class LiveControl:
             self._start_focus()
 
     def _start_focus(self) -> None:
-        if self.focus is not None and self.focus.running:
-            return
+        focus = self.focus
+        if focus is not None and focus.running and focus.error is None:
+            return  # (one that failed says so before its thread ends)
         self._stop_focus()  # one that stopped on its own: the user's settings back first
         ring = self._ring_for_focus()
         focus = FocusLoop(self.driver, ring, on_error=self._focus_failed)
