@@ -134,6 +134,7 @@ def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
         name="cam", driver=CameraThatWillNotStart(shape=(64, 64)), write_dir=tmp_path, ring_mb=2
     )
     rings, writers = _our_rings(), _writer_children()  # other tests' cameras may keep theirs
+    threads = _stream_threads()
     for _ in range(3):  # every attempt, not just the first
         with pytest.raises(CameraError, match="not responding"):
             RE(count([cam], num=1))
@@ -144,6 +145,13 @@ def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
     while _writer_children() != writers and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _writer_children() == writers
+    while _stream_threads() - threads and time.monotonic() < deadline:  # end within a second
+        time.sleep(0.05)
+    assert _stream_threads() - threads == set()
+
+
+def _stream_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("scmos-writer-watch")}
 
 
 @pytest.mark.parametrize("name", ["../../esc", "/abs/x", "a.b", ""])
