@@ -45,7 +45,7 @@ from ophyd_scmos.live.view import TOKEN_ENV
 __all__ = ["FrameSource", "bin_frame", "binning_for", "create_app", "encode_frame", "main"]
 
 LONG_POLL = 1.0  #: seconds a frame request waits for a frame newer than the page's
-POLL_INTERVAL = 0.002  #: seconds between looks at the ring while it waits
+POLL_INTERVAL = 0.01  #: seconds between looks at the ring while waiting: 1 / MAX_UPDATES / 5
 #: frames a second the server reads out of the ring at most: more than a person follows,
 #: and each read of a full frame takes memory bandwidth the camera's pipeline shares
 MAX_UPDATES = 20.0
