@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ophyd_scmos.cli import main
-from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.drivers import SimulatedSCMOS
 from ophyd_scmos.pipeline import FrameStream, layout
 from ophyd_scmos.pipeline.recovery import (
     UnreadableFile,
@@ -24,14 +24,6 @@ from ophyd_scmos.pipeline.recovery import (
 from tests.conftest import expected_frames
 
 FRAMES = 20
-
-
-@pytest.fixture
-def camera() -> SimulatedSCMOS:
-    cam = SimulatedSCMOS(shape=(48, 80), seed=5, camera_buffer_frames=100)
-    cam.open()
-    cam.configure(CameraSettings(exposure_time=0.0005))
-    return cam
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import hdf5plugin  # noqa: F401 - registers the compression filters for reading
 import numpy as np
 import pytest
 
-from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
+from ophyd_scmos.drivers import SimulatedSCMOS
 from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError, layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.protocol import RECORD
@@ -22,16 +22,6 @@ def take(stream: FrameStream, n: int, timeout: float = 30) -> None:
     """Trigger n frames and wait until they are in the file."""
     stream.driver.software_trigger(n)
     stream.wait(n, timeout)
-
-
-@pytest.fixture
-def camera() -> SimulatedSCMOS:
-    # The camera buffers every frame a test takes, so a loaded machine slows a test but
-    # never makes the camera miss a frame: the counts below are exact.
-    cam = SimulatedSCMOS(shape=(48, 80), seed=3, camera_buffer_frames=1000)
-    cam.open()
-    cam.configure(CameraSettings(exposure_time=0.0005))
-    return cam
 
 
 def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
