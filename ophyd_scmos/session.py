@@ -143,7 +143,7 @@ class Background:
         self._started.set()
         # Not a daemon: an interpreter that exits meanwhile waits for it rather than
         # stopping it in the middle of an import.
-        threading.Thread(target=load_it, name=f"scmos-load-{name or 'background'}").start()
+        threading.Thread(target=load_it, name=f"scmos-load-{self._name or 'background'}").start()
 
     def start_at_prompt(self, shell: Any, name: str) -> None:
         """`start` once IPython has drawn its first prompt (into its namespace as `name`):
@@ -155,9 +155,9 @@ class Background:
         self._namespace, self._name = shell.user_ns, name
         app = getattr(getattr(shell, "pt_app", None), "app", None)
         if app is None:
-            self.start(shell.user_ns, name)
+            self.start()
         else:  # every drawing calls it; only the first starts
-            app.after_render += lambda _: self.start(shell.user_ns, name)
+            app.after_render += lambda _: self.start()
 
     def _get(self) -> Any:
         with self._lock:
