@@ -313,7 +313,7 @@ class SCMOSCamera(Device):
         self.statistics = statistics
         self.stats_read = stats_read
         if stats_hinted is None:  # the totals, where they are read
-            stats_hinted = tuple(name for name in ("total",) if name in self.stats_read)
+            stats_hinted = ("total",) if "total" in self.stats_read else ()
         self.stats_hinted = stats_hinted
         self.save_images.put(save_images)
         self._rois = Regions(self)
