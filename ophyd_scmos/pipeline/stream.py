@@ -377,8 +377,8 @@ class FrameStream:
         while self.frames_readable < target and self.error is None:
             if time.monotonic() > deadline:
                 raise StreamError(
-                    f"only {self.frames_written} of {target} frames reached "
-                    f"{self.path} in {timeout} s"
+                    f"only {self.frames_readable} of {target} frames reached "
+                    f"{self.path} with their statistics in {timeout} s"
                 )
             time.sleep(0.01)
         if self.error is not None:
