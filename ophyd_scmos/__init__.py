@@ -20,6 +20,7 @@ _EXPORTS = {
     "StreamError": "ophyd_scmos.pipeline",
     "TriggerMode": "ophyd_scmos.drivers",
     "open_catalog": "ophyd_scmos.catalog",
+    "CatalogWriter": "ophyd_scmos.catalog.writing",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -203,16 +203,16 @@ class Background:
 
 class BackgroundCatalog(Background):
     """The catalog that `opener` returns, opened on a thread; `tiled_writer` is a RunEngine
-    callback that writes into it (a `TiledWriter`, made on the same thread)."""
+    callback that writes into it (a `CatalogWriter`, made on the same thread)."""
 
     def __init__(self, opener: Callable[[], Any]) -> None:
         self._writer: Any = None
 
         def open_with_writer() -> Any:
-            from bluesky_tiled_plugins import TiledWriter
+            from ophyd_scmos.catalog.writing import CatalogWriter
 
             catalog = opener()
-            self._writer = TiledWriter(catalog)
+            self._writer = CatalogWriter(catalog)
             return catalog
 
         super().__init__(open_with_writer, "the catalog did not open")

@@ -189,16 +189,15 @@ def re_count(n: int, scratch: Path) -> dict[str, float]:
 def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     """The interactive loop, ours beside ophyd.sim's trivial detector in the same process:
     a one-event `count` run (its whole cost: stage, trigger, unstage), `count` events/s at
-    a 256x256 region with TiledWriter into an embedded catalog (and how long our trigger
+    a 256x256 region with CatalogWriter into an embedded catalog (and how long our trigger
     waits in each of those events for its frame to be flushed and measured), and a
     full-frame `count` beside a movie at the same settings. Rounds alternate the two,
     medians are quoted."""
     from bluesky import RunEngine
     from bluesky.plans import count
-    from bluesky_tiled_plugins import TiledWriter
     from ophyd.sim import det
 
-    from ophyd_scmos import SCMOSCamera, open_catalog
+    from ophyd_scmos import CatalogWriter, SCMOSCamera, open_catalog
     from ophyd_scmos.plans import movie
 
     waits: list[float] = []  #: seconds from each trigger to its status done
@@ -237,7 +236,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             one["ophyd.sim det"].append(seconds(count([det], num=1)))
             one["SCMOSCamera"].append(seconds(count([small], num=1)))
         waits.clear()
-        token = RE.subscribe(TiledWriter(open_catalog(scratch / "pace-catalog")))
+        token = RE.subscribe(CatalogWriter(open_catalog(scratch / "pace-catalog")))
         tiled: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
         for _ in range(rounds):
             tiled["ophyd.sim det"].append(events / seconds(count([det], num=events)))

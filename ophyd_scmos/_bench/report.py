@@ -211,7 +211,7 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"det {one['ophyd.sim det']:6.1f} ms   ours/det {p['one_event_run_ratio']:5.1f}x"
     )
     say(
-        f"  count 256x256, TiledWriter ours {tiled['SCMOSCamera']:6.0f} events/s   "
+        f"  count 256x256 into catalog ours {tiled['SCMOSCamera']:6.0f} events/s   "
         f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {p['count_256_tiled_ratio']:5.2f}"
     )
     say(

@@ -27,9 +27,8 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
     from bluesky import RunEngine
     from bluesky.plans import count
-    from bluesky_tiled_plugins import TiledWriter
 
-    from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS, open_catalog
+    from ophyd_scmos import ROI, CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
     from ophyd_scmos.session import FrameProgress
 
     with reaching_catalog(args.catalog):  # before the camera: a wrong URL takes no frame
@@ -40,7 +39,7 @@ def demo(args: argparse.Namespace) -> int:
         cam.roi.set(ROI.centered(driver.sensor_shape, args.roi, args.roi).as_tuple())
     cam.exposure_time.set(args.exposure)
     RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(TiledWriter(catalog))
+    RE.subscribe(CatalogWriter(catalog))
     progress = FrameProgress(args.num, cam.name)
     RE.subscribe(progress)
     rows, cols = driver.frame_shape

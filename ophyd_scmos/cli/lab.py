@@ -83,8 +83,8 @@ def acquire(args: argparse.Namespace) -> int:
     from bluesky.plans import count
     from bluesky.preprocessors import msg_mutator
     from bluesky.utils import RunEngineInterrupted
-    from bluesky_tiled_plugins import TiledWriter
 
+    from ophyd_scmos.catalog.writing import CatalogWriter
     from ophyd_scmos.plans import movie
     from ophyd_scmos.session import FrameProgress, make_run_engine
 
@@ -93,7 +93,7 @@ def acquire(args: argparse.Namespace) -> int:
             catalog = lab.catalog.open()
         # Ctrl-C is _Interrupt's (end the run, keep it), not a RunEngine pause.
         RE = make_run_engine(lab, progress=False, sigint=False)
-        RE.subscribe(TiledWriter(catalog))
+        RE.subscribe(CatalogWriter(catalog))
         interrupt = _Interrupt(RE, cam, flying=args.num is None)
         if args.num is not None:
             plan = count([cam], num=args.num)
