@@ -101,6 +101,7 @@ class GenICamCamera(DriverBase):
         self._last_id: int | None = None
         self._last_number = -1
         self._pending_missed = 0
+        self._incomplete_first = 0  #: frames that came incomplete before the first whole one
         self._stamp0: tuple[int, float] | None = None  # (camera ns, s since start) of frame 0
         self._alive_at = 0.0
         self._gone = False  # the camera stopped answering: talking to it would only time out
@@ -260,7 +261,7 @@ class GenICamCamera(DriverBase):
         self._wall0 = time.time()  # Aravis stamps arrivals on the wall clock
         self._owed, self._outstanding = 0, False
         self._last_id, self._last_number = None, -1
-        self._pending_missed = 0
+        self._pending_missed = self._incomplete_first = 0
         self._stamp0 = None
 
     def _stop(self) -> None:
@@ -337,13 +338,21 @@ class GenICamCamera(DriverBase):
         with self._lock:
             if not self._running:
                 raise CameraError("camera stopped")
+            complete = buffer.get_status() == self._aravis.BufferStatus.SUCCESS
             if self._settings.trigger_mode is TriggerMode.SOFTWARE:
+                # A frame that came incomplete is asked for again: no later frame may come
+                # to show its gap, and its point would wait for ever.
+                self._owed += not complete
                 self._fire()  # before the copy, so the camera exposes while we copy
-            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
-                return None  # incomplete: its id may be garbage; the next frame's gap counts it
+            if not complete:
+                # Its id may be garbage: the next complete frame's gap counts it, or, before
+                # the first, the frames counted here.
+                self._incomplete_first += self._last_id is None
+                return None
             fid = buffer.get_frame_id()
             if self._last_id is None:
-                number = 0
+                number = self._incomplete_first  # the camera's frames before it came broken
+                self._lose(number)
             else:
                 delta = fid - self._last_id
                 if delta < -(_WRAP // 2) and self._last_id <= _WRAP:

@@ -79,14 +79,22 @@ class FakeGigECamera:
         self.serial = f"T{os.getpid() % 100000}"  # tells our camera from a stray one
         self.address = FAKE_ADDRESS
         self.process: subprocess.Popen | None = None
+        self.lost_per_thousand = 0  #: stream packets the camera drops (a lossy link)
 
-    def ensure(self) -> None:
+    def ensure(self, lost_per_thousand: int | None = None) -> None:
+        """A camera running, dropping that many packets in a thousand (restarted if not;
+        None: as many as it does)."""
+        if lost_per_thousand is None:
+            lost_per_thousand = self.lost_per_thousand
+        if lost_per_thousand != self.lost_per_thousand:
+            self.kill()
         if self.process is not None and self.process.poll() is None:
             return
         from gi.repository import Aravis, GLib
 
+        self.lost_per_thousand = lost_per_thousand
         self.process = subprocess.Popen(
-            [FAKE_GV, "-i", self.address, "-s", self.serial],
+            [FAKE_GV, "-i", self.address, "-s", self.serial, "-r", str(lost_per_thousand)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
