@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -95,10 +96,25 @@ def movie(
                 yield from bps.complete(cam, wait=True)
         yield from collect()
 
-    def restore():
+    def restore(after_failure: bool):
+        """Give the settings back. After a failed movie, a camera that refuses them (gone)
+        only warns: the error the user sees is why the movie failed."""
         for sig, value in before.items():
-            yield from bps.abs_set(sig, value)
+            try:
+                yield from bps.abs_set(sig, value)
+            except Exception as exc:
+                if not after_failure:
+                    raise
+                warnings.warn(f"{sig.name} was not set back to {value!r}: {exc}", stacklevel=1)
 
     for sig, value in settings.items():
         yield from bps.abs_set(sig, value)
-    return (yield from bpp.finalize_wrapper(record(), restore()))
+    try:
+        uid = yield from record()
+    except GeneratorExit:  # the plan was closed: nothing may be yielded
+        raise
+    except BaseException:
+        yield from restore(after_failure=True)
+        raise
+    yield from restore(after_failure=False)
+    return uid

@@ -22,6 +22,16 @@ class FrameStatus(DeviceStatus):
         self._watchers: list[Callable[..., None]] = []
         self._started = time.monotonic()
 
+    def __str__(self) -> str:
+        """Says why it failed: bluesky's FailedStatus, and so a failed run's stop reason,
+        is this text."""
+        text = super().__str__()
+        if self.done and not self.success:
+            text += f": {self.exception(timeout=0)}"
+        return text
+
+    __repr__ = __str__
+
     def watch(self, func: Callable[..., None]) -> None:
         self._watchers.append(func)
 

@@ -20,6 +20,7 @@ from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.plans import movie
 
@@ -284,3 +285,48 @@ def test_statuses_report_progress_to_watchers(cam, RE):
     assert currents == sorted(currents)
     assert currents[-1] == 2000 and progress[-1]["fraction"] == 0
     assert {kw["unit"] for kw in progress} == {"frames"}
+
+
+class UnpluggedMidMovie(SimulatedSCMOS):
+    """A camera unplugged after its 30th frame: reading and setting it fail from then on."""
+
+    gone = False
+
+    def read_into(self, out, timeout):
+        if self.gone:
+            raise CameraError("camera unplugged")
+        info = super().read_into(out, timeout)
+        self.gone = info.frame_number >= 29
+        return info
+
+    def configure(self, settings):
+        if self.gone:
+            raise ValueError("camera refused the settings: no such device")
+        super().configure(settings)
+
+
+def test_a_camera_lost_mid_movie_fails_it_saying_so_and_keeps_its_frames(tmp_path, RE, recorder):
+    """The movie fails with the camera's error, not with the camera refusing its settings
+    back (which only warns), and the file, closed with every frame, says it ended early."""
+    cam = SCMOSCamera(
+        name="cam",
+        driver=UnpluggedMidMovie(shape=(256, 320), seed=7),
+        write_dir=tmp_path / "data",
+        ring_mb=4,
+    )
+    try:
+        with (
+            pytest.warns(UserWarning, match="cam_trigger_mode was not set back"),
+            pytest.raises(Exception) as info,
+        ):
+            RE(movie(cam, frames=1000))
+        assert "camera failed: camera unplugged" in repr(info.value) + repr(info.value.__cause__)
+        (stop,) = recorder.of("stop")
+        assert stop["exit_status"] == "fail" and "camera unplugged" in stop["reason"]
+        assert _movie_rows(recorder, "cam_image")[-1][1] == 30
+        with h5py.File(cam.file_path.get(), "r") as f:
+            outcome = layout.Outcome.read(f)
+        assert outcome is not None and not outcome.complete and outcome.frames_written == 30
+        assert outcome.error.startswith("camera failed: camera unplugged")
+    finally:
+        cam.destroy()

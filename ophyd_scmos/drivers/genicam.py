@@ -215,6 +215,8 @@ class GenICamCamera(DriverBase):
         threading.Thread(target=unref, name="aravis-release", daemon=True).start()
 
     def _apply(self, s: CameraSettings, roi: ROI) -> CameraSettings:
+        if self._gone:  # each register write would wait out its timeout, then fail
+            raise CameraError(f"GenICam camera {self._model} stopped answering")
         cam, b = self._cam, s.binning
         cam.set_pixel_format_from_string(_FORMATS[s.bit_depth])
         if len(self.limits.binnings) > 1:

@@ -172,8 +172,11 @@ class WriterProcess:
         self.ended.set()
 
     def stderr_tail(self, limit: int = 2000) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
+        try:
+            self._stderr.seek(0)
+            text = self._stderr.read().decode(errors="replace").strip()
+        except ValueError:  # closed: a start interrupted by Ctrl-C, after the listener's
+            return ""
         return f"; its last words: {text[-limit:]}" if text else ""
 
     def shutdown(self, timeout: float = 30) -> None:

@@ -97,6 +97,8 @@ class FrameStream:
         self._stored: int | None = None  # frames whose statistics are in the file, if any
         self._heard = 0.0  # time.monotonic() of the writer's last status line
         self._stalled: float | None = None  # seconds the writer was silent before its kill
+        #: why acquisition ended before the run did (the camera failed): the file says so
+        self._ended_early: str | None = None
         self.frames_acquired = 0
         self.frames_dropped = 0
         self.frames_missed = 0
@@ -107,6 +109,7 @@ class FrameStream:
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
         self._closed = threading.Event()  #: the writer closed the file, or failed
+        self._finished = False  #: the writer closed the file (not failed)
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
@@ -241,6 +244,9 @@ class FrameStream:
                 self._closed.wait(timeout)
                 self._fail(StreamError(f"writer did not finish {self.path} in {timeout} s"))
         writer.file_done()
+        if self._ended_early is not None and self._finished:
+            # The writer closed the file as whole; it is not: the camera stopped short.
+            self._record_early_end(self.frames_written, self._ended_early)
         if self._own_writer:
             writer.shutdown()
         self.ring = None  # the writer's now: another run may use it
@@ -272,10 +278,21 @@ class FrameStream:
             return 0
         assert self.writer is not None
         if self.writer.died:
-            outcome = layout.Outcome(saved, self.frames_dropped, self.frames_missed, False, why)
-            with contextlib.suppress(Exception), h5py.File(self.path, "r+", locking=False) as f:
-                outcome.write(f)
+            self._record_early_end(saved, why)
         return saved
+
+    def _record_early_end(self, saved: int, why: str) -> None:
+        """Record in the closed file that it ended early, and why, on disk (best effort: the
+        run's error says it too). Without HDF5's file lock: a SWMR reader may still follow."""
+        outcome = layout.Outcome(saved, self.frames_dropped, self.frames_missed, False, why)
+        with contextlib.suppress(Exception):
+            with h5py.File(self.path, "r+", locking=False) as f:
+                outcome.write(f)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     @property
     def stopped(self) -> bool:
@@ -476,6 +493,7 @@ class FrameStream:
         if status["state"] == State.OPEN:
             self._opened.set()
         elif status["state"] == State.CLOSED:
+            self._finished = True
             self._closed.set()
             self._notify()
         elif status["state"] == State.ERROR:
@@ -555,13 +573,15 @@ class FrameStream:
                     self._measure(slot, index)
         except CameraError as exc:
             if not self._stop.is_set():
-                self._fail(StreamError(f"camera failed: {exc}. {self._saved()}"))
+                self._ended_early = f"camera failed: {exc}"
+                self._fail(StreamError(f"{self._ended_early}. {self._kept()}"))
         except OSError as exc:  # the writer's pipe broke: it died; its listener says why
             if not self._stop.is_set():
                 writer.ended.wait(5)
                 self._fail(StreamError(f"writer lost ({exc}). {self._saved()}"))
         except Exception as exc:  # any other fault here (a driver's bug): no one waits forever
-            self._fail(StreamError(f"acquisition failed: {exc!r}. {self._saved()}"))
+            self._ended_early = f"acquisition failed: {exc!r}"
+            self._fail(StreamError(f"{self._ended_early}. {self._kept()}"))
 
     def _measure(self, slot: int, index: int) -> None:
         """Measure the frame in `slot`, the file's frame `index`, while the writer writes it on
@@ -587,6 +607,10 @@ class FrameStream:
 
     def _recording(self) -> bool:
         return self._gate is None or self.frames_acquired < self._gate
+
+    def _kept(self) -> str:
+        """The writer goes on: every frame taken reaches the file."""
+        return f"{self.path} keeps the {self.frames_acquired} frames taken before"
 
     def _saved(self) -> str:
         return f"{self.path} holds {self.frames_written} of {self.frames_acquired} frames"

@@ -11,7 +11,7 @@ import hdf5plugin  # noqa: F401 - registers the compression filters for reading
 import numpy as np
 import pytest
 
-from ophyd_scmos.drivers import SimulatedSCMOS
+from ophyd_scmos.drivers import CameraError, SimulatedSCMOS
 from ophyd_scmos.pipeline import CODECS, FrameStream, StreamError, layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.protocol import RECORD
@@ -155,27 +155,46 @@ def test_writer_killed_mid_run_fails_clearly_and_keeps_what_it_reported(camera, 
 class BuggyDriver(SimulatedSCMOS):
     """A driver adapter with a bug: its sixth frame raises what no camera error is."""
 
+    fault: Exception = KeyError("no such frame field")
+
     def read_into(self, out, timeout):
         info = super().read_into(out, timeout)
         if info.frame_number == 5:
-            raise KeyError("no such frame field")
+            raise self.fault
         return info
 
 
-def test_a_fault_in_the_acquisition_thread_fails_the_waiters_instead_of_hanging(tmp_path):
-    camera = BuggyDriver(shape=(48, 80), seed=3, camera_buffer_frames=1000)
+class LostCamera(BuggyDriver):
+    """A camera unplugged before its sixth frame."""
+
+    fault = CameraError("camera stopped answering")
+
+
+@pytest.mark.parametrize(
+    ("driver", "why"),
+    [(BuggyDriver, "acquisition failed: KeyError"), (LostCamera, "camera failed: camera stopped")],
+)
+def test_a_fault_in_the_acquisition_thread_fails_the_waiters_and_the_file_says_so(
+    driver, why, tmp_path
+):
+    """The waiters fail instead of hanging, and the file, closed and whole, records that it
+    ended early and why (it said complete)."""
+    camera = driver(shape=(48, 80), seed=3, camera_buffer_frames=1000)
     camera.open()
     path = tmp_path / "run.h5"
     stream = FrameStream(camera, path, PipelineOptions())
     stream.open()
     take(stream, 5)
     camera.software_trigger(3)
-    with pytest.raises(StreamError, match="acquisition failed: KeyError.*holds 5 of 5 frames"):
+    with pytest.raises(StreamError, match=f"{why}.*keeps the 5 frames taken before"):
         stream.wait(8, timeout=30)
-    with pytest.raises(StreamError, match="acquisition failed"):
+    with pytest.raises(StreamError, match=why):
         stream.close()
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 5))
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None and not outcome.complete and outcome.frames_written == 5
+    assert outcome.error is not None and outcome.error.startswith(why)
 
 
 def test_settling_after_a_cut_waits_for_the_frames_the_file_keeps(camera, tmp_path):
