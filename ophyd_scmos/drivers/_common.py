@@ -64,6 +64,8 @@ def check_settings(s: CameraSettings, sensor_shape: tuple[int, int], limits: Cam
     if why is not None:
         raise ValueError(f"trigger_mode {s.trigger_mode.value!r} {why}")
     roi = s.roi if s.roi is not None else ROI.full(sensor_shape)
+    if not isinstance(roi, ROI):
+        raise ValueError(f"roi must be an ROI(x, y, width, height) or None; got {roi!r}")
     rows, cols = sensor_shape
     if not all(_is_integer(v) for v in roi.as_tuple()):
         raise ValueError(f"roi values must be integers; got {roi.as_tuple()}")
@@ -85,6 +87,20 @@ def check_settings(s: CameraSettings, sensor_shape: tuple[int, int], limits: Cam
             f"on this camera; {', '.join(off)} {'is' if len(off) == 1 else 'are'} not"
         )
     return roi
+
+
+def _plain(s: CameraSettings, roi: ROI) -> tuple[CameraSettings, ROI]:
+    """Checked settings as Python's own numbers: SDK bindings (SWIG's) refuse numpy's."""
+    roi = ROI(*(int(v) for v in roi.as_tuple()))
+    plain = replace(
+        s,
+        exposure_time=float(s.exposure_time),
+        acquire_period=float(s.acquire_period),
+        roi=None if s.roi is None else roi,
+        binning=int(s.binning),
+        bit_depth=int(s.bit_depth),
+    )
+    return plain, roi
 
 
 class DriverBase(abc.ABC):
@@ -160,6 +176,7 @@ class DriverBase(abc.ABC):
             self._require_stopped("cannot configure while acquiring")
             settings = replace(settings, trigger_mode=TriggerMode.coerce(settings.trigger_mode))
             roi = check_settings(settings, self._sensor, self.limits)
+            settings, roi = _plain(settings, roi)
             previous = self._settings
             try:
                 applied = self._apply(settings, roi)

@@ -79,6 +79,7 @@ def bad_settings(sensor: tuple[int, int]) -> list[tuple[dict, str]]:
         ({"roi": ROI(100.7, 0, 64, 64)}, "100.7"),  # type: ignore[arg-type]
         ({"roi": ROI(0, True, 64, 64)}, "True"),
         ({"trigger_mode": "sometimes"}, "sometimes"),
+        ({"roi": (0, 0, 64, 64)}, r"\(0, 0, 64, 64\)"),  # a plain tuple is no ROI
     ]
 
 
@@ -92,6 +93,23 @@ def test_bad_settings_raise_valueerror_naming_the_value_and_change_nothing(harne
         assert key in str(refused.value), (change, str(refused.value))
         assert "\n" not in str(refused.value)
         assert driver.settings == before, change
+
+
+def test_numpy_numbers_are_taken_and_reach_the_camera_as_pythons(harness):
+    """Settings computed with numpy (an ROI from an array) work on every driver: SDK
+    bindings refuse numpy's numbers, so the driver hands the camera Python's."""
+    roi = ROI(*np.array(harness.roi.as_tuple()))
+    driver = opened(harness)
+    driver.configure(
+        settings_for(
+            harness, exposure_time=np.float32(harness.exposure), roi=roi, binning=np.int64(2)
+        )
+    )
+    applied = driver.settings
+    assert applied.roi == harness.roi and applied.binning == 2
+    values = [applied.exposure_time, applied.binning, *applied.roi.as_tuple()]
+    assert all(type(v) in (int, float) for v in values), values
+    assert driver.frame_shape == (harness.roi.height // 2, harness.roi.width // 2)
 
 
 def test_the_longest_period_the_camera_reports_is_taken_a_longer_one_refused(harness):
