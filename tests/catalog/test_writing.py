@@ -18,6 +18,7 @@ from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
+from ophyd_scmos.plans import movie
 
 ROI_XYWH = (32, 16, 96, 64)
 
@@ -53,6 +54,16 @@ RE(plan())
 """
 
 
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    """One catalog for this module's runs: its server starts once (seconds), and the client
+    held here keeps it up between them."""
+    path = tmp_path_factory.mktemp("catalog")
+    catalog = open_catalog(path)
+    yield path
+    catalog.context.close()
+
+
 def _expected(n: int) -> np.ndarray:
     driver = SimulatedSCMOS(shape=(256, 320), seed=5)
     driver.open()
@@ -72,12 +83,14 @@ def _wait_for_rows(catalog_dir, rows: int, timeout: float = 30):
         time.sleep(0.1)
 
 
-def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(tmp_path, capsys):
+def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
+    catalog_dir, tmp_path, capsys
+):
     """Another process sees the scan's events and images while the scan is in a long step
     (written by the timer: no document comes), only the frames of those events although the
     file holds more; the acquiring process is then killed, and the events stay. `recover`
     closes the run over the images already there, with every frame of the file."""
-    catalog_dir, write_dir = tmp_path / "catalog", tmp_path / "data"
+    write_dir = tmp_path / "data"
     acquiring = subprocess.Popen(
         [sys.executable, "-c", SCAN_THEN_WAIT, str(catalog_dir), str(write_dir)],
         stdout=subprocess.PIPE,
@@ -114,26 +127,39 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(tmp_pat
 
 
 @pytest.mark.parametrize("interval", [1e-6, 1e3], ids=["every_event", "at_the_end"])
-def test_a_run_written_in_pieces_reads_as_one(interval, tmp_path):
-    """Written an event at a time, or all at the end (as TiledWriter does), the run reads
-    back the same: every event, and every frame of the file under its image."""
-    catalog = open_catalog(tmp_path / "catalog")
+@pytest.mark.parametrize("plan", ["count", "count_stream", "movie"])
+def test_a_run_written_in_pieces_reads_as_one(plan, interval, catalog_dir, tmp_path):
+    """Written a document at a time, or all at the end (as TiledWriter does), a run reads
+    back the same: every event, and every frame of the file under its image (a step scan's
+    Datums or StreamDatums, or a movie's pages)."""
+    catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=interval))
     driver = SimulatedSCMOS(shape=(256, 320), seed=5)
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path / "data", ring_mb=4)
+    cam = SCMOSCamera(
+        name="cam",
+        driver=driver,
+        write_dir=tmp_path / "data",
+        ring_mb=4,
+        asset_docs="stream" if plan == "count_stream" else "resource",
+    )
     try:
         cam.roi.set(ROI_XYWH)
         cam.exposure_time.set(0.001)
-        (uid,) = RE(count([cam], num=12))
+        if plan == "movie":
+            (uid,) = RE(movie(cam, frames=60, page_every=0.01))
+        else:
+            (uid,) = RE(count([cam], num=12))
     finally:
         cam.destroy()
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
-    np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), np.arange(12))
-    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(12)[:, None])
+    n = 60 if plan == "movie" else 12
+    np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), np.arange(n))
+    expected = _expected(n) if plan != "count" else _expected(n)[:, None]
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), expected)
 
 
-def test_an_interval_must_be_positive(tmp_path):
+def test_an_interval_must_be_positive(catalog_dir):
     with pytest.raises(ValueError, match="interval must be > 0"):
-        CatalogWriter(open_catalog(tmp_path / "catalog"), interval=0)
+        CatalogWriter(open_catalog(catalog_dir), interval=0)
