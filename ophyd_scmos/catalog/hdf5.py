@@ -20,7 +20,7 @@ from typing import Any
 from tiled.adapters.hdf5 import HDF5Adapter, HDF5ArrayAdapter
 from tiled.utils import path_from_uri
 
-from ophyd_scmos.pipeline.recovery import check_readable
+from ophyd_scmos.pipeline.recovery import LOCKING_DIFFERS, check_readable
 
 __all__ = ["CheckedHDF5Adapter"]
 
@@ -28,7 +28,8 @@ __all__ = ["CheckedHDF5Adapter"]
 class CheckedHDF5Adapter(HDF5Adapter):
     """Tiled's `HDF5Adapter`, refusing a file that is missing, shorter than HDF5 recorded or
     damaged, and serving no frame the catalog does not name; a file no writer holds is read
-    without SWMR, which would retry a damaged part for minutes."""
+    without SWMR, which would retry a damaged part for minutes, and without HDF5's file lock
+    (readers need none: the writer writes in SWMR mode)."""
 
     @classmethod
     def from_catalog(cls, data_source: Any, node: Any, /, **parameters: Any) -> Any:
@@ -39,7 +40,17 @@ class CheckedHDF5Adapter(HDF5Adapter):
                 being_written = being_written or superblock.open_for_writing
         if not being_written:
             parameters["swmr"] = False
-        adapter = super().from_catalog(data_source, node, **parameters)
+        # Unlocked (whatever the documents ask), as `check_readable` opens it, maybe at this
+        # moment for another request: HDF5 refuses a second open of a file in one process
+        # with other locking.
+        parameters["locking"] = False
+        try:
+            adapter = super().from_catalog(data_source, node, **parameters)
+        except OSError as exc:
+            if LOCKING_DIFFERS not in str(exc):
+                raise
+            parameters["locking"] = None  # this process holds it with HDF5's default locking
+            adapter = super().from_catalog(data_source, node, **parameters)
         if isinstance(adapter, HDF5ArrayAdapter):
             array, shape = adapter._array, data_source.structure.shape
             frame_size = math.prod(array.shape[1:])

@@ -170,9 +170,10 @@ def file_stats(path: PathLike) -> FileStats:
     from ophyd_scmos.pipeline import layout
     from ophyd_scmos.pipeline.recovery import check_readable
 
-    check_readable(path)
-    # locking=False: a writer that still holds the file must not make this read fail.
-    with h5py.File(path, "r", locking=False) as f:
+    superblock = check_readable(path)
+    # locking=False: a writer that still holds the file must not make this read fail; SWMR
+    # while it is written (a plain open is refused).
+    with h5py.File(path, "r", locking=False, swmr=superblock.open_for_writing) as f:
         data = f.get(layout.DATA)  # None in a file of statistics without images
         frames = layout.stored_frames(f)
         outcome = layout.Outcome.read(f)  # None until a writer closes the file

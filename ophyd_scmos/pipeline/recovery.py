@@ -103,6 +103,10 @@ def check_readable(path: str | os.PathLike) -> Superblock:
     return superblock
 
 
+#: HDF5's error for a second open of a file in one process with other locking than the first
+LOCKING_DIFFERS = "locking flag values don't match"
+
+
 def _check_metadata(path: str | os.PathLike) -> None:
     """Open every object of the file, without SWMR: a SWMR reader retries a damaged
     object's checksum for minutes, a plain one fails at once. Without file locks, unless
@@ -114,7 +118,7 @@ def _check_metadata(path: str | os.PathLike) -> None:
         try:
             f = h5py.File(path, "r", locking=False)
         except OSError as exc:
-            if "locking flag values don't match" not in str(exc):
+            if LOCKING_DIFFERS not in str(exc):
                 raise
             f = h5py.File(path, "r")
         with f:

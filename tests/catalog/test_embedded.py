@@ -425,3 +425,38 @@ def test_a_truncated_or_moved_file_fails_at_once_naming_it(
     assert main(show) == 1
     err = capsys.readouterr().err
     assert "no such file" in err and str(path) in err
+
+
+@pytest.mark.parametrize("locking", [False, None], ids=["unlocked", "locked"])
+def test_a_file_open_in_the_serving_process_still_reads(
+    locking, catalog_dir: Path, camera_run: dict[str, Any]
+) -> None:
+    """The process serving the catalog may have a run's file open already: another request's
+    check (unlocked), or the user's own h5py beside an in-process catalog (HDF5's default
+    locking). HDF5 refuses a second open of a file with other locking, so the catalog's
+    open must take the one in force ("file locking flag values don't match")."""
+    catalog = open_catalog(catalog_dir, in_process=True)
+    with h5py.File(camera_run["file"], "r", locking=locking):
+        frames = catalog[camera_run["uid"]]["primary"]["cam_image"][:3]
+    np.testing.assert_array_equal(frames[:, 0], expected_frames(camera_run["driver"], 3))
+
+
+def test_file_stats_of_a_file_still_being_written(tmp_path: Path) -> None:
+    """`show` on a run still recording: its file is read as it grows (SWMR), not refused
+    with HDF5's advice to clear its flags."""
+    from ophyd_scmos.drivers import CameraSettings
+    from ophyd_scmos.pipeline import FrameStream
+
+    camera = SimulatedSCMOS(shape=(48, 80), seed=3)
+    camera.open()
+    camera.configure(CameraSettings(exposure_time=0.001))
+    stream = FrameStream(camera, tmp_path / "growing.h5")
+    stream.open()
+    try:
+        camera.software_trigger(5)
+        stream.wait(5, timeout=30)
+        stats = file_stats(stream.path)
+        assert stats.frames == 5 and stats.frame_shape == (48, 80)
+        assert stats.complete is None  # no outcome until the writer closes it
+    finally:
+        stream.close()
