@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import select
 import socket
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
     from ophyd_scmos.catalog.embedded import PathLike
 
-__all__ = ["IDLE_ENV", "Address", "LocalServer", "find_server"]
+__all__ = ["IDLE_ENV", "Address", "CatalogServerError", "LocalServer", "find_server"]
 
 IDLE_ENV = "OPHYD_SCMOS_CATALOG_IDLE"  #: seconds unused before a server stops
 DEFAULT_IDLE = 600.0
@@ -240,11 +241,11 @@ class LocalServer:
             ready = select.select([process.stdout], [], [], START_TIMEOUT)[0]
             line = process.stdout.readline() if ready else b""
         if not line:
-            log = self.files.log.read_text(errors="replace").strip().splitlines()[-20:]
-            raise (_EndedUnready if ready else RuntimeError)(
+            log = self.files.log.read_text(errors="replace").strip().splitlines()
+            raise (_EndedUnready if ready else CatalogServerError)(
                 f"the catalog server of {self.directory} did not start"
-                f"{'' if ready else f' in {START_TIMEOUT:g} s'}; its log "
-                f"({self.files.log}) ends:\n" + "\n".join(log)
+                f"{'' if ready else f' in {START_TIMEOUT:g} s'}: "
+                f"{_last_error(log)} (its log: {self.files.log})"
             )
         state = json.loads(line)
         self.created = state.pop("created") or self.created
@@ -286,7 +287,18 @@ class LocalServer:
             self._kept = None
 
 
-class _EndedUnready(RuntimeError):
+def _last_error(log: list[str]) -> str:
+    """The exception a server's log ends on (the line naming it), else its last line."""
+    named = [line for line in log if re.match(r"[\w.]*(Error|Exception)\b.*: ", line)]
+    return (named or log or ["it said nothing"])[-1].strip()
+
+
+class CatalogServerError(RuntimeError):
+    """The catalog's local server did not start (a damaged catalog, say); the message is one
+    line, with the last of the server's log."""
+
+
+class _EndedUnready(CatalogServerError):
     """The server ended without saying where it listens."""
 
 

@@ -42,14 +42,17 @@ def server_url(location: str | None) -> str | None:
 def reaching_catalog(location: str | None) -> Iterator[None]:
     """Around opening the catalog at `location` (as `open_catalog` takes it): a server that
     cannot be reached (refused, no such host, no answer, after Tiled's own retries), or an
-    embedded catalog's directory that cannot be used (a file, not writable), is a
+    embedded catalog's directory that cannot be used (a file, not writable, a damaged
+    database its server cannot start on), is a
     `CommandError`, exit 2 as a wrong configuration: nothing was done, and the fix is the
     URL, the server or the directory, not the run."""
     url = server_url(location)
     if url is None:
+        from ophyd_scmos.catalog.local_server import CatalogServerError
+
         try:
             yield
-        except OSError as exc:
+        except (OSError, CatalogServerError) as exc:
             raise CommandError(f"cannot open the catalog: {exc}") from None
         return
     import httpx

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
 
 MB = 1e6
+PAGE = 300  #: runs a request asks for: Tiled's server refuses more
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -63,7 +64,8 @@ def runs(args: argparse.Namespace) -> int:
 
     rows = []
     with _opened(args.catalog, args.api_key, existing=True) as catalog:
-        for run in reversed(list(catalog.values().tail(args.number))):
+        # In pages Tiled's server takes (at most 300 runs a request), whatever the number.
+        for run in reversed(list(catalog.values().page_size(PAGE).tail(args.number))):
             summary = summarize(run)
             try:
                 stats = _local_file_stats(summary.file)

@@ -73,6 +73,21 @@ def test_runs_refuses_a_count_below_one_and_lists_what_it_is_asked(catalog_dir, 
     assert main(["runs", "-n", "2", "--catalog", str(catalog_dir)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert [row.split()[0] for row in rows] == ["abcde222", "abcde111"]
+    assert main(["runs", "-n", "1000", "--catalog", str(catalog_dir)]) == 0  # > a page
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows][:2] == ["abcde222", "abcde111"]
+
+
+def test_a_damaged_catalog_is_refused_in_one_line(tmp_path, capsys):
+    """A catalog database that is not one (a disk error, a bad copy): its server cannot
+    start, and the command says why in one line, with the server's last words."""
+    damaged = tmp_path / "catalog"
+    damaged.mkdir()
+    (damaged / "catalog.db").write_text("not sqlite")
+    assert main(["runs", "--catalog", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the catalog" in err and "file is not a database" in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("command", ["runs", "show"])
