@@ -28,10 +28,11 @@ def movie(
     of `stream`; with several cameras each has a stream of its own, ``<stream>_<camera>``,
     as each takes its own number of frames (a stream's columns all have one length). While
     the cameras run, a StreamDatum page of each is collected every `page_every` seconds, so
-    a catalog sees the movie grow. Every frame's time on its camera's clock
-    (``<cam>_frame_time``) and on the computer's (``<cam>_host_time``, one clock for all
-    cameras) are columns, so frames of several cameras can be matched. Each camera is put in
-    internal trigger mode (unless it is in external mode) and given back as it was.
+    a catalog written by `CatalogWriter` sees the movie grow. Every frame's time on its
+    camera's clock (``<cam>_frame_time``) and on the computer's (``<cam>_host_time``, one
+    clock for all cameras) are columns, so frames of several cameras can be matched. Each
+    camera is put in internal trigger mode (unless it is in external mode) and given back as
+    it was.
 
     However the movie ends (its frames taken, `RE.stop()` or `RE.abort()` after a pause,
     a writer that died), the cameras are stopped and every frame their files hold is

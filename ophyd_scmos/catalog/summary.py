@@ -140,12 +140,16 @@ class FileStats:
     frames_missed: int | None
     complete: bool | None
     #: frame numbers lost (dropped or missed), as (first, last) ranges. A complete file whose
-    #: writer recorded no loss has none, even where numbers are absent: those frames were cut
-    #: when a paused plan rewound, and their points taken again (`rewound_frames`). Where
-    #: both happened, or writing did not end as planned, every absent number is listed.
+    #: writer recorded no loss has none, even where numbers are absent: those frames were
+    #: never to be recorded (`skipped_frames`: a camera in internal or external trigger mode
+    #: runs on between a step scan's points) or were cut when a paused plan rewound, and
+    #: their points taken again (`rewound_frames`, software triggers). Where both happened,
+    #: or writing did not end as planned, every absent number is listed.
     gaps: list[tuple[int, int]]
     rewound_frames: int  #: absent frame numbers that were cut, not lost
-    intervals: np.ndarray = field(repr=False)  #: seconds between frames, camera clock
+    skipped_frames: int  #: absent frame numbers the camera took between points, not lost
+    #: seconds between consecutive frames (by number), camera clock
+    intervals: np.ndarray = field(repr=False)
 
     @property
     def compression_ratio(self) -> float:
@@ -155,7 +159,7 @@ class FileStats:
     def missing_frames(self) -> int:
         """Frames lost, by their numbers."""
         absent = sum(last - first + 1 for first, last in self.gaps)
-        return absent - self.rewound_frames if self.gaps else 0
+        return absent - self.rewound_frames - self.skipped_frames if self.gaps else 0
 
 
 def file_stats(path: PathLike) -> FileStats:
@@ -186,7 +190,11 @@ def file_stats(path: PathLike) -> FileStats:
         lost = None
         if outcome is not None and outcome.complete:
             lost = outcome.frames_dropped + outcome.frames_missed
-        rewound = 0 if lost is None else max(0, sum(b - a + 1 for a, b in absent) - lost)
+        not_lost = 0 if lost is None else max(0, sum(b - a + 1 for a, b in absent) - lost)
+        # Software triggers take exactly a point's frames: an absent one was cut. Otherwise
+        # the camera runs on between points and the frames between are read and skipped.
+        between_points = f[layout.ENTRY].attrs.get("trigger_mode", "software") != "software"
+        skipped, rewound = (not_lost, 0) if between_points else (0, not_lost)
         frame_shape: tuple[int, ...] = ()
         dtype, raw_bytes, stored_bytes, filters = "", 0, 0, []
         if data is not None:
@@ -213,7 +221,8 @@ def file_stats(path: PathLike) -> FileStats:
             complete=None if outcome is None else outcome.complete,
             gaps=[] if lost == 0 else absent,
             rewound_frames=rewound,
-            intervals=np.diff(times),
+            skipped_frames=skipped,
+            intervals=np.diff(times)[np.diff(numbers) == 1],
         )
     return stats
 

@@ -160,6 +160,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
             missing_frames=stats.missing_frames,
             gaps=stats.gaps,
             rewound_frames=stats.rewound_frames,
+            skipped_frames=stats.skipped_frames,
         )
     if not args.no_png and summary.frames:
         png = Path(args.png or f"scmos_{summary.uid[:8]}.png").absolute()
@@ -342,12 +343,17 @@ def _print_report(r: dict[str, Any]) -> None:
         more = " ..." if len(r["gaps"]) > 10 else ""
         if not r["gaps"]:
             line = "none"
-        elif r["rewound_frames"]:
+        elif r["rewound_frames"] or r["skipped_frames"]:
             line = f"{r['missing_frames']} frames lost; absent frame numbers: {gaps}{more}"
         else:
             line = f"{r['missing_frames']} frame numbers missing: {gaps}{more}"
         if r["rewound_frames"]:
             line += f" ({r['rewound_frames']} cut when a paused plan rewound, then retaken)"
+        if r["skipped_frames"]:
+            line += (
+                f" ({r['skipped_frames']} taken between points and skipped: the camera runs on "
+                "between triggers)"
+            )
         print(f"gaps       {line}")
     else:
         print("           (this host cannot read the file: sizes and gaps unknown)")

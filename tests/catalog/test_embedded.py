@@ -187,7 +187,7 @@ def test_file_stats_find_gaps_compression_and_intervals(tmp_path: Path) -> None:
     assert stats.frames == 6 and stats.frame_shape == (64, 64)
     assert stats.gaps == [(3, 4), (7, 8)] and stats.missing_frames == 4
     assert stats.compression_ratio > 10 and stats.filters[0].startswith("bitshuffle")
-    np.testing.assert_allclose(stats.intervals, [0.01, 0.01, 0.03, 0.01, 0.03])
+    np.testing.assert_allclose(stats.intervals, [0.01, 0.01, 0.01])  # consecutive frames
     assert (stats.frames_written, stats.frames_dropped, stats.complete) == (6, 4, True)
 
 
@@ -324,6 +324,40 @@ def test_show_reports_no_gap_where_a_paused_plan_retook_a_point(
     assert report["rewound_frames"] == 1 and report["frames_dropped"] == 0
     assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 0
     assert "gaps       none (1 cut when a paused plan rewound" in capsys.readouterr().out
+
+
+def test_show_tells_frames_skipped_between_points_from_lost_ones(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In internal trigger mode the camera runs on between a step scan's points and the
+    frames between are skipped: absent numbers, but neither lost nor rewound, and the frame
+    interval is the camera's, not the time between points."""
+
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=4), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set((0, 0, 32, 32))
+    cam.exposure_time.set(0.002)
+    cam.trigger_mode.set("internal")
+    cam.frames_per_point.set(3)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    try:
+        (uid,) = RE(count([cam], num=3, delay=0.05))
+        with h5py.File(cam.file_path.get(), "r") as f:
+            numbers = f[layout.FRAME_NUMBER][: layout.stored_frames(f)]
+    finally:
+        cam.destroy()
+    skipped = int(numbers[-1] + 1 - len(numbers))
+    assert len(numbers) == 9 and skipped > 0
+
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--json", "--no-png"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gaps"] == [] and report["missing_frames"] == 0
+    assert (report["skipped_frames"], report["rewound_frames"]) == (skipped, 0)
+    assert report["interval_mean_s"] == pytest.approx(0.002, rel=0.25)
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 0
+    assert f"gaps       none ({skipped} taken between points and skipped" in capsys.readouterr().out
 
 
 def test_sync_names_a_movie_file_once(
