@@ -132,7 +132,10 @@ class Background:
             try:
                 self._get()
             except Exception as exc:  # told now; raised again at first use, if it still fails
-                print(f"ophyd-scmos: {self._failed}: {exc}", file=sys.stderr)
+                # Unless the session is over (`ipython -c` done while this loaded): then no
+                # use comes, and the failure is only the interpreter's shutting down.
+                if threading.main_thread().is_alive():
+                    print(f"ophyd-scmos: {self._failed}: {exc}", file=sys.stderr)
             finally:
                 self._loaded.set()
 

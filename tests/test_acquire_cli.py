@@ -92,21 +92,27 @@ def frames_recorded(directory, pattern: str) -> int:
     return 0
 
 
-def test_ctrl_c_ends_a_movie_early_keeping_its_frames_and_exits_130(home):
-    config = home / "interrupted.toml"
-    config.write_text(FAST_CAMERA.replace("[cameras.fast]", "[cameras.interrupted]"))
+@pytest.mark.parametrize(
+    ("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"]
+)
+def test_ctrl_c_or_sigterm_ends_a_movie_early_keeping_its_frames(home, sent, code):
+    """Ctrl-C, or SIGTERM as `timeout` or a batch system sends: the run ends with the frames
+    taken, the file whole and closed, and the exit code the shell expects."""
+    name = f"interrupted_{sent.name.lower()}"  # its own files: the other signal's are there
+    config = home / f"{name}.toml"
+    config.write_text(FAST_CAMERA.replace("[cameras.fast]", f"[cameras.{name}]"))
     argv = [*ACQUIRE, "--config", str(config), "--seconds", "60", "--json"]
     process = subprocess.Popen(
         argv, env=user_env(home), cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60  # the file is made at staging, before the camera runs
-    while not frames_recorded(data_dir(home), "interrupted_*.h5") and time.monotonic() < deadline:
+    while not frames_recorded(data_dir(home), f"{name}_*.h5") and time.monotonic() < deadline:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err[-3000:]
-    assert "interrupted; ending the run, keeping the frames taken" in err
+    assert process.returncode == code, err[-3000:]
+    assert f"{sent.name}: ending the run, keeping the frames taken" in err
     result = json.loads(out)
     assert result["frames_written"] > 0
     with h5py.File(result["file"], "r") as f:
@@ -156,6 +162,7 @@ def test_acquire_takes_exactly_one_positive_amount(capsys):
         (["acquire", "--frames", "0"], "must be > 0"),
         (["acquire"], "one of the arguments --num --frames --seconds is required"),
         (["acquire", "--num", "5", "--seconds", "1"], "not allowed with argument"),
+        (["acquire", "--num", "1e9"], "invalid int value: '1e9'"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
@@ -283,3 +290,38 @@ def test_the_progress_bar_stays_within_its_total_and_shows_the_cameras_rate():
     rate = float(re.search(r"([\d.]+)frames/s", final).group(1))
     assert 301 / 0.5 < rate < 301 / 0.28  # 0.3 s from start to the last frame, not 0.9 s
     assert progress.elapsed == pytest.approx(0.3, abs=0.15)
+
+
+def test_a_run_that_fails_midway_still_reports_its_uid_file_and_counts(tmp_path):
+    """The file may grow no larger than 16 MB (`ulimit -f`): the writer fails mid-run. The
+    command says why in one line and still prints the run's uid, its file and what it
+    holds (the run is in the catalog, failed), as JSON here."""
+    import resource
+
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        f'[data]\ndir = "{tmp_path / "data"}"\n[catalog]\npath = "{tmp_path / "catalog"}"\n'
+        '[pipeline]\ncompression = "none"\nring_mb = 4\n'
+        "[cameras.fast]\noptions = { shape = [256, 320], seed = 3 }\nexposure_time = 0.001\n"
+    )
+    limit = 16 << 20
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [*ACQUIRE, "--config", str(config), "--num", "300", "--json"],
+        env=user_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "file-size limit reached" in done.stderr and "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["uid"]) == 36 and "file-size limit reached" in result["error"]
+    with h5py.File(result["file"], "r") as f:
+        assert 0 < layout.stored_frames(f) == result["frames_written"] < 300
+        assert not f["/entry"].attrs["complete"]

@@ -134,3 +134,21 @@ def test_eight_bit_camera_delivers_clipped_simulator_frames():
     frame = cam.expected_frame(3)
     assert frame.dtype.name == "uint8" and frame.shape == (32, 48)
     assert frame.std() > 0 and frame.max() <= 255
+
+
+def test_bench_refuses_what_it_could_not_use_before_it_measures(tmp_path, capsys):
+    """A scratch parent that is no directory, or a JSON file that cannot be written (found
+    after the whole bench, the results were lost), is one line and exit 2 at once."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, says in (
+        (["--dir", str(tmp_path / "nope")], "no such directory"),
+        (["--dir", str(afile)], "no such directory"),
+        (["--json", str(tmp_path / "nope" / "out.json")], "cannot write a file in"),
+    ):
+        assert main(["bench", *argv]) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and says in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--repeat", "0"])
+    assert exit_.value.code == 2 and "must be > 0" in capsys.readouterr().err

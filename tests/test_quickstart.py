@@ -15,15 +15,14 @@ from tests.conftest import expected_frames
 SCRIPT = """
 from bluesky import RunEngine
 from bluesky.plans import count
-from bluesky_tiled_plugins import TiledWriter
-from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 
 cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(512, 512), seed=5),
                   write_dir={data!r})
 cam.exposure_time.set(0.001)
 cam.roi.set((64, 32, 128, 96))
 RE = RunEngine({{}})
-RE.subscribe(TiledWriter(open_catalog({catalog!r})))
+RE.subscribe(CatalogWriter(open_catalog({catalog!r})))
 (uid,) = RE(count([cam], num={num}))
 print("UID", uid)
 """

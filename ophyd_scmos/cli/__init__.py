@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
+import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "live", "recover")
 EXIT_CONFIG = 2  #: the configuration or the command line is wrong, as argparse's usage errors
@@ -64,6 +66,46 @@ def reaching_catalog(location: str | None) -> Iterator[None]:
             f"cannot reach the catalog at {url} ({exc}): check that its server is running "
             "and that the URL is right"
         ) from None
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type`: a `kind` (int, float) > 0 and finite."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: ..."
+    return parse
+
+
+class _RunAbortedFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Run aborted"
+
+
+@contextlib.contextmanager
+def no_run_aborted_traceback() -> Iterator[None]:
+    """A command says in one line why its run failed (the file, what it holds): bluesky's
+    traceback of the same failure, logged as "Run aborted", would bury that line."""
+    bluesky_log, quiet = logging.getLogger("bluesky"), _RunAbortedFilter()
+    bluesky_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        bluesky_log.removeFilter(quiet)
+
+
+def run_error(exc: BaseException) -> str:
+    """What failed a run, in one line: a failed status's own error (bluesky's FailedStatus
+    wraps it), else the exception, named."""
+    from bluesky.utils import FailedStatus
+
+    if isinstance(exc, FailedStatus) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Parser(argparse.ArgumentParser):

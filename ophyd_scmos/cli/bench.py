@@ -4,13 +4,23 @@ side in one run, as a table (and `--json`)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from ophyd_scmos.cli import CommandError, positive
 
 
 def bench(args: argparse.Namespace) -> int:
     """Measure frames/s to the page cache and to disk, compression, free-run losses, memory."""
     from ophyd_scmos._bench.report import run
 
+    # Checked before minutes of measuring, not after.
+    if args.dir is not None and not args.dir.is_dir():
+        raise CommandError(f"--dir {args.dir}: no such directory")
+    if args.json is not None:
+        folder = Path(args.json).expanduser().absolute().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise CommandError(f"--json {args.json}: cannot write a file in {folder}")
     return run(args)
 
 
@@ -21,17 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         default=["orca", "kinetix8"],
         choices=["orca", "kinetix8"],
-        help="orca: 2048x2048 uint16; kinetix8: 3200x3200 uint8; none: no disk sections",
+        help="orca: 2048x2048 uint16; kinetix8: 3200x3200 uint8; --shapes alone: no disk sections",
     )
     p.add_argument("--burst-gb", type=float, default=1.6, help="size of the short bursts")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each short burst (median)")
+    p.add_argument(
+        "--repeat", type=positive(int), default=3, help="runs of each short burst (median)"
+    )
     p.add_argument(
         "--long-gb",
         type=float,
         default=6,
         help="size of the long runs, where the disk is the limit (0: skip)",
     )
-    p.add_argument("--long-repeat", type=int, default=3, help="runs of each long run (median)")
+    p.add_argument(
+        "--long-repeat", type=positive(int), default=3, help="runs of each long run (median)"
+    )
     p.add_argument(
         "--disk-cap-mb-s",
         type=float,
@@ -80,7 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[1000, 10000],
         help="run lengths whose peak memory to compare",
     )
-    p.add_argument("--memory-ring-mb", type=float, default=16)
+    p.add_argument(
+        "--memory-ring-mb", type=positive(float), default=16, help="ring of the memory runs"
+    )
     p.add_argument("--count", type=int, default=1000, help="events of RE(count) (0: skip)")
     p.add_argument(
         "--pace", type=int, default=3, help="rounds of the interactive-pace section (0: skip)"

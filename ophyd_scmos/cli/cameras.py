@@ -12,8 +12,13 @@ import sys
 
 def cameras(args: argparse.Namespace) -> int:
     """List the cameras each installed driver can see, with the spec that opens each."""
+    from pathlib import Path
+
+    from ophyd_scmos.cli import CommandError
     from ophyd_scmos.drivers import CameraError, MissingLibrary
 
+    if args.mm_path and not Path(args.mm_path).is_dir():
+        raise CommandError(f"--mm-path {args.mm_path}: no such folder")
     found: list[tuple[str, str]] = [("simulated", "Simulated sCMOS, 2048x2048 (software)")]
     notes: list[str] = []
     try:

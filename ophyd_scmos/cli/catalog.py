@@ -71,9 +71,10 @@ def runs(args: argparse.Namespace) -> int:
                 stats = _local_file_stats(summary.file)
             except OSError:  # damaged: `show` says how
                 stats = None
+            # The writer's counts are whole only where writing ended as planned.
             lost = (
                 None
-                if stats is None or stats.frames_dropped is None
+                if stats is None or not stats.complete or stats.frames_dropped is None
                 else (stats.frames_dropped + (stats.frames_missed or 0))
             )
             rows.append({**_summary_dict(summary), "lost": lost})
@@ -106,6 +107,8 @@ def show(args: argparse.Namespace) -> int:
     """Summarize one run (frames, file, compression, gaps, frame intervals); draw a PNG."""
     from ophyd_scmos.catalog import start_local_server
 
+    if args.png is not None and not args.no_png:
+        args.png = _png_path(args.png)
     _require_catalog(args.catalog)
     with reaching_catalog(args.catalog):
         start_local_server(args.catalog)  # if none runs: it starts while this process imports
@@ -126,7 +129,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
         print(f"ophyd-scmos show: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
     if summary.key is None:
-        print(f"run {summary.uid} has no images", file=sys.stderr)
+        print(f"ophyd-scmos show: run {summary.uid} has no images", file=sys.stderr)
         return 1
     node = run[summary.stream][summary.key]
     try:
@@ -183,7 +186,8 @@ def sync(args: argparse.Namespace) -> int:
             print(line if result.error is None else f"{line}\n  {result.error}")
 
     with (
-        _opened(args.to, args.api_key) as target,
+        # An existing catalog: a mistyped URL (no http://) is not made a new local one.
+        _opened(args.to, args.api_key, existing=True) as target,
         _opened(args.catalog, args.api_key, existing=True) as source,
     ):
         results = sync_runs(
@@ -334,11 +338,13 @@ def _print_report(r: dict[str, Any]) -> None:
             f"MB raw, {r['stored_bytes'] / MB:.1f} MB stored: compression "
             f"{r['compression_ratio']:.2f}x ({filters})"
         )
-        state = "complete" if r["complete"] else "not closed by its writer"
-        print(
-            f"writer     {r['frames_written']} written, {r['frames_dropped']} dropped, "
-            f"{r['frames_missed']} missed; {state}"
-        )
+        if r["complete"] is None:
+            print("writer     no counts: the file was not closed by its writer")
+        else:
+            print(
+                f"writer     {r['frames_written']} written, {r['frames_dropped']} dropped, "
+                f"{r['frames_missed']} missed; {'complete' if r['complete'] else 'ended early'}"
+            )
         gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in r["gaps"][:10])
         more = " ..." if len(r["gaps"]) > 10 else ""
         if not r["gaps"]:
@@ -392,10 +398,27 @@ def _draw(
         f"run {summary.uid[:8]}  {summary.stream}/{summary.key}  {summary.frames} "
         f"frames  {Path(summary.file).name if summary.file else ''}"
     )
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    try:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=80)
+    except OSError as exc:
+        raise CommandError(f"cannot write the picture {png}: {exc}") from None
+    finally:
+        plt.close(fig)
     return count
+
+
+def _png_path(text: str) -> Path:
+    """Where `--png` asks for the picture: a .png file (the suffix added where none is given,
+    as matplotlib would, so the path said is the path written), not a directory."""
+    png = Path(text).expanduser().absolute()
+    if png.is_dir():
+        raise CommandError(f"--png {text} is a directory; name the picture's file")
+    if not png.suffix:
+        png = png.with_name(png.name + ".png")
+    elif png.suffix.lower() != ".png":
+        raise CommandError(f"--png {text}: the picture is a PNG; name a .png file")
+    return png
 
 
 def _mean_frame(node: Any, shape: tuple[int, ...], wanted: int) -> tuple[Any, int]:
@@ -530,7 +553,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("sync", help=sync.__doc__, description=sync.__doc__)
     p.add_argument("uids", nargs="*", metavar="UID", help="runs to copy (default: all)")
-    p.add_argument("--to", required=True, metavar="URL", help="the catalog server")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="URL|DIR",
+        help="the catalog server (http://...), or the directory of an existing catalog",
+    )
     p.add_argument(
         "--from",
         dest="catalog",

@@ -8,7 +8,15 @@ import sys
 import time
 from typing import Any, cast
 
-from ophyd_scmos.cli import reaching_catalog
+from ophyd_scmos.cli import (
+    CommandError,
+    no_run_aborted_traceback,
+    positive,
+    reaching_catalog,
+    run_error,
+)
+
+EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
 
 #: Where `demo --align` hides the sample: motor units, off centre, between scan points.
 ALIGN_SAMPLE = (0.73, -0.26)
@@ -27,17 +35,18 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
     from bluesky import RunEngine
     from bluesky.plans import count
+    from bluesky.utils import RunEngineInterrupted
 
-    from ophyd_scmos import ROI, CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
+    from ophyd_scmos import CatalogWriter, open_catalog
     from ophyd_scmos.session import FrameProgress
 
-    with reaching_catalog(args.catalog):  # before the camera: a wrong URL takes no frame
-        catalog = open_catalog(args.catalog)
-    driver = SimulatedSCMOS(seed=args.seed)
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
-    if not args.full_frame:
-        cam.roi.set(ROI.centered(driver.sensor_shape, args.roi, args.roi).as_tuple())
-    cam.exposure_time.set(args.exposure)
+    cam, driver = _camera(args)  # its options checked first; it takes no frame before the run
+    try:
+        with reaching_catalog(args.catalog):
+            catalog = open_catalog(args.catalog)
+    except CommandError:
+        cam.destroy()
+        raise
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog))
     progress = FrameProgress(args.num, cam.name)
@@ -49,7 +58,22 @@ def demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        (uid,) = cast("tuple[str]", RE(count([cam], num=args.num)))
+        with no_run_aborted_traceback():
+            (uid,) = cast("tuple[str]", RE(count([cam], num=args.num)))
+    except RunEngineInterrupted:  # Ctrl-C: bluesky paused the run; end it, keeping it
+        progress.close()
+        with no_run_aborted_traceback():
+            (uid,) = cast("tuple[str]", RE.abort("interrupted (Ctrl-C)"))
+        cam.destroy()
+        print(
+            f"ophyd-scmos demo: interrupted; run {uid} ends with the {cam.frames_written.get()} "
+            f"frames taken, in {cam.file_path.get()}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        cam.destroy()
+        raise CommandError(run_error(exc), code=1) from None
     finally:
         progress.close()
     acquired = progress.elapsed  # from the run's start to its last frame, set-up aside
@@ -89,16 +113,12 @@ def align(args: argparse.Namespace) -> int:
     from bluesky.plans import scan
     from ophyd.sim import SynAxis
 
-    from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS
+    from ophyd_scmos import ROI
     from ophyd_scmos.drivers import sample_on_stage
     from ophyd_scmos.pipeline import layout
 
-    driver = SimulatedSCMOS(seed=args.seed)
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
-    sensor = driver.sensor_shape
-    roi = ROI.full(sensor) if args.full_frame else ROI.centered(sensor, args.roi, args.roi)
-    cam.roi.set(roi.as_tuple())
-    cam.exposure_time.set(args.exposure)
+    cam, driver = _camera(args)
+    roi = ROI(*cam.roi.get())
     # A region where the sample is to be, so the scene's noise over the rest does not count.
     side = ALIGN_REGION
     cam.rois["sample"] = ((roi.width - side) // 2, (roi.height - side) // 2, side, side)
@@ -149,12 +169,37 @@ def align(args: argparse.Namespace) -> int:
     return 0 if agreed else 1
 
 
+def _camera(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The demo's camera and its simulated sensor, or a `CommandError` saying which option
+    it refused (an ROI larger than the sensor, an exposure, a write directory)."""
+    from ophyd_scmos import ROI, SCMOSCamera, SimulatedSCMOS
+    from ophyd_scmos.files import prepare_dir
+
+    driver = SimulatedSCMOS(seed=args.seed)
+    sensor = driver.sensor_shape
+    if not args.full_frame and args.roi > min(sensor):
+        raise CommandError(f"--roi {args.roi}: the sensor is {sensor[1]}x{sensor[0]}")
+    try:
+        cam = SCMOSCamera(name="cam", driver=driver, write_dir=args.write_dir)
+        prepare_dir(cam.write_dir)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--write-dir: {exc}") from None
+    try:
+        roi = ROI.full(sensor) if args.full_frame else ROI.centered(sensor, args.roi, args.roi)
+        cam.roi.set(roi.as_tuple())
+        cam.exposure_time.set(args.exposure)
+    except ValueError as exc:
+        cam.destroy()
+        raise CommandError(str(exc)) from None
+    return cam, driver
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help=demo.__doc__, description=demo.__doc__)
-    p.add_argument("--num", type=int, default=10_000, help="frames (events) to take")
-    p.add_argument("--roi", type=int, default=256, help="side of the centred square ROI")
+    p.add_argument("--num", type=positive(int), default=10_000, help="frames (events) to take")
+    p.add_argument("--roi", type=positive(int), default=256, help="side of the centred square ROI")
     p.add_argument("--full-frame", action="store_true", help="use the whole 2048x2048 sensor")
-    p.add_argument("--exposure", type=float, default=0.001, help="exposure time, seconds")
+    p.add_argument("--exposure", type=positive(float), default=0.001, help="exposure time, seconds")
     p.add_argument("--seed", type=int, default=0, help="simulated camera seed")
     p.add_argument("--write-dir", default=None, help="where the HDF5 file goes")
     p.add_argument("--catalog", default=None, help="catalog directory or server URL")

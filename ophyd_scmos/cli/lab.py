@@ -11,18 +11,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from ophyd_scmos.cli import EXIT_CONFIG, reaching_catalog
+from ophyd_scmos.cli import (
+    EXIT_CONFIG,
+    no_run_aborted_traceback,
+    positive,
+    reaching_catalog,
+    run_error,
+)
 
-EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
+EXIT_INTERRUPTED = 128  #: plus the signal's number, as shells report it: 130 for Ctrl-C
 
 
 def default_profile() -> Path:
@@ -95,6 +98,8 @@ def acquire(args: argparse.Namespace) -> int:
         RE = make_run_engine(lab, progress=False, sigint=False)
         RE.subscribe(CatalogWriter(catalog))
         interrupt = _Interrupt(RE, cam, flying=args.num is None)
+        started: list[str] = []  # the run's uid, also where it fails
+        RE.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
         if args.num is not None:
             plan = count([cam], num=args.num)
             total = args.num * int(cam.frames_per_point.get())
@@ -103,29 +108,33 @@ def acquire(args: argparse.Namespace) -> int:
                 movie(cam, frames=args.frames, seconds=args.seconds), interrupt.at_kickoff
             )
             interval = cam.settings.frame_interval
-            total = args.frames or max(1, round(args.seconds / interval))
+            total = args.frames or max(1, round(min(args.seconds / interval, 1e12)))
         progress = FrameProgress(total, cam.name)
         RE.subscribe(progress)
+        error = None
         try:
             # The RunEngine's own messages go to stderr: stdout is the result (--json).
             with (
                 warnings.catch_warnings(),
                 interrupt,
                 contextlib.redirect_stdout(sys.stderr),
-                _no_run_aborted_traceback(),
+                no_run_aborted_traceback(),
             ):
                 warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
                 try:
-                    (uid,) = cast("tuple[str]", RE(plan))  # not call_returns_result
+                    RE(plan)
                 except RunEngineInterrupted:  # a count paused by Ctrl-C: end it, keep it
-                    (uid,) = cast("tuple[str]", RE.stop())
+                    RE.stop()
         except Exception as exc:  # the camera's, the writer's or the catalog's own message
-            print(f"ophyd-scmos acquire: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+            error = run_error(exc)
+            print(f"ophyd-scmos acquire: {error}", file=sys.stderr)
+            if not started:
+                return 1
         finally:
             progress.close()
+        # Also for a failed run: what it holds is in the catalog and the file.
         result = {
-            "uid": uid,
+            "uid": started[-1],
             "scan_id": RE.md.get("scan_id"),
             "plan": "count" if args.num is not None else "movie",
             "file": cam.file_path.get(),
@@ -133,6 +142,7 @@ def acquire(args: argparse.Namespace) -> int:
             "frames_dropped": int(cam.frames_dropped.get()),
             "frames_missed": int(cam.frames_missed.get()),
             "catalog": lab.catalog.describe(),
+            "error": error,
         }
     finally:
         cam.destroy()
@@ -146,8 +156,10 @@ def acquire(args: argparse.Namespace) -> int:
             f"{result['frames_missed']} missed"
         )
         print(f"catalog  {result['catalog']}  (scan {result['scan_id']})")
-    if interrupt.seen:
-        return EXIT_INTERRUPTED
+    if error is not None:
+        return 1
+    if interrupt.signal:
+        return EXIT_INTERRUPTED + interrupt.signal
     lost = result["frames_dropped"] + result["frames_missed"]
     if lost:
         print(
@@ -240,26 +252,35 @@ def _load(path: str | None, command: str) -> Any:
 
 
 class _Interrupt:
-    """Ctrl-C ends the acquisition early and keeps it: a movie stops the camera and the run
-    ends with the frames so far, a count ends after the current event. A second Ctrl-C
-    raises KeyboardInterrupt as usual."""
+    """Ctrl-C, or SIGTERM (`timeout`, a batch system's end of job), ends the acquisition
+    early and keeps it: a movie stops the camera and the run ends with the frames so far, a
+    count ends after the current event. The same signal again acts as it would have."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, RE: Any, cam: Any, *, flying: bool):
-        self.RE, self.cam, self.flying, self.seen = RE, cam, flying, False
+        self.RE, self.cam, self.flying = RE, cam, flying
+        self.signal = 0  #: the signal that ended it early, if one did
+
+    @property
+    def seen(self) -> bool:
+        return self.signal != 0
 
     def __enter__(self) -> _Interrupt:
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous: dict[int, Any] = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
     def handle(self, signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, self.previous)
-        self.seen = True
+        signal.signal(signum, self.previous[signum])
+        self.signal = self.signal or signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "the same signal"
         print(
-            "\nophyd-scmos acquire: interrupted; ending the run, keeping the frames taken "
-            "(Ctrl-C again to stop at once)",
+            f"\nophyd-scmos acquire: {signal.Signals(signum).name}: ending the run, keeping "
+            f"the frames taken ({again} again to stop at once)",
             file=sys.stderr,
             flush=True,
         )
@@ -306,9 +327,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("acquire", help=acquire.__doc__, description=acquire.__doc__)
     _config_option(p)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--num", type=_positive(int), help="count: this many events (frames)")
-    what.add_argument("--frames", type=_positive(int), help="movie: this many frames, full rate")
-    what.add_argument("--seconds", type=_positive(float), help="movie: this long, full rate")
+    what.add_argument("--num", type=positive(int), help="count: this many events (frames)")
+    what.add_argument("--frames", type=positive(int), help="movie: this many frames, full rate")
+    what.add_argument("--seconds", type=positive(float), help="movie: this long, full rate")
     p.add_argument("--camera", help="which configured camera (default: the first)")
     p.add_argument(
         "--roi",
@@ -319,7 +340,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one 8 MB)",
     )
     p.add_argument("--binning", type=int, help="square binning: 1, 2, 4 (what the camera offers)")
-    p.add_argument("--exposure", type=_positive(float), help="exposure time, seconds")
+    p.add_argument("--exposure", type=positive(float), help="exposure time, seconds")
     p.add_argument(
         "--compression",
         metavar="CODEC",
@@ -329,7 +350,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=acquire)
 
     p = subparsers.add_parser(
-        "config", help="check the lab configuration", description="The lab configuration."
+        "config", help="Check the lab configuration.", description="The lab configuration."
     )
     sub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     check = sub.add_parser("check", help=config_check.__doc__, description=config_check.__doc__)
@@ -338,30 +359,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-cameras", action="store_true", help="check the file only; open no camera"
     )
     check.set_defaults(func=config_check)
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
-        return value
-
-    return parse
-
-
-class _RunAbortedFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Run aborted"
-
-
-@contextlib.contextmanager
-def _no_run_aborted_traceback() -> Iterator[None]:
-    """`acquire` says in one line why its run failed (the file, what it holds): bluesky's
-    traceback of the same failure, logged as "Run aborted", would bury that line."""
-    bluesky_log, quiet = logging.getLogger("bluesky"), _RunAbortedFilter()
-    bluesky_log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        bluesky_log.removeFilter(quiet)

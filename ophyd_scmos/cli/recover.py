@@ -4,7 +4,7 @@ and close the run it belongs to.
 A stream recovers its own file when its writer dies; this is for what no stream was left to
 recover. HDF5 marks a file open for writing in its superblock; after a crash the mark stays
 and readers refuse the file. Clearing it is what `h5clear -s` does (Debian's h5clear is too
-old for these files). With ``--catalog``, the run whose acquiring process died gets the
+old for these files). With `--catalog`, the run whose acquiring process died gets the
 image references and the stop document that process never wrote
 (`ophyd_scmos.catalog.recover`), so it replays the frames the file holds. Frame rings left
 in /dev/shm by processes that are gone (killed with their process group) are removed.
@@ -66,8 +66,15 @@ def recover(args: argparse.Namespace) -> int:
                 frames = layout.stored_frames(f)
                 entry = dict(f[layout.ENTRY].attrs)
                 last_frame = float(f[layout.HOST_TIMESTAMP][frames - 1]) if frames else None
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # KeyError, RuntimeError:
-            # h5py's words for a damaged object or attribute heap
+        except KeyError as exc:  # h5py's words for an object not there (a foreign file) or
+            # damaged; they name no file
+            print(
+                f"ophyd-scmos recover: {path}: {exc.args[0] if exc.args else exc}", file=sys.stderr
+            )
+            failed += 1
+            continue
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: h5py's words for
+            # a damaged attribute heap
             print(f"ophyd-scmos recover: {exc}", file=sys.stderr)
             failed += 1
             continue

@@ -166,7 +166,9 @@ def clear_open_flags(path: str | os.PathLike) -> bool:
     with open(path, "r+b") as f:
         head = f.read(12)
         if head[:8] != SIGNATURE or head[8] not in (2, 3):
-            raise ValueError(f"{path}: not an HDF5 file with a version 2/3 superblock")
+            raise ValueError(
+                f"{path}: not a file ophyd-scmos wrote (no HDF5 version 2/3 superblock)"
+            )
         size = 12 + 4 * head[9]  # base, extension, end-of-file and root addresses
         f.seek(0)
         block = f.read(size + 4)

@@ -104,3 +104,16 @@ def test_a_catalog_path_that_holds_no_catalog_is_refused_and_left_alone(command,
         err = capsys.readouterr().err
         assert says in err and len(err.splitlines()) == 1, err
     assert not typo.exists() and list(data.iterdir()) == []
+
+
+def test_sync_to_what_is_no_url_nor_catalog_is_refused_and_makes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    """`--to catalog.example.org:8000` (no http://) made a new local catalog of that name and
+    reported every run copied into it."""
+    monkeypatch.chdir(tmp_path)
+    for target in ("notaurl", "catalog.example.org:8000"):
+        assert main(["sync", "--to", target]) == 2
+        err = capsys.readouterr().err
+        assert "no catalog in" in err and target in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -166,6 +166,28 @@ def test_show_summarizes_a_run_and_draws_it(
     assert "gaps       none" in text and "picture" not in text
 
 
+def test_show_writes_the_picture_where_it_says(
+    catalog_dir: Path,
+    camera_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--png pic` writes pic.png and says so; a path that is no PNG, a directory or where
+    nothing can be written is one line, exit 2, not a traceback after the work."""
+    args = ["show", camera_run["uid"], "--catalog", str(catalog_dir), "--mean-frames", "2"]
+    assert main([*args, "--json", "--png", str(tmp_path / "pic")]) == 0
+    assert json.loads(capsys.readouterr().out)["png"] == str(tmp_path / "pic.png")
+    assert (tmp_path / "pic.png").stat().st_size > 0
+    for png, says in (
+        (tmp_path / "pic.txt", "name a .png file"),
+        (tmp_path, "is a directory"),
+        (Path("/proc/no/pic.png"), "cannot write the picture"),
+    ):
+        assert main([*args, "--png", str(png)]) == 2
+        out, err = capsys.readouterr()
+        assert says in err and err.count("\n") == 1, err
+
+
 def test_file_stats_find_gaps_compression_and_intervals(tmp_path: Path) -> None:
     """A file as the writer leaves it after drops: frame numbers skip, the clock jumps."""
     import hdf5plugin
@@ -379,6 +401,7 @@ def test_sync_names_a_movie_file_once(
     (copied_uid,) = RE(movie(cam, frames=50))
     copied_path = Path(cam.file_path.get())
     cam.destroy()
+    open_catalog(tmp_path / "target")  # a catalog to sync into is one already
     sync = ["sync", "--from", str(catalog_dir), "--to", str(tmp_path / "target")]
     assert main([*sync, uid]) == 0
     out = capsys.readouterr().out

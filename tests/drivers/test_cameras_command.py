@@ -26,6 +26,13 @@ def test_cameras_lists_every_driver_with_a_spec_that_opens_it(fake_gige, mm_demo
         driver.close()
 
 
+def test_a_micromanager_folder_that_is_not_there_is_refused(tmp_path, capsys):
+    """Not silently left out of the list, as if it held no camera."""
+    assert main(["cameras", "--mm-path", str(tmp_path / "nope")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--mm-path" in err and "no such folder" in err
+
+
 def test_cameras_leaves_out_micromanagers_virtual_devices(mm_demo_available, capsys):
     from pymmcore_plus import CMMCorePlus
 

@@ -188,6 +188,21 @@ def _kill_acquisition(
     return uid, paths
 
 
+def test_recover_says_of_a_file_it_did_not_write_what_it_is(tmp_path, capsys):
+    """An HDF5 file of another program: one written with h5py's defaults (an older
+    superblock) is named as not ours, not as "not an HDF5 file"; one of the same format
+    without our groups is named with h5py's words, which name no file."""
+    older, foreign = tmp_path / "older.h5", tmp_path / "foreign.h5"
+    with h5py.File(older, "w") as f:
+        f["x"] = [1, 2, 3]
+    with h5py.File(foreign, "w", libver="latest") as f:
+        f["x"] = [1, 2, 3]
+    assert main(["recover", str(older), str(foreign)]) == 1
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"ophyd-scmos recover: {older}: not a file ophyd-scmos wrote")
+    assert second.startswith(f"ophyd-scmos recover: {foreign}: ") and "entry" in second
+
+
 @pytest.mark.parametrize("plan", ["count", "movie"])
 def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     plan, catalog_dir, tmp_path, capsys, monkeypatch
