@@ -22,6 +22,7 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.plans import movie
 
 
@@ -307,12 +308,14 @@ class UnpluggedMidMovie(SimulatedSCMOS):
 
 def test_a_camera_lost_mid_movie_fails_it_saying_so_and_keeps_its_frames(tmp_path, RE, recorder):
     """The movie fails with the camera's error, not with the camera refusing its settings
-    back (which only warns), and the file, closed with every frame, says it ended early."""
+    back (which only warns); its last page points at every frame the file keeps (the writer
+    flushes only when asked here: the frames taken were still on their way), and the file,
+    closed with every frame, says it ended early."""
     cam = SCMOSCamera(
         name="cam",
         driver=UnpluggedMidMovie(shape=(256, 320), seed=7),
         write_dir=tmp_path / "data",
-        ring_mb=4,
+        options=PipelineOptions(ring_mb=4, flush_interval=30),
     )
     try:
         with (

@@ -117,7 +117,8 @@ def test_two_hundred_runs_leak_no_descriptors_threads_or_shared_memory(cam, RE):
     deadline = time.monotonic() + 5  # a finished status thread may still be ending
     while _threads() > threads and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (_open_fds(), _threads(), _rings()) == (fds, threads, rings)
+    # No more than before (fewer is no leak: what an earlier test left may close meanwhile).
+    assert _open_fds() <= fds and _threads() <= threads and _rings() == rings
     assert len(list(Path(cam.write_dir).iterdir())) == 201
 
 

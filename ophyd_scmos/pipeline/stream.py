@@ -387,11 +387,13 @@ class FrameStream:
 
     def wait_settled(self, timeout: float) -> None:
         """After `stop`: return once every frame in the ring is in the file, with its
-        statistics (a cut file's count: frames cut off by `truncate` never will be)."""
+        statistics (a cut file's count: frames cut off by `truncate` never will be). After a
+        camera failure the writer goes on, so its frames are waited for too (a movie's last
+        page then points at them), before the failure is raised."""
         deadline = time.monotonic() + timeout
         target = self._file_frames
         self._ask_flush(target, Op.SETTLE)
-        while self.frames_readable < target and self.error is None:
+        while self.frames_readable < target and self._writing():
             if time.monotonic() > deadline:
                 raise StreamError(
                     f"only {self.frames_readable} of {target} frames reached "
@@ -604,6 +606,10 @@ class FrameStream:
         if self.writer is None:
             raise StreamError(f"the stream of {self.path} was never opened")
         return self.writer
+
+    def _writing(self) -> bool:
+        """The writer still takes what the ring holds: no failure, or the camera's."""
+        return self.error is None or (self._ended_early is not None and not self._closed.is_set())
 
     def _recording(self) -> bool:
         return self._gate is None or self.frames_acquired < self._gate
