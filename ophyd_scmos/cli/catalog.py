@@ -280,6 +280,17 @@ def _find_run(catalog: Any, text: str) -> Any:
         if not kinds:
             raise LookupError(f"{text} is too short for a uid: give 5 characters at least")
         raise LookupError(f"no run has the {' or '.join(kinds)} {text}")
+    if by_scan is not None and by_uid is None:
+        from tiled.queries import Key
+
+        # Scan ids start again where a RunEngine keeps none (a script's `RunEngine({})`).
+        same = len(catalog.search(Key("start.scan_id") == int(text)))
+        if same > 1:
+            print(
+                f"ophyd-scmos show: scan {text} names {same} runs; this is the latest (give a "
+                "uid for another)",
+                file=sys.stderr,
+            )
     return by_scan if by_scan is not None else by_uid
 
 
@@ -313,12 +324,13 @@ def _summary_dict(summary: RunSummary) -> dict[str, Any]:
 
 
 def _shape_text(shape: list[int]) -> str:
-    """(events, k, H, W) as ``HxW``, or ``k x HxW`` where an event holds several frames."""
+    """(events, k, H, W) as ``HxW``, or ``HxW, k an event`` where an event holds several
+    frames (``3 x HxW`` read as three times the frames)."""
     if len(shape) < 2:
         return "-"
     frame = "x".join(map(str, shape[-2:]))
     per_event = math.prod(shape[1:-2])
-    return frame if per_event == 1 else f"{per_event} x {frame}"
+    return frame if per_event == 1 else f"{frame}, {per_event} an event"
 
 
 def _print_report(r: dict[str, Any]) -> None:

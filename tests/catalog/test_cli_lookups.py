@@ -117,3 +117,19 @@ def test_sync_to_what_is_no_url_nor_catalog_is_refused_and_makes_nothing(
         err = capsys.readouterr().err
         assert "no catalog in" in err and target in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scan_id_several_runs_share_shows_the_latest_saying_so(tmp_path, capsys):
+    """Scripts with `RunEngine({})` number every run scan 1: `show 1` shows the latest and
+    says how many runs the number names."""
+    catalog = open_catalog(tmp_path / "catalog")
+    writer = TiledWriter(catalog)
+    uids = [f"77777{k}aa-0000-4000-8000-00000000000{k}" for k in range(3)]
+    for uid in uids:
+        run = compose_run(uid=uid, metadata={"scan_id": 1})
+        writer("start", run.start_doc)
+        writer("stop", run.compose_stop())
+    assert main(["show", "1", "--catalog", str(tmp_path / "catalog"), "--no-png"]) == 1
+    first, second = capsys.readouterr().err.splitlines()
+    assert "scan 1 names 3 runs; this is the latest" in first
+    assert uids[-1] in second  # it has no images
