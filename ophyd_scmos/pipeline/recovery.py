@@ -60,6 +60,11 @@ def read_superblock(path: str | os.PathLike) -> Superblock:
                     break
                 at = 512 if at == 0 else 2 * at
             else:
+                if size == 0:  # a camera reserves its run's file name empty, then writes it
+                    raise UnreadableFile(
+                        f"{path} is empty: a run starting (its writer has not opened it "
+                        "yet), or one whose start failed"
+                    )
                 raise UnreadableFile(f"{path} is not an HDF5 file (no superblock in {size} bytes)")
     except FileNotFoundError:
         raise MissingFile(
@@ -165,6 +170,8 @@ def clear_open_flags(path: str | os.PathLike) -> bool:
     """
     with open(path, "r+b") as f:
         head = f.read(12)
+        if not head:
+            read_superblock(path)  # says what an empty file is
         if head[:8] != SIGNATURE or head[8] not in (2, 3):
             raise ValueError(
                 f"{path}: not a file ophyd-scmos wrote (no HDF5 version 2/3 superblock)"

@@ -18,6 +18,7 @@ timestamp, host timestamp, generation), then page-aligned frame slots.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sys
@@ -144,7 +145,7 @@ class FrameRing:
         try:
             shm = shared_memory.SharedMemory(name, create=True, size=size)
         except OSError as exc:
-            raise MemoryError(_no_room(size, str(exc))) from exc
+            raise MemoryError(_no_room(size, str(exc), exc.errno)) from exc
         try:
             # tmpfs hands out a segment larger than its free space, and touching the pages
             # then kills the process with SIGBUS: reserve them now, where failing is an error.
@@ -158,7 +159,7 @@ class FrameRing:
             shm.close()
             shm.unlink()
             if isinstance(exc, OSError):
-                raise MemoryError(_no_room(size, exc.strerror or str(exc))) from exc
+                raise MemoryError(_no_room(size, exc.strerror or str(exc), exc.errno)) from exc
             raise
         return ring
 
@@ -271,7 +272,13 @@ def _free_shm() -> int | None:
     return disk.f_bavail * disk.f_frsize
 
 
-def _no_room(size: int, reason: str) -> str:
+def _no_room(size: int, reason: str, errno_: int | None = None) -> str:
+    if errno_ == errno.EFBIG:  # not the room: this process may make no file that large
+        return (
+            f"cannot make a {size / 2**20:.0f} MiB frame ring in shared memory ({reason}): "
+            "the process's file-size limit (ulimit -f) is smaller; raise it, or give the "
+            "camera a smaller ring (ring_mb=...)"
+        )
     free = _free_shm()
     free_text = "" if free is None else f"; {free / 2**20:.0f} MiB free"
     return (

@@ -192,6 +192,10 @@ def test_recover_says_of_a_file_it_did_not_write_what_it_is(tmp_path, capsys):
     """An HDF5 file of another program: one written with h5py's defaults (an older
     superblock) is named as not ours, not as "not an HDF5 file"; one of the same format
     without our groups is named with h5py's words, which name no file."""
+    empty = tmp_path / "empty.h5"  # a camera's file name, reserved as its run starts
+    empty.touch()
+    assert main(["recover", str(empty)]) == 1
+    assert f"{empty} is empty: a run starting" in capsys.readouterr().err
     older, foreign = tmp_path / "older.h5", tmp_path / "foreign.h5"
     with h5py.File(older, "w") as f:
         f["x"] = [1, 2, 3]

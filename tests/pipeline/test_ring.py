@@ -107,6 +107,29 @@ def test_a_ring_larger_than_free_shared_memory_is_refused_before_it_kills(tmp_pa
     assert "alive; files: []" in run.stdout  # no file is left behind either
 
 
+def test_a_ring_beyond_the_file_size_limit_is_refused_saying_so(tmp_path):
+    """`ulimit -f` below the ring's size (above what a new file needs): the advice is that
+    limit, not a larger /dev/shm."""
+    import resource
+
+    limit = 32 << 20
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run = subprocess.run(
+        [sys.executable, "-c", SMALL_SHM, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "refused: cannot make a 64 MiB frame ring" in run.stdout
+    assert "file-size limit (ulimit -f)" in run.stdout and "/dev/shm larger" not in run.stdout
+    assert "alive; files: []" in run.stdout
+
+
 def test_rings_left_by_processes_that_are_gone_are_removed():
     """A process killed with its whole group leaves its ring in /dev/shm: the next ring made
     on the machine removes it, and leaves the rings of living processes alone."""
