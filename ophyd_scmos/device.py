@@ -694,6 +694,7 @@ class SCMOSCamera(Device):
             return
         finally:
             self._warn_lost(stream)
+            self._warn_period(stream)
             if self._writer is not None and not self._writer.alive:
                 self._drop_writer()  # it died: free its ring now, start another next run
         self._update_signals(stream)
@@ -705,6 +706,23 @@ class SCMOSCamera(Device):
                 f"{self.name}: {stream.frames_missed} frame(s) missed by the camera and "
                 f"{stream.frames_dropped} dropped from a full ring; {stream.path} records "
                 "the counts (frames_missed, frames_dropped) and the gaps in frame_number",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _warn_period(self, stream: FrameStream) -> None:
+        """Free-running frames that did not keep the period asked (SDKs that ignore it, as
+        many Micro-Manager adapters do): say so, as the file records the period asked."""
+        s = self.driver.settings
+        if s.trigger_mode is not TriggerMode.INTERNAL or s.acquire_period <= s.exposure_time:
+            return  # as fast as the exposure allows: no period to keep
+        measured = stream.frame_interval
+        if measured is not None and not 0.8 <= measured / s.acquire_period <= 1.25:
+            warnings.warn(
+                f"{self.name}: frames came {measured * 1e3:.3g} ms apart, not the "
+                f"acquire_period of {s.acquire_period * 1e3:.3g} ms asked: the camera (or its "
+                f"SDK's adapter) does not keep it. {stream.path} records the period asked; "
+                "its frame times are the camera's",
                 RuntimeWarning,
                 stacklevel=3,
             )

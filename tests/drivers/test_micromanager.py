@@ -162,3 +162,22 @@ def test_external_trigger_is_refused_naming_what_to_do(mm):
     driver = mm("DemoCamera:DCam")
     with pytest.raises(ValueError, match="external.*trigger property"):
         driver.configure(CameraSettings(trigger_mode=TriggerMode.EXTERNAL))
+
+
+def test_a_period_the_camera_does_not_keep_is_said_at_the_movies_end(mm, tmp_path: Path):
+    """The DemoCamera's adapter ignores the interval MMCore is given: frames come as fast as
+    the exposure allows. The file records the period asked, so the run's end says so."""
+    from bluesky import RunEngine
+
+    from ophyd_scmos import SCMOSCamera
+    from ophyd_scmos.plans import movie
+
+    cam = SCMOSCamera(name="cam", driver=mm("DemoCamera:DCam"), write_dir=tmp_path, ring_mb=4)
+    try:
+        cam.roi.set(ROI_.as_tuple())
+        cam.exposure_time.set(0.005)
+        cam.acquire_period.set(0.05)
+        with pytest.warns(RuntimeWarning, match=r"not the acquire_period of 50 ms asked"):
+            RunEngine({})(movie(cam, frames=20))
+    finally:
+        cam.destroy()
