@@ -9,7 +9,14 @@ writes what it holds whenever it has held something for `interval` seconds: a ru
 reach the catalog within about a second, in one request per table and image per second
 however fast the events come. Those requests cost ~0.05-0.25 s on a 2-core machine for a
 second of a fast step scan (a few hundred events): where they take longer than 5% of the
-time, the next waits longer, so the scan keeps its pace.
+time, the next waits longer.
+
+The writing ahead is done on a thread of its own, and the RunEngine never waits for it: a
+document that comes while it writes is queued, and taken in order once it is done (a run's
+stop waits for it, then is written as TiledWriter writes it). A catalog server that stops
+answering mid-run (whose client retries for many seconds) then neither holds up nor fails
+the scan: what could not be written stays held, is tried again later, and is written at the
+run's end, or fails there as with TiledWriter.
 
 This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the two methods
 that write them, the ones its own batching and stop use); tests/catalog/test_writing.py
@@ -18,6 +25,8 @@ checks it against the installed version.
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 import weakref
@@ -28,37 +37,38 @@ from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
 
 __all__ = ["CatalogWriter"]
 
+logger = logging.getLogger(__name__)
+
 #: seconds a run's events and image references may wait in memory before they are written
 INTERVAL = 1.0
 #: at most this share of a run's time goes to writing ahead of its end: a write that took
 #: 0.1 s (a fast step scan's second of events, here) puts the next 2 s away, not 1
 WRITE_SHARE = 0.05
+#: the longest wait between tries to write ahead while the catalog does not answer
+LONGEST_WAIT = 60.0
 
 
 class _PacedRunWriter(_RunWriter):
-    """One run's writer that writes what it holds once the oldest of it is `interval` old.
-
-    Written before a new event or image reference is taken, never just after: an event and
-    the image reference that follows it then reach the catalog together."""
+    """One run's writer, which writes what it holds before the run ends when `write_if_due`
+    (the writer's thread) finds it held long enough."""
 
     def __init__(self, client: Any, *, interval: float, **kwargs: Any):
         super().__init__(client, **kwargs)
         self.interval = interval
         self._held_since: float | None = None  #: when the oldest unwritten data came
-        self._wait = interval  #: how long data waits: `interval`, or longer after slow writes
+        self._wait = interval  #: how long data waits: `interval`, longer after slow writes
+        self._failed = False  #: a write ahead failed (said once)
 
     def event(self, doc: Any) -> None:
-        self.write_if_due()
         super().event(doc)
         self._hold()
 
     def stream_datum(self, doc: Any) -> None:
-        self.write_if_due()
         super().stream_datum(doc)
         self._hold()
 
     def stop(self, doc: Any) -> None:
-        super().stop(doc)
+        super().stop(doc)  # writes all it holds, or raises as TiledWriter's
         self._held_since = None
 
     def _hold(self) -> None:
@@ -66,24 +76,28 @@ class _PacedRunWriter(_RunWriter):
             self._held_since = time.monotonic()
 
     def write_if_due(self) -> None:
-        if self._held_since is not None and time.monotonic() - self._held_since >= self._wait:
-            self.write_held()
-
-    def held_again(self) -> None:
-        """What could not be written waits as long again before the timer tries again."""
-        self._held_since = time.monotonic()
-
-    def write_held(self) -> None:
-        """Write the events and image references held, as TiledWriter's batching would."""
+        """Write the events and image references held once the oldest has waited long
+        enough, as TiledWriter's batching would. A failure keeps them held for the next
+        try, twice as far away (at most `LONGEST_WAIT`), and for the run's stop."""
+        if self._held_since is None or time.monotonic() - self._held_since < self._wait:
+            return
         started = time.monotonic()
-        for name, rows in self._internal_data_cache.items():
-            if rows:
-                self._write_internal_data(rows, desc_node=self._desc_nodes[name])
-                rows.clear()
-        while self._external_data_cache:
-            uid, doc = next(iter(self._external_data_cache.items()))
-            self._write_external_data(doc)
-            del self._external_data_cache[uid]
+        try:
+            for name, rows in self._internal_data_cache.items():
+                if rows:
+                    self._write_internal_data(rows, desc_node=self._desc_nodes[name])
+                    rows.clear()
+            while self._external_data_cache:
+                uid, doc = next(iter(self._external_data_cache.items()))
+                self._write_external_data(doc)
+                del self._external_data_cache[uid]
+        except Exception as exc:
+            if not self._failed:
+                logger.warning("the catalog took none of the run so far (tried again): %s", exc)
+            self._failed = True
+            self._held_since = time.monotonic()
+            self._wait = min(LONGEST_WAIT, 2 * self._wait)
+            return
         self._held_since = None
         self._wait = max(self.interval, (time.monotonic() - started) / WRITE_SHARE)
 
@@ -92,30 +106,48 @@ class CatalogWriter(TiledWriter):
     """A `TiledWriter` (subscribe it to the RunEngine) whose runs reach the catalog as they
     happen: events and image references are written `interval` seconds after they come,
     also while no document comes (a paused run, a long step), instead of at the run's end;
-    later where writing takes long (at most `WRITE_SHARE` of the time goes to it). What
-    fails to be written on the timer (a server gone for a moment) stays held and is tried
-    again; a failure on the RunEngine's thread fails the run, as TiledWriter's."""
+    later where writing takes long (at most `WRITE_SHARE` of the time goes to it). The
+    RunEngine never waits for that writing, but for a run's stop (see the module)."""
 
     def __init__(self, client: Any, *, interval: float = INTERVAL, **kwargs: Any):
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
         super().__init__(client, **kwargs)
         self.interval = interval
-        self._lock = threading.Lock()  # TiledWriter is not made for two threads at once
+        self._lock = threading.Lock()  #: held to take documents or write: one thread at once
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._error: BaseException | None = None  #: a document's, taken on the thread
         self._runs: weakref.WeakSet[_PacedRunWriter] = weakref.WeakSet()
-        self._timer: threading.Thread | None = None
+        self._thread = threading.Thread(
+            target=self._write_ahead, args=(weakref.ref(self),), name="scmos-catalog-writer"
+        )
+        self._thread.daemon = True
 
     def __call__(self, name: str, doc: Any) -> None:
-        with self._lock:
-            super().__call__(name, doc)
-            if self._timer is None:
-                self._timer = threading.Thread(
-                    target=self._write_on_time,
-                    args=(weakref.ref(self),),
-                    name="scmos-catalog-writer",
-                    daemon=True,
-                )
-                self._timer.start()
+        self._queue.append((name, doc))
+        if not self._thread.is_alive():
+            with self._lock:
+                if not self._thread.is_alive():
+                    self._thread.start()
+        # A stop waits for what is being written; any other document is queued meanwhile.
+        if not self._lock.acquire(blocking=name == "stop"):
+            return
+        try:
+            self._take_queued()
+        finally:
+            self._lock.release()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _take_queued(self) -> None:
+        """Take the queued documents, in order (the lock held); an error stops there."""
+        while self._queue and self._error is None:
+            name, doc = self._queue.popleft()
+            try:
+                super().__call__(name, doc)
+            except Exception as exc:  # raised to the RunEngine at its next document
+                self._error = exc
 
     def _factory(self, name: str, doc: Any) -> tuple[list[Any], list[Any]]:
         run = _PacedRunWriter(
@@ -133,16 +165,15 @@ class CatalogWriter(TiledWriter):
         return [normalizer], []
 
     @staticmethod
-    def _write_on_time(ref: weakref.ref[CatalogWriter]) -> None:
-        """Write what runs hold while no document comes; ends with its writer."""
+    def _write_ahead(ref: weakref.ref[CatalogWriter]) -> None:
+        """Take what was queued meanwhile and write what runs held long enough, four times
+        an interval; ends with its writer."""
         while (writer := ref()) is not None:
             interval = writer.interval
             with writer._lock:
+                writer._take_queued()
                 for run in list(writer._runs):
-                    try:
-                        run.write_if_due()
-                    except Exception:  # still held: tried again an interval later, by
-                        run.held_again()  # this thread or the RunEngine's (where it fails
-                        # the run); the run's stop writes it all
+                    run.write_if_due()
+                writer._take_queued()
             del writer
             time.sleep(interval / 4)

@@ -163,3 +163,41 @@ def test_a_run_written_in_pieces_reads_as_one(plan, interval, catalog_dir, tmp_p
 def test_an_interval_must_be_positive(catalog_dir):
     with pytest.raises(ValueError, match="interval must be > 0"):
         CatalogWriter(open_catalog(catalog_dir), interval=0)
+
+
+def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
+    """The catalog's server is stopped (SIGSTOP: a hung server, a network that drops
+    packets) for 6 s in the middle of a scan, longer than the writer waits between writes:
+    the scan goes on meanwhile (its documents wait for the writer), and once the server
+    answers again every event is in the catalog, once."""
+    import os
+    import threading
+
+    from ophyd.sim import det
+
+    from ophyd_scmos.catalog.local_server import find_server
+
+    catalog = open_catalog(catalog_dir)
+    server = find_server(catalog_dir)
+    assert server is not None
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.2))
+    stopped: list[float] = []
+    during: list[float] = []
+
+    def stop_the_server_for_a_while(name, doc):
+        now = time.monotonic()
+        if doc["seq_num"] == 100:
+            os.kill(server.pid, signal.SIGSTOP)
+            stopped.append(now)
+            threading.Timer(6, os.kill, (server.pid, signal.SIGCONT)).start()
+        elif stopped and 1 < now - stopped[0] < 5.5:
+            during.append(now)
+
+    RE.subscribe(stop_the_server_for_a_while, "event")
+    try:
+        (uid,) = RE(count([det], num=1500, delay=0.005))
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert len(during) > 200, "the scan waited for the catalog"
+    np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), np.arange(1, 1501))
