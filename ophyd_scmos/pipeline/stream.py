@@ -10,7 +10,6 @@ the flyer and the benchmarks all drive it the same way.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 import time
@@ -325,9 +324,11 @@ class FrameStream:
     def frame_interval(self) -> float | None:
         """The median seconds between recent frames of consecutive numbers, on the camera's
         clock (None before two): what the camera did, whatever it was asked."""
-        info = list(self._info)
-        gaps = [t1 - t0 for (n0, t0), (n1, t1) in itertools.pairwise(info) if n1 == n0 + 1]
-        return float(np.median(gaps)) if gaps else None
+        if len(self._info) < 2:
+            return None
+        numbers, times = np.array(self._info).T
+        consecutive = np.diff(numbers) == 1
+        return float(np.median(np.diff(times)[consecutive])) if consecutive.any() else None
 
     def frame_info(self, index: int) -> tuple[int, float]:
         """(camera frame number, camera timestamp) of the `index`-th frame recorded."""
