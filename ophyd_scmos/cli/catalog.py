@@ -483,6 +483,12 @@ def interval_histogram(ax: Any, intervals: Any, clock: str) -> None:
         ax.hist(ms, bins=min(100, max(10, ms.size // 20)), log=True)
 
 
+def _at_least_zero(text: str) -> int:
+    if not re.fullmatch(r"-?\d+", text) or int(text) < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, not {text}")
+    return int(text)
+
+
 def _at_least_one(text: str) -> int:
     if not re.fullmatch(r"-?\d+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text}")
@@ -557,7 +563,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-png", action="store_true", help="no picture")
     p.add_argument(
         "--mean-frames",
-        type=int,
+        type=_at_least_zero,
         default=100,
         help="frames averaged into the mean frame, spread over the run (0: all)",
     )

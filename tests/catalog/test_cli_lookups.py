@@ -78,6 +78,13 @@ def test_runs_refuses_a_count_below_one_and_lists_what_it_is_asked(catalog_dir, 
     assert [row.split()[0] for row in rows][:2] == ["abcde222", "abcde111"]
 
 
+def test_show_refuses_a_negative_number_of_frames_to_average(catalog_dir, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["show", "-1", "--mean-frames", "-1", "--catalog", str(catalog_dir)])
+    assert exit_.value.code == 2
+    assert "must be a whole number, 0 or more, not -1" in capsys.readouterr().err
+
+
 def test_a_damaged_catalog_is_refused_in_one_line(tmp_path, capsys):
     """A catalog database that is not one (a disk error, a bad copy): its server cannot
     start, and the command says why in one line, with the server's last words."""
