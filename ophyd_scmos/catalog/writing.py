@@ -18,9 +18,13 @@ answering mid-run (whose client retries for many seconds) then neither holds up 
 the scan: what could not be written stays held, is tried again later, and is written at the
 run's end, or fails there as with TiledWriter.
 
-This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the two methods
-that write them, the ones its own batching and stop use); tests/catalog/test_writing.py
-checks it against the installed version.
+While the catalog does not answer, what is held grows: once 10,000 events or image rows of
+a run are held, TiledWriter's own batching writes them on the RunEngine's thread, which then
+waits (and fails the run where the catalog still does not answer), as with TiledWriter.
+
+This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the methods that
+write them, the ones its own batching and stop use); tests/catalog/test_writing.py checks it
+against the installed version.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import weakref
 from typing import Any
 
 from bluesky_tiled_plugins import TiledWriter
+from bluesky_tiled_plugins.writing.consolidators import Patch
 from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
 
 __all__ = ["CatalogWriter"]
@@ -58,6 +63,10 @@ class _PacedRunWriter(_RunWriter):
         self._held_since: float | None = None  #: when the oldest unwritten data came
         self._wait = interval  #: how long data waits: `interval`, longer after slow writes
         self._failed = False  #: a write ahead failed (said once)
+        self._stopped = False  #: the run's stop came: it writes what is left, or fails
+        #: image references counted into their image, whose new rows the catalog has not
+        #: taken yet: consolidator -> (its node, the new rows' patches)
+        self._unsent: dict[Any, tuple[Any, list[Patch]]] = {}
 
     def event(self, doc: Any) -> None:
         super().event(doc)
@@ -68,6 +77,8 @@ class _PacedRunWriter(_RunWriter):
         self._hold()
 
     def stop(self, doc: Any) -> None:
+        self._stopped = True
+        self._send_unsent()  # image rows counted ahead, whose sending failed
         super().stop(doc)  # writes all it holds, or raises as TiledWriter's
         self._held_since = None
 
@@ -79,7 +90,9 @@ class _PacedRunWriter(_RunWriter):
         """Write the events and image references held once the oldest has waited long
         enough, as TiledWriter's batching would. A failure keeps them held for the next
         try, twice as far away (at most `LONGEST_WAIT`), and for the run's stop."""
-        if self._held_since is None or time.monotonic() - self._held_since < self._wait:
+        if self._stopped or self._held_since is None:
+            return
+        if time.monotonic() - self._held_since < self._wait:
             return
         started = time.monotonic()
         try:
@@ -87,10 +100,14 @@ class _PacedRunWriter(_RunWriter):
                 if rows:
                     self._write_internal_data(rows, desc_node=self._desc_nodes[name])
                     rows.clear()
+            # Image references are counted into their image once, then sent: a send that
+            # failed is sent again, never counted again (each count adds rows).
             while self._external_data_cache:
                 uid, doc = next(iter(self._external_data_cache.items()))
-                self._write_external_data(doc)
+                node, consolidator, patch = self._update_consolidator(doc)
                 del self._external_data_cache[uid]
+                self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
+            self._send_unsent()
         except Exception as exc:
             if not self._failed:
                 logger.warning("the catalog took none of the run so far (tried again): %s", exc)
@@ -100,6 +117,14 @@ class _PacedRunWriter(_RunWriter):
             return
         self._held_since = None
         self._wait = max(self.interval, (time.monotonic() - started) / WRITE_SHARE)
+
+    def _send_unsent(self) -> None:
+        """Give the catalog each image whose rows it has not taken yet, whole (its data
+        source as this process counts it): sent again, it is the same."""
+        for consolidator, (node, patches) in list(self._unsent.items()):
+            patch = Patch.combine_patches(patches)
+            self._update_data_source_for_node(node, consolidator.get_data_source(), patch)
+            del self._unsent[consolidator]
 
 
 class CatalogWriter(TiledWriter):
@@ -129,25 +154,38 @@ class CatalogWriter(TiledWriter):
             with self._lock:
                 if not self._thread.is_alive():
                     self._thread.start()
-        # A stop waits for what is being written; any other document is queued meanwhile.
+        # A stop waits for what is being written; any other document is queued meanwhile,
+        # and fails the run where one taken on the thread failed.
         if not self._lock.acquire(blocking=name == "stop"):
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
             return
         try:
             self._take_queued()
         finally:
             self._lock.release()
-        if self._error is not None:
+        if self._error is not None:  # a stop always gets here: no run's error outlives it
             error, self._error = self._error, None
             raise error
 
     def _take_queued(self) -> None:
-        """Take the queued documents, in order (the lock held); an error stops there."""
-        while self._queue and self._error is None:
+        """Take the queued documents, in order, each whatever became of the one before (as
+        TiledWriter takes them), the lock held. The first error is raised to the RunEngine
+        at the document it is taking, or at its next one where this thread took it."""
+        while self._queue:
             name, doc = self._queue.popleft()
+            if name == "stop" and self._error is not None:
+                # Failed on the thread, and not yet raised: the run's record says so.
+                doc = {
+                    **doc,
+                    "exit_status": "fail",
+                    "reason": f"the catalog did not take all of the run: {self._error}",
+                }
             try:
                 super().__call__(name, doc)
-            except Exception as exc:  # raised to the RunEngine at its next document
-                self._error = exc
+            except Exception as exc:
+                self._error = self._error or exc
 
     def _factory(self, name: str, doc: Any) -> tuple[list[Any], list[Any]]:
         run = _PacedRunWriter(

@@ -201,3 +201,104 @@ def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
         os.kill(server.pid, signal.SIGCONT)
     assert len(during) > 200, "the scan waited for the catalog"
     np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), np.arange(1, 1501))
+
+
+@pytest.fixture
+def flaky_catalog(monkeypatch):
+    """The catalog's transport, made to fail image-reference PUTs (`failing`), or to answer
+    the writer's thread slowly (`slow`), for as long as those are set; Tiled's client then
+    retries nothing (else each failure takes many seconds)."""
+    import threading
+
+    import httpx
+    import stamina
+
+    from ophyd_scmos.catalog import local_server
+
+    failing, slow = threading.Event(), threading.Event()
+    real = local_server.ServerTransport.handle_request
+
+    def handle_request(self, request):
+        if failing.is_set() and request.method == "PUT" and "/data_source/" in request.url.path:
+            raise httpx.ReadTimeout("the catalog does not answer", request=request)
+        if slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
+            time.sleep(1)
+        return real(self, request)
+
+    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
+    stamina.set_active(False)
+    yield failing, slow
+    stamina.set_active(True)
+
+
+def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
+    catalog_dir, tmp_path, flaky_catalog
+):
+    """Image references written ahead while the catalog failed to take them: each frame is
+    registered once (a retry counted them again: 35 rows for 25 events, unreadable)."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+
+    failing, _ = flaky_catalog
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.05))
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set(ROI_XYWH)
+    cam.exposure_time.set(0.001)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        for point in range(25):
+            (failing.set if point == 5 else failing.clear if point == 15 else int)()
+            yield from bps.trigger_and_read([cam])
+            yield from bps.sleep(0.03)
+
+    try:
+        (uid,) = RE(plan())
+    finally:
+        cam.destroy()
+    images = catalog[uid]["primary"]["cam_image"]
+    assert images.shape == (25, 1, 64, 96)
+    np.testing.assert_array_equal(images.read(), _expected(25)[:, None])
+
+
+def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_only(
+    catalog_dir, flaky_catalog
+):
+    """A stream TiledWriter refuses (data keys `seq_num` and `seq_num_`) whose descriptor
+    comes while the writer's thread writes: the run fails, its record in the catalog says so
+    (it said "success"), and the next run is not failed by that error."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from ophyd.sim import SynSignal, det
+
+    _, slow = flaky_catalog
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.05))
+    refused = [SynSignal(name="seq_num"), SynSignal(name="seq_num_")]
+    uids = []
+    RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+
+    @bpp.run_decorator()
+    def plan():
+        for _ in range(5):
+            yield from bps.trigger_and_read([det])
+        slow.set()  # the writer's next write takes a second: what comes meanwhile waits
+        yield from bps.sleep(0.3)
+        yield from bps.trigger_and_read(refused, name="refused")
+        for _ in range(20):
+            yield from bps.trigger_and_read([det])
+            yield from bps.sleep(0.1)
+
+    with pytest.raises(ValueError, match="Cannot rename seq_num"):
+        RE(plan())
+    slow.clear()
+    stop = catalog[uids[-1]].metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    (healthy,) = RE(count([det], num=3))
+    assert catalog[healthy].metadata["stop"]["exit_status"] == "success"
