@@ -110,7 +110,11 @@ class _PacedRunWriter(_RunWriter):
             self._send_unsent()
         except Exception as exc:
             if not self._failed:
-                logger.warning("the catalog took none of the run so far (tried again): %s", exc)
+                logger.warning(
+                    "the catalog did not take the run so far (tried again later; the run's "
+                    "stop writes it all): %s",
+                    exc,
+                )
             self._failed = True
             self._held_since = time.monotonic()
             self._wait = min(LONGEST_WAIT, 2 * self._wait)
