@@ -1,16 +1,17 @@
 """Closing a run whose acquiring process died, from its cameras' files
 (``ophyd-scmos recover --catalog``).
 
-TiledWriter keeps a run's events and image references in memory until the stop document (or
-until 10,000 have piled up): when the acquiring process dies, the catalog holds the run's
-start and descriptors, but no images and no stop, and shows the run "running" forever. Each
-camera's file survives it (its writer closes it; `ophyd-scmos recover` clears the mark of
-one that could not), and the descriptor names it: the camera's ``file_path`` is part of its
-configuration. `close_run` registers the frames of each file as the images the descriptor
-announced, the way TiledWriter would have, and writes the stop, naming each camera's file
-under ``recovered_from``: a camera's file recovered later still finds the run. The events
-themselves, with the readings of every other device, died with the process: they are not
-made up.
+When the acquiring process dies, the catalog holds the run's start, descriptors and what was
+written of it: with `CatalogWriter`, its events and images up to a second before; with a
+plain TiledWriter, which keeps them in memory until the stop (or until 10,000 pile up),
+none. It has no stop, and shows the run "running" forever. Each camera's file survives it
+(its writer closes it; `ophyd-scmos recover` clears the mark of one that could not), and the
+descriptor names it: the camera's ``file_path`` is part of its configuration. `close_run`
+registers the frames of each file as the images the descriptor announced, the way
+TiledWriter would have, and writes the stop, naming each camera's file under
+``recovered_from``: a camera's file recovered later still finds the run. The events not yet
+written, with the readings of every other device, died with the process: they are not made
+up.
 
 A run that died before its first event has no descriptor (bluesky writes it with the first
 event), and the file does not record its run: such a run is recognised by its start, which
