@@ -1,7 +1,7 @@
-"""Faults found by trying the project as a hostile tester would, beyond the other fault tests:
-a ring the free-space check misses, runs whose writer was killed read from the catalog, a
-file with damaged metadata, rings of dead processes removed by recover, a secret however
-it is spelt in the lab configuration, the package's license."""
+"""Faults at the edges, beyond the other fault tests: a ring the free-space check misses,
+runs whose writer was killed read from the catalog, a file with damaged metadata, rings of
+dead processes removed by recover, a secret however it is spelt in the lab configuration,
+the package's license."""
 
 from __future__ import annotations
 
