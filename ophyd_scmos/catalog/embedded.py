@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["CATALOG_ENV", "default_catalog_dir", "open_catalog", "start_local_server"]
 
 CATALOG_DB = "catalog.db"  #: run metadata: the Tiled catalog database
+SQLITE_HEADER = b"SQLite format 3\x00"  #: how every SQLite database file begins
 TABLES_DB = "tables.sqlite"  #: event tables written by TiledWriter
 DATA_DIR = "data"  #: arrays Tiled itself writes (e.g. event arrays too big for a table cell)
 #: The root spec that makes a client a `CatalogOfBlueskyRuns` (catalog[-1], scan ids, partial
@@ -106,6 +107,7 @@ def open_catalog(
     directory = absolute_path(default_catalog_dir() if path is None else path)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"an embedded catalog is a directory, not a file: {directory}")
+    _check_database(directory / CATALOG_DB)
     context = _embedded_context(
         directory,
         readable_roots(readable),
@@ -115,6 +117,18 @@ def open_catalog(
     from tiled.client import from_context
 
     return from_context(context, structure_clients=_client_classes())
+
+
+def _check_database(db: Path) -> None:
+    """Refuse a catalog database that is no SQLite database (cut short, overwritten) before
+    a server starts on it, adding its tables beside it."""
+    with contextlib.suppress(FileNotFoundError), open(db, "rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise OSError(
+                f"{db} is not an SQLite database (damaged, or overwritten?): the catalog "
+                "cannot be opened; restore it from a copy"
+            )
 
 
 def start_local_server(

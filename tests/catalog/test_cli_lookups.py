@@ -86,14 +86,24 @@ def test_show_refuses_a_negative_number_of_frames_to_average(catalog_dir, capsys
 
 
 def test_a_damaged_catalog_is_refused_in_one_line(tmp_path, capsys):
-    """A catalog database that is not one (a disk error, a bad copy): its server cannot
-    start, and the command says why in one line, with the server's last words."""
+    """A catalog database that is not one (a disk error, a bad copy) is refused in one line
+    before a server starts on it (which added its tables beside it); one whose start fails
+    (a database cut short) is refused in one line with the server's words."""
     damaged = tmp_path / "catalog"
     damaged.mkdir()
     (damaged / "catalog.db").write_text("not sqlite")
     assert main(["runs", "--catalog", str(damaged)]) == 2
     err = capsys.readouterr().err
-    assert "cannot open the catalog" in err and "file is not a database" in err, err
+    assert "cannot open the catalog" in err and "is not an SQLite database" in err, err
+    assert len(err.splitlines()) == 1, err
+    assert [p.name for p in damaged.iterdir()] == ["catalog.db"]
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "catalog.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 84)
+    assert main(["runs", "--catalog", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the catalog" in err and "did not start" in err, err
     assert len(err.splitlines()) == 1, err
 
 
