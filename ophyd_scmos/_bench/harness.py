@@ -23,7 +23,7 @@ from ophyd_scmos._bench.cameras import EXPOSURE, Shape, bank_of, make_camera
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS, TriggerMode
 from ophyd_scmos.pipeline.options import DEFAULT_RING_MB, PipelineOptions
 from ophyd_scmos.pipeline.stream import FrameStream
-from ophyd_scmos.pipeline.writeback import WriteBehind
+from ophyd_scmos.pipeline.writeback import WriteBehind, fsync_path
 
 PLAIN = "plain file write"
 PLAIN_BEHIND = "plain, write-behind"
@@ -57,14 +57,6 @@ def scratch_dir(parent: Path | None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- variants: each returns (seconds to closed file, seconds to fsync) ------------------------

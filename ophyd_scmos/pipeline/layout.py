@@ -12,6 +12,7 @@ all go through this module to write or read it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -136,6 +137,13 @@ class Outcome:
                 entry.attrs.pop(key, None)
             else:
                 entry.attrs[key] = value
+
+    def store(self, path: str | os.PathLike) -> None:
+        """Write it into the closed file at `path` (attributes cannot be created in SWMR
+        mode). Without HDF5's file lock, which a SWMR reader still following the file holds
+        (the documented way to follow a run): the lock would refuse this."""
+        with h5py.File(path, "r+", locking=False) as f:
+            self.write(f)
 
     @classmethod
     def read(cls, f: h5py.File) -> Outcome | None:

@@ -30,7 +30,7 @@ from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
-from ophyd_scmos.pipeline.writeback import no_room, room
+from ophyd_scmos.pipeline.writeback import fsync_path, no_room, room
 
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 STATS_KEPT = 1 << 14  #: statistics of the most recent frames written, for events
@@ -283,16 +283,11 @@ class FrameStream:
 
     def _record_early_end(self, saved: int, why: str) -> None:
         """Record in the closed file that it ended early, and why, on disk (best effort: the
-        run's error says it too). Without HDF5's file lock: a SWMR reader may still follow."""
+        run's error says it too)."""
         outcome = layout.Outcome(saved, self.frames_dropped, self.frames_missed, False, why)
         with contextlib.suppress(Exception):
-            with h5py.File(self.path, "r+", locking=False) as f:
-                outcome.write(f)
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            outcome.store(self.path)
+            fsync_path(self.path)
 
     @property
     def stopped(self) -> bool:

@@ -35,7 +35,7 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
-from ophyd_scmos.pipeline.writeback import Room, WriteBehind, no_room
+from ophyd_scmos.pipeline.writeback import Room, WriteBehind, fsync_path, no_room
 
 OPEN, STATS = int(Op.OPEN), int(Op.STATS)  #: plain ints: numpy compares an enum slowly
 
@@ -248,20 +248,13 @@ class RunFile:
         self.flush()
         self.file.close()
         self.record_outcome(complete, error)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.path)
         self.report(State.CLOSED, complete=complete)
 
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
-        """After closing: attributes cannot be created in SWMR mode. HEADROOM leaves room
-        for them on a full disk. Without HDF5's file lock, which a SWMR reader still following
-        the file holds (the documented way to follow a run): the lock would refuse this."""
+        """After closing (`Outcome.store`); HEADROOM leaves room for it on a full disk."""
         dropped, missed = self.lost[Op.DROPPED], self.lost[Op.MISSED]
-        with h5py.File(self.path, "r+", locking=False) as f:
-            layout.Outcome(self.written, dropped, missed, complete, error).write(f)
+        layout.Outcome(self.written, dropped, missed, complete, error).store(self.path)
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
