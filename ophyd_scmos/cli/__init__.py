@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 
 COMMANDS = ("demo", "bench", "cameras", "catalog", "lab", "live", "recover")
 EXIT_CONFIG = 2  #: the configuration or the command line is wrong, as argparse's usage errors
+#: plus the number of the signal that ended a run early, as shells report it: 130 for Ctrl-C
+EXIT_INTERRUPTED = 128
 
 
 class CommandError(Exception):

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -483,16 +483,15 @@ def interval_histogram(ax: Any, intervals: Any, clock: str) -> None:
         ax.hist(ms, bins=min(100, max(10, ms.size // 20)), log=True)
 
 
-def _at_least_zero(text: str) -> int:
-    if not re.fullmatch(r"-?\d+", text) or int(text) < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, not {text}")
-    return int(text)
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number, `least` or more."""
 
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"-?\d+", text) or int(text) < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number, {least} or more, not {text}")
+        return int(text)
 
-def _at_least_one(text: str) -> int:
-    if not re.fullmatch(r"-?\d+", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text}")
-    return int(text)
+    return parse
 
 
 def _catalog_options(p: argparse.ArgumentParser) -> None:
@@ -550,7 +549,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("runs", help=runs.__doc__, description=runs.__doc__)
     _catalog_options(p)
-    p.add_argument("-n", "--number", type=_at_least_one, default=20, help="how many runs")
+    p.add_argument("-n", "--number", type=_at_least(1), default=20, help="how many runs")
     p.set_defaults(func=runs)
 
     p = subparsers.add_parser("show", help=show.__doc__, description=show.__doc__)
@@ -563,7 +562,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-png", action="store_true", help="no picture")
     p.add_argument(
         "--mean-frames",
-        type=_at_least_zero,
+        type=_at_least(0),
         default=100,
         help="frames averaged into the mean frame, spread over the run (0: all)",
     )

@@ -4,19 +4,19 @@ sample found by scans as a user aligns one."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any, cast
 
 from ophyd_scmos.cli import (
+    EXIT_INTERRUPTED,
     CommandError,
     no_run_aborted_traceback,
     positive,
     reaching_catalog,
     run_error,
 )
-
-EXIT_INTERRUPTED = 130  #: Ctrl-C, as shells report it
 
 #: Where `demo --align` hides the sample: motor units, off centre, between scan points.
 ALIGN_SAMPLE = (0.73, -0.26)
@@ -70,7 +70,7 @@ def demo(args: argparse.Namespace) -> int:
             f"frames taken, in {cam.file_path.get()}",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED + signal.SIGINT
     except Exception as exc:
         cam.destroy()
         raise CommandError(run_error(exc), code=1) from None

@@ -19,13 +19,12 @@ from typing import Any
 
 from ophyd_scmos.cli import (
     EXIT_CONFIG,
+    EXIT_INTERRUPTED,
     no_run_aborted_traceback,
     positive,
     reaching_catalog,
     run_error,
 )
-
-EXIT_INTERRUPTED = 128  #: plus the signal's number, as shells report it: 130 for Ctrl-C
 
 
 def default_profile() -> Path:
