@@ -20,7 +20,7 @@ from typing import Any
 from tiled.adapters.hdf5 import HDF5Adapter, HDF5ArrayAdapter
 from tiled.utils import path_from_uri
 
-from ophyd_scmos.pipeline.recovery import LOCKING_DIFFERS, check_readable
+from ophyd_scmos.pipeline.recovery import check_readable, open_unlocked
 
 __all__ = ["CheckedHDF5Adapter"]
 
@@ -41,16 +41,11 @@ class CheckedHDF5Adapter(HDF5Adapter):
         if not being_written:
             parameters["swmr"] = False
         # Unlocked (whatever the documents ask), as `check_readable` opens it, maybe at this
-        # moment for another request: HDF5 refuses a second open of a file in one process
-        # with other locking.
-        parameters["locking"] = False
-        try:
-            adapter = super().from_catalog(data_source, node, **parameters)
-        except OSError as exc:
-            if LOCKING_DIFFERS not in str(exc):
-                raise
-            parameters["locking"] = None  # this process holds it with HDF5's default locking
-            adapter = super().from_catalog(data_source, node, **parameters)
+        # moment for another request.
+        opener = super(CheckedHDF5Adapter, cls).from_catalog
+        adapter = open_unlocked(
+            lambda locking: opener(data_source, node, **{**parameters, "locking": locking})
+        )
         if isinstance(adapter, HDF5ArrayAdapter):
             array, shape = adapter._array, data_source.structure.shape
             frame_size = math.prod(array.shape[1:])

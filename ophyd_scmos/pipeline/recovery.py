@@ -22,7 +22,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FLAGS_AT = 11  # signature, version, size of offsets, size of lengths, then the flags byte
@@ -112,6 +116,18 @@ def check_readable(path: str | os.PathLike) -> Superblock:
 LOCKING_DIFFERS = "locking flag values don't match"
 
 
+def open_unlocked(open_file: Callable[[bool | None], T]) -> T:
+    """`open_file(locking)` without HDF5's file lock (a reader needs none, and a writer's
+    or a reader's lock would refuse it), else with HDF5's default locking where this process
+    holds the file so already: HDF5 refuses a second open of a file with other locking."""
+    try:
+        return open_file(False)
+    except OSError as exc:
+        if LOCKING_DIFFERS not in str(exc):
+            raise
+        return open_file(None)
+
+
 def _check_metadata(path: str | os.PathLike) -> None:
     """Open every object of the file, without SWMR: a SWMR reader retries a damaged
     object's checksum for minutes, a plain one fails at once. Without file locks, unless
@@ -120,13 +136,7 @@ def _check_metadata(path: str | os.PathLike) -> None:
     import h5py
 
     try:
-        try:
-            f = h5py.File(path, "r", locking=False)
-        except OSError as exc:
-            if LOCKING_DIFFERS not in str(exc):
-                raise
-            f = h5py.File(path, "r")
-        with f:
+        with open_unlocked(lambda locking: h5py.File(path, "r", locking=locking)) as f:
             f.visititems(lambda name, obj: None)
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise UnreadableFile(f"{path} is damaged: {exc}") from None
