@@ -23,7 +23,7 @@ from ophyd_scmos.cli import main
 from ophyd_scmos.config import ConfigError, load_config
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.plans import movie
-from tests.pipeline.test_ring import run_with_small_shm
+from tests.pipeline.test_ring import SMALL_SHM, run_with_small_shm
 
 try:
     import tomllib
@@ -32,19 +32,12 @@ except ImportError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[2]
 
-UNCHECKED_RING = """
-import sys
-from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
-from ophyd_scmos.pipeline import ring
-ring._wait_for_room = lambda size: None  # as if /dev/shm filled up after the check
-cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 256)), write_dir=sys.argv[1],
-                  ring_mb=64)
-try:
-    cam.stage()
-except MemoryError as exc:
-    print("refused:", exc)
-print("alive")
-"""
+#: the small-/dev/shm script, with /dev/shm filling up after the room check
+UNCHECKED_RING = SMALL_SHM.replace(
+    "cam = SCMOSCamera(",
+    "from ophyd_scmos.pipeline import ring\nring._wait_for_room = lambda size: None\n"
+    "cam = SCMOSCamera(",
+)
 
 
 def test_a_ring_the_room_check_misses_is_refused_when_its_pages_are_reserved(tmp_path):
