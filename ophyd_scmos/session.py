@@ -4,6 +4,7 @@ profile loads on a thread once the prompt is there (the catalog, the BestEffortC
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bluesky import RunEngine
+    from bluesky.utils import Msg
 
     from ophyd_scmos.config import LabConfig
 
@@ -218,9 +220,37 @@ class BackgroundCatalog(Background):
             self._writer = CatalogWriter(catalog)
             return catalog
 
-        super().__init__(open_with_writer, "the catalog did not open")
+        super().__init__(open_with_writer, "no run starts until the catalog opens")
 
     def tiled_writer(self, name: str, doc: dict[str, Any]) -> Any:
         """Write a document into the catalog (subscribe this to the RunEngine)."""
         self.wait()
         return self._writer(name, doc)
+
+    def before_runs(self, plan: Iterator[Msg]) -> Iterator[Msg]:
+        """A RunEngine preprocessor: a plan's first stage or run waits for the catalog,
+        and where it cannot open, the plan fails there with `CatalogUnavailable`, before any
+        device is staged (no file made, no scan id spent), and without bluesky's "Run
+        aborted" traceback: no run was. A plan that only moves motors never waits for it."""
+        from bluesky.preprocessors import plan_mutator
+
+        if _quiet_unavailable not in logging.getLogger("bluesky").filters:
+            logging.getLogger("bluesky").addFilter(_quiet_unavailable)
+
+        def once_open(msg: Msg) -> Iterator[Msg]:
+            self.wait()
+            return (yield msg)
+
+        def first_stage_or_run(msg: Msg) -> tuple[Iterator[Msg] | None, None]:
+            if msg.command in ("stage", "open_run") and self._writer is None:
+                return once_open(msg), None
+            return None, None
+
+        return (yield from plan_mutator(plan, first_stage_or_run))
+
+
+def _quiet_unavailable(record: logging.LogRecord) -> bool:
+    """Drops bluesky's log of a plan that `BackgroundCatalog.before_runs` stopped."""
+    from ophyd_scmos.catalog import CatalogUnavailable
+
+    return not (record.exc_info and isinstance(record.exc_info[1], CatalogUnavailable))

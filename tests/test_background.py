@@ -62,7 +62,7 @@ def test_a_catalog_that_did_not_open_is_opened_again_at_first_use(
     assert len(attempts) == 2
     assert type(session["catalog"]).__name__ == "CatalogOfBlueskyRuns"  # in its place
     err = capsys.readouterr().err
-    assert "the catalog did not open: no catalog server at http://catalog.example.org" in err
+    assert "no run starts until the catalog opens: no catalog server at http://catalog" in err
 
 
 def test_a_catalog_used_before_it_was_started_opens_at_that_use(tmp_path: Path) -> None:
@@ -72,3 +72,43 @@ def test_a_catalog_used_before_it_was_started_opens_at_that_use(tmp_path: Path) 
     assert len(stand_in) == 0
     stand_in.start({}, "catalog")  # the prompt's start, later, finds it open
     assert type(stand_in.wait()).__name__ == "CatalogOfBlueskyRuns"
+
+
+def test_a_catalog_that_cannot_open_stops_a_plan_before_its_devices_stage(
+    cam: Any, tmp_path: Path, recorder: Any, RE: RunEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The profile's preprocessor: a run with nowhere to go is not started (no camera file,
+    no scan id spent, no "Run aborted" traceback); a plan that only moves a motor does not
+    wait for the catalog; once the catalog opens, the next run is recorded."""
+    from bluesky.plan_stubs import mv
+    from ophyd.sim import motor
+
+    from ophyd_scmos.catalog import CatalogUnavailable
+
+    attempts: list[int] = []
+
+    def opener() -> Any:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise CatalogUnavailable("cannot reach the catalog at http://catalog.example.org")
+        return open_catalog(tmp_path / "catalog")
+
+    stand_in = BackgroundCatalog(opener)
+    RE.subscribe(stand_in.tiled_writer)
+    RE.preprocessors.append(stand_in.before_runs)
+    RE(mv(motor, 1.5))  # no catalog needed, none tried
+    assert motor.position == 1.5 and not attempts
+    with pytest.raises(CatalogUnavailable, match="catalog.example.org"):
+        RE(count([cam], num=2))
+    assert len(attempts) == 1
+    assert not recorder.docs and RE.md.get("scan_id") is None
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+    assert cam._staged.name == "no"
+    assert "Run aborted" not in caplog.text
+
+    with pytest.raises(CatalogUnavailable):  # tried again at each plan's start
+        RE(count([cam], num=2))
+    (uid,) = RE(count([cam], num=2))
+    assert len(attempts) == 3
+    images = stand_in[uid]["primary"]["cam_image"].read()
+    assert images.shape == (2, 1, 64, 96)

@@ -11,9 +11,12 @@ numpy, so the CLI starts fast. The design reasoning is in docs/architecture.md (
 
 from ophyd_scmos.catalog.embedded import (
     CATALOG_ENV,
+    CatalogUnavailable,
     default_catalog_dir,
     is_url,
     open_catalog,
+    reaching,
+    server_url,
     start_local_server,
 )
 from ophyd_scmos.catalog.recover import UnfinishedRun, close_run, find_unfinished_run
@@ -29,6 +32,7 @@ from ophyd_scmos.pipeline.recovery import MissingFile, UnreadableFile
 
 __all__ = [
     "CATALOG_ENV",
+    "CatalogUnavailable",
     "FileStats",
     "MissingFile",
     "RunSummary",
@@ -43,9 +47,11 @@ __all__ = [
     "is_url",
     "open_catalog",
     "probe",
+    "reaching",
     "run_server",
     "server_command",
     "server_config",
+    "server_url",
     "start_local_server",
     "summarize",
     "sync",

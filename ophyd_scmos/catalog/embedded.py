@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
     from ophyd_scmos.catalog.local_server import LocalServer
 
-__all__ = ["CATALOG_ENV", "default_catalog_dir", "open_catalog", "start_local_server"]
+__all__ = [
+    "CATALOG_ENV",
+    "CatalogUnavailable",
+    "default_catalog_dir",
+    "open_catalog",
+    "reaching",
+    "server_url",
+    "start_local_server",
+]
 
 CATALOG_DB = "catalog.db"  #: run metadata: the Tiled catalog database
 SQLITE_HEADER = b"SQLite format 3\x00"  #: how every SQLite database file begins
@@ -187,6 +195,47 @@ def _client_map_type() -> type[Any]:
 def is_url(path: PathLike | None) -> bool:
     """Whether `open_catalog(path)` opens a Tiled server (an http(s) URL), not a directory."""
     return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
+
+
+def server_url(location: str | None) -> str | None:
+    """The URL of the catalog server `open_catalog(location)` opens, None for an embedded
+    catalog."""
+    location = location or os.environ.get(CATALOG_ENV)
+    return location if is_url(location) else None
+
+
+class CatalogUnavailable(OSError):
+    """The catalog cannot be used: its server not reached, or an embedded catalog's
+    directory or database unusable. Says where, and what to check."""
+
+
+@contextlib.contextmanager
+def reaching(location: str | None) -> Iterator[None]:
+    """Around opening (or using) the catalog at `location`, as `open_catalog` takes it: a
+    server that cannot be reached (refused, no such host, no answer, after Tiled's own
+    retries), or an embedded catalog whose directory cannot be used (a file, not writable, a
+    damaged database its server cannot start on) raises `CatalogUnavailable` in one line:
+    the fix is the URL, the server or the directory, not the run."""
+    url = server_url(location)
+    if url is None:
+        from ophyd_scmos.catalog.local_server import CatalogServerError
+
+        try:
+            yield
+        except CatalogUnavailable:
+            raise
+        except (OSError, CatalogServerError) as exc:
+            raise CatalogUnavailable(f"cannot open the catalog: {exc}") from None
+        return
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise CatalogUnavailable(
+            f"cannot reach the catalog at {url} ({exc}): check that its server is running "
+            "and that the URL is right"
+        ) from None
 
 
 def absolute_path(path: PathLike) -> Path:

@@ -53,7 +53,8 @@ class SyncResult:
 
     uid: str
     #: "copied"; "present" (the target had it); "running" (no stop yet: left); "incomplete"
-    #: (the target has it half-copied: left); "missing" (a file to copy is gone: not copied)
+    #: (the target has it half-copied: left); "replaced" (it had it half-copied: copied anew,
+    #: `replace_incomplete`); "missing" (a file to copy is gone: not copied)
     status: str
     files: list[str] = field(default_factory=list)  #: data files the target's run points at
     error: str | None = None  #: what is wrong with the run there, and what to do, if anything
@@ -66,6 +67,7 @@ def sync(
     *,
     copy_data_to: PathLike | None = None,
     on_result: Callable[[SyncResult], None] | None = None,
+    replace_incomplete: bool = False,
 ) -> list[SyncResult]:
     """Copy finished runs from `source` to `target` (a lab's embedded catalog to a facility
     server), skipping those the target has; all runs, oldest first, unless `uids` are given.
@@ -78,10 +80,11 @@ def sync(
     images (it reads the last frame): if not, extend the server's readable storage and the
     run reads at once, with nothing to sync again.
 
-    A run the target holds without a stop document (a sync that died half-way) is left
-    "incomplete", with an error saying to delete it there and sync again; a run whose file is
-    gone is "missing" with `copy_data_to` (nothing written to the target). The other runs go
-    on either way.
+    A run the target holds without a stop document (a sync interrupted half-way: the
+    source's run is finished, and its uid is its own) is left "incomplete", with an error
+    saying so, or with `replace_incomplete` deleted there and copied anew ("replaced"); a run
+    whose file is gone is "missing" with `copy_data_to` (nothing written to the target). The
+    other runs go on either way.
     """
 
     results = []
@@ -94,17 +97,22 @@ def sync(
             there = target[uid]
             if there.metadata.get("stop"):
                 result = SyncResult(uid, "present", _run_files(there))
+            elif replace_incomplete:
+                there.delete(recursive=True, external_only=False)  # its files stay
+                result = _copy(run, uid, target, copy_data_to)
+                result.status = "replaced" if result.status == "copied" else result.status
             else:
                 result = SyncResult(
                     uid,
                     "incomplete",
                     _run_files(there),
                     "in the target without a stop document, from an earlier copy that did "
-                    "not finish: delete it there and sync again",
+                    "not finish: sync again replacing it (ophyd-scmos sync "
+                    "--replace-incomplete; replace_incomplete=True)",
                 )
         else:
             result = _copy(run, uid, target, copy_data_to)
-        if result.status in ("copied", "present"):
+        if result.status in ("copied", "present", "replaced"):
             result.error = _unreadable(target[uid])
         results.append(result)
         if on_result is not None:

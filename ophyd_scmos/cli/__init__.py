@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -33,41 +32,18 @@ class CommandError(Exception):
         self.code = code
 
 
-def server_url(location: str | None) -> str | None:
-    """The URL of the catalog server `open_catalog(location)` opens, None for an embedded
-    catalog."""
-    from ophyd_scmos.catalog import CATALOG_ENV, is_url
-
-    location = location or os.environ.get(CATALOG_ENV)
-    return location if is_url(location) else None
-
-
 @contextlib.contextmanager
 def reaching_catalog(location: str | None) -> Iterator[None]:
-    """Around opening the catalog at `location` (as `open_catalog` takes it): a server that
-    cannot be reached (refused, no such host, no answer, after Tiled's own retries), or an
-    embedded catalog's directory that cannot be used (a file, not writable, a damaged
-    database its server cannot start on), is a
-    `CommandError`, exit 2 as a wrong configuration: nothing was done, and the fix is the
-    URL, the server or the directory, not the run."""
-    url = server_url(location)
-    if url is None:
-        from ophyd_scmos.catalog.local_server import CatalogServerError
-
-        try:
-            yield
-        except (OSError, CatalogServerError) as exc:
-            raise CommandError(f"cannot open the catalog: {exc}") from None
-        return
-    import httpx
+    """Around opening (or using) the catalog at `location`: one it cannot reach or open
+    (`ophyd_scmos.catalog.reaching`) is a `CommandError`, exit 2 as a wrong configuration:
+    nothing was done, and the fix is the URL, the server or the directory, not the run."""
+    from ophyd_scmos.catalog import CatalogUnavailable, reaching
 
     try:
-        yield
-    except httpx.TransportError as exc:
-        raise CommandError(
-            f"cannot reach the catalog at {url} ({exc}): check that its server is running "
-            "and that the URL is right"
-        ) from None
+        with reaching(location):
+            yield
+    except CatalogUnavailable as exc:
+        raise CommandError(str(exc)) from None
 
 
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophyd_scmos.cli import CommandError, reaching_catalog, server_url
+from ophyd_scmos.catalog import server_url
+from ophyd_scmos.cli import CommandError, reaching_catalog
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
@@ -191,7 +192,12 @@ def sync(args: argparse.Namespace) -> int:
         _opened(args.catalog, args.api_key, existing=True) as source,
     ):
         results = sync_runs(
-            source, target, args.uids or None, copy_data_to=args.copy_data, on_result=report
+            source,
+            target,
+            args.uids or None,
+            copy_data_to=args.copy_data,
+            on_result=report,
+            replace_incomplete=args.replace_incomplete,
         )
     if args.json:
         print(json.dumps([vars(r) for r in results], indent=1))
@@ -236,9 +242,11 @@ def _require_catalog(location: str | None) -> None:
     if directory.exists() and not directory.is_dir():
         raise CommandError(f"{location} is a file: a catalog is a directory or a server's URL")
     if not (directory / CATALOG_DB).is_file():
+        server = re.fullmatch(r"[\w.-]+:\d+(/.*)?", location)  # host:port, no scheme
+        hint = f"; a server's URL starts with http:// (http://{location}?)" if server else ""
         raise CommandError(
             f"no catalog in {location} (no {CATALOG_DB}): check the path; a catalog is made "
-            "where a run is first recorded into it"
+            f"where a run is first recorded into it{hint}"
         )
 
 
@@ -588,6 +596,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="copy the HDF5 files into DIR (a "
         "directory the server reads) and point the server's runs there",
+    )
+    p.add_argument(
+        "--replace-incomplete",
+        action="store_true",
+        help="a run the target holds half-copied (an interrupted sync) is deleted there and "
+        "copied anew",
     )
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(func=sync)

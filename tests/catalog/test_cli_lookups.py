@@ -133,6 +133,7 @@ def test_sync_to_what_is_no_url_nor_catalog_is_refused_and_makes_nothing(
         assert main(["sync", "--to", target]) == 2
         err = capsys.readouterr().err
         assert "no catalog in" in err and target in err and len(err.splitlines()) == 1, err
+        assert ("(http://catalog.example.org:8000?)" in err) == (":" in target), err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -434,7 +434,7 @@ def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
     sync = ["sync", "--from", str(catalog_dir), "--to", str(target_dir), half, gone, fine]
     assert main([*sync, "--copy-data", str(tmp_path / "copies")]) == 1
     out = capsys.readouterr().out
-    assert f"incomplete {half}" in out and "delete it there and sync again" in out
+    assert f"incomplete {half}" in out and "sync again replacing it" in out
     assert f"missing  {gone}" in out and "no such file to copy" in out
     assert f"copied   {fine}" in out
     target = open_catalog(target_dir)
@@ -444,6 +444,14 @@ def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
     assert main([*sync[:-3], gone]) == 1  # without --copy-data: it points at the lost file
     out = capsys.readouterr().out
     assert f"copied   {gone}" in out and "no such file here either" in out
+
+    assert main([*sync[:-3], half, "--replace-incomplete"]) == 0  # the half copy mended
+    assert capsys.readouterr().out.startswith(f"replaced {half}")
+    target = open_catalog(target_dir)
+    assert target[half].metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(
+        target[half]["primary"]["cam_image"].read(), source[half]["primary"]["cam_image"].read()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
