@@ -15,6 +15,7 @@ the environment variable that holds it.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import inspect
@@ -50,6 +51,7 @@ from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template
 from ophyd_scmos.paths import default_config_path, default_metadata_dir
 from ophyd_scmos.pipeline.compression import CODECS
 from ophyd_scmos.pipeline.options import OVERFLOW_POLICIES, PipelineOptions
+from ophyd_scmos.pipeline.stats import RESERVED, check_region
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,6 +84,7 @@ DRIVER_CLASSES = {
 #: Names the IPython profile defines: a camera of one of these names would hide it.
 PROFILE_NAMES = frozenset(
     {"RE", "bec", "bp", "bps", "bpp", "catalog", "cameras", "count", "darks", "lab", "movie"}
+    | {"motor_x", "motor_y"}  # where a camera is the simulated one
 )
 SECRET_NAMES = ("api_key", "key", "token", "password")
 
@@ -104,7 +107,8 @@ class ConfigError(ValueError):
 # -- what one value may be -------------------------------------------------------------------
 def _refuse(value: Any, allowed: str, key: str | None = None) -> PydanticCustomError:
     """The one wording of a refused value; `key`, below the one validated, where it is."""
-    context = {"value": repr(value), "allowed": allowed, **({"key": key} if key else {})}
+    shown = value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value)
+    context = {"value": shown, "allowed": allowed, **({"key": key} if key else {})}
     return PydanticCustomError("refused", "{value} is not allowed; expected {allowed}", context)
 
 
@@ -203,6 +207,8 @@ def _metadata(value: Any, key: str = "") -> Any:
     elif isinstance(value, list):
         for item in value:
             _metadata(item, key)
+    elif isinstance(value, (datetime.date, datetime.time)):  # a datetime is a date
+        raise _refuse(value, f"{METADATA_VALUES}: quote a date or time to keep it as text", key)
     elif not isinstance(value, (str, int, float, bool)):
         raise _refuse(value, METADATA_VALUES, key)
     return value
@@ -258,6 +264,14 @@ Roi = Annotated[
     tuple[Pixel, Pixel, Pixel, Pixel],
     Field(strict=False),  # from TOML's array
     _expect("[x, y, width, height] in sensor pixels"),
+]
+RegionName = Annotated[
+    str,
+    _expect(
+        "a region name: letters, digits and _, starting with a letter, not "
+        + " or ".join(RESERVED),
+        lambda name: check_region(name, (0, 0, 1, 1)),
+    ),
 ]
 #: a named region: in the frame the camera takes (after its ROI and binning)
 Region = Annotated[
@@ -345,10 +359,12 @@ class CatalogConfig(_Table):
         return f"embedded, {default_catalog_dir()}"
 
     def open(self) -> Container:
-        """The catalog, with the server's key from the environment variable named here."""
-        from ophyd_scmos.catalog import open_catalog
+        """The catalog, with the server's key from the environment variable named here; one
+        that cannot be reached or opened raises `CatalogUnavailable`, saying where."""
+        from ophyd_scmos.catalog import open_catalog, reaching
 
-        return open_catalog(self.location, api_key=os.environ.get(self.api_key_env) or None)
+        with reaching(self.location):
+            return open_catalog(self.location, api_key=os.environ.get(self.api_key_env) or None)
 
 
 RING_SIZES = ("ring_mb", "ring_frames")
@@ -397,7 +413,7 @@ class _CameraDevice(_Table):
     write_dir: Directory | None = None
     file_template: Template | None = None
     #: named regions of interest, [x, y, width, height] in frame pixels (checked when it opens)
-    rois: dict[str, Region] = {}
+    rois: dict[RegionName, Region] = {}
 
 
 class CameraSettingsTable(_Table):
@@ -593,6 +609,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LabConfig:
         source, required = Path(path).expanduser(), True
     else:
         source, required = config_path()
+    source = source.absolute()
     if not source.exists():
         if required:
             via = "" if path is not None else f" (named by ${CONFIG_ENV})"
@@ -610,7 +627,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LabConfig:
         raise ConfigError(f"not valid TOML: {exc or 'nested too deeply'}", path=source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=source) from None
-    return parse_config(data, source.absolute())
+    return parse_config(data, source)
 
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig:

@@ -224,6 +224,22 @@ def test_a_malformed_setting_is_one_line_and_exit_2(capsys, flags, says):
     assert err == f"ophyd-scmos acquire: {says} (see ophyd-scmos acquire --help)\n"
 
 
+def test_a_configured_region_the_flags_push_out_of_the_frame_is_one_line_and_exit_2(
+    tmp_path, capsys
+):
+    """The example configuration's region, in frame pixels, and a --binning that halves the
+    frame: refused before the run, naming the configuration's key (not a run's traceback)."""
+    config = tmp_path / "lab.toml"
+    config.write_text(f'[data]\ndir = "{tmp_path / "data"}"\n' + FAST_CAMERA)
+    config.write_text(config.read_text() + "rois = { spot = [40, 8, 16, 16] }\n")
+    assert main(["acquire", "--config", str(config), "--num", "1", "--binning", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert f"lab configuration {config}: cameras.fast.rois.spot: region spot=" in err
+    assert "outside the 48x32 frame" in err and "as --roi/--binning make it" in err
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
 def test_a_movie_shorter_than_one_frame_is_refused_before_it_starts(tmp_path, capsys):
     config = tmp_path / "lab.toml"
     config.write_text(f'[data]\ndir = "{tmp_path / "data"}"\n' + FAST_CAMERA)

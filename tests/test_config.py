@@ -142,6 +142,12 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
          "[x, y, width, height] in sensor pixels"),
         ("[cameras.cam]\nrois = {spot = [0, 0, 1]}", "cameras.cam.rois.spot",
          "[x, y, width, height] in frame pixels (after roi and binning)"),
+        ("[cameras.cam]\nrois = {frame = [0, 0, 1, 1]}", "cameras.cam.rois.frame",
+         "a region name: letters, digits and _, starting with a letter, not frame or stats"),
+        ("[metadata]\nwhen = 2024-01-01", "metadata.when",
+         "2024-01-01 is not allowed; expected a string, number, boolean, or an array or table "
+         "of them: quote a date or time to keep it as text"),
+        ("[cameras.motor_x]", "cameras.motor_x", "not one the profile uses"),
         ("[cameras.cam]\nbinning = true", "cameras.cam.binning", "an integer >= 1"),
         ('[cameras.cam]\ndriver = "andor"', "cameras.cam.driver",
          "'simulated', 'micromanager:Library:Device'"),
@@ -246,6 +252,25 @@ def test_config_check_fails_with_exit_2_on_the_first_wrong_key(tmp_path, capsys)
     path.write_text('[pipeline]\noverflow = "wait"\n')
     assert main(["config", "check", "--config", str(path), "--no-cameras"]) == 2
     assert "pipeline.overflow: 'wait' is not allowed" in capsys.readouterr().err
+
+
+def test_config_check_opens_the_catalog_where_there_is_one(tmp_path, capsys):
+    """A damaged catalog is found by the check, not by the session's first run; a catalog
+    not made yet is not made by it."""
+    catalog = tmp_path / "catalog"
+    path = write(
+        tmp_path,
+        f'[catalog]\npath = "{catalog}"\n[cameras.cam]\noptions = {{ shape = [64, 64] }}\n',
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    assert "catalog  opened" not in capsys.readouterr().out and not catalog.exists()
+    catalog.mkdir()
+    (catalog / "catalog.db").write_text("not sqlite")
+    assert main(["config", "check", "--config", str(path), "--no-cameras"]) == 0
+    capsys.readouterr()
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "catalog.db is not an SQLite database" in err, err
 
 
 def test_config_check_of_a_file_that_is_not_text_is_one_line_naming_it(tmp_path, capsys):

@@ -104,6 +104,68 @@ def test_the_simulated_camera_comes_with_motors_and_a_sample_a_scan_finds(home):
     assert json.loads(result_line(session.stdout)) == pytest.approx([1.2, 1.2], abs=0.05)
 
 
+def _read_only_mounts() -> bool:
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    return unshare is not None and subprocess.run([unshare, "-m", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _read_only_mounts(),
+    reason="needs `unshare -m` (root, or a user namespace) to mount the profile read-only",
+)
+def test_a_read_only_profile_starts(home, tmp_path):
+    """A shared checkout or a system-wide install: a profile the user cannot write to, and
+    without the directories IPython makes in a profile (a fresh clone has none)."""
+    import shutil
+
+    profile, read_only = tmp_path / "profile", tmp_path / "read-only"
+    shutil.copytree(PROFILE / "startup", profile / "startup")
+    shutil.copy2(PROFILE / "ipython_config.py", profile)
+    read_only.mkdir()
+    session = run(
+        ["unshare", "-m", "sh", "-c",
+         f'mount --bind "{profile}" "{read_only}" && mount -o remount,bind,ro "{read_only}" && '
+         f'exec "{BIN / "ophyd-scmos"}" ipython --profile-dir "{read_only}" -- '
+         '-c "print(\'RESULT\', len(cam.read()))"'],
+        home,
+    )  # fmt: skip
+    assert session.returncode == 0, session.stderr[-3000:]
+    assert int(result_line(session.stdout)) > 0
+    assert sorted(p.name for p in profile.iterdir()) == ["ipython_config.py", "startup"]
+
+
+UNAVAILABLE_CATALOG = """
+RE(bps.mv(motor_x, 0.5))
+print("MOVED", motor_x.position)
+RE(count([cam], num=2))
+"""
+
+
+def test_a_catalog_that_cannot_open_starts_no_run_and_says_so_in_one_line(home, tmp_path):
+    """A damaged catalog database: the session starts (motors move), and a run is refused
+    at its start, before the camera makes a file, in one line naming the database and the
+    configuration, with no traceback."""
+    damaged = tmp_path / "catalog"
+    damaged.mkdir()
+    (damaged / "catalog.db").write_text("not sqlite")
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        f'[catalog]\npath = "{damaged}"\n'
+        f'[cameras.cam]\nwrite_dir = "{tmp_path / "data"}"\noptions = {{ shape = [64, 64] }}\n'
+    )
+    command = [str(BIN / "ophyd-scmos"), "ipython", "--config", str(config), "--"]
+    session = run([*command, "-c", UNAVAILABLE_CATALOG], home)
+    assert "MOVED 0.5" in session.stdout
+    assert "Traceback" not in session.stderr, session.stderr[-3000:]
+    (line,) = [line for line in session.stderr.splitlines() if "No run starts" in line]
+    assert f"{damaged / 'catalog.db'} is not an SQLite database" in line
+    assert f"(configuration: {config})" in line
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
 NO_CONFIG_SESSION = """
 import json
 from ophyd import Signal

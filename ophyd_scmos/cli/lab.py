@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -46,17 +47,39 @@ def ipython(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     profile = Path(args.profile_dir) if args.profile_dir else default_profile()
     if not (profile / "startup").is_dir():
+        fix = (
+            "give --profile-dir a directory holding a profile (its startup/ folder), such as"
+            if args.profile_dir
+            else "pass --profile-dir with"
+        )
         print(
-            f"ophyd-scmos ipython: no IPython profile at {profile}; pass --profile-dir with a "
-            "copy of profiles/profile_scmos from the ophyd-scmos source",
+            f"ophyd-scmos ipython: no IPython profile at {profile}; {fix} a copy of "
+            "profiles/profile_scmos from the ophyd-scmos source",
             file=sys.stderr,
         )
         return EXIT_CONFIG
     import IPython
 
+    if not os.access(profile, os.W_OK):
+        profile = _writable_copy(profile)
     extra = args.ipython_args[1:] if args.ipython_args[:1] == ["--"] else args.ipython_args
     IPython.start_ipython(argv=[f"--profile-dir={profile}", *extra])
     return 0
+
+
+def _writable_copy(profile: Path) -> Path:
+    """IPython makes directories of its own in the profile it starts (log, pid, security):
+    a read-only profile (a shared checkout, a system-wide install) is started from a copy of
+    its settings and startup files in the user's state directory, made afresh each time."""
+    from ophyd_scmos.paths import state_dir
+
+    copy = state_dir() / "profile_scmos"
+    shutil.rmtree(copy / "startup", ignore_errors=True)
+    shutil.copytree(profile / "startup", copy / "startup")
+    (copy / "ipython_config.py").unlink(missing_ok=True)
+    if (profile / "ipython_config.py").exists():
+        shutil.copy2(profile / "ipython_config.py", copy / "ipython_config.py")
+    return copy
 
 
 def acquire(args: argparse.Namespace) -> int:
@@ -77,7 +100,7 @@ def acquire(args: argparse.Namespace) -> int:
         print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        _apply_settings(cam, args)
+        _apply_settings(cam, args, camera)
     except ValueError as exc:
         cam.destroy()
         print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
@@ -184,10 +207,14 @@ def _compression(camera: Any, codec: str) -> Any:
 SETTING_FLAGS = (("binning", "--binning"), ("roi", "--roi"), ("exposure_time", "--exposure"))
 
 
-def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
-    """The command line's settings over the configuration's, each checked by the camera as
-    in IPython (``cam.roi.set(...)``), then `--seconds` against the frame interval they
-    give; ValueError names the flag, the value and the reason."""
+def _apply_settings(cam: Any, args: argparse.Namespace, camera: Any) -> None:
+    """The command line's settings over the configuration's (`camera`), each checked by the
+    camera as in IPython (``cam.roi.set(...)``), then the configuration's regions against
+    the frame they give, and `--seconds` against its frame interval; ValueError names the
+    flag or key, the value and the reason."""
+    from ophyd_scmos.config import ConfigError
+    from ophyd_scmos.pipeline import stats
+
     values = {"binning": args.binning, "roi": args.roi, "exposure_time": args.exposure}
     for setting, flag in SETTING_FLAGS:
         value = values[setting]
@@ -198,6 +225,16 @@ def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
         except (ValueError, TypeError, RuntimeError) as exc:
             shown = " ".join(map(str, value)) if setting == "roi" else value
             raise ValueError(f"{flag} {shown}: refused by {cam.driver.model}: {exc}") from None
+    for region, value in cam.rois.items():
+        try:
+            stats.check_region(region, value, cam.driver.frame_shape)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{exc}, as --roi/--binning make it: give a region that fits, or another "
+                "--roi/--binning",
+                key=f"cameras.{cam.name}.rois.{region}",
+                path=camera.path,
+            ) from None
     interval = cam.driver.settings.frame_interval
     if args.seconds is not None and args.seconds < interval:
         raise ValueError(
@@ -207,8 +244,9 @@ def _apply_settings(cam: Any, args: argparse.Namespace) -> None:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    """Check the lab configuration: every key and value, then open each camera and apply its
-    settings (the camera's own limits), unless --no-cameras."""
+    """Check the lab configuration: every key and value, then, unless --no-cameras, open
+    each camera and apply its settings (the camera's own limits), and open the catalog where
+    it exists."""
     from ophyd_scmos.config import ConfigError
     from ophyd_scmos.paths import default_write_dir
 
@@ -235,8 +273,29 @@ def config_check(args: argparse.Namespace) -> int:
             line += f" ({cam.driver.model}, {cols}x{rows}, opened and set)"
             cam.destroy()
         print(line)
+    if not args.no_cameras and _catalog_exists(lab.catalog.location):
+        from ophyd_scmos.catalog import CatalogUnavailable
+
+        try:
+            lab.catalog.open()
+        except CatalogUnavailable as exc:
+            print(f"ophyd-scmos config check: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print("catalog  opened")
     print("ok")
     return 0
+
+
+def _catalog_exists(location: str | None) -> bool:
+    """A catalog `config check` can open without making one: a server, or an embedded
+    catalog's database (one not there yet is made where the first run is recorded)."""
+    from ophyd_scmos.catalog import CATALOG_ENV, default_catalog_dir, server_url
+    from ophyd_scmos.catalog.embedded import CATALOG_DB
+
+    if server_url(location) is not None:
+        return True
+    directory = Path(location or os.environ.get(CATALOG_ENV) or default_catalog_dir())
+    return (directory.expanduser() / CATALOG_DB).exists()
 
 
 def _load(path: str | None, command: str) -> Any:
@@ -355,6 +414,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = sub.add_parser("check", help=config_check.__doc__, description=config_check.__doc__)
     _config_option(check)
     check.add_argument(
-        "--no-cameras", action="store_true", help="check the file only; open no camera"
+        "--no-cameras",
+        action="store_true",
+        help="check the file only; open no camera, nor the catalog",
     )
     check.set_defaults(func=config_check)
