@@ -33,7 +33,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from ophyd_scmos.documents import AssetDocs, SavedEvents
+from ophyd_scmos.documents import AssetDocs, SavedEvents, bundle_of_caller
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.live.control import LiveControl
@@ -123,6 +123,7 @@ class _Run:
     read_points: int = 0  #: points triggered when the RunEngine last read the camera
     saved_events: SavedEvents | None = None  #: word of the staging RunEngine's saved events
     collected: int = 0  #: fly scans: frames covered by StreamDatum so far
+    bundle: tuple[str, str] | None = None  #: step scans: the run and stream of its events
     flying: bool = False
     staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
     reported_error: BaseException | None = None  #: raised once, by the status that saw it
@@ -579,9 +580,16 @@ class SCMOSCamera(Device):
                 f"{self.name}: save_images=False with statistics=False would keep nothing of "
                 "the frames; turn one of them on"
             )
-        regions = (
-            stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
-        )
+        try:
+            regions = (
+                stats.check_regions(self.rois, self.driver.frame_shape) if self.statistics else None
+            )
+        except ValueError as exc:  # a region set before a new roi or binning
+            raise ValueError(
+                f"{self.name}: {exc}, as its roi and binning now make it: set the region "
+                f"anew ({self.name}.rois[name] = (x, y, width, height)) or remove it "
+                f"(del {self.name}.rois[name])"
+            ) from None
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         try:
@@ -750,7 +758,11 @@ class SCMOSCamera(Device):
 
     def _require_run(self, action: str) -> _Run:
         if self._run is None:
-            raise RuntimeError(f"{self.name} must be staged before {action}")
+            raise RuntimeError(
+                f"{self.name} must be staged before {action}: plans stage their detectors "
+                f"(count([{self.name}]), scan([{self.name}], ...)); a camera only in a "
+                "baseline or among a plan's other devices is not"
+            )
         return self._run
 
     # -- step scans ------------------------------------------------------------------------
@@ -844,14 +856,52 @@ class SCMOSCamera(Device):
             run.docs.stream_datum(run.collected, stop)
             run.collected = max(run.collected, stop)
         else:
-            run.read_points = run.points
             if run.recorded_points is None:
                 run.recorded_points = 0
+            self._check_event(run, bundle_of_caller())
+            run.read_points = run.points
         docs = run.docs.drain()
         if run.flying or run.saved_events is None:
             # Saved at once (a fly scan's collect), or no word will come: count it saved.
             self._event_saved(run)
         yield from docs
+
+    def _check_event(self, run: _Run, bundle: tuple[str, str] | None) -> None:
+        """Refuse an event whose frames would not be the next rows of the one stream of the
+        one run the camera's file serves: catalogs read a stream's images as the file's
+        frames in order, from the first (`bundle`: the run and stream being read into)."""
+        assert run.recorded_points is not None
+        new = run.points - run.recorded_points
+        if new == 0:
+            since = "its last event" if run.points else "it was staged for this run"
+            raise RuntimeError(
+                f"{self.name} was read into an event with no trigger since {since}: an "
+                "event's frames are those of the trigger before it (trigger_and_read), and "
+                "two events may not point at the same frames"
+            )
+        if new > 1:
+            raise RuntimeError(
+                f"{self.name} was triggered {new} times since its last event: each trigger's "
+                "frames must be read into an event of their own, in order (a stream's images "
+                f"are the file's frames in order), and {new - 1} trigger(s) were never read"
+            )
+        if bundle is None:
+            return
+        if run.bundle is None:
+            run.bundle = bundle
+        elif bundle[0] != run.bundle[0]:
+            raise RuntimeError(
+                f"{self.name} was staged once for two runs: its file is one run's; stage it "
+                "within each run (bluesky's plans do: bpp.stage_decorator inside "
+                "bpp.run_decorator)"
+            )
+        elif bundle[1] != run.bundle[1]:
+            raise RuntimeError(
+                f"{self.name}'s frames went to stream {run.bundle[1]!r} of this run, and now "
+                f"to {bundle[1]!r}: a camera's file serves one stream per run (catalogs read a "
+                "stream's images as the file's frames in order); take the other frames in a "
+                "run of their own (darks, flats), or read the camera into one stream"
+            )
 
     def _event_saved(self, run: _Run | None = None) -> None:
         """The RunEngine saved an event holding the camera's last reading: the points read

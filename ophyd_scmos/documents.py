@@ -108,6 +108,23 @@ class AssetDocs:
         self._unsaved.clear()
 
 
+def bundle_of_caller(depth: int = 12) -> tuple[str, str] | None:
+    """The run (its start document's uid) and the stream (its name) of the event the caller
+    is being read into, where a RunEngine's bundler is on the stack (it collects a device's
+    documents as it reads it); None elsewhere. bluesky tells a device neither."""
+    from bluesky.bundlers import RunBundler
+
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        if frame is None:
+            return None
+        bundler = frame.f_locals.get("self")
+        if isinstance(bundler, RunBundler):
+            return str(bundler._run_start_uid), str(bundler._bundle_name)
+        frame = frame.f_back
+    return None
+
+
 class SavedEvents:
     """Calls `on_saved()` each time the RunEngine that staged a device emits an event holding
     one of its `keys`.

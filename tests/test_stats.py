@@ -103,8 +103,10 @@ def test_a_region_outside_the_frame_is_refused_when_set(cam):
 def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(cam):
     cam.rois["spot"] = (80, 40, 10, 10)
     cam.binning.set(2)  # the frame is now 48x32
-    with pytest.raises(ValueError, match="outside the 48x32 frame"):
+    with pytest.raises(ValueError, match="outside the 48x32 frame") as refused:
         cam.stage()
+    assert "set the region anew (cam.rois[name] = " in str(refused.value)
+    assert "or remove it (del cam.rois[name])" in str(refused.value)
     assert cam._staged.name == "no"
     assert not cam.write_dir.exists() or not os.listdir(cam.write_dir)
 
