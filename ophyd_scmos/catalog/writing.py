@@ -9,7 +9,7 @@ writes what it holds whenever it has held something for `interval` seconds: a ru
 reach the catalog within about a second, in one request per table and image per second
 however fast the events come. Those requests cost ~0.05-0.25 s on a 2-core machine for a
 second of a fast step scan (a few hundred events): where they take longer than 5% of the
-time, the next waits longer.
+time, the next waits longer, twice `interval` at most (a killed process loses no more).
 
 The writing ahead is done on a thread of its own, and the RunEngine never waits for it: a
 document that comes while it writes is queued, and taken in order once it is done (a run's
@@ -47,8 +47,11 @@ logger = logging.getLogger(__name__)
 #: seconds a run's events and image references may wait in memory before they are written
 INTERVAL = 1.0
 #: at most this share of a run's time goes to writing ahead of its end: a write that took
-#: 0.1 s (a fast step scan's second of events, here) puts the next 2 s away, not 1
+#: 0.075 s (a fast step scan's second of events, here) puts the next 1.5 s away, not 1; but
+#: never more than `SLOWEST` intervals (a run's first write, which makes its tables, takes
+#: 0.2 s and more: 4 s and more of events lost with a killed process, were it not capped)
 WRITE_SHARE = 0.05
+SLOWEST = 2
 #: the longest wait between tries to write ahead while the catalog does not answer
 LONGEST_WAIT = 60.0
 
@@ -120,7 +123,8 @@ class _PacedRunWriter(_RunWriter):
             self._wait = min(LONGEST_WAIT, 2 * self._wait)
             return
         self._held_since = None
-        self._wait = max(self.interval, (time.monotonic() - started) / WRITE_SHARE)
+        paced = (time.monotonic() - started) / WRITE_SHARE
+        self._wait = min(SLOWEST * self.interval, max(self.interval, paced))
 
     def _send_unsent(self) -> None:
         """Give the catalog each image whose rows it has not taken yet, whole (its data
@@ -135,7 +139,8 @@ class CatalogWriter(TiledWriter):
     """A `TiledWriter` (subscribe it to the RunEngine) whose runs reach the catalog as they
     happen: events and image references are written `interval` seconds after they come,
     also while no document comes (a paused run, a long step), instead of at the run's end;
-    later where writing takes long (at most `WRITE_SHARE` of the time goes to it). The
+    later where writing takes long (at most `WRITE_SHARE` of the time goes to it), within
+    `SLOWEST` intervals however slow. The
     RunEngine never waits for that writing, but for a run's stop (see the module)."""
 
     def __init__(self, client: Any, *, interval: float = INTERVAL, **kwargs: Any):

@@ -231,6 +231,33 @@ def flaky_catalog(monkeypatch):
     stamina.set_active(True)
 
 
+def test_a_slow_catalog_still_gets_a_run_every_two_intervals(catalog_dir, flaky_catalog):
+    """Each write ahead taking a second: what it held waits two intervals more at most
+    (20 s, as 5% of the run's time, before: a killed process lost that much)."""
+    import bluesky.plan_stubs as bps
+    from ophyd.sim import det
+
+    _, slow = flaky_catalog
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog))
+    seen = []
+
+    def scan_then_look():
+        uid = yield from bps.open_run()
+        for _ in range(30):
+            yield from bps.trigger_and_read([det])
+            yield from bps.sleep(0.2)
+        yield from bps.sleep(6)  # the last events: written within two intervals and a write
+        seen.append(len(catalog[uid]["primary"]["seq_num"].read()))
+        yield from bps.close_run()
+
+    slow.set()
+    RE(scan_then_look())
+    slow.clear()
+    assert seen == [30]
+
+
 def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
     catalog_dir, tmp_path, flaky_catalog
 ):
