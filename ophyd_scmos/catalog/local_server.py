@@ -450,15 +450,22 @@ class _Usage:
         self.files, self.address, self.idle = files, address, idle
         self.requests, self.last_request = 0, time.monotonic()
         self.held: list[Lock] = []  # the locks a stopping server keeps until it exits
+        self.catalog = _identity(files.dir.parent)
+
+    def serves_its_catalog(self) -> bool:
+        """Its catalog's directory is still the one it opened: not deleted, nor deleted and
+        made anew (a server of the old database would send the new one's clients there,
+        to fail writing a file that is gone)."""
+        return _identity(self.files.dir.parent) == self.catalog
 
     def over(self, state: Any) -> bool:
         """No request for `idle` seconds and no process keeping the server; or its catalog
-        deleted."""
+        deleted, or replaced."""
+        if not self.serves_its_catalog():
+            return True
         if state.total_requests != self.requests or state.tasks:
             self.requests, self.last_request = state.total_requests, time.monotonic()
             return False
-        if not self.files.dir.is_dir():
-            return True
         if time.monotonic() - self.last_request < self.idle:
             return False
         unused = self.files.try_hold("kept")
@@ -470,9 +477,18 @@ class _Usage:
     def stop(self) -> None:
         """Hold the start lock until the process exits, and forget where it listened: a
         client meanwhile starts a new server, which starts once this one has gone."""
-        if self.files.dir.is_dir():
+        if self.serves_its_catalog():
             self.held.append(self.files.hold("start"))
             self.files.forget(self.address)
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which directory is at `directory` now (device and inode), None where there is none."""
+    try:
+        found = os.stat(directory)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
 
 
 def idle_seconds() -> float:

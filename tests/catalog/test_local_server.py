@@ -294,6 +294,25 @@ def test_a_deleted_state_file_is_written_again_by_its_server(directory: Path) ->
     catalog.context.close()
 
 
+def test_a_catalog_deleted_and_made_anew_gets_a_server_of_its_own(
+    directory: Path, template: Path
+) -> None:
+    """The old server, which has the deleted database open, leaves within its tick (it wrote
+    its address into the new directory, and every run into it failed: "attempt to write a
+    readonly database"); a run then goes into the new catalog."""
+    open_catalog(directory).context.close()
+    old = find_server(directory)
+    assert old is not None
+    anew = shutil.copytree(template, directory.with_name("anew"))
+    (anew / ".server-0").mkdir()  # as a process that looked for a server in it leaves it
+    shutil.rmtree(directory)
+    os.rename(anew, directory)  # at once: before the old server's next look
+    time.sleep(2)  # it looks every second
+    uid, _ = json.loads(result(python(WRITE, directory, "served")))
+    assert uid in open_catalog(directory)
+    assert refuses_connections(old)
+
+
 def test_the_server_stops_once_no_process_holds_its_clients_and_it_is_idle(
     directory: Path,
 ) -> None:
