@@ -234,8 +234,10 @@ def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
         **{device: str(path.absolute()) for device, path in files.items()},
     }
     reason = (
-        "the acquiring process ended without closing the run; closed by ophyd-scmos recover "
-        f"from {', '.join(recovered.values())} (the events were lost)"
+        "the run was not closed in the catalog (its acquiring process ended, or the catalog "
+        f"did not take its end); closed by ophyd-scmos recover from "
+        f"{', '.join(recovered.values())}: its images are the files' frames, its events "
+        "those the catalog had"
     )
     if stop:
         doc = {**stop, "reason": reason, "time": max(stop["time"], end_time)}

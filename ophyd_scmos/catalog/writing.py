@@ -16,7 +16,9 @@ document that comes while it writes is queued, and taken in order once it is don
 stop waits for it, then is written as TiledWriter writes it). A catalog server that stops
 answering mid-run (whose client retries for many seconds) then neither holds up nor fails
 the scan: what could not be written stays held, is tried again later, and is written at the
-run's end, or fails there as with TiledWriter.
+run's end, or fails there as with TiledWriter; then, unlike TiledWriter, what the run held
+is kept and tried again with its stop (`LONGEST_WAIT` apart at most) while the process
+lives.
 
 While the catalog does not answer, what is held grows: once 10,000 events or image rows of
 a run are held, TiledWriter's own batching writes them on the RunEngine's thread, which then
@@ -34,6 +36,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from bluesky_tiled_plugins import TiledWriter
@@ -58,11 +61,22 @@ LONGEST_WAIT = 60.0
 
 class _PacedRunWriter(_RunWriter):
     """One run's writer, which writes what it holds before the run ends when `write_if_due`
-    (the writer's thread) finds it held long enough."""
+    (the writer's thread) finds it held long enough. A stop the catalog did not take is
+    handed to `unfinished`, and tried again (`finish_if_due`) while the process lives."""
 
-    def __init__(self, client: Any, *, interval: float, **kwargs: Any):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        interval: float,
+        unfinished: Callable[[_PacedRunWriter], None],
+        **kwargs: Any,
+    ):
         super().__init__(client, **kwargs)
         self.interval = interval
+        self._unfinished = unfinished
+        self._stop_doc: dict[str, Any] | None = None  #: the stop, until the catalog took it
+        self._next_try = 0.0  #: when to try the stop again
         self._held_since: float | None = None  #: when the oldest unwritten data came
         self._wait = interval  #: how long data waits: `interval`, longer after slow writes
         self._failed = False  #: a write ahead failed (said once)
@@ -81,9 +95,48 @@ class _PacedRunWriter(_RunWriter):
 
     def stop(self, doc: Any) -> None:
         self._stopped = True
-        self._send_unsent()  # image rows counted ahead, whose sending failed
-        super().stop(doc)  # writes all it holds, or raises as TiledWriter's
+        self._stop_doc = dict(doc)
+        try:
+            self._finish()
+        except Exception as exc:
+            # The events and images held are not dropped with the run: tried again later.
+            logger.warning(
+                "the catalog did not take the end of run %s (%s): it holds the events and "
+                "image references not yet written, and tries again every %d s at most while "
+                "this process runs",
+                doc.get("run_start"),
+                exc,
+                LONGEST_WAIT,
+            )
+            self._wait = self.interval
+            self._next_try = time.monotonic() + self._wait
+            self._unfinished(self)
+            raise
+
+    def _finish(self) -> None:
+        """Write all that is held, then the stop (TiledWriter's stop, with nothing left to
+        write but its metadata), or raise; what was written is not written again."""
+        assert self._stop_doc is not None
+        self._write_held()
+        super().stop(dict(self._stop_doc))
+        self._stop_doc = None
         self._held_since = None
+
+    def finish_if_due(self) -> bool:
+        """Try the stop again, if it is time: whether it is written now."""
+        if self._stop_doc is None:
+            return True
+        if time.monotonic() < self._next_try:
+            return False
+        uid = self._stop_doc.get("run_start")
+        try:
+            self._finish()
+        except Exception:
+            self._wait = min(LONGEST_WAIT, 2 * self._wait)
+            self._next_try = time.monotonic() + self._wait
+            return False
+        logger.warning("the catalog took the end of run %s, tried again", uid)
+        return True
 
     def _hold(self) -> None:
         if self._held_since is None:
@@ -99,18 +152,7 @@ class _PacedRunWriter(_RunWriter):
             return
         started = time.monotonic()
         try:
-            for name, rows in self._internal_data_cache.items():
-                if rows:
-                    self._write_internal_data(rows, desc_node=self._desc_nodes[name])
-                    rows.clear()
-            # Image references are counted into their image once, then sent: a send that
-            # failed is sent again, never counted again (each count adds rows).
-            while self._external_data_cache:
-                uid, doc = next(iter(self._external_data_cache.items()))
-                node, consolidator, patch = self._update_consolidator(doc)
-                del self._external_data_cache[uid]
-                self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
-            self._send_unsent()
+            self._write_held()
         except Exception as exc:
             if not self._failed:
                 logger.warning(
@@ -125,6 +167,22 @@ class _PacedRunWriter(_RunWriter):
         self._held_since = None
         paced = (time.monotonic() - started) / WRITE_SHARE
         self._wait = min(SLOWEST * self.interval, max(self.interval, paced))
+
+    def _write_held(self) -> None:
+        """Write the events and image references held; each is written once, also where
+        writing fails part way and is tried again."""
+        for name, rows in self._internal_data_cache.items():
+            if rows:
+                self._write_internal_data(rows, desc_node=self._desc_nodes[name])
+                rows.clear()
+        # Image references are counted into their image once, then sent: a send that
+        # failed is sent again, never counted again (each count adds rows).
+        while self._external_data_cache:
+            uid, doc = next(iter(self._external_data_cache.items()))
+            node, consolidator, patch = self._update_consolidator(doc)
+            del self._external_data_cache[uid]
+            self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
+        self._send_unsent()
 
     def _send_unsent(self) -> None:
         """Give the catalog each image whose rows it has not taken yet, whole (its data
@@ -152,6 +210,8 @@ class CatalogWriter(TiledWriter):
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._error: BaseException | None = None  #: a document's, taken on the thread
         self._runs: weakref.WeakSet[_PacedRunWriter] = weakref.WeakSet()
+        #: runs whose stop the catalog did not take: held (strongly) until it does
+        self._unfinished: set[_PacedRunWriter] = set()
         self._thread = threading.Thread(
             target=self._write_ahead, args=(weakref.ref(self),), name="scmos-catalog-writer"
         )
@@ -200,6 +260,7 @@ class CatalogWriter(TiledWriter):
         run = _PacedRunWriter(
             self.client,
             interval=self.interval,
+            unfinished=self._unfinished.add,
             batch_size=self._batch_size,
             max_array_size=self._max_array_size,
             ignore_errors=self.ignore_errors,
@@ -221,6 +282,9 @@ class CatalogWriter(TiledWriter):
                 writer._take_queued()
                 for run in list(writer._runs):
                     run.write_if_due()
+                writer._unfinished.difference_update(
+                    [run for run in list(writer._unfinished) if run.finish_if_due()]
+                )
                 writer._take_queued()
             del writer
             time.sleep(interval / 4)

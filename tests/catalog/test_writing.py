@@ -258,6 +258,42 @@ def test_a_slow_catalog_still_gets_a_run_every_two_intervals(catalog_dir, flaky_
     assert seen == [30]
 
 
+def test_a_run_end_the_catalog_did_not_take_is_written_once_it_answers(
+    catalog_dir, tmp_path, flaky_catalog
+):
+    """The catalog fails the run's stop (its images' writes): the error is raised, and the
+    events and images held are not dropped with the run (they were): written, with the stop,
+    once the catalog answers again, while the process lives."""
+    failing, _ = flaky_catalog
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.05))
+    RE.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
+    started: list[str] = []
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set(ROI_XYWH)
+    cam.exposure_time.set(0.001)
+    failing.set()
+    try:
+        with pytest.raises(Exception, match="the catalog does not answer"):
+            RE(count([cam], num=12))
+    finally:
+        cam.destroy()
+    (uid,) = started
+    assert "stop" not in catalog[uid].metadata
+    failing.clear()
+    deadline = time.monotonic() + 30
+    while "stop" not in catalog[uid].metadata:
+        assert time.monotonic() < deadline, "the run's end was not written"
+        time.sleep(0.1)
+    run = catalog[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(12)[:, None])
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 13))
+
+
 def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
     catalog_dir, tmp_path, flaky_catalog
 ):
