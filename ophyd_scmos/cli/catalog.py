@@ -145,6 +145,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
         intervals, clock = np.diff(run[summary.stream]["time"].read()), "event times"
     report: dict[str, Any] = {
         **_summary_dict(summary),
+        "events": _events(run, summary),
         "interval_mean_s": float(intervals.mean()) if intervals.size else None,
         "interval_jitter_s": float(intervals.std()) if intervals.size else None,
         "interval_source": clock,
@@ -316,6 +317,15 @@ def _local_file_stats(path: str | None) -> FileStats | None:
         return None
 
 
+def _events(run: Any, summary: RunSummary) -> int | None:
+    """The events of a step scan's image stream in the catalog, which may be fewer than its
+    images: a run closed by `recover` has the frames of its file, and only the events the
+    catalog took before its process ended. None for a movie (its events are pages)."""
+    if len(summary.shape) != 4 or summary.stream is None:
+        return None
+    return int(run[summary.stream]["seq_num"].shape[0])
+
+
 def _summary_dict(summary: RunSummary) -> dict[str, Any]:
     return {
         "uid": summary.uid,
@@ -350,6 +360,13 @@ def _print_report(r: dict[str, Any]) -> None:
         f"{r['exit_status'] or 'running'}"
     )
     print(f"image      {r['key']}  {r['frames']} frames of {_shape_text(r['shape'])} {r['dtype']}")
+    points = r["shape"][0] if r["events"] is not None else None
+    if points is not None and r["events"] < points:
+        print(
+            f"events     {r['events']} of its {points} points' events are in the catalog: the "
+            "others never reached it (the acquiring process ended first); their frames are in "
+            "the file, and reading the stream whole fails on the missing rows: read its columns"
+        )
     print(f"file       {r['file'] or '-'}")
     if r["file_reachable"]:
         filters = ", ".join(r["filters"]) or "none"

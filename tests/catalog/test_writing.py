@@ -124,6 +124,9 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     assert stored == 6
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(stored)[:, None])
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
+    capsys.readouterr()
+    assert main(["show", "-1", "--catalog", str(catalog_dir), "--no-png"]) == 0
+    assert "events     5 of its 6 points' events are in the catalog" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("interval", [1e-6, 1e3], ids=["every_event", "at_the_end"])
