@@ -416,6 +416,17 @@ class SCMOSCamera(Device):
             readings[key] = {"value": value, "timestamp": timestamp}
         return readings
 
+    def subscribe(self, callback: Any, event_type: Any = None, run: bool = True) -> int:
+        """ophyd's; a camera has no default subscription for a RunEngine's `monitor` to
+        use, which then failed in ophyd's words: this says what to monitor instead."""
+        if event_type is None:
+            raise ValueError(
+                f"{self.name} cannot be monitored: its frames are taken by triggers (count, "
+                "scan) or a movie; monitor one of its signals instead "
+                f"({self.name}.frames_written)"
+            )
+        return int(super().subscribe(callback, event_type, run))
+
     @property
     def hints(self) -> dict[str, list[str]]:
         fields = list(super().hints["fields"])

@@ -93,3 +93,11 @@ def test_an_event_holds_the_frames_of_the_one_trigger_before_it(cam, RE, recorde
     datums = {d["datum_id"]: d for d in recorder.of("datum")}
     points = [datums[e["data"]["cam_image"]]["datum_kwargs"]["point_number"] for e in events]
     assert points == list(range(len(points)))  # every event emitted holds its own rows
+
+
+def test_a_camera_monitored_says_what_to_monitor_instead(cam, RE):
+    def nothing():
+        yield from bps.null()
+
+    with pytest.raises(ValueError, match=r"cam cannot be monitored: .* \(cam.frames_written\)"):
+        RE(bpp.monitor_during_wrapper(bpp.run_wrapper(nothing()), [cam]))
