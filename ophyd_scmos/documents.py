@@ -120,7 +120,9 @@ def bundle_of_caller(depth: int = 12) -> tuple[str, str] | None:
         if frame is None:
             return None
         if frame.f_code is read and isinstance(bundler := frame.f_locals["self"], RunBundler):
-            return str(bundler._run_start_uid), str(bundler._bundle_name)
+            # bluesky's own attributes: were they renamed, scans go on without the check
+            run, stream = (getattr(bundler, a, None) for a in ("_run_start_uid", "_bundle_name"))
+            return None if run is None or stream is None else (str(run), str(stream))
         frame = frame.f_back
     return None
 
