@@ -231,7 +231,10 @@ class BackgroundCatalog(Background):
         """A RunEngine preprocessor: a plan's first stage or run waits for the catalog,
         and where it cannot open, the plan fails there with `CatalogUnavailable`, before any
         device is staged (no file made, no scan id spent), and without bluesky's "Run
-        aborted" traceback: no run was. A plan that only moves motors never waits for it."""
+        aborted" traceback: no run was. A plan that only moves motors never waits for it,
+        and once the catalog is open, plans go through untouched."""
+        if self._writer is not None:
+            return plan
         from bluesky.preprocessors import plan_mutator
 
         if _quiet_unavailable not in logging.getLogger("bluesky").filters:
@@ -246,7 +249,7 @@ class BackgroundCatalog(Background):
                 return once_open(msg), None
             return None, None
 
-        return (yield from plan_mutator(plan, first_stage_or_run))
+        return plan_mutator(plan, first_stage_or_run)
 
 
 def _quiet_unavailable(record: logging.LogRecord) -> bool:

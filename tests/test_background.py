@@ -112,3 +112,5 @@ def test_a_catalog_that_cannot_open_stops_a_plan_before_its_devices_stage(
     assert len(attempts) == 3
     images = stand_in[uid]["primary"]["cam_image"].read()
     assert images.shape == (2, 1, 64, 96)
+    plan = iter(())
+    assert stand_in.before_runs(plan) is plan  # open: plans go through untouched
