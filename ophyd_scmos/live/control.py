@@ -144,9 +144,16 @@ class LiveControl:
         self._stop_focus()  # one that stopped on its own: the user's settings back first
         ring = self._ring_for_focus()
         focus = FocusLoop(self.driver, ring, on_error=self._focus_failed)
-        focus.start()
         self.focus = focus
+        # Said before the thread starts: a camera that fails at its first frame says so after
+        # (a loaded machine showed "focus" over the failure, said first).
         self.announce(mode="focus", ring=ring.spec.to_json(), file=None, error=None)
+        try:
+            focus.start()
+        except BaseException:
+            self.focus = None
+            self.announce(mode="idle")
+            raise
 
     def _focus_failed(self, error: Exception) -> None:
         """Focus mode stopped on its own (the camera failed): the page says so, and
