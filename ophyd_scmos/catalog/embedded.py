@@ -147,11 +147,9 @@ def start_local_server(
     starting). For a session with imports to do meanwhile, on the other core (the IPython
     profile). Nothing for a server's URL, or where there are no local servers.
     """
-    if path is None:
-        path = os.environ.get(CATALOG_ENV) or None
-    if is_url(path) or not LOCAL_SERVERS:
+    directory = embedded_directory(path)
+    if directory is None or not LOCAL_SERVERS:
         return
-    directory = absolute_path(default_catalog_dir() if path is None else path)
     key = (directory, readable_roots(readable))
     with _servers_lock:
         connected = _servers.get((*key, False))
@@ -195,6 +193,16 @@ def _client_map_type() -> type[Any]:
 def is_url(path: PathLike | None) -> bool:
     """Whether `open_catalog(path)` opens a Tiled server (an http(s) URL), not a directory."""
     return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
+
+
+def embedded_directory(location: PathLike | None) -> Path | None:
+    """The directory of the embedded catalog `open_catalog(location)` opens (None: after
+    ``$OPHYD_SCMOS_CATALOG``, the default one); None for a server's URL."""
+    if location is None:
+        location = os.environ.get(CATALOG_ENV) or None
+    if is_url(location):
+        return None
+    return absolute_path(default_catalog_dir() if location is None else location)
 
 
 def server_url(location: str | None) -> str | None:

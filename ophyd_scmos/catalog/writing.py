@@ -80,7 +80,6 @@ class _PacedRunWriter(_RunWriter):
         self._held_since: float | None = None  #: when the oldest unwritten data came
         self._wait = interval  #: how long data waits: `interval`, longer after slow writes
         self._failed = False  #: a write ahead failed (said once)
-        self._stopped = False  #: the run's stop came: it writes what is left, or fails
         #: image references counted into their image, whose new rows the catalog has not
         #: taken yet: consolidator -> (its node, the new rows' patches)
         self._unsent: dict[Any, tuple[Any, list[Patch]]] = {}
@@ -94,7 +93,6 @@ class _PacedRunWriter(_RunWriter):
         self._hold()
 
     def stop(self, doc: Any) -> None:
-        self._stopped = True
         self._stop_doc = dict(doc)
         try:
             self._finish()
@@ -146,8 +144,8 @@ class _PacedRunWriter(_RunWriter):
         """Write the events and image references held once the oldest has waited long
         enough, as TiledWriter's batching would. A failure keeps them held for the next
         try, twice as far away (at most `LONGEST_WAIT`), and for the run's stop."""
-        if self._stopped or self._held_since is None:
-            return
+        if self._stop_doc is not None or self._held_since is None:
+            return  # (a stop the catalog did not take: `finish_if_due` writes it all)
         if time.monotonic() - self._held_since < self._wait:
             return
         started = time.monotonic()

@@ -289,13 +289,10 @@ def config_check(args: argparse.Namespace) -> int:
 def _catalog_exists(location: str | None) -> bool:
     """A catalog `config check` can open without making one: a server, or an embedded
     catalog's database (one not there yet is made where the first run is recorded)."""
-    from ophyd_scmos.catalog import CATALOG_ENV, default_catalog_dir, server_url
-    from ophyd_scmos.catalog.embedded import CATALOG_DB
+    from ophyd_scmos.catalog.embedded import CATALOG_DB, embedded_directory
 
-    if server_url(location) is not None:
-        return True
-    directory = Path(location or os.environ.get(CATALOG_ENV) or default_catalog_dir())
-    return (directory.expanduser() / CATALOG_DB).exists()
+    directory = embedded_directory(location)
+    return directory is None or (directory / CATALOG_DB).exists()
 
 
 def _load(path: str | None, command: str) -> Any:
