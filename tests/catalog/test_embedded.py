@@ -390,7 +390,10 @@ def test_sync_names_a_movie_file_once(
     from ophyd_scmos.plans import movie
 
     cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path, ring_mb=4
+        name="cam",
+        driver=SimulatedSCMOS(shape=SENSOR, seed=6, camera_buffer_frames=50),
+        write_dir=tmp_path,
+        ring_mb=4,
     )
     cam.roi.set((0, 0, 32, 32))
     cam.exposure_time.set(0.001)

@@ -138,7 +138,7 @@ def test_a_run_written_in_pieces_reads_as_one(plan, interval, catalog_dir, tmp_p
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=interval))
-    driver = SimulatedSCMOS(shape=(256, 320), seed=5)
+    driver = SimulatedSCMOS(shape=(256, 320), seed=5, camera_buffer_frames=60)
     cam = SCMOSCamera(
         name="cam",
         driver=driver,
