@@ -27,7 +27,8 @@ def cameras(tmp_path: Path) -> Iterator[tuple[SCMOSCamera, SCMOSCamera]]:
     for name, shape, seed in (("left", (48, 64), 1), ("right", (40, 56), 2)):
         cam = SCMOSCamera(
             name=name,
-            driver=SimulatedSCMOS(shape=shape, seed=seed),
+            # deep enough that a loaded machine makes a movie's camera wait, not miss
+            driver=SimulatedSCMOS(shape=shape, seed=seed, camera_buffer_frames=1000),
             write_dir=tmp_path / "data",
             ring_mb=4,
         )
