@@ -4,6 +4,7 @@ bench` accepts, prints its table and writes its JSON; no timing is asserted."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,10 @@ def test_bench_reports_the_interactive_pace(tmp_path, capsys):
         < 1e3 / pace["count_256_tiled_events_s"]["SCMOSCamera"]
     )
     assert pace["full_frame_per_s"]["movie"] > 0 and pace["ipython_prompt_s"] > 0
+    # CPU time of the acquiring process: never more than its threads could have had
+    for name, cpu_ms in pace["count_256_process_cpu_ms"].items():
+        assert 0 < cpu_ms < os.cpu_count() * 1e3 / pace["count_256_tiled_events_s"][name]
+    assert "CPU of this process per event" in table
 
 
 def test_bench_reports_what_the_live_view_costs(tmp_path, capsys):

@@ -189,8 +189,9 @@ def re_count(n: int, scratch: Path) -> dict[str, float]:
 def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     """The interactive loop, ours beside ophyd.sim's trivial detector in the same process:
     a one-event `count` run (its whole cost: stage, trigger, unstage), `count` events/s at
-    a 256x256 region with CatalogWriter into an embedded catalog (and how long our trigger
-    waits in each of those events for its frame to be flushed and measured), and a
+    a 256x256 region with CatalogWriter into an embedded catalog (how long our trigger
+    waits in each of those events for its frame to be flushed and measured, and the CPU time
+    this process spends on an event, all its threads together), and a
     full-frame `count` beside a movie at the same settings. Rounds alternate the two,
     medians are quoted."""
     from bluesky import RunEngine
@@ -225,9 +226,12 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         small.exposure_time.set(1e-5)
         full.exposure_time.set(EXPOSURE)
 
-        def seconds(plan: Any) -> float:
-            t0 = time.perf_counter()
+        def seconds(plan: Any, cpu: list[float] | None = None) -> float:
+            """Wall seconds of the plan; its CPU seconds in this process appended to `cpu`."""
+            c0, t0 = time.process_time(), time.perf_counter()
             RE(plan)
+            if cpu is not None:
+                cpu.append(time.process_time() - c0)
             return time.perf_counter() - t0
 
         RE(count([small], num=1))  # the camera's writer starts here, once
@@ -238,9 +242,11 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         waits.clear()
         token = RE.subscribe(CatalogWriter(open_catalog(scratch / "pace-catalog")))
         tiled: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
+        cpu: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
         for _ in range(rounds):
-            tiled["ophyd.sim det"].append(events / seconds(count([det], num=events)))
-            tiled["SCMOSCamera"].append(events / seconds(count([small], num=events)))
+            for name, device in (("ophyd.sim det", det), ("SCMOSCamera", small)):
+                wall = seconds(count([device], num=events), cpu[name])
+                tiled[name].append(events / wall)
         RE.unsubscribe(token)
         open_s = _open_catalog_seconds(scratch / "pace-catalog", rounds)
         full_frames = max(events // 5, 50)
@@ -266,6 +272,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             np.median(np.divide(tiled["SCMOSCamera"], tiled["ophyd.sim det"]))
         ),
         "count_256_trigger_wait_ms": 1e3 * float(np.median(waits)),
+        "count_256_process_cpu_ms": {k: 1e3 * float(np.median(v)) / events for k, v in cpu.items()},
         "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
         "full_frame_count_vs_movie": float(
             np.median(np.divide(stepped["count"], stepped["movie"]))

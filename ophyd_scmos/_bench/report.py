@@ -218,6 +218,12 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"  a step's trigger waits {p['count_256_trigger_wait_ms']:.2f} ms for its frame to be "
         f"flushed and measured; det's whole event takes {1e3 / tiled['ophyd.sim det']:.2f} ms"
     )
+    cpu = p["count_256_process_cpu_ms"]
+    say(
+        f"  CPU of this process per event: ours {cpu['SCMOSCamera']:.2f} ms, det "
+        f"{cpu['ophyd.sim det']:.2f} ms (all its threads: the RunEngine's, the catalog's, the "
+        "camera's; they share one interpreter lock)"
+    )
     say(
         f"  2048x2048 count           {full['count']:6.1f} events/s   movie {full['movie']:6.1f} "
         f"frames/s   count/movie {p['full_frame_count_vs_movie']:5.2f}"
