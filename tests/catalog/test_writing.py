@@ -168,6 +168,23 @@ def test_an_interval_must_be_positive(catalog_dir):
         CatalogWriter(open_catalog(catalog_dir), interval=0)
 
 
+def test_the_catalog_checks_every_document_but_the_events_the_runengine_checked(catalog_dir):
+    """Events come checked against the schema by the RunEngine that made them: they are not
+    checked again (it cost more than the rest of their way to the catalog). A document the
+    RunEngine does not check, such as a descriptor, still is."""
+    import jsonschema
+    from event_model import compose_run
+
+    writer = CatalogWriter(open_catalog(catalog_dir))
+    run = compose_run()
+    writer("start", run.start_doc)
+    descriptor = run.compose_descriptor(name="primary", data_keys={}).descriptor_doc
+    with pytest.raises(jsonschema.ValidationError, match="'now' is not of type 'number'"):
+        writer("descriptor", {**descriptor, "time": "now"})
+        writer("stop", run.compose_stop())  # (raised here if the writer's thread took it)
+    assert CatalogWriter(open_catalog(catalog_dir), normalizer=None)._normalizer is None
+
+
 def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
     """The catalog's server is stopped (SIGSTOP: a hung server, a network that drops
     packets) for 6 s in the middle of a scan, longer than the writer waits between writes:
