@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import logging
 import os
+import socket
 import sqlite3
 import sys
 import threading
+import urllib.parse
+import urllib.request
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -105,6 +109,7 @@ def open_catalog(
             )
         from tiled.client import from_uri
 
+        _refuse_unreachable(str(path))
         return from_uri(
             str(path),
             api_key=api_key or os.environ.get("TILED_API_KEY"),
@@ -240,10 +245,42 @@ def reaching(location: str | None) -> Iterator[None]:
     try:
         yield
     except httpx.TransportError as exc:
-        raise CatalogUnavailable(
-            f"cannot reach the catalog at {url} ({exc}): check that its server is running "
-            "and that the URL is right"
-        ) from None
+        raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str, why: BaseException) -> CatalogUnavailable:
+    return CatalogUnavailable(
+        f"cannot reach the catalog at {url} ({why}): check that its server is running and "
+        "that the URL is right"
+    )
+
+
+#: seconds a first connection to a catalog server may take before Tiled's client is left to it
+CONNECT_SECONDS = 3.0
+
+
+def _refuse_unreachable(url: str) -> None:
+    """Raise `CatalogUnavailable` at once where nothing can answer at the URL's host and
+    port (connection refused, no such host, no route), instead of after Tiled's client has
+    retried for ~25 s. A network that does not answer, and a URL reached through a proxy,
+    are left to the client and its retries."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # not a port: the client says so
+    host = parts.hostname
+    proxies = urllib.request.getproxies()
+    proxied = proxies.get(parts.scheme) or proxies.get("all")
+    if host is None or (proxied and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except (ConnectionRefusedError, socket.gaierror) as exc:
+        raise _unreachable(url, exc) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            raise _unreachable(url, exc) from None
 
 
 def absolute_path(path: PathLike) -> Path:

@@ -1,8 +1,9 @@
 """The commands that open a catalog server, when it cannot be reached (a wrong URL, the server
 down): one line naming the URL, exit 2, no traceback, and `acquire` takes no frame.
 
-The connection is really refused: the port is one just bound and closed. Tiled's client
-retries a refused connection for about 25 s; here it tries once (`stamina`'s testing mode).
+The connection is really refused: the port is one just bound and closed. A refused connection
+is said at once, before Tiled's client (which would retry it for about 25 s) is made; where
+the client is reached anyway, it tries once here (`stamina`'s testing mode).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import stamina
 
+from ophyd_scmos.catalog import CatalogUnavailable, open_catalog
 from ophyd_scmos.cli import main
 
 SAYS = "cannot reach the catalog at {url} ("
@@ -78,3 +80,37 @@ def test_acquire_on_a_server_that_does_not_answer_takes_no_frame_and_makes_no_fi
     out, err = capsys.readouterr()
     assert out == "" and one_line(err, "acquire", url), err
     assert not any(data.rglob("*"))
+
+
+def test_a_refused_connection_is_said_before_tileds_client_retries_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tiled.client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    def client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Tiled's client was made: it retries a refused connection ~25 s")
+
+    monkeypatch.setattr(tiled.client, "from_uri", client)
+    with pytest.raises(CatalogUnavailable, match="Connection refused") as refused:
+        open_catalog(url)
+    assert str(refused.value).startswith(SAYS.format(url=url))
+
+
+def test_a_catalog_reached_through_a_proxy_is_left_to_tileds_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a proxy carries the request, a direct connection says nothing: the client,
+    which goes through the proxy, is made and tries (here: once)."""
+    import tiled.client
+
+    made = []
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example.org:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(tiled.client, "from_uri", lambda *args, **kwargs: made.append(args))
+    open_catalog("http://127.0.0.1:1")
+    assert made == [("http://127.0.0.1:1",)]
