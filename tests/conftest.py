@@ -22,11 +22,16 @@ def catalog_servers_stop_soon_after_the_tests() -> Iterator[None]:
         yield
 
 
+#: frames the simulated camera of `cam` holds while its reader stalls (a count, not memory):
+#: enough for any test's movie, so a loaded machine makes the camera wait, never miss frames
+#: that a test expects (tests of missed frames make cameras of their own, with small buffers)
+DEEP_CAMERA_BUFFER = 1_000_000
+
+
 @pytest.fixture
-def driver(request: pytest.FixtureRequest) -> SimulatedSCMOS:
-    """The simulated camera of `cam`; a test parametrizes it indirectly for other options
-    (e.g. a camera buffer deep enough that a loaded machine makes it wait, not miss frames)."""
-    return SimulatedSCMOS(shape=SENSOR, seed=7, **getattr(request, "param", {}))
+def driver() -> SimulatedSCMOS:
+    """The simulated camera of `cam`."""
+    return SimulatedSCMOS(shape=SENSOR, seed=7, camera_buffer_frames=DEEP_CAMERA_BUFFER)
 
 
 @pytest.fixture

@@ -268,7 +268,6 @@ def test_internal_mode_count_skips_frames_between_triggers(cam, driver, RE, reco
         np.testing.assert_array_equal(f[layout.DATA][5], driver.expected_frame(recorded[5]))
 
 
-@pytest.mark.parametrize("driver", [{"camera_buffer_frames": 100_000}], indirect=True)
 def test_statuses_report_progress_to_watchers(cam, RE):
     seen: list[dict] = []
 

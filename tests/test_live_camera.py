@@ -126,9 +126,6 @@ def test_the_view_shows_a_movie_as_it_is_recorded(cam, driver, feed, RE):
 
 
 @pytest.mark.parametrize("fate", [signal.SIGSTOP, signal.SIGKILL])
-# The camera holds every frame of the movie, so the machine's own stalls cost none: a camera
-# that waited on the view, stopped for the whole movie, would never finish it.
-@pytest.mark.parametrize("driver", [{"camera_buffer_frames": 100_000}], indirect=True)
 def test_a_view_frozen_or_killed_during_a_movie_costs_it_no_frame(cam, driver, feed, RE, fate):
     view = cam._live.view
     assert view is not None

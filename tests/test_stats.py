@@ -210,8 +210,6 @@ def test_without_statistics_there_are_no_readings_and_none_stored(driver, tmp_pa
         cam.destroy()
 
 
-# A camera buffer holding the whole movie: a loaded machine makes the camera wait, not miss.
-@pytest.mark.parametrize("driver", [{"camera_buffer_frames": 300}], indirect=True)
 def test_a_movies_statistics_are_stream_columns_one_row_per_frame(cam, RE, recorder, tmp_path):
     from bluesky_tiled_plugins import TiledWriter
 

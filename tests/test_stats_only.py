@@ -125,8 +125,6 @@ def test_a_scan_without_images_keeps_every_frames_statistics_and_sums_each_point
         cam.destroy()
 
 
-# A camera buffer holding the whole movie: a loaded machine makes the camera wait, not miss.
-@pytest.mark.parametrize("driver", [{"camera_buffer_frames": 300}], indirect=True)
 def test_a_movie_without_images_has_statistics_columns_one_row_per_frame(
     cam, driver, RE, recorder, catalog
 ):
