@@ -117,7 +117,8 @@ def open_catalog(
         )
 
     announce = path is None
-    directory = absolute_path(default_catalog_dir() if path is None else path)
+    directory = embedded_directory(path)
+    assert directory is not None  # not a URL, here
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"an embedded catalog is a directory, not a file: {directory}")
     _check_database(directory / CATALOG_DB)
