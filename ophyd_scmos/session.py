@@ -108,6 +108,14 @@ class FrameProgress:
         self.bar.close()
 
 
+# Two threads importing at once can each hold a module the other's import needs: Python then
+# hands one of them a partly initialized module, and its import fails. The BestEffortCallback's
+# matplotlib and the catalog's pandas and Tiled share such modules (dateutil, numpy's parts).
+# The loads wait for one another instead: they share one interpreter lock, so running them
+# side by side saved little anyway.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
+
 class Background:
     """What `load` returns, loaded on a thread by `start`, for a session that should not wait
     for its imports (the catalog: bluesky-tiled-plugins, xarray, pandas; the
@@ -167,7 +175,8 @@ class Background:
     def _get(self) -> Any:
         with self._lock:
             if self._value is None:
-                self._value = self._load()
+                with _ONE_LOAD_AT_A_TIME:
+                    self._value = self._load()
                 if self._namespace.get(self._name) is self:
                     self._namespace[self._name] = self._value
             return self._value

@@ -1,8 +1,11 @@
 """A catalog opened on a thread (the IPython profile's): it stands in for the catalog, waits for
-it at first use, writes runs, and gives its place to the catalog itself once open."""
+it at first use, writes runs, and gives its place to the catalog itself once open. Two things
+loaded on threads (the catalog, the BestEffortCallback) never import at the same time."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from bluesky.plans import count
 from ophyd.sim import det
 
 from ophyd_scmos.catalog import open_catalog
-from ophyd_scmos.session import BackgroundCatalog
+from ophyd_scmos.session import Background, BackgroundCatalog
 
 
 def test_it_stands_in_for_the_catalog_until_open_then_gives_it_its_place(
@@ -114,3 +117,67 @@ def test_a_catalog_that_cannot_open_stops_a_plan_before_its_devices_stage(
     assert images.shape == (2, 1, 64, 96)
     plan = iter(())
     assert stand_in.before_runs(plan) is plan  # open: plans go through untouched
+
+
+# A package whose import waits until another thread has begun importing the other package,
+# which imports a part of this one: two threads importing them at once would deadlock on
+# Python's module locks, and Python breaks that by handing one a half-made module.
+PACKAGE = """
+import {gates}
+{gates}.{name}_started.set()
+{gates}.{other}_started.wait(timeout=1)
+from {other_package} import {other_value}
+{value} = {other_value} + 1
+"""
+PART_USER = """
+import {gates}
+{gates}.{name}_started.set()
+{gates}.{other}_started.wait(timeout=1)
+from {other_package} import part
+{value} = part.VALUE
+"""
+
+
+def test_two_loads_on_threads_import_one_after_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two imports on two threads, each needing a module the other is making, fail one of them
+    when they run at once (the BestEffortCallback's matplotlib and the catalog's pandas share
+    such modules); the session's loads wait for each other, and both load."""
+    gates, first, second = (f"{word}_{tmp_path.name}".replace("-", "_") for word in "gab")
+    (tmp_path / f"{gates}.py").write_text(
+        "import threading\nfirst_started = threading.Event()\nsecond_started = threading.Event()\n"
+    )
+    (tmp_path / first).mkdir()
+    (tmp_path / first / "__init__.py").write_text(
+        PACKAGE.format(
+            gates=gates,
+            name="first",
+            other="second",
+            other_package=second,
+            other_value="SECOND",
+            value="FIRST",
+        )
+    )
+    (tmp_path / first / "part.py").write_text("VALUE = 1\n")
+    (tmp_path / second).mkdir()
+    (tmp_path / second / "__init__.py").write_text(
+        PART_USER.format(
+            gates=gates, name="second", other="first", other_package=first, value="SECOND"
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in (gates, first, f"{first}.part", second):  # gone again after the test
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
+
+    loads = [
+        Background(lambda name=name: importlib.import_module(name), "failed")
+        for name in (first, second)
+    ]
+    loads[0].start()
+    started = importlib.import_module(gates)
+    assert started.first_started.wait(timeout=10)  # the first holds its package
+    loads[1].start()
+    assert loads[1].wait().SECOND == 1
+    assert loads[0].wait().FIRST == 2
