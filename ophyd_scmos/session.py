@@ -162,14 +162,14 @@ class Background:
         """`start` once IPython has drawn its first prompt (into its namespace as `name`):
         loaded meanwhile, its imports would share the interpreter with the session's own and
         with drawing the prompt, and hold the prompt back. Without a prompt (input that is not
-        a terminal), at once."""
-        # A use before any prompt (startup code, `ipython -c` on a terminal, which never draws
-        # one) loads it there and also gives the loaded object its place.
+        a terminal) it loads at its first use, on the thread that uses it: there is no prompt
+        to free, and a thread would import beside the session's own code (see
+        `_ONE_LOAD_AT_A_TIME`)."""
+        # A use before any prompt (startup code, `ipython -c`, which never draws one) loads it
+        # there and also gives the loaded object its place.
         self._namespace, self._name = shell.user_ns, name
         app = getattr(getattr(shell, "pt_app", None), "app", None)
-        if app is None:
-            self.start()
-        else:  # every drawing calls it; only the first starts
+        if app is not None:  # every drawing calls it; only the first starts
             app.after_render += lambda _: self.start()
 
     def _get(self) -> Any:

@@ -48,6 +48,8 @@ def run(command, home, **kwargs):
 
 
 COUNT_50 = """
+import threading
+print("LOADING", [t.name for t in threading.enumerate() if t.name.startswith("scmos-load")])
 (uid,) = RE(count([cam], num=50))
 print("RESULT", uid)
 """
@@ -72,6 +74,9 @@ def test_ipython_with_the_example_config_counts_50_frames_into_the_catalog(home)
     assert "cam      Simulated sCMOS, 512x512, exposure 5 ms, software trigger" in session.stdout
     assert f"config   {EXAMPLE_CONFIG}" in session.stdout
     assert "cam_frame_number" in session.stdout
+    # Input that is not a terminal draws no prompt: the catalog and the table load at the
+    # first run, on the session's own thread, not on threads importing beside its code.
+    assert result_line(session.stdout, "LOADING") == "[]"
 
     run_ = open_catalog(catalog_dir(home))[uid]
     frames = run_["primary"]["cam_image"].read()
