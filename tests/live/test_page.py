@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ def click(browser, element: str) -> None:
 
 def text(browser, element: str) -> str:
     return browser.evaluate(f"document.getElementById('{element}').textContent")
+
+
+def texts(browser, *elements: str) -> tuple[str, ...]:
+    """What several of the page's elements say at one moment (read one by one, the page could
+    change between two of them)."""
+    ids = json.dumps(elements)
+    return tuple(browser.evaluate(f"{ids}.map(id => document.getElementById(id).textContent)"))
 
 
 def screen(browser, tmp_path) -> np.ndarray:
@@ -262,7 +270,7 @@ def test_the_page_shows_a_recording_its_frames_file_and_counters(
 
     def watch() -> None:
         while not done.is_set():
-            seen.append((text(browser, "mode"), text(browser, "file"), text(browser, "written")))
+            seen.append(texts(browser, "mode", "file", "written"))
             if not recorded and seen[-1][0] == "recording" and seen[-1][2] not in ("—", "0"):
                 recorded.append(drawn(browser))
                 screen(browser, tmp_path)
