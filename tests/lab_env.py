@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
+
+from ophyd_scmos.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "profiles" / "lab.toml"
@@ -82,3 +85,15 @@ def result_line(stdout: str, tag: str = "RESULT") -> str:
     """The text after `tag` on the line a test's code printed it, among a session's output."""
     (line,) = [line for line in stdout.splitlines() if line.startswith(tag + " ")]
     return line[len(tag) + 1 :]
+
+
+def frames_recorded(directory: Path, pattern: str) -> int:
+    """Frames a growing run file holds so far, read beside its writer (SWMR); 0 before the
+    file is there or readable."""
+    for path in directory.glob(pattern):
+        try:
+            with h5py.File(path, "r", swmr=True) as f:
+                return f[layout.DATA].shape[0]
+        except (OSError, KeyError):
+            return 0
+    return 0

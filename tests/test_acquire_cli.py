@@ -20,7 +20,16 @@ from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.session import FrameProgress
 from tests.conftest import expected_frames
-from tests.lab_env import BIN, EXAMPLE_CONFIG, REPO, data_dir, run, shared_home, user_env
+from tests.lab_env import (
+    BIN,
+    EXAMPLE_CONFIG,
+    REPO,
+    data_dir,
+    frames_recorded,
+    run,
+    shared_home,
+    user_env,
+)
 
 ACQUIRE = str(BIN / "ophyd-scmos"), "acquire"
 
@@ -29,7 +38,8 @@ FAST_CAMERA = """
 compression = "none"
 ring_mb = 16
 [cameras.fast]
-options = { shape = [256, 320], seed = 3 }
+# a deep camera buffer: a loaded machine that stalls the reader makes it wait, not miss
+options = { shape = [256, 320], seed = 3, camera_buffer_frames = 100000 }
 exposure_time = 0.001
 acquire_period = 0.002
 roi = [32, 16, 96, 64]
@@ -78,18 +88,6 @@ def test_acquire_movie_records_frames_at_full_rate_and_reports_json(home):
         assert f["/entry"].attrs["exposure_time"] == 0.0015  # --exposure over the file's
         numbers = f[layout.FRAME_NUMBER][()]
     np.testing.assert_array_equal(np.diff(numbers), 1)  # the camera's numbers: no gap
-
-
-def frames_recorded(directory, pattern: str) -> int:
-    """Frames a growing run file holds so far, read beside its writer (SWMR); 0 before the
-    file is there or readable."""
-    for path in directory.glob(pattern):
-        try:
-            with h5py.File(path, "r", swmr=True) as f:
-                return f[layout.DATA].shape[0]
-        except (OSError, KeyError):
-            return 0
-    return 0
 
 
 @pytest.mark.parametrize(
@@ -280,7 +278,7 @@ def test_the_readme_acquire_step_records_a_region_not_full_frames(home):
     result = json.loads(done.stdout)
     with h5py.File(result["file"], "r") as f:
         assert f[layout.DATA].shape[1:] == (512, 512)
-        assert 50 <= f[layout.DATA].shape[0] <= 150  # ~100 frames/s for 1 s
+        assert 20 <= f[layout.DATA].shape[0] <= 400  # ~100 frames/s for 1 s
 
 
 def test_the_progress_bar_stays_within_its_total_and_shows_the_cameras_rate():
@@ -289,13 +287,15 @@ def test_the_progress_bar_stays_within_its_total_and_shows_the_cameras_rate():
     (catalog, writer) nor the tail after it (closing the file, the catalog's stop)."""
     out = io.StringIO()
     progress = FrameProgress(300, "cam", file=out, disable=False)
-    time.sleep(0.3)  # set-up
+    time.sleep(1)  # set-up
     progress("start", {})
+    started = time.monotonic()
     progress("descriptor", {"data_keys": {"cam_image": {"dtype": "array", "shape": [64, 96]}}})
     for stop in (100, 200, 301):
         time.sleep(0.1)
         progress("stream_datum", {"indices": {"start": 0, "stop": stop}})
-    time.sleep(0.3)  # tail
+    frames_took = time.monotonic() - started  # 0.3 s, more on a loaded machine
+    time.sleep(1)  # tail
     progress.close()
     drawn = out.getvalue()
     assert not re.search(r"\d+frames \[", drawn)  # tqdm's form for a count past its total
@@ -304,8 +304,9 @@ def test_the_progress_bar_stays_within_its_total_and_shows_the_cameras_rate():
     final = drawn.rstrip().split("\r")[-1]
     assert "301/301" in final
     rate = float(re.search(r"([\d.]+)frames/s", final).group(1))
-    assert 301 / 0.5 < rate < 301 / 0.28  # 0.3 s from start to the last frame, not 0.9 s
-    assert progress.elapsed == pytest.approx(0.3, abs=0.15)
+    # From the start to the last frame, not the 2 s more of set-up and tail.
+    assert rate == pytest.approx(301 / frames_took, rel=0.2)
+    assert progress.elapsed == pytest.approx(frames_took, abs=0.05)
 
 
 def test_a_run_that_fails_midway_still_reports_its_uid_file_and_counts(tmp_path):

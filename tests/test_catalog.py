@@ -269,7 +269,7 @@ def test_runs_read_back_exactly_in_a_new_process(
         # batch_size=1: every event is appended as it comes, the most contention for the reader.
         tiled_RE = RunEngine({}, call_returns_result=False)
         tiled_RE.subscribe(TiledWriter(catalog, batch_size=1))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not (out / "ready").exists() and reader.poll() is None:
             assert time.monotonic() < deadline, "reader did not start"
             time.sleep(0.02)

@@ -12,7 +12,7 @@ import pytest
 
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
-from tests.lab_env import BIN, user_env
+from tests.lab_env import BIN, frames_recorded, user_env
 
 
 @pytest.mark.parametrize(
@@ -54,11 +54,10 @@ def test_ctrl_c_ends_the_demo_keeping_the_frames_taken(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.rglob("cam_*.h5")):  # the run has started
+    deadline = time.monotonic() + 120
+    while frames_recorded(tmp_path, "**/cam_*.h5") == 0:  # the run has taken frames
         assert time.monotonic() < deadline and demo.poll() is None, "the demo did not start"
         time.sleep(0.1)
-    time.sleep(2)
     demo.send_signal(signal.SIGINT)
     out, err = demo.communicate(timeout=60)
     assert demo.returncode == 130, err[-3000:]

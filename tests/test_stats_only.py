@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import h5py
 import numpy as np
@@ -20,7 +19,7 @@ from ophyd_scmos.catalog import file_stats
 from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.plans import movie
 from tests.faults.test_interrupts import pause_at
-from tests.pipeline.test_stats import numpy_stats
+from tests.pipeline.test_stats import numpy_stats, wait_for_stored_stats
 
 WHOLE = (0, 0, 96, 64)  #: the `cam` fixture's frame
 SPOT = (7, 5, 11, 13)
@@ -207,7 +206,7 @@ def test_a_killed_writer_leaves_the_statistics_it_flushed(cam, driver, RE, recor
     def kill_writer_at_event_50(name, doc):
         if name == "event" and doc["seq_num"] == 50 and not killed:
             killed["pid"] = cam._run.stream.writer.pid
-            time.sleep(1)  # past a flush interval: the first statistics are in the file
+            wait_for_stored_stats(cam.file_path.get(), 50, timeout=60)  # within an interval
             os.kill(killed["pid"], signal.SIGKILL)
 
     RE.subscribe(kill_writer_at_event_50)

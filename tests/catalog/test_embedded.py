@@ -36,7 +36,7 @@ from ophyd_scmos.catalog import (
 from ophyd_scmos.catalog.local_server import find_server
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
-from tests.conftest import SENSOR, expected_frames
+from tests.conftest import DEEP_CAMERA_BUFFER, SENSOR, expected_frames
 
 FRAMES = 300
 
@@ -356,7 +356,10 @@ def test_show_tells_frames_skipped_between_points_from_lost_ones(
     interval is the camera's, not the time between points."""
 
     cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=4), write_dir=tmp_path, ring_mb=4
+        name="cam",
+        driver=SimulatedSCMOS(shape=SENSOR, seed=4, camera_buffer_frames=DEEP_CAMERA_BUFFER),
+        write_dir=tmp_path,
+        ring_mb=4,
     )
     cam.roi.set((0, 0, 32, 32))
     cam.exposure_time.set(0.002)
@@ -481,7 +484,7 @@ def test_a_truncated_or_moved_file_fails_at_once_naming_it(
     started = time.monotonic()
     with pytest.raises(UnreadableFile, match=rf"{re.escape(str(path))} is truncated: 8192 bytes"):
         images.read()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # not the retries of a file being written
     with pytest.raises(UnreadableFile, match="truncated"):
         file_stats(path)
     assert main(show) == 1

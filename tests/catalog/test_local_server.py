@@ -188,7 +188,7 @@ def test_a_run_waits_for_another_process_writing_the_tables_and_loses_nothing(
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(catalog, batch_size=1))
     RE(count([det], num=2))  # the run's tables exist, as after any first run
-    holder = python(HOLD_TABLES, directory / "tables.sqlite", 1.5)
+    holder = python(HOLD_TABLES, directory / "tables.sqlite", 3)
     assert result(holder) == "held"
     started = time.monotonic()
     (uid,) = RE(count([det], num=5))

@@ -325,7 +325,7 @@ def test_a_file_outside_the_readable_directories_is_refused_at_once_with_the_rea
     started = time.monotonic()
     with pytest.raises(ClientError) as refused:
         images.read()
-    assert time.monotonic() - started < 5  # not ~25 s of retries
+    assert time.monotonic() - started < 15  # not ~25 s of retries
     message = str(refused.value)
     assert message.startswith("403: Refusing to serve")
     assert str(tmp_path / "elsewhere") in message and "--read" in message
@@ -347,7 +347,7 @@ def test_a_truncated_or_moved_file_is_refused_at_once_naming_it(
     started = time.monotonic()
     with pytest.raises(ClientError, match="409: .* is truncated: 8192 bytes") as refused:
         images.read()
-    assert time.monotonic() - started < 5 and str(path) in str(refused.value)
+    assert time.monotonic() - started < 15 and str(path) in str(refused.value)
     assert "Traceback" not in _log_since(facility, logged)
     show = ["show", uid, "--catalog", facility["url"], "--api-key", facility["api_key"]]
     assert main([*show, "--no-png"]) == 1

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from ophyd_scmos.drivers import ROI, CameraDriver, SimulatedSCMOS, driver_from_spec
+from tests.conftest import DEEP_CAMERA_BUFFER
 
 FAKE_GV = "arv-fake-gv-camera-0.8"
 FAKE_ADDRESS = "127.0.0.1"
@@ -173,7 +174,7 @@ def simulated_harness(request: pytest.FixtureRequest) -> Harness:
     return Harness(
         "simulated",
         lambda small: SimulatedSCMOS(
-            shape=(256, 320), seed=1, camera_buffer_frames=4 if small else 32
+            shape=(256, 320), seed=1, camera_buffer_frames=4 if small else DEEP_CAMERA_BUFFER
         ),
         SMALL_ROI,
         overflow_after=0.2,
@@ -207,7 +208,8 @@ def genicam_harness(request: pytest.FixtureRequest) -> Harness:
 
     def make(small: bool) -> GenICamCamera:
         fake.ensure()
-        return GenICamCamera(fake.address, buffer_frames=3 if small else 16, liveness=0.3)
+        # 256 buffers: 1.3 s of frames, for a reader a loaded machine stalls
+        return GenICamCamera(fake.address, buffer_frames=3 if small else 256, liveness=0.3)
 
     return Harness(
         "genicam",

@@ -117,7 +117,7 @@ def test_frame_ids_are_unwrapped_past_65535(genicam, fake_gige):
     fake_gige.kill()
     fake_gige.ensure()  # a new fake camera's 16-bit frame ids start near the wrap
     assert first_frame_id(fake_gige.address) > 65535 - 600
-    driver = genicam(buffer_frames=64)
+    driver = genicam(buffer_frames=1024)  # the 700 frames fit: a stalled reader misses none
     driver.configure(
         CameraSettings(
             exposure_time=0.001, roi=ROI(0, 0, 64, 64), trigger_mode=TriggerMode.INTERNAL

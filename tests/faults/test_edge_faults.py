@@ -139,7 +139,7 @@ def test_a_file_with_damaged_metadata_fails_at_once_naming_it(cam, tmp_path, RE,
     started = time.monotonic()
     with pytest.raises(UnreadableFile, match=f"{path} is damaged"):
         images.read()
-    assert time.monotonic() - started < 5  # not a minute of SWMR retries
+    assert time.monotonic() - started < 15  # not a minute of SWMR retries
     capsys.readouterr()
     assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 1
     err = capsys.readouterr().err

@@ -244,8 +244,17 @@ class SlowReader:
     async def read(self):
         self.reads += 1
         if self.reads == self.pause_at + 1:
-            threading.Timer(0.05, self.RE.request_pause, kwargs={"defer": False}).start()
-            await asyncio.sleep(0.3)
+            requested = threading.Event()
+
+            def ctrl_c() -> None:
+                self.RE.request_pause(defer=False)
+                requested.set()
+
+            threading.Timer(0.05, ctrl_c).start()
+            deadline = time.monotonic() + 60
+            while not requested.is_set() and time.monotonic() < deadline:  # however late
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.25)
         return {"slow": {"value": float(self.reads), "timestamp": time.time()}}
 
 

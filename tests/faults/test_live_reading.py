@@ -22,6 +22,7 @@ seen = []
 deadline = time.monotonic() + 60
 with h5py.File(path, "r", swmr=True) as f:
     data, numbers = f["/entry/data/data"], f["/entry/data/frame_number"]
+    print("READY", flush=True)
     while time.monotonic() < deadline:
         data.refresh(); numbers.refresh()
         n = data.shape[0]
@@ -31,7 +32,7 @@ with h5py.File(path, "r", swmr=True) as f:
         if n == total:
             break
         time.sleep(0.02)
-print(" ".join(map(str, seen)))
+print("SEEN", " ".join(map(str, seen)))
 """
 
 
@@ -48,6 +49,7 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert reader.stdout.readline() == "READY\n"  # it watches before the first frame
     for burst in range(10):  # ten bursts, 0.15 s apart, while the reader watches
         camera.software_trigger(10)
         stream.wait(10 * (burst + 1), timeout=10)
@@ -55,7 +57,7 @@ def test_a_second_process_sees_the_file_grow_frame_by_frame(tmp_path):
     out, err = reader.communicate(timeout=60)
     stream.close()
     assert reader.returncode == 0, err[-2000:]
-    sizes = [int(n) for n in out.split()]
+    sizes = [int(n) for n in out.removeprefix("SEEN").split()]
     assert sizes[-1] == 100
     assert len(sizes) >= 4, f"the reader saw only {sizes}"
     assert sizes == sorted(sizes)

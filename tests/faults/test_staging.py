@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -133,6 +134,7 @@ def test_a_camera_that_fails_to_start_leaves_nothing_behind(tmp_path, RE):
     cam = SCMOSCamera(
         name="cam", driver=CameraThatWillNotStart(shape=(64, 64)), write_dir=tmp_path, ring_mb=2
     )
+    gc.collect()  # an earlier test's camera no one holds ends its writer now, not during this
     rings, writers = _our_rings(), _writer_children()  # other tests' cameras may keep theirs
     threads = _stream_threads()
     for _ in range(3):  # every attempt, not just the first

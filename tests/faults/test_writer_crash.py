@@ -38,7 +38,7 @@ def test_killed_writer_fails_the_plan_and_leaves_a_readable_file(cam, driver, RE
     message = " ".join(str(e) for e in _chain(info.value))
     path = cam.file_path.get()
     assert path in message and "died" in message and "holds the first" in message
-    assert noticed < 5  # a second in practice; the bound only guards against a hang
+    assert noticed < 15  # a second in practice; the bound only guards against a hang
     assert not os.path.exists(f"/dev/shm/{killed['ring']}")
     assert len(recorder.of("event")) < 5000
 

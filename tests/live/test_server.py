@@ -81,7 +81,12 @@ def test_a_frame_comes_binned_to_the_size_asked(camera, server, width, height, f
 def test_a_frame_request_waits_for_a_newer_frame_or_says_there_is_none(camera, server):
     frame = f"{server.base}/frame?token={server.token}&width=64&height=64"
     first, _ = decode(get(frame)[1])
-    newer, _ = decode(get(f"{frame}&after={first['delivered']}&ring={first['ring']}")[1])
+    after_first = f"{frame}&after={first['delivered']}&ring={first['ring']}"
+    for _ in range(30):  # none newer within a second (204) only on a loaded machine: again
+        status, body = get(after_first)
+        if status != 204:
+            break
+    newer, _ = decode(body)
     assert newer["delivered"] > first["delivered"]
     assert newer["frame_number"] > first["frame_number"]
     # A ring the page knows no more (the camera made another): any frame at once.
@@ -92,7 +97,7 @@ def test_a_frame_request_waits_for_a_newer_frame_or_says_there_is_none(camera, s
     started = time.monotonic()
     status, body = get(f"{frame}&after={latest}&ring={first['ring']}")
     assert (status, body) == (204, b"")
-    assert 0.9 < time.monotonic() - started < 5
+    assert 0.9 < time.monotonic() - started < 15
     assert get(f"{frame}&after=many")[0] == 400
 
 
