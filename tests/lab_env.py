@@ -66,7 +66,7 @@ def metadata_dir(home: Path) -> Path:
 
 
 def run(
-    command: list[str], home: Path, timeout: float = 120, typed: str | None = None, **extra: str
+    command: list[str], home: Path, timeout: float = 300, typed: str | None = None, **extra: str
 ):
     """Run a command as the stand-in user, in its home; the result, output as text. `typed`:
     what the user types (then end of input), as into an interactive session."""
