@@ -829,7 +829,13 @@ class SCMOSCamera(Device):
         # request is there when they arrive and the writer flushes them at once.
         stream.wait_for((point + 1) * k, done)
         if self._mode is TriggerMode.SOFTWARE and stream.error is None:  # else failed, saying why
-            self.driver.software_trigger(k)
+            try:
+                self.driver.software_trigger(k)
+            except Exception:
+                # The stream failed meanwhile (the camera lost on its thread) and stopped the
+                # camera, which now refuses triggers: the status fails saying why it stopped.
+                if stream.error is None:
+                    raise
         return status
 
     def pause(self) -> None:

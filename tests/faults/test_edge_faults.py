@@ -1,13 +1,14 @@
 """Faults at the edges, beyond the other fault tests: a ring the free-space check misses,
 runs whose writer was killed read from the catalog, a file with damaged metadata, rings of
 dead processes removed by recover, a secret however it is spelt in the lab configuration,
-the package's license."""
+the package's license, a camera lost just as a point is triggered."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import pytest
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 
-from ophyd_scmos import open_catalog
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.catalog import UnreadableFile
 from ophyd_scmos.cli import main
 from ophyd_scmos.config import ConfigError, load_config
+from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.plans import movie
 from tests.pipeline.test_ring import SMALL_SHM, run_with_small_shm
@@ -195,3 +197,44 @@ def test_the_license_is_an_spdx_expression():
     with (REPO / "pyproject.toml").open("rb") as file:
         project = tomllib.load(file)["project"]
     assert project["license"] == "BSD-3-Clause"
+
+
+class UnpluggedAsTriggered(SimulatedSCMOS):
+    """A camera unplugged as its third trigger goes out: the stream's reader finds it gone
+    and stops it before the trigger reaches it (the camera's own words are then "not
+    started")."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.gone = threading.Event()
+        self.triggers = 0
+
+    def read_into(self, out, timeout):
+        if self.gone.is_set():
+            raise CameraError("camera unplugged")
+        return super().read_into(out, timeout)
+
+    def software_trigger(self, frames: int = 1) -> None:
+        self.triggers += 1
+        if self.triggers == 3:
+            self.gone.set()
+            deadline = time.monotonic() + 30
+            while self._running and time.monotonic() < deadline:  # the stream stops it
+                time.sleep(0.01)
+        super().software_trigger(frames)
+
+
+def test_a_camera_lost_as_a_point_is_triggered_fails_the_scan_saying_why(tmp_path, RE, recorder):
+    cam = SCMOSCamera(
+        name="cam", driver=UnpluggedAsTriggered(shape=(64, 96), seed=7), write_dir=tmp_path
+    )
+    try:
+        with pytest.raises(Exception) as info:
+            RE(count([cam], num=5))
+    finally:
+        cam.destroy()
+    said = repr(info.value) + repr(info.value.__cause__)
+    assert "camera failed: camera unplugged" in said and "before start()" not in said
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == "fail" and "camera unplugged" in stop["reason"]
+    assert len(recorder.of("event")) == 2
