@@ -22,9 +22,10 @@ def catalog_servers_stop_soon_after_the_tests() -> Iterator[None]:
         yield
 
 
-#: frames the simulated camera of `cam` holds while its reader stalls (a count, not memory):
-#: enough for any test's movie, so a loaded machine makes the camera wait, never miss frames
-#: that a test expects (tests of missed frames make cameras of their own, with small buffers)
+#: frames a test's simulated camera (that of `cam`, the driver harness's, ...) holds while its
+#: reader stalls (a count, not memory): enough for any test's movie, so a loaded machine makes
+#: the camera wait, never miss frames that a test expects (tests of missed frames make cameras
+#: of their own, with small buffers)
 DEEP_CAMERA_BUFFER = 1_000_000
 
 

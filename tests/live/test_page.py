@@ -105,15 +105,16 @@ def click(browser, element: str) -> None:
     browser.evaluate(f"document.getElementById('{element}').click()")
 
 
-def text(browser, element: str) -> str:
-    return browser.evaluate(f"document.getElementById('{element}').textContent")
-
-
 def texts(browser, *elements: str) -> tuple[str, ...]:
     """What several of the page's elements say at one moment (read one by one, the page could
     change between two of them)."""
     ids = json.dumps(elements)
     return tuple(browser.evaluate(f"{ids}.map(id => document.getElementById(id).textContent)"))
+
+
+def text(browser, element: str) -> str:
+    (said,) = texts(browser, element)
+    return said
 
 
 def screen(browser, tmp_path) -> np.ndarray:
