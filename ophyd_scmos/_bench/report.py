@@ -210,10 +210,19 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"  one-event count run       ours {one['SCMOSCamera']:7.1f} ms   "
         f"det {one['ophyd.sim det']:6.1f} ms   ours/det {p['one_event_run_ratio']:5.1f}x"
     )
+    ratio = p["count_256_tiled_ratio"]
     say(
         f"  count 256x256 into catalog ours {tiled['SCMOSCamera']:6.0f} events/s   "
-        f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {p['count_256_tiled_ratio']:5.2f}"
+        f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {ratio['SCMOSCamera']:5.2f}"
     )
+    if probes.PEER in tiled:
+        say(
+            f"  count 320x240 uint8, {probes.PEER} {tiled[probes.PEER]:4.0f} events/s   "
+            f"its/det {ratio[probes.PEER]:5.2f} (the nearest peer: it writes in the "
+            "RunEngine's event loop, no process of its own, its frames' sums only)"
+        )
+    else:
+        say(f"  ({probes.PEER} beside them: pip install 'ophyd-async[sim]')")
     say(
         f"  a step's trigger waits {p['count_256_trigger_wait_ms']:.2f} ms for its frame to be "
         f"flushed and measured; det's whole event takes {1e3 / tiled['ophyd.sim det']:.2f} ms"
