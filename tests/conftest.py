@@ -9,16 +9,19 @@ import pytest
 from bluesky import RunEngine
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.catalog.journal import JOURNAL_ENV
 from ophyd_scmos.catalog.local_server import IDLE_ENV
 
 SENSOR = (256, 320)  # small, non-square: catches swapped axes
 
 
 @pytest.fixture(scope="session", autouse=True)
-def catalog_servers_stop_soon_after_the_tests() -> Iterator[None]:
-    """The local catalog servers tests start stop seconds after the test run, not minutes."""
+def catalog_servers_stop_soon_after_the_tests(tmp_path_factory) -> Iterator[None]:
+    """The local catalog servers tests start stop seconds after the test run, not minutes;
+    the runs' journals stay out of the user's directories."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(IDLE_ENV, "5")
+        mp.setenv(JOURNAL_ENV, str(tmp_path_factory.mktemp("journals")))
         yield
 
 

@@ -10,8 +10,9 @@ descriptor names it: the camera's ``file_path`` is part of its configuration. `c
 registers the frames of each file as the images the descriptor announced, the way
 TiledWriter would have, and writes the stop, naming each camera's file under
 ``recovered_from``: a camera's file recovered later still finds the run. The events not yet
-written, with the readings of every other device, died with the process: they are not made
-up.
+written, with the readings of every other device, are in the run's journal where
+`CatalogWriter` kept one (`ophyd_scmos.catalog.journal.replay` writes them first); without
+one they died with the process: they are not made up.
 
 A run that died before its first event has no descriptor (bluesky writes it with the first
 event), and the file does not record its run: such a run is recognised by its start, which
@@ -237,7 +238,7 @@ def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
         "the run was not closed in the catalog (its acquiring process ended, or the catalog "
         f"did not take its end); closed by ophyd-scmos recover from "
         f"{', '.join(recovered.values())}: its images are the files' frames, its events "
-        "those the catalog had"
+        "those the catalog had or the run's journal kept"
     )
     if stop:
         doc = {**stop, "reason": reason, "time": max(stop["time"], end_time)}

@@ -4,12 +4,14 @@ bluesky-tiled-plugins' `TiledWriter` keeps a run's events and image references i
 until 10,000 have piled up or the run ends. A run in progress then shows nothing to anyone
 else (a second session, an analysis following the scan), and when the acquiring process
 dies, every reading of every device in the run dies with it: `recover` gets the images back
-from the camera's file, not the motor positions. `CatalogWriter` is a `TiledWriter` that also
+from the camera's file, not the motor positions. (`CatalogWriter` also appends every
+document to the run's journal as it comes: `ophyd_scmos.catalog.journal`; `recover` writes
+the events the catalog lacks from it.) `CatalogWriter` is a `TiledWriter` that also
 writes what it holds whenever it has held something for `interval` seconds: a run's data
 reach the catalog within about a second, in one request per table and image per second
 however fast the events come. Those requests cost ~0.05-0.25 s on a 2-core machine for a
 second of a fast step scan (a few hundred events): where they take longer than 5% of the
-time, the next waits longer, twice `interval` at most (a killed process loses no more).
+time, the next waits longer, twice `interval` at most.
 
 The writing ahead is done on a thread of its own, and the RunEngine never waits for it: a
 document that comes while it writes is queued, and taken in order once it is done (a run's
@@ -33,16 +35,20 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.writing.consolidators import Patch
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
 from event_model import DocumentNames
+
+from ophyd_scmos.catalog.journal import Journal
 
 __all__ = ["CatalogWriter"]
 
@@ -53,7 +59,7 @@ INTERVAL = 1.0
 #: at most this share of a run's time goes to writing ahead of its end: a write that took
 #: 0.075 s (a fast step scan's second of events, here) puts the next 1.5 s away, not 1; but
 #: never more than `SLOWEST` intervals (a run's first write, which makes its tables, takes
-#: 0.2 s and more: 4 s and more of events lost with a killed process, were it not capped)
+#: 0.2 s and more: 4 s and more of events others would not see, were it not capped)
 WRITE_SHARE = 0.05
 SLOWEST = 2
 #: the longest wait between tries to write ahead while the catalog does not answer
@@ -71,11 +77,13 @@ class _PacedRunWriter(_RunWriter):
         *,
         interval: float,
         unfinished: Callable[[_PacedRunWriter], None],
+        written: Callable[[str], None],
         **kwargs: Any,
     ):
         super().__init__(client, **kwargs)
         self.interval = interval
         self._unfinished = unfinished
+        self._written = written  #: told the run's uid once the catalog has all of it
         self._stop_doc: dict[str, Any] | None = None  #: the stop, until the catalog took it
         self._next_try = 0.0  #: when to try the stop again
         self._held_since: float | None = None  #: when the oldest unwritten data came
@@ -118,6 +126,7 @@ class _PacedRunWriter(_RunWriter):
         assert self._stop_doc is not None
         self._write_held()
         super().stop(dict(self._stop_doc))
+        self._written(self._stop_doc["run_start"])
         self._stop_doc = None
         self._held_since = None
 
@@ -214,14 +223,27 @@ class CatalogWriter(TiledWriter):
     later where writing takes long (at most `WRITE_SHARE` of the time goes to it), within
     `SLOWEST` intervals however slow. The
     RunEngine never waits for that writing, but for a run's stop (see the module). Its
-    documents go through `EngineNormalizer` unless another `normalizer` is given."""
+    documents go through `EngineNormalizer` unless another `normalizer` is given. Each is
+    first appended to its run's journal: in `journal` (a directory), or the default one
+    (True), or none (False)."""
 
-    def __init__(self, client: Any, *, interval: float = INTERVAL, **kwargs: Any):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        interval: float = INTERVAL,
+        journal: bool | str | os.PathLike[str] = True,
+        **kwargs: Any,
+    ):
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
         kwargs.setdefault("normalizer", EngineNormalizer)
         super().__init__(client, **kwargs)
         self.interval = interval
+        #: every document, on disk as it comes, until the catalog has its run's stop
+        self.journal: Journal | None = None
+        if journal is not False:
+            self.journal = Journal(None if journal is True else Path(journal))
         self._lock = threading.Lock()  #: held to take documents or write: one thread at once
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._error: BaseException | None = None  #: a document's, taken on the thread
@@ -234,6 +256,8 @@ class CatalogWriter(TiledWriter):
         self._thread.daemon = True
 
     def __call__(self, name: str, doc: Any) -> None:
+        if self.journal is not None:
+            self.journal.write(name, doc)
         self._queue.append((name, doc))
         if not self._thread.is_alive():
             with self._lock:
@@ -277,6 +301,7 @@ class CatalogWriter(TiledWriter):
             self.client,
             interval=self.interval,
             unfinished=self._unfinished.add,
+            written=self.journal.end if self.journal is not None else lambda uid: None,
             batch_size=self._batch_size,
             max_array_size=self._max_array_size,
             ignore_errors=self.ignore_errors,

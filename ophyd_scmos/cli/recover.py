@@ -6,7 +6,9 @@ recover. HDF5 marks a file open for writing in its superblock; after a crash the
 and readers refuse the file. Clearing it is what `h5clear -s` does (Debian's h5clear is too
 old for these files). With `--catalog`, the run whose acquiring process died gets the
 image references and the stop document that process never wrote
-(`ophyd_scmos.catalog.recover`), so it replays the frames the file holds. Frame rings left
+(`ophyd_scmos.catalog.recover`), so it replays the frames the file holds, and the events the
+catalog had not yet taken, with every device's readings, from the run's journal
+(`ophyd_scmos.catalog.journal`). Frame rings left
 in /dev/shm by processes that are gone (killed with their process group) are removed.
 """
 
@@ -99,7 +101,7 @@ def recover(args: argparse.Namespace) -> int:
         runs.setdefault(found.uid, []).append(_RunFile(found, frames, end_time))
     for run_files in runs.values():
         try:
-            for line in _close_run(run_files):
+            for line in _close_run(run_files, args.journal):
                 print(line)
         except (RuntimeError, ValueError) as exc:
             for run_file in run_files:
@@ -128,17 +130,25 @@ def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) 
     )
 
 
-def _close_run(run_files: list[_RunFile]) -> list[str]:
-    """Register the frames of the files of one run and write its stop once; say what the run
-    replays now."""
+def _close_run(run_files: list[_RunFile], journals: Path | None) -> list[str]:
+    """Write the events the run's journal (in `journals`) has and the catalog lacks, register
+    the frames of the files of one run and write its stop once; say what the run replays
+    now."""
     from ophyd_scmos.catalog import close_run
+    from ophyd_scmos.catalog.journal import default_journal_dir, journal_path, read, replay
 
-    verb = "added to run" if run_files[0].found.run.metadata.get("stop") else "closed run"
+    run = run_files[0].found.run
+    lines = []
+    journal = journal_path(journals or default_journal_dir(), run_files[0].found.uid)
+    if journal.exists():
+        added = replay(run, read(journal))
+        lines.append(f"{journal}: {added} events the catalog lacked written into the run")
+    verb = "added to run" if run.metadata.get("stop") else "closed run"
     shapes = close_run(
         [(f.found, _asset_documents(f.found, f.frames) if f.found.key else []) for f in run_files],
         end_time=max(f.end_time for f in run_files),
     )
-    lines = []
+    journal.unlink(missing_ok=True)
     for f, shape in zip(run_files, shapes, strict=True):
         found = f.found
         if shape is None and found.stream is not None:
@@ -208,6 +218,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="UID",
         help="the run the files belong to, for a file the catalog cannot tell the run of (a "
         "run that ended before its first event, with another such run started near it)",
+    )
+    p.add_argument(
+        "--journal",
+        type=Path,
+        metavar="DIR",
+        help="where the runs' journals are (default: $OPHYD_SCMOS_JOURNAL or the user's state "
+        "directory, as CatalogWriter keeps them)",
     )
     p.add_argument("--api-key", help="a server's API key (default: $TILED_API_KEY)")
     p.set_defaults(func=recover)

@@ -15,6 +15,7 @@ from bluesky import RunEngine
 from bluesky.plans import count
 
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.catalog.journal import JOURNAL_ENV
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
@@ -32,13 +33,13 @@ from bluesky import RunEngine
 from ophyd.sim import det, motor
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 
-catalog_dir, write_dir = sys.argv[1:]
+catalog_dir, write_dir, interval = sys.argv[1:]
 cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5),
                   write_dir=write_dir, ring_mb=4)
 cam.roi.set((32, 16, 96, 64))
 cam.exposure_time.set(0.001)
 RE = RunEngine({}, call_returns_result=False)
-RE.subscribe(CatalogWriter(open_catalog(catalog_dir), interval=0.2))
+RE.subscribe(CatalogWriter(open_catalog(catalog_dir), interval=float(interval)))
 
 @bpp.stage_decorator([cam])
 @bpp.run_decorator()
@@ -90,12 +91,7 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     (written by the timer: no document comes), only the frames of those events although the
     file holds more; the acquiring process is then killed, and the events stay. `recover`
     closes the run over the images already there, with every frame of the file."""
-    write_dir = tmp_path / "data"
-    acquiring = subprocess.Popen(
-        [sys.executable, "-c", SCAN_THEN_WAIT, str(catalog_dir), str(write_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=0.2)
     try:
         path, writer = acquiring.stdout.readline().split()
         run = _wait_for_rows(catalog_dir, 5)
@@ -104,13 +100,8 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
         images = run["primary"]["cam_image"].read()
         np.testing.assert_array_equal(images, _expected(5)[:, None])
     finally:
-        acquiring.send_signal(signal.SIGKILL)
-        acquiring.wait()
-        acquiring.stdout.close()
-    deadline = time.monotonic() + 60
-    while subprocess.run(["kill", "-0", writer], capture_output=True).returncode == 0:
-        assert time.monotonic() < deadline, "the writer did not end"
-        time.sleep(0.05)
+        _kill(acquiring)
+    _wait_until_gone(writer)
 
     run = open_catalog(catalog_dir).values().last()
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
@@ -127,6 +118,63 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     capsys.readouterr()
     assert main(["show", "-1", "--catalog", str(catalog_dir), "--no-png"]) == 0
     assert "events     5 of its 6 points' events are in the catalog" in capsys.readouterr().out
+
+
+def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
+    catalog_dir, tmp_path, capsys, monkeypatch
+):
+    """A scan whose events the catalog was not yet given (they wait an hour, here) when its
+    process is killed: its journal kept every document as it came, and `recover` writes
+    the events into the run, every device's readings, before it closes the run over the
+    camera's file. The journal then goes."""
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))  # the scan's and recover's
+    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
+    try:
+        path, writer = acquiring.stdout.readline().split()
+    finally:
+        _kill(acquiring)
+    _wait_until_gone(writer)
+    run = open_catalog(catalog_dir).values().last()
+    assert "stop" not in run.metadata
+    assert "motor" not in run.get("primary", {})  # no event reached the catalog
+    (journal,) = journals.glob("*.jsonl")
+    assert journal.name == f"{run.metadata['start']['uid']}.jsonl"
+
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    out = capsys.readouterr().out
+    assert f"{journal}: 5 events the catalog lacked written into the run" in out
+    assert "closed run" in out
+    run = open_catalog(catalog_dir).values().last()
+    np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
+    np.testing.assert_array_equal(run["primary"]["det"].read().shape, (5,))
+    np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), np.arange(5))
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(6)[:, None])
+    assert "journal kept" in run.metadata["stop"]["reason"]
+    assert not journal.exists()
+
+
+def _scan_then_wait(catalog_dir, write_dir, interval: float) -> subprocess.Popen:
+    """`SCAN_THEN_WAIT` in a process of its own, writing ahead every `interval` s."""
+    return subprocess.Popen(
+        [sys.executable, "-c", SCAN_THEN_WAIT, str(catalog_dir), str(write_dir), str(interval)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill(acquiring: subprocess.Popen) -> None:
+    acquiring.send_signal(signal.SIGKILL)
+    acquiring.wait()
+    acquiring.stdout.close()
+
+
+def _wait_until_gone(writer: str) -> None:
+    """Until the writer process `writer` (a pid) closed the file and ended."""
+    deadline = time.monotonic() + 60
+    while subprocess.run(["kill", "-0", writer], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the writer did not end"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("interval", [1e-6, 1e3], ids=["every_event", "at_the_end"])

@@ -1,0 +1,227 @@
+"""A run's documents on disk as they come, so that a killed acquiring process loses none.
+
+`CatalogWriter` holds a run's events for about a second before the catalog gets them; a
+process killed meanwhile took them with it, and with them every other device's readings
+(motor positions, counters): the camera's file keeps only the frames. So each document a
+`CatalogWriter` is handed is first appended to the run's journal, one line of JSON per
+document, in one `write` each: the kernel keeps it once the call returns, whatever becomes of
+the process (not `fsync`ed: a power cut loses the last seconds, as it does the frames). The
+journal is deleted once the catalog has the run's stop. ``ophyd-scmos recover --catalog``
+writes the events of a journal that the catalog lacks into the run (`replay`) before it
+closes the run from the cameras' files.
+
+A journal grows by about half a kilobyte an event of a dozen readings while its run lasts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
+
+from ophyd_scmos.paths import state_dir
+
+__all__ = ["JOURNAL_ENV", "Journal", "default_journal_dir", "journal_path", "read", "replay"]
+
+logger = logging.getLogger(__name__)
+
+#: where journals are kept, if set (default: the user's state directory)
+JOURNAL_ENV = "OPHYD_SCMOS_JOURNAL"
+#: a document's key that names the document it belongs to, by document name: a run's
+#: documents lead to its start through these
+_OWNER = {
+    "descriptor": "run_start",
+    "resource": "run_start",
+    "stream_resource": "run_start",
+    "stop": "run_start",
+    "event": "descriptor",
+    "event_page": "descriptor",
+    "datum": "resource",
+    "datum_page": "resource",
+    "stream_datum": "stream_resource",
+}
+
+
+def default_journal_dir() -> Path:
+    return Path(os.environ.get(JOURNAL_ENV) or state_dir() / "journal")
+
+
+def journal_path(directory: Path, run_uid: str) -> Path:
+    return Path(directory) / f"{run_uid}.jsonl"
+
+
+class Journal:
+    """The journals of the runs whose documents `write` is handed, in `directory`."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory is not None else default_journal_dir()
+        self._lock = threading.Lock()
+        self._files: dict[str, int] = {}  #: run uid -> its open journal
+        self._runs: dict[str, str] = {}  #: uid of a descriptor, (stream) resource -> run uid
+
+    def write(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Append `doc` to its run's journal (a run whose start it was not handed has none).
+        A journal that cannot be written (its disk full) is said once and given up for that
+        run, which goes on: the catalog still gets it, and the journal keeps what it had."""
+        with self._lock:
+            if name == "start":
+                run: str | None = doc["uid"]
+            else:
+                owner = doc.get(_OWNER.get(name, ""))
+                run = self._runs.get(owner, owner) if isinstance(owner, str) else None
+            if run is None or (name != "start" and run not in self._files):
+                return
+            if name in ("descriptor", "resource", "stream_resource"):
+                self._runs[doc["uid"]] = run
+            try:
+                line = (json.dumps([name, doc], default=_plain) + "\n").encode()
+                if name == "start":
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                    self._files[run] = os.open(journal_path(self.directory, run), flags, 0o644)
+                os.write(self._files[run], line)
+            except (OSError, TypeError, ValueError) as exc:
+                logger.warning(
+                    "run %s: its journal in %s could not be written (%s) and is given up: "
+                    "if this process dies, the events the catalog has not yet taken are lost",
+                    run,
+                    self.directory,
+                    exc,
+                )
+                self._close(run)
+                return
+            if name == "stop":
+                self._close(run)
+
+    def _close(self, run: str) -> None:
+        fd = self._files.pop(run, None)
+        if fd is not None:
+            os.close(fd)
+
+    def end(self, run: str) -> None:
+        """The catalog holds all of run `run`: its journal is not needed any more."""
+        with self._lock:
+            self._close(run)
+            self._runs = {uid: owner for uid, owner in self._runs.items() if owner != run}
+        with contextlib.suppress(OSError):  # none was written; what is left harms nothing
+            journal_path(self.directory, run).unlink()
+
+
+def _plain(value: Any) -> Any:
+    """numpy's numbers and arrays as JSON's."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def read(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The documents of the journal at `path`, in order; a last line the process was killed
+    in the middle of writing is left out."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                name, doc = json.loads(line)
+            except ValueError:
+                if line.endswith(b"\n"):
+                    raise ValueError(f"{path}: a damaged line in a run's journal") from None
+                return
+            yield name, doc
+
+
+def replay(run: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Write into `run` (a catalog's client of it) the events of its `documents` (its
+    journal) that its streams lack, with the streams that are missing; return how many.
+    Nothing else is written: `recover.close_run` registers the images and writes the stop."""
+    writer = _ResumedRunWriter(run)
+    normalizer = RunNormalizer()
+    normalizer.subscribe(writer)
+    for name, doc in documents:
+        if name != "stop":
+            normalizer(name, doc)
+    return writer.finish()
+
+
+class _ResumedRunWriter(_RunWriter):
+    """TiledWriter's writer of one run, resumed on the run a catalog holds: its streams and
+    their tables are found rather than made, and only events past those they hold are
+    written."""
+
+    def __init__(self, run: Any):
+        super().__init__(run)
+        self.root_node = _ExistingRun(run)
+        self.run = run
+        self.held: dict[str, int] = {}  #: the last event number each stream holds
+        self.added = 0
+
+    def start(self, doc: Any) -> None:
+        pass  # the catalog has it
+
+    def descriptor(self, doc: Any) -> None:
+        name = doc["name"]
+        node = self._desc_nodes.get(name)
+        if node is not None:
+            known = [node.metadata.get("uid")]
+            known += [update["uid"] for update in node.metadata.get("_config_updates", [])]
+            if doc["uid"] in known:  # the catalog has this one: only map it
+                self._desc_nodes[doc["uid"]] = node
+                return
+        super().descriptor(doc)
+        if node is None and name in self.run:
+            stream = self._desc_nodes[name]
+            for key in stream:
+                if key.startswith(_TABLE):
+                    self._internal_tables[name + key.removeprefix(_TABLE)] = stream[key]
+                elif key in self._int_array_keys[name] | self._int_ragged_array_keys[name]:
+                    self._internal_arrays[f"{name}/{key}"] = stream[key]
+            self.held[name] = _last_event(stream)
+
+    def event(self, doc: Any) -> None:
+        name = self._desc_nodes[doc["descriptor"]].item["id"]
+        if doc["seq_num"] > self.held.get(name, 0):
+            super().event(doc)
+            self.added += 1
+
+    def stream_resource(self, doc: Any) -> None:
+        pass  # images: registered from the cameras' files
+
+    def stream_datum(self, doc: Any) -> None:
+        pass
+
+    def finish(self) -> int:
+        for name, rows in self._internal_data_cache.items():
+            if rows:
+                self._write_internal_data(rows, desc_node=self._desc_nodes[name])
+                rows.clear()
+        return self.added
+
+
+#: the name (and prefix, for tables split by columns) of a stream's table of events
+_TABLE = "internal"
+
+
+class _ExistingRun:
+    """A run's node to `_RunWriter`: a stream it asks to make is the catalog's, if there."""
+
+    def __init__(self, run: Any):
+        self.run = run
+
+    def create_container(self, key: str, **kwargs: Any) -> Any:
+        if key in self.run:
+            return self.run[key]
+        return self.run.create_container(key=key, **kwargs)
+
+
+def _last_event(stream: Any) -> int:
+    """The highest event number in the stream's table (0: none)."""
+    tables = sorted(key for key in stream if key.startswith(_TABLE))
+    if not tables:
+        return 0
+    seq_num = stream[tables[0]].read(["seq_num"])["seq_num"]
+    return int(seq_num.max()) if len(seq_num) else 0
