@@ -828,6 +828,10 @@ class SCMOSCamera(Device):
         # Waiting first asks the writer to flush these frames before they exist, so the
         # request is there when they arrive and the writer flushes them at once.
         stream.wait_for((point + 1) * k, done)
+        if status.done:
+            # Settled before its trigger: frames the camera reported lost since the last
+            # point count as this one's, so it failed, and ophyd stopped the camera for it.
+            return status
         if self._mode is TriggerMode.SOFTWARE and stream.error is None:  # else failed, saying why
             try:
                 self.driver.software_trigger(k)
