@@ -70,6 +70,9 @@ class GenICamCamera(DriverBase):
     stream (more ride out longer reader stalls). `liveness`: seconds without a frame before the
     camera is checked for life. `trigger_line`: the input that triggers frames in EXTERNAL mode
     (``TriggerSource``, e.g. ``"Line1"``); None takes the camera's first ``Line`` source.
+    `frame_retention`: seconds a frame may wait for its missing (resent) packets before it
+    counts as incomplete. Aravis's 0.1 s is short for a busy acquisition computer, whose
+    scheduler may keep the stream's receiving thread from the CPU for longer.
     `missed_frames` counts the gaps in the block ids, and incomplete buffers.
     """
 
@@ -80,17 +83,21 @@ class GenICamCamera(DriverBase):
         buffer_frames: int = 16,
         liveness: float = 1.0,
         trigger_line: str | None = None,
+        frame_retention: float = 0.5,
     ) -> None:
         if buffer_frames < 2:
             raise ValueError(f"buffer_frames must be >= 2; got {buffer_frames!r}")
         if not liveness > 0:
             raise ValueError(f"liveness must be > 0 s; got {liveness!r}")
+        if not 0 < frame_retention <= 60:
+            raise ValueError(f"frame_retention must be > 0 and <= 60 s; got {frame_retention!r}")
         super().__init__(f"GenICam camera {camera or '(first found)'}")
         self._aravis, self._glib = _aravis()
         self._name = camera
         self._buffer_frames = int(buffer_frames)
         self._liveness = float(liveness)
         self._trigger_line = trigger_line
+        self._frame_retention = float(frame_retention)
         self._lines: tuple[str, ...] = ()  # the camera's trigger inputs
         self._cam: Any = None
         self._device: Any = None
@@ -253,6 +260,8 @@ class GenICamCamera(DriverBase):
                 cam.set_frame_rate(1 / max(s.acquire_period or s.exposure_time, shortest))
             cam.set_acquisition_mode(self._aravis.AcquisitionMode.CONTINUOUS)
             stream = cam.create_stream(None, None)
+            if isinstance(stream, self._aravis.GvStream):
+                stream.set_property("frame-retention", round(self._frame_retention * 1e6))
             for _ in range(self._buffer_frames):
                 stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
             cam.start_acquisition()

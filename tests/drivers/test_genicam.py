@@ -92,6 +92,16 @@ def test_settings_reach_the_camera(genicam):
     assert driver.frame_shape == (32, 64)
 
 
+def test_a_frame_waits_frame_retention_for_its_packets(genicam):
+    driver = genicam(frame_retention=1.5)
+    driver.start()
+    assert driver._stream.get_property("frame-retention") == 1_500_000  # us
+    driver.close()  # gives control of the camera back
+    assert genicam()._frame_retention == 0.5  # Aravis's 0.1 s is short for a busy computer
+    with pytest.raises(ValueError, match="frame_retention must be > 0"):
+        genicam(frame_retention=0)
+
+
 def test_twelve_bits_is_refused_by_a_camera_without_mono12(genicam):
     driver = genicam()
     with pytest.raises(ValueError, match=r"bit_depth must be one of \(16,\)"):
