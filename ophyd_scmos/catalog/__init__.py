@@ -19,7 +19,12 @@ from ophyd_scmos.catalog.embedded import (
     server_url,
     start_local_server,
 )
-from ophyd_scmos.catalog.recover import UnfinishedRun, close_run, find_unfinished_run
+from ophyd_scmos.catalog.recover import (
+    UnfinishedRun,
+    close_journaled_run,
+    close_run,
+    find_unfinished_run,
+)
 from ophyd_scmos.catalog.server import (
     run_server,
     server_command,
@@ -39,6 +44,7 @@ __all__ = [
     "SyncResult",
     "UnfinishedRun",
     "UnreadableFile",
+    "close_journaled_run",
     "close_run",
     "default_catalog_dir",
     "documents",

@@ -35,7 +35,7 @@ from ophyd_scmos.catalog.summary import local_path, node_files
 if TYPE_CHECKING:
     from event_model.documents import RunStart
 
-__all__ = ["UnfinishedRun", "close_run", "find_unfinished_run"]
+__all__ = ["UnfinishedRun", "close_journaled_run", "close_run", "find_unfinished_run"]
 
 #: the camera's configuration signal that names its file (`SCMOSCamera.file_path`)
 FILE_PATH_SIGNAL = "file_path"
@@ -193,6 +193,22 @@ def close_run(
     ]
 
 
+def close_journaled_run(run: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Close `run` from its journal's `documents` alone (a run with no camera file named: a
+    motor scan, say): write the events the catalog lacks, then the stop once (``exit_status``
+    "fail"), which later takes a camera's file all the same (`close_run`, "added to run").
+    Returns how many events were written."""
+    from ophyd_scmos.catalog.journal import replay
+
+    documents = list(documents)
+    added = replay(run, documents)
+    end_time = max((float(doc.get("time", 0)) for _, doc in documents), default=0.0)
+    _write_stop(run, {}, end_time)
+    for node in (*(run[name].base for name in run), run):
+        node.close_stream()  # tell followers of the run that it ended
+    return added
+
+
 def _register_images(
     found: UnfinishedRun, asset_docs: Iterable[tuple[str, dict[str, Any]]], time: float
 ) -> list[Any]:
@@ -236,9 +252,14 @@ def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
     }
     reason = (
         "the run was not closed in the catalog (its acquiring process ended, or the catalog "
-        f"did not take its end); closed by ophyd-scmos recover from "
-        f"{', '.join(recovered.values())}: its images are the files' frames, its events "
-        "those the catalog had or the run's journal kept"
+        "did not take its end); closed by ophyd-scmos recover from "
+        + (
+            f"{', '.join(recovered.values())}: its images are the files' frames, its events "
+            "those the catalog had or the run's journal kept"
+            if recovered
+            else "its journal: its events are those the catalog had or the journal kept; no "
+            "camera file was named"
+        )
     )
     if stop:
         doc = {**stop, "reason": reason, "time": max(stop["time"], end_time)}

@@ -8,7 +8,8 @@ old for these files). With `--catalog`, the run whose acquiring process died get
 image references and the stop document that process never wrote
 (`ophyd_scmos.catalog.recover`), so it replays the frames the file holds, and the events the
 catalog had not yet taken, with every device's readings, from the run's journal
-(`ophyd_scmos.catalog.journal`). Frame rings left
+(`ophyd_scmos.catalog.journal`); with `--catalog` and no file, the runs whose processes
+died are closed from their journals alone (a run with no camera). Frame rings left
 in /dev/shm by processes that are gone (killed with their process group) are removed.
 """
 
@@ -45,8 +46,11 @@ def recover(args: argparse.Namespace) -> int:
         # `--catalog FILE`: a catalog is a directory or a URL, so FILE is a file to recover.
         files.insert(0, Path(args.catalog))
         args.catalog = ""
-    if not files:
-        raise CommandError("name the HDF5 files to recover")
+    if not files and args.catalog is None:
+        raise CommandError(
+            "name the HDF5 files to recover (or give --catalog alone to close the runs whose "
+            "journals are left)"
+        )
     if args.run and args.catalog is None:
         raise CommandError("--run names a run of a catalog: give --catalog too")
     catalog = None
@@ -55,6 +59,8 @@ def recover(args: argparse.Namespace) -> int:
 
         with reaching_catalog(args.catalog or None):
             catalog = open_catalog(args.catalog or None, api_key=args.api_key)
+        if not files:
+            return _close_journaled_runs(catalog, args.journal)
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
@@ -108,6 +114,37 @@ def recover(args: argparse.Namespace) -> int:
                 print(f"ophyd-scmos recover: {run_file.found.path}: {exc}", file=sys.stderr)
             failed += len(run_files)
     return 1 if failed else 0
+
+
+def _close_journaled_runs(catalog: Any, journals: Path | None) -> int:
+    """Close the unfinished runs of `catalog` whose journals are in `journals` (or the
+    default directory) from their journals alone; leave those of runs still running."""
+    from ophyd_scmos.catalog import close_journaled_run
+    from ophyd_scmos.catalog.journal import default_journal_dir, read
+    from ophyd_scmos.catalog.recover import RECOVERED_FROM
+
+    closed = 0
+    for path in sorted((journals or default_journal_dir()).glob("*.jsonl")):
+        uid, holder = path.stem, _holder(path)
+        if holder is not None:
+            print(f"{path}: run {uid} is running in process {holder}; left as it is")
+            continue
+        try:
+            run = catalog[uid]
+        except KeyError:
+            print(f"{path}: run {uid} is not in this catalog; its journal is kept")
+            continue
+        stop = run.metadata.get("stop")
+        if stop is None or RECOVERED_FROM in stop:
+            added = close_journaled_run(run, read(path))
+            print(f"{path}: closed run {uid}: {added} events the catalog lacked written")
+            closed += 1
+        else:
+            print(f"{path}: run {uid} had ended in the catalog; its journal is removed")
+        path.unlink()
+    if not closed:
+        print("no unfinished run to close from a journal")
+    return 0
 
 
 @dataclass
@@ -204,7 +241,13 @@ def _holder(path: Path) -> int | None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recover", help=recover.__doc__, description=__doc__)
-    p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="HDF5 files to recover")
+    p.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="HDF5 files to recover (none, with --catalog: close the runs left in journals)",
+    )
     p.add_argument(
         "--catalog",
         nargs="?",

@@ -154,6 +154,64 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     assert not journal.exists()
 
 
+#: a motor scan with no camera whose events wait an hour to be written, then a step that lasts
+MOTOR_SCAN_THEN_WAIT = """
+import sys
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky import RunEngine
+from ophyd.sim import det, motor
+from ophyd_scmos import CatalogWriter, open_catalog
+
+RE = RunEngine({}, call_returns_result=False)
+RE.subscribe(CatalogWriter(open_catalog(sys.argv[1]), interval=3600))
+
+@bpp.run_decorator()
+def plan():
+    for position in range(4):
+        yield from bps.mv(motor, position)
+        yield from bps.trigger_and_read([det, motor])
+    print("waiting", flush=True)
+    yield from bps.sleep(600)
+
+RE(plan())
+"""
+
+
+def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
+    catalog_dir, tmp_path, capsys, monkeypatch
+):
+    """`recover --catalog` alone: a run with no camera file to name (a motor scan) is closed
+    from its journal once its process is gone, with its events; a running one is left."""
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))
+    scanning = subprocess.Popen(
+        [sys.executable, "-c", MOTOR_SCAN_THEN_WAIT, str(catalog_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert scanning.stdout.readline() == "waiting\n"
+        (journal,) = journals.glob("*.jsonl")
+        assert main(["recover", "--catalog", str(catalog_dir)]) == 0
+        assert f"is running in process {scanning.pid}; left as it is" in capsys.readouterr().out
+        assert journal.exists()
+    finally:
+        _kill(scanning)
+    uid = journal.stem
+    assert "motor" not in open_catalog(catalog_dir)[uid].get("primary", {})
+
+    assert main(["recover", "--catalog", str(catalog_dir)]) == 0
+    assert f"closed run {uid}: 4 events the catalog lacked written" in capsys.readouterr().out
+    run = open_catalog(catalog_dir)[uid]
+    np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    assert "from its journal" in run.metadata["stop"]["reason"]
+    assert not journal.exists()
+    assert main(["recover", "--catalog", str(catalog_dir)]) == 0
+    assert "no unfinished run to close from a journal" in capsys.readouterr().out
+
+
 def _scan_then_wait(catalog_dir, write_dir, interval: float) -> subprocess.Popen:
     """`SCAN_THEN_WAIT` in a process of its own, writing ahead every `interval` s."""
     return subprocess.Popen(

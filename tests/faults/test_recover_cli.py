@@ -188,6 +188,11 @@ def _kill_acquisition(
     return uid, paths
 
 
+def test_recover_with_nothing_to_recover_says_what_it_takes(capsys):
+    assert main(["recover"]) == 2
+    assert "name the HDF5 files to recover (or give --catalog alone" in capsys.readouterr().err
+
+
 def test_recover_says_of_a_file_it_did_not_write_what_it_is(tmp_path, capsys):
     """An HDF5 file of another program: one written with h5py's defaults (an older
     superblock) is named as not ours, not as "not an HDF5 file"; one of the same format
