@@ -101,10 +101,9 @@ def find_unfinished_run(
     signal = f"{device}_{FILE_PATH_SIGNAL}"
     no_descriptor = []
     for run in runs:
-        stop = run.metadata.get("stop")
-        if stop and RECOVERED_FROM not in stop:
+        if not unfinished(run):
             continue
-        recovered = (stop or {}).get(RECOVERED_FROM, {})
+        recovered = (run.metadata.get("stop") or {}).get(RECOVERED_FROM, {})
         names_a_file = device in recovered
         for stream in run:
             descriptor = run[stream].metadata
@@ -151,6 +150,12 @@ def find_unfinished_run(
         f"(configuration {signal}), and none that ended before its first event names "
         f"{device} among its detectors; finished runs are left as they are"
     )
+
+
+def unfinished(run: Any) -> bool:
+    """Whether `run` has no stop, or one a recovery wrote (it still takes cameras' files)."""
+    stop = run.metadata.get("stop")
+    return not stop or RECOVERED_FROM in stop
 
 
 def _same_file(recorded: Any, path: PathLike) -> bool:

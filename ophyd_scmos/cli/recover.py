@@ -121,7 +121,7 @@ def _close_journaled_runs(catalog: Any, journals: Path | None) -> int:
     default directory) from their journals alone; leave those of runs still running."""
     from ophyd_scmos.catalog import close_journaled_run
     from ophyd_scmos.catalog.journal import default_journal_dir, read
-    from ophyd_scmos.catalog.recover import RECOVERED_FROM
+    from ophyd_scmos.catalog.recover import unfinished
 
     closed = 0
     for path in sorted((journals or default_journal_dir()).glob("*.jsonl")):
@@ -134,8 +134,7 @@ def _close_journaled_runs(catalog: Any, journals: Path | None) -> int:
         except KeyError:
             print(f"{path}: run {uid} is not in this catalog; its journal is kept")
             continue
-        stop = run.metadata.get("stop")
-        if stop is None or RECOVERED_FROM in stop:
+        if unfinished(run):
             added = close_journaled_run(run, read(path))
             print(f"{path}: closed run {uid}: {added} events the catalog lacked written")
             closed += 1
