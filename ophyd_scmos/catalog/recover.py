@@ -198,20 +198,14 @@ def close_run(
     ]
 
 
-def close_journaled_run(run: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
-    """Close `run` from its journal's `documents` alone (a run with no camera file named: a
-    motor scan, say): write the events the catalog lacks, then the stop once (``exit_status``
-    "fail"), which later takes a camera's file all the same (`close_run`, "added to run").
-    Returns how many events were written."""
-    from ophyd_scmos.catalog.journal import replay
-
-    documents = list(documents)
-    added = replay(run, documents)
-    end_time = max((float(doc.get("time", 0)) for _, doc in documents), default=0.0)
+def close_journaled_run(run: Any, *, end_time: float) -> None:
+    """Close `run`, whose journal's events were written into it (`journal.replay`), with no
+    camera file named (a motor scan, say): write its stop (``exit_status`` "fail", at
+    `end_time`: its journal's last change), which later takes a camera's file all the same
+    (`close_run`, "added to run")."""
     _write_stop(run, {}, end_time)
     for node in (*(run[name].base for name in run), run):
         node.close_stream()  # tell followers of the run that it ended
-    return added
 
 
 def _register_images(

@@ -54,13 +54,17 @@ def recover(args: argparse.Namespace) -> int:
     if args.run and args.catalog is None:
         raise CommandError("--run names a run of a catalog: give --catalog too")
     catalog = None
+    journaled: dict[str, Path] = {}
     if args.catalog is not None:
         from ophyd_scmos.catalog import open_catalog
 
         with reaching_catalog(args.catalog or None):
             catalog = open_catalog(args.catalog or None, api_key=args.api_key)
+        # First the events the catalog lacks (and the streams: a killed process may not have
+        # written a descriptor), from the journals: a file's run is found by its descriptor.
+        journaled = _replay_journals(catalog, args.journal)
         if not files:
-            return _close_journaled_runs(catalog, args.journal)
+            return _close_journaled_runs(catalog, journaled)
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
@@ -105,25 +109,35 @@ def recover(args: argparse.Namespace) -> int:
             print(f"{path}: already registered in run {found.uid}, closed by ophyd-scmos recover")
             continue
         runs.setdefault(found.uid, []).append(_RunFile(found, frames, end_time))
-    for run_files in runs.values():
+    for uid, run_files in runs.items():
+        journal = journaled.pop(uid, None)  # kept if the run could not be closed
         try:
-            for line in _close_run(run_files, args.journal):
-                print(line)
+            lines = _close_run(run_files)
         except (RuntimeError, ValueError) as exc:
             for run_file in run_files:
                 print(f"ophyd-scmos recover: {run_file.found.path}: {exc}", file=sys.stderr)
             failed += len(run_files)
+            continue
+        print("\n".join(lines))
+        if journal is not None:
+            journal.unlink()
+    for uid, journal in journaled.items():
+        print(
+            f"{journal}: run {uid} stays open, as no file of its cameras was named; its "
+            "journal is kept (`ophyd-scmos recover --catalog` alone closes the run)"
+        )
     return 1 if failed else 0
 
 
-def _close_journaled_runs(catalog: Any, journals: Path | None) -> int:
-    """Close the unfinished runs of `catalog` whose journals are in `journals` (or the
-    default directory) from their journals alone; leave those of runs still running."""
-    from ophyd_scmos.catalog import close_journaled_run
-    from ophyd_scmos.catalog.journal import default_journal_dir, read
+def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
+    """Write into each unfinished run of `catalog` whose process is gone the events its
+    journal (in `journals`, or the default directory) has and the catalog lacks; return the
+    journals of those runs by run uid. Those of runs still running are left, those of runs
+    the catalog ended removed."""
+    from ophyd_scmos.catalog.journal import default_journal_dir, read, replay
     from ophyd_scmos.catalog.recover import unfinished
 
-    closed = 0
+    replayed = {}
     for path in sorted((journals or default_journal_dir()).glob("*.jsonl")):
         uid, holder = path.stem, _holder(path)
         if holder is not None:
@@ -134,14 +148,26 @@ def _close_journaled_runs(catalog: Any, journals: Path | None) -> int:
         except KeyError:
             print(f"{path}: run {uid} is not in this catalog; its journal is kept")
             continue
-        if unfinished(run):
-            added = close_journaled_run(run, read(path))
-            print(f"{path}: closed run {uid}: {added} events the catalog lacked written")
-            closed += 1
-        else:
+        if not unfinished(run):
             print(f"{path}: run {uid} had ended in the catalog; its journal is removed")
+            path.unlink()
+            continue
+        added = replay(run, read(path))
+        print(f"{path}: {added} events the catalog lacked written into run {uid}")
+        replayed[uid] = path
+    return replayed
+
+
+def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> int:
+    """Close the runs whose journals were replayed, from their journals alone (no camera
+    file named: a motor scan, say), and remove the journals."""
+    from ophyd_scmos.catalog import close_journaled_run
+
+    for uid, path in journaled.items():
+        close_journaled_run(catalog[uid], end_time=path.stat().st_mtime)
+        print(f"{path}: closed run {uid}")
         path.unlink()
-    if not closed:
+    if not journaled:
         print("no unfinished run to close from a journal")
     return 0
 
@@ -166,25 +192,18 @@ def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) 
     )
 
 
-def _close_run(run_files: list[_RunFile], journals: Path | None) -> list[str]:
-    """Write the events the run's journal (in `journals`) has and the catalog lacks, register
-    the frames of the files of one run and write its stop once; say what the run replays
-    now."""
+def _close_run(run_files: list[_RunFile]) -> list[str]:
+    """Register the frames of the files of one run and write its stop once; say what the run
+    replays now."""
     from ophyd_scmos.catalog import close_run
-    from ophyd_scmos.catalog.journal import default_journal_dir, journal_path, read, replay
 
     run = run_files[0].found.run
     lines = []
-    journal = journal_path(journals or default_journal_dir(), run_files[0].found.uid)
-    if journal.exists():
-        added = replay(run, read(journal))
-        lines.append(f"{journal}: {added} events the catalog lacked written into the run")
     verb = "added to run" if run.metadata.get("stop") else "closed run"
     shapes = close_run(
         [(f.found, _asset_documents(f.found, f.frames) if f.found.key else []) for f in run_files],
         end_time=max(f.end_time for f in run_files),
     )
-    journal.unlink(missing_ok=True)
     for f, shape in zip(run_files, shapes, strict=True):
         found = f.found
         if shape is None and found.stream is not None:

@@ -33,17 +33,20 @@ from bluesky import RunEngine
 from ophyd.sim import det, motor
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 
-catalog_dir, write_dir, interval = sys.argv[1:]
+catalog_dir, write_dir, interval, busy = sys.argv[1:]
 cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5),
                   write_dir=write_dir, ring_mb=4)
 cam.roi.set((32, 16, 96, 64))
 cam.exposure_time.set(0.001)
 RE = RunEngine({}, call_returns_result=False)
-RE.subscribe(CatalogWriter(open_catalog(catalog_dir), interval=float(interval)))
+writer = CatalogWriter(open_catalog(catalog_dir), interval=float(interval))
+RE.subscribe(writer)
 
 @bpp.stage_decorator([cam])
 @bpp.run_decorator()
 def plan():
+    if busy == "busy":  # the writer busy from the run's start on, as with a slow catalog:
+        writer._lock.acquire()  # the documents after the start wait in its queue
     for position in range(5):
         yield from bps.mv(motor, position)
         yield from bps.trigger_and_read([cam, det, motor])
@@ -120,16 +123,18 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     assert "events     5 of its 6 points' events are in the catalog" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["events_held", "writer_busy"])
 def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
-    catalog_dir, tmp_path, capsys, monkeypatch
+    busy, catalog_dir, tmp_path, capsys, monkeypatch
 ):
-    """A scan whose events the catalog was not yet given (they wait an hour, here) when its
-    process is killed: its journal kept every document as it came, and `recover` writes
-    the events into the run, every device's readings, before it closes the run over the
-    camera's file. The journal then goes."""
+    """A scan whose events the catalog was not yet given (they wait an hour, here; or the
+    catalog writer was busy from the run's start, so that not even the descriptor, which
+    names the camera's file, got there) when its process is killed: its journal kept every
+    document as it came, and `recover` writes the events into the run, every device's
+    readings, before it closes the run over the camera's file. The journal then goes."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))  # the scan's and recover's
-    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
+    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600, busy=busy)
     try:
         path, writer = acquiring.stdout.readline().split()
     finally:
@@ -138,12 +143,15 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     run = open_catalog(catalog_dir).values().last()
     assert "stop" not in run.metadata
     assert "motor" not in run.get("primary", {})  # no event reached the catalog
+    if busy:
+        assert "primary" not in run  # nor the descriptor
+    uid = run.metadata["start"]["uid"]
     (journal,) = journals.glob("*.jsonl")
-    assert journal.name == f"{run.metadata['start']['uid']}.jsonl"
+    assert journal.name == f"{uid}.jsonl"
 
     assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
     out = capsys.readouterr().out
-    assert f"{journal}: 5 events the catalog lacked written into the run" in out
+    assert f"{journal}: 5 events the catalog lacked written into run {uid}" in out
     assert "closed run" in out
     run = open_catalog(catalog_dir).values().last()
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
@@ -202,7 +210,9 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     assert "motor" not in open_catalog(catalog_dir)[uid].get("primary", {})
 
     assert main(["recover", "--catalog", str(catalog_dir)]) == 0
-    assert f"closed run {uid}: 4 events the catalog lacked written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{journal}: 4 events the catalog lacked written into run {uid}" in out
+    assert f"{journal}: closed run {uid}" in out
     run = open_catalog(catalog_dir)[uid]
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
     assert run.metadata["stop"]["exit_status"] == "fail"
@@ -212,12 +222,14 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
 
-def _scan_then_wait(catalog_dir, write_dir, interval: float) -> subprocess.Popen:
-    """`SCAN_THEN_WAIT` in a process of its own, writing ahead every `interval` s."""
+def _scan_then_wait(
+    catalog_dir, write_dir, interval: float, busy: bool = False
+) -> subprocess.Popen:
+    """`SCAN_THEN_WAIT` in a process of its own, writing ahead every `interval` s (`busy`:
+    writing nothing after the run's start)."""
+    args = [str(catalog_dir), str(write_dir), str(interval), "busy" if busy else "free"]
     return subprocess.Popen(
-        [sys.executable, "-c", SCAN_THEN_WAIT, str(catalog_dir), str(write_dir), str(interval)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", SCAN_THEN_WAIT, *args], stdout=subprocess.PIPE, text=True
     )
 
 
