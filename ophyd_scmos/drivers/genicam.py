@@ -73,6 +73,11 @@ class GenICamCamera(DriverBase):
     `frame_retention`: seconds a frame may wait for its missing (resent) packets before it
     counts as incomplete. Aravis's 0.1 s is short for a busy acquisition computer, whose
     scheduler may keep the stream's receiving thread from the CPU for longer.
+    `packet_socket`: let Aravis read a GigE stream through a raw packet socket where it may
+    (as root). Off by default: Aravis 0.8 opens that socket for all of the computer's traffic
+    and filters it to the stream's port only milliseconds later, and reads what came meanwhile
+    as frames (empty ones, broken ones, and ids that make it drop the camera's next frame as
+    late). Off, the stream is a UDP socket with a buffer of `buffer_frames` frames.
     `missed_frames` counts the gaps in the block ids, and incomplete buffers.
     """
 
@@ -84,6 +89,7 @@ class GenICamCamera(DriverBase):
         liveness: float = 1.0,
         trigger_line: str | None = None,
         frame_retention: float = 0.5,
+        packet_socket: bool = False,
     ) -> None:
         if buffer_frames < 2:
             raise ValueError(f"buffer_frames must be >= 2; got {buffer_frames!r}")
@@ -98,6 +104,14 @@ class GenICamCamera(DriverBase):
         self._liveness = float(liveness)
         self._trigger_line = trigger_line
         self._frame_retention = float(frame_retention)
+        self._packet_socket = bool(packet_socket)
+        #: what Aravis hands back unfilled: a packet it could not read as a frame (CLEARED;
+        #: PAYLOAD_NOT_SUPPORTED from Aravis 0.8.30), not a frame the camera sent
+        self._unfilled = {
+            getattr(self._aravis.BufferStatus, name)
+            for name in ("CLEARED", "PAYLOAD_NOT_SUPPORTED")
+            if hasattr(self._aravis.BufferStatus, name)
+        }
         self._lines: tuple[str, ...] = ()  # the camera's trigger inputs
         self._cam: Any = None
         self._device: Any = None
@@ -259,9 +273,17 @@ class GenICamCamera(DriverBase):
                 shortest = self.limits.period_range[0]
                 cam.set_frame_rate(1 / max(s.acquire_period or s.exposure_time, shortest))
             cam.set_acquisition_mode(self._aravis.AcquisitionMode.CONTINUOUS)
+            gige = isinstance(self._device, self._aravis.GvDevice)
+            if gige and not self._packet_socket:
+                self._device.set_stream_options(self._aravis.GvStreamOption.PACKET_SOCKET_DISABLED)
             stream = cam.create_stream(None, None)
-            if isinstance(stream, self._aravis.GvStream):
+            if gige:
                 stream.set_property("frame-retention", round(self._frame_retention * 1e6))
+                # Aravis's own UDP buffer holds one frame; the kernel caps this at rmem_max.
+                stream.set_property("socket-buffer", self._aravis.GvStreamSocketBuffer.FIXED)
+                stream.set_property(
+                    "socket-buffer-size", min(payload * self._buffer_frames, 64 << 20)
+                )
             for _ in range(self._buffer_frames):
                 stream.push_buffer(self._aravis.Buffer.new_allocate(payload))
             cam.start_acquisition()
@@ -349,7 +371,12 @@ class GenICamCamera(DriverBase):
         with self._lock:
             if not self._running:
                 raise CameraError("camera stopped")
-            complete = buffer.get_status() == self._aravis.BufferStatus.SUCCESS
+            status = buffer.get_status()
+            if status in self._unfilled:
+                # No frame the camera sent, so neither a frame lost nor one to ask for again:
+                # a trigger sent for it would expose a frame a later point takes for its own.
+                return None
+            complete = status == self._aravis.BufferStatus.SUCCESS
             if self._settings.trigger_mode is TriggerMode.SOFTWARE:
                 # A frame that came incomplete is asked for again: no later frame may come
                 # to show its gap, and its point would wait for ever.
