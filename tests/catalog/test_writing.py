@@ -222,6 +222,46 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
 
+def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
+    catalog_dir, tmp_path, capsys, monkeypatch
+):
+    """`recover --catalog FILE` writes the journal of every run whose process is gone into
+    its run, also of a run the file is not of (here a killed motor scan), which then stays
+    open with its journal until its own recovery."""
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))
+    scanning = subprocess.Popen(
+        [sys.executable, "-c", MOTOR_SCAN_THEN_WAIT, str(catalog_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert scanning.stdout.readline() == "waiting\n"
+    finally:
+        _kill(scanning)
+    (motor_journal,) = journals.glob("*.jsonl")
+    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
+    try:
+        path, writer = acquiring.stdout.readline().split()
+    finally:
+        _kill(acquiring)
+    _wait_until_gone(writer)
+
+    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    out = capsys.readouterr().out
+    uid = motor_journal.stem
+    assert f"{motor_journal}: 4 events the catalog lacked written into run {uid}" in out
+    assert f"{motor_journal}: run {uid} stays open" in out
+    assert list(journals.glob("*.jsonl")) == [motor_journal]  # the file's run's journal went
+    run = open_catalog(catalog_dir)[uid]
+    assert "stop" not in run.metadata
+    np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
+    assert main(["recover", "--catalog", str(catalog_dir)]) == 0
+    assert f"{motor_journal}: 0 events the catalog lacked written" in capsys.readouterr().out
+    assert open_catalog(catalog_dir)[uid].metadata["stop"]["exit_status"] == "fail"
+    assert not motor_journal.exists()
+
+
 def _scan_then_wait(
     catalog_dir, write_dir, interval: float, busy: bool = False
 ) -> subprocess.Popen:
