@@ -64,7 +64,8 @@ def recover(args: argparse.Namespace) -> int:
         # written a descriptor), from the journals: a file's run is found by its descriptor.
         journaled = _replay_journals(catalog, args.journal)
         if not files:
-            return _close_journaled_runs(catalog, journaled)
+            _close_journaled_runs(catalog, journaled)
+            return 0
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
@@ -158,7 +159,7 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
     return replayed
 
 
-def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> int:
+def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> None:
     """Close the runs whose journals were replayed, from their journals alone (no camera
     file named: a motor scan, say), and remove the journals."""
     from ophyd_scmos.catalog import close_journaled_run
@@ -169,7 +170,6 @@ def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> int:
         path.unlink()
     if not journaled:
         print("no unfinished run to close from a journal")
-    return 0
 
 
 @dataclass

@@ -193,11 +193,7 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     from its journal once its process is gone, with its events; a running one is left."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
-    scanning = subprocess.Popen(
-        [sys.executable, "-c", MOTOR_SCAN_THEN_WAIT, str(catalog_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    scanning = _motor_scan_then_wait(catalog_dir)
     try:
         assert scanning.stdout.readline() == "waiting\n"
         (journal,) = journals.glob("*.jsonl")
@@ -230,11 +226,7 @@ def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs
     open with its journal until its own recovery."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
-    scanning = subprocess.Popen(
-        [sys.executable, "-c", MOTOR_SCAN_THEN_WAIT, str(catalog_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    scanning = _motor_scan_then_wait(catalog_dir)
     try:
         assert scanning.stdout.readline() == "waiting\n"
     finally:
@@ -260,6 +252,15 @@ def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs
     assert f"{motor_journal}: 0 events the catalog lacked written" in capsys.readouterr().out
     assert open_catalog(catalog_dir)[uid].metadata["stop"]["exit_status"] == "fail"
     assert not motor_journal.exists()
+
+
+def _motor_scan_then_wait(catalog_dir) -> subprocess.Popen:
+    """`MOTOR_SCAN_THEN_WAIT` in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-c", MOTOR_SCAN_THEN_WAIT, str(catalog_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _scan_then_wait(
