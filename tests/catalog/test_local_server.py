@@ -143,6 +143,29 @@ def test_processes_share_one_server_which_answers_only_its_key(directory: Path) 
     assert httpx.get(f"{address.url}/metadata/", headers=_key(address)).status_code == 200
 
 
+def test_the_server_takes_off_the_dependency_overrides_that_change_nothing(tmp_path: Path) -> None:
+    """While any dependency override is set, FastAPI analyses every dependency of every route
+    again at each request. Tiled's one override returns the very settings object its settings
+    dependency caches, so the server takes it off (and puts it back for Tiled's shutdown);
+    an override that returns anything else stays."""
+    from tiled.server.settings import get_settings
+
+    from ophyd_scmos.catalog.embedded import build_app
+    from ophyd_scmos.catalog.local_server import _take_settled_overrides
+
+    get_settings.cache_clear()  # Tiled's settings are one object per process: this test's own
+    try:
+        app, _ = build_app(tmp_path / "catalog", (tmp_path,), api_key="the key")
+        taken = _take_settled_overrides(app)
+        assert app.dependency_overrides == {} and list(taken) == [get_settings]
+        assert get_settings().single_user_api_key == "the key"  # as Tiled's override made it
+
+        app.dependency_overrides[get_settings] = lambda: object()
+        assert _take_settled_overrides(app) == {} and get_settings in app.dependency_overrides
+    finally:
+        get_settings.cache_clear()
+
+
 def _key(address: Address) -> dict[str, str]:
     return {"Authorization": f"Apikey {address.key}"}
 
