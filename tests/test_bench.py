@@ -103,6 +103,7 @@ def test_bench_reports_the_interactive_pace(tmp_path, capsys):
     assert "pace:" in table
     pace = results["pace"]
     assert pace["one_event_run_ms"]["SCMOSCamera"] > 0 and pace["open_catalog_s"] > 0
+    assert set(pace["one_event_run_into_catalog_ms"]) == {"SCMOSCamera", "ophyd.sim det"}
     # ophyd-async comes with the tests: the nearest peer is measured beside ours
     assert set(pace["count_256_tiled_events_s"]) == {"SCMOSCamera", "ophyd.sim det", PEER}
     assert set(pace["count_256_tiled_ratio"]) == {"SCMOSCamera", PEER}

@@ -210,6 +210,12 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"  one-event count run       ours {one['SCMOSCamera']:7.1f} ms   "
         f"det {one['ophyd.sim det']:6.1f} ms   ours/det {p['one_event_run_ratio']:5.1f}x"
     )
+    into = p["one_event_run_into_catalog_ms"]
+    say(
+        f"  the same, into the catalog ours {into['SCMOSCamera']:7.1f} ms   "
+        f"det {into['ophyd.sim det']:6.1f} ms   (the catalog's requests: a run's, a "
+        "stream's and an image's node, the events, the stop)"
+    )
     ratio = p["count_256_tiled_ratio"]
     say(
         f"  count 256x256 into catalog ours {tiled['SCMOSCamera']:6.0f} events/s   "

@@ -337,6 +337,15 @@ _servers_lock = threading.Lock()
 _started: dict[tuple[Path, tuple[Path, ...]], LocalServer] = {}  # by `start_local_server`
 
 
+def keeps_streams(context: Context) -> bool:
+    """Whether the catalog of `context` keeps streams that followers of a node subscribe to,
+    so that a writer tells it when a node's stream ends (Tiled's ``close_stream``). The
+    embedded catalog's server (`build_app`) keeps none: telling it would cost a request a node
+    (~15 ms here, four for a camera's run) that changes nothing."""
+    with _servers_lock:
+        return not any(server.ref() is context for server in _servers.values())
+
+
 def _embedded_context(
     directory: Path, readable: tuple[Path, ...], *, announce: bool, in_process: bool
 ) -> Context:

@@ -48,6 +48,7 @@ from bluesky_tiled_plugins.writing.consolidators import Patch
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
 from event_model import DocumentNames
 
+from ophyd_scmos.catalog.embedded import keeps_streams
 from ophyd_scmos.catalog.journal import Journal
 
 __all__ = ["CatalogWriter"]
@@ -78,10 +79,12 @@ class _PacedRunWriter(_RunWriter):
         interval: float,
         unfinished: Callable[[_PacedRunWriter], None],
         written: Callable[[str], None],
+        close_streams: bool,
         **kwargs: Any,
     ):
         super().__init__(client, **kwargs)
         self.interval = interval
+        self._close_streams = close_streams  #: tell the catalog the run's streams ended
         self._unfinished = unfinished
         self._written = written  #: told the run's uid once the catalog has all of it
         self._stop_doc: dict[str, Any] | None = None  #: the stop, until the catalog took it
@@ -129,6 +132,10 @@ class _PacedRunWriter(_RunWriter):
         self._written(self._stop_doc["run_start"])
         self._stop_doc = None
         self._held_since = None
+
+    def _close_stream_tree(self) -> None:
+        if self._close_streams:
+            super()._close_stream_tree()
 
     def finish_if_due(self) -> bool:
         """Try the stop again, if it is time: whether it is written now."""
@@ -240,6 +247,8 @@ class CatalogWriter(TiledWriter):
         kwargs.setdefault("normalizer", EngineNormalizer)
         super().__init__(client, **kwargs)
         self.interval = interval
+        #: whether a run's stop tells the catalog its streams ended: not the embedded one's
+        self.close_streams = keeps_streams(client.context)
         #: every document, on disk as it comes, until the catalog has its run's stop
         self.journal: Journal | None = None
         if journal is not False:
@@ -302,6 +311,7 @@ class CatalogWriter(TiledWriter):
             interval=self.interval,
             unfinished=self._unfinished.add,
             written=self.journal.end if self.journal is not None else lambda uid: None,
+            close_streams=self.close_streams,
             batch_size=self._batch_size,
             max_array_size=self._max_array_size,
             ignore_errors=self.ignore_errors,

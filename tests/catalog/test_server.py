@@ -22,7 +22,7 @@ from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.utils import ClientError
 
-from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.catalog import open_catalog, server_config, sync, write_server_config
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI as SensorROI
@@ -155,6 +155,32 @@ def test_count_over_http_replays_every_pixel_in_another_process(
     frames = np.load(out)
     assert frames.shape == (200, 1, 64, 96) and frames.dtype == np.uint16
     np.testing.assert_array_equal(frames, expected(driver, 200))
+
+
+def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
+    server_catalog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Tiled server may keep a run's streams for followers (Tiled's streaming cache), who
+    wait to be told each has ended: `CatalogWriter` tells it, node by node, as TiledWriter
+    does (the embedded catalog keeps none and is not told)."""
+    import httpx
+    from ophyd.sim import det
+
+    sent: list[str] = []
+    real = httpx.HTTPTransport.handle_request
+
+    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return real(self, request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(server_catalog))
+    (uid,) = RE(count([det], num=2))
+    closed = [path for path in sent if "/stream/close/" in path]
+    assert closed and all(uid in path for path in closed)
+    assert closed[-1].endswith(uid)  # the run's own node last, after its streams
+    assert server_catalog[uid].metadata["stop"]["exit_status"] == "success"
 
 
 def test_databroker_v1_reads_the_server_catalog(

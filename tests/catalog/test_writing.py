@@ -383,6 +383,32 @@ def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
     np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), np.arange(1, 1501))
 
 
+def test_the_embedded_catalog_is_not_told_that_a_runs_streams_ended(catalog_dir, monkeypatch):
+    """Its server keeps no streams that followers subscribe to: a run's stop sends no
+    `close_stream` request (one a node, each a request's time for nothing), and the run
+    reads back whole and ended."""
+    from ophyd.sim import det
+
+    from ophyd_scmos.catalog import local_server
+
+    sent: list[str] = []
+    real = local_server.ServerTransport.handle_request
+
+    def handle_request(self, request):
+        sent.append(request.url.path)
+        return real(self, request)
+
+    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog))
+    (uid,) = RE(count([det], num=3))
+    assert any("/table/" in path for path in sent)  # the run went through this transport
+    assert not [path for path in sent if "/stream/close/" in path]
+    assert catalog[uid].metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), [1, 2, 3])
+
+
 @pytest.fixture
 def flaky_catalog(monkeypatch):
     """The catalog's transport, made to fail image-reference PUTs (`failing`), or to answer
