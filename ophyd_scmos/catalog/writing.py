@@ -232,7 +232,9 @@ class CatalogWriter(TiledWriter):
     RunEngine never waits for that writing, but for a run's stop (see the module). Its
     documents go through `EngineNormalizer` unless another `normalizer` is given. Each is
     first appended to its run's journal: in `journal` (a directory), or the default one
-    (True), or none (False)."""
+    (True), or none (False). A run's stop tells a Tiled server that the run's streams
+    ended, as TiledWriter does, but not the embedded catalog, which keeps none to follow
+    (`close_streams`)."""
 
     def __init__(
         self,
