@@ -22,6 +22,7 @@ closed with no images, and only if no other unfinished run fits as well.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ophyd_scmos.catalog.embedded import PathLike
+from ophyd_scmos.catalog.embedded import PathLike, keeps_streams
 from ophyd_scmos.catalog.summary import local_path, node_files
 
 if TYPE_CHECKING:
@@ -190,8 +191,7 @@ def close_run(
             nodes.extend(_register_images(found, asset_docs, end_time))
     _write_stop(run, {found.device: found.path for found, _ in files}, end_time)
     streams = dict.fromkeys(found.stream for found, _ in files if found.stream is not None)
-    for node in (*nodes, *(run[name].base for name in streams), run):
-        node.close_stream()  # tell followers of the run that it ended
+    _tell_followers(run, itertools.chain(nodes, (run[name].base for name in streams)))
     return [
         None if found.key is None else tuple(run[found.stream][found.key].shape)
         for found, _ in files
@@ -204,8 +204,15 @@ def close_journaled_run(run: Any, *, end_time: float) -> None:
     `end_time`: its journal's last change), which later takes a camera's file all the same
     (`close_run`, "added to run")."""
     _write_stop(run, {}, end_time)
-    for node in (*(run[name].base for name in run), run):
-        node.close_stream()  # tell followers of the run that it ended
+    _tell_followers(run, (run[name].base for name in run))
+
+
+def _tell_followers(run: Any, nodes: Iterable[Any]) -> None:
+    """Tell the catalog that `nodes` of `run`, and the run, ended, where it keeps streams for
+    followers (not the embedded catalog: `keeps_streams`)."""
+    if keeps_streams(run.context):
+        for node in (*nodes, run):
+            node.close_stream()
 
 
 def _register_images(

@@ -183,6 +183,40 @@ def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
     assert server_catalog[uid].metadata["stop"]["exit_status"] == "success"
 
 
+def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(
+    server_catalog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run left without a stop (its process killed), closed from its journal: the server
+    gets the stop and is told that the run's streams ended, the run's node last."""
+    import httpx
+    from event_model import compose_run
+
+    from ophyd_scmos.catalog.recover import close_journaled_run
+
+    writer = TiledWriter(server_catalog)
+    run = compose_run()
+    writer("start", run.start_doc)
+    stream = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "sim", "dtype": "number", "shape": []}}
+    )
+    writer("descriptor", stream.descriptor_doc)  # and no stop: the process was killed
+    uid = run.start_doc["uid"]
+    assert server_catalog[uid].metadata.get("stop") is None
+
+    sent: list[str] = []
+    real = httpx.HTTPTransport.handle_request
+
+    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return real(self, request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    close_journaled_run(server_catalog[uid], end_time=time.time())
+    closed = [path for path in sent if "/stream/close/" in path]
+    assert any(path.endswith("/primary") for path in closed) and closed[-1].endswith(uid)
+    assert server_catalog[uid].metadata["stop"]["exit_status"] == "fail"
+
+
 def test_databroker_v1_reads_the_server_catalog(
     facility: dict[str, Any], server_catalog: Any
 ) -> None:
