@@ -13,18 +13,25 @@ however fast the events come. Those requests cost ~0.05-0.25 s on a 2-core machi
 second of a fast step scan (a few hundred events): where they take longer than 5% of the
 time, the next waits longer, twice `interval` at most.
 
-The writing ahead is done on a thread of its own, and the RunEngine never waits for it: a
-document that comes while it writes is queued, and taken in order once it is done (a run's
-stop waits for it, then is written as TiledWriter writes it). A catalog server that stops
+The documents are taken, and what they hold written ahead, on a thread of its own, and the
+RunEngine never waits for it: each document is queued, and the thread takes the queue in
+order, at once for a new stream's descriptor or image, every quarter interval for events. So
+the requests that make a stream's nodes (50-70 ms here) and TiledWriter's own work on each
+event are done while the RunEngine waits for its devices, not added to the run. A run's
+start is taken on the RunEngine's thread where the writer's is not busy, so that the
+catalog has the run at once (`recover` finds a killed run by it), and its stop waits for the
+writer's thread, then is taken and written as TiledWriter writes it. A catalog server that
+stops
 answering mid-run (whose client retries for many seconds) then neither holds up nor fails
 the scan: what could not be written stays held, is tried again later, and is written at the
 run's end, or fails there as with TiledWriter; then, unlike TiledWriter, what the run held
 is kept and tried again with its stop (`LONGEST_WAIT` apart at most) while the process
 lives.
 
-While the catalog does not answer, what is held grows: once 10,000 events or image rows of
-a run are held, TiledWriter's own batching writes them on the RunEngine's thread, which then
-waits (and fails the run where the catalog still does not answer), as with TiledWriter.
+While the catalog does not answer, what is queued grows: once `QUEUE_LIMIT` documents wait,
+the RunEngine takes them itself, and so waits for the catalog, as with TiledWriter (and once
+10,000 events or image rows of a run are held, TiledWriter's own batching writes them, failing
+the run where the catalog still does not answer).
 
 This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the methods that
 write them, the ones its own batching and stop use); tests/catalog/test_writing.py checks it
@@ -65,6 +72,10 @@ WRITE_SHARE = 0.05
 SLOWEST = 2
 #: the longest wait between tries to write ahead while the catalog does not answer
 LONGEST_WAIT = 60.0
+#: documents waiting for the writer's thread beyond which the RunEngine takes them itself
+QUEUE_LIMIT = 10_000
+#: the documents for which the writer's thread is woken at once (others wait for its round)
+_AT_ONCE = frozenset({"descriptor", "resource", "stream_resource"})
 
 
 class _PacedRunWriter(_RunWriter):
@@ -228,8 +239,9 @@ class CatalogWriter(TiledWriter):
     happen: events and image references are written `interval` seconds after they come,
     also while no document comes (a paused run, a long step), instead of at the run's end;
     later where writing takes long (at most `WRITE_SHARE` of the time goes to it), within
-    `SLOWEST` intervals however slow. The
-    RunEngine never waits for that writing, but for a run's stop (see the module). Its
+    `SLOWEST` intervals however slow. Documents but a run's start are taken on its
+    thread: the RunEngine never waits for the catalog, but at a run's stop (see the
+    module). Its
     documents go through `EngineNormalizer` unless another `normalizer` is given. Each is
     first appended to its run's journal: in `journal` (a directory), or the default one
     (True), or none (False). A run's stop tells a Tiled server that the run's streams
@@ -257,12 +269,15 @@ class CatalogWriter(TiledWriter):
             self.journal = Journal(None if journal is True else Path(journal))
         self._lock = threading.Lock()  #: held to take documents or write: one thread at once
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Event()  #: set: the thread takes the queue now
         self._error: BaseException | None = None  #: a document's, taken on the thread
         self._runs: weakref.WeakSet[_PacedRunWriter] = weakref.WeakSet()
         #: runs whose stop the catalog did not take: held (strongly) until it does
         self._unfinished: set[_PacedRunWriter] = set()
         self._thread = threading.Thread(
-            target=self._write_ahead, args=(weakref.ref(self),), name="scmos-catalog-writer"
+            target=self._write_ahead,
+            args=(weakref.ref(self), self._wake),
+            name="scmos-catalog-writer",
         )
         self._thread.daemon = True
 
@@ -274,9 +289,13 @@ class CatalogWriter(TiledWriter):
             with self._lock:
                 if not self._thread.is_alive():
                     self._thread.start()
-        # A stop waits for what is being written; any other document is queued meanwhile,
-        # and fails the run where one taken on the thread failed.
-        if not self._lock.acquire(blocking=name == "stop"):
+        if name in _AT_ONCE:
+            self._wake.set()
+        # A stop waits for the thread, then takes what is left; a start is taken here if the
+        # thread is not busy; any other document is left to the thread (unless too many
+        # wait). Each fails the run where one the thread took failed.
+        wait = name == "stop" or len(self._queue) >= QUEUE_LIMIT
+        if not (wait or name == "start") or not self._lock.acquire(blocking=wait):
             error, self._error = self._error, None
             if error is not None:
                 raise error
@@ -326,11 +345,12 @@ class CatalogWriter(TiledWriter):
         return [normalizer], []
 
     @staticmethod
-    def _write_ahead(ref: weakref.ref[CatalogWriter]) -> None:
-        """Take what was queued meanwhile and write what runs held long enough, four times
-        an interval; ends with its writer."""
+    def _write_ahead(ref: weakref.ref[CatalogWriter], wake: threading.Event) -> None:
+        """Take what was queued and write what runs held long enough, four times an
+        interval and whenever woken; ends with its writer."""
         while (writer := ref()) is not None:
             interval = writer.interval
+            wake.clear()
             with writer._lock:
                 writer._take_queued()
                 for run in list(writer._runs):
@@ -340,4 +360,4 @@ class CatalogWriter(TiledWriter):
                 )
                 writer._take_queued()
             del writer
-            time.sleep(interval / 4)
+            wake.wait(interval / 4)
