@@ -157,23 +157,30 @@ def test_count_over_http_replays_every_pixel_in_another_process(
     np.testing.assert_array_equal(frames, expected(driver, 200))
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path of every HTTP request this process sends from now on."""
+    import httpx
+
+    paths: list[str] = []
+    real = httpx.HTTPTransport.handle_request
+
+    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return real(self, request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    return paths
+
+
 def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
-    server_catalog: Any, monkeypatch: pytest.MonkeyPatch
+    server_catalog: Any, sent: list[str]
 ) -> None:
     """A Tiled server may keep a run's streams for followers (Tiled's streaming cache), who
     wait to be told each has ended: `CatalogWriter` tells it, node by node, as TiledWriter
     does (the embedded catalog keeps none and is not told)."""
-    import httpx
     from ophyd.sim import det
 
-    sent: list[str] = []
-    real = httpx.HTTPTransport.handle_request
-
-    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
-        return real(self, request)
-
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(server_catalog))
     (uid,) = RE(count([det], num=2))
@@ -184,11 +191,10 @@ def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
 
 
 def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(
-    server_catalog: Any, monkeypatch: pytest.MonkeyPatch
+    server_catalog: Any, sent: list[str]
 ) -> None:
     """A run left without a stop (its process killed), closed from its journal: the server
     gets the stop and is told that the run's streams ended, the run's node last."""
-    import httpx
     from event_model import compose_run
 
     from ophyd_scmos.catalog.recover import close_journaled_run
@@ -203,14 +209,6 @@ def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(
     uid = run.start_doc["uid"]
     assert server_catalog[uid].metadata.get("stop") is None
 
-    sent: list[str] = []
-    real = httpx.HTTPTransport.handle_request
-
-    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
-        return real(self, request)
-
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
     close_journaled_run(server_catalog[uid], end_time=time.time())
     closed = [path for path in sent if "/stream/close/" in path]
     assert any(path.endswith("/primary") for path in closed) and closed[-1].endswith(uid)
