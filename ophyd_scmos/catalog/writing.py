@@ -346,11 +346,16 @@ class CatalogWriter(TiledWriter):
 
     @staticmethod
     def _write_ahead(ref: weakref.ref[CatalogWriter], wake: threading.Event) -> None:
-        """Take what was queued and write what runs held long enough, four times an
-        interval and whenever woken; ends with its writer."""
+        """Four times an interval, and whenever woken, take what was queued and write what
+        runs held long enough; ends with its writer. It waits first: the document that
+        started it (a run's start) is the RunEngine's thread's to take."""
         while (writer := ref()) is not None:
             interval = writer.interval
+            del writer
+            wake.wait(interval / 4)
             wake.clear()
+            if (writer := ref()) is None:
+                return
             with writer._lock:
                 writer._take_queued()
                 for run in list(writer._runs):
@@ -360,4 +365,3 @@ class CatalogWriter(TiledWriter):
                 )
                 writer._take_queued()
             del writer
-            wake.wait(interval / 4)

@@ -409,6 +409,48 @@ def test_the_embedded_catalog_is_not_told_that_a_runs_streams_ended(catalog_dir,
     np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), [1, 2, 3])
 
 
+def test_the_runengine_waits_for_the_catalog_only_at_a_runs_start_and_stop(
+    catalog_dir, tmp_path, monkeypatch
+):
+    """The request that makes a run's stream is sent from the writer's thread while the
+    RunEngine goes on; the run's node is made from the RunEngine's thread (the writer's
+    being free), so that a killed run is in the catalog at once; and the RunEngine waits for
+    the stop."""
+    import threading
+
+    from ophyd_scmos.catalog import local_server
+
+    sent: list[tuple[str, str, str]] = []
+    real = local_server.ServerTransport.handle_request
+
+    def handle_request(self, request):
+        sent.append((threading.current_thread().name, request.method, request.url.path))
+        return real(self, request)
+
+    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
+    catalog = open_catalog(catalog_dir)
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set(ROI_XYWH)
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog))
+    try:
+        (uid,) = RE(count([cam], num=3))
+    finally:
+        cam.destroy()
+    start = next(t for t, m, path in sent if m == "POST" and path.endswith("/metadata/"))
+    stream = next(t for t, m, path in sent if m == "POST" and path.endswith(uid))
+    assert start != "scmos-catalog-writer"  # the run's node: made as the run starts
+    assert stream == "scmos-catalog-writer"  # its stream's: while the RunEngine went on
+    # The stop was waited for (whichever thread wrote it): the run is whole once RE returns.
+    assert catalog[uid].metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(
+        catalog[uid]["primary"]["cam_image"].read(), _expected(3)[:, None]
+    )
+
+
 @pytest.fixture
 def flaky_catalog(monkeypatch):
     """The catalog's transport, made to fail image-reference PUTs (`failing`), or to answer
