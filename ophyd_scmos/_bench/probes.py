@@ -236,18 +236,19 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
                 cpu.append(time.process_time() - c0)
             return time.perf_counter() - t0
 
+        def one_event_runs(times: int) -> dict[str, list[float]]:
+            """Seconds of `times` one-event runs of each, alternating."""
+            runs: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
+            for _ in range(times):
+                runs["ophyd.sim det"].append(seconds(count([det], num=1)))
+                runs["SCMOSCamera"].append(seconds(count([small], num=1)))
+            waits.clear()
+            return runs
+
         RE(count([small], num=1))  # the camera's writer starts here, once
-        one: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
-        for _ in range(rounds * 10):
-            one["ophyd.sim det"].append(seconds(count([det], num=1)))
-            one["SCMOSCamera"].append(seconds(count([small], num=1)))
-        waits.clear()
+        one = one_event_runs(rounds * 10)
         token = RE.subscribe(CatalogWriter(open_catalog(scratch / "pace-catalog")))
-        one_catalog: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
-        for _ in range(rounds * 3):
-            one_catalog["ophyd.sim det"].append(seconds(count([det], num=1)))
-            one_catalog["SCMOSCamera"].append(seconds(count([small], num=1)))
-        waits.clear()
+        one_catalog = one_event_runs(rounds * 3)
         plans: dict[str, Callable[[], Any]] = {
             "ophyd.sim det": lambda: count([det], num=events),
             "SCMOSCamera": lambda: count([small], num=events),

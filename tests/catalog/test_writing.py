@@ -383,51 +383,47 @@ def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
     np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), np.arange(1, 1501))
 
 
-def test_the_embedded_catalog_is_not_told_that_a_runs_streams_ended(catalog_dir, monkeypatch):
+@pytest.fixture
+def sent(monkeypatch):
+    """(thread, method, path) of every request to the embedded catalog's server from now on."""
+    import threading
+
+    from ophyd_scmos.catalog import local_server
+
+    requests: list[tuple[str, str, str]] = []
+    real = local_server.ServerTransport.handle_request
+
+    def handle_request(self, request):
+        requests.append((threading.current_thread().name, request.method, request.url.path))
+        return real(self, request)
+
+    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
+    return requests
+
+
+def test_the_embedded_catalog_is_not_told_that_a_runs_streams_ended(catalog_dir, sent):
     """Its server keeps no streams that followers subscribe to: a run's stop sends no
     `close_stream` request (one a node, each a request's time for nothing), and the run
     reads back whole and ended."""
     from ophyd.sim import det
 
-    from ophyd_scmos.catalog import local_server
-
-    sent: list[str] = []
-    real = local_server.ServerTransport.handle_request
-
-    def handle_request(self, request):
-        sent.append(request.url.path)
-        return real(self, request)
-
-    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog))
     (uid,) = RE(count([det], num=3))
-    assert any("/table/" in path for path in sent)  # the run went through this transport
-    assert not [path for path in sent if "/stream/close/" in path]
+    assert any("/table/" in path for _, _, path in sent)  # the run went through this transport
+    assert not [path for _, _, path in sent if "/stream/close/" in path]
     assert catalog[uid].metadata["stop"]["exit_status"] == "success"
     np.testing.assert_array_equal(catalog[uid]["primary"]["seq_num"].read(), [1, 2, 3])
 
 
 def test_the_runengine_waits_for_the_catalog_only_at_a_runs_start_and_stop(
-    catalog_dir, tmp_path, monkeypatch
+    catalog_dir, tmp_path, sent
 ):
     """The request that makes a run's stream is sent from the writer's thread while the
     RunEngine goes on; the run's node is made from the RunEngine's thread (the writer's
     being free), so that a killed run is in the catalog at once; and the RunEngine waits for
     the stop."""
-    import threading
-
-    from ophyd_scmos.catalog import local_server
-
-    sent: list[tuple[str, str, str]] = []
-    real = local_server.ServerTransport.handle_request
-
-    def handle_request(self, request):
-        sent.append((threading.current_thread().name, request.method, request.url.path))
-        return real(self, request)
-
-    monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
     catalog = open_catalog(catalog_dir)
     cam = SCMOSCamera(
         name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
