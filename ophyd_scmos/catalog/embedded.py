@@ -346,6 +346,20 @@ def keeps_streams(context: Context) -> bool:
         return not any(server.ref() is context for server in _servers.values())
 
 
+def catalog_location(client: Any) -> str:
+    """What names the catalog node `client` is of, alike in every process that opens it: an
+    embedded catalog's directory (its local server's port changes), else the node's URL. A
+    run's journal keeps it, so `recover` writes a run the catalog never got only into that
+    catalog."""
+    with _servers_lock:
+        directory = next(
+            (key[0] for key, server in _servers.items() if server.ref() is client.context), None
+        )
+    if directory is None:
+        return str(client.uri)
+    return "/".join([str(directory), *(part for part in client.path_parts if part)])
+
+
 def _embedded_context(
     directory: Path, readable: tuple[Path, ...], *, announce: bool, in_process: bool
 ) -> Context:

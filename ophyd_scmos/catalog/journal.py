@@ -8,7 +8,9 @@ document, in one `write` each: the kernel keeps it once the call returns, whatev
 the process (not `fsync`ed: a power cut loses the last seconds, as it does the frames). The
 journal is deleted once the catalog has the run's stop. ``ophyd-scmos recover --catalog``
 writes the events of a journal that the catalog lacks into the run (`replay`) before it
-closes the run from the cameras' files.
+closes the run from the cameras' files. A journal's first line names the catalog it was
+written for (`catalog_of`), so that a run whose start never reached the catalog (it did not
+answer as the run began) is made there from its journal (`begin`), and in no other catalog.
 
 A journal grows by about half a kilobyte an event of a dozen readings while its run lasts.
 """
@@ -28,7 +30,16 @@ from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
 
 from ophyd_scmos.paths import state_dir
 
-__all__ = ["JOURNAL_ENV", "Journal", "default_journal_dir", "journal_path", "read", "replay"]
+__all__ = [
+    "JOURNAL_ENV",
+    "Journal",
+    "begin",
+    "catalog_of",
+    "default_journal_dir",
+    "journal_path",
+    "read",
+    "replay",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +58,8 @@ _OWNER = {
     "datum_page": "resource",
     "stream_datum": "stream_resource",
 }
+#: the name of a journal's first line, which names its catalog: no document's
+_HEADER = "journal"
 
 
 def default_journal_dir() -> Path:
@@ -58,10 +71,12 @@ def journal_path(directory: Path, run_uid: str) -> Path:
 
 
 class Journal:
-    """The journals of the runs whose documents `write` is handed, in `directory`."""
+    """The journals of the runs whose documents `write` is handed, in `directory`, for the
+    catalog named `catalog` (`embedded.catalog_location`)."""
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: Path | None = None, catalog: str | None = None):
         self.directory = Path(directory) if directory is not None else default_journal_dir()
+        self.catalog = catalog
         self._lock = threading.Lock()
         self._files: dict[str, int] = {}  #: run uid -> its open journal
         self._runs: dict[str, str] = {}  #: uid of a descriptor, (stream) resource -> run uid
@@ -83,6 +98,8 @@ class Journal:
             try:
                 line = (json.dumps([name, doc], default=_plain) + "\n").encode()
                 if name == "start":
+                    header = json.dumps([_HEADER, {"catalog": self.catalog}]) + "\n"
+                    line = header.encode() + line
                     self.directory.mkdir(parents=True, exist_ok=True)
                     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                     self._files[run] = os.open(journal_path(self.directory, run), flags, 0o644)
@@ -124,6 +141,19 @@ def _plain(value: Any) -> Any:
 def read(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documents of the journal at `path`, in order; a last line the process was killed
     in the middle of writing is left out."""
+    for name, doc in _lines(path):
+        if name != _HEADER:
+            yield name, doc
+
+
+def catalog_of(path: Path) -> str | None:
+    """The catalog the journal at `path` was written for (None: it does not say)."""
+    for name, doc in _lines(path):
+        return doc.get("catalog") if name == _HEADER else None
+    return None
+
+
+def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, "rb") as f:
         for line in f:
             try:
@@ -133,6 +163,19 @@ def read(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     raise ValueError(f"{path}: a damaged line in a run's journal") from None
                 return
             yield name, doc
+
+
+def begin(catalog: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> Any:
+    """Make in `catalog` the run of `documents` (its journal) from its start, as TiledWriter
+    makes it, and return it: the catalog never got the start. `replay` writes the rest."""
+    for name, doc in documents:
+        if name == "start":
+            writer = _RunWriter(catalog)
+            normalizer = RunNormalizer()
+            normalizer.subscribe(writer)
+            normalizer(name, doc)
+            return writer.root_node
+    raise ValueError("the journal holds no run's start")
 
 
 def replay(run: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:

@@ -55,7 +55,7 @@ from bluesky_tiled_plugins.writing.consolidators import Patch
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
 from event_model import DocumentNames
 
-from ophyd_scmos.catalog.embedded import keeps_streams
+from ophyd_scmos.catalog.embedded import catalog_location, keeps_streams
 from ophyd_scmos.catalog.journal import Journal
 
 __all__ = ["CatalogWriter"]
@@ -241,12 +241,11 @@ class CatalogWriter(TiledWriter):
     later where writing takes long (at most `WRITE_SHARE` of the time goes to it), within
     `SLOWEST` intervals however slow. Documents but a run's start are taken on its
     thread: the RunEngine never waits for the catalog, but at a run's stop (see the
-    module). Its
-    documents go through `EngineNormalizer` unless another `normalizer` is given. Each is
-    first appended to its run's journal: in `journal` (a directory), or the default one
-    (True), or none (False). A run's stop tells a Tiled server that the run's streams
-    ended, as TiledWriter does, but not the embedded catalog, which keeps none to follow
-    (`close_streams`)."""
+    module). Its documents go through `EngineNormalizer` unless another `normalizer` is
+    given. Each is first appended to its run's journal (which names the catalog): in
+    `journal` (a directory), or the default one (True), or none (False). A run's stop tells
+    a Tiled server that the run's streams ended, as TiledWriter does, but not the embedded
+    catalog, which keeps none to follow (`close_streams`)."""
 
     def __init__(
         self,
@@ -266,7 +265,8 @@ class CatalogWriter(TiledWriter):
         #: every document, on disk as it comes, until the catalog has its run's stop
         self.journal: Journal | None = None
         if journal is not False:
-            self.journal = Journal(None if journal is True else Path(journal))
+            directory = None if journal is True else Path(journal)
+            self.journal = Journal(directory, catalog=catalog_location(client))
         self._lock = threading.Lock()  #: held to take documents or write: one thread at once
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Event()  #: set: the thread takes the queue now

@@ -46,6 +46,24 @@ def reaching_catalog(location: str | None) -> Iterator[None]:
         raise CommandError(str(exc)) from None
 
 
+@contextlib.contextmanager
+def opened_catalog(location: str | None, api_key: str | None) -> Iterator[Any]:
+    """The catalog at `location` (`open_catalog`'s); one it cannot reach ends the command in
+    one line (`reaching_catalog`), and a server's connections are closed after (an embedded
+    catalog's client is this process's, shared, and closes its own when garbage)."""
+    from ophyd_scmos.catalog import open_catalog, server_url
+
+    with reaching_catalog(location):
+        catalog = open_catalog(location, api_key=api_key)
+    if server_url(location) is None:
+        yield catalog
+        return
+    try:
+        yield catalog
+    finally:
+        catalog.context.close()
+
+
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse `type`: a `kind` (int, float) > 0 and finite."""
 

@@ -16,12 +16,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.catalog import server_url
-from ophyd_scmos.cli import CommandError, reaching_catalog
+from ophyd_scmos.cli import CommandError, opened_catalog, reaching_catalog
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
@@ -208,25 +208,14 @@ def sync(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _opened(location: str | None, api_key: str | None, existing: bool = False) -> Iterator[Any]:
-    """The catalog at `location` (`open_catalog`'s); a server that cannot be reached ends the
-    command in one line (`reaching_catalog`), and a server's connections are closed after (an
-    embedded catalog's client is this process's, shared, and closes its own when garbage).
-    `existing`: to be read, a catalog given by name must be there (`_require_catalog`)."""
-    from ophyd_scmos.catalog import open_catalog
-
+def _opened(
+    location: str | None, api_key: str | None, existing: bool = False
+) -> contextlib.AbstractContextManager[Any]:
+    """`opened_catalog(location)`; `existing`: to be read, a catalog given by name must be
+    there (`_require_catalog`)."""
     if existing:
         _require_catalog(location)
-    with reaching_catalog(location):
-        catalog = open_catalog(location, api_key=api_key)
-    if server_url(location) is None:
-        yield catalog
-        return
-    try:
-        yield catalog
-    finally:
-        catalog.context.close()
+    return opened_catalog(location, api_key)
 
 
 def _require_catalog(location: str | None) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophyd_scmos.cli import CommandError, reaching_catalog
+from ophyd_scmos.cli import CommandError, opened_catalog
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import UnfinishedRun
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 def recover(args: argparse.Namespace) -> int:
     """Clear the open-for-writing mark of HDF5 files no process is writing; say what they
     hold; with --catalog, close the runs they belong to."""
-    import h5py
-
-    from ophyd_scmos.pipeline import layout
-    from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
     from ophyd_scmos.pipeline.ring import SHM_DIR, remove_orphan_rings
 
     removed = remove_orphan_rings()
@@ -53,13 +49,22 @@ def recover(args: argparse.Namespace) -> int:
         )
     if args.run and args.catalog is None:
         raise CommandError("--run names a run of a catalog: give --catalog too")
-    catalog = None
-    journaled: dict[str, Path] = {}
-    if args.catalog is not None:
-        from ophyd_scmos.catalog import open_catalog
+    if args.catalog is None:
+        return _recover_files(files, None, args)
+    with opened_catalog(args.catalog or None, args.api_key) as catalog:
+        return _recover_files(files, catalog, args)
 
-        with reaching_catalog(args.catalog or None):
-            catalog = open_catalog(args.catalog or None, api_key=args.api_key)
+
+def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) -> int:
+    """Recover `files`; with a `catalog`, close their runs in it, and those of the journals
+    left."""
+    import h5py
+
+    from ophyd_scmos.pipeline import layout
+    from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
+
+    journaled: dict[str, Path] = {}
+    if catalog is not None:
         # First the events the catalog lacks (and the streams: a killed process may not have
         # written a descriptor), from the journals: a file's run is found by its descriptor.
         journaled = _replay_journals(catalog, args.journal)
@@ -133,11 +138,14 @@ def recover(args: argparse.Namespace) -> int:
 def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
     """Write into each unfinished run of `catalog` whose process is gone the events its
     journal (in `journals`, or the default directory) has and the catalog lacks; return the
-    journals of those runs by run uid. Those of runs still running are left, those of runs
-    the catalog ended removed."""
-    from ophyd_scmos.catalog.journal import default_journal_dir, read, replay
+    journals of those runs by run uid. A run whose start never reached the catalog is made
+    from its journal where the journal was written for this catalog. Those of runs still
+    running are left, those of runs the catalog ended removed."""
+    from ophyd_scmos.catalog.embedded import catalog_location
+    from ophyd_scmos.catalog.journal import begin, catalog_of, default_journal_dir, read, replay
     from ophyd_scmos.catalog.recover import unfinished
 
+    location = catalog_location(catalog)
     replayed = {}
     for path in sorted((journals or default_journal_dir()).glob("*.jsonl")):
         uid, holder = path.stem, _holder(path)
@@ -147,8 +155,13 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
         try:
             run = catalog[uid]
         except KeyError:
-            print(f"{path}: run {uid} is not in this catalog; its journal is kept")
-            continue
+            written_for = catalog_of(path)
+            if written_for != location:
+                kept = f"{path}: run {uid} is not in this catalog; its journal is kept"
+                print(f"{kept} (it was written for {written_for})" if written_for else kept)
+                continue
+            run = begin(catalog, read(path))
+            print(f"{path}: run {uid} had not reached the catalog; made from its journal")
         if not unfinished(run):
             print(f"{path}: run {uid} had ended in the catalog; its journal is removed")
             path.unlink()

@@ -215,6 +215,27 @@ def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(
     assert server_catalog[uid].metadata["stop"]["exit_status"] == "fail"
 
 
+def test_a_run_only_a_journal_holds_is_made_in_the_server_it_was_written_for(
+    facility: dict[str, Any], server_catalog: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """A journal names the server by its URL: `recover --catalog URL` (a new client) makes
+    there the run that never reached it, with its events, and closes it."""
+    from ophyd.sim import det
+
+    from ophyd_scmos.catalog.embedded import catalog_location
+    from ophyd_scmos.catalog.journal import Journal
+
+    journal = Journal(tmp_path, catalog=catalog_location(server_catalog))
+    (uid,) = RunEngine({})(count([det], num=2), journal.write)
+    args = ["recover", "--journal", str(tmp_path), "--api-key", facility["api_key"]]
+    assert main([*args, "--catalog", facility["url"]]) == 0
+    out = capsys.readouterr().out
+    assert f"run {uid} had not reached the catalog; made from its journal" in out
+    assert f"2 events the catalog lacked written into run {uid}" in out
+    assert server_catalog[uid]["primary"]["det"].read().shape == (2,)
+    assert server_catalog[uid].metadata["stop"]["exit_status"] == "fail"
+
+
 def test_databroker_v1_reads_the_server_catalog(
     facility: dict[str, Any], server_catalog: Any
 ) -> None:

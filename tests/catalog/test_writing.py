@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.plans import count
+from ophyd.sim import det
 
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
-from ophyd_scmos.catalog.journal import JOURNAL_ENV
+from ophyd_scmos.catalog.embedded import catalog_location
+from ophyd_scmos.catalog.journal import JOURNAL_ENV, Journal
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
@@ -54,6 +56,9 @@ def plan():
     print(cam.file_path.get(), cam._writer.pid, flush=True)
     yield from bps.sleep(600)
 
+if busy == "before":  # the writer busy as the run starts: not even the start is written
+    writer._thread.start()
+    writer._lock.acquire()
 RE(plan())
 """
 
@@ -123,15 +128,19 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     assert "events     5 of its 6 points' events are in the catalog" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("busy", [False, True], ids=["events_held", "writer_busy"])
+@pytest.mark.parametrize(
+    "busy", ["free", "busy", "before"], ids=["events_held", "writer_busy", "start_missed"]
+)
 def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     busy, catalog_dir, tmp_path, capsys, monkeypatch
 ):
     """A scan whose events the catalog was not yet given (they wait an hour, here; or the
     catalog writer was busy from the run's start, so that not even the descriptor, which
-    names the camera's file, got there) when its process is killed: its journal kept every
-    document as it came, and `recover` writes the events into the run, every device's
-    readings, before it closes the run over the camera's file. The journal then goes."""
+    names the camera's file, got there; or busy as the run started, so that the catalog
+    never heard of the run) when its process is killed: its journal kept every document as
+    it came, and `recover` writes the events into the run (made from the journal's start
+    where the catalog lacks it), every device's readings, before it closes the run over the
+    camera's file. The journal then goes."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))  # the scan's and recover's
     acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600, busy=busy)
@@ -140,20 +149,24 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     finally:
         _kill(acquiring)
     _wait_until_gone(writer)
-    run = open_catalog(catalog_dir).values().last()
-    assert "stop" not in run.metadata
-    assert "motor" not in run.get("primary", {})  # no event reached the catalog
-    if busy:
-        assert "primary" not in run  # nor the descriptor
-    uid = run.metadata["start"]["uid"]
     (journal,) = journals.glob("*.jsonl")
-    assert journal.name == f"{uid}.jsonl"
+    uid = journal.stem
+    if busy == "before":
+        assert uid not in open_catalog(catalog_dir)
+    else:
+        run = open_catalog(catalog_dir)[uid]
+        assert "stop" not in run.metadata
+        assert "motor" not in run.get("primary", {})  # no event reached the catalog
+        if busy == "busy":
+            assert "primary" not in run  # nor the descriptor
 
     assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
     out = capsys.readouterr().out
+    made = f"{journal}: run {uid} had not reached the catalog; made from its journal"
+    assert (made in out) == (busy == "before")
     assert f"{journal}: 5 events the catalog lacked written into run {uid}" in out
     assert "closed run" in out
-    run = open_catalog(catalog_dir).values().last()
+    run = open_catalog(catalog_dir)[uid]
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
     np.testing.assert_array_equal(run["primary"]["det"].read().shape, (5,))
     np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), np.arange(5))
@@ -218,6 +231,41 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
 
+def test_a_run_only_a_journal_holds_is_made_in_the_catalog_it_was_written_for_only(
+    catalog_dir, tmp_path, capsys
+):
+    """A run none of whose documents reached its catalog (a process that died with its
+    catalog not answering) is in its journal alone. `recover` with another catalog keeps the
+    journal and says which catalog it was for; with that catalog, opened anew, it makes the
+    run there, with its events, and closes it."""
+    journals = tmp_path / "journals"
+    journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
+    RE = RunEngine({})
+    (uid,) = RE(count([det], num=3), journal.write)
+    (path,) = journals.glob("*.jsonl")
+    assert path.name == f"{uid}.jsonl"
+    assert uid not in open_catalog(catalog_dir)
+
+    other = tmp_path / "other-catalog"
+    args = ["recover", "--journal", str(journals), "--catalog"]
+    assert main([*args, str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: run {uid} is not in this catalog; its journal is kept (it was written " in out
+    assert f"for {catalog_dir}" in out
+    assert path.exists() and uid not in open_catalog(other)
+
+    assert main([*args, str(catalog_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: run {uid} had not reached the catalog; made from its journal" in out
+    assert f"{path}: 3 events the catalog lacked written into run {uid}" in out
+    assert f"{path}: closed run {uid}" in out
+    run = open_catalog(catalog_dir)[uid]
+    assert run.metadata["start"]["plan_name"] == "count"
+    assert run["primary"]["det"].read().shape == (3,)
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    assert not path.exists()
+
+
 def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
     catalog_dir, tmp_path, capsys, monkeypatch
 ):
@@ -264,11 +312,11 @@ def _motor_scan_then_wait(catalog_dir) -> subprocess.Popen:
 
 
 def _scan_then_wait(
-    catalog_dir, write_dir, interval: float, busy: bool = False
+    catalog_dir, write_dir, interval: float, busy: str = "free"
 ) -> subprocess.Popen:
     """`SCAN_THEN_WAIT` in a process of its own, writing ahead every `interval` s (`busy`:
-    writing nothing after the run's start)."""
-    args = [str(catalog_dir), str(write_dir), str(interval), "busy" if busy else "free"]
+    writing nothing after the run's start; "before": nor the start)."""
+    args = [str(catalog_dir), str(write_dir), str(interval), busy]
     return subprocess.Popen(
         [sys.executable, "-c", SCAN_THEN_WAIT, *args], stdout=subprocess.PIPE, text=True
     )
@@ -351,8 +399,6 @@ def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
     answers again every event is in the catalog, once."""
     import os
     import threading
-
-    from ophyd.sim import det
 
     from ophyd_scmos.catalog.local_server import find_server
 
