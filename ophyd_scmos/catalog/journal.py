@@ -35,6 +35,7 @@ __all__ = [
     "Journal",
     "begin",
     "catalog_of",
+    "stop_of",
     "default_journal_dir",
     "journal_path",
     "read",
@@ -151,6 +152,11 @@ def catalog_of(path: Path) -> str | None:
     for name, doc in _lines(path):
         return doc.get("catalog") if name == _HEADER else None
     return None
+
+
+def stop_of(path: Path) -> dict[str, Any] | None:
+    """The stop of the journal at `path`'s run, where the run ended (None: it did not)."""
+    return next((doc for name, doc in read(path) if name == "stop"), None)
 
 
 def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

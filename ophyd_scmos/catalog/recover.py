@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -43,6 +43,10 @@ FILE_PATH_SIGNAL = "file_path"
 #: the stop document's record of the files `close_run` registered, by camera: a run closed by
 #: recovery (rather than by its own process) still takes the files of its other cameras
 RECOVERED_FROM = "recovered_from"
+#: a recovered stop's record of the stop a run's journal held (the run ended, but the catalog
+#: did not take its end) while the run's images are not all registered: a camera's file
+#: recovered later makes the run whole, and the run's own stop is then written
+ENDED_AS = "ended_as"
 #: how long before a file was started its run may have started (a run staging its camera
 #: late), and after (a plan staging its camera before it opens its run)
 EARLIER, LATER = 24 * 3600.0, 600.0
@@ -167,12 +171,15 @@ def close_run(
     files: Sequence[tuple[UnfinishedRun, Iterable[tuple[str, dict[str, Any]]]]],
     *,
     end_time: float,
+    ended: Mapping[str, Any] | None = None,
 ) -> list[tuple[int, ...] | None]:
     """Register the images of the camera files of one run, each from the asset documents
     that point at it (a Resource and a Datum per point, or a StreamResource and
     StreamDatum, as the device would have emitted them), then write the stop document once
-    (``exit_status`` "fail", the reason naming the files; `end_time` or later). A run a
-    recovery closed before keeps its stop, which then names these files too. Returns each
+    (``exit_status`` "fail", the reason naming the files; `end_time` or later; the run's own
+    stop `ended`, from its journal, where the run ended and every camera's file is
+    registered: `_write_stop`). A run a recovery closed before keeps its stop, which then
+    names these files too. Returns each
     image's shape as the catalog now replays it (None for a file of a run that ended before
     its first event, or of a camera that saved no images).
 
@@ -189,7 +196,7 @@ def close_run(
     for found, asset_docs in files:
         if found.key is not None:
             nodes.extend(_register_images(found, asset_docs, end_time))
-    _write_stop(run, {found.device: found.path for found, _ in files}, end_time)
+    _write_stop(run, {found.device: found.path for found, _ in files}, end_time, ended)
     streams = dict.fromkeys(found.stream for found, _ in files if found.stream is not None)
     _tell_followers(run, itertools.chain(nodes, (run[name].base for name in streams)))
     return [
@@ -198,12 +205,15 @@ def close_run(
     ]
 
 
-def close_journaled_run(run: Any, *, end_time: float) -> None:
+def close_journaled_run(
+    run: Any, *, end_time: float, ended: Mapping[str, Any] | None = None
+) -> None:
     """Close `run`, whose journal's events were written into it (`journal.replay`), with no
     camera file named (a motor scan, say): write its stop (``exit_status`` "fail", at
-    `end_time`: its journal's last change), which later takes a camera's file all the same
+    `end_time`: its journal's last change; or the run's own, `ended`, from its journal,
+    where it has no camera: `_write_stop`), which later takes a camera's file all the same
     (`close_run`, "added to run")."""
-    _write_stop(run, {}, end_time)
+    _write_stop(run, {}, end_time, ended)
     _tell_followers(run, (run[name].base for name in run))
 
 
@@ -246,9 +256,13 @@ def _register_images(
     return nodes
 
 
-def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
+def _write_stop(
+    run: Any, files: dict[str, Path], end_time: float, ended: Mapping[str, Any] | None
+) -> None:
     """Write the run's stop naming the `files` of its cameras (added to those of a stop a
-    recovery wrote)."""
+    recovery wrote). A run that ended (its journal held its stop, `ended`, which the
+    catalog did not take) gets that stop once the catalog holds all of the run: its events
+    (the journal's) and every camera's images (its file); until then "fail", keeping it."""
     import event_model
 
     stop = run.metadata.get("stop")
@@ -256,6 +270,17 @@ def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
         **(stop[RECOVERED_FROM] if stop else {}),
         **{device: str(path.absolute()) for device, path in files.items()},
     }
+    ended = ended or (stop or {}).get(ENDED_AS)
+    if ended is not None and _cameras(run) <= recovered.keys():
+        note = (
+            "the catalog did not take the run's end; written by ophyd-scmos recover from the "
+            "run's journal"
+            + (f", its images from {', '.join(recovered.values())}" if recovered else "")
+        )
+        reason = f"{ended['reason']} ({note})" if ended.get("reason") else note
+        doc = {**ended, "reason": reason, RECOVERED_FROM: recovered}
+        run.update_metadata(metadata={"stop": doc}, drop_revision=True)
+        return
     reason = (
         "the run was not closed in the catalog (its acquiring process ended, or the catalog "
         "did not take its end); closed by ophyd-scmos recover from "
@@ -276,7 +301,23 @@ def _write_stop(run: Any, files: dict[str, Path], end_time: float) -> None:
                 exit_status="fail", reason=reason, time=end_time
             )
         )
+    if ended is not None:
+        doc[ENDED_AS] = dict(ended)
+        doc["reason"] += (
+            f"; the run itself ended with exit_status {ended['exit_status']!r}, which its stop "
+            "takes once every camera's file is recovered into it"
+        )
     run.update_metadata(metadata={"stop": {**doc, RECOVERED_FROM: recovered}}, drop_revision=True)
+
+
+def _cameras(run: Any) -> set[str]:
+    """The devices whose data in `run` are in files (images: external data keys)."""
+    return {
+        str(data_key.get("object_name"))
+        for name in run
+        for data_key in run[name].base.metadata.get("data_keys", {}).values()
+        if data_key.get("external")
+    }
 
 
 def _stream_documents(

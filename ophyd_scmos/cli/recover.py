@@ -60,6 +60,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
     left."""
     import h5py
 
+    from ophyd_scmos.catalog.journal import stop_of
     from ophyd_scmos.pipeline import layout
     from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 
@@ -118,7 +119,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
     for uid, run_files in runs.items():
         journal = journaled.pop(uid, None)  # kept if the run could not be closed
         try:
-            lines = _close_run(run_files)
+            lines = _close_run(run_files, stop_of(journal) if journal is not None else None)
         except (RuntimeError, ValueError) as exc:
             for run_file in run_files:
                 print(f"ophyd-scmos recover: {run_file.found.path}: {exc}", file=sys.stderr)
@@ -176,9 +177,10 @@ def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> None:
     """Close the runs whose journals were replayed, from their journals alone (no camera
     file named: a motor scan, say), and remove the journals."""
     from ophyd_scmos.catalog import close_journaled_run
+    from ophyd_scmos.catalog.journal import stop_of
 
     for uid, path in journaled.items():
-        close_journaled_run(catalog[uid], end_time=path.stat().st_mtime)
+        close_journaled_run(catalog[uid], end_time=path.stat().st_mtime, ended=stop_of(path))
         print(f"{path}: closed run {uid}")
         path.unlink()
     if not journaled:
@@ -205,8 +207,9 @@ def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) 
     )
 
 
-def _close_run(run_files: list[_RunFile]) -> list[str]:
-    """Register the frames of the files of one run and write its stop once; say what the run
+def _close_run(run_files: list[_RunFile], ended: dict[str, Any] | None) -> list[str]:
+    """Register the frames of the files of one run and write its stop once (its own,
+    `ended`, from its journal, where it ended and all of it is registered); say what the run
     replays now."""
     from ophyd_scmos.catalog import close_run
 
@@ -216,6 +219,7 @@ def _close_run(run_files: list[_RunFile]) -> list[str]:
     shapes = close_run(
         [(f.found, _asset_documents(f.found, f.frames) if f.found.key else []) for f in run_files],
         end_time=max(f.end_time for f in run_files),
+        ended=ended,
     )
     for f, shape in zip(run_files, shapes, strict=True):
         found = f.found

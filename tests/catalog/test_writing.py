@@ -237,7 +237,7 @@ def test_a_run_only_a_journal_holds_is_made_in_the_catalog_it_was_written_for_on
     """A run none of whose documents reached its catalog (a process that died with its
     catalog not answering) is in its journal alone. `recover` with another catalog keeps the
     journal and says which catalog it was for; with that catalog, opened anew, it makes the
-    run there, with its events, and closes it."""
+    run there, with its events, and closes it with the stop the journal kept: it ended."""
     journals = tmp_path / "journals"
     journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
     RE = RunEngine({})
@@ -262,8 +262,45 @@ def test_a_run_only_a_journal_holds_is_made_in_the_catalog_it_was_written_for_on
     run = open_catalog(catalog_dir)[uid]
     assert run.metadata["start"]["plan_name"] == "count"
     assert run["primary"]["det"].read().shape == (3,)
-    assert run.metadata["stop"]["exit_status"] == "fail"
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
+    assert "written by ophyd-scmos recover from the run's journal" in stop["reason"]
     assert not path.exists()
+
+
+def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered(
+    catalog_dir, tmp_path, capsys
+):
+    """A camera's run that ended, but whose end the catalog never took (its journal holds
+    the stop): closed from its journal alone it is "fail", its images maybe partial, and the
+    stop says how the run ended; once the camera's file is recovered into it, the run has all
+    it had and gets the stop the journal kept."""
+    journals = tmp_path / "journals"
+    journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path / "data"
+    )
+    try:
+        cam.roi.set(ROI_XYWH)
+        cam.exposure_time.set(0.001)
+        (uid,) = RunEngine({})(count([cam, det], num=3), journal.write)
+        file = cam.file_path.get()
+    finally:
+        cam.destroy()
+    args = ["recover", "--journal", str(journals), "--catalog", str(catalog_dir)]
+    assert main(args) == 0
+    assert f"closed run {uid}" in capsys.readouterr().out
+    stop = open_catalog(catalog_dir)[uid].metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert "the run itself ended with exit_status 'success'" in stop["reason"]
+
+    assert main([*args, file]) == 0
+    assert f"{file}: added to run {uid}" in capsys.readouterr().out
+    run = open_catalog(catalog_dir)[uid]
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(3)[:, None])
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
+    assert f"its images from {file}" in stop["reason"]
 
 
 def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
