@@ -35,11 +35,11 @@ __all__ = [
     "Journal",
     "begin",
     "catalog_of",
-    "stop_of",
     "default_journal_dir",
     "journal_path",
     "read",
     "replay",
+    "stop_of",
 ]
 
 logger = logging.getLogger(__name__)

@@ -179,9 +179,9 @@ def close_run(
     (``exit_status`` "fail", the reason naming the files; `end_time` or later; the run's own
     stop `ended`, from its journal, where the run ended and every camera's file is
     registered: `_write_stop`). A run a recovery closed before keeps its stop, which then
-    names these files too. Returns each
-    image's shape as the catalog now replays it (None for a file of a run that ended before
-    its first event, or of a camera that saved no images).
+    names these files too. Returns each image's shape as the catalog now replays it (None
+    for a file of a run that ended before its first event, or of a camera that saved no
+    images).
 
     The documents go through bluesky-tiled-plugins' `RunNormalizer` and consolidators, as
     in TiledWriter, so the images read back exactly as those of a run that ended well. An
