@@ -33,6 +33,10 @@ the RunEngine takes them itself, and so waits for the catalog, as with TiledWrit
 10,000 events or image rows of a run are held, TiledWriter's own batching writes them, failing
 the run where the catalog still does not answer).
 
+A camera's image is made in the catalog with its first rows and its metadata, one request
+where TiledWriter sends three (the node, empty; its rows; its metadata, at the stop): a
+third of what a camera adds to a short run's requests.
+
 This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the methods that
 write them, the ones its own batching and stop use); tests/catalog/test_writing.py checks it
 against the installed version.
@@ -51,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bluesky_tiled_plugins import TiledWriter
-from bluesky_tiled_plugins.writing.consolidators import Patch
+from bluesky_tiled_plugins.writing.consolidators import Patch, consolidator_factory
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
 from event_model import DocumentNames
 
@@ -106,6 +110,9 @@ class _PacedRunWriter(_RunWriter):
         #: image references counted into their image, whose new rows the catalog has not
         #: taken yet: consolidator -> (its node, the new rows' patches)
         self._unsent: dict[Any, tuple[Any, list[Patch]]] = {}
+        #: the images made here, each with its metadata (`_make_image`), as TiledWriter keys
+        #: them (by stream resource, and by stream and data key)
+        self._made: dict[str, Any] = {}
 
     def event(self, doc: Any) -> None:
         super().event(doc)
@@ -136,16 +143,24 @@ class _PacedRunWriter(_RunWriter):
 
     def _finish(self) -> None:
         """Write all that is held, then the stop (TiledWriter's stop, with nothing left to
-        write but its metadata), or raise; what was written is not written again."""
+        write but its metadata), or raise; what was written is not written again. An image
+        made here has its metadata: TiledWriter's stop, which writes every image's, is not
+        shown it."""
         assert self._stop_doc is not None
         self._write_held()
-        super().stop(dict(self._stop_doc))
+        made = {key: self._sres_nodes.pop(key) for key in self._made}
+        try:
+            super().stop(dict(self._stop_doc))
+        finally:
+            self._sres_nodes.update(made)
         self._written(self._stop_doc["run_start"])
         self._stop_doc = None
         self._held_since = None
 
     def _close_stream_tree(self) -> None:
         if self._close_streams:
+            for node in {node.uri: node for node in self._made.values()}.values():
+                node.close_stream()  # those TiledWriter's stop is not shown
             super()._close_stream_tree()
 
     def finish_if_due(self) -> bool:
@@ -205,10 +220,40 @@ class _PacedRunWriter(_RunWriter):
         # failed is sent again, never counted again (each count adds rows).
         while self._external_data_cache:
             uid, doc = next(iter(self._external_data_cache.items()))
-            node, consolidator, patch = self._update_consolidator(doc)
+            if not self._make_image(doc):
+                node, consolidator, patch = self._update_consolidator(doc)
+                self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
             del self._external_data_cache[uid]
-            self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
         self._send_unsent()
+
+    def _make_image(self, doc: Any) -> bool:
+        """Make the image that `doc` (a stream datum) is the first reference to, with its
+        rows and its metadata, in one request, where TiledWriter makes it empty, then sends
+        its rows and at the stop its metadata (~30 ms each here); whether it did. Made as
+        TiledWriter makes it (`get_sres_node`), and kept where TiledWriter keeps it."""
+        sres_uid = doc["stream_resource"]
+        resource = self._stream_resource_cache.get(sres_uid)
+        if sres_uid in self._sres_nodes or resource is None:
+            return False
+        stream = self._desc_nodes[doc["descriptor"]]
+        key = f"{stream.item['id']}_{resource['data_key']}"
+        if key in self._sres_nodes:  # another resource of an image made: TiledWriter's
+            return False
+        consolidator = consolidator_factory(resource, stream.metadata)
+        consolidator.consume_stream_datum(doc)
+        source = consolidator.get_data_source()
+        node = stream.new(
+            key=consolidator.data_key,
+            structure_family=source.structure_family,
+            data_sources=[source],
+            metadata=consolidator.metadata,
+            specs=[],
+            access_tags=self.access_tags,
+        )
+        for known in (sres_uid, key):
+            self._consolidators[known] = consolidator
+            self._sres_nodes[known] = self._made[known] = node
+        return True
 
     def _send_unsent(self) -> None:
         """Give the catalog each image whose rows it has not taken yet, whole (its data

@@ -174,20 +174,31 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
-    server_catalog: Any, sent: list[str]
+    facility: dict[str, Any], server_catalog: Any, sent: list[str]
 ) -> None:
     """A Tiled server may keep a run's streams for followers (Tiled's streaming cache), who
     wait to be told each has ended: `CatalogWriter` tells it, node by node, as TiledWriter
-    does (the embedded catalog keeps none and is not told)."""
+    does, the camera's image among them (the embedded catalog keeps none and is not told)."""
     from ophyd.sim import det
 
+    driver = SimulatedSCMOS(shape=SENSOR, seed=3)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=facility["root"] / "frames", ring_mb=4)
+    cam.roi.set(ROI)
+    cam.exposure_time.set(0.001)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(server_catalog))
-    (uid,) = RE(count([det], num=2))
+    try:
+        (uid,) = RE(count([cam, det], num=2))
+    finally:
+        cam.destroy()
     closed = [path for path in sent if "/stream/close/" in path]
     assert closed and all(uid in path for path in closed)
+    assert any(path.endswith("/primary/cam_image") for path in closed)
     assert closed[-1].endswith(uid)  # the run's own node last, after its streams
     assert server_catalog[uid].metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(
+        server_catalog[uid]["primary"]["cam_image"].read(), expected(driver, 2)
+    )
 
 
 def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(

@@ -530,10 +530,35 @@ def test_the_runengine_waits_for_the_catalog_only_at_a_runs_start_and_stop(
     )
 
 
+def test_a_short_runs_image_is_made_in_the_catalog_in_one_request(catalog_dir, tmp_path, sent):
+    """The image of a run shorter than the write-ahead interval reaches the catalog in one
+    request, its node made with its rows and metadata (TiledWriter sends three: the node,
+    then its rows, then at the stop its metadata), and reads back as TiledWriter's."""
+    catalog = open_catalog(catalog_dir)
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
+    )
+    cam.roi.set(ROI_XYWH)
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog))
+    try:
+        (uid,) = RE(count([cam], num=2))
+    finally:
+        cam.destroy()
+    image = [(m, path) for _, m, path in sent if "cam_image" in path or "/register/" in path]
+    ((method, path),) = image
+    assert method == "POST" and path.endswith(f"/{uid}/primary")
+    node = catalog[uid]["primary"]["cam_image"]
+    np.testing.assert_array_equal(node.read(), _expected(2)[:, None])
+    assert node.metadata == {"spec": "AD_HDF5", "frame_per_point": 1}
+
+
 @pytest.fixture
 def flaky_catalog(monkeypatch):
-    """The catalog's transport, made to fail image-reference PUTs (`failing`), or to answer
-    the writer's thread slowly (`slow`), for as long as those are set; Tiled's client then
+    """The catalog's transport, made to fail the writes of image references (`failing`: a
+    new image's node, made with its first rows, or an image's new rows), or to answer the
+    writer's thread slowly (`slow`), for as long as those are set; Tiled's client then
     retries nothing (else each failure takes many seconds)."""
     import threading
 
@@ -546,7 +571,8 @@ def flaky_catalog(monkeypatch):
     real = local_server.ServerTransport.handle_request
 
     def handle_request(self, request):
-        if failing.is_set() and request.method == "PUT" and "/data_source/" in request.url.path:
+        path = request.url.path
+        if failing.is_set() and ("/data_source/" in path or path.startswith("/api/v1/register/")):
             raise httpx.ReadTimeout("the catalog does not answer", request=request)
         if slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
             time.sleep(1)
