@@ -80,6 +80,27 @@ class UnfinishedRun:
         return _same_file(stop.get(RECOVERED_FROM, {}).get(self.device), self.path)
 
 
+def cameras_files(run: Any) -> list[Path]:
+    """The files of `run`'s cameras that its descriptors name (each camera's ``file_path``
+    configuration), that are there and not yet recovered into it."""
+    recovered = (run.metadata.get("stop") or {}).get(RECOVERED_FROM, {})
+    files: dict[str, Path] = {}
+    for stream in run:
+        descriptor = run[stream].metadata
+        cameras = {
+            info.get("object_name")
+            for info in descriptor.get("data_keys", {}).values()
+            if info.get("external")
+        }
+        for device, config in descriptor.get("configuration", {}).items():
+            path = config.get("data", {}).get(f"{device}_{FILE_PATH_SIGNAL}")
+            if device not in cameras or not isinstance(path, str) or not os.path.isfile(path):
+                continue
+            if not _same_file(recovered.get(device), path):
+                files.setdefault(os.path.realpath(path), Path(path))
+    return list(files.values())
+
+
 def find_unfinished_run(
     catalog: Any, path: PathLike, device: str, started: float, *, uid: str | None = None
 ) -> UnfinishedRun:
@@ -207,14 +228,15 @@ def close_run(
 
 def close_journaled_run(
     run: Any, *, end_time: float, ended: Mapping[str, Any] | None = None
-) -> None:
+) -> bool:
     """Close `run`, whose journal's events were written into it (`journal.replay`), with no
     camera file named (a motor scan, say): write its stop (``exit_status`` "fail", at
     `end_time`: its journal's last change; or the run's own, `ended`, from its journal,
     where it has no camera: `_write_stop`), which later takes a camera's file all the same
-    (`close_run`, "added to run")."""
-    _write_stop(run, {}, end_time, ended)
+    (`close_run`, "added to run"). Whether the run's own stop was written."""
+    whole = _write_stop(run, {}, end_time, ended)
     _tell_followers(run, (run[name].base for name in run))
+    return whole
 
 
 def _tell_followers(run: Any, nodes: Iterable[Any]) -> None:
@@ -258,11 +280,12 @@ def _register_images(
 
 def _write_stop(
     run: Any, files: dict[str, Path], end_time: float, ended: Mapping[str, Any] | None
-) -> None:
+) -> bool:
     """Write the run's stop naming the `files` of its cameras (added to those of a stop a
     recovery wrote). A run that ended (its journal held its stop, `ended`, which the
     catalog did not take) gets that stop once the catalog holds all of the run: its events
-    (the journal's) and every camera's images (its file); until then "fail", keeping it."""
+    (the journal's) and every camera's images (its file); until then "fail", keeping it.
+    Whether the run's own stop was written."""
     import event_model
 
     stop = run.metadata.get("stop")
@@ -280,7 +303,7 @@ def _write_stop(
         reason = f"{ended['reason']} ({note})" if ended.get("reason") else note
         doc = {**ended, "reason": reason, RECOVERED_FROM: recovered}
         run.update_metadata(metadata={"stop": doc}, drop_revision=True)
-        return
+        return True
     reason = (
         "the run was not closed in the catalog (its acquiring process ended, or the catalog "
         "did not take its end); closed by ophyd-scmos recover from "
@@ -308,6 +331,7 @@ def _write_stop(
             "takes once every camera's file is recovered into it"
         )
     run.update_metadata(metadata={"stop": {**doc, RECOVERED_FROM: recovered}}, drop_revision=True)
+    return False
 
 
 def _cameras(run: Any) -> set[str]:

@@ -9,7 +9,8 @@ image references and the stop document that process never wrote
 (`ophyd_scmos.catalog.recover`), so it replays the frames the file holds, and the events the
 catalog had not yet taken, with every device's readings, from the run's journal
 (`ophyd_scmos.catalog.journal`); with `--catalog` and no file, the runs whose processes
-died are closed from their journals alone (a run with no camera). Frame rings left
+died (those their journals name) are closed with the files of their cameras that their
+descriptors name, or from their journals alone (a run with no camera). Frame rings left
 in /dev/shm by processes that are gone (killed with their process group) are removed.
 """
 
@@ -65,13 +66,13 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
     from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 
     journaled: dict[str, Path] = {}
+    closing_all = catalog is not None and not files  # `--catalog` alone: every run left
     if catalog is not None:
         # First the events the catalog lacks (and the streams: a killed process may not have
         # written a descriptor), from the journals: a file's run is found by its descriptor.
         journaled = _replay_journals(catalog, args.journal)
-        if not files:
-            _close_journaled_runs(catalog, journaled)
-            return 0
+        if closing_all:
+            files = _cameras_files(catalog, journaled)
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
@@ -128,12 +129,30 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
         print("\n".join(lines))
         if journal is not None:
             journal.unlink()
+    if closing_all:
+        if not (journaled or runs):
+            print("no unfinished run to close from a journal")
+        _close_journaled_runs(catalog, journaled)
+        return 1 if failed else 0
     for uid, journal in journaled.items():
         print(
             f"{journal}: run {uid} stays open, as no file of its cameras was named; its "
             "journal is kept (`ophyd-scmos recover --catalog` alone closes the run)"
         )
     return 1 if failed else 0
+
+
+def _cameras_files(catalog: Any, journaled: dict[str, Path]) -> list[Path]:
+    """The files of the cameras of the runs whose journals were replayed, as their
+    descriptors name them, where they are still there: recovered as if named."""
+    from ophyd_scmos.catalog.recover import cameras_files
+
+    files = []
+    for uid in journaled:
+        for path in cameras_files(catalog[uid]):
+            print(f"{path}: the file of a camera of run {uid}")
+            files.append(path)
+    return files
 
 
 def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
@@ -175,16 +194,23 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
 
 def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> None:
     """Close the runs whose journals were replayed, from their journals alone (no camera
-    file named: a motor scan, say), and remove the journals."""
+    file found: a motor scan, say), and remove the journals; but the journal of a run that
+    ended with a camera whose file is not there is kept, for the run's own stop, which the
+    run gets once the file is recovered into it."""
     from ophyd_scmos.catalog import close_journaled_run
     from ophyd_scmos.catalog.journal import stop_of
 
     for uid, path in journaled.items():
-        close_journaled_run(catalog[uid], end_time=path.stat().st_mtime, ended=stop_of(path))
-        print(f"{path}: closed run {uid}")
-        path.unlink()
-    if not journaled:
-        print("no unfinished run to close from a journal")
+        ended = stop_of(path)
+        whole = close_journaled_run(catalog[uid], end_time=path.stat().st_mtime, ended=ended)
+        print(f"{path}: closed run {uid} from its journal")
+        if whole or ended is None:
+            path.unlink()
+        else:
+            print(
+                f"{path}: run {uid} ended, but the files of its cameras are not there: it is "
+                "closed as failed, and its journal is kept until they are recovered into it"
+            )
 
 
 @dataclass
@@ -281,7 +307,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         type=Path,
         metavar="FILE",
-        help="HDF5 files to recover (none, with --catalog: close the runs left in journals)",
+        help="HDF5 files to recover (none, with --catalog: close the runs left in journals, "
+        "with their cameras' files where their descriptors name files that are there)",
     )
     p.add_argument(
         "--catalog",

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -129,10 +130,12 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
 
 
 @pytest.mark.parametrize(
-    "busy", ["free", "busy", "before"], ids=["events_held", "writer_busy", "start_missed"]
+    ("busy", "named"),
+    [("free", True), ("busy", True), ("before", True), ("free", False)],
+    ids=["events_held", "writer_busy", "start_missed", "file_found"],
 )
 def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
-    busy, catalog_dir, tmp_path, capsys, monkeypatch
+    busy, named, catalog_dir, tmp_path, capsys, monkeypatch
 ):
     """A scan whose events the catalog was not yet given (they wait an hour, here; or the
     catalog writer was busy from the run's start, so that not even the descriptor, which
@@ -140,7 +143,8 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     never heard of the run) when its process is killed: its journal kept every document as
     it came, and `recover` writes the events into the run (made from the journal's start
     where the catalog lacks it), every device's readings, before it closes the run over the
-    camera's file. The journal then goes."""
+    camera's file (named, or found by `recover --catalog` alone from the run's
+    descriptor). The journal then goes."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))  # the scan's and recover's
     acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600, busy=busy)
@@ -160,8 +164,9 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
         if busy == "busy":
             assert "primary" not in run  # nor the descriptor
 
-    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+    assert main(["recover", "--catalog", str(catalog_dir), *([path] if named else [])]) == 0
     out = capsys.readouterr().out
+    assert (f"{path}: the file of a camera of run {uid}" in out) == (not named)
     made = f"{journal}: run {uid} had not reached the catalog; made from its journal"
     assert (made in out) == (busy == "before")
     assert f"{journal}: 5 events the catalog lacked written into run {uid}" in out
@@ -272,9 +277,10 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     catalog_dir, tmp_path, capsys
 ):
     """A camera's run that ended, but whose end the catalog never took (its journal holds
-    the stop): closed from its journal alone it is "fail", its images maybe partial, and the
-    stop says how the run ended; once the camera's file is recovered into it, the run has all
-    it had and gets the stop the journal kept."""
+    the stop): closed from its journal alone (its camera's file not there) it is "fail", its
+    images maybe partial, and the stop says how the run ended; `recover --catalog` alone
+    once the file is back finds it by the run's descriptor, and the run, now whole, gets the
+    stop the journal kept."""
     journals = tmp_path / "journals"
     journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
     cam = SCMOSCamera(
@@ -284,23 +290,32 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
         cam.roi.set(ROI_XYWH)
         cam.exposure_time.set(0.001)
         (uid,) = RunEngine({})(count([cam, det], num=3), journal.write)
-        file = cam.file_path.get()
+        file = Path(cam.file_path.get())
     finally:
         cam.destroy()
+    away = file.rename(tmp_path / "away.h5")
     args = ["recover", "--journal", str(journals), "--catalog", str(catalog_dir)]
     assert main(args) == 0
-    assert f"closed run {uid}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"closed run {uid} from its journal" in out
+    assert "its journal is kept until they are recovered into it" in out
     stop = open_catalog(catalog_dir)[uid].metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert "the run itself ended with exit_status 'success'" in stop["reason"]
 
-    assert main([*args, file]) == 0
-    assert f"{file}: added to run {uid}" in capsys.readouterr().out
+    away.rename(file)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{file}: the file of a camera of run {uid}" in out
+    assert f"{file}: added to run {uid}" in out
     run = open_catalog(catalog_dir)[uid]
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(3)[:, None])
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
     assert f"its images from {file}" in stop["reason"]
+    assert not list(journals.iterdir())
+    assert main(args) == 0
+    assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
 
 def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
