@@ -81,6 +81,29 @@ def _expected(n: int) -> np.ndarray:
     return np.stack([driver.expected_frame(k) for k in range(n)])
 
 
+def _camera(write_dir) -> SCMOSCamera:
+    """The camera whose frames `_expected` gives."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
+    )
+    cam.roi.set(ROI_XYWH)
+    cam.exposure_time.set(0.001)
+    return cam
+
+
+def _count_into(catalog, write_dir, num: int) -> str:
+    """`RE(count([cam], num))` of `_camera`, written into `catalog` by a `CatalogWriter`: its
+    uid."""
+    cam = _camera(write_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog))
+    try:
+        (uid,) = RE(count([cam], num=num))
+    finally:
+        cam.destroy()
+    return uid
+
+
 def _wait_for_rows(catalog_dir, rows: int, timeout: float = 30):
     """The latest run of the catalog once its primary stream holds `rows` events."""
     deadline = time.monotonic() + timeout
@@ -283,12 +306,8 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     stop the journal kept."""
     journals = tmp_path / "journals"
     journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
-    cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path / "data"
-    )
+    cam = _camera(tmp_path / "data")
     try:
-        cam.roi.set(ROI_XYWH)
-        cam.exposure_time.set(0.001)
         (uid,) = RunEngine({})(count([cam, det], num=3), journal.write)
         file = Path(cam.file_path.get())
     finally:
@@ -523,17 +542,7 @@ def test_the_runengine_waits_for_the_catalog_only_at_a_runs_start_and_stop(
     being free), so that a killed run is in the catalog at once; and the RunEngine waits for
     the stop."""
     catalog = open_catalog(catalog_dir)
-    cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
-    )
-    cam.roi.set(ROI_XYWH)
-    cam.exposure_time.set(0.001)
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(CatalogWriter(catalog))
-    try:
-        (uid,) = RE(count([cam], num=3))
-    finally:
-        cam.destroy()
+    uid = _count_into(catalog, tmp_path, 3)
     start = next(t for t, m, path in sent if m == "POST" and path.endswith("/metadata/"))
     stream = next(t for t, m, path in sent if m == "POST" and path.endswith(uid))
     assert start != "scmos-catalog-writer"  # the run's node: made as the run starts
@@ -550,17 +559,7 @@ def test_a_short_runs_image_is_made_in_the_catalog_in_one_request(catalog_dir, t
     request, its node made with its rows and metadata (TiledWriter sends three: the node,
     then its rows, then at the stop its metadata), and reads back as TiledWriter's."""
     catalog = open_catalog(catalog_dir)
-    cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
-    )
-    cam.roi.set(ROI_XYWH)
-    cam.exposure_time.set(0.001)
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(CatalogWriter(catalog))
-    try:
-        (uid,) = RE(count([cam], num=2))
-    finally:
-        cam.destroy()
+    uid = _count_into(catalog, tmp_path, 2)
     image = [(m, path) for _, m, path in sent if "cam_image" in path or "/register/" in path]
     ((method, path),) = image
     assert method == "POST" and path.endswith(f"/{uid}/primary")
@@ -639,11 +638,7 @@ def test_a_run_end_the_catalog_did_not_take_is_written_once_it_answers(
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
     RE.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
     started: list[str] = []
-    cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
-    )
-    cam.roi.set(ROI_XYWH)
-    cam.exposure_time.set(0.001)
+    cam = _camera(tmp_path)
     failing.set()
     try:
         with pytest.raises(Exception, match="the catalog does not answer"):
@@ -675,11 +670,7 @@ def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
-    cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=tmp_path, ring_mb=4
-    )
-    cam.roi.set(ROI_XYWH)
-    cam.exposure_time.set(0.001)
+    cam = _camera(tmp_path)
 
     @bpp.stage_decorator([cam])
     @bpp.run_decorator()
