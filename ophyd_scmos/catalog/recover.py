@@ -228,15 +228,14 @@ def close_run(
 
 def close_journaled_run(
     run: Any, *, end_time: float, ended: Mapping[str, Any] | None = None
-) -> bool:
+) -> None:
     """Close `run`, whose journal's events were written into it (`journal.replay`), with no
     camera file named (a motor scan, say): write its stop (``exit_status`` "fail", at
     `end_time`: its journal's last change; or the run's own, `ended`, from its journal,
     where it has no camera: `_write_stop`), which later takes a camera's file all the same
-    (`close_run`, "added to run"). Whether the run's own stop was written."""
-    whole = _write_stop(run, {}, end_time, ended)
+    (`close_run`, "added to run")."""
+    _write_stop(run, {}, end_time, ended)
     _tell_followers(run, (run[name].base for name in run))
-    return whole
 
 
 def _tell_followers(run: Any, nodes: Iterable[Any]) -> None:
@@ -280,12 +279,12 @@ def _register_images(
 
 def _write_stop(
     run: Any, files: dict[str, Path], end_time: float, ended: Mapping[str, Any] | None
-) -> bool:
+) -> None:
     """Write the run's stop naming the `files` of its cameras (added to those of a stop a
     recovery wrote). A run that ended (its journal held its stop, `ended`, which the
     catalog did not take) gets that stop once the catalog holds all of the run: its events
-    (the journal's) and every camera's images (its file); until then "fail", keeping it.
-    Whether the run's own stop was written."""
+    (the journal's) and every camera's images (its file); until then "fail", keeping it
+    (`awaits_files`)."""
     import event_model
 
     stop = run.metadata.get("stop")
@@ -302,8 +301,13 @@ def _write_stop(
         )
         reason = f"{ended['reason']} ({note})" if ended.get("reason") else note
         doc = {**ended, "reason": reason, RECOVERED_FROM: recovered}
-        run.update_metadata(metadata={"stop": doc}, drop_revision=True)
-        return True
+        # Tiled merges an update into what is there: the keys of the stop written before
+        # (`ENDED_AS`, its event counts) are deleted.
+        from tiled.client.metadata_update import DELETE_KEY
+
+        stale = {key: DELETE_KEY for key in stop or {} if key not in doc}
+        run.update_metadata(metadata={"stop": {**doc, **stale}}, drop_revision=True)
+        return
     reason = (
         "the run was not closed in the catalog (its acquiring process ended, or the catalog "
         "did not take its end); closed by ophyd-scmos recover from "
@@ -331,7 +335,12 @@ def _write_stop(
             "takes once every camera's file is recovered into it"
         )
     run.update_metadata(metadata={"stop": {**doc, RECOVERED_FROM: recovered}}, drop_revision=True)
-    return False
+
+
+def awaits_files(run: Any) -> bool:
+    """Whether `run` ended, but its own stop waits for a camera's file to be recovered into
+    it (`_write_stop`)."""
+    return ENDED_AS in (run.metadata.get("stop") or {})
 
 
 def _cameras(run: Any) -> set[str]:

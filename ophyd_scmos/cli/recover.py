@@ -128,7 +128,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
             continue
         print("\n".join(lines))
         if journal is not None:
-            journal.unlink()
+            _end_journal(journal, catalog[uid])
     if closing_all:
         if not (journaled or runs):
             print("no unfinished run to close from a journal")
@@ -194,23 +194,28 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
 
 def _close_journaled_runs(catalog: Any, journaled: dict[str, Path]) -> None:
     """Close the runs whose journals were replayed, from their journals alone (no camera
-    file found: a motor scan, say), and remove the journals; but the journal of a run that
-    ended with a camera whose file is not there is kept, for the run's own stop, which the
-    run gets once the file is recovered into it."""
+    file found: a motor scan, say), and remove the journals (`_end_journal`)."""
     from ophyd_scmos.catalog import close_journaled_run
     from ophyd_scmos.catalog.journal import stop_of
 
     for uid, path in journaled.items():
-        ended = stop_of(path)
-        whole = close_journaled_run(catalog[uid], end_time=path.stat().st_mtime, ended=ended)
+        close_journaled_run(catalog[uid], end_time=path.stat().st_mtime, ended=stop_of(path))
         print(f"{path}: closed run {uid} from its journal")
-        if whole or ended is None:
-            path.unlink()
-        else:
-            print(
-                f"{path}: run {uid} ended, but the files of its cameras are not there: it is "
-                "closed as failed, and its journal is kept until they are recovered into it"
-            )
+        _end_journal(path, catalog[uid])
+
+
+def _end_journal(path: Path, run: Any) -> None:
+    """Remove the journal of a run just closed; but keep that of a run that ended whose own
+    stop waits for its cameras' files: a later `recover --catalog` finds the run by it."""
+    from ophyd_scmos.catalog.recover import awaits_files
+
+    if not awaits_files(run):
+        path.unlink()
+        return
+    print(
+        f"{path}: run {run.metadata['start']['uid']} ended, but not every file of its cameras "
+        "is in it: it is closed as failed, and its journal is kept until they are recovered"
+    )
 
 
 @dataclass

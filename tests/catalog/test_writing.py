@@ -81,10 +81,10 @@ def _expected(n: int) -> np.ndarray:
     return np.stack([driver.expected_frame(k) for k in range(n)])
 
 
-def _camera(write_dir) -> SCMOSCamera:
-    """The camera whose frames `_expected` gives."""
+def _camera(write_dir, name: str = "cam") -> SCMOSCamera:
+    """A camera whose frames `_expected` gives."""
     cam = SCMOSCamera(
-        name="cam", driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
+        name=name, driver=SimulatedSCMOS(shape=(256, 320), seed=5), write_dir=write_dir, ring_mb=4
     )
     cam.roi.set(ROI_XYWH)
     cam.exposure_time.set(0.001)
@@ -317,7 +317,7 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"closed run {uid} from its journal" in out
-    assert "its journal is kept until they are recovered into it" in out
+    assert "its journal is kept until they are recovered" in out
     stop = open_catalog(catalog_dir)[uid].metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert "the run itself ended with exit_status 'success'" in stop["reason"]
@@ -331,10 +331,40 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(3)[:, None])
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
-    assert f"its images from {file}" in stop["reason"]
+    assert f"its images from {file}" in stop["reason"] and "ended_as" not in stop
     assert not list(journals.iterdir())
     assert main(args) == 0
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
+
+
+def test_a_run_of_two_cameras_that_ended_keeps_its_journal_until_both_files_are_in_it(
+    catalog_dir, tmp_path, capsys
+):
+    """Recovered with one camera's file named, a run that ended is "fail" and its journal
+    kept; `recover --catalog` alone later finds the other camera's file by the journal's
+    run and writes the run's own stop."""
+    journals = tmp_path / "journals"
+    journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
+    cams = [_camera(tmp_path / "data", name) for name in ("left", "right")]
+    try:
+        (uid,) = RunEngine({})(count(cams, num=2), journal.write)
+        left, right = (cam.file_path.get() for cam in cams)
+    finally:
+        for cam in cams:
+            cam.destroy()
+    args = ["recover", "--journal", str(journals), "--catalog", str(catalog_dir)]
+    assert main([*args, left]) == 0
+    assert "its journal is kept until they are recovered" in capsys.readouterr().out
+    assert open_catalog(catalog_dir)[uid].metadata["stop"]["exit_status"] == "fail"
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{right}: the file of a camera of run {uid}" in out and left not in out
+    run = open_catalog(catalog_dir)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    for name in ("left", "right"):
+        np.testing.assert_array_equal(run["primary"][f"{name}_image"].read(), _expected(2)[:, None])
+    assert not list(journals.iterdir())
 
 
 def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
