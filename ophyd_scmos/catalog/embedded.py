@@ -342,8 +342,7 @@ def keeps_streams(context: Context) -> bool:
     so that a writer tells it when a node's stream ends (Tiled's ``close_stream``). The
     embedded catalog's server (`build_app`) keeps none: telling it would cost a request a node
     (~15 ms here, four for a camera's run) that changes nothing."""
-    with _servers_lock:
-        return not any(server.ref() is context for server in _servers.values())
+    return _embedded_directory_of(context) is None
 
 
 def catalog_location(client: Any) -> str:
@@ -351,13 +350,16 @@ def catalog_location(client: Any) -> str:
     embedded catalog's directory (its local server's port changes), else the node's URL. A
     run's journal keeps it, so `recover` writes a run the catalog never got only into that
     catalog."""
-    with _servers_lock:
-        directory = next(
-            (key[0] for key, server in _servers.items() if server.ref() is client.context), None
-        )
+    directory = _embedded_directory_of(client.context)
     if directory is None:
         return str(client.uri)
     return "/".join([str(directory), *(part for part in client.path_parts if part)])
+
+
+def _embedded_directory_of(context: Context) -> Path | None:
+    """The directory of the embedded catalog `context` is a connection to (None: a server's)."""
+    with _servers_lock:
+        return next((key[0] for key, server in _servers.items() if server.ref() is context), None)
 
 
 def _embedded_context(

@@ -84,15 +84,10 @@ def cameras_files(run: Any) -> list[Path]:
     """The files of `run`'s cameras that its descriptors name (each camera's ``file_path``
     configuration), that are there and not yet recovered into it."""
     recovered = (run.metadata.get("stop") or {}).get(RECOVERED_FROM, {})
+    cameras = _cameras(run)
     files: dict[str, Path] = {}
     for stream in run:
-        descriptor = run[stream].metadata
-        cameras = {
-            info.get("object_name")
-            for info in descriptor.get("data_keys", {}).values()
-            if info.get("external")
-        }
-        for device, config in descriptor.get("configuration", {}).items():
+        for device, config in run[stream].metadata.get("configuration", {}).items():
             path = config.get("data", {}).get(f"{device}_{FILE_PATH_SIGNAL}")
             if device not in cameras or not isinstance(path, str) or not os.path.isfile(path):
                 continue
@@ -286,6 +281,7 @@ def _write_stop(
     (the journal's) and every camera's images (its file); until then "fail", keeping it
     (`awaits_files`)."""
     import event_model
+    from tiled.client.metadata_update import DELETE_KEY
 
     stop = run.metadata.get("stop")
     recovered = {
@@ -303,8 +299,6 @@ def _write_stop(
         doc = {**ended, "reason": reason, RECOVERED_FROM: recovered}
         # Tiled merges an update into what is there: the keys of the stop written before
         # (`ENDED_AS`, its event counts) are deleted.
-        from tiled.client.metadata_update import DELETE_KEY
-
         stale = {key: DELETE_KEY for key in stop or {} if key not in doc}
         run.update_metadata(metadata={"stop": {**doc, **stale}}, drop_revision=True)
         return

@@ -21,11 +21,10 @@ event are done while the RunEngine waits for its devices, not added to the run. 
 start is taken on the RunEngine's thread where the writer's is not busy, so that the
 catalog has the run at once (`recover` finds a killed run by it), and its stop waits for the
 writer's thread, then is taken and written as TiledWriter writes it. A catalog server that
-stops
-answering mid-run (whose client retries for many seconds) then neither holds up nor fails
-the scan: what could not be written stays held, is tried again later, and is written at the
-run's end, or fails there as with TiledWriter; then, unlike TiledWriter, what the run held
-is kept and tried again with its stop (`LONGEST_WAIT` apart at most) while the process
+stops answering mid-run (whose client retries for many seconds) then neither holds up nor
+fails the scan: what could not be written stays held, is tried again later, and is written
+at the run's end, or fails there as with TiledWriter; then, unlike TiledWriter, what the run
+held is kept and tried again with its stop (`LONGEST_WAIT` apart at most) while the process
 lives.
 
 While the catalog does not answer, what is queued grows: once `QUEUE_LIMIT` documents wait,

@@ -103,12 +103,20 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lab") / "catalog"
 
 
-def take_run(catalog: Any, write_dir: Path, num: int, seed: int) -> tuple[str, SimulatedSCMOS]:
-    """RE(count([cam], num)) into `catalog`, the camera writing into `write_dir`."""
-    driver = SimulatedSCMOS(shape=SENSOR, seed=seed)
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=write_dir, ring_mb=4)
+def camera(write_dir: Path, seed: int) -> SCMOSCamera:
+    """A simulated camera at `ROI`, writing into `write_dir`."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=seed), write_dir=write_dir, ring_mb=4
+    )
     cam.roi.set(ROI)
     cam.exposure_time.set(0.001)
+    return cam
+
+
+def take_run(catalog: Any, write_dir: Path, num: int, seed: int) -> tuple[str, SimulatedSCMOS]:
+    """RE(count([cam], num)) into `catalog`, the camera writing into `write_dir`."""
+    cam = camera(write_dir, seed)
+    driver = cam.driver
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(TiledWriter(catalog))
     (uid,) = RE(count([cam], num=num))
@@ -181,10 +189,8 @@ def test_a_catalog_writer_tells_the_server_when_a_runs_streams_end(
     does, the camera's image among them (the embedded catalog keeps none and is not told)."""
     from ophyd.sim import det
 
-    driver = SimulatedSCMOS(shape=SENSOR, seed=3)
-    cam = SCMOSCamera(name="cam", driver=driver, write_dir=facility["root"] / "frames", ring_mb=4)
-    cam.roi.set(ROI)
-    cam.exposure_time.set(0.001)
+    cam = camera(facility["root"] / "frames", seed=3)
+    driver = cam.driver
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(server_catalog))
     try:

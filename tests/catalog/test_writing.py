@@ -552,8 +552,6 @@ def test_the_embedded_catalog_is_not_told_that_a_runs_streams_ended(catalog_dir,
     """Its server keeps no streams that followers subscribe to: a run's stop sends no
     `close_stream` request (one a node, each a request's time for nothing), and the run
     reads back whole and ended."""
-    from ophyd.sim import det
-
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog))
