@@ -599,7 +599,8 @@ def test_a_short_runs_image_is_made_in_the_catalog_in_one_request(catalog_dir, t
 @pytest.fixture
 def flaky_catalog(monkeypatch):
     """The catalog's transport, made to fail the writes of image references (`failing`: a
-    new image's node, made with its first rows, or an image's new rows), or to answer the
+    new image's node, made with its first rows, or an image's new rows), to lose the answer
+    to each write the catalog took the first time it is sent (`lost`), or to answer the
     writer's thread slowly (`slow`), for as long as those are set; Tiled's client then
     retries nothing (else each failure takes many seconds)."""
     import threading
@@ -609,8 +610,9 @@ def flaky_catalog(monkeypatch):
 
     from ophyd_scmos.catalog import local_server
 
-    failing, slow = threading.Event(), threading.Event()
+    failing, lost, slow = threading.Event(), threading.Event(), threading.Event()
     real = local_server.ServerTransport.handle_request
+    answered: set[tuple[str, str, bytes]] = set()  #: writes whose answer `lost` let through
 
     def handle_request(self, request):
         path = request.url.path
@@ -618,11 +620,16 @@ def flaky_catalog(monkeypatch):
             raise httpx.ReadTimeout("the catalog does not answer", request=request)
         if slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
             time.sleep(1)
-        return real(self, request)
+        response = real(self, request)
+        write = (request.method, str(request.url), request.content)
+        if lost.is_set() and request.method != "GET" and write not in answered:
+            answered.add(write)
+            raise httpx.ReadTimeout("the catalog's answer was lost", request=request)
+        return response
 
     monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
     stamina.set_active(False)
-    yield failing, slow
+    yield failing, lost, slow
     stamina.set_active(True)
 
 
@@ -632,7 +639,7 @@ def test_a_slow_catalog_still_gets_a_run_every_two_intervals(catalog_dir, flaky_
     import bluesky.plan_stubs as bps
     from ophyd.sim import det
 
-    _, slow = flaky_catalog
+    _, _, slow = flaky_catalog
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog))
@@ -660,7 +667,7 @@ def test_a_run_end_the_catalog_did_not_take_is_written_once_it_answers(
     """The catalog fails the run's stop (its images' writes): the error is raised, and the
     events and images held are not dropped with the run (they were): written, with the stop,
     once the catalog answers again, while the process lives."""
-    failing, _ = flaky_catalog
+    failing, _, _ = flaky_catalog
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
@@ -694,7 +701,7 @@ def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
     import bluesky.plan_stubs as bps
     import bluesky.preprocessors as bpp
 
-    failing, _ = flaky_catalog
+    failing, _, _ = flaky_catalog
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
@@ -717,6 +724,46 @@ def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
     np.testing.assert_array_equal(images.read(), _expected(25)[:, None])
 
 
+@pytest.mark.parametrize("from_point", [0, 5])
+def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
+    catalog_dir, tmp_path, flaky_catalog, from_point
+):
+    """The catalog takes each write of a scan's events and images but its answer is lost
+    (a proxy's timeout) the first time it is sent, for ten points, from the first (the
+    stream, its table and its image made then) or later: every event and image row is there
+    once (TiledWriter appends again what was taken: the same seq_num twice). Tiled's client
+    retries as it does by default, without its waits."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    import stamina
+
+    _, lost, _ = flaky_catalog
+    stamina.set_active(True)
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.05))
+    cam = _camera(tmp_path)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        for point in range(25):
+            (lost.set if point == from_point else lost.clear if point == 10 + from_point else int)()
+            yield from bps.trigger_and_read([cam, det])
+            yield from bps.sleep(0.03)
+
+    try:
+        with stamina.set_testing(True, attempts=3):
+            (uid,) = RE(plan())
+    finally:
+        lost.clear()
+        cam.destroy()
+    run = catalog[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 26))
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
+
+
 def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_only(
     catalog_dir, flaky_catalog
 ):
@@ -727,7 +774,7 @@ def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_onl
     import bluesky.preprocessors as bpp
     from ophyd.sim import SynSignal, det
 
-    _, slow = flaky_catalog
+    _, _, slow = flaky_catalog
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
