@@ -1,8 +1,10 @@
 """Runs out of a catalog as documents, and copied from one catalog into another.
 
 A lab records into its embedded catalog and later copies finished runs to a facility's
-server (`sync`, ``ophyd-scmos sync``): each run's documents go through a `TiledWriter` of the
-target, so the target indexes it exactly as if it had been written there.
+server (`sync`, ``ophyd-scmos sync``): each run's documents go through a TiledWriter of the
+target, so the target indexes it exactly as if it had been written there: a `CatalogWriter`
+without a journal (the source keeps the run), which appends each event once where the
+target's answer to an append is lost, and makes an image in one request.
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
     """Write `run` into `target` through a TiledWriter, its files first copied into
     `copy_data_to` if given; a file to copy that is gone leaves the run "missing", with
     nothing written."""
-    from bluesky_tiled_plugins import TiledWriter
+    from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
+
+    from ophyd_scmos.catalog.writing import CatalogWriter
 
     docs = list(documents(run))
     resources = [
@@ -140,7 +144,7 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
         copies = {path: _copy_file(Path(path), copy_data_to) for path in paths}
         for doc in resources:  # a movie's file holds several streams
             doc["uri"] = _file_uri(copies[str(local_path(doc["uri"]))])
-    writer = TiledWriter(target)
+    writer = CatalogWriter(target, journal=False, normalizer=RunNormalizer)
     for name, doc in docs:
         writer(name, doc)
     return SyncResult(uid, "copied", _unique(str(local_path(doc["uri"])) for doc in resources))

@@ -764,6 +764,31 @@ def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
 
 
+def test_sync_copies_each_event_once_where_answers_were_lost(catalog_dir, tmp_path, flaky_catalog):
+    """`sync` into a catalog whose answers are lost the first time (a proxy's timeout): the
+    copy holds each event and image row once (TiledWriter, which copied runs, appended the
+    events again: 10 events, 20 rows)."""
+    import stamina
+
+    from ophyd_scmos.catalog.transfer import sync
+
+    _, lost, _ = flaky_catalog
+    source = open_catalog(catalog_dir)
+    uid = _count_into(source, tmp_path, 10)
+    target = open_catalog(tmp_path / "target")
+    stamina.set_active(True)
+    lost.set()
+    try:
+        with stamina.set_testing(True, attempts=3):
+            (result,) = sync(source, target, [uid])
+    finally:
+        lost.clear()
+    assert (result.status, result.error) == ("copied", None)
+    run = target[uid]
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 11))
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(10)[:, None])
+
+
 def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_only(
     catalog_dir, flaky_catalog
 ):
