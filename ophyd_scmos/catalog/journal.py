@@ -26,8 +26,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
+from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 
+from ophyd_scmos.catalog.run_writer import RunWriter
 from ophyd_scmos.paths import state_dir
 
 __all__ = [
@@ -176,7 +177,7 @@ def begin(catalog: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> Any:
     makes it, and return it: the catalog never got the start. `replay` writes the rest."""
     for name, doc in documents:
         if name == "start":
-            writer = _RunWriter(catalog)
+            writer = RunWriter(catalog)
             normalizer = RunNormalizer()
             normalizer.subscribe(writer)
             normalizer(name, doc)
@@ -197,7 +198,7 @@ def replay(run: Any, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
     return writer.finish()
 
 
-class _ResumedRunWriter(_RunWriter):
+class _ResumedRunWriter(RunWriter):
     """TiledWriter's writer of one run, resumed on the run a catalog holds: its streams and
     their tables are found rather than made, and only events past those they hold are
     written."""
@@ -256,7 +257,7 @@ _TABLE = "internal"
 
 
 class _ExistingRun:
-    """A run's node to `_RunWriter`: a stream it asks to make is the catalog's, if there."""
+    """A run's node to `RunWriter`: a stream it asks to make is the catalog's, if there."""
 
     def __init__(self, run: Any):
         self.run = run

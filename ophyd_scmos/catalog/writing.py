@@ -32,17 +32,14 @@ the RunEngine takes them itself, and so waits for the catalog, as with TiledWrit
 10,000 events or image rows of a run are held, TiledWriter's own batching writes them, failing
 the run where the catalog still does not answer).
 
-An append of events whose answer was lost (a timeout after the catalog took it) is tried
-again without the events the table holds by then, read back: each event is there once,
-where TiledWriter appends them all again.
-
 A camera's image is made in the catalog with its first rows and its metadata, one request
 where TiledWriter sends three (the node, empty; its rows; its metadata, at the stop): a
 third of what a camera adds to a short run's requests.
 
-This reaches into TiledWriter's per-run writer (`_RunWriter`: its caches and the methods that
-write them, the ones its own batching and stop use); tests/catalog/test_writing.py checks it
-against the installed version.
+This reaches into TiledWriter's per-run writer (`_RunWriter`, here `RunWriter`, which
+appends each event once: its caches and the methods that write them, the ones its own
+batching and stop use); tests/catalog/test_writing.py checks it against the installed
+version.
 """
 
 from __future__ import annotations
@@ -57,17 +54,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pyarrow
-import pyarrow.compute
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.writing.consolidators import Patch, consolidator_factory
-from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
+from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 from event_model import DocumentNames
-from tiled.client.utils import retry_context, should_retry
 
 from ophyd_scmos.catalog.embedded import catalog_location, keeps_streams
 from ophyd_scmos.catalog.journal import Journal
+from ophyd_scmos.catalog.run_writer import RunWriter
 
 __all__ = ["CatalogWriter"]
 
@@ -89,7 +83,7 @@ QUEUE_LIMIT = 10_000
 _AT_ONCE = frozenset({"descriptor", "resource", "stream_resource"})
 
 
-class _PacedRunWriter(_RunWriter):
+class _PacedRunWriter(RunWriter):
     """One run's writer, which writes what it holds before the run ends when `write_if_due`
     (the writer's thread) finds it held long enough. A stop the catalog did not take is
     handed to `unfinished`, and tried again (`finish_if_due`) while the process lives."""
@@ -120,8 +114,6 @@ class _PacedRunWriter(_RunWriter):
         #: the images made here, each with its metadata (`_make_image`), as TiledWriter keys
         #: them (by stream resource, and by stream and data key)
         self._made: dict[str, Any] = {}
-        #: the tables whose last append failed, where the catalog may have taken it
-        self._unsure: set[str] = set()
 
     def event(self, doc: Any) -> None:
         super().event(doc)
@@ -234,36 +226,6 @@ class _PacedRunWriter(_RunWriter):
                 self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
             del self._external_data_cache[uid]
         self._send_unsent()
-
-    def _append_with_retry(self, df_client: Any, table: pyarrow.Table, desc_name: str) -> None:
-        """Append `table`'s events to their stream's table, each once. An append that failed
-        where the catalog may have taken it (its answer lost to a timeout, a proxy's 5xx)
-        is tried again (Tiled's client does not) without the events the table holds by
-        then, read back by `seq_num`: TiledWriter appends them all again, and the stream
-        then holds those events twice. A part of a table too wide for one has no `seq_num`:
-        appended as TiledWriter appends it."""
-        if "seq_num" not in table.column_names:
-            super()._append_with_retry(df_client, table, desc_name)
-            return
-        for attempt in retry_context():
-            with attempt:
-                if df_client.uri in self._unsure:
-                    held = df_client.read(columns=["seq_num"])["seq_num"]
-                    table = table.filter(
-                        pyarrow.compute.invert(
-                            pyarrow.compute.is_in(table["seq_num"], pyarrow.array(held))
-                        )
-                    )
-                    if not table.num_rows:
-                        self._unsure.discard(df_client.uri)
-                        return
-                try:
-                    df_client.append_partition(0, table)
-                except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                    if not isinstance(exc, httpx.HTTPStatusError) or should_retry(exc):
-                        self._unsure.add(df_client.uri)
-                    raise
-                self._unsure.discard(df_client.uri)
 
     def _make_image(self, doc: Any) -> bool:
         """Make the image that `doc` (a stream datum) is the first reference to, with its

@@ -789,6 +789,35 @@ def test_sync_copies_each_event_once_where_answers_were_lost(catalog_dir, tmp_pa
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(10)[:, None])
 
 
+def test_recover_writes_each_event_once_where_answers_were_lost(
+    catalog_dir, tmp_path, capsys, monkeypatch, flaky_catalog
+):
+    """`recover` writing a killed motor scan's events from its journal into a catalog whose
+    answers are lost the first time: each event is there once (4, not 8)."""
+    import stamina
+
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))
+    scanning = _motor_scan_then_wait(catalog_dir)
+    try:
+        assert scanning.stdout.readline() == "waiting\n"
+    finally:
+        _kill(scanning)
+    (journal,) = journals.glob("*.jsonl")
+    _, lost, _ = flaky_catalog
+    stamina.set_active(True)
+    lost.set()
+    try:
+        with stamina.set_testing(True, attempts=3):
+            assert main(["recover", "--catalog", str(catalog_dir)]) == 0
+    finally:
+        lost.clear()
+    assert f"4 events the catalog lacked written into run {journal.stem}" in capsys.readouterr().out
+    run = open_catalog(catalog_dir)[journal.stem]
+    np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
+    assert run.metadata["stop"]["exit_status"] == "fail"
+
+
 def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_only(
     catalog_dir, flaky_catalog
 ):
