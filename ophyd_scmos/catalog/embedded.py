@@ -14,6 +14,7 @@ import contextlib
 import copy
 import errno
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -354,6 +355,34 @@ def catalog_location(client: Any) -> str:
     if directory is None:
         return str(client.uri)
     return "/".join([str(directory), *(part for part in client.path_parts if part)])
+
+
+def same_catalog(one: str, other: str) -> bool:
+    """Whether two `catalog_location`s name one catalog: the same, or a server's node by
+    two names of this machine (``localhost``, ``127.0.0.1``, ``[::1]``), as a journal
+    written through one and `recover` given the other say it."""
+    if one == other:
+        return True
+    a, b = urllib.parse.urlsplit(one), urllib.parse.urlsplit(other)
+    try:
+        ports = (a.port, b.port)
+    except ValueError:  # not a URL's port: not a server's location
+        return False
+    return (
+        (a.scheme, ports[0], a.path, a.query) == (b.scheme, ports[1], b.path, b.query)
+        and a.scheme in ("http", "https")
+        and _loopback(a.hostname)
+        and _loopback(b.hostname)
+    )
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return False
 
 
 def _embedded_directory_of(context: Context) -> Path | None:

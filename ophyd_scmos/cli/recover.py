@@ -161,7 +161,7 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
     journals of those runs by run uid. A run whose start never reached the catalog is made
     from its journal where the journal was written for this catalog. Those of runs still
     running are left, those of runs the catalog ended removed."""
-    from ophyd_scmos.catalog.embedded import catalog_location
+    from ophyd_scmos.catalog.embedded import catalog_location, same_catalog
     from ophyd_scmos.catalog.journal import begin, catalog_of, default_journal_dir, read, replay
     from ophyd_scmos.catalog.recover import unfinished
 
@@ -176,7 +176,7 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
             run = catalog[uid]
         except KeyError:
             written_for = catalog_of(path)
-            if written_for != location:
+            if written_for is None or not same_catalog(written_for, location):
                 kept = f"{path}: run {uid} is not in this catalog; its journal is kept"
                 print(f"{kept} (it was written for {written_for})" if written_for else kept)
                 continue

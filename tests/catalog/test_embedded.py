@@ -531,3 +531,39 @@ def test_file_stats_of_a_file_still_being_written(tmp_path: Path) -> None:
         assert stats.complete is None  # no outcome until the writer closes it
     finally:
         stream.close()
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("/data/catalog", "/data/catalog", True),
+        ("/data/catalog", "/data/other", False),
+        ("http://localhost:8000/api/v1/metadata/", "http://127.0.0.1:8000/api/v1/metadata/", True),
+        ("http://[::1]:8000/api/v1/metadata/", "http://127.0.0.1:8000/api/v1/metadata/", True),
+        ("http://localhost:8000/api/v1/metadata/", "http://127.0.0.1:8001/api/v1/metadata/", False),
+        (
+            "http://localhost:8000/api/v1/metadata/a",
+            "http://127.0.0.1:8000/api/v1/metadata/",
+            False,
+        ),
+        (
+            "https://localhost:8000/api/v1/metadata/",
+            "http://127.0.0.1:8000/api/v1/metadata/",
+            False,
+        ),
+        (
+            "http://db.example.org:8000/api/v1/metadata/",
+            "http://127.0.0.1:8000/api/v1/metadata/",
+            False,
+        ),
+    ],
+)
+def test_a_catalog_is_named_alike_by_any_name_of_this_machine(
+    one: str, other: str, same: bool
+) -> None:
+    """A journal's catalog and `recover`'s are one where they are the same server on this
+    machine by another name; a directory, another port, node or host is another catalog."""
+    from ophyd_scmos.catalog.embedded import same_catalog
+
+    assert same_catalog(one, other) is same
+    assert same_catalog(other, one) is same

@@ -232,17 +232,21 @@ def test_recovery_tells_the_server_that_a_closed_runs_streams_ended(
     assert server_catalog[uid].metadata["stop"]["exit_status"] == "fail"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_run_only_a_journal_holds_is_made_in_the_server_it_was_written_for(
-    facility: dict[str, Any], server_catalog: Any, tmp_path: Path, capsys: Any
+    facility: dict[str, Any], server_catalog: Any, tmp_path: Path, capsys: Any, host: str
 ) -> None:
     """A journal names the server by its URL: `recover --catalog URL` (a new client) makes
-    there the run that never reached it, with its events, and closes it with its own stop."""
+    there the run that never reached it, with its events, and closes it with its own stop;
+    also where the journal was written through another name of this machine."""
     from ophyd.sim import det
 
     from ophyd_scmos.catalog.embedded import catalog_location
     from ophyd_scmos.catalog.journal import Journal
 
-    journal = Journal(tmp_path, catalog=catalog_location(server_catalog))
+    location = catalog_location(server_catalog)
+    assert "//127.0.0.1:" in location
+    journal = Journal(tmp_path, catalog=location.replace("127.0.0.1", host))
     (uid,) = RunEngine({})(count([det], num=2), journal.write)
     args = ["recover", "--journal", str(tmp_path), "--api-key", facility["api_key"]]
     assert main([*args, "--catalog", facility["url"]]) == 0
