@@ -567,3 +567,38 @@ def test_a_catalog_is_named_alike_by_any_name_of_this_machine(
 
     assert same_catalog(one, other) is same
     assert same_catalog(other, one) is same
+
+
+def test_images_read_from_the_catalog_by_any_index_are_the_files_frames(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """The catalog reads a file's frames in blocks (`hdf5.BLOCK_BYTES`: 64 MB, the file
+    opened once for each): three 8 MB frames a point, five points, so blocks of two points.
+    Whatever the index, the images are what numpy gives of the file's frames."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=(2048, 2048), seed=9), write_dir=tmp_path
+    )
+    cam.exposure_time.set(0.001)
+    cam.frames_per_point.set(3)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    try:
+        (uid,) = RE(count([cam], num=5))
+    finally:
+        cam.destroy()
+    with h5py.File(cam.file_path.get(), "r") as f:
+        frames = f[layout.DATA][()].reshape(5, 3, 2048, 2048)
+    images = open_catalog(catalog_dir)[uid]["primary"]["cam_image"]
+    assert images.shape == frames.shape
+    for index in [
+        np.s_[:],
+        np.s_[4],
+        np.s_[-1],
+        np.s_[1:4],
+        np.s_[::-2],
+        np.s_[3:0:-1],
+        np.s_[2:2],
+        np.s_[1:5:2, 2, 100:110, 7],
+        np.s_[-2, :, 2047],
+    ]:
+        np.testing.assert_array_equal(images[index], frames[index], err_msg=str(index))
