@@ -33,7 +33,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from ophyd_scmos.documents import AssetDocs, SavedEvents, bundle_of_caller
+from ophyd_scmos.documents import AssetDocs, SavedEvents, bundle_of_caller, run_of_caller
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.live.control import LiveControl
@@ -910,6 +910,7 @@ class SCMOSCamera(Device):
             return
         if run.bundle is None:
             run.bundle = bundle
+            run.stream.record_run(bundle[0])
         elif bundle[0] != run.bundle[0]:
             raise RuntimeError(
                 f"{self.name} was staged once for two runs: its file is one run's; stage it "
@@ -980,6 +981,9 @@ class SCMOSCamera(Device):
         if run.points:
             raise RuntimeError(f"{self.name} took step-scan points in this staging")
         run.flying, run.staged_by_kickoff = True, staged_here
+        uid = run_of_caller()
+        if uid is not None:
+            run.stream.record_run(uid)
         n = int(self.num_frames.get())
         run.stream.allow(n if n else 2**62)
         run.docs.stream(

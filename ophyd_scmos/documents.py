@@ -127,6 +127,24 @@ def bundle_of_caller(depth: int = 12) -> tuple[str, str] | None:
     return None
 
 
+def run_of_caller(depth: int = 12) -> str | None:
+    """The run (its start document's uid) a RunEngine calls the caller for, where one of its
+    runs' bundlers is among the locals on the stack (`RunEngine._kickoff` holds it); None
+    elsewhere. A frame's locals cost microseconds to look at: for once-a-run calls."""
+    from bluesky.bundlers import RunBundler
+
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        if frame is None:
+            return None
+        for value in frame.f_locals.values():
+            if isinstance(value, RunBundler):
+                run = getattr(value, "_run_start_uid", None)  # bluesky's own attribute
+                return None if run is None else str(run)
+        frame = frame.f_back
+    return None
+
+
 class SavedEvents:
     """Calls `on_saved()` each time the RunEngine that staged a device emits an event holding
     one of its `keys`.

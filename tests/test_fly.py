@@ -330,5 +330,6 @@ def test_a_camera_lost_mid_movie_fails_it_saying_so_and_keeps_its_frames(tmp_pat
             outcome = layout.Outcome.read(f)
         assert outcome is not None and not outcome.complete and outcome.frames_written == 30
         assert outcome.error.startswith("camera failed: camera unplugged")
+        assert outcome.run == recorder.of("start")[0]["uid"]  # recover finds its run by it
     finally:
         cam.destroy()

@@ -222,6 +222,7 @@ def test_a_killed_writer_leaves_the_statistics_it_flushed(cam, driver, RE, recor
         saved = layout.stored_frames(f)
         outcome = layout.Outcome.read(f)
         assert outcome is not None and not outcome.complete and outcome.frames_written == saved
+        assert outcome.run == recorder.of("start")[0]["uid"]  # recover finds its run by it
         numbers = f[layout.FRAME_NUMBER][()]
         totals = f[layout.stats_path(stats.FRAME, "total")][()]
     assert 50 <= saved == len(totals) <= len(numbers)

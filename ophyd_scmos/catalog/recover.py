@@ -5,8 +5,10 @@ When the acquiring process dies, the catalog holds the run's start, descriptors 
 written of it: with `CatalogWriter`, its events and images up to a second before; with a
 plain TiledWriter, which keeps them in memory until the stop (or until 10,000 pile up),
 none. It has no stop, and shows the run "running" forever. Each camera's file survives it
-(its writer closes it; `ophyd-scmos recover` clears the mark of one that could not), and the
-descriptor names it: the camera's ``file_path`` is part of its configuration. `close_run`
+(its writer closes it; `ophyd-scmos recover` clears the mark of one that could not), and
+records its run (`layout.Outcome.run`) where the camera was told it before it closed, which
+holds wherever the file was moved since; failing that, the descriptor names it: the camera's
+``file_path`` is part of its configuration. `close_run`
 registers the frames of each file as the images the descriptor announced, the way
 TiledWriter would have, and writes the stop, naming each camera's file under
 ``recovered_from``: a camera's file recovered later still finds the run. The events not yet
@@ -15,7 +17,7 @@ written, with the readings of every other device, are in the run's journal where
 one they died with the process: they are not made up.
 
 A run that died before its first event has no descriptor (bluesky writes it with the first
-event), and the file does not record its run: such a run is recognised by its start, which
+event), nor does the file record its run: such a run is recognised by its start, which
 names the camera among its ``detectors`` and was written close to the file's start. It is
 closed with no images, and only if no other unfinished run fits as well.
 """
@@ -97,18 +99,29 @@ def cameras_files(run: Any) -> list[Path]:
 
 
 def find_unfinished_run(
-    catalog: Any, path: PathLike, device: str, started: float, *, uid: str | None = None
+    catalog: Any,
+    path: PathLike,
+    device: str,
+    started: float,
+    *,
+    uid: str | None = None,
+    recorded: str | None = None,
 ) -> UnfinishedRun:
     """The unfinished run whose camera `device` was writing `path`, a file it started writing
     at UNIX time `started`; a run a recovery closed counts as unfinished. That is the newest
     run, started around then, whose descriptor configures `device` with that file; failing
     that, the one run without a descriptor for `device` whose start names it among its
     detectors and was written within `NO_DESCRIPTOR_WINDOW` of `started`. `uid` names the
-    run instead (still refused if it contradicts the file). Raises LookupError if there is
-    none, or several.
+    run instead (still refused if it contradicts the file). `recorded`, the run the file
+    records (its outcome's `run`), is its run wherever the file is now (moved since its
+    descriptor named it). Raises LookupError if there is none, or several.
     """
     from tiled.queries import Key
 
+    if recorded is not None:
+        if uid not in (None, recorded):
+            raise LookupError(f"{path} records that its frames are of run {recorded}, not {uid}")
+        uid = recorded
     if uid is not None:
         try:
             runs = [catalog[uid]]
@@ -130,7 +143,8 @@ def find_unfinished_run(
             descriptor = run[stream].metadata
             config = descriptor.get("configuration", {}).get(device, {}).get("data", {})
             names_a_file = names_a_file or signal in config
-            if not _same_file(config.get(signal), path):
+            named = config.get(signal)  # where the file was written (moved since: recorded)
+            if not (_same_file(named, path) or (recorded is not None and named is not None)):
                 continue
             for key, info in descriptor.get("data_keys", {}).items():
                 if (

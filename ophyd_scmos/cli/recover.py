@@ -103,7 +103,8 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
             *(["finished the close its writer was killed in"] if finished else []),
         ]
         what = ", ".join(done) or "was not marked open"
-        print(f"{path}: {what}; {frames} frames")
+        of_run = f" of run {entry['run']}" if "run" in entry else ""
+        print(f"{path}: {what}; {frames} frames{of_run}")
         if catalog is None:
             continue
         end_time = last_frame if last_frame is not None else os.stat(path).st_mtime
@@ -233,8 +234,14 @@ def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) 
 
     if "device_name" not in entry or "start_time" not in entry:
         raise ValueError("not a camera file of ophyd-scmos (no device_name, start_time in /entry)")
+    recorded = entry.get("run")
     return find_unfinished_run(
-        catalog, path, str(entry["device_name"]), float(entry["start_time"]), uid=uid
+        catalog,
+        path,
+        str(entry["device_name"]),
+        float(entry["start_time"]),
+        uid=uid,
+        recorded=None if recorded is None else str(recorded),
     )
 
 

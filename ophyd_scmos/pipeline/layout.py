@@ -127,6 +127,9 @@ class Outcome:
     complete: bool  #: False when writing ended early (writer killed, disk full, camera lost)
     error: str | None = None  #: why it ended early, where known
     end_time: float | None = None  #: UNIX time the outcome was recorded
+    #: the run (its start's uid) the frames are of, where the camera was told before the
+    #: file closed: `recover` finds the run by it, wherever the file was moved
+    run: str | None = None
 
     def write(self, f: h5py.File) -> None:
         entry = f[ENTRY]
@@ -162,6 +165,7 @@ class Outcome:
             complete=bool(get("complete")),
             error=get("error"),
             end_time=get("end_time"),
+            run=get("run"),
         )
 
 

@@ -28,6 +28,7 @@ from ophyd_scmos.pipeline.protocol import (
     WriterStatus,
     encode,
     encode_open,
+    encode_run,
     encode_stats,
 )
 from ophyd_scmos.pipeline.ring import FrameRing
@@ -130,6 +131,10 @@ class WriterProcess:
         """A frame's slot, and with it a flush (of the file's first `flush` frames) where one
         is asked for: one write, so the writer wakes once for both."""
         self._send(encode(Op.FRAME, slot) + (encode(Op.FLUSH, flush) if flush else b""))
+
+    def send_run(self, uid: str) -> None:
+        """The run the file's frames are of, for the file's outcome."""
+        self._send(encode_run(uid))
 
     def send_stats(self, index: int, values: np.ndarray) -> None:
         """The statistics of the file's frame `index`, measured here, for the file."""

@@ -3,7 +3,8 @@
 The writer is started as ``python -m ophyd_scmos.pipeline`` and lives as long as the camera
 that started it, writing one run's file after another. Commands go to its stdin as
 fixed-size records (`RECORD`: an `Op` and its argument), served in order; `Op.OPEN` is
-followed by the file's `WriterConfig` as JSON, `Op.STATS` by a frame's statistics. It
+followed by the file's `WriterConfig` as JSON, `Op.STATS` by a frame's statistics, `Op.RUN`
+by the uid of the run the file's frames are of. It
 answers on stdout with one JSON `WriterStatus` per line.
 """
 
@@ -39,6 +40,9 @@ class Op(enum.IntEnum):
     STATS = 8
     #: as FLUSH, and with every statistic stored: a movie's last page points at them
     SETTLE = 9
+    #: the run (its start's uid) the file's frames are of, kept in the file's outcome: this
+    #: many bytes of it follow
+    RUN = 10
 
 
 class State(str, enum.Enum):
@@ -129,6 +133,12 @@ def encode_open(config: WriterConfig) -> bytes:
     """`Op.OPEN` and the file's configuration after it."""
     payload = config.to_json().encode()
     return encode(Op.OPEN, len(payload)) + payload
+
+
+def encode_run(uid: str) -> bytes:
+    """`Op.RUN` and the run's uid after it."""
+    payload = uid.encode()
+    return encode(Op.RUN, len(payload)) + payload
 
 
 def encode_stats(index: int, values: np.ndarray) -> bytes:

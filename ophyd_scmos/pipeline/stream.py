@@ -126,6 +126,7 @@ class FrameStream:
         self._stats_to = 0
         self._triggered = triggered
         self.measures_here = False  #: measured on its camera thread (set when opened)
+        self.run: str | None = None  #: the run the frames are of, once told (`record_run`)
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
 
@@ -284,7 +285,9 @@ class FrameStream:
     def _record_early_end(self, saved: int, why: str) -> None:
         """Record in the closed file that it ended early, and why, on disk (best effort: the
         run's error says it too)."""
-        outcome = layout.Outcome(saved, self.frames_dropped, self.frames_missed, False, why)
+        outcome = layout.Outcome(
+            saved, self.frames_dropped, self.frames_missed, False, why, run=self.run
+        )
         with contextlib.suppress(Exception):
             outcome.store(self.path)
             fsync_path(self.path)
@@ -303,6 +306,14 @@ class FrameStream:
     def frames_taken(self) -> int:
         """Frames the camera took: in the ring, dropped, or lost by the camera itself."""
         return self.frames_acquired + self.frames_dropped + self.frames_missed
+
+    def record_run(self, uid: str) -> None:
+        """Keep in the file's outcome that its frames are of run `uid` (its start's uid):
+        `recover` finds the run by it, wherever the file was moved."""
+        if uid != self.run:
+            self.run = uid
+            with contextlib.suppress(OSError):  # a writer that died: its listener says why
+                self._require_writer().send_run(uid)
 
     def allow(self, frames: int) -> int:
         """Take the next `frames` frames for one point (a gated stream records just those);

@@ -37,7 +37,8 @@ from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, Write
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import Room, WriteBehind, fsync_path, no_room
 
-OPEN, STATS = int(Op.OPEN), int(Op.STATS)  #: plain ints: numpy compares an enum slowly
+#: plain ints: numpy compares an enum slowly
+OPEN, STATS, RUN = int(Op.OPEN), int(Op.STATS), int(Op.RUN)
 
 
 class RunFile:
@@ -60,6 +61,7 @@ class RunFile:
         self.flushed = 0  # frames in the file and flushed
         self.released = self.ring.released
         self.lost = {Op.DROPPED: 0, Op.MISSED: 0}  # as the producer last told us
+        self.run: str | None = None  # the run the frames are of, once told (`Op.RUN`)
         # The acquiring process created the file, empty, to claim its name (see `files`).
         if os.path.getsize(self.path) != 0:
             raise FileExistsError(f"{self.path} is not the empty file made for this run")
@@ -254,7 +256,8 @@ class RunFile:
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
         """After closing (`Outcome.store`); HEADROOM leaves room for it on a full disk."""
         dropped, missed = self.lost[Op.DROPPED], self.lost[Op.MISSED]
-        layout.Outcome(self.written, dropped, missed, complete, error).store(self.path)
+        outcome = layout.Outcome(self.written, dropped, missed, complete, error, run=self.run)
+        outcome.store(self.path)
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""
@@ -344,19 +347,21 @@ class WriterLoop:
             whole = (len(data) - start) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(data[start : start + whole], RECORD)
             ops = records["op"]
-            carrying = np.flatnonzero((ops == OPEN) | (ops == STATS))  # a payload follows
+            carrying = np.flatnonzero(np.isin(ops, (OPEN, STATS, RUN)))  # a payload follows
             count = int(carrying[0]) if len(carrying) else len(records)
             self.serve_records(records[:count])
             start += count * RECORD.itemsize
             if not len(carrying):
                 break
             op, arg = int(ops[count]), int(records["arg"][count])
-            size = arg if op == OPEN else self.require_file(op).stats_bytes
+            size = arg if op in (OPEN, RUN) else self.require_file(op).stats_bytes
             payload = data[start + RECORD.itemsize : start + RECORD.itemsize + size]
             if len(payload) < size:
                 break  # the rest has not arrived yet
             if op == OPEN:
                 self.open(WriterConfig.from_json(payload.decode()))
+            elif op == RUN:
+                self.require_file(op).run = payload.decode()
             else:
                 self.require_file(op).receive_stats(arg, np.frombuffer(payload, "<f8"))
             start += RECORD.itemsize + size

@@ -203,6 +203,34 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     assert not journal.exists()
 
 
+def test_recover_finds_the_run_of_a_file_moved_since_by_the_run_the_file_records(
+    catalog_dir, tmp_path, capsys, monkeypatch
+):
+    """A killed scan's file moved elsewhere before `recover` (the path its descriptor names is
+    gone): the file records its run, and `recover --catalog` given its new path closes that
+    run over it, every frame back (it said that no unfinished run names the file)."""
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))
+    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
+    try:
+        path, writer = acquiring.stdout.readline().split()
+    finally:
+        _kill(acquiring)
+    _wait_until_gone(writer)
+    (journal,) = journals.glob("*.jsonl")
+    uid = journal.stem
+    moved = tmp_path / "elsewhere" / Path(path).name
+    moved.parent.mkdir()
+    Path(path).rename(moved)
+
+    assert main(["recover", "--catalog", str(catalog_dir), str(moved)]) == 0
+    assert f"{moved}: was not marked open; 6 frames of run {uid}" in capsys.readouterr().out
+    run = open_catalog(catalog_dir)[uid]
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(6)[:, None])
+    np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
+    assert run.metadata["stop"]["recovered_from"]["cam"] == str(moved)
+
+
 #: a motor scan with no camera whose events wait an hour to be written, then a step that lasts
 MOTOR_SCAN_THEN_WAIT = """
 import sys
