@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -170,12 +171,7 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     descriptor). The journal then goes."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))  # the scan's and recover's
-    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600, busy=busy)
-    try:
-        path, writer = acquiring.stdout.readline().split()
-    finally:
-        _kill(acquiring)
-    _wait_until_gone(writer)
+    path = _killed_scan(catalog_dir, tmp_path / "data", interval=3600, busy=busy)
     (journal,) = journals.glob("*.jsonl")
     uid = journal.stem
     if busy == "before":
@@ -211,12 +207,7 @@ def test_recover_finds_the_run_of_a_file_moved_since_by_the_run_the_file_records
     run over it, every frame back (it said that no unfinished run names the file)."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
-    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
-    try:
-        path, writer = acquiring.stdout.readline().split()
-    finally:
-        _kill(acquiring)
-    _wait_until_gone(writer)
+    path = _killed_scan(catalog_dir, tmp_path / "data", interval=3600)
     (journal,) = journals.glob("*.jsonl")
     uid = journal.stem
     moved = tmp_path / "elsewhere" / Path(path).name
@@ -403,18 +394,9 @@ def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs
     open with its journal until its own recovery."""
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
-    scanning = _motor_scan_then_wait(catalog_dir)
-    try:
-        assert scanning.stdout.readline() == "waiting\n"
-    finally:
-        _kill(scanning)
+    _killed_motor_scan(catalog_dir)
     (motor_journal,) = journals.glob("*.jsonl")
-    acquiring = _scan_then_wait(catalog_dir, tmp_path / "data", interval=3600)
-    try:
-        path, writer = acquiring.stdout.readline().split()
-    finally:
-        _kill(acquiring)
-    _wait_until_gone(writer)
+    path = _killed_scan(catalog_dir, tmp_path / "data", interval=3600)
 
     assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
     out = capsys.readouterr().out
@@ -429,6 +411,27 @@ def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs
     assert f"{motor_journal}: 0 events the catalog lacked written" in capsys.readouterr().out
     assert open_catalog(catalog_dir)[uid].metadata["stop"]["exit_status"] == "fail"
     assert not motor_journal.exists()
+
+
+def _killed_scan(catalog_dir, write_dir, **kwargs: Any) -> str:
+    """`SCAN_THEN_WAIT` (`_scan_then_wait`) killed as it waits, once its writer closed the
+    file: the file's path."""
+    acquiring = _scan_then_wait(catalog_dir, write_dir, **kwargs)
+    try:
+        path, writer = acquiring.stdout.readline().split()
+    finally:
+        _kill(acquiring)
+    _wait_until_gone(writer)
+    return path
+
+
+def _killed_motor_scan(catalog_dir) -> None:
+    """`MOTOR_SCAN_THEN_WAIT` killed as it waits."""
+    scanning = _motor_scan_then_wait(catalog_dir)
+    try:
+        assert scanning.stdout.readline() == "waiting\n"
+    finally:
+        _kill(scanning)
 
 
 def _motor_scan_then_wait(catalog_dir) -> subprocess.Popen:
@@ -624,6 +627,32 @@ def test_a_short_runs_image_is_made_in_the_catalog_in_one_request(catalog_dir, t
     assert node.metadata == {"spec": "AD_HDF5", "frame_per_point": 1}
 
 
+def _scan_switching(catalog, write_dir, switch, *, on: int, off: int) -> str:
+    """A 25-point scan of `_camera` and det into `catalog`, written ahead every 0.05 s by a
+    `CatalogWriter`, `switch` set at point `on` and cleared at point `off`: its uid."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, interval=0.05))
+    cam = _camera(write_dir)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        for point in range(25):
+            (switch.set if point == on else switch.clear if point == off else int)()
+            yield from bps.trigger_and_read([cam, det])
+            yield from bps.sleep(0.03)
+
+    try:
+        (uid,) = RE(plan())
+    finally:
+        switch.clear()
+        cam.destroy()
+    return uid
+
+
 @pytest.fixture
 def flaky_catalog(monkeypatch):
     """The catalog's transport, made to fail the writes of image references (`failing`: a
@@ -726,27 +755,9 @@ def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
 ):
     """Image references written ahead while the catalog failed to take them: each frame is
     registered once (a retry counted them again: 35 rows for 25 events, unreadable)."""
-    import bluesky.plan_stubs as bps
-    import bluesky.preprocessors as bpp
-
     failing, _, _ = flaky_catalog
     catalog = open_catalog(catalog_dir)
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(CatalogWriter(catalog, interval=0.05))
-    cam = _camera(tmp_path)
-
-    @bpp.stage_decorator([cam])
-    @bpp.run_decorator()
-    def plan():
-        for point in range(25):
-            (failing.set if point == 5 else failing.clear if point == 15 else int)()
-            yield from bps.trigger_and_read([cam])
-            yield from bps.sleep(0.03)
-
-    try:
-        (uid,) = RE(plan())
-    finally:
-        cam.destroy()
+    uid = _scan_switching(catalog, tmp_path, failing, on=5, off=15)
     images = catalog[uid]["primary"]["cam_image"]
     assert images.shape == (25, 1, 64, 96)
     np.testing.assert_array_equal(images.read(), _expected(25)[:, None])
@@ -761,31 +772,13 @@ def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
     stream, its table and its image made then) or later: every event and image row is there
     once (TiledWriter appends again what was taken: the same seq_num twice). Tiled's client
     retries as it does by default, without its waits."""
-    import bluesky.plan_stubs as bps
-    import bluesky.preprocessors as bpp
     import stamina
 
     _, lost, _ = flaky_catalog
     stamina.set_active(True)
     catalog = open_catalog(catalog_dir)
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(CatalogWriter(catalog, interval=0.05))
-    cam = _camera(tmp_path)
-
-    @bpp.stage_decorator([cam])
-    @bpp.run_decorator()
-    def plan():
-        for point in range(25):
-            (lost.set if point == from_point else lost.clear if point == 10 + from_point else int)()
-            yield from bps.trigger_and_read([cam, det])
-            yield from bps.sleep(0.03)
-
-    try:
-        with stamina.set_testing(True, attempts=3):
-            (uid,) = RE(plan())
-    finally:
-        lost.clear()
-        cam.destroy()
+    with stamina.set_testing(True, attempts=3):
+        uid = _scan_switching(catalog, tmp_path, lost, on=from_point, off=from_point + 10)
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
     np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 26))
@@ -826,11 +819,7 @@ def test_recover_writes_each_event_once_where_answers_were_lost(
 
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
-    scanning = _motor_scan_then_wait(catalog_dir)
-    try:
-        assert scanning.stdout.readline() == "waiting\n"
-    finally:
-        _kill(scanning)
+    _killed_motor_scan(catalog_dir)
     (journal,) = journals.glob("*.jsonl")
     _, lost, _ = flaky_catalog
     stamina.set_active(True)
