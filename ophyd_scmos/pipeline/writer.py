@@ -347,7 +347,8 @@ class WriterLoop:
             whole = (len(data) - start) // RECORD.itemsize * RECORD.itemsize
             records = np.frombuffer(data[start : start + whole], RECORD)
             ops = records["op"]
-            carrying = np.flatnonzero(np.isin(ops, (OPEN, STATS, RUN)))  # a payload follows
+            # a payload follows these
+            carrying = np.flatnonzero((ops == OPEN) | (ops == STATS) | (ops == RUN))
             count = int(carrying[0]) if len(carrying) else len(records)
             self.serve_records(records[:count])
             start += count * RECORD.itemsize
