@@ -64,27 +64,27 @@ class CheckedHDF5Adapter(HDF5Adapter):
 
         adapter = open_unlocked(open_with)
         if isinstance(adapter, HDF5ArrayAdapter):
-            shape = tuple(data_source.structure.shape)
+            array, shape = adapter._array, tuple(data_source.structure.shape)
             frames = None
             if len(paths) == 1 and not (opened.get("slice") or opened.get("squeeze")):
-                frames = _Frames.of(paths[0], opened, shape)
+                frames = _Frames.of(paths[0], opened, array, shape)
             if frames is not None:
-                frame_bytes = frames.dtype.itemsize * math.prod(frames.shape[1:])
+                entry_bytes = frames.dtype.itemsize * math.prod(shape[1:])
                 array = dask.array.from_array(
                     frames,
-                    chunks=(max(1, BLOCK_BYTES // max(1, frame_bytes)), *shape[1:]),
+                    chunks=(max(1, BLOCK_BYTES // max(1, entry_bytes)), *shape[1:]),
                     name=False,
                     meta=np.empty((0,) * len(shape), frames.dtype),
                 )
             else:
-                array = adapter._array
                 frame_size = math.prod(array.shape[1:])
                 count = math.prod(shape) // frame_size if frame_size else 0
                 if array.ndim != len(shape) and array.shape[0] > count:  # still growing
                     array = array[:count]
-            adapter = HDF5ArrayAdapter(
-                array, adapter.structure(), metadata=adapter.metadata(), specs=adapter.specs
-            )
+            if array is not adapter._array:
+                adapter = HDF5ArrayAdapter(
+                    array, adapter.structure(), metadata=adapter.metadata(), specs=adapter.specs
+                )
         return adapter
 
 
@@ -99,22 +99,23 @@ class _Frames:
         self.per = math.prod(shape[1 : len(shape) - 2])  #: frames per entry (a point's k)
 
     @classmethod
-    def of(cls, path: Path, opened: dict[str, Any], shape: tuple[int, ...]) -> _Frames | None:
-        """The frames of the file at `path` as Tiled's adapter with `opened` (its parameters)
-        opens it, in the catalog's `shape`; None where the file's dataset is not a stack of
-        frames of that shape holding them all (Tiled's own reading is kept)."""
+    def of(
+        cls, path: Path, opened: dict[str, Any], stored: Any, shape: tuple[int, ...]
+    ) -> _Frames | None:
+        """The frames of the file at `path`, whose dataset Tiled's adapter with `opened` (its
+        parameters) read as `stored` (its shape and dtype), in the catalog's `shape`; None
+        where that dataset is not a stack of frames of that shape holding them all (Tiled's
+        own reading is kept)."""
+        if stored.ndim != 3 or len(shape) < 3 or tuple(shape[-2:]) != tuple(stored.shape[1:]):
+            return None
         options = {
             "dataset": opened.get("dataset"),
             "swmr": opened.get("swmr", True),
             "libver": opened.get("libver", "latest"),
             "locking": opened.get("locking"),
         }
-        with h5open(path, **options) as ds:
-            stored, dtype = tuple(ds.shape), ds.dtype
-        if len(stored) != 3 or len(shape) < 3 or tuple(shape[-2:]) != stored[1:]:
-            return None
-        frames = cls(path, options, shape, dtype)
-        return frames if shape[0] * frames.per <= stored[0] else None
+        frames = cls(path, options, shape, stored.dtype)
+        return frames if shape[0] * frames.per <= stored.shape[0] else None
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)

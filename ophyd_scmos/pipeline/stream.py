@@ -310,10 +310,9 @@ class FrameStream:
     def record_run(self, uid: str) -> None:
         """Keep in the file's outcome that its frames are of run `uid` (its start's uid):
         `recover` finds the run by it, wherever the file was moved."""
-        if uid != self.run:
-            self.run = uid
-            with contextlib.suppress(OSError):  # a writer that died: its listener says why
-                self._require_writer().send_run(uid)
+        self.run = uid
+        with contextlib.suppress(OSError):  # a writer that died: its listener says why
+            self._require_writer().send_run(uid)
 
     def allow(self, frames: int) -> int:
         """Take the next `frames` frames for one point (a gated stream records just those);
