@@ -3,6 +3,7 @@ process sees them, and they outlive an acquiring process killed mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -690,6 +691,28 @@ def flaky_catalog(monkeypatch):
     stamina.set_active(True)
 
 
+@contextlib.contextmanager
+def _retried_as_by_default():
+    """Tiled's client retrying as it does by default (`flaky_catalog` turns that off),
+    without its waits."""
+    import stamina
+
+    stamina.set_active(True)
+    with stamina.set_testing(True, attempts=3):
+        yield
+
+
+@contextlib.contextmanager
+def _answers_lost(lost):
+    """`flaky_catalog`'s `lost` meanwhile, Tiled's client retrying (`_retried_as_by_default`)."""
+    lost.set()
+    try:
+        with _retried_as_by_default():
+            yield
+    finally:
+        lost.clear()
+
+
 def test_a_slow_catalog_still_gets_a_run_every_two_intervals(catalog_dir, flaky_catalog):
     """Each write ahead taking a second: what it held waits two intervals more at most
     (20 s, as 5% of the run's time, before: a killed process lost that much)."""
@@ -772,12 +795,9 @@ def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
     stream, its table and its image made then) or later: every event and image row is there
     once (TiledWriter appends again what was taken: the same seq_num twice). Tiled's client
     retries as it does by default, without its waits."""
-    import stamina
-
     _, lost, _ = flaky_catalog
-    stamina.set_active(True)
     catalog = open_catalog(catalog_dir)
-    with stamina.set_testing(True, attempts=3):
+    with _retried_as_by_default():
         uid = _scan_switching(catalog, tmp_path, lost, on=from_point, off=from_point + 10)
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
@@ -789,21 +809,14 @@ def test_sync_copies_each_event_once_where_answers_were_lost(catalog_dir, tmp_pa
     """`sync` into a catalog whose answers are lost the first time (a proxy's timeout): the
     copy holds each event and image row once (TiledWriter, which copied runs, appended the
     events again: 10 events, 20 rows)."""
-    import stamina
-
     from ophyd_scmos.catalog.transfer import sync
 
     _, lost, _ = flaky_catalog
     source = open_catalog(catalog_dir)
     uid = _count_into(source, tmp_path, 10)
     target = open_catalog(tmp_path / "target")
-    stamina.set_active(True)
-    lost.set()
-    try:
-        with stamina.set_testing(True, attempts=3):
-            (result,) = sync(source, target, [uid])
-    finally:
-        lost.clear()
+    with _answers_lost(lost):
+        (result,) = sync(source, target, [uid])
     assert (result.status, result.error) == ("copied", None)
     run = target[uid]
     np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 11))
@@ -815,20 +828,13 @@ def test_recover_writes_each_event_once_where_answers_were_lost(
 ):
     """`recover` writing a killed motor scan's events from its journal into a catalog whose
     answers are lost the first time: each event is there once (4, not 8)."""
-    import stamina
-
     journals = tmp_path / "journals"
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
     _killed_motor_scan(catalog_dir)
     (journal,) = journals.glob("*.jsonl")
     _, lost, _ = flaky_catalog
-    stamina.set_active(True)
-    lost.set()
-    try:
-        with stamina.set_testing(True, attempts=3):
-            assert main(["recover", "--catalog", str(catalog_dir)]) == 0
-    finally:
-        lost.clear()
+    with _answers_lost(lost):
+        assert main(["recover", "--catalog", str(catalog_dir)]) == 0
     assert f"4 events the catalog lacked written into run {journal.stem}" in capsys.readouterr().out
     run = open_catalog(catalog_dir)[journal.stem]
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
