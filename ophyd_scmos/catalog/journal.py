@@ -28,7 +28,7 @@ from typing import Any
 
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 
-from ophyd_scmos.catalog.run_writer import RunWriter
+from ophyd_scmos.catalog.run_writer import TABLE, RunWriter
 from ophyd_scmos.paths import state_dir
 
 __all__ = [
@@ -225,10 +225,9 @@ class _ResumedRunWriter(RunWriter):
         super().descriptor(doc)
         if node is None and name in self.run:
             stream = self._desc_nodes[name]
+            self.take_tables(stream)
             for key in stream:
-                if key.startswith(_TABLE):
-                    self._internal_tables[name + key.removeprefix(_TABLE)] = stream[key]
-                elif key in self._int_array_keys[name] | self._int_ragged_array_keys[name]:
+                if key in self._int_array_keys[name] | self._int_ragged_array_keys[name]:
                     self._internal_arrays[f"{name}/{key}"] = stream[key]
             self.held[name] = _last_event(stream)
 
@@ -252,10 +251,6 @@ class _ResumedRunWriter(RunWriter):
         return self.added
 
 
-#: the name (and prefix, for tables split by columns) of a stream's table of events
-_TABLE = "internal"
-
-
 class _ExistingRun:
     """A run's node to `RunWriter`: a stream it asks to make is the catalog's, if there."""
 
@@ -270,7 +265,7 @@ class _ExistingRun:
 
 def _last_event(stream: Any) -> int:
     """The highest event number in the stream's table (0: none)."""
-    tables = sorted(key for key in stream if key.startswith(_TABLE))
+    tables = sorted(key for key in stream if key.startswith(TABLE))
     if not tables:
         return 0
     seq_num = stream[tables[0]].read(["seq_num"])["seq_num"]

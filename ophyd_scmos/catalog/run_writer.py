@@ -1,16 +1,21 @@
-"""TiledWriter's writer of one run, appending each event once (`RunWriter`).
+"""TiledWriter's writer of one run, writing each event and node once (`RunWriter`).
 
 Tiled's client does not try again an append of rows whose request may have reached the
 catalog (its answer lost to a timeout, a proxy's 5xx, a dropped connection): appended again,
 the rows would be there twice. TiledWriter's writer of a run appends them again all the
 same, and notes in the run's stop that rows may be doubled. `RunWriter` tries again without
-the events the table holds by then, read back by their `seq_num`. `CatalogWriter`'s runs,
-`sync`'s copies and `recover`'s events from a journal are all written by it.
+the events the table holds by then, read back by their `seq_num`. Likewise a node (a
+stream's table, a camera's image) whose making may have reached the catalog after Tiled's
+client gave up trying (it adopts such a node only within its own tries): made again, the
+catalog refuses it (409 Conflict), and every later try of the run fails the same way.
+`RunWriter` takes the node the catalog holds instead. `CatalogWriter`'s runs, `sync`'s copies
+and `recover`'s events from a journal are all written by it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 import pyarrow
@@ -18,17 +23,63 @@ import pyarrow.compute
 from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
 from tiled.client.utils import retry_context, should_retry
 
-__all__ = ["RunWriter"]
+__all__ = ["TABLE", "RunWriter"]
+
+#: the name (and prefix, for tables split by columns) of a stream's table of events
+TABLE = "internal"
+
+T = TypeVar("T")
 
 
 class RunWriter(_RunWriter):
     """TiledWriter's `_RunWriter`, whose appends of events leave each event in its stream's
-    table once."""
+    table once, and whose nodes are each made once."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         #: the tables whose last append failed, where the catalog may have taken it
         self._unsure: set[str] = set()
+        #: the nodes (their parents' uri, and key) a failed try may have made: by a stream's
+        #: uri alone, any of its tables
+        self._unsure_made: set[tuple[str, str | None]] = set()
+
+    def take_tables(self, stream: Any) -> None:
+        """Write into the tables `stream` holds in the catalog (TiledWriter's would be made
+        anew)."""
+        name = stream.item["id"]
+        for key in stream:
+            if key.startswith(TABLE):
+                self._internal_tables.setdefault(name + key.removeprefix(TABLE), stream[key])
+
+    def _write_internal_data(self, data_cache: list[dict[str, Any]], desc_node: Any) -> None:
+        """TiledWriter's, into the stream's tables the catalog holds where an earlier try
+        may have made them."""
+        unsure = (desc_node.uri, None)
+        if unsure in self._unsure_made:
+            self.take_tables(desc_node)
+            self._unsure_made.discard(unsure)
+        try:
+            super()._write_internal_data(data_cache, desc_node)
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if _may_have_reached(exc):
+                self._unsure_made.add(unsure)
+            raise
+
+    def _make_node(self, parent: Any, key: str, make: Callable[[], T]) -> T:
+        """`make()` the node `key` of `parent`, or take the one the catalog holds where an
+        earlier try may have made it: nothing but this writer makes nodes in its run."""
+        unsure = (parent.uri, key)
+        if unsure in self._unsure_made and key in parent:
+            node: T = parent[key]
+        else:
+            try:
+                node = make()
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if _may_have_reached(exc):
+                    self._unsure_made.add(unsure)
+                raise
+        self._unsure_made.discard(unsure)
+        return node
 
     def _append_with_retry(self, df_client: Any, table: pyarrow.Table, desc_name: str) -> None:
         """Append `table`'s events to their stream's table, each once. An append that failed
@@ -55,7 +106,13 @@ class RunWriter(_RunWriter):
                 try:
                     df_client.append_partition(0, table)
                 except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                    if not isinstance(exc, httpx.HTTPStatusError) or should_retry(exc):
+                    if _may_have_reached(exc):
                         self._unsure.add(df_client.uri)
                     raise
                 self._unsure.discard(df_client.uri)
+
+
+def _may_have_reached(exc: httpx.TransportError | httpx.HTTPStatusError) -> bool:
+    """Whether the catalog may have done what the failed request asked (its answer lost):
+    anything but an answer saying it did not."""
+    return not isinstance(exc, httpx.HTTPStatusError) or should_retry(exc)

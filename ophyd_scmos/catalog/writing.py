@@ -243,13 +243,17 @@ class _PacedRunWriter(RunWriter):
         consolidator = consolidator_factory(resource, stream.metadata)
         consolidator.consume_stream_datum(doc)
         source = consolidator.get_data_source()
-        node = stream.new(
-            key=consolidator.data_key,
-            structure_family=source.structure_family,
-            data_sources=[source],
-            metadata=consolidator.metadata,
-            specs=[],
-            access_tags=self.access_tags,
+        node = self._make_node(
+            stream,
+            consolidator.data_key,
+            lambda: stream.new(
+                key=consolidator.data_key,
+                structure_family=source.structure_family,
+                data_sources=[source],
+                metadata=consolidator.metadata,
+                specs=[],
+                access_tags=self.access_tags,
+            ),
         )
         for known in (sres_uid, key):
             self._consolidators[known] = consolidator

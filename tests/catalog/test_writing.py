@@ -656,38 +656,57 @@ def _scan_switching(catalog, write_dir, switch, *, on: int, off: int) -> str:
 
 @pytest.fixture
 def flaky_catalog(monkeypatch):
-    """The catalog's transport, made to fail the writes of image references (`failing`: a
-    new image's node, made with its first rows, or an image's new rows), to lose the answer
-    to each write the catalog took the first time it is sent (`lost`), or to answer the
-    writer's thread slowly (`slow`), for as long as those are set; Tiled's client then
-    retries nothing (else each failure takes many seconds)."""
+    """The catalog's transport, made for as long as each is set to fail the writes of image
+    references (`failing`: a new image's node, made with its first rows, or an image's new
+    rows), to lose the answer to each write the catalog took the first time it is sent
+    (`lost`), or to each making of a node in a run's stream (`lost_made`: its table, its
+    image), or to answer the writer's thread slowly (`slow`); Tiled's client then retries
+    nothing (else each failure takes many seconds)."""
     import threading
+    from types import SimpleNamespace
 
     import httpx
     import stamina
 
     from ophyd_scmos.catalog import local_server
 
-    failing, lost, slow = threading.Event(), threading.Event(), threading.Event()
+    flaky = SimpleNamespace(
+        failing=threading.Event(),
+        lost=threading.Event(),
+        lost_made=threading.Event(),
+        slow=threading.Event(),
+    )
     real = local_server.ServerTransport.handle_request
-    answered: set[tuple[str, str, bytes]] = set()  #: writes whose answer `lost` let through
+    answered: set[tuple[str, str, bytes]] = set()  #: writes whose answer was let through
+
+    def making_in_a_stream(request) -> bool:
+        """A POST to .../metadata/RUN/STREAM or .../register/RUN/STREAM."""
+        _, found, node = request.url.path.partition("/metadata/")
+        if not found:
+            _, found, node = request.url.path.partition("/register/")
+        return request.method == "POST" and bool(found) and node.strip("/").count("/") == 1
 
     def handle_request(self, request):
         path = request.url.path
-        if failing.is_set() and ("/data_source/" in path or path.startswith("/api/v1/register/")):
+        if flaky.failing.is_set() and (
+            "/data_source/" in path or path.startswith("/api/v1/register/")
+        ):
             raise httpx.ReadTimeout("the catalog does not answer", request=request)
-        if slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
+        if flaky.slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
             time.sleep(1)
         response = real(self, request)
         write = (request.method, str(request.url), request.content)
-        if lost.is_set() and request.method != "GET" and write not in answered:
+        losing = (flaky.lost.is_set() and request.method != "GET") or (
+            flaky.lost_made.is_set() and making_in_a_stream(request)
+        )
+        if losing and write not in answered:
             answered.add(write)
             raise httpx.ReadTimeout("the catalog's answer was lost", request=request)
         return response
 
     monkeypatch.setattr(local_server.ServerTransport, "handle_request", handle_request)
     stamina.set_active(False)
-    yield failing, lost, slow
+    yield flaky
     stamina.set_active(True)
 
 
@@ -719,7 +738,7 @@ def test_a_slow_catalog_still_gets_a_run_every_two_intervals(catalog_dir, flaky_
     import bluesky.plan_stubs as bps
     from ophyd.sim import det
 
-    _, _, slow = flaky_catalog
+    slow = flaky_catalog.slow
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog))
@@ -747,7 +766,7 @@ def test_a_run_end_the_catalog_did_not_take_is_written_once_it_answers(
     """The catalog fails the run's stop (its images' writes): the error is raised, and the
     events and images held are not dropped with the run (they were): written, with the stop,
     once the catalog answers again, while the process lives."""
-    failing, _, _ = flaky_catalog
+    failing = flaky_catalog.failing
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
@@ -778,7 +797,7 @@ def test_an_image_the_catalog_did_not_take_is_sent_again_not_counted_again(
 ):
     """Image references written ahead while the catalog failed to take them: each frame is
     registered once (a retry counted them again: 35 rows for 25 events, unreadable)."""
-    failing, _, _ = flaky_catalog
+    failing = flaky_catalog.failing
     catalog = open_catalog(catalog_dir)
     uid = _scan_switching(catalog, tmp_path, failing, on=5, off=15)
     images = catalog[uid]["primary"]["cam_image"]
@@ -795,12 +814,28 @@ def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
     stream, its table and its image made then) or later: every event and image row is there
     once (TiledWriter appends again what was taken: the same seq_num twice). Tiled's client
     retries as it does by default, without its waits."""
-    _, lost, _ = flaky_catalog
+    lost = flaky_catalog.lost
     catalog = open_catalog(catalog_dir)
     with _retried_as_by_default():
         uid = _scan_switching(catalog, tmp_path, lost, on=from_point, off=from_point + 10)
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 26))
+    np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
+
+
+def test_nodes_whose_making_was_taken_unanswered_are_not_made_again(
+    catalog_dir, tmp_path, flaky_catalog
+):
+    """The catalog makes a scan's table of events and its image, but each answer is lost and
+    Tiled's client does not try again (its tries spent): the next write ahead writes into
+    the nodes the catalog holds (made again, the catalog refused them, 409 Conflict, at
+    every try: the run's stop failed). Every event once, every pixel."""
+    catalog = open_catalog(catalog_dir)
+    uid = _scan_switching(catalog, tmp_path, flaky_catalog.lost_made, on=0, off=25)
+    run = catalog[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert sorted(run["primary"].base) == ["cam_image", "internal"]
     np.testing.assert_array_equal(run["primary"]["seq_num"].read(), np.arange(1, 26))
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
 
@@ -811,7 +846,7 @@ def test_sync_copies_each_event_once_where_answers_were_lost(catalog_dir, tmp_pa
     events again: 10 events, 20 rows)."""
     from ophyd_scmos.catalog.transfer import sync
 
-    _, lost, _ = flaky_catalog
+    lost = flaky_catalog.lost
     source = open_catalog(catalog_dir)
     uid = _count_into(source, tmp_path, 10)
     target = open_catalog(tmp_path / "target")
@@ -832,7 +867,7 @@ def test_recover_writes_each_event_once_where_answers_were_lost(
     monkeypatch.setenv(JOURNAL_ENV, str(journals))
     _killed_motor_scan(catalog_dir)
     (journal,) = journals.glob("*.jsonl")
-    _, lost, _ = flaky_catalog
+    lost = flaky_catalog.lost
     with _answers_lost(lost):
         assert main(["recover", "--catalog", str(catalog_dir)]) == 0
     assert f"4 events the catalog lacked written into run {journal.stem}" in capsys.readouterr().out
@@ -851,7 +886,7 @@ def test_a_document_the_catalog_refuses_on_the_writers_thread_fails_that_run_onl
     import bluesky.preprocessors as bpp
     from ophyd.sim import SynSignal, det
 
-    _, _, slow = flaky_catalog
+    slow = flaky_catalog.slow
     catalog = open_catalog(catalog_dir)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(CatalogWriter(catalog, interval=0.05))
