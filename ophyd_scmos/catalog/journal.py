@@ -28,7 +28,7 @@ from typing import Any
 
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 
-from ophyd_scmos.catalog.run_writer import TABLE, RunWriter
+from ophyd_scmos.catalog.run_writer import TABLE, ExistingRun, RunWriter
 from ophyd_scmos.paths import state_dir
 
 __all__ = [
@@ -205,7 +205,7 @@ class _ResumedRunWriter(RunWriter):
 
     def __init__(self, run: Any):
         super().__init__(run)
-        self.root_node = _ExistingRun(run)
+        self.root_node = ExistingRun(run)
         self.run = run
         self.held: dict[str, int] = {}  #: the last event number each stream holds
         self.added = 0
@@ -249,18 +249,6 @@ class _ResumedRunWriter(RunWriter):
                 self._write_internal_data(rows, desc_node=self._desc_nodes[name])
                 rows.clear()
         return self.added
-
-
-class _ExistingRun:
-    """A run's node to `RunWriter`: a stream it asks to make is the catalog's, if there."""
-
-    def __init__(self, run: Any):
-        self.run = run
-
-    def create_container(self, key: str, **kwargs: Any) -> Any:
-        if key in self.run:
-            return self.run[key]
-        return self.run.create_container(key=key, **kwargs)
 
 
 def _last_event(stream: Any) -> int:

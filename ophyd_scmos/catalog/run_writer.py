@@ -23,7 +23,7 @@ import pyarrow.compute
 from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
 from tiled.client.utils import retry_context, should_retry
 
-__all__ = ["TABLE", "RunWriter"]
+__all__ = ["TABLE", "ExistingRun", "RunWriter", "may_have_reached"]
 
 #: the name (and prefix, for tables split by columns) of a stream's table of events
 TABLE = "internal"
@@ -61,7 +61,7 @@ class RunWriter(_RunWriter):
         try:
             super()._write_internal_data(data_cache, desc_node)
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-            if _may_have_reached(exc):
+            if may_have_reached(exc):
                 self._unsure_made.add(unsure)
             raise
 
@@ -75,7 +75,7 @@ class RunWriter(_RunWriter):
             try:
                 node = make()
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if _may_have_reached(exc):
+                if may_have_reached(exc):
                     self._unsure_made.add(unsure)
                 raise
         self._unsure_made.discard(unsure)
@@ -106,13 +106,25 @@ class RunWriter(_RunWriter):
                 try:
                     df_client.append_partition(0, table)
                 except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                    if _may_have_reached(exc):
+                    if may_have_reached(exc):
                         self._unsure.add(df_client.uri)
                     raise
                 self._unsure.discard(df_client.uri)
 
 
-def _may_have_reached(exc: httpx.TransportError | httpx.HTTPStatusError) -> bool:
+def may_have_reached(exc: httpx.TransportError | httpx.HTTPStatusError) -> bool:
     """Whether the catalog may have done what the failed request asked (its answer lost):
     anything but an answer saying it did not."""
     return not isinstance(exc, httpx.HTTPStatusError) or should_retry(exc)
+
+
+class ExistingRun:
+    """A run's node to `RunWriter`: a stream it asks to make is the catalog's, if there."""
+
+    def __init__(self, run: Any):
+        self.run = run
+
+    def create_container(self, key: str, **kwargs: Any) -> Any:
+        if key in self.run:
+            return self.run[key]
+        return self.run.create_container(key=key, **kwargs)

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.writing.consolidators import Patch, consolidator_factory
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
@@ -61,7 +62,7 @@ from event_model import DocumentNames
 
 from ophyd_scmos.catalog.embedded import catalog_location, keeps_streams
 from ophyd_scmos.catalog.journal import Journal
-from ophyd_scmos.catalog.run_writer import RunWriter
+from ophyd_scmos.catalog.run_writer import ExistingRun, RunWriter, may_have_reached
 
 __all__ = ["CatalogWriter"]
 
@@ -86,7 +87,11 @@ _AT_ONCE = frozenset({"descriptor", "resource", "stream_resource"})
 class _PacedRunWriter(RunWriter):
     """One run's writer, which writes what it holds before the run ends when `write_if_due`
     (the writer's thread) finds it held long enough. A stop the catalog did not take is
-    handed to `unfinished`, and tried again (`finish_if_due`) while the process lives."""
+    handed to `unfinished`, and tried again (`finish_if_due`) while the process lives. A
+    stream the catalog did not make (it did not answer) is made with the next write, its
+    documents held meanwhile, as the rest of a run's are: TiledWriter failed the run."""
+
+    root_node: Any  #: the run's node (TiledWriter's), or while making a stream `ExistingRun`
 
     def __init__(
         self,
@@ -114,14 +119,67 @@ class _PacedRunWriter(RunWriter):
         #: the images made here, each with its metadata (`_make_image`), as TiledWriter keys
         #: them (by stream resource, and by stream and data key)
         self._made: dict[str, Any] = {}
+        #: the documents of streams the catalog did not make, in order, until it does; and
+        #: those streams' names and descriptors' uids
+        self._unmade: list[tuple[str, Any]] = []
+        self._unmade_streams: set[str] = set()
+        self._unmade_descriptors: set[str] = set()
+
+    def descriptor(self, doc: Any) -> None:
+        if doc["name"] not in self._unmade_streams:
+            try:
+                super().descriptor(doc)
+                return
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if doc["name"] in self._desc_nodes or not may_have_reached(exc):
+                    raise  # made, or refused
+                logger.warning(
+                    "the catalog did not make stream %r of run %s (%s): its documents are "
+                    "held, and it is made with the next write",
+                    doc["name"],
+                    doc.get("run_start"),
+                    exc,
+                )
+                self._unmade_streams.add(doc["name"])
+        self._hold_unmade("descriptor", doc)
+        self._hold()
 
     def event(self, doc: Any) -> None:
-        super().event(doc)
+        if doc["descriptor"] in self._unmade_descriptors:
+            self._hold_unmade("event", doc)
+        else:
+            super().event(doc)
         self._hold()
 
     def stream_datum(self, doc: Any) -> None:
-        super().stream_datum(doc)
+        if doc["descriptor"] in self._unmade_descriptors:
+            self._hold_unmade("stream_datum", doc)
+        else:
+            super().stream_datum(doc)
         self._hold()
+
+    def _hold_unmade(self, name: str, doc: Any) -> None:
+        if name == "descriptor":
+            self._unmade_descriptors.add(doc["uid"])
+        self._unmade.append((name, doc))
+
+    def _make_streams(self) -> None:
+        """Make the streams the catalog did not, or take them where it made them unanswered,
+        and take their documents held meanwhile, in order."""
+        while self._unmade:
+            name, doc = self._unmade[0]
+            if name == "descriptor":
+                run = self.root_node  # a stream an earlier try made is taken
+                self.root_node = ExistingRun(run)
+                try:
+                    super().descriptor(doc)
+                finally:
+                    self.root_node = run
+            else:
+                getattr(super(), name)(doc)
+            self._unmade.pop(0)
+        self._unmade_streams.clear()
+        self._unmade_descriptors.clear()
 
     def stop(self, doc: Any) -> None:
         self._stop_doc = dict(doc)
@@ -211,8 +269,9 @@ class _PacedRunWriter(RunWriter):
         self._wait = min(SLOWEST * self.interval, max(self.interval, paced))
 
     def _write_held(self) -> None:
-        """Write the events and image references held; each is written once, also where
-        writing fails part way and is tried again."""
+        """Make the streams not made yet, then write the events and image references held;
+        each is written once, also where writing fails part way and is tried again."""
+        self._make_streams()
         for name, rows in self._internal_data_cache.items():
             if rows:
                 self._write_internal_data(rows, desc_node=self._desc_nodes[name])

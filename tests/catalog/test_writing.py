@@ -658,10 +658,11 @@ def _scan_switching(catalog, write_dir, switch, *, on: int, off: int) -> str:
 def flaky_catalog(monkeypatch):
     """The catalog's transport, made for as long as each is set to fail the writes of image
     references (`failing`: a new image's node, made with its first rows, or an image's new
-    rows), to lose the answer to each write the catalog took the first time it is sent
-    (`lost`), or to each making of a node in a run's stream (`lost_made`: its table, its
-    image), or to answer the writer's thread slowly (`slow`); Tiled's client then retries
-    nothing (else each failure takes many seconds)."""
+    rows) or the making of a run's stream (`failing_streams`), to lose the answer to each
+    write the catalog took the first time it is sent (`lost`), or to each making of a
+    run's stream or a node in it (`lost_made`: its table, its image), or to answer the
+    writer's thread slowly (`slow`); Tiled's client then retries nothing (else each failure
+    takes many seconds)."""
     import threading
     from types import SimpleNamespace
 
@@ -672,6 +673,7 @@ def flaky_catalog(monkeypatch):
 
     flaky = SimpleNamespace(
         failing=threading.Event(),
+        failing_streams=threading.Event(),
         lost=threading.Event(),
         lost_made=threading.Event(),
         slow=threading.Event(),
@@ -679,25 +681,28 @@ def flaky_catalog(monkeypatch):
     real = local_server.ServerTransport.handle_request
     answered: set[tuple[str, str, bytes]] = set()  #: writes whose answer was let through
 
-    def making_in_a_stream(request) -> bool:
-        """A POST to .../metadata/RUN/STREAM or .../register/RUN/STREAM."""
+    def making(request) -> int:
+        """How deep in a run a POST makes a node: 1 for a stream (.../metadata/RUN), 2 for
+        a node in a stream (.../metadata/RUN/STREAM, .../register/RUN/STREAM); else 0."""
         _, found, node = request.url.path.partition("/metadata/")
         if not found:
             _, found, node = request.url.path.partition("/register/")
-        return request.method == "POST" and bool(found) and node.strip("/").count("/") == 1
+        node = node.strip("/")
+        return node.count("/") + 1 if request.method == "POST" and found and node else 0
 
     def handle_request(self, request):
         path = request.url.path
-        if flaky.failing.is_set() and (
-            "/data_source/" in path or path.startswith("/api/v1/register/")
-        ):
+        if (
+            flaky.failing.is_set()
+            and ("/data_source/" in path or path.startswith("/api/v1/register/"))
+        ) or (flaky.failing_streams.is_set() and making(request) == 1):
             raise httpx.ReadTimeout("the catalog does not answer", request=request)
         if flaky.slow.is_set() and threading.current_thread().name == "scmos-catalog-writer":
             time.sleep(1)
         response = real(self, request)
         write = (request.method, str(request.url), request.content)
         losing = (flaky.lost.is_set() and request.method != "GET") or (
-            flaky.lost_made.is_set() and making_in_a_stream(request)
+            flaky.lost_made.is_set() and making(request) in (1, 2)
         )
         if losing and write not in answered:
             answered.add(write)
@@ -824,15 +829,24 @@ def test_writes_whose_answers_were_lost_are_in_the_catalog_once(
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
 
 
-def test_nodes_whose_making_was_taken_unanswered_are_not_made_again(
-    catalog_dir, tmp_path, flaky_catalog
+@pytest.mark.parametrize(
+    ("fault", "until"),
+    [
+        pytest.param("lost_made", 25, id="made-unanswered"),
+        pytest.param("failing_streams", 5, id="stream-not-made"),
+    ],
+)
+def test_nodes_the_catalog_did_not_answer_for_are_made_once_and_the_scan_goes_on(
+    catalog_dir, tmp_path, flaky_catalog, fault, until
 ):
-    """The catalog makes a scan's table of events and its image, but each answer is lost and
-    Tiled's client does not try again (its tries spent): the next write ahead writes into
-    the nodes the catalog holds (made again, the catalog refused them, 409 Conflict, at
-    every try: the run's stop failed). Every event once, every pixel."""
+    """The catalog makes a scan's stream, its table of events and its image, but each answer
+    is lost and Tiled's client does not try again (its tries spent), all scan long; or it
+    does not make the stream for the first five points. Each is made with the next write ahead, or
+    written into as the catalog holds it (made again, the catalog refused it, 409 Conflict,
+    at every try, and the run's stop failed; a stream not made failed the scan at once).
+    Every event once, every pixel."""
     catalog = open_catalog(catalog_dir)
-    uid = _scan_switching(catalog, tmp_path, flaky_catalog.lost_made, on=0, off=25)
+    uid = _scan_switching(catalog, tmp_path, getattr(flaky_catalog, fault), on=0, off=until)
     run = catalog[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
     assert sorted(run["primary"].base) == ["cam_image", "internal"]
