@@ -159,9 +159,14 @@ class _PacedRunWriter(RunWriter):
         self._hold()
 
     def _hold_unmade(self, name: str, doc: Any) -> None:
+        """Hold a document of a stream not made yet; as many as TiledWriter's batch: make
+        the streams now (failing the run where the catalog still does not answer, as
+        TiledWriter's batching does where it holds as many of a made stream's events)."""
         if name == "descriptor":
             self._unmade_descriptors.add(doc["uid"])
         self._unmade.append((name, doc))
+        if len(self._unmade) >= self._batch_size:
+            self._make_streams()
 
     def _make_streams(self) -> None:
         """Make the streams the catalog did not, or take them where it made them unanswered,

@@ -854,6 +854,31 @@ def test_nodes_the_catalog_did_not_answer_for_are_made_once_and_the_scan_goes_on
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(25)[:, None])
 
 
+def test_a_stream_the_catalog_never_makes_fails_the_run_at_a_batch(catalog_dir, flaky_catalog):
+    """A stream the catalog does not make holds its documents only up to TiledWriter's batch
+    (its memory is bounded, as for a made stream's events): then the run fails saying why,
+    long before its end."""
+    import bluesky.plan_stubs as bps
+
+    catalog = open_catalog(catalog_dir)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(catalog, batch_size=5))
+    saved: list[int] = []
+    RE.subscribe(lambda name, doc: saved.append(doc["seq_num"]), "event")
+
+    def scan():
+        yield from bps.open_run()
+        for _ in range(200):
+            yield from bps.trigger_and_read([det])
+            yield from bps.sleep(0.01)
+        yield from bps.close_run()
+
+    flaky_catalog.failing_streams.set()
+    with pytest.raises(Exception, match="the catalog does not answer"):
+        RE(scan())
+    assert 5 <= len(saved) < 100
+
+
 def test_sync_copies_each_event_once_where_answers_were_lost(catalog_dir, tmp_path, flaky_catalog):
     """`sync` into a catalog whose answers are lost the first time (a proxy's timeout): the
     copy holds each event and image row once (TiledWriter, which copied runs, appended the
