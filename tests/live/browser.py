@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,16 @@ class Browser:
             "about:blank",
         ]
         self.log = open(profile.parent / f"{profile.name}.log", "wb")  # noqa: SIM115
+        # Its temporary files (org.chromium.Chromium.*), removed with it rather than left in
+        # /tmp; a short path, as it puts sockets there
+        self.scratch = Path(tempfile.mkdtemp(prefix="chromium-"))
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
             start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.scratch)},
         )
         self._ids = itertools.count(1)
         self._connection = contextlib.ExitStack()
@@ -150,6 +155,7 @@ class Browser:
         with contextlib.suppress(ProcessLookupError):  # a helper it left behind
             os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> Browser:
         return self
