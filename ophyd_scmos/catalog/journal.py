@@ -225,10 +225,7 @@ class _ResumedRunWriter(RunWriter):
         super().descriptor(doc)
         if node is None and name in self.run:
             stream = self._desc_nodes[name]
-            self.take_tables(stream)
-            for key in stream:
-                if key in self._int_array_keys[name] | self._int_ragged_array_keys[name]:
-                    self._internal_arrays[f"{name}/{key}"] = stream[key]
+            self.take_nodes(stream, arrays=True)
             self.held[name] = _last_event(stream)
 
     def event(self, doc: Any) -> None:

@@ -43,20 +43,24 @@ class RunWriter(_RunWriter):
         #: uri alone, any of its tables
         self._unsure_made: set[tuple[str, str | None]] = set()
 
-    def take_tables(self, stream: Any) -> None:
+    def take_nodes(self, stream: Any, *, arrays: bool = False) -> None:
         """Write into the tables `stream` holds in the catalog (TiledWriter's would be made
-        anew)."""
+        anew), and with `arrays` into its internal arrays too: not where their making failed,
+        as an array is made with its first rows, which may not have come."""
         name = stream.item["id"]
+        taken = self._int_array_keys[name] | self._int_ragged_array_keys[name] if arrays else ()
         for key in stream:
             if key.startswith(TABLE):
                 self._internal_tables.setdefault(name + key.removeprefix(TABLE), stream[key])
+            elif key in taken:
+                self._internal_arrays.setdefault(f"{name}/{key}", stream[key])
 
     def _write_internal_data(self, data_cache: list[dict[str, Any]], desc_node: Any) -> None:
         """TiledWriter's, into the stream's tables the catalog holds where an earlier try
         may have made them."""
         unsure = (desc_node.uri, None)
         if unsure in self._unsure_made:
-            self.take_tables(desc_node)
+            self.take_nodes(desc_node)
             self._unsure_made.discard(unsure)
         try:
             super()._write_internal_data(data_cache, desc_node)
