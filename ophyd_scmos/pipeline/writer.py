@@ -171,7 +171,7 @@ class RunFile:
                 self.data.id.set_extent((done, *frame_shape))
             if done > start:
                 for column, frame_values in zip(self.meta, values, strict=True):
-                    column.write(start, frame_values[: done - start])
+                    column.append(frame_values[: done - start])
                 if computed:
                     self.record_stats(start, np.array(computed))
             self.written = done
@@ -206,7 +206,7 @@ class RunFile:
             return
         columns = np.concatenate(self.unstored).reshape(-1, len(self.stats))
         for i, column in enumerate(self.stats):
-            column.write(self.stats_stored, columns[:, i])
+            column.append(columns[:, i])
         self.stats_stored += len(columns)
         self.unstored = []
         self.last_stats_store = now
@@ -231,11 +231,11 @@ class RunFile:
             if self.data is not None:
                 self.data.resize(keep, axis=0)
             for column in self.meta:
-                column.dataset.resize(keep, axis=0)
+                column.cut(keep)
             del self.unreported[max(0, keep - self.stats_from) :]
             if keep < self.stats_stored:
                 for column in self.stats:
-                    column.dataset.resize(keep, axis=0)
+                    column.cut(keep)
                 self.stats_stored, self.unstored = keep, []
             elif self.unstored:
                 self.unstored = [np.concatenate(self.unstored)[: keep - self.stats_stored]]
@@ -269,25 +269,52 @@ class RunFile:
 
 
 class Column:
-    """A 1-D dataset written at any index, growing to fit, through h5py's low-level calls with
-    the dataspaces kept between writes: a step scan writes a value to each for every event,
-    and making the spaces anew cost as much as the write itself."""
+    """A 1-D dataset that grows by appending, through HDF5's direct chunk write of the chunk
+    where it ends, kept here: a step scan appends a value to each column for every event,
+    and HDF5's general write (its selections, its conversion, then the flush of the chunk
+    it cached) cost twice as much. Values past the end in that chunk are never read: the
+    column is written over them before it grows over them."""
 
     def __init__(self, dataset: h5py.Dataset):
+        if dataset.shape != (0,) or dataset.compression is not None:
+            raise ValueError(f"{dataset.name}: a column starts empty and unfiltered")
         self.dataset = dataset
-        self._space = dataset.id.get_space()  #: the file's, re-extended at each write
-        self._memory_size = 1
-        self._memory = h5py.h5s.create_simple((1,))  #: the last write's, of as many values
+        self.length = 0
+        (self._chunk_length,) = dataset.chunks
+        self._tail = np.zeros(self._chunk_length, dataset.dtype)  #: the values of the chunk
+        self._tail_start = 0  #: where the column ends, from its first index
 
-    def write(self, start: int, values: np.ndarray) -> None:
-        """Write `values` at [start, start + len), growing the dataset to fit."""
-        n, end = len(values), start + len(values)
-        if n != self._memory_size:
-            self._memory, self._memory_size = h5py.h5s.create_simple((n,)), n
-        self.dataset.id.set_extent((end,))
-        self._space.set_extent_simple((end,), (h5py.h5s.UNLIMITED,))
-        self._space.select_hyperslab((start,), (n,))
-        self.dataset.id.write(self._memory, self._space, np.ascontiguousarray(values))
+    def append(self, values: np.ndarray) -> None:
+        """Append `values`; a write that fails (disk full) leaves the column at the values
+        written before it."""
+        start = self.length
+        self.dataset.id.set_extent((start + len(values),))
+        try:
+            while self.length < start + len(values):
+                self._fill(values[self.length - start :])
+        finally:
+            if self.length < start + len(values):
+                self.dataset.id.set_extent((self.length,))
+
+    def cut(self, length: int) -> None:
+        """Keep the first `length` values."""
+        if length >= self.length:
+            return
+        self.dataset.id.set_extent((length,))
+        self.length = length
+        if length < self._tail_start:  # it now ends in an earlier chunk: keep that one here
+            self._tail_start = length - length % self._chunk_length
+            self._tail[: length - self._tail_start] = self.dataset[self._tail_start : length]
+
+    def _fill(self, values: np.ndarray) -> None:
+        """Write what of `values` fits in the chunk where the column ends."""
+        if self.length == self._tail_start + self._chunk_length:  # full: on to the next
+            self._tail_start = self.length
+        offset = self.length - self._tail_start
+        n = min(len(values), self._chunk_length - offset)
+        self._tail[offset : offset + n] = values[:n]
+        self.dataset.id.write_direct_chunk((self._tail_start,), self._tail)
+        self.length += n
 
 
 class WriterLoop:

@@ -1,0 +1,60 @@
+"""The writer's per-frame columns (frame numbers, timestamps, statistics): appended a chunk
+at a time, cut back when a run's last points are not recorded."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from ophyd_scmos.pipeline.writer import Column
+
+
+@pytest.fixture
+def column(tmp_path):
+    with h5py.File(tmp_path / "columns.h5", "w", libver="latest") as f:
+        dataset = f.create_dataset("c", shape=(0,), maxshape=(None,), chunks=(8,), dtype="<f8")
+        f.swmr_mode = True
+        yield Column(dataset)
+
+
+def test_appends_and_cuts_keep_exactly_the_values_appended(column):
+    rng = np.random.default_rng(7)
+    expected = np.empty(0)
+    # one at a time (a step scan), runs across chunk edges (a movie), cuts within the last
+    # chunk and back into earlier ones (points never recorded), then appends again
+    for action, n in [("append", 1)] * 11 + [
+        ("append", 21),
+        ("cut", 30),
+        ("append", 3),
+        ("cut", 13),
+        ("append", 1),
+        ("cut", 8),
+        ("append", 17),
+        ("cut", 0),
+        ("append", 9),
+        ("append", 0),
+    ]:
+        if action == "append":
+            values = rng.normal(size=n)
+            column.append(values)
+            expected = np.concatenate([expected, values])
+        else:
+            column.cut(n)
+            expected = expected[:n]
+        assert column.length == len(expected)
+        np.testing.assert_array_equal(column.dataset[()], expected)
+        column.dataset.file.flush()
+        with h5py.File(column.dataset.file.filename, "r", swmr=True) as reader:
+            np.testing.assert_array_equal(reader["c"][()], expected)
+
+
+def test_a_column_starts_empty_and_unfiltered(tmp_path):
+    with h5py.File(tmp_path / "columns.h5", "w", libver="latest") as f:
+        grown = f.create_dataset("a", data=np.arange(3.0), maxshape=(None,), chunks=(8,))
+        squeezed = f.create_dataset(
+            "b", shape=(0,), maxshape=(None,), chunks=(8,), dtype="<f8", compression="gzip"
+        )
+        for dataset in (grown, squeezed):
+            with pytest.raises(ValueError, match="starts empty and unfiltered"):
+                Column(dataset)
