@@ -270,10 +270,9 @@ class RunFile:
 
 class Column:
     """A 1-D dataset that grows by appending, through HDF5's direct chunk write of the chunk
-    where it ends, kept here: a step scan appends a value to each column for every event,
-    and HDF5's general write (its selections, its conversion, then the flush of the chunk
-    it cached) cost twice as much. Values past the end in that chunk are never read: the
-    column is written over them before it grows over them."""
+    where it ends, kept here (its values, zeros past the end, as HDF5 fills): a step scan
+    appends a value to each column for every event, and HDF5's general write (its
+    selections, its conversion, then the flush of the chunk it cached) cost twice as much."""
 
     def __init__(self, dataset: h5py.Dataset):
         if dataset.shape != (0,) or dataset.compression is not None:
@@ -295,6 +294,7 @@ class Column:
         finally:
             if self.length < start + len(values):
                 self.dataset.id.set_extent((self.length,))
+                self._tail[self.length - self._tail_start :] = 0
 
     def cut(self, length: int) -> None:
         """Keep the first `length` values."""
@@ -305,11 +305,13 @@ class Column:
         if length < self._tail_start:  # it now ends in an earlier chunk: keep that one here
             self._tail_start = length - length % self._chunk_length
             self._tail[: length - self._tail_start] = self.dataset[self._tail_start : length]
+        self._tail[length - self._tail_start :] = 0
 
     def _fill(self, values: np.ndarray) -> None:
         """Write what of `values` fits in the chunk where the column ends."""
         if self.length == self._tail_start + self._chunk_length:  # full: on to the next
             self._tail_start = self.length
+            self._tail[:] = 0
         offset = self.length - self._tail_start
         n = min(len(values), self._chunk_length - offset)
         self._tail[offset : offset + n] = values[:n]

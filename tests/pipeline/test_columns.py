@@ -44,6 +44,12 @@ def test_appends_and_cuts_keep_exactly_the_values_appended(column):
             expected = expected[:n]
         assert column.length == len(expected)
         np.testing.assert_array_equal(column.dataset[()], expected)
+        if len(expected):  # the chunk where it ends, as stored: its values, then zeros
+            last = (len(expected) - 1) // 8 * 8
+            _, stored = column.dataset.id.read_direct_chunk((last,))
+            tail = np.zeros(8)
+            tail[: len(expected) - last] = expected[last:]
+            np.testing.assert_array_equal(np.frombuffer(stored, "<f8"), tail)
         column.dataset.file.flush()
         with h5py.File(column.dataset.file.filename, "r", swmr=True) as reader:
             np.testing.assert_array_equal(reader["c"][()], expected)
