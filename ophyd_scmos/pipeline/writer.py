@@ -218,6 +218,8 @@ class RunFile:
         if os.fstat(self.fd).st_nlink == 0:
             raise FileNotFoundError(errno.ENOENT, "deleted while it was written", self.path)
         self.store_stats(force=self.settle_at is not None and self.written >= self.settle_at)
+        for column in (*self.meta, *self.stats):
+            column.store()
         self.file.flush()
         self.flushed = self.written
         self.last_flush = time.monotonic()
@@ -269,54 +271,62 @@ class RunFile:
 
 
 class Column:
-    """A 1-D dataset that grows by appending, through HDF5's direct chunk write of the chunk
-    where it ends, kept here (its values, zeros past the end, as HDF5 fills): a step scan
-    appends a value to each column for every event, and HDF5's general write (its
-    selections, its conversion, then the flush of the chunk it cached) cost twice as much."""
+    """A 1-D dataset that grows by appending. The chunk where it ends is kept here (its
+    values, then zeros, as HDF5 fills) and written whole, by a direct chunk write, when it is
+    full or the file is flushed (`store`): a step scan appends a value to each column for
+    every event, and HDF5's general write of one value (its selections, its conversion, then
+    the flush of the chunk it cached) cost twice as much."""
 
     def __init__(self, dataset: h5py.Dataset):
         if dataset.shape != (0,) or dataset.compression is not None:
             raise ValueError(f"{dataset.name}: a column starts empty and unfiltered")
         self.dataset = dataset
-        self.length = 0
+        self.length = 0  #: values appended
+        self.stored = 0  #: values in the file, its extent
         (self._chunk_length,) = dataset.chunks
         self._tail = np.zeros(self._chunk_length, dataset.dtype)  #: the values of the chunk
         self._tail_start = 0  #: where the column ends, from its first index
 
     def append(self, values: np.ndarray) -> None:
-        """Append `values`; a write that fails (disk full) leaves the column at the values
-        written before it."""
-        start = self.length
-        self.dataset.id.set_extent((start + len(values),))
+        """Append `values`: in the file with the next `store`, or as soon as their chunk is
+        full."""
+        done = 0
+        while done < len(values):
+            if self.length == self._tail_start + self._chunk_length:  # full: on to the next
+                self.store()
+                self._tail_start = self.length
+                self._tail[:] = 0
+            offset = self.length - self._tail_start
+            n = min(len(values) - done, self._chunk_length - offset)
+            self._tail[offset : offset + n] = values[done : done + n]
+            self.length += n
+            done += n
+
+    def store(self) -> None:
+        """Write the values appended since the last store; a write that fails (disk full)
+        leaves the file's extent at the values it holds."""
+        if self.stored == self.length:
+            return
+        self.dataset.id.set_extent((self.length,))
         try:
-            while self.length < start + len(values):
-                self._fill(values[self.length - start :])
-        finally:
-            if self.length < start + len(values):
-                self.dataset.id.set_extent((self.length,))
-                self._tail[self.length - self._tail_start :] = 0
+            self.dataset.id.write_direct_chunk((self._tail_start,), self._tail)
+        except BaseException:
+            self.dataset.id.set_extent((self.stored,))
+            raise
+        self.stored = self.length
 
     def cut(self, length: int) -> None:
         """Keep the first `length` values."""
         if length >= self.length:
             return
-        self.dataset.id.set_extent((length,))
-        self.length = length
-        if length < self._tail_start:  # it now ends in an earlier chunk: keep that one here
+        if length < self._tail_start:  # it now ends in an earlier chunk, stored: keep it here
             self._tail_start = length - length % self._chunk_length
             self._tail[: length - self._tail_start] = self.dataset[self._tail_start : length]
         self._tail[length - self._tail_start :] = 0
-
-    def _fill(self, values: np.ndarray) -> None:
-        """Write what of `values` fits in the chunk where the column ends."""
-        if self.length == self._tail_start + self._chunk_length:  # full: on to the next
-            self._tail_start = self.length
-            self._tail[:] = 0
-        offset = self.length - self._tail_start
-        n = min(len(values), self._chunk_length - offset)
-        self._tail[offset : offset + n] = values[:n]
-        self.dataset.id.write_direct_chunk((self._tail_start,), self._tail)
-        self.length += n
+        self.length = length
+        if self.stored > length:
+            self.dataset.id.set_extent((length,))
+            self.stored = length
 
 
 class WriterLoop:

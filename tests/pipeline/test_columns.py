@@ -1,5 +1,5 @@
 """The writer's per-frame columns (frame numbers, timestamps, statistics): appended a chunk
-at a time, cut back when a run's last points are not recorded."""
+at a time, stored with each flush, cut back when a run's last points are not recorded."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def test_appends_and_cuts_keep_exactly_the_values_appended(column):
             column.cut(n)
             expected = expected[:n]
         assert column.length == len(expected)
+        held = column.dataset[()]  # until a store: the values of the chunks filled, no more
+        assert len(held) == column.stored <= len(expected)
+        np.testing.assert_array_equal(held, expected[: len(held)])
+        column.store()
         np.testing.assert_array_equal(column.dataset[()], expected)
         if len(expected):  # the chunk where it ends, as stored: its values, then zeros
             last = (len(expected) - 1) // 8 * 8
