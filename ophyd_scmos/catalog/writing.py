@@ -121,7 +121,7 @@ class _PacedRunWriter(RunWriter):
         self._made: dict[str, Any] = {}
         #: the documents of streams the catalog did not make, in order, until it does; and
         #: those streams' names and descriptors' uids
-        self._unmade: list[tuple[str, Any]] = []
+        self._unmade: collections.deque[tuple[str, Any]] = collections.deque()
         self._unmade_streams: set[str] = set()
         self._unmade_descriptors: set[str] = set()
 
@@ -182,7 +182,7 @@ class _PacedRunWriter(RunWriter):
                     self.root_node = run
             else:
                 getattr(super(), name)(doc)
-            self._unmade.pop(0)
+            self._unmade.popleft()
         self._unmade_streams.clear()
         self._unmade_descriptors.clear()
 
