@@ -525,6 +525,58 @@ def test_the_catalog_checks_every_document_but_the_events_the_runengine_checked(
     assert CatalogWriter(open_catalog(catalog_dir), normalizer=None)._normalizer is None
 
 
+def test_a_stream_datum_composed_from_a_datum_is_not_checked_one_that_comes_is(monkeypatch):
+    """The StreamDatum the normalizer composes from an event's Datum is its own work: it
+    is handed on unchecked. One that comes as a document is checked, as every document the
+    RunEngine does not check."""
+    import jsonschema
+    from event_model import DocumentNames, compose_run, schema_validators
+
+    from ophyd_scmos.catalog.writing import EngineNormalizer
+
+    checked: list[dict] = []
+    validator = schema_validators[DocumentNames.stream_datum]
+
+    class Counting:
+        def validate(self, doc: dict) -> None:
+            checked.append(doc)
+            validator.validate(doc)
+
+    monkeypatch.setitem(schema_validators, DocumentNames.stream_datum, Counting())
+    normalizer = EngineNormalizer()
+    handed: list[tuple[str, dict]] = []
+    normalizer.subscribe(lambda name, doc: handed.append((name, doc)))
+    run = compose_run()
+    normalizer("start", run.start_doc)
+    image = {"source": "cam", "dtype": "array", "shape": [1, 4, 4], "external": "FILESTORE:"}
+    descriptor = run.compose_descriptor(name="primary", data_keys={"img": image})
+    normalizer("descriptor", descriptor.descriptor_doc)
+    resource = run.compose_resource(
+        spec="AD_HDF5", root="/", resource_path="run.h5", resource_kwargs={"frame_per_point": 1}
+    )
+    normalizer("resource", resource.resource_doc)
+    for point in range(3):
+        datum = resource.compose_datum(datum_kwargs={"point_number": point})
+        normalizer("datum", datum)
+        normalizer(
+            "event",
+            descriptor.compose_event(
+                data={"img": datum["datum_id"]}, timestamps={"img": 0.0}, filled={"img": False}
+            ),
+        )
+    rows = [doc["indices"] for name, doc in handed if name == "stream_datum"]
+    assert rows == [{"start": p, "stop": p + 1} for p in range(3)]
+    assert checked == []
+    stream = run.compose_stream_resource(
+        mimetype="application/x-hdf5", uri="file:///run.h5", data_key="t", parameters={}
+    )
+    normalizer("stream_resource", stream.stream_resource_doc)
+    came = stream.compose_stream_datum(indices={"start": 0, "stop": 1}, validate=False)
+    with pytest.raises(jsonschema.ValidationError, match="'one' is not of type 'integer'"):
+        normalizer("stream_datum", {**came, "indices": {"start": "one", "stop": 1}})
+    assert len(checked) == 1
+
+
 def test_a_catalog_that_stops_answering_holds_up_no_scan(catalog_dir):
     """The catalog's server is stopped (SIGSTOP: a hung server, a network that drops
     packets) for 6 s in the middle of a scan, longer than the writer waits between writes:
