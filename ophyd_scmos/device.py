@@ -799,12 +799,22 @@ class SCMOSCamera(Device):
             self._update_signals(stream)
             lost = stream.frames_dropped + stream.frames_missed
             if error is None and lost:
+                why, remedy = (
+                    ("writing fell behind", "a larger ring_mb, compression, or a longer exposure")
+                    if stream.frames_dropped
+                    else (
+                        "the camera did not deliver them (its buffer overflowed while reading "
+                        "fell behind, or its link lost them)",
+                        "a longer exposure or acquire_period (a networked camera's link: "
+                        "docs/cameras.md)",
+                    )
+                )
                 error = StreamError(
                     f"{self.name} lost {lost} frame(s) ({stream.frames_missed} missed by the "
-                    f"camera, {stream.frames_dropped} dropped from a full ring) because writing "
-                    f"fell behind; each event must hold its own frames, so the scan stops. "
+                    f"camera, {stream.frames_dropped} dropped from a full ring): {why}; each "
+                    "event must hold its own frames, so the scan stops. "
                     f"{stream.path} keeps the {stream.frames_written} frames written. "
-                    "Use a larger ring_mb, compression, or a longer exposure."
+                    f"Use {remedy}."
                 )
             if error is None:
                 # Called on the writer's listener thread: whatever fails here fails this

@@ -219,6 +219,7 @@ def test_frames_lost_between_points_fail_the_next_point_saying_so(cam, RE, recor
         RE(count([cam], num=5, per_shot=shot))
     said = repr(info.value) + repr(info.value.__cause__)
     assert "cam lost 3 frame(s) (3 missed by the camera" in said and "before start()" not in said
+    assert "the camera did not deliver them" in said and "writing fell behind" not in said
     (stop,) = recorder.of("stop")
     assert stop["exit_status"] == "fail" and "lost 3 frame(s)" in stop["reason"]
     assert len(recorder.of("event")) == 2
