@@ -11,7 +11,8 @@ Frame numbers come from the GenICam block (frame) id of each buffer, so a frame 
 the network lost, that Aravis had no free buffer for, or that arrived incomplete, shows as a
 gap and is reported in `FrameInfo.missed_before`; 16-bit GigE Vision ids wrap from 65535 to 1
 and are unwrapped. A frame arriving after a later one was delivered stays counted as missed,
-so frame numbers only increase.
+so frame numbers only increase. With software triggers, a frame that arrived incomplete is
+exposed again instead (`retaken_frames`): it is no loss, and takes no frame number.
 
 Software triggers are sent one at a time, each when the previous triggered frame has arrived:
 cameras ignore (or merge) a trigger that comes while they are still exposing.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -34,6 +36,8 @@ import numpy as np
 
 from ._common import DriverBase, MissingLibrary
 from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, TriggerMode
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GenICamCamera", "list_cameras"]
 
@@ -78,7 +82,8 @@ class GenICamCamera(DriverBase):
     and filters it to the stream's port only milliseconds later, and reads what came meanwhile
     as frames (empty ones, broken ones, and ids that make it drop the camera's next frame as
     late). Off, the stream is a UDP socket with a buffer of `buffer_frames` frames.
-    `missed_frames` counts the gaps in the block ids, and incomplete buffers.
+    `missed_frames` counts the gaps in the block ids, and incomplete buffers; with software
+    triggers an incomplete frame is triggered again and counted in `retaken_frames` instead.
     """
 
     def __init__(
@@ -123,6 +128,8 @@ class GenICamCamera(DriverBase):
         self._last_number = -1
         self._pending_missed = 0
         self._incomplete_first = 0  #: frames that came incomplete before the first whole one
+        self._retaking = 0  #: incomplete frames triggered again since the last whole one
+        self._retaken_total = 0  #: `retaken_frames`
         self._stamp0: tuple[int, float] | None = None  # (camera ns, s since start) of frame 0
         self._alive_at = 0.0
         self._gone = False  # the camera stopped answering: talking to it would only time out
@@ -294,7 +301,7 @@ class GenICamCamera(DriverBase):
         self._wall0 = time.time()  # Aravis stamps arrivals on the wall clock
         self._owed, self._outstanding = 0, False
         self._last_id, self._last_number = None, -1
-        self._pending_missed = self._incomplete_first = 0
+        self._pending_missed = self._incomplete_first = self._retaking = self._retaken_total = 0
         self._stamp0 = None
 
     def _stop(self) -> None:
@@ -377,11 +384,24 @@ class GenICamCamera(DriverBase):
                 # a trigger sent for it would expose a frame a later point takes for its own.
                 return None
             complete = status == self._aravis.BufferStatus.SUCCESS
-            if self._settings.trigger_mode is TriggerMode.SOFTWARE:
-                # A frame that came incomplete is asked for again: no later frame may come
-                # to show its gap, and its point would wait for ever.
-                self._owed += not complete
+            software = self._settings.trigger_mode is TriggerMode.SOFTWARE
+            retake = software and not complete
+            if software:
+                # A frame that came incomplete is exposed again, so its point gets a whole
+                # one (no later frame may come to show its gap: the point would wait for ever).
+                self._owed += retake
                 self._fire()  # before the copy, so the camera exposes while we copy
+            if retake:
+                # Its id may be garbage: the next whole frame's gap leaves it out.
+                self._retaking += 1
+                self._retaken_total += 1
+                if self._retaken_total == 1:
+                    logger.warning(
+                        "camera %s: a frame arrived incomplete (packets lost on the link) and "
+                        "is exposed again; retaken_frames counts them",
+                        self._model,
+                    )
+                return None
             if not complete:
                 # Its id may be garbage: the next complete frame's gap counts it, or, before
                 # the first, the frames counted here.
@@ -397,9 +417,10 @@ class GenICamCamera(DriverBase):
                     delta += _WRAP  # far backwards: the 16-bit id wrapped
                 if delta <= 0:
                     return None  # a late (reordered) or repeated frame, already counted missed
-                number = self._last_number + delta
-                self._lose(delta - 1)
-            self._last_id, self._last_number = fid, number
+                lost = max(0, delta - 1 - self._retaking)
+                number = self._last_number + 1 + lost
+                self._lose(lost)
+            self._last_id, self._last_number, self._retaking = fid, number, 0
             missed, self._pending_missed = self._pending_missed, 0
         data = buffer.get_data()
         if len(data) != out.nbytes:
@@ -414,6 +435,12 @@ class GenICamCamera(DriverBase):
             self._stamp0 = (stamp_ns, buffer.get_system_timestamp() / 1e9 - self._wall0)
         ns0, s0 = self._stamp0
         return FrameInfo(number, s0 + (stamp_ns - ns0) / 1e9, missed)
+
+    @property
+    def retaken_frames(self) -> int:
+        """Software-triggered frames that arrived incomplete and were exposed again, since
+        the last `start`: not lost, so in no frame number or `missed_frames`."""
+        return self._retaken_total
 
     def _lose(self, frames: int) -> None:
         """Count frames lost, to report on the next frame delivered (lock held)."""
