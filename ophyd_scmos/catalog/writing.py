@@ -341,8 +341,8 @@ class EngineNormalizer(RunNormalizer):
     slower for any detector), on the interpreter lock the RunEngine needs. Nor is the
     StreamDatum the normalizer composes from each event's Datum: it checks the normalizer's
     own composing (uids, and the range of the Datum's point, frame or indices, which a
-    consolidator then uses as its rows), at ~0.1 ms an event, ~4% of a step scan's pace
-    with a 256x256 camera. Every other
+    consolidator then uses as its rows), at ~0.25 ms of CPU an event: the writer's thread
+    spent 0.58 ms an event of a 256x256 camera's step scan, 0.33 ms without it. Every other
     document is checked as TiledWriter checks it."""
 
     def __init__(self, *args: Any, **kwargs: Any):
