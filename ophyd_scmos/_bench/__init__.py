@@ -10,6 +10,7 @@ the page cache absorbs, make the disk the limit.
 Private, and at the top of the package beside the CLI: it drives the pipeline, the Device
 and the RunEngine, and nothing but `ophyd_scmos.cli.bench` (and its tests) imports it.
 `cameras` holds the formats and cameras under test, `harness` the runs to disk, `probes`
-what is measured beside the disk (compression in memory, memory, RE(count)), `report` the
+what is measured beside the disk (compression in memory, memory, RE(count)), `floor` the
+least a step-scan device keeping our guarantee does (the pace section's floor), `report` the
 printed tables and the JSON.
 """

@@ -195,12 +195,15 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     waits in each of those events for its frame to be flushed and measured, and the CPU time
     this process spends on an event, all its threads together; ophyd-async's simulated
     detector beside them where it is installed), and a full-frame `count` beside a movie at
-    the same settings. Rounds alternate the detectors, medians are quoted."""
+    the same settings. Beside them in the count, the floor: `FloorDetector`, which keeps our
+    guarantee (a step's frame written by another process and flushed when its trigger
+    completes) and does nothing else. Rounds alternate the detectors, medians are quoted."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from ophyd.sim import det
 
     from ophyd_scmos import CatalogWriter, SCMOSCamera, open_catalog
+    from ophyd_scmos._bench.floor import FloorDetector
     from ophyd_scmos.plans import movie
 
     waits: list[float] = []  #: seconds from each trigger to its status done
@@ -223,6 +226,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     # instead of missing frames, as a count does by waiting.
     camera = SimulatedSCMOS(shape=(2048, 2048), seed=1, camera_buffer_frames=100_000)
     full = SCMOSCamera(name="cam", driver=camera, write_dir=scratch / "pace")
+    floor = FloorDetector(name="cam", shape=(256, 256), write_dir=scratch / "pace")
     try:
         small.roi.set((896, 896, 256, 256))
         small.exposure_time.set(1e-5)
@@ -246,12 +250,14 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             return runs
 
         RE(count([small], num=1))  # the camera's writer starts here, once
+        RE(count([floor], num=1))  # and the floor's
         one = one_event_runs(rounds * 10)
         token = RE.subscribe(CatalogWriter(open_catalog(scratch / "pace-catalog")))
         one_catalog = one_event_runs(rounds * 3)
         plans: dict[str, Callable[[], Any]] = {
             "ophyd.sim det": lambda: count([det], num=events),
             "SCMOSCamera": lambda: count([small], num=events),
+            FLOOR: lambda: count([floor], num=events),
         }
         peer = _peer_count(events, scratch / "pace")
         if peer is not None:
@@ -272,6 +278,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     finally:
         small.destroy()
         full.destroy()
+        floor.destroy()
         shutil.rmtree(scratch / "pace", ignore_errors=True)
         shutil.rmtree(scratch / "pace-catalog", ignore_errors=True)
     return {
@@ -290,6 +297,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             for name, rates in tiled.items()
             if name != "ophyd.sim det"
         },
+        "count_256_ours_vs_floor": float(np.median(np.divide(tiled["SCMOSCamera"], tiled[FLOOR]))),
         "count_256_trigger_wait_ms": 1e3 * float(np.median(waits)),
         "count_256_process_cpu_ms": {k: 1e3 * float(np.median(v)) / events for k, v in cpu.items()},
         "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
@@ -303,6 +311,8 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
 
 #: the nearest peer's detector in the pace section's table
 PEER = "ophyd-async SimBlobDetector"
+#: the least a device with our guarantee does (`FloorDetector`), in the same table
+FLOOR = "floor"
 
 
 def _peer_count(events: int, directory: Path) -> Callable[[], Any] | None:

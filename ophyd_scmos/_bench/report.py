@@ -221,6 +221,12 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"  count 256x256 into catalog ours {tiled['SCMOSCamera']:6.0f} events/s   "
         f"det {tiled['ophyd.sim det']:4.0f} events/s   ours/det {ratio['SCMOSCamera']:5.2f}"
     )
+    say(
+        f"  count 256x256, the floor    {tiled[probes.FLOOR]:6.0f} events/s   floor/det "
+        f"{ratio[probes.FLOOR]:5.2f}   ours/floor {p['count_256_ours_vs_floor']:5.2f} (a device "
+        "whose trigger only asks another process to write and flush its frame: the least "
+        "that guarantee costs here)"
+    )
     if probes.PEER in tiled:
         say(
             f"  count 320x240 uint8, {probes.PEER} {tiled[probes.PEER]:4.0f} events/s   "
@@ -236,8 +242,8 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
     cpu = p["count_256_process_cpu_ms"]
     say(
         f"  CPU of this process per event: ours {cpu['SCMOSCamera']:.2f} ms, det "
-        f"{cpu['ophyd.sim det']:.2f} ms (all its threads: the RunEngine's, the catalog's, the "
-        "camera's; they share one interpreter lock)"
+        f"{cpu['ophyd.sim det']:.2f} ms, the floor {cpu[probes.FLOOR]:.2f} ms (all its threads: "
+        "the RunEngine's, the catalog's, the camera's; they share one interpreter lock)"
     )
     say(
         f"  2048x2048 count           {full['count']:6.1f} events/s   movie {full['movie']:6.1f} "
