@@ -32,16 +32,20 @@ def demo(args: argparse.Namespace) -> int:
     """Run count(num) on the simulated camera into the catalog, replay it, check every pixel."""
     if args.align:
         return align(args)
-    import numpy as np
-    from bluesky import RunEngine
-    from bluesky.plans import count
-    from bluesky.utils import RunEngineInterrupted
-
-    from ophyd_scmos import CatalogWriter, open_catalog
-    from ophyd_scmos.session import FrameProgress
+    from ophyd_scmos.catalog import start_local_server
 
     cam, driver = _camera(args)  # its options checked first; it takes no frame before the run
     try:
+        with reaching_catalog(args.catalog):
+            start_local_server(args.catalog)  # if none runs: it starts while this imports
+        import numpy as np
+        from bluesky import RunEngine
+        from bluesky.plans import count
+        from bluesky.utils import RunEngineInterrupted
+
+        from ophyd_scmos import CatalogWriter, open_catalog
+        from ophyd_scmos.session import FrameProgress
+
         with reaching_catalog(args.catalog):
             catalog = open_catalog(args.catalog)
     except CommandError:

@@ -21,6 +21,7 @@ from typing import Any
 from ophyd_scmos.cli import (
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
+    CommandError,
     no_run_aborted_traceback,
     positive,
     reaching_catalog,
@@ -105,6 +106,14 @@ def acquire(args: argparse.Namespace) -> int:
         cam.destroy()
         print(f"ophyd-scmos acquire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from ophyd_scmos.catalog import start_local_server
+
+    try:
+        with reaching_catalog(lab.catalog.location):
+            start_local_server(lab.catalog.location)  # if none runs: it starts while this imports
+    except CommandError:
+        cam.destroy()
+        raise
     from bluesky.plans import count
     from bluesky.preprocessors import msg_mutator
     from bluesky.utils import RunEngineInterrupted
