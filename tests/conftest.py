@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,19 +14,23 @@ from bluesky import RunEngine
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.catalog.journal import JOURNAL_ENV
-from ophyd_scmos.catalog.local_server import IDLE_ENV
+from ophyd_scmos.catalog.local_server import IDLE_ENV, Address
 
 SENSOR = (256, 320)  # small, non-square: catches swapped axes
 
 
 @pytest.fixture(scope="session", autouse=True)
 def catalog_servers_stop_soon_after_the_tests(tmp_path_factory) -> Iterator[None]:
-    """The local catalog servers tests start stop seconds after the test run, not minutes;
-    the runs' journals stay out of the user's directories."""
+    """The local catalog servers tests start stop seconds after the test run, not minutes
+    (those of the stand-in user's commands, kept longer, at its end); the runs' journals stay
+    out of the user's directories."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(IDLE_ENV, "5")
         mp.setenv(JOURNAL_ENV, str(tmp_path_factory.mktemp("journals")))
         yield
+    for state in tmp_path_factory.getbasetemp().glob("**/.server-*/*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):  # gone meanwhile
+            os.kill(Address(**json.loads(state.read_text())).pid, signal.SIGTERM)
 
 
 #: frames a test's simulated camera (that of `cam`, the driver harness's, ...) holds while its

@@ -47,7 +47,9 @@ def user_env(home: Path, **extra: str) -> dict[str, str]:
         XDG_CACHE_HOME=str(home / ".cache"),
         IPYTHONDIR=str(home / ".ipython"),
         MPLBACKEND="Agg",
-        OPHYD_SCMOS_CATALOG_IDLE="5",  # its catalog server stops seconds after the session
+        # One catalog server serves a home's commands one after another, not one each; the
+        # test session stops those left (conftest).
+        OPHYD_SCMOS_CATALOG_IDLE="60",
     )
     env.update(extra)
     return env
