@@ -145,35 +145,46 @@ def test_bench_reports_what_statistics_cost(tmp_path, capsys):
 def test_the_floor_writes_and_flushes_each_steps_frame_before_its_trigger_completes(tmp_path):
     """The pace section's floor keeps the guarantee it stands for: when a trigger is done, a
     SWMR reader finds that step's frame in the file; one writer serves run after run, a new
-    file each, and the catalog replays them."""
+    file each, and the runs' documents read their frames back (the AD_HDF5 handler)."""
     import h5py
+    from area_detector_handlers.handlers import AreaDetectorHDF5Handler
     from bluesky import RunEngine
     from bluesky.plans import count
 
-    from ophyd_scmos import CatalogWriter, open_catalog
     from ophyd_scmos.pipeline import layout
+    from tests.conftest import Recorder
 
-    floor = FloorDetector(name="floor", shape=(24, 40), write_dir=tmp_path / "files")
+    floor = FloorDetector(name="floor", shape=(24, 40), write_dir=tmp_path)
     RE = RunEngine({})
-    RE.subscribe(CatalogWriter(catalog := open_catalog(tmp_path / "catalog")))
+    RE.subscribe(docs := Recorder())
     try:
         floor.stage()
         for n in range(1, 4):
             floor.trigger().wait(10)
-            (path,) = (tmp_path / "files").iterdir()
+            (path,) = tmp_path.iterdir()
             with h5py.File(path, "r", libver="latest", swmr=True) as f:
                 assert f[layout.DATA].shape == (n, 24, 40)
         floor.unstage()
-        uids = [RE(count([floor], num=4))[0] for _ in range(2)]
+        RE(count([floor], num=4))
+        RE(count([floor], num=2))
         writer = floor._writer
     finally:
         floor.destroy()
     assert writer is not None and writer.returncode == 0
-    assert len(list((tmp_path / "files").iterdir())) == 3
-    for uid in uids:
-        images = catalog[uid]["primary"]["floor_image"].read()
-        assert images.shape == (4, 1, 24, 40)
-        assert (np.asarray(images) == stored_frame((24, 40))).all()
+    assert len(list(tmp_path.iterdir())) == 3
+    image = docs.of("descriptor")[0]["data_keys"]["floor_image"]
+    assert image["shape"] == [1, 24, 40] and image["external"] == "FILESTORE:"
+    resources, datums = docs.of("resource"), docs.of("datum")
+    assert len(resources) == 2 and len(datums) == 6
+    for resource in resources:
+        handler = AreaDetectorHDF5Handler(
+            f"{resource['root']}/{resource['resource_path']}", **resource["resource_kwargs"]
+        )
+        mine = [d for d in datums if d["resource"] == resource["uid"]]
+        frames = np.stack([np.asarray(handler(**d["datum_kwargs"])) for d in mine])
+        handler.close()
+        assert frames.shape == (len(mine), 1, 24, 40)
+        assert (frames == stored_frame((24, 40))).all()
 
 
 def test_eight_bit_camera_delivers_clipped_simulator_frames():
