@@ -69,11 +69,13 @@ class RunWriter(_RunWriter):
                 self._unsure_made.add(unsure)
             raise
 
-    def _make_node(self, parent: Any, key: str, make: Callable[[], T]) -> T:
+    def _make_node(self, parent: Any, key: str, make: Callable[[], T]) -> tuple[T, bool]:
         """`make()` the node `key` of `parent`, or take the one the catalog holds where an
-        earlier try may have made it: nothing but this writer makes nodes in its run."""
+        earlier try may have made it: nothing but this writer makes nodes in its run. The
+        node, and whether this made it (a node taken is as that try made it)."""
         unsure = (parent.uri, key)
-        if unsure in self._unsure_made and key in parent:
+        made = not (unsure in self._unsure_made and key in parent)
+        if not made:
             node: T = parent[key]
         else:
             try:
@@ -83,7 +85,7 @@ class RunWriter(_RunWriter):
                     self._unsure_made.add(unsure)
                 raise
         self._unsure_made.discard(unsure)
-        return node
+        return node, made
 
     def _append_with_retry(self, df_client: Any, table: pyarrow.Table, desc_name: str) -> None:
         """Append `table`'s events to their stream's table, each once. An append that failed

@@ -305,9 +305,9 @@ class _PacedRunWriter(RunWriter):
         if key in self._sres_nodes:  # another resource of an image made: TiledWriter's
             return False
         consolidator = consolidator_factory(resource, stream.metadata)
-        consolidator.consume_stream_datum(doc)
+        patch = consolidator.consume_stream_datum(doc)
         source = consolidator.get_data_source()
-        node = self._make_node(
+        node, made = self._make_node(
             stream,
             consolidator.data_key,
             lambda: stream.new(
@@ -319,6 +319,10 @@ class _PacedRunWriter(RunWriter):
                 access_tags=self.access_tags,
             ),
         )
+        if not made:
+            # Made by a try whose answer was lost, with the rows counted then: `doc` has
+            # taken in the references that came since, so the image is sent whole.
+            self._unsent.setdefault(consolidator, (node, []))[1].append(patch)
         for known in (sres_uid, key):
             self._consolidators[known] = consolidator
             self._sres_nodes[known] = self._made[known] = node
