@@ -29,7 +29,7 @@ def catalog_servers_stop_soon_after_the_tests(tmp_path_factory) -> Iterator[None
         mp.setenv(JOURNAL_ENV, str(tmp_path_factory.mktemp("journals")))
         yield
     for state in tmp_path_factory.getbasetemp().glob("**/.server-*/*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError):  # gone meanwhile
+        with contextlib.suppress(OSError, ValueError):  # gone meanwhile, or half-written
             os.kill(Address(**json.loads(state.read_text())).pid, signal.SIGTERM)
 
 

@@ -121,13 +121,13 @@ def main(rows: int, cols: int) -> None:
     `close`; stdin's end ends it."""
     import h5py
 
-    chunk = stored_frame((rows, cols)).tobytes()
+    shape = (rows, cols)
+    chunk = stored_frame(shape).tobytes()
     file = data = None
     for line in sys.stdin:
         command, _, argument = line.rstrip("\n").partition(" ")
         if command == "open":
             file = h5py.File(argument, "x", libver="latest")
-            shape = (rows, cols)
             data = file.create_dataset(
                 layout.DATA, (0, *shape), DTYPE, chunks=(1, *shape), maxshape=(None, *shape)
             )

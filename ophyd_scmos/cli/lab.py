@@ -21,7 +21,6 @@ from typing import Any
 from ophyd_scmos.cli import (
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
-    CommandError,
     no_run_aborted_traceback,
     positive,
     reaching_catalog,
@@ -111,18 +110,14 @@ def acquire(args: argparse.Namespace) -> int:
     try:
         with reaching_catalog(lab.catalog.location):
             start_local_server(lab.catalog.location)  # if none runs: it starts while this imports
-    except CommandError:
-        cam.destroy()
-        raise
-    from bluesky.plans import count
-    from bluesky.preprocessors import msg_mutator
-    from bluesky.utils import RunEngineInterrupted
+        from bluesky.plans import count
+        from bluesky.preprocessors import msg_mutator
+        from bluesky.utils import RunEngineInterrupted
 
-    from ophyd_scmos.catalog.writing import CatalogWriter
-    from ophyd_scmos.plans import movie
-    from ophyd_scmos.session import FrameProgress, make_run_engine
+        from ophyd_scmos.catalog.writing import CatalogWriter
+        from ophyd_scmos.plans import movie
+        from ophyd_scmos.session import FrameProgress, make_run_engine
 
-    try:
         with reaching_catalog(lab.catalog.location):  # before the RunEngine takes a frame
             catalog = lab.catalog.open()
         # Ctrl-C is _Interrupt's (end the run, keep it), not a RunEngine pause.
