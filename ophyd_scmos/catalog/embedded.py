@@ -10,6 +10,7 @@ readable is told in docs/architecture.md ("Catalogs").
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import errno
@@ -455,15 +456,15 @@ def build_app(
     _wait_for_locked_tables()
     with _init_lock(directory):
         _use_wal(directory / TABLES_DB)
-        # Tiled initialises a new database in a subprocess (~3 s): only when it is new.
         created = not db.exists() or db.stat().st_size == 0
+        if created:
+            _initialize(f"sqlite:///{db}")
         tree = catalog_from_uri(
             f"sqlite:///{db}",
             specs=[BLUESKY_CATALOG_SPEC],
             writable_storage=[directory / DATA_DIR, f"sqlite:///{directory / TABLES_DB}"],
             readable_storage=list(readable),
             adapters_by_mimetype=dict(ADAPTERS_BY_MIMETYPE),
-            init_if_not_exists=created,
         )
     app = build_tiled_app(
         tree,
@@ -471,6 +472,40 @@ def build_app(
         serialization_registry=_serializers(),
     )
     return app, created
+
+
+def _initialize(uri: str) -> None:
+    """Create the tables of a new catalog database and stamp their schema's revision, as
+    ``tiled catalog init`` does, but in this process: Tiled's ``init_if_not_exists`` runs
+    that command in a new Python, ~5 s of imports here (half a new catalog's server start),
+    because its caller may run an event loop. A thread of its own runs none."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(uri)
+
+    async def create_tables() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    def initialize() -> None:
+        asyncio.run(create_tables())
+        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+
+    with (
+        warnings.catch_warnings(),  # Alembic's, about the configuration Tiled writes for it
+        concurrent.futures.ThreadPoolExecutor(1, "scmos-catalog-init") as thread,
+    ):
+        warnings.filterwarnings("ignore", "No path_separator found", DeprecationWarning)
+        thread.submit(initialize).result()
 
 
 def _serializers() -> Any:
