@@ -124,9 +124,9 @@ class RunFile:
         Every frame is one direct chunk write: the slot's bytes as they are, or the chunk the
         compressor made from them (none in a file without images). Its statistics are
         computed on the slot before it goes back (the whole frame and each region: no copy):
-        by the `measurer` thread while frames are written (numpy and BLAS work without the
-        GIL, h5py holds it), unless the batch is one small frame (a step scan's point): then
-        here, as handing it over would cost more than it overlaps.
+        by the `measurer` thread while frames are written (numpy, BLAS and the compiled pass
+        work without the GIL, h5py holds it), unless the batch is one small frame (a step
+        scan's point): then here, as handing it over would cost more than it overlaps.
         The per-frame metadata is copied out of the ring first, so a slot can go back to the
         producer as soon as its frame is written. If a write fails (disk full), the datasets
         are cut back to the frames that made it, so the file never claims a frame it does not
@@ -451,6 +451,8 @@ class WriterLoop:
             if key not in self.compressors:
                 self.compressors[key] = ChunkCompressor(codec, config.ring.dtype)
             compressor = self.compressors[key]
+        if config.regions is not None and not config.stats_sent:
+            stats.prepare(config.ring.frame_shape, np.dtype(config.ring.dtype))
         self.file = RunFile(config, self.ring, compressor, self.status, self.measurer)
         self.file.report(State.OPEN, path=self.file.path)
 

@@ -48,12 +48,18 @@ def assert_stats_match(values: np.ndarray, frame: np.ndarray, region) -> None:
         assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
 
 
-def test_compute_follows_area_detectors_definitions():
+#: a frame the writer measures in one compiled pass (odd sides: no pass may assume even ones)
+LARGE = (725, 731)
+
+
+@pytest.mark.parametrize("shape", [(31, 45), LARGE], ids=["small", "large"])
+def test_compute_follows_area_detectors_definitions(shape):
     rng = np.random.default_rng(1)
-    frame = rng.integers(0, 4096, (31, 45)).astype(np.uint16)
+    frame = rng.integers(0, 2**16, shape).astype(np.uint16)
+    assert stats.compiled(shape, frame.dtype) is (shape == LARGE)
     computed = stats.compute(frame, ODD_REGIONS)
     assert computed.shape == (4, len(stats.STATS))
-    assert_stats_match(computed[0], frame, (0, 0, 45, 31))
+    assert_stats_match(computed[0], frame, (0, 0, shape[1], shape[0]))
     for row, region in zip(computed[1:], ODD_REGIONS.values(), strict=True):
         assert_stats_match(row, frame, region)
 
@@ -102,16 +108,23 @@ MEASURED_BY = pytest.mark.parametrize("triggered", [False, True], ids=["writer",
 
 
 @MEASURED_BY
-@pytest.mark.parametrize("binning, bit_depth", [(1, 16), (2, 12)])
-def test_stored_statistics_are_numpys_on_the_stored_frames(tmp_path, binning, bit_depth, triggered):
-    camera = SimulatedSCMOS(shape=(62, 90), seed=5, camera_buffer_frames=1000)
+@pytest.mark.parametrize(
+    "sensor, binning, bit_depth",
+    [((62, 90), 1, 16), ((62, 90), 2, 12), ((2 * LARGE[0], 2 * LARGE[1]), 2, 16)],
+    ids=["16-bit", "binned-12-bit", "large"],
+)
+def test_stored_statistics_are_numpys_on_the_stored_frames(
+    tmp_path, sensor, binning, bit_depth, triggered
+):
+    camera = SimulatedSCMOS(shape=sensor, seed=5, camera_buffer_frames=1000)
     camera.open()
     camera.configure(CameraSettings(exposure_time=0.0005, binning=binning, bit_depth=bit_depth))
     path = tmp_path / "run.h5"
     options = PipelineOptions(ring_frames=4)
     stream = FrameStream(camera, path, options, regions=ODD_REGIONS, triggered=triggered)
     stream.open()
-    assert stream.measures_here is triggered
+    large = sensor[0] // binning * sensor[1] // binning * 2 >= stats.SMALL_FRAME_BYTES
+    assert stream.measures_here is (triggered and not large)
     camera.software_trigger(25)
     stream.wait(25, timeout=30)
     reported = stream.frame_stats(0, 25)
@@ -127,7 +140,7 @@ def test_stored_statistics_are_numpys_on_the_stored_frames(tmp_path, binning, bi
             ],
             axis=1,
         )
-    assert frames.shape == (25, 62 // binning, 90 // binning)
+    assert frames.shape == (25, sensor[0] // binning, sensor[1] // binning)
     assert frames.max() < 2**bit_depth
     np.testing.assert_array_equal(reported, stored)
     rows, cols = frames.shape[1:]
