@@ -128,11 +128,10 @@ def _compiled_region_stats(frame: np.ndarray, x: int, y: int, w: int, h: int) ->
 @functools.cache
 def _sums() -> Any:
     """The compiled pass over a region's pixels, compiled once per machine (numba keeps it on
-    disk) and loaded once per process: imported here, so that processes measuring only small
-    frames never import numba."""
+    disk, or where it has nowhere to, once per process) and loaded once per process: imported
+    here, so that processes measuring only small frames never import numba."""
     import numba
 
-    @numba.njit(cache=True, nogil=True)
     def sums(frame, x, y, w, h, row_sums, column_sums):
         squares = 0
         low = high = frame[y, x]
@@ -150,7 +149,10 @@ def _sums() -> Any:
             row_sums[r] = total
         return squares, low, high
 
-    return sums
+    try:
+        return numba.njit(cache=True, nogil=True)(sums)
+    except RuntimeError:  # no directory this process may write to keep it in
+        return numba.njit(nogil=True)(sums)
 
 
 def _region_stats(pixels: np.ndarray, x0: int, y0: int, block_pixels: int) -> list[float]:

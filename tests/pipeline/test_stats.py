@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 
 import h5py
@@ -62,6 +65,22 @@ def test_compute_follows_area_detectors_definitions(shape):
     assert_stats_match(computed[0], frame, (0, 0, shape[1], shape[0]))
     for row, region in zip(computed[1:], ODD_REGIONS.values(), strict=True):
         assert_stats_match(row, frame, region)
+
+
+def test_the_compiled_pass_works_where_it_has_nowhere_to_keep_its_code(tmp_path):
+    """A read-only installation and home: numba finds no directory to cache in."""
+    script = (
+        "import numpy as np; from ophyd_scmos.pipeline import stats; "
+        f"frame = np.arange({LARGE[0] * LARGE[1]}, dtype=np.uint16).reshape({LARGE}); "
+        "print(stats.compute(frame, {'spot': (1, 2, 3, 4)})[:, 0].tolist())"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_ZipCacheLocator"}  # none applies
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    frame = np.arange(LARGE[0] * LARGE[1], dtype=np.uint16).reshape(LARGE)
+    expected = [frame.sum(dtype=np.int64), frame[2:6, 1:4].sum(dtype=np.int64)]
+    assert json.loads(done.stdout) == expected
 
 
 def test_a_dark_region_has_no_centroid():
