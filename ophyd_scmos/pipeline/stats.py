@@ -19,6 +19,7 @@ comparable. A region whose total is 0 has centroids and their sigmas NaN.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -102,10 +103,10 @@ def compute(
 def compiled(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     """Whether frames of `shape` and `dtype` are measured by one compiled pass over their
     pixels (`_sums`): large ones (measured in the writer) of an unsigned type up to 16 bits.
-    At 2048x2048 it is ~4x faster than the BLAS products, which held a full-frame movie near
+    At 2048x2048 it is 4-8x faster than the BLAS products, which held a full-frame movie near
     100 frames/s; small frames keep those, so that their processes (the acquiring one's camera
     thread among them) never load the compiler: ~1 s a process, once it has compiled."""
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     return size >= SMALL_FRAME_BYTES and dtype.kind == "u" and dtype.itemsize <= 2
 
 
