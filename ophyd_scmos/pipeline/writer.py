@@ -84,6 +84,11 @@ class RunFile:
         ]
         self.regions = config.regions
         self.stats_sent = config.stats_sent  #: they come with `Op.STATS`, not computed here
+        #: the regions whose statistics this writer computes; None: none, or the acquiring
+        #: process measures the frames and sends them
+        self.measured = None if self.stats_sent else self.regions
+        if self.measured is not None:
+            stats.prepare(spec.frame_shape, np.dtype(spec.dtype))
         self.stats_bytes = config.stats_bytes
         self.stats = (
             []
@@ -136,8 +141,7 @@ class RunFile:
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
         values = [source[slots] for source in sources]
         frames = (ring.slot(s) for s in slots)
-        # Where statistics are sent, the acquiring process measures these frames.
-        regions = None if self.stats_sent else self.regions
+        regions = self.measured
         measured: list[Future[np.ndarray]] = []
         if regions is not None and (
             len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
@@ -451,8 +455,6 @@ class WriterLoop:
             if key not in self.compressors:
                 self.compressors[key] = ChunkCompressor(codec, config.ring.dtype)
             compressor = self.compressors[key]
-        if config.regions is not None and not config.stats_sent:
-            stats.prepare(config.ring.frame_shape, np.dtype(config.ring.dtype))
         self.file = RunFile(config, self.ring, compressor, self.status, self.measurer)
         self.file.report(State.OPEN, path=self.file.path)
 
