@@ -215,6 +215,8 @@ class DriverBase(abc.ABC):
             raise ValueError(f"out must be a uint16 ndarray; got {getattr(out, 'dtype', out)!r}")
         if out.shape != self.frame_shape:
             raise ValueError(f"out must have shape {self.frame_shape}; got {out.shape}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous, as a ring's slot is")
         return self._read(out, timeout)
 
     # -- what a driver supplies --------------------------------------------------------------

@@ -143,5 +143,6 @@ class CameraDriver(Protocol):
         ...
 
     def read_into(self, out: np.ndarray, timeout: float) -> FrameInfo:
-        """Block until the next frame, copy it into `out`; TimeoutError if none in `timeout` s."""
+        """Block until the next frame, copy it into `out` (C-contiguous, `frame_shape`,
+        uint16); TimeoutError if none in `timeout` s."""
         ...

@@ -219,11 +219,18 @@ class _FrameBank:
         ]
 
     def compose(self, k: int, out: np.ndarray) -> None:
-        """Write frame k into `out`: one slice copy per strip, no full-frame temporaries."""
+        """Write frame k into `out` (C-contiguous): one copy per strip, no full-frame
+        temporaries. The copies are memoryviews', which keep the interpreter's lock: numpy's
+        let it go for each strip, and a camera thread sharing a RunEngine's process then
+        waited to take it back, up to 16 times a frame (a 256x256 frame took ~0.5 ms, not
+        25 us, and its step scan ran 3-5% slower)."""
         n = len(self.frames)
         cycle = k // n
+        row = out.strides[0]
+        into = out.data.cast("B")
         for lo, hi, start, step in self._strips:
-            np.copyto(out[lo:hi], self.frames[(k + start + cycle * step) % n, lo:hi])
+            frame = self.frames[(k + start + cycle * step) % n].data.cast("B")
+            into[lo * row : hi * row] = frame[lo * row : hi * row]
 
 
 #: the bank built last, after whose it is (see `SimulatedSCMOS._shared_bank`)

@@ -191,6 +191,9 @@ def test_read_into_rejects_a_wrong_buffer(harness):
         driver.read_into(np.empty((10, 10), np.uint16), 0.1)
     with pytest.raises(ValueError, match="uint16"):
         driver.read_into(np.empty(driver.frame_shape, np.float32), 0.1)
+    rows, columns = driver.frame_shape
+    with pytest.raises(ValueError, match="contiguous"):
+        driver.read_into(np.empty((rows, 2 * columns), np.uint16)[:, ::2], 0.1)
 
 
 def test_missed_frames_are_found_from_frame_number_gaps(harness):
