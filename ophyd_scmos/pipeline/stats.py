@@ -89,14 +89,14 @@ def compute(
     (the whole frame first), one column per `STATS` entry, float64. `block_pixels`: see
     `UNTHREADED_BLOCK_PIXELS`."""
     out = np.empty((1 + len(regions), len(STATS)))
-    if compiled(frame.shape, frame.dtype):
-        rows, columns = frame.shape
-        for i, (x, y, w, h) in enumerate([(0, 0, columns, rows), *regions.values()]):
-            out[i] = _compiled_region_stats(frame, x, y, w, h)
-        return out
-    out[0] = _region_stats(frame, 0, 0, block_pixels)
-    for i, (x, y, w, h) in enumerate(regions.values(), start=1):
-        out[i] = _region_stats(frame[y : y + h, x : x + w], x, y, block_pixels)
+    rows, columns = frame.shape
+    in_one_pass = compiled(frame.shape, frame.dtype)
+    for i, (x, y, w, h) in enumerate([(0, 0, columns, rows), *regions.values()]):
+        out[i] = (
+            _compiled_region_stats(frame, x, y, w, h)
+            if in_one_pass
+            else _region_stats(frame[y : y + h, x : x + w], x, y, block_pixels)
+        )
     return out
 
 
