@@ -321,6 +321,8 @@ class SCMOSCamera(Device):
         self.rois = rois or {}
         #: this point's statistics: data key -> (value, timestamp)
         self._stat_readings: dict[str, tuple[float, float]] = {}
+        self._stat_keys_made_for: tuple | None = None
+        self._stat_key_table: dict[str, tuple[int, int, str]] = {}
         self._live = LiveControl(name, driver, self._focus_ring)
         self._announce()
 
@@ -378,18 +380,22 @@ class SCMOSCamera(Device):
             )
         self._stats_hinted = hinted
 
-    def _stat_keys(self) -> dict[str, tuple[int, str, str]]:
-        """Data key -> (row in `stats.compute`'s values, region in the file, statistic) of
-        each reading."""
-        if not self.statistics:
-            return {}
-        prefixes = {f"{self.name}_stats": stats.FRAME}
-        prefixes.update({f"{self.name}_{r}": r for r in self.rois})
-        return {
-            f"{prefix}_{stat}": (row, region, stat)
-            for row, (prefix, region) in enumerate(prefixes.items())
-            for stat in self.stats_read
-        }
+    def _stat_keys(self) -> dict[str, tuple[int, int, str]]:
+        """Data key -> (row, column) of its value in `stats.compute`'s values and its region
+        in the file, of each reading; made again only when the camera's name, regions or
+        statistics read change (every event reads them)."""
+        made_for = (self.name, self.statistics, self.stats_read, tuple(self.rois))
+        if self._stat_keys_made_for != made_for:
+            prefixes = {f"{self.name}_stats": stats.FRAME}
+            prefixes.update({f"{self.name}_{r}": r for r in self.rois})
+            columns = [stats.STATS.index(stat) for stat in self.stats_read]
+            self._stat_key_table = {
+                f"{prefix}_{stats.STATS[column]}": (row, column, region)
+                for row, (prefix, region) in enumerate(prefixes.items() if self.statistics else ())
+                for column in columns
+            }
+            self._stat_keys_made_for = made_for
+        return self._stat_key_table
 
     def _stat_key(self, external: str | None = None) -> dict[str, Any]:
         key = {
@@ -401,10 +407,9 @@ class SCMOSCamera(Device):
         return key if external is None else {**key, "external": external}
 
     def _record_stats(self, values: np.ndarray) -> None:
-        now = time.time()
+        now, table = time.time(), values.tolist()
         self._stat_readings = {
-            key: (float(values[row, stats.STATS.index(stat)]), now)
-            for key, (row, _, stat) in self._stat_keys().items()
+            key: (table[row][column], now) for key, (row, column, _) in self._stat_keys().items()
         }
 
     def read(self) -> dict[str, dict[str, Any]]:
@@ -431,7 +436,11 @@ class SCMOSCamera(Device):
     def hints(self) -> dict[str, list[str]]:
         fields = list(super().hints["fields"])
         hinted = self.stats_hinted
-        fields += [key for key, (_, _, stat) in self._stat_keys().items() if stat in hinted]
+        fields += [
+            key
+            for key, (_, column, _) in self._stat_keys().items()
+            if stats.STATS[column] in hinted
+        ]
         return {"fields": fields}
 
     def destroy(self) -> None:
@@ -1003,8 +1012,8 @@ class SCMOSCamera(Device):
                 self.frame_time.name: layout.TIMESTAMP,
                 self._host_time_key: layout.HOST_TIMESTAMP,
                 **{
-                    key: layout.stats_path(region, stat)
-                    for key, (_, region, stat) in self._stat_keys().items()
+                    key: layout.stats_path(region, stats.STATS[column])
+                    for key, (_, column, region) in self._stat_keys().items()
                 },
             },
             frames_per_point=1,

@@ -155,8 +155,16 @@ def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam)
             assert getattr(cam, setting) == before
     finally:
         cam.unstage()
+    assert "cam_spot_sigma_y" in cam.describe()
     cam.stats_read = ("total", "max")  # unstaged, it changes again
     assert cam.stats_read == ("total", "max")
+    cam.rois["edge"] = (0, 0, 96, 1)
+    # The readings follow every change: those of the regions and statistics now set.
+    expected = {f"cam_{r}_{s}" for r in ("stats", "spot", "edge") for s in ("total", "max")}
+    assert {k for k in cam.describe() if k.startswith(("cam_stats", "cam_spot", "cam_edge"))} == (
+        expected
+    )
+    assert expected <= set(cam.read())
     with h5py.File(cam.file_path.get(), "r") as f:
         assert list(f[layout.STATS_GROUP]) == [stats.FRAME, "spot"]
 
