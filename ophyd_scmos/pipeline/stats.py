@@ -19,7 +19,6 @@ comparable. A region whose total is 0 has centroids and their sigmas NaN.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -83,39 +82,40 @@ def check_regions(
 
 
 def compute(
-    frame: np.ndarray, regions: Mapping[str, Region], block_pixels: int = BLOCK_PIXELS
+    frame: np.ndarray,
+    regions: Mapping[str, Region],
+    block_pixels: int = BLOCK_PIXELS,
+    *,
+    compiled: bool = False,
 ) -> np.ndarray:
     """The statistics of `frame` over the whole frame and each region: one row per region
-    (the whole frame first), one column per `STATS` entry, float64. `block_pixels`: see
-    `UNTHREADED_BLOCK_PIXELS`."""
+    (the whole frame first), one column per `STATS` entry, float64. `compiled`: in one
+    compiled pass over the pixels (`prepare` first), else by BLAS products over blocks of
+    `block_pixels` (see `UNTHREADED_BLOCK_PIXELS`)."""
     out = np.empty((1 + len(regions), len(STATS)))
     rows, columns = frame.shape
-    in_one_pass = compiled(frame.shape, frame.dtype)
     for i, (x, y, w, h) in enumerate([(0, 0, columns, rows), *regions.values()]):
         out[i] = (
             _compiled_region_stats(frame, x, y, w, h)
-            if in_one_pass
+            if compiled
             else _region_stats(frame[y : y + h, x : x + w], x, y, block_pixels)
         )
     return out
 
 
-def compiled(shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    """Whether frames of `shape` and `dtype` are measured by one compiled pass over their
-    pixels (`_sums`): large ones (measured in the writer) of an unsigned type up to 16 bits.
-    At 2048x2048 it is 4-8x faster than the BLAS products, which held a full-frame movie near
-    100 frames/s; small frames keep those, so that their processes (the acquiring one's camera
-    thread among them) never load the compiler: ~1 s a process, once it has compiled."""
-    size = math.prod(shape) * dtype.itemsize
-    return size >= SMALL_FRAME_BYTES and dtype.kind == "u" and dtype.itemsize <= 2
-
-
-def prepare(shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Load (or compile, the first time on a machine) the pass that measures frames of `shape`
-    and `dtype`, if they take it: before a run's first frame, which would otherwise wait ~1 s
-    for it while the ring fills."""
-    if compiled(shape, dtype):
-        _compiled_region_stats(np.zeros((1, 1), dtype), 0, 0, 1, 1)
+def prepare(dtype: np.dtype) -> bool:
+    """Load (or compile, the first time on a machine) the compiled pass for frames of
+    `dtype`, if it takes them (unsigned, up to 16 bits), and say whether it does. The writer
+    measures with it, frames of any size: 3-4x faster than the BLAS products at 512x512, 4-8x
+    at 2048x2048, where the products held a full-frame movie near 100 frames/s. Loading costs
+    ~1 s a process (compiling it ~2 s, once a machine), which the writer pays when it opens
+    the first file it measures, before the run's first frame (which would otherwise wait for
+    it while the ring fills); the acquiring process, which measures small frames in step
+    scans, keeps the products and never loads the compiler."""
+    if dtype.kind != "u" or dtype.itemsize > 2:
+        return False
+    _compiled_region_stats(np.zeros((1, 1), dtype), 0, 0, 1, 1)
+    return True
 
 
 def _compiled_region_stats(frame: np.ndarray, x: int, y: int, w: int, h: int) -> list[float]:

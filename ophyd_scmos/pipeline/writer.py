@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import heapq
 import io
 import itertools
@@ -87,8 +88,8 @@ class RunFile:
         #: the regions whose statistics this writer computes; None: none, or the acquiring
         #: process measures the frames and sends them
         self.measured = None if self.stats_sent else self.regions
-        if self.measured is not None:
-            stats.prepare(spec.frame_shape, np.dtype(spec.dtype))
+        #: whether they are measured in one compiled pass (else by BLAS products)
+        self.compiled = self.measured is not None and stats.prepare(np.dtype(spec.dtype))
         self.stats_bytes = config.stats_bytes
         self.stats = (
             []
@@ -146,7 +147,8 @@ class RunFile:
         if regions is not None and (
             len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
         ):
-            measured = [self.measurer.submit(stats.compute, ring.slot(s), regions) for s in slots]
+            measure = functools.partial(stats.compute, regions=regions, compiled=self.compiled)
+            measured = [self.measurer.submit(measure, ring.slot(s)) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
         if self.data is not None:
@@ -160,7 +162,8 @@ class RunFile:
                 if measured:
                     computed.append(measured[done - start].result())
                 elif regions is not None:
-                    computed.append(stats.compute(ring.slot(slots[done - start]), regions))
+                    frame = ring.slot(slots[done - start])
+                    computed.append(stats.compute(frame, regions, compiled=self.compiled))
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)

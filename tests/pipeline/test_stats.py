@@ -51,20 +51,28 @@ def assert_stats_match(values: np.ndarray, frame: np.ndarray, region) -> None:
         assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
 
 
-#: a frame the writer measures in one compiled pass (odd sides: no pass may assume even ones)
+#: a frame larger than a BLAS block (odd sides: no pass may assume even ones)
 LARGE = (725, 731)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["products", "compiled"])
 @pytest.mark.parametrize("shape", [(31, 45), LARGE], ids=["small", "large"])
-def test_compute_follows_area_detectors_definitions(shape):
+def test_compute_follows_area_detectors_definitions(shape, compiled):
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 2**16, shape).astype(np.uint16)
-    assert stats.compiled(shape, frame.dtype) is (shape == LARGE)
-    computed = stats.compute(frame, ODD_REGIONS)
+    assert stats.prepare(frame.dtype)
+    computed = stats.compute(frame, ODD_REGIONS, compiled=compiled)
     assert computed.shape == (4, len(stats.STATS))
     assert_stats_match(computed[0], frame, (0, 0, shape[1], shape[0]))
     for row, region in zip(computed[1:], ODD_REGIONS.values(), strict=True):
         assert_stats_match(row, frame, region)
+
+
+def test_the_compiled_pass_takes_unsigned_frames_up_to_16_bits():
+    """Its integer sums cannot overflow there; other frames keep the BLAS products."""
+    assert stats.prepare(np.dtype(np.uint8)) and stats.prepare(np.dtype(np.uint16))
+    for other in (np.uint32, np.int16, np.float32):
+        assert not stats.prepare(np.dtype(other)), other
 
 
 def test_the_compiled_pass_works_where_it_has_nowhere_to_keep_its_code(tmp_path):
@@ -72,7 +80,8 @@ def test_the_compiled_pass_works_where_it_has_nowhere_to_keep_its_code(tmp_path)
     script = (
         "import numpy as np; from ophyd_scmos.pipeline import stats; "
         f"frame = np.arange({LARGE[0] * LARGE[1]}, dtype=np.uint16).reshape({LARGE}); "
-        "print(stats.compute(frame, {'spot': (1, 2, 3, 4)})[:, 0].tolist())"
+        "assert stats.prepare(frame.dtype); "
+        "print(stats.compute(frame, {'spot': (1, 2, 3, 4)}, compiled=True)[:, 0].tolist())"
     )
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_ZipCacheLocator"}  # none applies
     done = subprocess.run(
