@@ -214,8 +214,9 @@ class SCMOSCamera(Device):
     `asset_docs` for step scans (`resource`: AD_HDF5 Resource/Datum, read by databroker and
     Tiled; `stream`: StreamResource/StreamDatum, read by Tiled only), `rois` (named regions,
     see `rois`), `statistics` (False: none computed, no statistics readings), `stats_read`
-    and `stats_hinted` (which statistics are readings, and which of those are hinted for
-    live plots and peak finding: the totals by default, where read), `save_images` (False:
+    and `stats_hinted` (which statistics are readings, by default total, max and the
+    centroids, and which of those are hinted for live plots and peak finding, the totals by
+    default; the file keeps all nine of every frame whatever is read), `save_images` (False:
     the file keeps every frame's statistics, number and timestamps but not the frame; also a
     setting, `cam.save_images`).
 
@@ -272,7 +273,7 @@ class SCMOSCamera(Device):
         asset_docs: str = "resource",
         rois: Mapping[str, Sequence[int]] | None = None,
         statistics: bool = True,
-        stats_read: Sequence[str] = stats.STATS,
+        stats_read: Sequence[str] = stats.READ,
         stats_hinted: Sequence[str] | None = None,
         save_images: bool = True,
         **kwargs: Any,

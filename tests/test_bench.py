@@ -139,6 +139,8 @@ def test_bench_reports_what_statistics_cost(tmp_path, capsys):
     assert "statistics:" in table
     stats = results["statistics"]
     assert stats["count 256x256"]["per_s"]["on"] > 0
+    assert stats["count 256x256"]["per_s"]["all nine read"] > 0
+    assert "all nine read (18 readings an event)" in table
     assert stats["movie 2048x2048"]["per_s"]["off"] > 0
 
 

@@ -22,6 +22,7 @@ def stored_frames(cam: SCMOSCamera) -> np.ndarray:
 
 def test_statistics_are_readings_of_every_event(cam, RE, recorder):
     cam.rois["spot"] = (7, 5, 11, 13)  # odd sizes, in the 96x64 frame
+    cam.stats_read = stats.STATS  # all nine
     RE(count([cam], num=4))
     (descriptor,) = recorder.of("descriptor")
     for name, doc in recorder.docs:
@@ -43,8 +44,27 @@ def test_statistics_are_readings_of_every_event(cam, RE, recorder):
             assert event["data"][f"cam_spot_{stat}"] == pytest.approx(spot[stat], rel=1e-9)
 
 
+def test_a_camera_reads_what_an_alignment_plots_and_stores_every_statistic(cam, RE, recorder):
+    """Total, max and the centroids are readings by default (each reading costs every
+    event); the file has all nine of every frame."""
+    cam.rois["spot"] = (7, 5, 11, 13)
+    RE(count([cam], num=2))
+    (descriptor,) = recorder.of("descriptor")
+    read = {k for k in descriptor["data_keys"] if k.startswith(("cam_stats_", "cam_spot_"))}
+    assert read == {
+        f"cam_{region}_{stat}"
+        for region in ("stats", "spot")
+        for stat in ("total", "max", "centroid_x", "centroid_y")
+    }
+    with h5py.File(cam.file_path.get(), "r") as f:
+        for region in (stats.FRAME, "spot"):
+            for stat in stats.STATS:
+                assert f[layout.stats_path(region, stat)].shape == (2,), (region, stat)
+
+
 def test_a_points_statistics_are_its_frames_summed(cam, RE, recorder):
     cam.frames_per_point.set(3)
+    cam.stats_read = stats.STATS
     cam.rois["spot"] = (20, 10, 9, 7)
     RE(count([cam], num=2))
     frames = stored_frames(cam).reshape(2, 3, 64, 96)
@@ -59,6 +79,7 @@ def test_binning_and_12_bit_statistics_match_the_stored_frames(cam, RE, recorder
     cam.binning.set(2)
     cam.bit_depth.set(12)
     cam.rois["spot"] = (3, 1, 5, 31)  # the 48x32 binned frame's pixels
+    cam.stats_read = stats.STATS
     RE(count([cam], num=3))
     frames = stored_frames(cam)
     assert frames.shape == (3, 32, 48) and frames.max() <= 4095
@@ -155,7 +176,7 @@ def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam)
             assert getattr(cam, setting) == before
     finally:
         cam.unstage()
-    assert "cam_spot_sigma_y" in cam.describe()
+    assert "cam_spot_centroid_y" in cam.describe()
     cam.stats_read = ("total", "max")  # unstaged, it changes again
     assert cam.stats_read == ("total", "max")
     cam.rois["edge"] = (0, 0, 96, 1)

@@ -74,6 +74,7 @@ def test_a_count_without_images_replays_its_statistics_from_the_catalog(
 ):
     cam.save_images.set(False)
     cam.rois["spot"] = SPOT
+    cam.stats_read = stats.STATS
     RE.subscribe(TiledWriter(catalog))
     RE(count([cam], num=4))
     names = [name for name, _ in recorder.docs]

@@ -275,7 +275,7 @@ def _live(rounds: int, frames: int, scratch: Path, say: _Printer) -> dict[str, A
 def _statistics(args: argparse.Namespace, scratch: Path, say: _Printer) -> dict[str, Any]:
     say.header(
         f"statistics: every frame's (whole frame and one region) on vs off, medians of "
-        f"{args.stats} rounds"
+        f"{args.stats} rounds (on: total, max, centroid_x/y read, all nine stored)"
     )
     results = probes.statistics_cost(args.stats, args.stats_frames, args.pace_events, scratch)
     for label in ("movie 512x512", "movie 2048x2048", "count 256x256"):
@@ -285,6 +285,12 @@ def _statistics(args: argparse.Namespace, scratch: Path, say: _Printer) -> dict[
             f"  {label:16s} on {r['per_s']['on']:7.1f} {unit}   off {r['per_s']['off']:7.1f} "
             f"{unit}   on/off {r['on_vs_off']:5.2f}"
         )
+        if probes.ALL_READ in r["per_s"]:
+            say(
+                f"  {'':16s} on {r['per_s'][probes.ALL_READ]:7.1f} {unit}, "
+                f"{probes.ALL_READ} (18 readings an event): on/off "
+                f"{r[probes.ALL_READ + '_vs_off']:5.2f}"
+            )
     return results
 
 
