@@ -1,9 +1,10 @@
 """Statistics of every frame, for the whole frame and for named regions, as areaDetector's.
 
 They are computed on the ring slot a frame is stored from (no copy of the frame), so they
-describe exactly the frames in the file: by the writer, or for a software-triggered camera's
-small frames by the camera's thread in the acquiring process, beside the frame's write in the
-writer process (which stores the values it is sent). The definitions are those of areaDetector's
+describe exactly the frames in the file: by the writer (in one compiled pass), or for a
+software-triggered camera's small frames by the camera's thread in the acquiring process (by
+BLAS products), beside the frame's write in the writer process (which stores the values it is
+sent). The definitions are those of areaDetector's
 NDPluginStats, for the pixels I(x, y) of a region (x the column, y the row):
 
 - ``total`` = sum I; ``mean`` = total / N (N pixels); ``min``, ``max``;
@@ -135,7 +136,7 @@ def _compiled_region_stats(frame: np.ndarray, x: int, y: int, w: int, h: int) ->
 def _sums() -> Any:
     """The compiled pass over a region's pixels, compiled once per machine (numba keeps it on
     disk, or where it has nowhere to, once per process) and loaded once per process: imported
-    here, so that processes measuring only small frames never import numba."""
+    here, so that processes measuring only with the BLAS products never import numba."""
     import numba
 
     def sums(frame, x, y, w, h, row_sums, column_sums):
