@@ -4,8 +4,8 @@ They are computed on the ring slot a frame is stored from (no copy of the frame)
 describe exactly the frames in the file: by the writer (in one compiled pass), or for a
 software-triggered camera's small frames by the camera's thread in the acquiring process (by
 BLAS products), beside the frame's write in the writer process (which stores the values it is
-sent). The definitions are those of areaDetector's
-NDPluginStats, for the pixels I(x, y) of a region (x the column, y the row):
+sent). The definitions are those of areaDetector's NDPluginStats, for the pixels I(x, y) of a
+region (x the column, y the row):
 
 - ``total`` = sum I; ``mean`` = total / N (N pixels); ``min``, ``max``;
 - ``sigma`` = sqrt(sum (I - mean)^2 / N), the pixels' population standard deviation;

@@ -26,6 +26,7 @@ import json
 import os
 import select
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import Any, TextIO
 
@@ -85,11 +86,13 @@ class RunFile:
         ]
         self.regions = config.regions
         self.stats_sent = config.stats_sent  #: they come with `Op.STATS`, not computed here
-        #: the regions whose statistics this writer computes; None: none, or the acquiring
+        #: how this writer measures a frame's statistics (in one compiled pass where it takes
+        #: the frames' type, else by BLAS products); None: there are none, or the acquiring
         #: process measures the frames and sends them
-        self.measured = None if self.stats_sent else self.regions
-        #: whether they are measured in one compiled pass (else by BLAS products)
-        self.compiled = self.measured is not None and stats.prepare(np.dtype(spec.dtype))
+        self.measure: Callable[[np.ndarray], np.ndarray] | None = None
+        if self.regions is not None and not self.stats_sent:
+            compiled = stats.prepare(np.dtype(spec.dtype))
+            self.measure = functools.partial(stats.compute, regions=self.regions, compiled=compiled)
         self.stats_bytes = config.stats_bytes
         self.stats = (
             []
@@ -142,12 +145,11 @@ class RunFile:
         sources = (ring.frame_number, ring.camera_timestamp, ring.host_timestamp)
         values = [source[slots] for source in sources]
         frames = (ring.slot(s) for s in slots)
-        regions = self.measured
+        measure = self.measure
         measured: list[Future[np.ndarray]] = []
-        if regions is not None and (
+        if measure is not None and (
             len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
         ):
-            measure = functools.partial(stats.compute, regions=regions, compiled=self.compiled)
             measured = [self.measurer.submit(measure, ring.slot(s)) for s in slots]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
@@ -161,9 +163,8 @@ class RunFile:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
                 if measured:
                     computed.append(measured[done - start].result())
-                elif regions is not None:
-                    frame = ring.slot(slots[done - start])
-                    computed.append(stats.compute(frame, regions, compiled=self.compiled))
+                elif measure is not None:
+                    computed.append(measure(ring.slot(slots[done - start])))
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
