@@ -81,6 +81,7 @@ def plain_write(
             f.write(bank[k % len(bank)])
             if write_behind:
                 behind.advance(f.tell())
+        behind.close()
         closed = time.perf_counter()
         os.fsync(f.fileno())
     return closed - t0, time.perf_counter() - t0

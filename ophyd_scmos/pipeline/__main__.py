@@ -42,6 +42,8 @@ def main() -> int:
                 file.flush()
             written = file.flushed
             with contextlib.suppress(Exception):
+                file.behind.close()  # a writeback's failure, if any, is told after this one
+            with contextlib.suppress(Exception):
                 file.file.close()  # a close that returns has written the metadata
                 written = file.written
                 file.record_outcome(complete=False, error=message)

@@ -4,8 +4,11 @@ Left alone, Linux lets gigabytes of dirty pages pile up, starts writing them lat
 stalls the writer until they are on disk; every new page is fresh memory as well. Streaming
 writers do better (see `ophyd-scmos bench`, "plain write, write-behind"): start writeback of
 each window as soon as it is written, wait for the window before it, and drop that one from
-the page cache. Dirty memory stays at two windows, the disk is busy from the first frame, and
-a crash of the machine loses at most those two windows.
+the page cache. A thread does the pushing and the waiting, so the writer waits for the disk
+only when the disk is a window behind. The page cache holds at most four windows of the file
+(the one being written, one waiting to be pushed, one being pushed, the one before it on its
+way to disk), the disk is busy from the first frame, and a crash of the machine loses at most
+those four windows.
 
 Linux only (sync_file_range); elsewhere `WriteBehind` does nothing and the kernel decides.
 A bandwidth cap (`limit`, bytes/s) paces the pushes on any system: it leaves a shared disk's
@@ -18,7 +21,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import queue
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +58,15 @@ _SYNC_FILE_RANGE = _sync_file_range()
 
 
 class WriteBehind:
-    """Follows the end of one file descriptor's file as it grows (appends only)."""
+    """Follows the end of one file descriptor's file as it grows (appends only).
+
+    Its own thread starts each window's writeback and waits for the window before it, so the
+    writer goes on writing meanwhile (a step scan's trigger, which waits for the writer, then
+    never waits for the disk too; a movie's frames go on to the file while the disk catches
+    up). `advance` waits only when a window it hands over finds the one before it not taken
+    yet. A failed writeback is raised by the next `advance` or by `close`, which must come
+    before the file descriptor is closed.
+    """
 
     def __init__(self, fd: int, window: int = WINDOW, limit: float | None = None):
         if limit is not None and not limit > 0:
@@ -61,9 +74,11 @@ class WriteBehind:
         self.fd = fd
         self.window = window
         self.limit = limit
-        self.pushed = 0  #: bytes whose writeback has started
-        self._previous: tuple[int, int] | None = None  #: last window pushed, not yet waited for
+        self.pushed = 0  #: bytes handed to writeback
         self._start: float | None = None  #: when the first bytes came, for the limit
+        self._windows: queue.Queue[tuple[int, int] | None] = queue.Queue(1)
+        self._failure: OSError | None = None
+        self._pusher: threading.Thread | None = None
 
     def advance(self, end: int) -> None:
         """The file now ends at `end`: push the new bytes once they make a window."""
@@ -73,14 +88,42 @@ class WriteBehind:
             return
         if self.limit is not None:  # no faster than `limit` since the first bytes
             time.sleep(max(0.0, self._start + end / self.limit - time.monotonic()))
+        self._raise_failure()
         if _SYNC_FILE_RANGE is not None:
-            self._call(self.pushed, end - self.pushed, _WRITE)
-            if self._previous is not None:
-                start, length = self._previous
-                self._call(start, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-                os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
-        self._previous = (self.pushed, end - self.pushed)
+            if self._pusher is None:
+                self._pusher = threading.Thread(target=self._push, name="write-behind", daemon=True)
+                self._pusher.start()
+            self._windows.put((self.pushed, end - self.pushed))
         self.pushed = end
+
+    def close(self) -> None:
+        """Wait for the windows handed over to be on their way to disk (the file descriptor
+        may then be closed); raise if writing one failed."""
+        if self._pusher is not None:
+            self._windows.put(None)
+            self._pusher.join()
+            self._pusher = None
+        self._raise_failure()
+
+    def _push(self) -> None:
+        """Start each window's writeback, then wait for the one before and drop it from the
+        page cache."""
+        previous = None
+        while (window := self._windows.get()) is not None:
+            if self._failure is not None:
+                continue  # the writer is told at its next call; drain until `close`
+            try:
+                self._call(*window, _WRITE)
+                if previous is not None:
+                    self._call(*previous, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
+                    os.posix_fadvise(self.fd, *previous, os.POSIX_FADV_DONTNEED)
+            except OSError as exc:
+                self._failure = exc
+            previous = window
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     def _call(self, start: int, length: int, flags: int) -> None:
         assert _SYNC_FILE_RANGE is not None

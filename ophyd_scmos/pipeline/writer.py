@@ -258,10 +258,18 @@ class RunFile:
         self.truncate(keep)
         self.store_stats(force=True)
         self.flush()
-        self.file.close()
+        self.close()
         self.record_outcome(complete, error)
         fsync_path(self.path)
         self.report(State.CLOSED, complete=complete)
+
+    def close(self) -> None:
+        """Close the file once its write-behind has let go of it (a failed writeback raises
+        here, after the file is closed)."""
+        try:
+            self.behind.close()
+        finally:
+            self.file.close()
 
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
         """After closing (`Outcome.store`); HEADROOM leaves room for it on a full disk."""

@@ -6,6 +6,7 @@ import ctypes
 import mmap
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -44,11 +45,12 @@ def test_windows_behind_the_last_two_leave_the_page_cache_and_the_bytes_stay(tmp
         for piece in np.split(data, 24):
             f.write(piece)
             behind.advance(f.tell())
+        behind.close()  # every window handed over has been pushed
         resident = resident_pages(path, data.nbytes)
     assert behind.pushed == data.nbytes
     per_window = WINDOW // mmap.PAGESIZE
-    # windows 0-3 were pushed, waited for and dropped; 4 and 5 are still on their way
-    assert resident[: 4 * per_window].sum() == 0
+    # windows 0-4 were pushed, waited for and dropped; 5 is still on its way
+    assert resident[: 5 * per_window].sum() == 0
     np.testing.assert_array_equal(np.fromfile(path, np.uint8), data)
 
 
@@ -56,8 +58,46 @@ def test_windows_behind_the_last_two_leave_the_page_cache_and_the_bytes_stay(tmp
 def test_a_failed_writeback_is_an_error_not_silence(tmp_path):
     fd = os.open(tmp_path / "f.bin", os.O_WRONLY | os.O_CREAT)
     os.close(fd)  # sync_file_range on it fails (EBADF), as it would on a disk's I/O error
+    behind = WriteBehind(fd, window=1)
+    behind.advance(10)  # handed over: the failure comes on the pushing thread
     with pytest.raises(OSError, match="writing the file to disk failed"):
-        WriteBehind(fd, window=1).advance(10)
+        behind.close()
+    with pytest.raises(OSError, match="writing the file to disk failed"):
+        behind.advance(20)  # and nothing more is handed over
+
+
+@linux_only
+def test_the_writer_waits_for_the_disk_only_when_it_is_a_window_behind(tmp_path, monkeypatch):
+    """A disk that does not answer (each writeback blocks until `disk` is set) holds the
+    pushing thread, not `advance`, until a window finds the one before it not taken."""
+    disk = threading.Event()
+    calls = []
+
+    def slow_sync_file_range(fd, start, length, flags):
+        calls.append((start, length, flags))
+        disk.wait()
+        return 0
+
+    monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", slow_sync_file_range)
+    with open(tmp_path / "f.bin", "wb", buffering=0) as f:
+        behind = WriteBehind(f.fileno(), window=WINDOW)
+        behind.advance(WINDOW)  # taken by the thread, which waits for the disk
+        behind.advance(2 * WINDOW)  # waits in the queue
+        third = threading.Thread(target=behind.advance, args=(3 * WINDOW,))
+        third.start()
+        third.join(0.5)
+        assert third.is_alive()  # the disk is a window behind: the writer waits
+        assert calls == [(0, WINDOW, writeback._WRITE)]
+        disk.set()
+        third.join(10)
+        assert not third.is_alive()
+        behind.close()
+    assert behind.pushed == 3 * WINDOW
+    assert [c[:2] for c in calls if c[2] == writeback._WRITE] == [
+        (0, WINDOW),
+        (WINDOW, WINDOW),
+        (2 * WINDOW, WINDOW),
+    ]
 
 
 def test_a_bandwidth_limit_paces_the_pushes(tmp_path):
