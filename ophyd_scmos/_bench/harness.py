@@ -10,11 +10,11 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -24,6 +24,8 @@ from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS, TriggerMode
 from ophyd_scmos.pipeline.options import DEFAULT_RING_MB, PipelineOptions
 from ophyd_scmos.pipeline.stream import FrameStream
 from ophyd_scmos.pipeline.writeback import WriteBehind, fsync_path
+
+T = TypeVar("T")
 
 PLAIN = "plain file write"
 PLAIN_BEHIND = "plain, write-behind"
@@ -190,6 +192,14 @@ def capped(
     return _timings(shape, n, *_rounds(jobs, scratch, repeat))
 
 
+def rotated(items: Sequence[T], r: int) -> list[T]:
+    """`items` in the order of round `r`: each round starts one place later, so that no
+    variant always runs first or after the same one. A run's place alone moves its rate by up
+    to 10% on this VM (the same variant in two places of one round, paired over 8 rounds)."""
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
+
+
 def _rounds(
     jobs: dict[str, Job], scratch: Path, repeat: int
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, int]]:
@@ -197,9 +207,8 @@ def _rounds(
     the same page cache): its (closed, fsync) seconds per round, and its file's size."""
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
     sizes: dict[str, int] = {}
-    names = list(jobs)
     for r in range(repeat):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(list(jobs), r):
             path = scratch / "bench.out"
             os.sync()
             runs[name].append(jobs[name](path))

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos._bench.cameras import EXPOSURE
+from ophyd_scmos._bench.harness import rotated
 from ophyd_scmos.catalog.local_server import IDLE_ENV
 from ophyd_scmos.config import CONFIG_ENV
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
@@ -241,11 +242,12 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             return time.perf_counter() - t0
 
         def one_event_runs(times: int) -> dict[str, list[float]]:
-            """Seconds of `times` one-event runs of each, alternating."""
-            runs: dict[str, list[float]] = {"ophyd.sim det": [], "SCMOSCamera": []}
-            for _ in range(times):
-                runs["ophyd.sim det"].append(seconds(count([det], num=1)))
-                runs["SCMOSCamera"].append(seconds(count([small], num=1)))
+            """Seconds of `times` one-event runs of each, in rotated order."""
+            detectors = {"ophyd.sim det": det, "SCMOSCamera": small}
+            runs: dict[str, list[float]] = {name: [] for name in detectors}
+            for r in range(times):
+                for name in rotated(list(detectors), r):
+                    runs[name].append(seconds(count([detectors[name]], num=1)))
             waits.clear()
             return runs
 
@@ -264,17 +266,21 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
             plans[PEER] = peer
         tiled: dict[str, list[float]] = {name: [] for name in plans}
         cpu: dict[str, list[float]] = {name: [] for name in plans}
-        for _ in range(rounds):
-            for name, plan in plans.items():
-                tiled[name].append(events / seconds(plan(), cpu[name]))
+        for r in range(rounds):
+            for name in rotated(list(plans), r):
+                tiled[name].append(events / seconds(plans[name](), cpu[name]))
         RE.unsubscribe(token)
         open_s = _open_catalog_seconds(scratch / "pace-catalog", rounds)
         full_frames = max(events // 5, 50)
         RE(count([full], num=1))
         stepped: dict[str, list[float]] = {"count": [], "movie": []}
-        for _ in range(rounds):
-            stepped["count"].append(full_frames / seconds(count([full], num=full_frames)))
-            stepped["movie"].append(full_frames / seconds(movie(full, frames=full_frames)))
+        full_plans = {
+            "count": lambda: count([full], num=full_frames),
+            "movie": lambda: movie(full, frames=full_frames),
+        }
+        for r in range(rounds):
+            for name in rotated(list(full_plans), r):
+                stepped[name].append(full_frames / seconds(full_plans[name]()))
     finally:
         small.destroy()
         full.destroy()
@@ -480,8 +486,8 @@ def live_view(rounds: int, frames: int, scratch: Path) -> dict[str, Any]:
             cam.trigger_mode.set("internal")
             cam.exposure_time.set(EXPOSURE)
             RE(movie(cam, frames=10))  # the writer starts here, once
-            for _ in range(rounds):
-                for view in ("closed", "open"):
+            for r in range(rounds):
+                for view in rotated(["closed", "open"], r):
                     page = None
                     if view == "open":
                         page = subprocess.Popen(
@@ -547,8 +553,9 @@ def statistics_cost(rounds: int, frames: int, events: int, scratch: Path) -> dic
         try:
             for cam in cams.values():
                 RE(count([cam], num=1))  # the writers start here, once
-            for _ in range(rounds):
-                for variant, cam in cams.items():
+            for r in range(rounds):
+                for variant in rotated(list(cams), r):
+                    cam = cams[variant]
                     t0 = time.perf_counter()
                     if label.startswith("count"):
                         RE(count([cam], num=events))
