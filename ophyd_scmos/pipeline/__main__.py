@@ -42,7 +42,7 @@ def main() -> int:
                 file.flush()
             written = file.flushed
             with contextlib.suppress(Exception):
-                file.behind.close()  # a writeback's failure, if any, is told after this one
+                file.behind.close()  # its thread lets go of the file; `exc` is the error told
             with contextlib.suppress(Exception):
                 file.file.close()  # a close that returns has written the metadata
                 written = file.written
