@@ -198,7 +198,8 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     detector beside them where it is installed), and a full-frame `count` beside a movie at
     the same settings. Beside them in the count, the floor: `FloorDetector`, which keeps our
     guarantee (a step's frame written by another process and flushed when its trigger
-    completes) and does nothing else. Rounds alternate the detectors, medians are quoted."""
+    completes) and does nothing else. Every round runs the detectors in a rotated order;
+    medians are quoted."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from ophyd.sim import det
@@ -469,7 +470,8 @@ print(json.dumps({
 
 def live_view(rounds: int, frames: int, scratch: Path) -> dict[str, Any]:
     """Movie frames/s at 2048x2048 and 512x512 with the live view closed and open (a page
-    process asking for every newest frame), rounds alternating; and what the page got."""
+    process asking for every newest frame), in an order rotated every round; and what the
+    page got."""
     from bluesky import RunEngine
 
     from ophyd_scmos import SCMOSCamera
@@ -520,8 +522,8 @@ def live_view(rounds: int, frames: int, scratch: Path) -> dict[str, Any]:
 # -- statistics: what every frame's statistics cost --------------------------------------------
 def statistics_cost(rounds: int, frames: int, events: int, scratch: Path) -> dict[str, Any]:
     """Movie frames/s at 512x512 and 2048x2048, and step-scan (`count`, 256x256) events/s,
-    with the statistics on (whole frame and one region) and off, rounds alternating; the
-    step scan also with all nine statistics read (the default reads four)."""
+    with the statistics on (whole frame and one region) and off, in an order rotated every
+    round; the step scan also with all nine statistics read (the default reads four)."""
     from bluesky import RunEngine
     from bluesky.plans import count
 
