@@ -656,7 +656,6 @@ class SCMOSCamera(Device):
                 attrs=self._file_attrs(),
                 on_progress=self._on_progress,
                 gated=self._mode is not TriggerMode.SOFTWARE,
-                triggered=self._mode is TriggerMode.SOFTWARE,
                 writer=writer,
                 regions=regions,
                 images=self._images,

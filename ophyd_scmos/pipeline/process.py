@@ -29,7 +29,6 @@ from ophyd_scmos.pipeline.protocol import (
     encode,
     encode_open,
     encode_run,
-    encode_stats,
 )
 from ophyd_scmos.pipeline.ring import FrameRing
 
@@ -135,10 +134,6 @@ class WriterProcess:
     def send_run(self, uid: str) -> None:
         """The run the file's frames are of, for the file's outcome."""
         self._send(encode_run(uid))
-
-    def send_stats(self, index: int, values: np.ndarray) -> None:
-        """The statistics of the file's frame `index`, measured here, for the file."""
-        self._send(encode_stats(index, values))
 
     def _send(self, data: bytes) -> None:
         with self._sending:

@@ -3,9 +3,8 @@
 The writer is started as ``python -m ophyd_scmos.pipeline`` and lives as long as the camera
 that started it, writing one run's file after another. Commands go to its stdin as
 fixed-size records (`RECORD`: an `Op` and its argument), served in order; `Op.OPEN` is
-followed by the file's `WriterConfig` as JSON, `Op.STATS` by a frame's statistics, `Op.RUN`
-by the uid of the run the file's frames are of. It
-answers on stdout with one JSON `WriterStatus` per line.
+followed by the file's `WriterConfig` as JSON, `Op.RUN` by the uid of the run the file's
+frames are of. It answers on stdout with one JSON `WriterStatus` per line.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import numpy as np
 
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.ring import RingSpec
-from ophyd_scmos.pipeline.stats import STATS, Region
+from ophyd_scmos.pipeline.stats import Region
 
 #: one command: 16 bytes, little-endian
 RECORD = np.dtype([("op", "<i8"), ("arg", "<i8")])
@@ -35,9 +34,6 @@ class Op(enum.IntEnum):
     TRUNCATE = 5  #: cut the file to this many frames now; answered with `truncated`
     FLUSH = 6  #: flush as soon as the file holds this many frames: someone waits for them
     OPEN = 7  #: start a run's file: its `WriterConfig` follows, this many bytes of JSON
-    #: the statistics of the file's frame at this index, measured by the acquiring process:
-    #: `WriterConfig.stats_bytes` follow, float64 [region][stat]
-    STATS = 8
     #: as FLUSH, and with every statistic stored: a movie's last page points at them
     SETTLE = 9
     #: the run (its start's uid) the file's frames are of, kept in the file's outcome: this
@@ -80,8 +76,6 @@ class WriterConfig:
     regions: dict[str, Region] | None = None
     #: False: the frames are not stored, only their numbers, timestamps and statistics
     images: bool = True
-    #: True: the acquiring process measures every frame and sends its statistics (`Op.STATS`)
-    stats_sent: bool = False
 
     def __post_init__(self) -> None:
         if not self.images and self.regions is None:
@@ -89,13 +83,6 @@ class WriterConfig:
                 f"{self.path}: a file without images needs statistics (regions), or it would "
                 "keep nothing of the frames"
             )
-        if self.stats_sent and self.regions is None:
-            raise ValueError(f"{self.path}: statistics are sent but none are kept (no regions)")
-
-    @property
-    def stats_bytes(self) -> int:
-        """Bytes of one frame's statistics after `Op.STATS`."""
-        return 0 if self.regions is None else (1 + len(self.regions)) * len(STATS) * 8
 
     def to_json(self) -> str:
         return json.dumps(
@@ -106,7 +93,6 @@ class WriterConfig:
                 "attrs": self.attrs,
                 "regions": self.regions,
                 "images": self.images,
-                "stats_sent": self.stats_sent,
             }
         )
 
@@ -121,7 +107,6 @@ class WriterConfig:
             d["attrs"],
             None if regions is None else {k: cast(Region, tuple(v)) for k, v in regions.items()},
             d["images"],
-            d["stats_sent"],
         )
 
 
@@ -139,8 +124,3 @@ def encode_run(uid: str) -> bytes:
     """`Op.RUN` and the run's uid after it."""
     payload = uid.encode()
     return encode(Op.RUN, len(payload)) + payload
-
-
-def encode_stats(index: int, values: np.ndarray) -> bytes:
-    """`Op.STATS`: the statistics of the file's frame `index`, [region][stat]."""
-    return encode(Op.STATS, index) + np.ascontiguousarray(values, "<f8").tobytes()

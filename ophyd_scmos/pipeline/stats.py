@@ -1,10 +1,8 @@
 """Statistics of every frame, for the whole frame and for named regions, as areaDetector's.
 
-They are computed on the ring slot a frame is stored from (no copy of the frame), so they
-describe exactly the frames in the file: by the writer (in one compiled pass), or for a
-software-triggered camera's small frames by the camera's thread in the acquiring process (by
-BLAS products), beside the frame's write in the writer process (which stores the values it is
-sent). The definitions are those of areaDetector's NDPluginStats, for the pixels I(x, y) of a
+They are computed by the writer process on the ring slot a frame is stored from (no copy of
+the frame, in one compiled pass), so they describe exactly the frames in the file. The
+definitions are those of areaDetector's NDPluginStats, for the pixels I(x, y) of a
 region (x the column, y the row):
 
 - ``total`` = sum I; ``mean`` = total / N (N pixels); ``min``, ``max``;
@@ -40,18 +38,12 @@ REGION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED = (FRAME, "stats")
 
 Region = tuple[int, int, int, int]  #: (x, y, width, height) in frame pixels
-#: a frame smaller than this is measured on the thread that has it (the writer's, or the
-#: camera's in a triggered step scan), a larger one on a thread of its own beside the
-#: writing: at 256x256 (128 kB) a hand-over cost more than it overlapped, at 2048x2048 the
-#: two take milliseconds each
+#: a lone frame smaller than this (a step scan's point) is measured on the writer's thread
+#: that has it, a larger one on a thread of its own beside the writing: at 256x256 (128 kB) a
+#: hand-over cost more than it overlapped, at 2048x2048 the two take milliseconds each
 SMALL_FRAME_BYTES = 1 << 20
 #: pixels converted to float at once: 512 kB, in the CPU's cache
 BLOCK_PIXELS = 1 << 16
-#: at most this many, OpenBLAS computes a product on the calling thread. The acquiring
-#: process's BLAS keeps threads of its own (the writer's has none), and a larger product wakes
-#: them: they then spin for milliseconds, ~6 ms of a core per 256x256 step-scan event
-#: measured, which the writer and the RunEngine needed.
-UNTHREADED_BLOCK_PIXELS = 1 << 13
 
 
 def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = None) -> Region:
@@ -88,23 +80,18 @@ def check_regions(
 
 
 def compute(
-    frame: np.ndarray,
-    regions: Mapping[str, Region],
-    block_pixels: int = BLOCK_PIXELS,
-    *,
-    compiled: bool = False,
+    frame: np.ndarray, regions: Mapping[str, Region], *, compiled: bool = False
 ) -> np.ndarray:
     """The statistics of `frame` over the whole frame and each region: one row per region
     (the whole frame first), one column per `STATS` entry, float64. `compiled`: in one
-    compiled pass over the pixels (`prepare` first), else by BLAS products over blocks of
-    `block_pixels` (see `UNTHREADED_BLOCK_PIXELS`)."""
+    compiled pass over the pixels (`prepare` first), else by BLAS products."""
     out = np.empty((1 + len(regions), len(STATS)))
     rows, columns = frame.shape
     for i, (x, y, w, h) in enumerate([(0, 0, columns, rows), *regions.values()]):
         out[i] = (
             _compiled_region_stats(frame, x, y, w, h)
             if compiled
-            else _region_stats(frame[y : y + h, x : x + w], x, y, block_pixels)
+            else _region_stats(frame[y : y + h, x : x + w], x, y)
         )
     return out
 
@@ -116,8 +103,8 @@ def prepare(dtype: np.dtype) -> bool:
     at 2048x2048, where the products held a full-frame movie near 100 frames/s. Loading costs
     ~1 s a process (compiling it ~2 s, once a machine), which the writer pays when it opens
     the first file it measures, before the run's first frame (which would otherwise wait for
-    it while the ring fills); the acquiring process, which measures small frames in step
-    scans, keeps the products and never loads the compiler."""
+    it while the ring fills); the acquiring process never loads the compiler (~1 s and ~150 MB
+    a process)."""
     if dtype.kind != "u" or dtype.itemsize > 2:
         return False
     _compiled_region_stats(np.zeros((1, 1), dtype), 0, 0, 1, 1)
@@ -162,13 +149,13 @@ def _sums() -> Any:
         return numba.njit(nogil=True)(sums)
 
 
-def _region_stats(pixels: np.ndarray, x0: int, y0: int, block_pixels: int) -> list[float]:
+def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:
     """One pass over the region, a block of rows at a time converted to float (no
     frame-sized temporary; the block stays in the CPU's cache): BLAS products give its
     row sums, column sums and sum of squares, three times faster than numpy's reductions
     (the writer process runs BLAS on one thread: see `process.WRITER_ENV`)."""
     h, w = pixels.shape
-    rows_per_block = max(1, block_pixels // w)
+    rows_per_block = max(1, BLOCK_PIXELS // w)
     ones = _ones(max(w, rows_per_block))
     column_sums = np.zeros(w)
     row_sums = np.empty(h)

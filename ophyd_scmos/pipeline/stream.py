@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos.drivers.base import CameraDriver, CameraError
-from ophyd_scmos.pipeline import layout, stats
+from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
@@ -63,10 +63,7 @@ class FrameStream:
     ring (all the memory a stream takes, however long it runs) and says how to write.
     With `regions` (a dict, maybe empty; None: no statistics) the writer computes every
     frame's statistics (`stats`), stores them in the file and reports them with the frames
-    written: `frame_stats` has them by the time `wait_for` calls back. A `triggered` stream
-    (each frame one that a caller asked for and waits for: a software-triggered step scan)
-    measures its small frames on its own camera thread instead, while the writer writes them
-    on the other core, and sends the writer the values. With `images` False
+    written: `frame_stats` has them by the time `wait_for` calls back. With `images` False
     the file gets every frame's number, timestamps and statistics but not the frame.
     """
 
@@ -79,7 +76,6 @@ class FrameStream:
         attrs: dict[str, Any] | None = None,
         on_progress: Callable[[FrameStream], None] | None = None,
         gated: bool = False,
-        triggered: bool = False,
         writer: WriterProcess | None = None,
         regions: dict[str, Region] | None = None,
         images: bool = True,
@@ -121,11 +117,6 @@ class FrameStream:
         self.images = images
         self._stats: deque[Sequence[Sequence[float]]] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
-        #: file index after the last frame in `_stats`: `_settled` reads it without the lock,
-        #: where `_stats_from + len(_stats)` may be passing through a larger value
-        self._stats_to = 0
-        self._triggered = triggered
-        self.measures_here = False  #: measured on its camera thread (set when opened)
         self.run: str | None = None  #: the run the frames are of, once told (`record_run`)
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
@@ -182,11 +173,6 @@ class FrameStream:
         self._base = self.ring.released
         self.ring.header[Header.ACQUIRED : Header.WRITTEN + 1] = 0  # this run's counts
         self.ring.header[Header.RUN_BASE] = self._base
-        self.measures_here = (
-            self._triggered
-            and self.regions is not None
-            and self.ring.spec.frame_bytes < stats.SMALL_FRAME_BYTES
-        )
         config = WriterConfig(
             str(self.path),
             self.ring.spec,
@@ -194,7 +180,6 @@ class FrameStream:
             self.attrs,
             self.regions,
             self.images,
-            stats_sent=self.measures_here,
         )
         self.writer.open_file(config, self._on_writer_status)
         deadline = time.monotonic() + timeout
@@ -366,7 +351,6 @@ class FrameStream:
             while self._stats_from + len(self._stats) > start:
                 self._stats.pop()
             self._stats.extend(values)
-            self._stats_to = start + len(values)
             while len(self._stats) > STATS_KEPT:
                 self._stats.popleft()
                 self._stats_from += 1
@@ -396,7 +380,6 @@ class FrameStream:
             # for until its own are known, never answered with those of the frame it replaced.
             while self._stats and self._stats_from + len(self._stats) > frames:
                 self._stats.pop()
-            self._stats_to = min(self._stats_to, frames)
         if self.error is not None:
             raise self.error
 
@@ -458,10 +441,9 @@ class FrameStream:
     def _settled(self) -> int:
         """Frames taken whose fate is known: flushed to the file (and measured), dropped or
         missed."""
-        stored = self.frames_written
-        if self.measures_here:
-            stored = min(stored, self._stats_to)
-        return min(stored + self.frames_dropped + self.frames_missed, self.frames_taken)
+        return min(
+            self.frames_written + self.frames_dropped + self.frames_missed, self.frames_taken
+        )
 
     def _notify(self) -> None:
         taken = self._settled
@@ -580,14 +562,11 @@ class FrameStream:
                 with self._lock:
                     self.frames_acquired += 1
                     self._file_frames += 1
-                    index = self._file_frames - 1
                     flush = 0
                     if 0 < self._flush_with_frame <= self._file_frames:
                         flush, self._flush_with_frame = self._flush_with_frame, 0
                 header[Header.ACQUIRED] = self.frames_acquired
                 writer.send_frame(slot, flush)
-                if self.measures_here:
-                    self._measure(slot, index)
         except CameraError as exc:
             if not self._stop.is_set():
                 self._ended_early = f"camera failed: {exc}"
@@ -599,18 +578,6 @@ class FrameStream:
         except Exception as exc:  # any other fault here (a driver's bug): no one waits forever
             self._ended_early = f"acquisition failed: {exc!r}"
             self._fail(StreamError(f"{self._ended_early}. {self._kept()}"))
-
-    def _measure(self, slot: int, index: int) -> None:
-        """Measure the frame in `slot`, the file's frame `index`, while the writer writes it on
-        the other core, and send the writer the values: a point then waits for the longer of
-        the two, not for both. The slot is safe to read: only this thread refills slots."""
-        assert self.ring is not None and self.regions is not None
-        values = stats.compute(
-            self.ring.slot(slot), self.regions, block_pixels=stats.UNTHREADED_BLOCK_PIXELS
-        )
-        self._keep_stats(index, values[np.newaxis])
-        self._require_writer().send_stats(index, values)
-        self._notify()
 
     def _ask_flush(self, frames: int, op: Op = Op.FLUSH) -> None:
         """Have the writer flush once the file holds `frames` frames (someone waits)."""

@@ -40,7 +40,7 @@ from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import Room, WriteBehind, fsync_path, no_room
 
 #: plain ints: numpy compares an enum slowly
-OPEN, STATS, RUN = int(Op.OPEN), int(Op.STATS), int(Op.RUN)
+OPEN, RUN = int(Op.OPEN), int(Op.RUN)
 
 
 class RunFile:
@@ -85,15 +85,12 @@ class RunFile:
             for p in (layout.FRAME_NUMBER, layout.TIMESTAMP, layout.HOST_TIMESTAMP)
         ]
         self.regions = config.regions
-        self.stats_sent = config.stats_sent  #: they come with `Op.STATS`, not computed here
         #: how this writer measures a frame's statistics (in one compiled pass where it takes
-        #: the frames' type, else by BLAS products); None: there are none, or the acquiring
-        #: process measures the frames and sends them
+        #: the frames' type, else by BLAS products); None: there are none
         self.measure: Callable[[np.ndarray], np.ndarray] | None = None
-        if self.regions is not None and not self.stats_sent:
+        if self.regions is not None:
             compiled = stats.prepare(np.dtype(spec.dtype))
             self.measure = functools.partial(stats.compute, regions=self.regions, compiled=compiled)
-        self.stats_bytes = config.stats_bytes
         self.stats = (
             []
             if self.regions is None
@@ -191,18 +188,6 @@ class RunFile:
             self.stats_from = start
         self.unreported.extend(computed.tolist())
         self.unstored.append(computed)
-
-    def receive_stats(self, index: int, values: np.ndarray) -> None:
-        """Keep the statistics the acquiring process sent for frame `index` (already written:
-        its frame came first) for the file; that process has them, so they are not reported."""
-        if index >= self.written:
-            return  # a frame cut from the file (`truncate`) after it was measured
-        expected = self.stats_stored + sum(len(rows) for rows in self.unstored)
-        if not self.stats_sent or index != expected:
-            raise RuntimeError(
-                f"{self.path}: statistics sent for frame {index}, expected for frame {expected}"
-            )
-        self.unstored.append(values.reshape(1, len(self.regions or ()) + 1, len(stats.STATS)))
 
     def store_stats(self, force: bool = False) -> None:
         """Append the statistics not yet in the file, at most once a flush interval unless
@@ -403,24 +388,21 @@ class WriterLoop:
             records = np.frombuffer(data[start : start + whole], RECORD)
             ops = records["op"]
             # a payload follows these
-            carrying = np.flatnonzero((ops == OPEN) | (ops == STATS) | (ops == RUN))
+            carrying = np.flatnonzero((ops == OPEN) | (ops == RUN))
             count = int(carrying[0]) if len(carrying) else len(records)
             self.serve_records(records[:count])
             start += count * RECORD.itemsize
             if not len(carrying):
                 break
             op, arg = int(ops[count]), int(records["arg"][count])
-            size = arg if op in (OPEN, RUN) else self.require_file(op).stats_bytes
-            payload = data[start + RECORD.itemsize : start + RECORD.itemsize + size]
-            if len(payload) < size:
+            payload = data[start + RECORD.itemsize : start + RECORD.itemsize + arg]
+            if len(payload) < arg:
                 break  # the rest has not arrived yet
             if op == OPEN:
                 self.open(WriterConfig.from_json(payload.decode()))
-            elif op == RUN:
-                self.require_file(op).run = payload.decode()
             else:
-                self.require_file(op).receive_stats(arg, np.frombuffer(payload, "<f8"))
-            start += RECORD.itemsize + size
+                self.require_file(op).run = payload.decode()
+            start += RECORD.itemsize + arg
         return data[start:]
 
     def serve_records(self, records: np.ndarray) -> None:

@@ -1,5 +1,5 @@
-"""Per-frame statistics: computed by the writer (or, for a triggered stream's small frames, by
-the camera's thread, which sends them to the writer), stored beside the frames, reported."""
+"""Per-frame statistics: computed by the writer (a lone small frame on its writing thread,
+others on a thread beside it), stored beside the frames, reported."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import FrameStream, layout, stats
 from ophyd_scmos.pipeline.options import PipelineOptions
-from ophyd_scmos.pipeline.protocol import Op, WriterConfig, encode, encode_open, encode_stats
+from ophyd_scmos.pipeline.protocol import Op, WriterConfig, encode, encode_open, encode_run
 from ophyd_scmos.pipeline.ring import FrameRing
 from ophyd_scmos.pipeline.writer import WriterLoop
 
@@ -132,7 +132,18 @@ def test_bad_regions_are_refused_naming_them(name, value, says):
         stats.check_region(name, value, (30, 44))
 
 
-MEASURED_BY = pytest.mark.parametrize("triggered", [False, True], ids=["writer", "camera"])
+#: frames taken in one burst (the writer measures them beside the writing), or one at a time
+#: as a step scan's points (a small one is measured on the writing thread)
+MEASURED_BY = pytest.mark.parametrize("one_by_one", [False, True], ids=["burst", "points"])
+
+
+def take(camera: SimulatedSCMOS, stream: FrameStream, n: int, one_by_one: bool) -> None:
+    """`n` more frames, in one burst or one at a time (each waited for)."""
+    first = stream.frames_taken
+    for start in range(0, n, 1 if one_by_one else n):
+        stop = min(n, start + (1 if one_by_one else n))
+        camera.software_trigger(stop - start)
+        stream.wait(first + stop, timeout=30)
 
 
 @MEASURED_BY
@@ -142,19 +153,16 @@ MEASURED_BY = pytest.mark.parametrize("triggered", [False, True], ids=["writer",
     ids=["16-bit", "binned-12-bit", "large"],
 )
 def test_stored_statistics_are_numpys_on_the_stored_frames(
-    tmp_path, sensor, binning, bit_depth, triggered
+    tmp_path, sensor, binning, bit_depth, one_by_one
 ):
     camera = SimulatedSCMOS(shape=sensor, seed=5, camera_buffer_frames=1000)
     camera.open()
     camera.configure(CameraSettings(exposure_time=0.0005, binning=binning, bit_depth=bit_depth))
     path = tmp_path / "run.h5"
     options = PipelineOptions(ring_frames=4)
-    stream = FrameStream(camera, path, options, regions=ODD_REGIONS, triggered=triggered)
+    stream = FrameStream(camera, path, options, regions=ODD_REGIONS)
     stream.open()
-    large = sensor[0] // binning * sensor[1] // binning * 2 >= stats.SMALL_FRAME_BYTES
-    assert stream.measures_here is (triggered and not large)
-    camera.software_trigger(25)
-    stream.wait(25, timeout=30)
+    take(camera, stream, 25, one_by_one)
     reported = stream.frame_stats(0, 25)
     stream.close()
     with h5py.File(path, "r") as f:
@@ -194,7 +202,7 @@ def test_no_regions_no_statistics(tmp_path):
 
 @MEASURED_BY
 @pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "in-the-file"])
-def test_truncated_frames_statistics_are_replaced(tmp_path, stored, triggered):
+def test_truncated_frames_statistics_are_replaced(tmp_path, stored, one_by_one):
     """Whether the cut frames' statistics were still waiting in the writer or already in
     the file, those of the frames that follow replace them, and no one is told the cut
     frames' in between."""
@@ -202,18 +210,18 @@ def test_truncated_frames_statistics_are_replaced(tmp_path, stored, triggered):
     camera.open()
     options = PipelineOptions(ring_frames=4, flush_interval=0.2 if stored else 30)
     path = tmp_path / "run.h5"
-    stream = FrameStream(camera, path, options, regions={}, triggered=triggered)
+    stream = FrameStream(camera, path, options, regions={})
     stream.open()
-    camera.software_trigger(6)
-    stream.wait(6, timeout=30)
+    take(camera, stream, 6, one_by_one)
     if stored:
         wait_for_stored_stats(path, 6)
     stream.truncate(4)
     # Forgotten at the cut: a wait for the frames taken again is never answered with them.
     with pytest.raises(IndexError, match="not known"):
         stream.frame_stats(4, 6)
-    camera.software_trigger(2)
-    stream.wait(6, timeout=30)  # file frames: the 2 new ones follow the 4 kept
+    for n in (5, 6) if one_by_one else (6,):  # file frames: the 2 new ones follow the 4 kept
+        camera.software_trigger(1 if one_by_one else 2)
+        stream.wait(n, timeout=30)
     reported = stream.frame_stats(0, 6)
     stream.close()
     with h5py.File(path, "r") as f:
@@ -250,49 +258,36 @@ def test_statistics_reach_the_file_within_a_flush_interval_of_their_frames(tmp_p
     stream.close()
 
 
-def test_the_writer_stores_the_statistics_it_is_sent_however_the_pipe_splits_them(tmp_path):
-    """Measured by the acquiring process: each frame's values follow its frame; the writer
-    stores them as sent (none computed, none reported back), whatever the reads cut."""
+def test_the_writer_serves_commands_and_payloads_however_the_pipe_splits_them(tmp_path):
+    """A file's configuration and its run's uid follow their commands as payloads; cut
+    anywhere by the pipe's reads, the writer waits for the rest and serves them whole: the
+    frames, their statistics (measured by the writer) and the run are in the file."""
     regions = {"spot": (1, 2, 3, 4)}
     frames = np.random.default_rng(7).integers(0, 4096, (3, 8, 10)).astype("<u2")
-    sent = [stats.compute(frame, regions) + 0.5 for frame in frames]  # not the writer's own
     ring = FrameRing.create((8, 10), "<u2", 4)
     status = io.StringIO()
     path = tmp_path / "run.h5"
     path.touch()
+    uid = "8f0c2d4e-run"
     try:
         for slot, frame in enumerate(frames):
             ring.slot(slot)[...] = frame
-        config = WriterConfig(str(path), ring.spec, regions=regions, stats_sent=True)
-        commands = encode_open(config)
+        commands = encode_open(WriterConfig(str(path), ring.spec, regions=regions))
         for index in range(3):
-            commands += encode(Op.FRAME, index) + encode_stats(index, sent[index])
-        commands += encode(Op.FINISH, -1)
+            commands += encode(Op.FRAME, index)
+        commands += encode_run(uid) + encode(Op.FINISH, -1)
         loop, pending = WriterLoop(status), b""
         for start in range(0, len(commands), 7):  # every record and payload cut somewhere
             pending = loop.serve(pending + commands[start : start + 7])
         assert pending == b"" and loop.file is None
     finally:
         ring.close()
-    assert all("stats" not in json.loads(line) for line in status.getvalue().splitlines())
     with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], frames)
+        outcome = layout.Outcome.read(f)
+        assert outcome is not None and outcome.run == uid and outcome.frames_written == 3
         for r, region in enumerate((stats.FRAME, "spot")):
             for s, name in enumerate(stats.STATS):
                 stored = f[layout.stats_path(region, name)][()]
-                np.testing.assert_array_equal(stored, [values[r, s] for values in sent])
-
-
-def test_statistics_sent_out_of_order_stop_the_writer_naming_the_frame(tmp_path):
-    ring = FrameRing.create((8, 10), "<u2", 4)
-    path = tmp_path / "run.h5"
-    path.touch()
-    try:
-        config = WriterConfig(str(path), ring.spec, regions={}, stats_sent=True)
-        loop = WriterLoop(io.StringIO())
-        loop.serve(encode_open(config) + encode(Op.FRAME, 0) + encode(Op.FRAME, 1))
-        values = stats.compute(ring.slot(1), {})
-        with pytest.raises(RuntimeError, match="sent for frame 1, expected for frame 0"):
-            loop.serve(encode_stats(1, values))
-        loop.file.finish(keep=-1, complete=False)
-    finally:
-        ring.close()
+                expected = [stats.compute(frame, regions)[r, s] for frame in frames]
+                np.testing.assert_allclose(stored, expected, rtol=1e-12)
