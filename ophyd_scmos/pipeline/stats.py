@@ -1,7 +1,8 @@
 """Statistics of every frame, for the whole frame and for named regions, as areaDetector's.
 
 They are computed by the writer process on the ring slot a frame is stored from (no copy of
-the frame, in one compiled pass), so they describe exactly the frames in the file. The
+the frame; in one compiled pass, or by BLAS products for a type it does not take), so they
+describe exactly the frames in the file. The
 definitions are those of areaDetector's NDPluginStats, for the pixels I(x, y) of a
 region (x the column, y the row):
 
