@@ -339,9 +339,7 @@ class FrameStream:
                 )
             return np.array([self._stats[i - first] for i in range(start, stop)])
 
-    def _keep_stats(
-        self, start: int, values: Sequence[Sequence[Sequence[float]]] | np.ndarray
-    ) -> None:
+    def _keep_stats(self, start: int, values: Sequence[Sequence[Sequence[float]]]) -> None:
         """Keep reported statistics from file index `start`; after a truncation the frames
         at the same indices replace those that were cut."""
         with self._lock:

@@ -137,13 +137,15 @@ def test_bad_regions_are_refused_naming_them(name, value, says):
 MEASURED_BY = pytest.mark.parametrize("one_by_one", [False, True], ids=["burst", "points"])
 
 
-def take(camera: SimulatedSCMOS, stream: FrameStream, n: int, one_by_one: bool) -> None:
-    """`n` more frames, in one burst or one at a time (each waited for)."""
-    first = stream.frames_taken
-    for start in range(0, n, 1 if one_by_one else n):
-        stop = min(n, start + (1 if one_by_one else n))
-        camera.software_trigger(stop - start)
-        stream.wait(first + stop, timeout=30)
+def take(
+    camera: SimulatedSCMOS, stream: FrameStream, n: int, one_by_one: bool, after: int = 0
+) -> None:
+    """`n` more frames after the file's first `after`, in one burst or one at a time (each
+    waited for)."""
+    for size in [1] * n if one_by_one else [n]:
+        camera.software_trigger(size)
+        after += size
+        stream.wait(after, timeout=30)
 
 
 @MEASURED_BY
@@ -219,9 +221,7 @@ def test_truncated_frames_statistics_are_replaced(tmp_path, stored, one_by_one):
     # Forgotten at the cut: a wait for the frames taken again is never answered with them.
     with pytest.raises(IndexError, match="not known"):
         stream.frame_stats(4, 6)
-    for n in (5, 6) if one_by_one else (6,):  # file frames: the 2 new ones follow the 4 kept
-        camera.software_trigger(1 if one_by_one else 2)
-        stream.wait(n, timeout=30)
+    take(camera, stream, 2, one_by_one, after=4)  # file frames: they follow the 4 kept
     reported = stream.frame_stats(0, 6)
     stream.close()
     with h5py.File(path, "r") as f:

@@ -37,7 +37,7 @@ def resident_pages(path, length: int) -> np.ndarray:
 
 
 @linux_only
-def test_windows_behind_the_last_two_leave_the_page_cache_and_the_bytes_stay(tmp_path):
+def test_windows_before_the_last_leave_the_page_cache_once_closed_and_the_bytes_stay(tmp_path):
     data = np.random.default_rng(1).integers(0, 255, 6 * WINDOW, np.uint8)
     path = tmp_path / "f.bin"
     with open(path, "wb", buffering=0) as f:
