@@ -13,7 +13,7 @@ import pytest
 
 from ophyd_scmos._bench.cameras import EightBitSCMOS
 from ophyd_scmos._bench.floor import FloorDetector, stored_frame
-from ophyd_scmos._bench.probes import FLOOR, PEER
+from ophyd_scmos._bench.probes import ENDED, FLOOR, OTHER, PEER, PROCESS, THREAD_ROWS, WRITER
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline.compression import CODECS
 
@@ -117,10 +117,22 @@ def test_bench_reports_the_interactive_pace(tmp_path, capsys):
         < 1e3 / pace["count_256_tiled_events_s"]["SCMOSCamera"]
     )
     assert pace["full_frame_per_s"]["movie"] > 0 and pace["ipython_prompt_s"] > 0
-    # CPU time of the acquiring process: never more than its threads could have had
-    for name, cpu_ms in pace["count_256_process_cpu_ms"].items():
-        assert 0 < cpu_ms < os.cpu_count() * 1e3 / pace["count_256_tiled_events_s"][name]
-    assert "CPU of this process per event" in table
+    # Where a step's CPU went: the acquiring process's threads by role add up to its whole,
+    # which is never more than its threads could have had; a writer process where there is one
+    cpu = pace["count_256_cpu_ms"]
+    for name, rows in cpu.items():
+        wall_ms = 1e3 / pace["count_256_tiled_events_s"][name]
+        assert 0 < rows[PROCESS] < os.cpu_count() * wall_ms
+        threads = [rows[row] for row in (*set(THREAD_ROWS.values()), ENDED, OTHER)]
+        assert min(threads) >= -1e-3 and sum(threads) == pytest.approx(rows[PROCESS])
+        assert rows["the RunEngine's thread"] > 0 and rows["the catalog writer's thread"] > 0
+        assert (WRITER in rows) == (name in ("SCMOSCamera", FLOOR))
+    status = "the writer's status thread"
+    assert cpu["SCMOSCamera"][ENDED] > 0  # the camera's acquisition thread, one per run
+    assert cpu["SCMOSCamera"][WRITER] > 0 and cpu[FLOOR][WRITER] > 0
+    assert cpu["SCMOSCamera"][status] > cpu["ophyd.sim det"][status]
+    assert cpu[FLOOR][status] > cpu["ophyd.sim det"][status]
+    assert "the RunEngine's thread" in table and "one event, wall time" in table
 
 
 def test_bench_reports_what_the_live_view_costs(tmp_path, capsys):

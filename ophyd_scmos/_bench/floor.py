@@ -24,6 +24,7 @@ from ophyd.status import DeviceStatus
 
 from ophyd_scmos.documents import AssetDocs
 from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline.process import STATUS_THREAD
 
 DTYPE = np.dtype("<u2")
 
@@ -56,7 +57,9 @@ class FloorDetector(Device):
                 stdout=subprocess.PIPE,
                 bufsize=0,
             )
-            self._listener = threading.Thread(target=self._listen, args=(self._writer,))
+            self._listener = threading.Thread(
+                target=self._listen, args=(self._writer,), name=STATUS_THREAD
+            )
             self._listener.start()
         self.write_dir.mkdir(parents=True, exist_ok=True)
         self._runs += 1

@@ -31,6 +31,7 @@ from ophyd_scmos.config import CONFIG_ENV
 from ophyd_scmos.drivers import CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline.compression import CODECS, ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.process import STATUS_THREAD
 from ophyd_scmos.pipeline.stream import FrameStream
 
 # -- compression engines: CPU only, no disk ---------------------------------------------------
@@ -193,13 +194,13 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
     a one-event `count` run (its whole cost: stage, trigger, unstage; also with the run
     written into an embedded catalog by CatalogWriter, as a session does), `count` events/s at
     a 256x256 region with CatalogWriter into an embedded catalog (how long our trigger
-    waits in each of those events for its frame to be flushed and measured, and the CPU time
-    this process spends on an event, all its threads together; ophyd-async's simulated
-    detector beside them where it is installed), and a full-frame `count` beside a movie at
-    the same settings. Beside them in the count, the floor: `FloorDetector`, which keeps our
-    guarantee (a step's frame written by another process and flushed when its trigger
-    completes) and does nothing else. Every round runs the detectors in a rotated order;
-    medians are quoted."""
+    waits in each of those events for its frame to be flushed and measured, and the CPU an
+    event costs each thread of this process and the writer's process, `StepCpu`; ophyd-async's
+    simulated detector beside them where it is installed), and a full-frame `count` beside a
+    movie at the same settings. Beside them in the count, the floor: `FloorDetector`, which
+    keeps our guarantee (a step's frame written by another process and flushed when its
+    trigger completes) and does nothing else. Every round runs the detectors in a rotated
+    order; medians are quoted."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from ophyd.sim import det
@@ -234,12 +235,13 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         small.exposure_time.set(1e-5)
         full.exposure_time.set(EXPOSURE)
 
-        def seconds(plan: Any, cpu: list[float] | None = None) -> float:
-            """Wall seconds of the plan; its CPU seconds in this process appended to `cpu`."""
-            c0, t0 = time.process_time(), time.perf_counter()
+        def seconds(plan: Any, cpu: list[dict[str, float]] | None = None, pid: int = 0) -> float:
+            """Wall seconds of the plan; where its CPU went (`StepCpu`, with the writer process
+            `pid`, if any) appended to `cpu`."""
+            meter, t0 = StepCpu(pid), time.perf_counter()
             RE(plan)
             if cpu is not None:
-                cpu.append(time.process_time() - c0)
+                cpu.append(meter.seconds())
             return time.perf_counter() - t0
 
         def one_event_runs(times: int) -> dict[str, list[float]]:
@@ -265,11 +267,14 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         peer = _peer_count(events, scratch / "pace")
         if peer is not None:
             plans[PEER] = peer
+        writers = {"SCMOSCamera": small._writer, FLOOR: floor._writer}  # started above
         tiled: dict[str, list[float]] = {name: [] for name in plans}
-        cpu: dict[str, list[float]] = {name: [] for name in plans}
+        cpu: dict[str, list[dict[str, float]]] = {name: [] for name in plans}
         for r in range(rounds):
             for name in rotated(list(plans), r):
-                tiled[name].append(events / seconds(plans[name](), cpu[name]))
+                writer = writers.get(name)
+                pid = 0 if writer is None else writer.pid
+                tiled[name].append(events / seconds(plans[name](), cpu[name], pid))
         RE.unsubscribe(token)
         open_s = _open_catalog_seconds(scratch / "pace-catalog", rounds)
         full_frames = max(events // 5, 50)
@@ -306,7 +311,7 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         },
         "count_256_ours_vs_floor": float(np.median(np.divide(tiled["SCMOSCamera"], tiled[FLOOR]))),
         "count_256_trigger_wait_ms": 1e3 * float(np.median(waits)),
-        "count_256_process_cpu_ms": {k: 1e3 * float(np.median(v)) / events for k, v in cpu.items()},
+        "count_256_cpu_ms": {name: _per_event_ms(runs, events) for name, runs in cpu.items()},
         "full_frame_per_s": {k: float(np.median(v)) for k, v in stepped.items()},
         "full_frame_count_vs_movie": float(
             np.median(np.divide(stepped["count"], stepped["movie"]))
@@ -314,6 +319,76 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
         "open_catalog_s": open_s,
         "ipython_prompt_s": _ipython_prompt_seconds(scratch / "pace-home", rounds),
     }
+
+
+class StepCpu:
+    """Where a plan's CPU goes, from its start to `seconds()`: this process's in all (every
+    thread, those ended meanwhile too), its threads' by role (`THREAD_ROWS`; Linux's /proc,
+    elsewhere only the whole), and the writer process's (`pid`, 0: none). The steps of a scan
+    hand each event from thread to thread and process to process, each waiting for the one
+    before: this says which of them spends what."""
+
+    def __init__(self, pid: int = 0):
+        self.pid = pid
+        self.threads, self.process = _threads_cpu_ns(), time.process_time_ns()
+        self.writer = _process_cpu_ns(pid)
+
+    def seconds(self) -> dict[str, float]:
+        threads, process = _threads_cpu_ns(), time.process_time_ns() - self.process
+        rows: dict[str, float] = {}
+        if threads:
+            rows = dict.fromkeys([*THREAD_ROWS.values(), ENDED, OTHER], 0.0)
+            lived = 0  # ns of the threads there at both ends; the rest is of threads that ended
+            for tid, (name, ns) in threads.items():
+                if tid in self.threads:
+                    spent = ns - self.threads[tid][1]
+                    rows[THREAD_ROWS.get(name, OTHER)] += spent / 1e9
+                    lived += spent
+            rows[ENDED] = (process - lived) / 1e9
+        rows[PROCESS] = process / 1e9
+        if self.pid:
+            rows[WRITER] = (_process_cpu_ns(self.pid) - self.writer) / 1e9
+        return rows
+
+
+#: the pace section's rows of where a step's CPU goes: threads by name, then the rest
+THREAD_ROWS = {
+    "bluesky-run-engine": "the RunEngine's thread",
+    STATUS_THREAD: "the writer's status thread",
+    "scmos-catalog-writer": "the catalog writer's thread",
+}
+ENDED = "each run's own threads (the camera's)"
+OTHER = "other threads"
+PROCESS = "this process"
+WRITER = "the writer process"
+
+
+def _threads_cpu_ns() -> dict[int, tuple[str, int]]:
+    """Each thread of this process: its id -> (its name, its CPU ns); {} where there is no
+    /proc (off Linux)."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    threads = {}
+    for task in Path("/proc/self/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # it ended meanwhile
+            threads[int(task.name)] = (
+                names.get(int(task.name), ""),
+                int((task / "schedstat").read_text().split()[0]),
+            )
+    return threads
+
+
+def _process_cpu_ns(pid: int) -> int:
+    """CPU ns of all the threads of process `pid` (0, or off Linux: 0)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*") if pid else ():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def _per_event_ms(runs: list[dict[str, float]], events: int) -> dict[str, float]:
+    """Each `StepCpu` row's median over the runs, in ms per event."""
+    return {row: 1e3 * float(np.median([run[row] for run in runs])) / events for row in runs[0]}
 
 
 #: the nearest peer's detector in the pace section's table

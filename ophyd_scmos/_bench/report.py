@@ -239,12 +239,7 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
         f"  a step's trigger waits {p['count_256_trigger_wait_ms']:.2f} ms for its frame to be "
         f"flushed and measured; det's whole event takes {1e3 / tiled['ophyd.sim det']:.2f} ms"
     )
-    cpu = p["count_256_process_cpu_ms"]
-    say(
-        f"  CPU of this process per event: ours {cpu['SCMOSCamera']:.2f} ms, det "
-        f"{cpu['ophyd.sim det']:.2f} ms, the floor {cpu[probes.FLOOR]:.2f} ms (all its threads: "
-        "the RunEngine's, the catalog's, the camera's; they share one interpreter lock)"
-    )
+    _step_cpu(p["count_256_cpu_ms"], tiled, say)
     say(
         f"  2048x2048 count           {full['count']:6.1f} events/s   movie {full['movie']:6.1f} "
         f"frames/s   count/movie {p['full_frame_count_vs_movie']:5.2f}"
@@ -252,6 +247,22 @@ def _pace(rounds: int, events: int, scratch: Path, say: _Printer) -> dict[str, A
     say(f"  open_catalog() (embedded, after imports, new process) {p['open_catalog_s']:.2f} s")
     say(f"  ophyd-scmos ipython to its first prompt (a terminal)  {p['ipython_prompt_s']:.2f} s")
     return p
+
+
+def _step_cpu(cpu: dict[str, dict[str, float]], rates: dict[str, float], say: _Printer) -> None:
+    """Where the count's CPU went, ms per event, each detector a column; beside the event's
+    wall time: where they are close, each part waited for the one before."""
+    columns = {"SCMOSCamera": "ours", "ophyd.sim det": "det", probes.FLOOR: "floor"}
+    columns.update({probes.PEER: "peer"} if probes.PEER in cpu else {})
+    say(
+        "  CPU of the count's events (ms each), by thread of this process and by process "
+        "(the threads share one interpreter lock)"
+    )
+    say(f"    {'':38s}" + "".join(f"{label:>8s}" for label in columns.values()))
+    for row in cpu["SCMOSCamera"]:  # every row: ours has a writer process
+        cells = (cpu[name].get(row) for name in columns)
+        say(f"    {row:38s}" + "".join("       -" if v is None else f"{v:8.2f}" for v in cells))
+    say(f"    {'one event, wall time':38s}" + "".join(f"{1e3 / rates[n]:8.2f}" for n in columns))
 
 
 def _live(rounds: int, frames: int, scratch: Path, say: _Printer) -> dict[str, Any]:

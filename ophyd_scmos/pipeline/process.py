@@ -44,6 +44,8 @@ WRITER_ENV = {
 }
 
 StatusHandler = Callable[[WriterStatus], None]
+#: the name of the thread that reads a writer's status lines and completes what waits on them
+STATUS_THREAD = "scmos-writer-status"
 
 #: writer processes not yet shut down, ended at interpreter exit
 _LIVE: weakref.WeakSet[WriterProcess] = weakref.WeakSet()
@@ -79,9 +81,7 @@ class WriterProcess:
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin.fileno()
-        self._listener = threading.Thread(
-            target=self._listen, name="scmos-writer-status", daemon=True
-        )
+        self._listener = threading.Thread(target=self._listen, name=STATUS_THREAD, daemon=True)
         try:
             self._listener.start()  # from here on it reads, then closes, the process's output
             _LIVE.add(self)
