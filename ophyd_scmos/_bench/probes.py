@@ -323,14 +323,16 @@ def pace(rounds: int, events: int, scratch: Path) -> dict[str, Any]:
 
 class StepCpu:
     """Where a plan's CPU goes, from its start to `seconds()`: this process's in all (every
-    thread, those ended meanwhile too), its threads' by role (`THREAD_ROWS`; Linux's /proc,
-    elsewhere only the whole), and the writer process's (`pid`, 0: none). The steps of a scan
-    hand each event from thread to thread and process to process, each waiting for the one
-    before: this says which of them spends what."""
+    thread, those ended meanwhile too), its Python threads' by role (`THREAD_ROWS`, where
+    threads have CPU clocks), and the writer process's (`pid`, 0: none; Linux's /proc). The
+    steps of a scan hand each event from thread to thread and process to process, each
+    waiting for the one before: this says which of them spends what."""
 
     def __init__(self, pid: int = 0):
         self.pid = pid
-        self.threads, self.process = _threads_cpu_ns(), time.process_time_ns()
+        # The process's clock read before its threads' here and after them at the end: what
+        # is left of it for threads that ended (`ENDED`) is never below zero.
+        self.process, self.threads = time.process_time_ns(), _threads_cpu_ns()
         self.writer = _process_cpu_ns(pid)
 
     def seconds(self) -> dict[str, float]:
@@ -339,9 +341,9 @@ class StepCpu:
         if threads:
             rows = dict.fromkeys([*THREAD_ROWS.values(), ENDED, OTHER], 0.0)
             lived = 0  # ns of the threads there at both ends; the rest is of threads that ended
-            for tid, (name, ns) in threads.items():
-                if tid in self.threads:
-                    spent = ns - self.threads[tid][1]
+            for key, (name, ns) in threads.items():
+                if key in self.threads:
+                    spent = ns - self.threads[key][1]
                     rows[THREAD_ROWS.get(name, OTHER)] += spent / 1e9
                     lived += spent
             rows[ENDED] = (process - lived) / 1e9
@@ -357,28 +359,29 @@ THREAD_ROWS = {
     STATUS_THREAD: "the writer's status thread",
     "scmos-catalog-writer": "the catalog writer's thread",
 }
-ENDED = "each run's own threads (the camera's)"
+ENDED = "threads of one run (the camera's)"  #: and any thread Python does not know of
 OTHER = "other threads"
 PROCESS = "this process"
 WRITER = "the writer process"
 
 
-def _threads_cpu_ns() -> dict[int, tuple[str, int]]:
-    """Each thread of this process: its id -> (its name, its CPU ns); {} where there is no
-    /proc (off Linux)."""
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+def _threads_cpu_ns() -> dict[tuple[int, int | None], tuple[str, int]]:
+    """Each Python thread of this process: its ids -> (its name, its CPU ns so far, from its
+    own clock: exact, where /proc's lags a running thread by up to a clock tick); {} where
+    threads have no CPU clocks."""
     threads = {}
-    for task in Path("/proc/self/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):  # it ended meanwhile
-            threads[int(task.name)] = (
-                names.get(int(task.name), ""),
-                int((task / "schedstat").read_text().split()[0]),
-            )
+    for thread in threading.enumerate():
+        if thread.ident is None:  # not started
+            continue
+        with contextlib.suppress(AttributeError, OSError):  # no thread clocks; it ended meanwhile
+            clock = time.pthread_getcpuclockid(thread.ident)
+            key = (thread.ident, thread.native_id)  # one ends, another may take its ident
+            threads[key] = (thread.name, time.clock_gettime_ns(clock))
     return threads
 
 
 def _process_cpu_ns(pid: int) -> int:
-    """CPU ns of all the threads of process `pid` (0, or off Linux: 0)."""
+    """CPU ns of all the threads of process `pid` (0, or off Linux: 0), from /proc."""
     total = 0
     for task in Path(f"/proc/{pid}/task").glob("*") if pid else ():
         with contextlib.suppress(OSError, ValueError, IndexError):
