@@ -794,6 +794,12 @@ class SCMOSCamera(Device):
             raise RuntimeError(f"{self.name} is flying; trigger() is for step scans")
         stream, k, point = run.stream, self._k, run.points
         run.points += 1
+        if point == 0 and stream.run is None:
+            # Told with the first point, not its event: the file of a run killed during it
+            # still names its run, which `recover` then closes without guessing.
+            uid = run_of_caller()
+            if uid is not None:
+                stream.record_run(uid)
         first = stream.allow(k)
         status = run.add_status(FrameStatus(self, initial=point * k, target=(point + 1) * k))
         if not self._images:

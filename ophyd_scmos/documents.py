@@ -128,19 +128,28 @@ def bundle_of_caller(depth: int = 12) -> tuple[str, str] | None:
 
 
 def run_of_caller(depth: int = 12) -> str | None:
-    """The run (its start document's uid) a RunEngine calls the caller for, where one of its
-    runs' bundlers is among the locals on the stack (`RunEngine._kickoff` holds it); None
-    elsewhere. A frame's locals cost microseconds to look at: for once-a-run calls."""
+    """The run (its start document's uid) a RunEngine calls the caller for: where one of its
+    runs' bundlers is among the locals on the stack (`RunEngine._kickoff` holds it), or where
+    the RunEngine handles a message of an open run (`RunEngine._trigger`); None elsewhere.
+    A frame's locals cost microseconds to look at: for once-a-run calls."""
     from bluesky.bundlers import RunBundler
+    from bluesky.run_engine import RunEngine
+    from bluesky.utils import Msg
 
     frame = inspect.currentframe()
     for _ in range(depth):
         if frame is None:
             return None
-        for value in frame.f_locals.values():
-            if isinstance(value, RunBundler):
-                run = getattr(value, "_run_start_uid", None)  # bluesky's own attribute
-                return None if run is None else str(run)
+        local = frame.f_locals
+        bundler = next((v for v in local.values() if isinstance(v, RunBundler)), None)
+        engine, msg = local.get("self"), local.get("msg")
+        if bundler is None and isinstance(engine, RunEngine) and isinstance(msg, Msg):
+            bundler = getattr(engine, "_run_bundlers", {}).get(msg.run)  # bluesky's own
+            if bundler is None:
+                return None  # a message outside any open run
+        if bundler is not None:
+            run = getattr(bundler, "_run_start_uid", None)  # bluesky's own attribute
+            return None if run is None else str(run)
         frame = frame.f_back
     return None
 

@@ -17,9 +17,10 @@ written, with the readings of every other device, are in the run's journal where
 one they died with the process: they are not made up.
 
 A run that died before its first event has no descriptor (bluesky writes it with the first
-event), nor does the file record its run: such a run is recognised by its start, which
-names the camera among its ``detectors`` and was written close to the file's start. It is
-closed with no images, and only if no other unfinished run fits as well.
+event); its file records its run if the camera was triggered. If not (the run died before
+its first point), the run is recognised by its start, which names the camera among its
+``detectors`` and was written close to the file's start, and only if no other unfinished run
+fits as well. Either way it is closed with no images.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def find_unfinished_run(
         uids = ", ".join(found.uid for found in no_descriptor)
         raise LookupError(
             f"{path} records no run, and several unfinished runs of {device} that ended "
-            f"before their first event started when it did: {uids}; name the file's run "
+            f"before their first point started when it did: {uids}; name the file's run "
             "with `ophyd-scmos recover --run UID`"
         )
     if uid is not None:

@@ -334,7 +334,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--run",
         metavar="UID",
         help="the run the files belong to, for a file the catalog cannot tell the run of (a "
-        "run that ended before its first event, with another such run started near it)",
+        "run that ended before its first point, with another such run started near it)",
     )
     p.add_argument(
         "--journal",

@@ -75,6 +75,12 @@ def test_recover_opens_a_file_no_one_closed_and_refuses_one_still_open(tmp_path,
     assert "was not marked open" in capsys.readouterr().out
 
 
+def _frames_while_written(path: str) -> int:
+    """The frames a reader sees in the file its writer still writes (SWMR)."""
+    with h5py.File(path, "r", swmr=True) as f:
+        return len(f[layout.DATA])
+
+
 def _closed(path: str) -> bool:
     """Whether the writer has closed `path`: until then plain readers are refused."""
     try:
@@ -95,6 +101,7 @@ def _state(pid: int) -> str:
 ACQUIRE_INTO_CATALOG = """
 import sys
 from bluesky import RunEngine
+from bluesky import plan_stubs as bps, preprocessors as bpp
 from bluesky.plans import count
 from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
@@ -127,6 +134,9 @@ def report(name, doc):
 RE.subscribe(report)
 if plan == "count":
     RE(count(cams, num=100_000))
+elif plan == "idle":  # a run waiting before its first point (a slow motor's move)
+    md = {"detectors": [cam.name for cam in cams]}
+    RE(bpp.stage_wrapper(bpp.run_wrapper(bps.sleep(600), md=md), cams))
 else:
     RE(movie(*cams, frames=10_000_000, page_every=0.05))
 """
@@ -148,13 +158,14 @@ def _kill_acquisition(
     plan="count",
     cameras=("cam",),
     frames_per_point=1,
-    under_way=True,
+    until="under way",
     save_images=True,
 ):
     """Acquire `plan` into the catalog in a process of its own and kill it (SIGKILL) once it
-    is well under way, or else just after its start, then wait for the cameras' writers to
-    close their files and end (a writer reopens its closed file to record the outcome, and
-    recover refuses a file still open). Returns the run's uid and the files."""
+    is well under way, once every file holds a frame (`until="a frame"`), or just after its
+    start (`until="start"`), then wait for the cameras' writers to close their files and end
+    (a writer reopens its closed file to record the outcome, and recover refuses a file
+    still open). Returns the run's uid and the files."""
     acquiring = subprocess.Popen(
         [
             sys.executable,
@@ -173,8 +184,13 @@ def _kill_acquisition(
     try:
         uid, *paths = acquiring.stdout.readline().split()
         writers = [int(pid) for pid in acquiring.stdout.readline().split()]
-        if under_way:
+        if until == "under way":
             assert acquiring.stdout.readline() == "under way\n", "the run did not get under way"
+        elif until == "a frame":
+            for path in paths:
+                while _frames_while_written(path) == 0:
+                    assert acquiring.poll() is None, "the acquisition ended"
+                    time.sleep(0.05)
     finally:
         acquiring.kill()  # the RunEngine's process only: its writers close the files
         acquiring.wait()
@@ -312,39 +328,50 @@ def test_recover_registers_each_camera_of_a_movie_in_its_stream(catalog_dir, tmp
         np.testing.assert_array_equal(run[f"primary_{name}"][f"{name}_image"].read(), frames)
 
 
-def test_recover_closes_a_run_killed_before_its_first_event(catalog_dir, tmp_path, capsys):
-    """Killed during its first point (16,384 frames), the run has no descriptor yet: the
-    file is tied to it by its start (the camera among its detectors, started with the file).
-    It is closed with no images; the file's frames are in no event."""
-    uid, (path,) = _kill_acquisition(
-        catalog_dir, tmp_path, frames_per_point=16_384, under_way=False
-    )
-    run = open_catalog(catalog_dir)[uid]
-    assert "stop" not in run.metadata and list(run) == []
+def test_recover_closes_each_run_killed_during_its_first_point(catalog_dir, tmp_path, capsys):
+    """Two runs of the same camera killed during their first point (16,384 frames), a few
+    seconds apart: neither has a descriptor yet, but each file records its run (told with
+    the first point), so recover closes each with no images and no guessing, whichever file
+    comes first; the files' frames are in no event. (A camera name of its own: the other
+    runs of the catalog are no candidates.)"""
+    killed = [
+        _kill_acquisition(
+            catalog_dir, tmp_path, cameras=("pair",), frames_per_point=16_384, until="a frame"
+        )
+        for _ in range(2)
+    ]
+    for uid, (path,) in killed:
+        with h5py.File(path, "r") as f:
+            assert layout.Outcome.read(f).run == uid
+        assert "stop" not in open_catalog(catalog_dir)[uid].metadata
 
-    assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
-    assert f"{path}: closed run {uid}, which ended before its first event" in (
-        capsys.readouterr().out
-    )
-    run = open_catalog(catalog_dir)[uid]
-    assert list(run) == []
-    stop = run.metadata["stop"]
-    assert stop["exit_status"] == "fail" and path in stop["reason"]
+    for uid, (path,) in reversed(killed):
+        assert main(["recover", "--catalog", str(catalog_dir), path]) == 0
+        assert f"{path}: closed run {uid}, which ended before its first event" in (
+            capsys.readouterr().out
+        )
+    for uid, (path,) in killed:
+        run = open_catalog(catalog_dir)[uid]
+        assert list(run) == []
+        stop = run.metadata["stop"]
+        assert stop["exit_status"] == "fail" and path in stop["reason"]
 
 
-def test_recover_refuses_a_file_two_runs_before_their_first_event_could_own(
+def test_recover_refuses_a_file_two_runs_before_their_first_point_could_own(
     catalog_dir, tmp_path, capsys
 ):
-    """Two runs of the same camera killed before their first event, a few seconds apart:
-    either could be the second file's run, so recover names both and closes neither; told
-    the run (--run), it closes it. The first file's run is then the only one left. (A camera
-    name of its own: the other runs of the catalog are no candidates.)"""
+    """Two runs of the same camera killed before their first point (waiting, as for a slow
+    motor), a few seconds apart: the files record no run, and either run could be the second
+    file's, so recover names both and closes neither; told the run (--run), it closes it.
+    The first file's run is then the only one left. (A camera name of its own.)"""
     first, (first_path,) = _kill_acquisition(
-        catalog_dir, tmp_path, cameras=("twin",), frames_per_point=16_384, under_way=False
+        catalog_dir, tmp_path, "idle", cameras=("twin",), until="start"
     )
     second, (second_path,) = _kill_acquisition(
-        catalog_dir, tmp_path, cameras=("twin",), frames_per_point=16_384, under_way=False
+        catalog_dir, tmp_path, "idle", cameras=("twin",), until="start"
     )
+    with h5py.File(second_path, "r") as f:
+        assert layout.Outcome.read(f).run is None
 
     assert main(["recover", "--catalog", str(catalog_dir), second_path]) == 1
     err = capsys.readouterr().err
