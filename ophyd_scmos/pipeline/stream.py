@@ -30,7 +30,7 @@ from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
-from ophyd_scmos.pipeline.writeback import fsync_path, no_room, room
+from ophyd_scmos.pipeline.writeback import file_identity, fsync_path, names_file, no_room, room
 
 INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent frames, for events
 STATS_KEPT = 1 << 14  #: statistics of the most recent frames written, for events
@@ -90,6 +90,7 @@ class FrameStream:
         self._own_writer = writer is None  #: started here, ended by `close`
         self._base = 0  #: frames the ring had passed before this run, for slot numbers
         self._written = 0
+        self._identity = (-1, -1)  #: (device, inode) of the file, once made
         self._stored: int | None = None  # frames whose statistics are in the file, if any
         self._heard = 0.0  # time.monotonic() of the writer's last status line
         self._stalled: float | None = None  # seconds the writer was silent before its kill
@@ -154,11 +155,15 @@ class FrameStream:
         if space < frame_bytes:  # a full disk: fail now, not with an empty file
             raise no_room(reason, f"a new run's file {self.path}")
         try:
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             raise FileExistsError(
                 f"{self.path} exists; ophyd-scmos never overwrites a file"
             ) from None
+        try:
+            self._identity = file_identity(fd)
+        finally:
+            os.close(fd)
         try:
             self._start(timeout)
         except BaseException:
@@ -247,13 +252,14 @@ class FrameStream:
             raise self.error
         return summary
 
-    def _recover(self, why: str) -> int:
+    def _recover(self, why: str) -> int | None:
         """After the writer failed: clear the open-for-write flag so plain readers open the
         file and return how many frames it holds. If the writer died without a word (killed),
         record that in the file; one that reported an error (disk full) already closed what
-        it could, so the file is not written again."""
-        if not self.path.exists():
-            return 0
+        it could, so the file is not written again. None if the path no longer names the
+        file (deleted, moved away, replaced): nothing there is touched."""
+        if not names_file(self.path, self._identity):
+            return None
         with contextlib.suppress(ValueError, OSError):
             clear_open_flags(self.path)
             finish_close(self.path)  # killed while closing it
@@ -502,12 +508,14 @@ class FrameStream:
                     "does not answer) and was killed"
                 )
             saved = self._recover(why)
-            self._fail(
-                StreamError(
-                    f"{why}. {self.path} holds the first {saved} frames "
-                    f"of {self.frames_acquired} acquired."
-                )
+            acquired = self.frames_acquired
+            held = (
+                f"{self.path} holds the first {saved} frames of {acquired} acquired"
+                if saved is not None
+                else f"Nothing at {self.path} is this run's file any more; {self._written} of "
+                f"the {acquired} frames acquired were written into it"
             )
+            self._fail(StreamError(f"{why}. {held}."))
         else:
             self._notify()
         if status["state"] == State.ERROR:

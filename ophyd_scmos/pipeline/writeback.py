@@ -35,6 +35,23 @@ HEADROOM = 8 * 2**20
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
+def file_identity(fd: int) -> tuple[int, int]:
+    """(device, inode) of an open file: which file its path must still name (`names_file`)."""
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
+
+
+def names_file(path: str | os.PathLike, identity: tuple[int, int]) -> bool:
+    """Whether `path` still names the file of `identity`: not deleted, moved away or replaced
+    by another file since. Whatever is done to a run's file by its path (its outcome
+    recorded, its open mark cleared) is done only then: never to another run's file."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == identity
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Have the file at `path` on disk (a closed file then survives a power cut)."""
     fd = os.open(path, os.O_RDONLY)

@@ -37,7 +37,14 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
 from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
-from ophyd_scmos.pipeline.writeback import Room, WriteBehind, fsync_path, no_room
+from ophyd_scmos.pipeline.writeback import (
+    Room,
+    WriteBehind,
+    file_identity,
+    fsync_path,
+    names_file,
+    no_room,
+)
 
 #: plain ints: numpy compares an enum slowly
 OPEN, RUN = int(Op.OPEN), int(Op.RUN)
@@ -109,6 +116,7 @@ class RunFile:
         limit = options.write_limit_mb_s
         self.room = Room(self.path)
         self.fd = self.file.id.get_vfd_handle()
+        self.identity = file_identity(self.fd)
         self.behind = WriteBehind(self.fd, limit=limit and limit * 1e6)
         self.file.swmr_mode = True
         self.last_flush = time.monotonic()
@@ -207,9 +215,16 @@ class RunFile:
     def flush(self) -> None:
         """Make written frames visible to readers and safe from a crash of this process.
         A file deleted meanwhile fails here, within a flush interval, not at the run's end:
-        every frame written into it since is lost."""
-        if os.fstat(self.fd).st_nlink == 0:
-            raise FileNotFoundError(errno.ENOENT, "deleted while it was written", self.path)
+        every frame written into it since is lost. So does a file moved away or replaced:
+        its run's documents name its path, where its frames no longer are."""
+        if not names_file(self.path, self.identity):
+            why = (
+                "deleted while it was written"
+                if os.fstat(self.fd).st_nlink == 0
+                else "moved away or replaced while it was written (the frames written are in "
+                "the file, wherever it went; the run's documents name this path)"
+            )
+            raise FileNotFoundError(errno.ENOENT, why, self.path)
         self.store_stats(force=self.settle_at is not None and self.written >= self.settle_at)
         for column in (*self.meta, *self.stats):
             column.store()
@@ -257,10 +272,12 @@ class RunFile:
             self.file.close()
 
     def record_outcome(self, complete: bool, error: str | None = None) -> None:
-        """After closing (`Outcome.store`); HEADROOM leaves room for it on a full disk."""
+        """After closing (`Outcome.store`), if its path still names it (never into another
+        file put there since); HEADROOM leaves room for it on a full disk."""
         dropped, missed = self.lost[Op.DROPPED], self.lost[Op.MISSED]
         outcome = layout.Outcome(self.written, dropped, missed, complete, error, run=self.run)
-        outcome.store(self.path)
+        if names_file(self.path, self.identity):
+            outcome.store(self.path)
 
     def append(self, slots: np.ndarray) -> None:
         """Write the frames in `slots`, or as many as the disk holds, then say it is full."""

@@ -166,3 +166,37 @@ def test_a_file_deleted_while_written_fails_the_run_at_once(cam, RE, recorder):
     message = " ".join(str(e) for e in _chain(info.value))
     assert "deleted while it was written" in message and cam.file_path.get() in message
     assert len(recorder.of("event")) < 20  # a flush or two after the deletion
+
+
+def test_a_file_moved_while_written_fails_the_run_and_no_other_file_is_touched(
+    cam, driver, tmp_path, RE, recorder
+):
+    """Moved away (an archiving script) and another HDF5 file put at its path (a restore):
+    the run's documents name that path, where its frames no longer are, so the run stops at
+    the writer's next flush, saying so; the file put there is left exactly as it was (no
+    outcome of this run written into it, no mark cleared), and the moved file holds the
+    frames written, whole."""
+    other = tmp_path / "another_run.h5"
+    with h5py.File(other, "w") as f:
+        f["entry/data/data"] = np.arange(12, dtype=np.uint16).reshape(3, 2, 2)
+    before = other.read_bytes()
+    moved = tmp_path / "archive" / "moved.h5"
+    moved.parent.mkdir()
+
+    def move_at_event_10(name, doc):
+        if name == "event" and doc["seq_num"] == 10:
+            os.replace(cam.file_path.get(), moved)
+            os.link(other, cam.file_path.get())  # the same file as `other`: any write shows
+
+    RE.subscribe(move_at_event_10)
+    with pytest.raises(Exception) as info:
+        RE(count([cam], num=2000))
+    message = " ".join(str(e) for e in _chain(info.value))
+    assert "moved away or replaced while it was written" in message
+    assert f"Nothing at {cam.file_path.get()} is this run's file any more" in message
+    assert len(recorder.of("event")) < 20  # a flush or two after the move
+    assert other.read_bytes() == before
+    with h5py.File(moved, "r") as f:
+        written = len(f[layout.DATA])
+        assert written >= 10
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, written))
