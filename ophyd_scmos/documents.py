@@ -16,6 +16,7 @@ from typing import Any
 
 import event_model
 
+from ophyd_scmos.files import file_uri
 from ophyd_scmos.pipeline import layout
 
 HDF5_MIMETYPE = "application/x-hdf5"
@@ -70,7 +71,7 @@ class AssetDocs:
                 parameters["multiplier"] = frames_per_point
             bundle = event_model.ComposeStreamResource(start=None)(
                 mimetype=HDF5_MIMETYPE,
-                uri=self.path.absolute().as_uri(),
+                uri=file_uri(self.path),
                 data_key=data_key,
                 parameters=parameters,
             )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import json
 import os
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlparse
 
 T = TypeVar("T")
 
@@ -37,6 +41,7 @@ def check_template(template: str) -> str:
         raise ValueError(f"file template {template!r} is not a format string: {exc}") from None
     _inside(template, template)
     _inside(template, example)
+    check_uri_path(Path(template), "file template")
     if not template.endswith(SUFFIXES):
         raise ValueError(f"file template {template!r} must end with one of {SUFFIXES}")
     return template
@@ -57,9 +62,34 @@ def _inside(template: str, relative: str) -> None:
         )
 
 
+def file_uri(path: str | os.PathLike) -> str:
+    """The URI of a run file in its documents, as TiledWriter writes one and Tiled reads it
+    back (`tiled.utils.path_from_uri`, which takes the path as it is: no percent-encoding)."""
+    return f"file://localhost{Path(path).absolute()}"
+
+
+def local_path(uri: str) -> Path:
+    """The path of a ``file:`` URI of a catalog's assets and documents (`file_uri`)."""
+    return Path(urlparse(uri).path)
+
+
+def check_uri_path(path: Path, what: str) -> None:
+    """Raise ValueError if `path` has a character that would end it in a file's URI (where
+    a catalog reads it back): '#', '?' or a control character."""
+    bad = sorted({c for c in str(path) if c in "#?" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(
+            f"{what} {str(path)!r} has {', '.join(map(repr, bad))} in it: catalogs find a "
+            "run's file by a URI, where such a character ends the path; choose a name "
+            "without it"
+        )
+
+
 def prepare_dir(write_dir: str | os.PathLike) -> Path:
-    """Create the directory if missing (as areaDetector does); fail clearly if not writable."""
+    """Create the directory if missing (as areaDetector does); fail clearly if not writable
+    or if a catalog could not find files in it (`check_uri_path`)."""
     path = Path(write_dir).expanduser().resolve()
+    check_uri_path(path, "write directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -71,19 +101,19 @@ def prepare_dir(write_dir: str | os.PathLike) -> Path:
     return path
 
 
-def next_file(write_dir: Path, template: str, name: str) -> Path:
-    """The file this run will write; FileExistsError if the template gives an existing name.
-
-    With a `{counter}` field the first free number is taken instead.
+def next_file(write_dir: Path, template: str, name: str, first: int = 0) -> tuple[Path, int]:
+    """The file this run will write, and its `{counter}` number; FileExistsError if the
+    template gives an existing name. With a `{counter}` field the first free number from
+    `first` on is taken instead.
     """
     now = datetime.datetime.now()
     uid = uuid.uuid4().hex[:8]
-    counter = 0
+    counter = first
     while True:
         relative = _format(template, name, now, uid, counter)
         _inside(template, relative)
         path = write_dir / relative
-        if not path.exists():
+        if not os.path.lexists(path):  # a dangling symlink takes its name too
             break
         if "{counter" not in template:
             raise FileExistsError(
@@ -92,17 +122,54 @@ def next_file(write_dir: Path, template: str, name: str) -> Path:
             )
         counter += 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return path, counter
 
 
 def create_next(write_dir: Path, template: str, name: str, create: Callable[[Path], T]) -> T:
     """Make this run's file with `create(path)`, which must create it exclusively (raising
-    FileExistsError if it exists). With a `{counter}` field, a number that another process
-    took in the meantime is skipped, so two processes starting together both get a file."""
-    while True:
-        path = next_file(write_dir, template, name)
+    FileExistsError if it exists).
+
+    With a `{counter}` field, numbers go on from the last one this template and camera
+    took in `write_dir` (kept in its `COUNTERS` file), never back: a number whose file was
+    moved away (archived) is not taken again, which would give a run in a catalog another
+    run's file under its file's name. A number another process took in the meantime is
+    skipped, so two processes starting together both get a file.
+    """
+    if "{counter" not in template:
+        return create(next_file(write_dir, template, name)[0])
+    with _counters(write_dir) as taken:
+        series = f"{name} {template}"
+        first = taken.get(series, -1) + 1
+        while True:
+            path, number = next_file(write_dir, template, name, first)
+            try:
+                made = create(path)
+            except FileExistsError:
+                first = number + 1
+                continue
+            taken[series] = number
+            return made
+
+
+#: the file in a write directory that keeps the last `{counter}` number of each camera and
+#: template (JSON); removing it lets numbers start again at the first free one
+COUNTERS = ".ophyd-scmos-counters.json"
+
+
+@contextlib.contextmanager
+def _counters(write_dir: Path) -> Iterator[dict[str, int]]:
+    """The write directory's last `{counter}` numbers, for this process alone (a file lock),
+    written back as they are left. A file that does not read (cut short) counts as empty."""
+    with open(write_dir / COUNTERS, "a+", encoding="utf-8") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.seek(0)
         try:
-            return create(path)
-        except FileExistsError:
-            if "{counter" not in template:
-                raise
+            taken = {str(k): int(v) for k, v in json.loads(file.read() or "{}").items()}
+        except (ValueError, AttributeError):
+            taken = {}
+        try:
+            yield taken
+        finally:
+            file.seek(0)
+            file.truncate()
+            file.write(json.dumps(taken, indent=1))

@@ -17,6 +17,7 @@ from bluesky.plans import count
 from databroker import Broker
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos.files import COUNTERS
 from ophyd_scmos.pipeline import PipelineOptions, layout
 from tests.conftest import SENSOR, Recorder, expected_frames
 
@@ -296,7 +297,35 @@ def test_counter_template_takes_the_next_free_number(driver, tmp_path, RE):
     cam.roi.set((0, 0, 32, 32))
     RE(count([cam], num=1))
     RE(count([cam], num=1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_000.h5", "scan_001.h5"]
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["scan_000.h5", "scan_001.h5"]
+
+
+def test_counter_numbers_never_go_back_even_when_files_are_moved_away(driver, tmp_path, RE):
+    """A number whose file was moved away (archived) is not taken again: a run in a catalog
+    would read another run's file under its file's name. A name taken by a dangling
+    symlink is skipped too. Without the directory's record of numbers, the first free one."""
+    cam = SCMOSCamera(
+        name="cam", driver=driver, write_dir=tmp_path, file_template="scan_{counter:03d}.h5"
+    )
+    cam.roi.set((0, 0, 32, 32))
+    RE(count([cam], num=1))
+    RE(count([cam], num=1))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for path in tmp_path.glob("scan_*.h5"):
+        path.rename(archive / path.name)
+    (tmp_path / "scan_002.h5").symlink_to(tmp_path / "nowhere.h5")
+    RE(count([cam], num=1))
+    assert cam.file_path.get() == str(tmp_path / "scan_003.h5")
+    other = SCMOSCamera(
+        name="other", driver=driver, write_dir=tmp_path, file_template="scan_{counter:03d}.h5"
+    )  # another camera's numbers are its own, but a name taken is taken
+    other.roi.set((0, 0, 32, 32))
+    RE(count([other], num=1))
+    assert other.file_path.get() == str(tmp_path / "scan_000.h5")
+    (tmp_path / COUNTERS).unlink()
+    RE(count([cam], num=1))
+    assert cam.file_path.get() == str(tmp_path / "scan_001.h5")
 
 
 def test_the_ring_may_be_sized_in_frames_but_not_both_ways(driver, tmp_path):

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ophyd_scmos.catalog.embedded import PathLike, keeps_streams
-from ophyd_scmos.catalog.summary import local_path, node_files
+from ophyd_scmos.catalog.summary import node_files
+from ophyd_scmos.files import local_path
 
 if TYPE_CHECKING:
     from event_model.documents import RunStart

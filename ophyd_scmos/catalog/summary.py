@@ -12,11 +12,10 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 from ophyd_scmos.catalog.embedded import PathLike
+from ophyd_scmos.files import local_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,11 +87,6 @@ def node_files(node: Any) -> list[str]:
         for asset in source.assets
         if asset.data_uri.startswith("file:")
     ]
-
-
-def local_path(uri: str) -> Path:
-    """The path of a ``file:`` URI, as a catalog's assets and documents write it."""
-    return Path(unquote(urlparse(uri).path))
 
 
 def probe(node: Any) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.catalog.embedded import JSON_SEQ, JSON_SEQ_EXPORTER, PathLike, absolute_path
-from ophyd_scmos.catalog.summary import image_nodes, local_path, node_files, probe
+from ophyd_scmos.catalog.summary import image_nodes, node_files, probe
+from ophyd_scmos.files import file_uri, local_path
 
 if TYPE_CHECKING:
     from tiled.client.container import Container
@@ -56,7 +57,8 @@ class SyncResult:
     uid: str
     #: "copied"; "present" (the target had it); "running" (no stop yet: left); "incomplete"
     #: (the target has it half-copied: left); "replaced" (it had it half-copied: copied anew,
-    #: `replace_incomplete`); "missing" (a file to copy is gone: not copied)
+    #: `replace_incomplete`); "missing" (a file to copy is gone: not copied); "conflict" (a
+    #: different file has a file's name where it is copied to: not copied)
     status: str
     files: list[str] = field(default_factory=list)  #: data files the target's run points at
     error: str | None = None  #: what is wrong with the run there, and what to do, if anything
@@ -84,9 +86,10 @@ def sync(
 
     A run the target holds without a stop document (a sync interrupted half-way: the
     source's run is finished, and its uid is its own) is left "incomplete", with an error
-    saying so, or with `replace_incomplete` deleted there and copied anew ("replaced"); a run
-    whose file is gone is "missing" with `copy_data_to` (nothing written to the target). The
-    other runs go on either way.
+    saying so, or with `replace_incomplete` deleted there and copied anew ("replaced"); with
+    `copy_data_to`, a run whose file is gone is "missing", and one whose file's name is taken
+    there by a different file is a "conflict" (nothing written to the target). The other runs
+    go on either way.
     """
 
     results = []
@@ -141,17 +144,17 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
             return SyncResult(
                 uid, "missing", gone, f"no such file to copy (moved or deleted?): {gone[0]}"
             )
-        copies = {path: _copy_file(Path(path), copy_data_to) for path in paths}
+        try:
+            copies = {path: _copy_file(Path(path), copy_data_to) for path in paths}
+        except FileExistsError as err:  # another run's file of that name: never overwritten
+            why = f"{err}: this run not copied; copy it into another directory"
+            return SyncResult(uid, "conflict", paths, why)
         for doc in resources:  # a movie's file holds several streams
-            doc["uri"] = _file_uri(copies[str(local_path(doc["uri"]))])
+            doc["uri"] = file_uri(copies[str(local_path(doc["uri"]))])
     writer = CatalogWriter(target, journal=False, normalizer=RunNormalizer)
     for name, doc in docs:
         writer(name, doc)
     return SyncResult(uid, "copied", _unique(str(local_path(doc["uri"])) for doc in resources))
-
-
-def _file_uri(path: Path) -> str:
-    return Path(path).absolute().as_uri()
 
 
 def _copy_file(path: Path, directory: PathLike) -> Path:

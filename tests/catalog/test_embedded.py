@@ -460,6 +460,81 @@ def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
     )
 
 
+def test_sync_copies_no_file_over_another_of_its_name(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs' files of one name (two write directories, one template): --copy-data copies
+    the first, leaves the second a conflict saying which files (nothing overwritten, nothing
+    written to the target), and copies the runs after it all the same."""
+    RE = RunEngine({}, call_returns_result=False)
+    source = open_catalog(catalog_dir)
+    RE.subscribe(TiledWriter(source))
+    uids = []
+    for seed, folder in enumerate(("one", "two", "three")):
+        cam = SCMOSCamera(
+            name="cam",
+            driver=SimulatedSCMOS(shape=SENSOR, seed=seed),
+            write_dir=tmp_path / folder,
+            file_template="scan.h5" if folder != "three" else "other.h5",
+            ring_mb=4,
+        )
+        cam.roi.set((0, 0, 32, 32))
+        uids.append(RE(count([cam], num=2))[0])
+        cam.destroy()
+    copies, target_dir = tmp_path / "copies", tmp_path / "target"
+    open_catalog(target_dir)
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(target_dir), *uids]
+    assert main([*sync, "--copy-data", str(copies)]) == 1
+    out = capsys.readouterr().out
+    assert f"copied   {uids[0]}" in out and f"copied   {uids[2]}" in out
+    assert f"conflict {uids[1]}" in out and "exists and differs" in out
+    assert str(tmp_path / "two" / "scan.h5") in out
+    assert (copies / "scan.h5").read_bytes() == (tmp_path / "one" / "scan.h5").read_bytes()
+    target = open_catalog(target_dir)
+    assert uids[1] not in target
+    np.testing.assert_array_equal(
+        target[uids[2]]["primary"]["cam_image"].read(),
+        source[uids[2]]["primary"]["cam_image"].read(),
+    )
+
+
+def test_runs_in_a_directory_named_with_spaces_accents_and_percent_signs_replay(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """A file's URI carries its path as it is, as Tiled reads it back: a step scan's frames
+    (Resource) and a movie's (StreamResource) replay from such a directory pixel for pixel.
+    A directory with '#' or '?', which would end the path in a URI, is refused at stage,
+    before anything is made."""
+    from ophyd_scmos.plans import movie
+
+    write_dir = tmp_path / "my data ü 50%20off"
+    driver = SimulatedSCMOS(shape=SENSOR, seed=4, camera_buffer_frames=20)
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=write_dir, ring_mb=4)
+    cam.roi.set((0, 0, 32, 32))
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    try:
+        (stepped,) = RE(count([cam], num=3))
+        stepped_file = cam.file_path.get()
+        (moved,) = RE(movie(cam, frames=20))
+        movie_file = cam.file_path.get()
+    finally:
+        cam.destroy()
+    catalog = open_catalog(catalog_dir)
+    for uid, path in ((stepped, stepped_file), (moved, movie_file)):
+        assert Path(path).parent == write_dir
+        images = catalog[uid]["primary"]["cam_image"].read()
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(images.reshape(f[layout.DATA].shape), f[layout.DATA])
+
+    for name, char in (("run#1", "#"), ("why?", "?")):
+        cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(), write_dir=tmp_path / name)
+        with pytest.raises(ValueError, match=re.escape(f"has {char!r} in it")):
+            cam.stage()
+        assert not (tmp_path / name).exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Damaged files
 

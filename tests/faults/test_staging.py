@@ -195,4 +195,4 @@ def test_two_cameras_numbering_files_at_once_each_get_their_own(tmp_path):
         if camera._staged.name == "yes":
             camera.unstage()
     assert errors == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"scan_{i:03d}.h5" for i in range(4)]
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == [f"scan_{i:03d}.h5" for i in range(4)]
