@@ -33,7 +33,13 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from ophyd_scmos.documents import AssetDocs, SavedEvents, bundle_of_caller, run_of_caller
+from ophyd_scmos.documents import (
+    AssetDocs,
+    SavedEvents,
+    bundle_of_caller,
+    run_of_caller,
+    stream_of_caller,
+)
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
 from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template, create_next, prepare_dir
 from ophyd_scmos.live.control import LiveControl
@@ -124,6 +130,9 @@ class _Run:
     saved_events: SavedEvents | None = None  #: word of the staging RunEngine's saved events
     collected: int = 0  #: fly scans: frames covered by StreamDatum so far
     bundle: tuple[str, str] | None = None  #: step scans: the run and stream of its events
+    fly_stream: str | None = None  #: fly scans: the stream its frames are collected into
+    refused: RuntimeError | None = None  #: why an event was refused: every later one is too
+    cut_at_resume: int = 0  #: points cut as a paused plan resumed, to be triggered again
     flying: bool = False
     staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
     reported_error: BaseException | None = None  #: raised once, by the status that saw it
@@ -192,6 +201,8 @@ class Setting(Signal):
     def put(self, value: Any, **kwargs: Any) -> None:
         value = _plain(value)
         self.parent._apply_setting(self.attr_name, value)
+        if self.attr_name == "roi" and value is None:  # the whole sensor: say which pixels
+            value = ROI.full(self.parent.driver.sensor_shape).as_tuple()
         super().put(value, **kwargs)
         self.parent._announce()
 
@@ -200,6 +211,21 @@ class Setting(Signal):
         status = Status(self)
         status.set_finished()
         return status
+
+
+class ImageDatum(Signal):
+    """The datum id of a point's frames: read with its camera, whose reading collects the
+    documents that describe those frames; read alone, an event would point at frames that
+    no document describes (and that the run then does not keep)."""
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        if not self.parent._reading:
+            raise RuntimeError(
+                f"{self.name} is read with its camera ({self.parent.name}): read the camera "
+                f"(bps.read({self.parent.name}), trigger_and_read([{self.parent.name}])), "
+                "whose reading brings the documents of the frames it points at"
+            )
+        return dict(super().read())
 
 
 class SCMOSCamera(Device):
@@ -248,7 +274,7 @@ class SCMOSCamera(Device):
     model = Cpt(Signal, value="", kind="config")
     file_path = Cpt(Signal, value="", kind="config", doc="the file of the current run")
 
-    image = Cpt(Signal, value="", kind="normal", doc="datum id of this point's frames")
+    image = Cpt(ImageDatum, value="", kind="normal", doc="datum id of this point's frames")
     frame_number = Cpt(Signal, value=-1, kind="normal", doc="camera's number of the 1st frame")
     frame_time = Cpt(Signal, value=0.0, kind="normal", doc="camera clock, s, of that frame")
     frames_dropped = Cpt(Signal, value=0, kind="normal")
@@ -322,6 +348,10 @@ class SCMOSCamera(Device):
         self.rois = rois or {}
         #: this point's statistics: data key -> (value, timestamp)
         self._stat_readings: dict[str, tuple[float, float]] = {}
+        self._reading = False  #: in `read`: the image's datum may be read (`ImageDatum`)
+        #: the run (its start's uid) of the last staging within a run, and how the camera
+        #: was described then: staged again in that run, it must be described alike
+        self._described_in: tuple[str, dict[str, dict]] | None = None
         self._stat_keys_made_for: tuple | None = None
         self._stat_key_table: dict[str, tuple[int, int, str]] = {}
         self._live = LiveControl(name, driver, self._focus_ring)
@@ -414,7 +444,19 @@ class SCMOSCamera(Device):
         }
 
     def read(self) -> dict[str, dict[str, Any]]:
-        readings = super().read()
+        run = self._run
+        if run is not None and run.statuses and not run.statuses[-1].done and not run.flying:
+            raise RuntimeError(
+                f"{self.name} was read before its trigger completed: that point's frames are "
+                "not in the file yet, nor their statistics known, so its event would hold "
+                f"another point's readings. Wait for the trigger: bps.trigger({self.name}, "
+                "wait=True), or bps.wait() before reading (trigger_and_read does)"
+            )
+        self._reading = True
+        try:
+            readings = super().read()
+        finally:
+            self._reading = False
         if not self._images:
             readings.pop(self.image.name, None)
         for key in self._stat_keys():
@@ -611,6 +653,7 @@ class SCMOSCamera(Device):
                 f"anew ({self.name}.rois[name] = (x, y, width, height)) or remove it "
                 f"(del {self.name}.rois[name])"
             ) from None
+        self._check_staged_alike(run_of_caller())
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         try:
@@ -638,6 +681,30 @@ class SCMOSCamera(Device):
             self._finish_run()
             self._live.run_ended()
             raise
+
+    def _check_staged_alike(self, run: str | None) -> None:
+        """Staged again within run `run` (a plan that unstages and stages its camera between
+        points), the camera must be described as it was at the run's first staging: the
+        run's events are described once, and a stream's images are read as one shape."""
+        if run is None:
+            return
+        described = self.describe()
+        if self._described_in is not None and self._described_in[0] == run:
+            before = self._described_in[1]
+            changed = sorted(
+                key
+                for key in before.keys() | described.keys()
+                if {k: v for k, v in before.get(key, {}).items() if k != "source"}
+                != {k: v for k, v in described.get(key, {}).items() if k != "source"}
+            )
+            if changed:
+                raise ValueError(
+                    f"{self.name} was staged again within run {run} with settings that change "
+                    f"its readings ({', '.join(changed)}: frames_per_point, roi, binning, "
+                    "statistics or save_images changed): a run's events are described once, "
+                    "by its first staging; take these settings in a run of their own"
+                )
+        self._described_in = (run, described)
 
     def _open_stream(self, write_dir: Path, regions: dict[str, stats.Region] | None) -> FrameStream:
         """This run's file, and the stream that fills it through the camera's writer.
@@ -890,6 +957,7 @@ class SCMOSCamera(Device):
                     # would leave the RunEngine paused)
                 else:
                     run.docs.drop_datums_from(recorded)
+                    run.cut_at_resume += run.points - recorded
                     run.points = recorded
         super().resume()
 
@@ -898,13 +966,20 @@ class SCMOSCamera(Device):
         if run is None:
             return
         if run.flying:
+            self._check_fly_stream(run, stream_of_caller())
             stop = self.get_index() if index is None else min(index, self.get_index())
             run.docs.stream_datum(run.collected, stop)
             run.collected = max(run.collected, stop)
         else:
             if run.recorded_points is None:
                 run.recorded_points = 0
-            self._check_event(run, bundle_of_caller())
+            if run.refused is not None:  # what went wrong first, not a consequence of it
+                raise run.refused
+            try:
+                self._check_event(run, bundle_of_caller())
+            except RuntimeError as exc:
+                run.refused = exc
+                raise
             run.read_points = run.points
         docs = run.docs.drain()
         if run.flying or run.saved_events is None:
@@ -920,10 +995,17 @@ class SCMOSCamera(Device):
         new = run.points - run.recorded_points
         if new == 0:
             since = "its last event" if run.points else "it was staged for this run"
+            resumed = (
+                "; its point triggered before the plan paused was cut as it resumed, for the "
+                "plan to take it again from its last checkpoint, which comes after that "
+                "trigger: put the checkpoint before the trigger (bluesky's plans do)"
+                if run.cut_at_resume
+                else ""
+            )
             raise RuntimeError(
                 f"{self.name} was read into an event with no trigger since {since}: an "
                 "event's frames are those of the trigger before it (trigger_and_read), and "
-                "two events may not point at the same frames"
+                f"two events may not point at the same frames{resumed}"
             )
         if new > 1:
             raise RuntimeError(
@@ -948,6 +1030,21 @@ class SCMOSCamera(Device):
                 f"to {bundle[1]!r}: a camera's file serves one stream per run (catalogs read a "
                 "stream's images as the file's frames in order); take the other frames in a "
                 "run of their own (darks, flats), or read the camera into one stream"
+            )
+
+    def _check_fly_stream(self, run: _Run, stream: str | None) -> None:
+        """Refuse a movie's frames collected into a second stream: a stream's images are the
+        file's frames in order, from the first, so each would hold them all."""
+        if stream is None:
+            return
+        if run.fly_stream is None:
+            run.fly_stream = stream
+        elif stream != run.fly_stream:
+            raise RuntimeError(
+                f"{self.name}'s frames were collected into stream {run.fly_stream!r} of this "
+                f"run, and now into {stream!r}: a camera's file serves one stream per run "
+                "(catalogs read a stream's images as the file's frames in order); collect "
+                "the camera into one stream"
             )
 
     def _event_saved(self, run: _Run | None = None) -> None:
@@ -1005,6 +1102,11 @@ class SCMOSCamera(Device):
         run = self._require_run("kickoff()")
         if run.points:
             raise RuntimeError(f"{self.name} took step-scan points in this staging")
+        if run.flying:
+            raise RuntimeError(
+                f"{self.name} was kicked off already in this staging: a staging records one "
+                "movie, which its complete() ends; stage the camera again for another"
+            )
         run.flying, run.staged_by_kickoff = True, staged_here
         uid = run_of_caller()
         if uid is not None:

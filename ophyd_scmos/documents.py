@@ -128,6 +128,23 @@ def bundle_of_caller(depth: int = 12) -> tuple[str, str] | None:
     return None
 
 
+def stream_of_caller(depth: int = 12) -> str | None:
+    """The stream a RunEngine's bundler collects the caller's documents into (`collect`),
+    where it is on the stack and names one; None elsewhere."""
+    from bluesky.bundlers import RunBundler
+
+    collect = RunBundler.collect.__code__
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code is collect:
+            stream = frame.f_locals.get("stream_name")  # bluesky's own local
+            return stream if isinstance(stream, str) else None
+        frame = frame.f_back
+    return None
+
+
 def run_of_caller(depth: int = 12) -> str | None:
     """The run (its start document's uid) a RunEngine calls the caller for: where one of its
     runs' bundlers is among the locals on the stack (`RunEngine._kickoff` holds it), or where

@@ -384,3 +384,15 @@ def test_default_camera_needs_no_arguments(tmp_path, monkeypatch):
     assert isinstance(cam.driver, SimulatedSCMOS)
     assert cam.roi.get() == (0, 0, 2048, 2048)
     assert str(cam.write_dir).startswith(str(tmp_path))
+
+
+def test_a_roi_of_none_is_the_whole_sensor_and_says_so(driver, tmp_path, RE):
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path)
+    cam.roi.set((0, 0, 32, 32))
+    cam.roi.set(None)
+    rows, cols = driver.sensor_shape
+    assert cam.roi.get() == (0, 0, cols, rows) and driver.frame_shape == (rows, cols)
+    RE(count([cam], num=1))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape == (1, rows, cols)
+    cam.destroy()

@@ -9,6 +9,8 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
+from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
 from ophyd.sim import motor
 
 from ophyd_scmos import CatalogWriter, open_catalog
@@ -101,3 +103,100 @@ def test_a_camera_monitored_says_what_to_monitor_instead(cam, RE):
 
     with pytest.raises(ValueError, match=r"cam cannot be monitored: .* \(cam.frames_written\)"):
         RE(bpp.monitor_during_wrapper(bpp.run_wrapper(nothing()), [cam]))
+
+
+def test_a_read_before_the_trigger_completed_is_refused(cam, RE, recorder):
+    """bps.trigger does not wait by default: read at once, the event would hold the last
+    point's statistics and frame number beside a datum of frames not yet in the file."""
+    cam.exposure_time.set(0.2)
+
+    def body():
+        yield from bps.trigger(cam)
+        yield from bps.create()
+        yield from bps.read(cam)
+        yield from bps.save()
+
+    with pytest.raises(RuntimeError, match="cam was read before its trigger completed"):
+        RE(staged_run(cam, body))
+    assert recorder.of("event") == []
+    assert recorder.of("stop")[0]["exit_status"] == "fail"
+
+
+def test_the_image_is_read_with_its_camera_only(cam, RE, recorder):
+    """Read alone, cam.image would put a datum id in an event with no document describing
+    its frames (the camera's reading collects them), and the run would not keep them."""
+
+    def body():
+        yield from bps.trigger(cam, wait=True)
+        yield from bps.create()
+        yield from bps.read(cam.image)
+        yield from bps.save()
+
+    with pytest.raises(RuntimeError, match=r"cam_image is read with its camera \(cam\)"):
+        RE(staged_run(cam, body))
+    assert recorder.of("event") == []
+    assert cam.image.get() != ""  # its value is there to see, as any signal's
+
+
+def test_staged_again_within_a_run_the_camera_reads_alike(cam, driver, RE, recorder, tmp_path):
+    """A plan may unstage and stage its camera between points (each staging a file of its
+    own); staged again with other frames_per_point, its events would no longer be what the
+    run's descriptor says: refused, before any file is made. Alike, the run replays."""
+    catalog = open_catalog(tmp_path / "catalog")
+    RE.subscribe(CatalogWriter(catalog))
+
+    def restaged(change):
+        @bpp.run_decorator()
+        def plan():
+            for _ in range(2):
+                yield from bps.stage(cam)
+                yield from bps.trigger_and_read([cam])
+                yield from bps.unstage(cam)
+                yield from change()
+
+        return plan()
+
+    def nothing():
+        yield from bps.null()
+
+    RE(restaged(nothing))
+    images = catalog[-1]["primary"]["cam_image"].read()
+    numbers = [event["data"]["cam_frame_number"] for event in recorder.of("event")]
+    np.testing.assert_array_equal(images[:, 0], [driver.expected_frame(n) for n in numbers])
+
+    def two_frames_per_point():
+        yield from bps.mv(cam.frames_per_point, 2)
+
+    files = set((tmp_path / "data").iterdir())
+    with pytest.raises(ValueError, match=r"cam was staged again within run .*\(cam_image"):
+        RE(restaged(two_frames_per_point))
+    assert len(set((tmp_path / "data").iterdir()) - files) == 1  # the first staging's file
+    assert len(recorder.of("event")) == 3
+
+
+def test_a_refusal_is_what_the_run_reports_whatever_follows(cam, RE, recorder):
+    """A camera in a baseline is refused as a primary reading too; the baseline's last
+    reading is refused again, and the run still says why it was refused first."""
+    with pytest.raises(RuntimeError, match="cam's frames went to stream 'baseline'"):
+        RE(bpp.baseline_wrapper(count([cam]), [cam]))
+    assert "cam's frames went to stream 'baseline'" in recorder.of("stop")[0]["reason"]
+
+
+def test_a_checkpoint_after_the_trigger_says_why_resume_finds_no_trigger(cam, RE):
+    """Resumed, a plan goes back to its last checkpoint; the camera cuts the frames of the
+    point whose event never came, for the plan to take them again. A checkpoint between the
+    trigger and the read never takes them again: the refusal says so."""
+
+    def body():
+        yield from bps.trigger(cam, wait=True)
+        yield from bps.checkpoint()
+        yield from bps.pause()
+        yield from bps.create()
+        yield from bps.read(cam)
+        yield from bps.save()
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(staged_run(cam, body))
+    assert RE.state == "paused"
+    with pytest.raises(RuntimeError, match="put the checkpoint before the trigger"):
+        RE.resume()

@@ -19,7 +19,7 @@ from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
-from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
@@ -333,3 +333,54 @@ def test_a_camera_lost_mid_movie_fails_it_saying_so_and_keeps_its_frames(tmp_pat
         assert outcome.run == recorder.of("start")[0]["uid"]  # recover finds its run by it
     finally:
         cam.destroy()
+
+
+def test_a_movie_collected_into_two_streams_is_refused(cam, driver, RE, tmp_path):
+    """Each stream would read the file's frames from the first: the second collect is
+    refused, and the first stream holds the frames it was given, each its own."""
+    catalog = open_catalog(tmp_path / "catalog")
+    RE.subscribe(CatalogWriter(catalog))
+    cam.trigger_mode.set("internal")
+    cam.acquire_period.set(0.005)
+    cam.num_frames.set(300)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.declare_stream(cam, name="early", collect=True)
+        yield from bps.declare_stream(cam, name="late", collect=True)
+        yield from bps.kickoff(cam, wait=True)
+        yield from bps.sleep(1.0)  # some frames in the file, more to come
+        yield from bps.collect(cam, name="early")
+        yield from bps.complete(cam, wait=True)
+        yield from bps.collect(cam, name="late")
+
+    with pytest.raises(RuntimeError, match="collected into stream 'early' of this run, and now"):
+        RE(plan())
+    run = catalog[-1]
+    assert run.metadata["stop"]["exit_status"] == "fail" and list(run["late"]) == []
+    numbers = run["early"]["cam_frame_number"].read()
+    assert 0 < len(numbers) < 300
+    np.testing.assert_array_equal(
+        run["early"]["cam_image"].read(), [driver.expected_frame(int(n)) for n in numbers]
+    )
+
+
+def test_a_second_kickoff_in_one_staging_is_refused(cam, RE, recorder):
+    """complete() ends a staging's movie (its camera stops): a second kickoff would record
+    nothing and the run would end well."""
+    cam.trigger_mode.set("internal")
+    cam.num_frames.set(10)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.declare_stream(cam, name="primary", collect=True)
+        for _ in range(2):
+            yield from bps.kickoff(cam, wait=True)
+            yield from bps.complete(cam, wait=True)
+            yield from bps.collect(cam, name="primary")
+
+    with pytest.raises(RuntimeError, match="cam was kicked off already in this staging"):
+        RE(plan())
+    assert recorder.of("stream_datum")[0]["indices"] == {"start": 0, "stop": 10}
