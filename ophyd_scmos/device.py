@@ -37,6 +37,7 @@ from ophyd_scmos.documents import (
     AssetDocs,
     SavedEvents,
     bundle_of_caller,
+    file_columns,
     run_of_caller,
     stream_of_caller,
 )
@@ -1113,19 +1114,8 @@ class SCMOSCamera(Device):
             run.stream.record_run(uid)
         n = int(self.num_frames.get())
         run.stream.allow(n if n else 2**62)
-        run.docs.stream(
-            {
-                **({self.image.name: layout.DATA} if self._images else {}),
-                self.frame_number.name: layout.FRAME_NUMBER,
-                self.frame_time.name: layout.TIMESTAMP,
-                self._host_time_key: layout.HOST_TIMESTAMP,
-                **{
-                    key: layout.stats_path(region, stats.STATS[column])
-                    for key, (_, column, region) in self._stat_keys().items()
-                },
-            },
-            frames_per_point=1,
-        )
+        datasets = file_columns(self.name, self.rois)
+        run.docs.stream({key: datasets[key] for key in self.describe_collect()}, 1)
         status = Status(self)
         status.set_finished()
         return status

@@ -17,9 +17,28 @@ from typing import Any
 import event_model
 
 from ophyd_scmos.files import file_uri
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
 
 HDF5_MIMETYPE = "application/x-hdf5"
+
+
+def file_columns(camera: str, regions: Iterable[str]) -> dict[str, str]:
+    """Data key -> dataset in its file of everything camera `camera` may document as a
+    stream of its file: its images, and a movie's columns (frame numbers, the camera's and
+    the computer's times, and the statistics of the frame and of each of `regions`)."""
+    columns = {
+        f"{camera}_image": layout.DATA,
+        f"{camera}_frame_number": layout.FRAME_NUMBER,
+        f"{camera}_frame_time": layout.TIMESTAMP,
+        f"{camera}_host_time": layout.HOST_TIMESTAMP,
+    }
+    prefixes = {f"{camera}_stats": stats.FRAME, **{f"{camera}_{r}": r for r in regions}}
+    for prefix, region in prefixes.items():
+        for stat in stats.STATS:
+            columns[f"{prefix}_{stat}"] = layout.stats_path(region, stat)
+    return columns
+
+
 RESOURCES = ("resource", "stream_resource")
 
 

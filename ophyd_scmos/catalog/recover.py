@@ -402,7 +402,8 @@ def _stream_documents(
 
 
 def _forget_partial_image(stream: Any, key: str, uri: str) -> None:
-    """Drop the catalog's record of an image registered in part (not the file)."""
+    """Drop the catalog's record of an image (or a movie's column) registered in part (not
+    the file)."""
     recorded = node_files(stream[key])
     if recorded != [str(local_path(uri))]:
         raise RuntimeError(

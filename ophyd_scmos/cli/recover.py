@@ -86,6 +86,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
                 frames = layout.stored_frames(f)
                 entry = dict(f[layout.ENTRY].attrs)
                 last_frame = float(f[layout.HOST_TIMESTAMP][frames - 1]) if frames else None
+                rows = _column_rows(f)
         except KeyError as exc:  # h5py's words for an object not there (a foreign file) or
             # damaged; they name no file
             print(
@@ -117,7 +118,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
         if found.recovered:
             print(f"{path}: already registered in run {found.uid}, closed by ophyd-scmos recover")
             continue
-        runs.setdefault(found.uid, []).append(_RunFile(found, frames, end_time))
+        runs.setdefault(found.uid, []).append(_RunFile(found, frames, end_time, rows))
     for uid, run_files in runs.items():
         journal = journaled.pop(uid, None)  # kept if the run could not be closed
         try:
@@ -226,6 +227,7 @@ class _RunFile:
     found: UnfinishedRun
     frames: int
     end_time: float
+    rows: dict[str, int]  #: the rows of each per-frame dataset of the file (`_column_rows`)
 
 
 def _find_run(catalog: Any, path: Path, entry: dict[str, Any], uid: str | None) -> UnfinishedRun:
@@ -255,7 +257,10 @@ def _close_run(run_files: list[_RunFile], ended: dict[str, Any] | None) -> list[
     lines = []
     verb = "added to run" if run.metadata.get("stop") else "closed run"
     shapes = close_run(
-        [(f.found, _asset_documents(f.found, f.frames) if f.found.key else []) for f in run_files],
+        [
+            (f.found, _asset_documents(f.found, f.frames, f.rows) if f.found.key else [])
+            for f in run_files
+        ],
         end_time=max(f.end_time for f in run_files),
         ended=ended,
     )
@@ -278,25 +283,58 @@ def _close_run(run_files: list[_RunFile], ended: dict[str, Any] | None) -> list[
     return lines
 
 
-def _asset_documents(found: UnfinishedRun, frames: int) -> list[tuple[str, dict[str, Any]]]:
+def _asset_documents(
+    found: UnfinishedRun, frames: int, rows: dict[str, int]
+) -> list[tuple[str, dict[str, Any]]]:
     """The asset documents the camera would have emitted for the whole points of its file, in
     the style its descriptor announced: a Resource and a Datum per point (FILESTORE:), or a
-    StreamResource and one StreamDatum (STREAM:)."""
-    from ophyd_scmos.documents import AssetDocs
-    from ophyd_scmos.pipeline import layout
+    StreamResource and one StreamDatum (STREAM:), for a movie's columns too (frame numbers,
+    times, statistics: each of the descriptor's columns of the camera, with the rows the
+    file holds of it, at most one per frame)."""
+    from ophyd_scmos.documents import AssetDocs, file_columns
+    from ophyd_scmos.pipeline import layout, stats
 
     path = found.path.absolute()
-    docs = AssetDocs(path, path.parent)
     shape = found.data_key["shape"]
     if str(found.data_key["external"]).startswith("FILESTORE"):
+        docs = AssetDocs(path, path.parent)
         per_point = shape[0]  # [frames per point, H, W]
         for point in range(frames // per_point):
             docs.datum(point, per_point)
-    else:
-        per_point = shape[0] if len(shape) == 3 else 1  # [H, W] for one frame per point
-        docs.stream({str(found.key): layout.DATA}, per_point)
-        docs.stream_datum(0, frames // per_point)
-    return list(docs.drain())
+        return list(docs.drain())
+    per_point = shape[0] if len(shape) == 3 else 1  # [H, W] for one frame per point
+    group = f"{layout.STATS_GROUP}/"
+    regions = {name[len(group) :].split("/")[0] for name in rows if name.startswith(group)}
+    columns = file_columns(found.device, regions - {stats.FRAME})
+    by_rows: dict[int, dict[str, str]] = {frames // per_point: {str(found.key): layout.DATA}}
+    described = found.run[found.stream].base.metadata.get("data_keys", {})
+    for key, info in described.items():
+        dataset = columns.get(key)
+        if key != found.key and dataset is not None and str(info.get("external")) == "STREAM:":
+            by_rows.setdefault(min(frames, rows.get(dataset, 0)), {})[key] = dataset
+    out = []
+    for count, datasets in by_rows.items():
+        if count:
+            docs = AssetDocs(path, path.parent)
+            docs.stream(datasets, per_point)
+            docs.stream_datum(0, count)
+            out.extend(docs.drain())
+    return out
+
+
+def _column_rows(f: Any) -> dict[str, int]:
+    """The rows of each per-frame dataset (one dimension) of camera file `f`, by path: the
+    frames' numbers and times, and every statistic of every region."""
+    import h5py
+
+    rows: dict[str, int] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 1:
+            rows[f"/{name}"] = len(obj)
+
+    f.visititems(visit)
+    return rows
 
 
 def _holder(path: Path) -> int | None:

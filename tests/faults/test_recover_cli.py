@@ -19,7 +19,7 @@ import pytest
 from ophyd_scmos.catalog import open_catalog
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings, SimulatedSCMOS
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
 from tests.conftest import expected_frames
 
 ACQUIRE = """
@@ -315,17 +315,29 @@ def test_recover_registers_the_file_of_every_camera_of_a_run(
 
 def test_recover_registers_each_camera_of_a_movie_in_its_stream(catalog_dir, tmp_path, capsys):
     """A movie of two cameras has a stream per camera: recovering both files puts each
-    camera's every frame in its own stream."""
+    camera's every frame in its own stream, and its columns beside them, a row per frame
+    (numbers, times, statistics: none of which the catalog had), so each stream reads
+    whole."""
     uid, paths = _kill_acquisition(catalog_dir, tmp_path, "movie", cameras=("cam0", "cam1"))
     assert main(["recover", "--catalog", str(catalog_dir), *paths]) == 0
     out = capsys.readouterr().out
     run = open_catalog(catalog_dir)[uid]
     for name, path in zip(("cam0", "cam1"), paths, strict=True):
         assert f"{path}: closed run {uid}: primary_{name}/{name}_image" in out
+        stream = run[f"primary_{name}"]
         with h5py.File(path, "r") as f:
-            frames = f[layout.DATA][: layout.stored_frames(f)]
+            n = layout.stored_frames(f)
+            frames = f[layout.DATA][:n]
+            columns = {
+                f"{name}_frame_number": f[layout.FRAME_NUMBER][:n],
+                f"{name}_host_time": f[layout.HOST_TIMESTAMP][:n],
+                f"{name}_stats_total": f[layout.stats_path(stats.FRAME, "total")][:n],
+            }
         assert len(frames) >= 30
-        np.testing.assert_array_equal(run[f"primary_{name}"][f"{name}_image"].read(), frames)
+        np.testing.assert_array_equal(stream[f"{name}_image"].read(), frames)
+        for key, values in columns.items():
+            np.testing.assert_array_equal(stream[key].read(), values)
+        assert len(stream.read()[f"{name}_frame_time"]) == len(frames)
 
 
 def test_recover_closes_each_run_killed_during_its_first_point(catalog_dir, tmp_path, capsys):
