@@ -795,6 +795,14 @@ class SCMOSCamera(Device):
                 self._drop_writer()  # it died: free its ring now, start another next run
         self._update_signals(stream)
         self.frames_written.put(summary.frames_written)
+        if run.flying and stream.frames_taken == 0:
+            warnings.warn(
+                f"{self.name} recorded no frame: the movie ended before the camera delivered "
+                "one (a duration shorter than the frame period, or no pulse at an external "
+                f"trigger input); {stream.path} holds none",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _warn_lost(self, stream: FrameStream) -> None:
         if stream.frames_dropped or stream.frames_missed:

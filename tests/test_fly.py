@@ -384,3 +384,11 @@ def test_a_second_kickoff_in_one_staging_is_refused(cam, RE, recorder):
     with pytest.raises(RuntimeError, match="cam was kicked off already in this staging"):
         RE(plan())
     assert recorder.of("stream_datum")[0]["indices"] == {"start": 0, "stop": 10}
+
+
+def test_a_movie_that_records_no_frame_says_so(cam, RE):
+    cam.trigger_mode.set("internal")
+    cam.acquire_period.set(2.0)  # the first frame 2 s after the start
+    with pytest.warns(RuntimeWarning, match="cam recorded no frame"):
+        RE(movie(cam, seconds=0.1))
+    assert cam.frames_written.get() == 0

@@ -600,7 +600,9 @@ class FrameStream:
         return self.error is None or (self._ended_early is not None and not self._closed.is_set())
 
     def _recording(self) -> bool:
-        return self._gate is None or self.frames_acquired < self._gate
+        """Frames are still to be taken for the gate: those dropped or missed count as
+        taken, as they do for `complete` (no frame past a movie's count is taken)."""
+        return self._gate is None or self.frames_taken < self._gate
 
     def _kept(self) -> str:
         """The writer goes on: every frame taken reaches the file."""

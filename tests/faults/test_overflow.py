@@ -84,3 +84,23 @@ def _messages(exc):
     while exc is not None:
         yield str(exc)
         exc = exc.__cause__ or exc.__context__
+
+
+def test_a_movie_dropping_frames_takes_exactly_the_frames_asked(tmp_path, RE):
+    """With overflow='drop' a dropped frame is one of the movie's: written and dropped add up
+    to the frames asked, none taken (and counted dropped) past them."""
+    camera = SimulatedSCMOS(shape=(256, 256), seed=2, camera_buffer_frames=100_000)
+    cam = SCMOSCamera(
+        name="cam",
+        driver=camera,
+        write_dir=tmp_path,
+        ring_frames=2,
+        overflow="drop",
+        write_limit_mb_s=10,  # ~80 frames/s written of the camera's 1000
+    )
+    cam.exposure_time.set(1e-3)
+    with pytest.warns(RuntimeWarning, match="dropped from a full ring"):
+        RE(movie(cam, frames=300))
+    assert cam.frames_missed.get() == 0 and cam.frames_dropped.get() > 0
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape[0] + f["/entry"].attrs["frames_dropped"] == 300
