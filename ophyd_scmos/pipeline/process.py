@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -71,14 +72,23 @@ class WriterProcess:
         self._handler: StatusHandler | None = None
         self._closing = False  #: `shutdown` asked it to end
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ophyd_scmos.pipeline"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            close_fds=True,
-            env={**os.environ, **WRITER_ENV},
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ophyd_scmos.pipeline"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                close_fds=True,
+                env={**os.environ, **WRITER_ENV},
+            )
+        except OSError as exc:  # out of file descriptors or processes: say what failed
+            self._stderr.close()
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            raise OSError(
+                exc.errno,
+                f"cannot start the camera's writer process: {exc.strerror} (this process "
+                f"may open {limit} files, `ulimit -n`)",
+            ) from exc
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin.fileno()
         self._listener = threading.Thread(target=self._listen, name=STATUS_THREAD, daemon=True)

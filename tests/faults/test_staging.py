@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,3 +198,31 @@ def test_two_cameras_numbering_files_at_once_each_get_their_own(tmp_path):
             camera.unstage()
     assert errors == []
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == [f"scan_{i:03d}.h5" for i in range(4)]
+
+
+OUT_OF_FILES = """
+import os, resource, sys
+from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(16, 16)), write_dir=sys.argv[1])
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for fd in held[-6:]:  # enough to make the run's file, not to start a process
+    os.close(fd)
+try:
+    cam.stage()
+except OSError as exc:
+    print(exc)
+"""
+
+
+def test_a_process_out_of_file_descriptors_is_told_so_at_stage(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", OUT_OF_FILES, str(tmp_path)], capture_output=True, text=True
+    )
+    assert "cannot start the camera's writer process: Too many open files" in done.stdout
+    assert "`ulimit -n`" in done.stdout and list(tmp_path.iterdir()) == []
