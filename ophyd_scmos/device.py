@@ -695,8 +695,7 @@ class SCMOSCamera(Device):
             changed = sorted(
                 key
                 for key in before.keys() | described.keys()
-                if {k: v for k, v in before.get(key, {}).items() if k != "source"}
-                != {k: v for k, v in described.get(key, {}).items() if k != "source"}
+                if before.get(key) != described.get(key)
             )
             if changed:
                 raise ValueError(

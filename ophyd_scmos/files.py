@@ -158,8 +158,9 @@ COUNTERS = ".ophyd-scmos-counters.json"
 
 @contextlib.contextmanager
 def _counters(write_dir: Path) -> Iterator[dict[str, int]]:
-    """The write directory's last `{counter}` numbers, for this process alone (a file lock),
-    written back as they are left. A file that does not read (cut short) counts as empty."""
+    """The write directory's last `{counter}` numbers, for one caller at a time (a file
+    lock, also between processes), written back as they are left. A record that does not
+    read (cut short) counts as empty: numbers then go on from the first free one."""
     with open(write_dir / COUNTERS, "a+", encoding="utf-8") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         file.seek(0)
