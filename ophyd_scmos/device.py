@@ -136,6 +136,7 @@ class _Run:
     cut_at_resume: int = 0  #: points cut as a paused plan resumed, to be triggered again
     flying: bool = False
     staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
+    ended_on_time: bool = False  #: a movie that took its frames or its time (not stopped)
     reported_error: BaseException | None = None  #: raised once, by the status that saw it
     statuses: list[FrameStatus] = field(default_factory=list)  #: not yet done
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -794,7 +795,7 @@ class SCMOSCamera(Device):
                 self._drop_writer()  # it died: free its ring now, start another next run
         self._update_signals(stream)
         self.frames_written.put(summary.frames_written)
-        if run.flying and stream.frames_taken == 0:
+        if run.ended_on_time and stream.frames_taken == 0:
             warnings.warn(
                 f"{self.name} recorded no frame: the movie ended before the camera delivered "
                 "one (a duration shorter than the frame period, or no pulse at an external "
@@ -1019,7 +1020,8 @@ class SCMOSCamera(Device):
             raise RuntimeError(
                 f"{self.name} was triggered {new} times since its last event: each trigger's "
                 "frames must be read into an event of their own, in order (a stream's images "
-                f"are the file's frames in order), and {new - 1} trigger(s) were never read"
+                f"are the file's frames in order), and {new - 1} trigger(s) were never read "
+                "into a saved event (or the event was dropped: bps.drop)"
             )
         if bundle is None:
             return
@@ -1143,6 +1145,7 @@ class SCMOSCamera(Device):
                 while not stream.error and not stream.stopped:  # stopped: RE stop/abort
                     taken = stream.frames_acquired + stream.frames_dropped + stream.frames_missed
                     if (n and taken >= n) or (seconds and time.monotonic() - started >= seconds):
+                        run.ended_on_time = True
                         break
                     time.sleep(0.01)
                 stream.stop()
