@@ -116,8 +116,9 @@ class Journal:
                 )
                 self._close(run)
                 return
-            if name == "stop":
-                self._close(run)
+            # A stop keeps the journal open until the catalog takes it (`end`): while the
+            # process lives and still owes the catalog the run's end, `recover` sees the
+            # journal held and leaves the run to it.
 
     def _close(self, run: str) -> None:
         fd = self._files.pop(run, None)

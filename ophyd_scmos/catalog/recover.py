@@ -353,6 +353,16 @@ def awaits_files(run: Any) -> bool:
     return ENDED_AS in (run.metadata.get("stop") or {})
 
 
+def cameras_not_recovered(run: Any) -> list[str]:
+    """The cameras of `run`, closed by a recovery, whose files are not yet recovered into it
+    (their images are what the catalog had, maybe in part); none for a run that ended on its
+    own, or that no recovery closed."""
+    stop = run.metadata.get("stop") or {}
+    if RECOVERED_FROM not in stop:
+        return []
+    return sorted(_cameras(run) - stop[RECOVERED_FROM].keys())
+
+
 def _cameras(run: Any) -> set[str]:
     """The devices whose data in `run` are in files (images: external data keys)."""
     return {

@@ -58,7 +58,8 @@ class SyncResult:
     #: "copied"; "present" (the target had it); "running" (no stop yet: left); "incomplete"
     #: (the target has it half-copied: left); "replaced" (it had it half-copied: copied anew,
     #: `replace_incomplete`); "missing" (a file to copy is gone: not copied); "conflict" (a
-    #: different file has a file's name where it is copied to: not copied)
+    #: different file has a file's name where it is copied to: not copied); "partial" (closed
+    #: by a recovery still missing a camera's file: not copied)
     status: str
     files: list[str] = field(default_factory=list)  #: data files the target's run points at
     error: str | None = None  #: what is wrong with the run there, and what to do, if anything
@@ -88,16 +89,28 @@ def sync(
     source's run is finished, and its uid is its own) is left "incomplete", with an error
     saying so, or with `replace_incomplete` deleted there and copied anew ("replaced"); with
     `copy_data_to`, a run whose file is gone is "missing", and one whose file's name is taken
-    there by a different file is a "conflict" (nothing written to the target). The other runs
-    go on either way.
+    there by a different file is a "conflict" (nothing written to the target). A run a
+    recovery closed without every camera's file is "partial", not copied until they are (a
+    copy would keep the images the catalog had of the others). The other runs go on either
+    way.
     """
+
+    from ophyd_scmos.catalog.recover import cameras_not_recovered
 
     results = []
     for key in source if uids is None else uids:
         run = source[key]
         uid = run.metadata["start"]["uid"]
-        if not run.metadata.get("stop"):
+        stop = run.metadata.get("stop")
+        if not stop:
             result = SyncResult(uid, "running")
+        elif waiting := cameras_not_recovered(run):
+            why = (
+                f"closed by ophyd-scmos recover without the files of {', '.join(waiting)}, whose "
+                "images are what the catalog had: recover them into it first (ophyd-scmos "
+                "recover --catalog SOURCE FILE), then sync"
+            )
+            result = SyncResult(uid, "partial", error=why)
         elif uid in target:
             there = target[uid]
             if there.metadata.get("stop"):

@@ -252,6 +252,7 @@ def _close_run(run_files: list[_RunFile], ended: dict[str, Any] | None) -> list[
     `ended`, from its journal, where it ended and all of it is registered); say what the run
     replays now."""
     from ophyd_scmos.catalog import close_run
+    from ophyd_scmos.catalog.recover import cameras_not_recovered
 
     run = run_files[0].found.run
     lines = []
@@ -280,6 +281,12 @@ def _close_run(run_files: list[_RunFile], ended: dict[str, Any] | None) -> list[
             lines.append(
                 f"{found.path}: {verb} {found.uid}: {found.stream}/{found.key} replays {shape}"
             )
+    waiting = cameras_not_recovered(run)
+    if waiting:
+        lines.append(
+            f"run {run_files[0].found.uid} still takes the files of {', '.join(waiting)}: their "
+            "images are what the catalog had of them; recover their files into it too"
+        )
     return lines
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -97,3 +99,21 @@ def test_a_journal_that_cannot_be_written_is_said_and_the_run_goes_on(catalog, t
     assert f"run {uid}: its journal in {not_a_directory} could not be written" in caplog.text
     assert catalog[uid].metadata["stop"]["exit_status"] == "success"
     assert len(catalog[uid]["primary"]["motor"].read()) == 3
+
+
+def test_a_journal_stays_held_until_the_catalog_takes_the_runs_end(tmp_path):
+    """A process whose catalog has not taken its run's stop yet (the catalog did not answer,
+    the process tries again) still owes it the run: its journal stays open, so `recover`
+    in another session sees it held and leaves the run to it; once the catalog took the
+    end, the journal goes."""
+    from ophyd_scmos.cli.recover import _holder
+
+    journal = Journal(tmp_path, catalog="test")
+    start = {"uid": "r1", "time": 0.0}
+    journal.write("start", start)
+    journal.write("stop", {"uid": "s1", "run_start": "r1", "time": 1.0, "exit_status": "success"})
+    (path,) = tmp_path.glob("*.jsonl")
+    assert [name for name, _ in read(path)] == ["start", "stop"]
+    assert _holder(path) == os.getpid()
+    journal.end("r1")
+    assert not path.exists()

@@ -287,25 +287,40 @@ def test_recover_registers_the_file_of_every_camera_of_a_run(
     together, catalog_dir, tmp_path, capsys
 ):
     """A run of two cameras, killed mid-run: each camera's file becomes its image, whether
-    the files are recovered in one call or one by one (the first closes the run; the second
-    finds it by the stop a recovery wrote). The run gets one stop, naming both files."""
+    the files are recovered in one call or one by one (the first closes the run, saying it
+    still takes the other camera's file; the second finds it by the stop a recovery wrote).
+    The run gets one stop, naming both files. Meanwhile `sync` does not copy the run, whose
+    other image is what the catalog had: a copy would keep it so."""
     uid, paths = _kill_acquisition(catalog_dir, tmp_path, cameras=("cam0", "cam1"))
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(tmp_path / "target"), uid]
+    open_catalog(tmp_path / "target")
 
     if together:
         assert main(["recover", "--catalog", str(catalog_dir), *paths]) == 0
-        assert capsys.readouterr().out.count(f"closed run {uid}") == 2
+        out = capsys.readouterr().out
+        assert out.count(f"closed run {uid}") == 2 and "still takes" not in out
     else:
         assert main(["recover", "--catalog", str(catalog_dir), paths[0]]) == 0
-        assert f"closed run {uid}" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"closed run {uid}" in out and f"run {uid} still takes the files of cam1" in out
         first_stop = open_catalog(catalog_dir)[uid].metadata["stop"]
+        assert main(sync) == 1
+        out = capsys.readouterr().out
+        assert f"partial  {uid}" in out and "without the files of cam1" in out
+        assert uid not in open_catalog(tmp_path / "target")
         assert main(["recover", "--catalog", str(catalog_dir), paths[1]]) == 0
-        assert f"added to run {uid}: primary/cam1_image" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"added to run {uid}: primary/cam1_image" in out and "still takes" not in out
+    assert main(sync) == 0
+    assert capsys.readouterr().out.startswith(f"copied   {uid}")
     run = open_catalog(catalog_dir)[uid]
+    copied = open_catalog(tmp_path / "target")[uid]
     for name, path in zip(("cam0", "cam1"), paths, strict=True):
         with h5py.File(path, "r") as f:
             frames = f[layout.DATA][: layout.stored_frames(f)]
         assert len(frames) >= 30
         np.testing.assert_array_equal(run["primary"][f"{name}_image"].read()[:, 0], frames)
+        np.testing.assert_array_equal(copied["primary"][f"{name}_image"].read()[:, 0], frames)
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert all(path in stop["reason"] for path in paths)
