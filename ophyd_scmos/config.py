@@ -20,6 +20,7 @@ import difflib
 import functools
 import inspect
 import keyword
+import math
 import os
 import re
 import sys
@@ -199,16 +200,32 @@ def _at_least_one_camera(cameras: dict[str, CameraTable]) -> dict[str, CameraTab
 METADATA_VALUES = "a string, number, boolean, or an array or table of them"
 
 
+#: start document keys the RunEngine sets for each run (`scan_id` counts on in RE.md)
+RUN_OWNED = ("uid", "time", "scan_id")
+
+
 def _metadata(value: Any, key: str = "") -> Any:
-    """Values RE.md can store and documents can carry: no TOML dates or times."""
+    """Values RE.md can store and documents can carry: no TOML dates or times, no number a
+    document cannot (inf, nan, beyond 64 bits), no key the RunEngine sets for each run."""
     if isinstance(value, Mapping):
         for name, item in value.items():
+            if not key and name in RUN_OWNED:
+                raise PydanticCustomError(
+                    "run_owned",
+                    "{key} is set by the RunEngine for each run (its start document's own); "
+                    "remove it from [metadata]",
+                    {"key": name},
+                )
             _metadata(item, f"{key}.{name}" if key else name)
     elif isinstance(value, list):
         for item in value:
             _metadata(item, key)
     elif isinstance(value, (datetime.date, datetime.time)):  # a datetime is a date
         raise _refuse(value, f"{METADATA_VALUES}: quote a date or time to keep it as text", key)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _refuse(value, f"{METADATA_VALUES}, finite (documents carry no inf or nan)", key)
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise _refuse(value, f"{METADATA_VALUES}, an integer within 64 bits", key)
     elif not isinstance(value, (str, int, float, bool)):
         raise _refuse(value, METADATA_VALUES, key)
     return value

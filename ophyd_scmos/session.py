@@ -34,6 +34,8 @@ def make_run_engine(lab: LabConfig, *, progress: bool, sigint: bool = True) -> R
     lab.metadata_dir.mkdir(parents=True, exist_ok=True)
     # bluesky types these attributes narrower than it takes them (any mapping, any hook).
     RE.md = PersistentDict(str(lab.metadata_dir))  # type: ignore[assignment]
+    for key in ("uid", "time"):  # kept by an older configuration: every run would fail
+        RE.md.pop(key, None)
     RE.md.update(lab.metadata)
     if progress:
         RE.waiting_hook = ProgressBarManager()  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,12 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
         ('[session]\nplots = "yes"', "session.plots", 'true, false or "auto"'),
         ("[session]\nplots = 1", "session.plots", 'true, false or "auto"'),
         ("[metadata]\nday = 2026-01-01", "metadata.day", "a string, number, boolean"),
+        ('[metadata]\nuid = "x"', "metadata.uid", "uid is set by the RunEngine for each run"),
+        ("[metadata]\ntime = 1.0", "metadata.time", "time is set by the RunEngine for each run"),
+        ("[metadata]\nscan_id = 7", "metadata.scan_id", "scan_id is set by the RunEngine"),
+        ("[metadata]\nbig = inf", "metadata.big", "finite (documents carry no inf or nan)"),
+        ("[metadata]\nsmall = nan", "metadata.small", "finite (documents carry no inf or nan)"),
+        ("[metadata]\nn = 99999999999999999999", "metadata.n", "an integer within 64 bits"),
         ("[camera.cam]", "camera", "did you mean cameras?"),
     ],
 )  # fmt: skip
@@ -376,3 +383,27 @@ def test_a_region_outside_the_frame_is_refused_naming_its_key(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"cameras\.cam\.rois\.spot: "):
         load_config(path).camera().build()
+
+
+def test_a_run_owned_key_kept_in_the_sessions_metadata_is_dropped(tmp_path):
+    """A start document key an older configuration put in the persistent RE.md would fail
+    every run ("multiple values for keyword argument 'uid'"): the session drops it."""
+    from bluesky.plans import count
+    from bluesky.utils import PersistentDict
+    from ophyd.sim import det
+
+    from ophyd_scmos.session import make_run_engine
+
+    path = write(
+        tmp_path, f'[session]\nmetadata_dir = "{tmp_path / "md"}"\n[metadata]\nbeamline = "x"\n'
+    )
+    lab = load_config(path)
+    kept = PersistentDict(str(lab.metadata_dir))
+    kept.update(uid="stale", time=1.0, operator="me")
+    kept.flush()
+    del kept  # an earlier session's, gone
+    gc.collect()
+    RE = make_run_engine(lab, progress=False, sigint=False)
+    assert "uid" not in RE.md and "time" not in RE.md and RE.md["operator"] == "me"
+    (uid,) = RE(count([det]))
+    assert uid != "stale"
