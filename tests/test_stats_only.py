@@ -3,6 +3,7 @@ timestamps, not the frame, and the run's documents point at nothing else."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -255,3 +256,29 @@ def test_save_images_is_true_or_false(cam):
         cam.save_images.set("no")
     with pytest.raises(ValueError, match="save_images must be True or False, got 0"):
         SCMOSCamera(name="cam2", driver=SimulatedSCMOS(shape=(64, 64)), save_images=0)
+
+
+def test_runs_and_show_tell_what_a_run_without_images_kept_and_lost(tmp_path, RE, capsys):
+    """No image to read the file from: the run's file is the one its descriptor names, and
+    `runs` counts its frames and losses from it; `show` says what it holds."""
+    from ophyd_scmos.cli import main
+
+    camera = SimulatedSCMOS(shape=(2048, 2048), seed=3, camera_buffer_frames=100_000)
+    cam = SCMOSCamera(name="cam", driver=camera, write_dir=tmp_path, ring_frames=2, overflow="drop")
+    cam.exposure_time.set(1e-4)  # 10,000 frames/s into 2 slots: most are dropped
+    cam.save_images.set(False)
+    RE.subscribe(TiledWriter(open_catalog(tmp_path / "catalog")))
+    with pytest.warns(RuntimeWarning, match="dropped from a full ring"):
+        RE(movie(cam, frames=500))
+    kept = file_stats(cam.file_path.get())
+    assert kept.frames_dropped > 0
+    cam.destroy()
+
+    assert main(["runs", "--catalog", str(tmp_path / "catalog"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["file"] == cam.file_path.get() and row["frames"] == kept.frames
+    assert row["lost"] == kept.frames_dropped + kept.frames_missed
+    assert main(["show", "-1", "--catalog", str(tmp_path / "catalog")]) == 1
+    said = capsys.readouterr().err
+    assert f"(statistics only): {cam.file_path.get()} holds {kept.frames} frames'" in said
+    assert f"{kept.frames_dropped} dropped" in said

@@ -36,7 +36,7 @@ class RunSummary:
     key: str | None
     shape: tuple[int, ...]  #: as the catalog replays it: (events, frames per event, H, W)
     dtype: str | None
-    file: str | None  #: the file the frames are in
+    file: str | None  #: the file the frames are in (of a run without images: its statistics)
 
     @property
     def frames(self) -> int:
@@ -50,7 +50,7 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
     if found is None and key is not None:
         raise KeyError(f"run {start['uid']} has no image {key!r}")
     stream, key, node = found or (None, None, None)
-    files = [] if node is None else node_files(node)
+    files = node_files(node) if node is not None else _configured_files(run)
     return RunSummary(
         uid=start["uid"],
         scan_id=start.get("scan_id"),
@@ -63,6 +63,18 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
         dtype=None if node is None else node.dtype.str,
         file=files[0] if files else None,
     )
+
+
+def _configured_files(run: Any) -> list[str]:
+    """The files the cameras of `run` wrote, as its descriptors' configurations name them (a
+    camera's ``file_path``): where a run has no images, its statistics are there."""
+    return [
+        value
+        for name in run
+        for device, config in run[name].metadata.get("configuration", {}).items()
+        for key, value in config.get("data", {}).items()
+        if key == f"{device}_file_path" and isinstance(value, str) and value
+    ]
 
 
 def image_nodes(run: Any) -> Iterator[tuple[str, str, Any]]:

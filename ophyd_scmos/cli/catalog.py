@@ -78,7 +78,10 @@ def runs(args: argparse.Namespace) -> int:
                 if stats is None or not stats.complete or stats.frames_dropped is None
                 else (stats.frames_dropped + (stats.frames_missed or 0))
             )
-            rows.append({**_summary_dict(summary), "lost": lost})
+            row = {**_summary_dict(summary), "lost": lost}
+            if summary.key is None and stats is not None:  # statistics only: the file's frames
+                row["frames"] = stats.frames
+            rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -130,7 +133,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
         print(f"ophyd-scmos show: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
     if summary.key is None:
-        print(f"ophyd-scmos show: run {summary.uid} has no images", file=sys.stderr)
+        print(f"ophyd-scmos show: run {summary.uid} has no images{_kept(summary)}", file=sys.stderr)
         return 1
     node = run[summary.stream][summary.key]
     try:
@@ -290,6 +293,23 @@ def _find_run(catalog: Any, text: str) -> Any:
                 file=sys.stderr,
             )
     return by_scan if by_scan is not None else by_uid
+
+
+def _kept(summary: RunSummary) -> str:
+    """What the file of a run without images holds (its frames' statistics), if it is here."""
+    try:
+        stats = _local_file_stats(summary.file)
+    except OSError as err:
+        return f"; its file: {str(err).splitlines()[0]}"
+    if stats is None:
+        return ""
+    counts = (
+        f"{stats.frames_written} written, {stats.frames_dropped} dropped, "
+        f"{stats.frames_missed} missed"
+        if stats.complete is not None
+        else "its writer did not close it"
+    )
+    return f" (statistics only): {summary.file} holds {stats.frames} frames' statistics; {counts}"
 
 
 def _local_file_stats(path: str | None) -> FileStats | None:
