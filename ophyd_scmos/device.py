@@ -511,6 +511,8 @@ class SCMOSCamera(Device):
         if not on:
             self._live.stop()
             return None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0 (any free one) to 65535, got {port!r}")
         url = self._live.start(host, port)
         print(f"{self.name} live view: {url}")
         return url

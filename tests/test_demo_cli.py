@@ -22,12 +22,21 @@ from tests.lab_env import BIN, frames_recorded, user_env
         (["--roi", "-5"], "argument --roi: must be > 0 and finite, got -5"),
         (["--exposure", "0"], "argument --exposure: must be > 0 and finite, got 0"),
         (["--num", "ten"], "argument --num: invalid int value: 'ten'"),
+        (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
     ],
 )
 def test_a_malformed_option_is_refused_by_the_command_line(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", *argv])
     assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["live"], ["serve", "--postgres", "postgresql://x/y"]])
+def test_a_port_out_of_range_is_refused_by_the_command_line(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--port", "70000"])
+    assert exit_.value.code == 2
+    assert "argument --port: must be a port, 0 to 65535, got 70000" in capsys.readouterr().err
 
 
 def test_an_option_the_camera_refuses_is_one_line_and_leaves_nothing(tmp_path, capsys):
@@ -37,6 +46,7 @@ def test_an_option_the_camera_refuses_is_one_line_and_leaves_nothing(tmp_path, c
         (["--roi", "5000"], "--roi 5000: the sensor is 2048x2048"),
         (["--exposure", "1e6"], "exposure_time must be"),
         (["--write-dir", str(afile)], "--write-dir: cannot create write directory"),
+        (["--align", "--roi", "16"], "--roi 16: --align looks for the sample in 32x32 pixels"),
     ):
         catalog = tmp_path / "catalog"
         assert main(["demo", *argv, "--catalog", str(catalog)]) == 2, argv

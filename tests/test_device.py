@@ -396,3 +396,8 @@ def test_a_roi_of_none_is_the_whole_sensor_and_says_so(driver, tmp_path, RE):
     with h5py.File(cam.file_path.get(), "r") as f:
         assert f[layout.DATA].shape == (1, rows, cols)
     cam.destroy()
+
+
+def test_a_live_view_port_out_of_range_is_refused(cam):
+    with pytest.raises(ValueError, match=r"port must be 0 \(any free one\) to 65535, got 70000"):
+        cam.live(port=70000)

@@ -77,6 +77,22 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def whole_number(text: str) -> int:
+    """An argparse `type`: an integer >= 0 (a seed)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse `type`: a TCP port, 0 (any free one) to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {text}")
+    return value
+
+
 class _RunAbortedFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != "Run aborted"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.catalog import server_url
-from ophyd_scmos.cli import CommandError, opened_catalog, reaching_catalog
+from ophyd_scmos.cli import CommandError, opened_catalog, port, reaching_catalog
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import FileStats, RunSummary, SyncResult
@@ -564,7 +564,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tables", metavar="URI", help="event tables elsewhere than --postgres (no password)"
     )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument(
         "--api-key",
         help="clients' key (default: $TILED_SINGLE_USER_API_KEY, or one Tiled makes up and prints)",

@@ -16,6 +16,7 @@ from ophyd_scmos.cli import (
     positive,
     reaching_catalog,
     run_error,
+    whole_number,
 )
 
 #: Where `demo --align` hides the sample: motor units, off centre, between scan points.
@@ -125,6 +126,10 @@ def align(args: argparse.Namespace) -> int:
     roi = ROI(*cam.roi.get())
     # A region where the sample is to be, so the scene's noise over the rest does not count.
     side = ALIGN_REGION
+    if min(roi.width, roi.height) < side:
+        raise CommandError(
+            f"--roi {args.roi}: --align looks for the sample in {side}x{side} pixels"
+        )
     cam.rois["sample"] = ((roi.width - side) // 2, (roi.height - side) // 2, side, side)
     motors = (SynAxis(name="motor_x"), SynAxis(name="motor_y"))
     driver.spot = sample_on_stage(
@@ -204,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", type=positive(int), default=256, help="side of the centred square ROI")
     p.add_argument("--full-frame", action="store_true", help="use the whole 2048x2048 sensor")
     p.add_argument("--exposure", type=positive(float), default=0.001, help="exposure time, seconds")
-    p.add_argument("--seed", type=int, default=0, help="simulated camera seed")
+    p.add_argument("--seed", type=whole_number, default=0, help="simulated camera seed")
     p.add_argument("--write-dir", default=None, help="where the HDF5 file goes")
     p.add_argument("--catalog", default=None, help="catalog directory or server URL")
     p.add_argument(

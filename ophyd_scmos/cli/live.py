@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+from ophyd_scmos.cli import port
 from ophyd_scmos.cli.lab import EXIT_CONFIG, _config_option, _load
 
 
@@ -58,6 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "another, e.g. 0.0.0.0, lets anyone who can reach it and has the token watch",
     )
     p.add_argument(
-        "--port", type=int, default=0, help="serve the page on this port (default: a free one)"
+        "--port", type=port, default=0, help="serve the page on this port (default: a free one)"
     )
     p.set_defaults(func=live)
