@@ -15,6 +15,7 @@ the environment variable that holds it.
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import difflib
 import functools
@@ -87,6 +88,8 @@ PROFILE_NAMES = frozenset(
     {"RE", "bec", "bp", "bps", "bpp", "catalog", "cameras", "count", "darks", "lab", "movie"}
     | {"motor_x", "motor_y"}  # where a camera is the simulated one
 )
+#: names an IPython session has before the profile runs: Python's builtins, IPython's own
+SESSION_NAMES = frozenset(dir(builtins)) | {"get_ipython", "exit", "quit", "In", "Out"}
 SECRET_NAMES = ("api_key", "key", "token", "password")
 
 
@@ -187,7 +190,8 @@ def _driver_spec(value: str) -> None:
 
 
 def _camera_name(name: str) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name) or name in PROFILE_NAMES:
+    shadows = name in PROFILE_NAMES or name in SESSION_NAMES
+    if not name.isidentifier() or keyword.iskeyword(name) or shadows:
         raise ValueError(name)
 
 
@@ -247,7 +251,8 @@ CameraName = Annotated[
     str,
     _expect(
         "a Python name (letters, digits, _) that is not one the profile uses "
-        f"({', '.join(sorted(PROFILE_NAMES))}), since the camera becomes that name",
+        f"({', '.join(sorted(PROFILE_NAMES))}) nor Python's or IPython's own (print, "
+        "get_ipython, ...), since the camera becomes that name",
         _camera_name,
     ),
 ]

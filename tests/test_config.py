@@ -161,6 +161,8 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
         ('[catalog]\npath = "/c"\nurl = "http://h:8000"', "catalog", "not both"),
         ('[catalog]\nurl = "tiled.example.org"', "catalog.url", "an http:// or https:// URL"),
         ("[cameras.RE]", "cameras.RE", "not one the profile uses"),
+        ("[cameras.print]", "cameras.print", "nor Python's or IPython's own"),
+        ("[cameras.get_ipython]", "cameras.get_ipython", "nor Python's or IPython's own"),
         ('[cameras."my cam"]', "cameras.my cam", "a Python name"),
         ("[cameras]", "cameras", "at least one camera"),
         ('[data]\nfile_template = "{name}_{run}.h5"', "data.file_template",
