@@ -57,9 +57,10 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 def binning_for(shape: tuple[int, int], width: int, height: int) -> int:
     """The smallest integer factor that bins a frame of `shape` (rows, columns) to at most
-    `width` x `height` pixels."""
+    `width` x `height` pixels, but no larger than its shorter side: a frame of a row or a
+    few (a line ROI) keeps a row, drawn wider than asked, rather than none."""
     rows, cols = shape
-    return max(1, -(-rows // max(1, height)), -(-cols // max(1, width)))
+    return max(1, min(rows, cols, max(-(-rows // max(1, height)), -(-cols // max(1, width)))))
 
 
 def bin_frame(image: np.ndarray, factor: int) -> np.ndarray:

@@ -175,11 +175,13 @@ def test_binning_a_bright_frame_by_a_large_factor_is_exact(factor):
     np.testing.assert_array_equal(bin_frame(frame, factor), 65535)
 
 
-def test_the_binning_factor_is_the_smallest_that_fits():
+def test_the_binning_factor_is_the_smallest_that_fits_and_keeps_a_row():
     assert binning_for((2048, 2048), 1024, 1024) == 2
     assert binning_for((2048, 2048), 1023, 2048) == 3
     assert binning_for((256, 320), 320, 256) == 1
     assert binning_for((256, 320), 319, 4000) == 2
+    assert binning_for((1, 2048), 1024, 700) == 1  # a line ROI keeps its row
+    assert binning_for((3, 5000), 1024, 700) == 3  # a few rows keep one
     assert binning_for((2048, 2048), 0, 0) == 2048
 
 
