@@ -120,6 +120,13 @@ class Journal:
             # process lives and still owes the catalog the run's end, `recover` sees the
             # journal held and leaves the run to it.
 
+    def close(self) -> None:
+        """Let go of every run's journal, kept on disk, as the process's end does: `recover`
+        then closes the runs whose end the catalog does not have."""
+        with self._lock:
+            for run in list(self._files):
+                self._close(run)
+
     def _close(self, run: str) -> None:
         fd = self._files.pop(run, None)
         if fd is not None:

@@ -248,6 +248,7 @@ def test_a_run_only_a_journal_holds_is_made_in_the_server_it_was_written_for(
     assert "//127.0.0.1:" in location
     journal = Journal(tmp_path, catalog=location.replace("127.0.0.1", host))
     (uid,) = RunEngine({})(count([det], num=2), journal.write)
+    journal.close()  # the process ended
     args = ["recover", "--journal", str(tmp_path), "--api-key", facility["api_key"]]
     assert main([*args, "--catalog", facility["url"]]) == 0
     out = capsys.readouterr().out

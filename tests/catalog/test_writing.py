@@ -290,6 +290,7 @@ def test_a_run_only_a_journal_holds_is_made_in_the_catalog_it_was_written_for_on
     journal = Journal(journals, catalog=catalog_location(open_catalog(catalog_dir)))
     RE = RunEngine({})
     (uid,) = RE(count([det], num=3), journal.write)
+    journal.close()  # the process ended
     (path,) = journals.glob("*.jsonl")
     assert path.name == f"{uid}.jsonl"
     assert uid not in open_catalog(catalog_dir)
@@ -329,6 +330,7 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     cam = _camera(tmp_path / "data")
     try:
         (uid,) = RunEngine({})(count([cam, det], num=3), journal.write)
+        journal.close()  # the process ended
         file = Path(cam.file_path.get())
     finally:
         cam.destroy()
@@ -368,6 +370,7 @@ def test_a_run_of_two_cameras_that_ended_keeps_its_journal_until_both_files_are_
     cams = [_camera(tmp_path / "data", name) for name in ("left", "right")]
     try:
         (uid,) = RunEngine({})(count(cams, num=2), journal.write)
+        journal.close()  # the process ended
         left, right = (cam.file_path.get() for cam in cams)
     finally:
         for cam in cams:
