@@ -204,7 +204,7 @@ def _at_least_one_camera(cameras: dict[str, CameraTable]) -> dict[str, CameraTab
 METADATA_VALUES = "a string, number, boolean, or an array or table of them"
 
 
-#: start document keys the RunEngine sets for each run (`scan_id` counts on in RE.md)
+#: start document keys the RunEngine sets for each run (`scan_id`: RE.md's count of runs)
 RUN_OWNED = ("uid", "time", "scan_id")
 
 

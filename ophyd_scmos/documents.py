@@ -9,6 +9,7 @@ read by Tiled as one growing (N, H, W) array.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -197,12 +198,21 @@ class SavedEvents:
 
     bluesky tells a device nothing of which events it saved: it is found on the stack of the
     `stage()` call (the RunEngine calls `stage()` itself) and its documents are listened to
-    until `close()`. Its callback registry holds this listener weakly.
+    until `close()`. The RunEngine holds a function that reaches this listener through a
+    weak reference, not its bound method: bluesky drops a dead method from its registry in
+    whichever thread collects the method's object, which races the RunEngine's own
+    subscribing in its thread (a KeyError in `CallbackRegistry._remove_proxy`).
     """
 
     def __init__(self, engine: Any, keys: Iterable[str], on_saved: Callable[[], None]):
         self.engine, self.keys, self.on_saved = engine, frozenset(keys), on_saved
-        self._token = engine.subscribe(self._on_event, "event")
+        listener = weakref.ref(self)
+
+        def on_event(name: str, doc: dict) -> None:
+            if (alive := listener()) is not None:
+                alive._on_event(name, doc)
+
+        self._token = engine.subscribe(on_event, "event")
 
     @classmethod
     def of_staging_engine(

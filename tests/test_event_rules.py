@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
+from event_model import DocumentNames
 from ophyd.sim import motor
 
 from ophyd_scmos import CatalogWriter, open_catalog
@@ -200,3 +201,22 @@ def test_a_checkpoint_after_the_trigger_says_why_resume_finds_no_trigger(cam, RE
     assert RE.state == "paused"
     with pytest.raises(RuntimeError, match="put the checkpoint before the trigger"):
         RE.resume()
+
+
+def test_the_runengine_holds_no_bound_method_of_the_cameras(cam, RE):
+    """bluesky drops a dead bound method from its registry in whichever thread collects its
+    object, which races its own subscribing (a KeyError in `_remove_proxy`): the camera's
+    listener to saved events is a function the registry holds, reaching it weakly."""
+    registry = RE.dispatcher.cb_registry.callbacks
+    before = dict(registry.get(DocumentNames.event, {}))
+    held = {}
+
+    def plan():
+        yield from bps.stage(cam)
+        held.update(registry.get(DocumentNames.event, {}))
+        yield from bps.unstage(cam)
+
+    RE(plan())
+    added = [proxy for cid, proxy in held.items() if cid not in before]
+    assert len(added) == 1 and added[0].inst is None  # a function, held strongly
+    assert registry.get(DocumentNames.event, {}).keys() == before.keys()  # unstaged: gone
