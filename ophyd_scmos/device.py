@@ -39,6 +39,7 @@ from ophyd_scmos.documents import (
     bundle_of_caller,
     file_columns,
     run_of_caller,
+    stat_prefixes,
     stream_of_caller,
 )
 from ophyd_scmos.drivers.base import ROI, CameraDriver, CameraSettings, TriggerMode
@@ -419,8 +420,7 @@ class SCMOSCamera(Device):
         statistics read change (every event reads them)."""
         made_for = (self.name, self.statistics, self.stats_read, tuple(self.rois))
         if self._stat_keys_made_for != made_for:
-            prefixes = {f"{self.name}_stats": stats.FRAME}
-            prefixes.update({f"{self.name}_{r}": r for r in self.rois})
+            prefixes = stat_prefixes(self.name, self.rois)
             columns = [stats.STATS.index(stat) for stat in self.stats_read]
             self._stat_key_table = {
                 f"{prefix}_{stats.STATS[column]}": (row, column, region)

@@ -23,6 +23,12 @@ from ophyd_scmos.pipeline import layout, stats
 HDF5_MIMETYPE = "application/x-hdf5"
 
 
+def stat_prefixes(camera: str, regions: Iterable[str]) -> dict[str, str]:
+    """The data key prefix of each region's statistics -> the region: ``<camera>_stats`` for
+    the whole frame, ``<camera>_<region>`` for a named one (``<prefix>_<stat>`` each)."""
+    return {f"{camera}_stats": stats.FRAME, **{f"{camera}_{r}": r for r in regions}}
+
+
 def file_columns(camera: str, regions: Iterable[str]) -> dict[str, str]:
     """Data key -> dataset in its file of everything camera `camera` may document as a
     stream of its file: its images, and a movie's columns (frame numbers, the camera's and
@@ -33,8 +39,7 @@ def file_columns(camera: str, regions: Iterable[str]) -> dict[str, str]:
         f"{camera}_frame_time": layout.TIMESTAMP,
         f"{camera}_host_time": layout.HOST_TIMESTAMP,
     }
-    prefixes = {f"{camera}_stats": stats.FRAME, **{f"{camera}_{r}": r for r in regions}}
-    for prefix, region in prefixes.items():
+    for prefix, region in stat_prefixes(camera, regions).items():
         for stat in stats.STATS:
             columns[f"{prefix}_{stat}"] = layout.stats_path(region, stat)
     return columns

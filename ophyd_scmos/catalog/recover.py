@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ophyd_scmos.catalog.embedded import PathLike, keeps_streams
-from ophyd_scmos.catalog.summary import node_files
+from ophyd_scmos.catalog.summary import FILE_PATH_SIGNAL, configured_files, node_files
 from ophyd_scmos.files import local_path
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UnfinishedRun", "close_journaled_run", "close_run", "find_unfinished_run"]
 
-#: the camera's configuration signal that names its file (`SCMOSCamera.file_path`)
-FILE_PATH_SIGNAL = "file_path"
 #: the stop document's record of the files `close_run` registered, by camera: a run closed by
 #: recovery (rather than by its own process) still takes the files of its other cameras
 RECOVERED_FROM = "recovered_from"
@@ -90,13 +88,13 @@ def cameras_files(run: Any) -> list[Path]:
     recovered = (run.metadata.get("stop") or {}).get(RECOVERED_FROM, {})
     cameras = _cameras(run)
     files: dict[str, Path] = {}
-    for stream in run:
-        for device, config in run[stream].metadata.get("configuration", {}).items():
-            path = config.get("data", {}).get(f"{device}_{FILE_PATH_SIGNAL}")
-            if device not in cameras or not isinstance(path, str) or not os.path.isfile(path):
-                continue
-            if not _same_file(recovered.get(device), path):
-                files.setdefault(os.path.realpath(path), Path(path))
+    for device, path in configured_files(run):
+        if (
+            device in cameras
+            and os.path.isfile(path)
+            and not _same_file(recovered.get(device), path)
+        ):
+            files.setdefault(os.path.realpath(path), Path(path))
     return list(files.values())
 
 

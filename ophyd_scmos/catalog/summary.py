@@ -50,7 +50,7 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
     if found is None and key is not None:
         raise KeyError(f"run {start['uid']} has no image {key!r}")
     stream, key, node = found or (None, None, None)
-    files = node_files(node) if node is not None else _configured_files(run)
+    files = node_files(node) if node is not None else [path for _, path in configured_files(run)]
     return RunSummary(
         uid=start["uid"],
         scan_id=start.get("scan_id"),
@@ -65,16 +65,19 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
     )
 
 
-def _configured_files(run: Any) -> list[str]:
-    """The files the cameras of `run` wrote, as its descriptors' configurations name them (a
-    camera's ``file_path``): where a run has no images, its statistics are there."""
-    return [
-        value
-        for name in run
-        for device, config in run[name].metadata.get("configuration", {}).items()
-        for key, value in config.get("data", {}).items()
-        if key == f"{device}_file_path" and isinstance(value, str) and value
-    ]
+#: the camera's configuration signal that names its file (`SCMOSCamera.file_path`)
+FILE_PATH_SIGNAL = "file_path"
+
+
+def configured_files(run: Any) -> Iterator[tuple[str, str]]:
+    """(device, path) of each file the cameras of `run` wrote, as its descriptors'
+    configurations name it (a camera's ``file_path``): where a run has no images, its
+    statistics are there."""
+    for name in run:
+        for device, config in run[name].metadata.get("configuration", {}).items():
+            path = config.get("data", {}).get(f"{device}_{FILE_PATH_SIGNAL}")
+            if isinstance(path, str) and path:
+                yield device, path
 
 
 def image_nodes(run: Any) -> Iterator[tuple[str, str, Any]]:
