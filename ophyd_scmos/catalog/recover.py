@@ -327,12 +327,15 @@ def _write_stop(
             "camera file was named"
         )
     )
+    counts = _event_counts(run)
     if stop:
-        doc = {**stop, "reason": reason, "time": max(stop["time"], end_time)}
+        doc = {**stop, "reason": reason, "time": max(stop["time"], end_time), "num_events": counts}
     else:
         start = cast("RunStart", dict(run.metadata["start"]))
+        # ComposeStop reports a counter less one, as bluesky's counters start at 1
+        counters = {name: count + 1 for name, count in counts.items()}
         doc = dict(
-            event_model.ComposeStop(start=start, event_counters={}, poison_pill=[])(
+            event_model.ComposeStop(start=start, event_counters=counters, poison_pill=[])(
                 exit_status="fail", reason=reason, time=end_time
             )
         )
@@ -343,6 +346,23 @@ def _write_stop(
             "takes once every camera's file is recovered into it"
         )
     run.update_metadata(metadata={"stop": {**doc, RECOVERED_FROM: recovered}}, drop_revision=True)
+
+
+def _event_counts(run: Any) -> dict[str, int]:
+    """The events each stream of `run` holds in the catalog: the rows of its events' table,
+    or, for a stream of files' columns only (a movie's, StreamDatum), of those columns. (A
+    step scan's images registered from a file do not count: their events may have died.)"""
+    counts = {}
+    for name in run:
+        stream = run[name].base
+        data_keys = stream.metadata.get("data_keys", {}).values()
+        if all(data_key.get("external") for data_key in data_keys):
+            counts[name] = max((stream[key].shape[0] for key in stream), default=0)
+        elif "internal" in stream:
+            counts[name] = len(stream["internal"].read(columns=["seq_num"]))
+        else:
+            counts[name] = 0
+    return counts
 
 
 def awaits_files(run: Any) -> bool:

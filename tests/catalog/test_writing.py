@@ -144,6 +144,7 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     assert "closed run" in capsys.readouterr().out
     run = open_catalog(catalog_dir).values().last()
     assert run.metadata["stop"]["exit_status"] == "fail"
+    assert run.metadata["stop"]["num_events"] == {"primary": 5}  # the file's sixth: no event
     with h5py.File(path, "r") as f:
         stored = layout.stored_frames(f)
     assert stored == 6
@@ -197,6 +198,7 @@ def test_recover_writes_the_events_a_killed_process_held_from_the_runs_journal(
     np.testing.assert_array_equal(run["primary"]["cam_frame_number"].read(), np.arange(5))
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(6)[:, None])
     assert "journal kept" in run.metadata["stop"]["reason"]
+    assert run.metadata["stop"]["num_events"] == {"primary": 5}
     assert not journal.exists()
 
 
@@ -273,6 +275,7 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     run = open_catalog(catalog_dir)[uid]
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(4))
     assert run.metadata["stop"]["exit_status"] == "fail"
+    assert run.metadata["stop"]["num_events"] == {"primary": 4}
     assert "from its journal" in run.metadata["stop"]["reason"]
     assert not journal.exists()
     assert main(["recover", "--catalog", str(catalog_dir)]) == 0

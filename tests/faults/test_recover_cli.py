@@ -257,6 +257,8 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert "ophyd-scmos recover" in stop["reason"] and path in stop["reason"]
+    # a plain TiledWriter kept the count's events in memory: they died with the process
+    assert stop["num_events"] == {"primary": 0 if plan == "count" else len(numbers)}
 
     # Recovered already: a second recovery says so and changes nothing. (`--catalog FILE`:
     # the catalog from the environment, FILE the file to recover.)
