@@ -215,6 +215,14 @@ class Setting(Signal):
         status.set_finished()
         return status
 
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """ophyd's, with a flag (`save_images`) described as one, not as the integer a bool
+        also is."""
+        described = super().describe()
+        if isinstance(self.get(), bool):
+            described[self.name].update(dtype="boolean", dtype_numpy="|b1")
+        return described
+
 
 class ImageDatum(Signal):
     """The datum id of a point's frames: read with its camera, whose reading collects the
@@ -1168,6 +1176,15 @@ class SCMOSCamera(Device):
     def describe_collect(self) -> dict[str, dict]:
         """The frames, their numbers, their times on the camera's clock and on the computer's,
         and their statistics: one row per frame."""
+        run = self._run
+        stepping = self._mode is TriggerMode.SOFTWARE or (run is not None and run.points)
+        if run is not None and not run.flying and stepping:
+            raise RuntimeError(
+                f"{self.name} is staged for a step scan (trigger_mode "
+                f"{self._mode.value!r}, points read as events): collect takes a movie's frames; "
+                f"record one with movie({self.name}, ...), or kickoff and complete with "
+                "trigger_mode 'internal' or 'external'"
+            )
         source = f"{self.driver.model}:{self.name}"
         stat_keys = {key: self._stat_key("STREAM:") for key in self._stat_keys()}
         images = {self.image.name: self._image_key(per_point=False)} if self._images else {}

@@ -139,6 +139,20 @@ def test_the_image_is_read_with_its_camera_only(cam, RE, recorder):
     assert cam.image.get() != ""  # its value is there to see, as any signal's
 
 
+def test_a_step_scans_camera_collected_says_collect_is_for_movies(cam, RE, recorder):
+    """Collected like a movie, a step scan's camera would point stream rows at the frames
+    its events point at too (bluesky asserted on its description, saying nothing of why)."""
+
+    def body():
+        yield from bps.trigger_and_read([cam])
+        yield from bps.collect(cam)
+
+    with pytest.raises(RuntimeError, match=r"cam is staged for a step scan .* movie\(cam, ...\)"):
+        RE(staged_run(cam, body))
+    assert len(recorder.of("event")) == 1 and recorder.of("stream_datum") == []
+    assert recorder.of("stop")[0]["exit_status"] == "fail"
+
+
 def test_staged_again_within_a_run_the_camera_reads_alike(cam, driver, RE, recorder, tmp_path):
     """A plan may unstage and stage its camera between points (each staging a file of its
     own); staged again with other frames_per_point, its events would no longer be what the

@@ -83,6 +83,7 @@ def test_a_count_without_images_replays_its_statistics_from_the_catalog(
     (descriptor,) = recorder.of("descriptor")
     assert "cam_image" not in descriptor["data_keys"]
     assert descriptor["configuration"]["cam"]["data"]["cam_save_images"] is False
+    assert descriptor["configuration"]["cam"]["data_keys"]["cam_save_images"]["dtype"] == "boolean"
     assert not any("cam_image" in event["data"] for event in recorder.of("event"))
 
     run = catalog[only_uid(recorder)]["primary"]
