@@ -52,6 +52,9 @@ MAX_UPDATES = 20.0
 ALIVE_CHECK = 1.0  #: seconds between checks that the camera's process is still there
 TOKEN_HEADER = "x-live-token"
 MAX_SIDE = 8192  #: the largest size, each way, a page may ask for
+#: connections served at once (a page keeps one or two); more are answered 503 at once: each
+#: holds the frame it was sent until its client reads it, which a stuck client never does
+MAX_CONNECTIONS = 32
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -248,6 +251,7 @@ async def serve(source: FrameSource, token: str, sock: socket.socket) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
+        limit_concurrency=MAX_CONNECTIONS,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))

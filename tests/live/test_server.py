@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ophyd_scmos.live.server import bin_frame, binning_for
+from ophyd_scmos.live.server import MAX_CONNECTIONS, MAX_SIDE, bin_frame, binning_for
 from tests.live.conftest import ROIS, FocusCamera, LiveServer
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: no proxy
@@ -99,6 +100,36 @@ def test_a_frame_request_waits_for_a_newer_frame_or_says_there_is_none(camera, s
     assert (status, body) == (204, b"")
     assert 0.9 < time.monotonic() - started < 15
     assert get(f"{frame}&after=many")[0] == 400
+
+
+def test_clients_that_never_read_are_held_to_a_number(camera, server):
+    """Each holds the full frame it asked for until it reads it: beyond MAX_CONNECTIONS,
+    the server refuses at once (503), and serves again once they are gone."""
+    request = f"GET /frame?token={server.token}&width={MAX_SIDE}&height={MAX_SIDE} HTTP/1.1"
+    host, port = server.base.removeprefix("http://").split(":")
+    stuck = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            client = socket.create_connection((host, int(port)))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(f"{request}\r\nHost: {host}\r\n\r\n".encode())
+            stuck.append(client)
+        frame = f"{server.base}/frame?token={server.token}&width=64&height=64"
+        for _ in range(100):  # until the server has taken every connection
+            status, _ = get(frame)
+            if status == 503:
+                break
+            time.sleep(0.05)
+        assert status == 503
+    finally:
+        for client in stuck:
+            client.close()
+    for _ in range(100):
+        status, _ = get(frame)
+        if status == 200:
+            break
+        time.sleep(0.05)
+    assert status == 200
 
 
 def test_the_state_is_the_cameras_announcement_with_its_counters(camera, server):
