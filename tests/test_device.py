@@ -148,6 +148,18 @@ def test_documents_follow_the_area_detector_convention(cam, RE, recorder):
     assert [e["data"]["cam_image"] for e in events] == [d["datum_id"] for d in recorder.of("datum")]
 
 
+def test_a_kind_changed_between_runs_changes_what_is_read(cam, RE, recorder):
+    """As with any ophyd device: a signal made normal is read, one omitted is not."""
+    RE(count([cam]))
+    cam.ring_fill.kind = "normal"
+    cam.frame_time.kind = "omitted"
+    RE(count([cam]))
+    first, second = (event["data"] for event in recorder.of("event"))
+    assert "cam_frame_time" in first and "cam_ring_fill" not in first
+    assert "cam_frame_time" not in second and "cam_ring_fill" in second
+    assert second.keys() - {"cam_ring_fill"} == first.keys() - {"cam_frame_time"}
+
+
 def test_ad_hdf5_handler_reads_each_point(cam, driver, RE, recorder):
     cam.frames_per_point.set(3)
     RE(count([cam], num=7))
