@@ -334,7 +334,7 @@ class SCMOSCamera(Device):
             driver = SimulatedSCMOS()
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
-        self.file_template = check_template(file_template)
+        self.file_template = file_template
         self.options = options
         self.asset_docs = asset_docs
         self._run: _Run | None = None
@@ -372,6 +372,15 @@ class SCMOSCamera(Device):
         self._announce()
 
     # -- statistics ----------------------------------------------------------------------
+    @property
+    def file_template(self) -> str:
+        """The name of each run's file in `write_dir` (fields {name} {date} {uid} {counter})."""
+        return self._file_template
+
+    @file_template.setter
+    def file_template(self, template: str) -> None:
+        self._file_template = check_template(template)
+
     @property
     def rois(self) -> Regions:
         """The named regions of interest (`Regions`): ``cam.rois["spot"] = (x, y, w, h)``;

@@ -17,7 +17,7 @@ from bluesky.plans import count
 from databroker import Broker
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
-from ophyd_scmos.files import COUNTERS
+from ophyd_scmos.files import COUNTERS, DEFAULT_TEMPLATE
 from ophyd_scmos.pipeline import PipelineOptions, layout
 from tests.conftest import SENSOR, Recorder, expected_frames
 
@@ -374,6 +374,13 @@ def test_bad_file_templates_are_refused(driver, tmp_path, template):
     with pytest.raises(ValueError, match="template"):
         SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template=template)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_template_set_later_is_checked_as_one_given_at_first(cam):
+    """A '#' ends a path in a URI: a run's documents would point at another run's file."""
+    with pytest.raises(ValueError, match="template"):
+        cam.file_template = "run.h5#{uid}.h5"
+    assert cam.file_template == DEFAULT_TEMPLATE
 
 
 def test_settings_cannot_change_while_staged(cam):
