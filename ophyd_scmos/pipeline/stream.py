@@ -552,8 +552,14 @@ class FrameStream:
                     unrecorded = target
                     continue
                 if unrecorded < 0:  # frames lost between triggers were never to be recorded
-                    self.frames_missed += info.missed_before
+                    # Those the gate's count still takes: lost within it. Where they fill it,
+                    # this frame came after it, as a movie of N frames takes N frames.
+                    room_in_gate = 2**62 if self._gate is None else self._gate - self.frames_taken
+                    self.frames_missed += min(info.missed_before, room_in_gate)
                     header[Header.MISSED] = self.frames_missed
+                    if not self._recording():
+                        unrecorded = target
+                        continue
                 if not room:
                     self.frames_dropped += 1
                     header[Header.DROPPED] = self.frames_dropped
