@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import h5py
@@ -120,6 +121,23 @@ def test_two_hundred_runs_leak_no_descriptors_threads_or_shared_memory(cam, RE):
     # No more than before (fewer is no leak: what an earlier test left may close meanwhile).
     assert _open_fds() <= fds and _threads() <= threads and _rings() == rings
     assert len(list(Path(cam.write_dir).iterdir())) == 201
+
+
+def test_a_camera_made_anew_without_destroy_lets_the_old_one_go(tmp_path, RE):
+    """As when a session's cell `cam = SCMOSCamera(...)` runs again: the camera dropped is
+    collected, and its writer ends and its ring goes with it."""
+    old = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(64, 64)), write_dir=tmp_path)
+    RE(count([old], num=2))
+    writer, ring, dropped = old._writer, old._writer.ring.spec.name, weakref.ref(old)
+    del old
+    cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=(64, 64)), write_dir=tmp_path)
+    try:
+        RE(count([cam], num=2))  # the RunEngine lets go of the last run's devices
+        gc.collect()
+        assert dropped() is None
+        assert writer.ended.wait(10) and ring not in _rings()
+    finally:
+        cam.destroy()
 
 
 def test_destroy_ends_the_writer_and_frees_the_ring(driver, tmp_path, RE):

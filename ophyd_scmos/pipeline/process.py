@@ -163,6 +163,9 @@ class WriterProcess:
                 handler = self._handler
                 if handler is not None and status["state"] != State.ERROR:
                     handler(status)
+                # Between lines this thread holds no handler: its stream, and the camera
+                # of that stream, are collected once dropped (a camera made anew in a session)
+                handler = None
         self.process.wait()
         # One that reported an error (disk full) closed what it could and exited 1: its
         # own words stand, and its file is not touched again.
