@@ -197,17 +197,21 @@ class Regions(MutableMapping[str, stats.Region]):
         self._camera._refuse_while_staged("rois")
 
 
+#: the settings the driver applies (the others are the camera's own)
+DRIVER_SETTINGS = ("exposure_time", "acquire_period", "roi", "binning", "bit_depth", "trigger_mode")
+
+
 class Setting(Signal):
     """A camera setting: checked and applied by the driver when set, so a bad value fails at
     `set()`, before any frame is taken, with the driver's message."""
 
     def put(self, value: Any, **kwargs: Any) -> None:
+        camera = self.parent
         value = _plain(value)
-        self.parent._apply_setting(self.attr_name, value)
-        if self.attr_name == "roi" and value is None:  # the whole sensor: say which pixels
-            value = ROI.full(self.parent.driver.sensor_shape).as_tuple()
-        super().put(value, **kwargs)
-        self.parent._announce()
+        camera._apply_setting(self.attr_name, value)
+        if self.attr_name not in DRIVER_SETTINGS:  # else `_apply_setting` put what it took
+            super().put(value, **kwargs)
+        camera._announce()
 
     def set(self, value: Any, **kwargs: Any) -> Status:
         self.put(value)
@@ -596,18 +600,25 @@ class SCMOSCamera(Device):
             writer.shutdown()
 
     # -- settings -------------------------------------------------------------------------
-    def _sync_settings_from_driver(self) -> None:
+    def _sync_settings_from_driver(self) -> bool:
+        """Set the setting signals to what the driver applies; returns whether one changed
+        (the driver was configured directly, `cam.driver.configure(...)`)."""
         s = self.driver.settings
-        roi = s.roi or ROI.full(self.driver.sensor_shape)
-        for attr, value in (
-            ("exposure_time", s.exposure_time),
-            ("acquire_period", s.acquire_period),
-            ("roi", roi.as_tuple()),
-            ("binning", s.binning),
-            ("bit_depth", s.bit_depth),
-            ("trigger_mode", TriggerMode.coerce(s.trigger_mode).value),
-        ):
-            Signal.put(getattr(self, attr), value)
+        applied = {
+            "exposure_time": s.exposure_time,
+            "acquire_period": s.acquire_period,
+            "roi": (s.roi or ROI.full(self.driver.sensor_shape)).as_tuple(),
+            "binning": s.binning,
+            "bit_depth": s.bit_depth,
+            "trigger_mode": TriggerMode.coerce(s.trigger_mode).value,
+        }
+        changed = False
+        for attr in DRIVER_SETTINGS:
+            signal, value = getattr(self, attr), applied[attr]
+            if _plain(signal.get()) != value:
+                Signal.put(signal, value)
+                changed = True
+        return changed
 
     def _refuse_while_staged(self, setting: str) -> None:
         """A run's file and documents are laid out when it is staged: what shapes them waits
@@ -649,8 +660,11 @@ class SCMOSCamera(Device):
             value = ROI(*value)
         elif attr == "trigger_mode":
             value = TriggerMode.coerce(value)
-        with self._live.settings_change():
+        with self._live.settings_change():  # focus mode, if on, stopped: the user's settings
             self.driver.configure(dataclasses.replace(self.driver.settings, **{attr: value}))
+            # what the camera took (an exposure rounded to its clock; roi None: the whole
+            # sensor), and what it changed with it: the run records what the camera uses
+            self._sync_settings_from_driver()
 
     @property
     def settings(self) -> CameraSettings:
@@ -697,6 +711,8 @@ class SCMOSCamera(Device):
         self._check_staged_alike(run_of_caller())
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
+        if self._sync_settings_from_driver():  # the driver configured directly since
+            self._announce()
         try:
             stream = self._open_stream(write_dir, regions)
         except BaseException:

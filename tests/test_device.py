@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -403,6 +404,40 @@ def test_default_camera_needs_no_arguments(tmp_path, monkeypatch):
     assert isinstance(cam.driver, SimulatedSCMOS)
     assert cam.roi.get() == (0, 0, 2048, 2048)
     assert str(cam.write_dir).startswith(str(tmp_path))
+
+
+class ClockedSCMOS(SimulatedSCMOS):
+    """The simulator with a 1 ms exposure clock, as a real camera rounds to its own."""
+
+    def _apply(self, settings, roi):
+        exposure = max(0.001, round(settings.exposure_time, 3))
+        return dataclasses.replace(settings, exposure_time=exposure)
+
+
+def test_a_run_records_the_settings_the_camera_uses(tmp_path, RE, recorder):
+    """The exposure as the camera rounded it, and the driver's settings where it was
+    configured directly between runs: in the signal, the descriptor and the file."""
+    cam = SCMOSCamera(name="cam", driver=ClockedSCMOS(shape=SENSOR, seed=3), write_dir=tmp_path)
+    try:
+        cam.roi.set((32, 16, 96, 64))
+        cam.exposure_time.set(0.0123)
+        assert cam.exposure_time.get() == 0.012
+        RE(count([cam]))
+        cam.driver.configure(dataclasses.replace(cam.driver.settings, binning=2))
+        RE(count([cam]))
+        for descriptor, binning in zip(recorder.of("descriptor"), (1, 2), strict=True):
+            config = descriptor["configuration"]["cam"]["data"]
+            assert config["cam_exposure_time"] == 0.012 and config["cam_binning"] == binning
+            assert descriptor["data_keys"]["cam_image"]["shape"] == [
+                1,
+                64 // binning,
+                96 // binning,
+            ]
+            with h5py.File(config["cam_file_path"], "r") as f:
+                assert f["/entry"].attrs["exposure_time"] == 0.012
+                assert f["/entry"].attrs["binning"] == binning
+    finally:
+        cam.destroy()
 
 
 def test_a_roi_of_none_is_the_whole_sensor_and_says_so(driver, tmp_path, RE):
