@@ -850,6 +850,22 @@ class SCMOSCamera(Device):
                 self._drop_writer()  # it died: free its ring now, start another next run
         self._update_signals(stream)
         self.frames_written.put(summary.frames_written)
+        if (
+            run.flying
+            and not run.staged_by_kickoff
+            and run.collected < summary.frames_written
+            and run_of_caller() is None  # the run has ended: no collect comes after this
+        ):
+            warnings.warn(
+                f"{self.name}: {summary.frames_written - run.collected} of the "
+                f"{summary.frames_written} frames in {stream.path} were never collected into "
+                "the run, which holds the first "
+                f"{run.collected}: the camera recorded until it was unstaged, and no collect "
+                f"came after them. Let complete({self.name}) end the recording, then collect; "
+                "or collect before the run closes (ophyd_scmos.plans.movie does both)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if run.ended_on_time and stream.frames_taken == 0:
             warnings.warn(
                 f"{self.name} recorded no frame: the movie ended before the camera delivered "

@@ -355,7 +355,10 @@ def test_a_movie_collected_into_two_streams_is_refused(cam, driver, RE, tmp_path
         yield from bps.complete(cam, wait=True)
         yield from bps.collect(cam, name="late")
 
-    with pytest.raises(RuntimeError, match="collected into stream 'early' of this run, and now"):
+    with (
+        pytest.raises(RuntimeError, match="collected into stream 'early' of this run, and now"),
+        pytest.warns(RuntimeWarning, match="were never collected into the run"),
+    ):
         RE(plan())
     run = catalog[-1]
     assert run.metadata["stop"]["exit_status"] == "fail" and list(run["late"]) == []
@@ -384,6 +387,28 @@ def test_a_second_kickoff_in_one_staging_is_refused(cam, RE, recorder):
     with pytest.raises(RuntimeError, match="cam was kicked off already in this staging"):
         RE(plan())
     assert recorder.of("stream_datum")[0]["indices"] == {"start": 0, "stop": 10}
+
+
+def test_frames_recorded_after_the_last_collect_are_told(cam, RE, recorder):
+    """A plan that never calls complete: the camera records until it is unstaged, after
+    the run closed, and the frames after its last collect are in the file only."""
+    cam.trigger_mode.set("internal")
+    cam.acquire_period.set(0.005)
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.declare_stream(cam, name="primary", collect=True)
+        yield from bps.kickoff(cam, wait=True)
+        yield from bps.sleep(0.3)
+        yield from bps.collect(cam, name="primary")
+
+    with pytest.warns(RuntimeWarning, match=r"cam: \d+ of the \d+ frames in .* were never col"):
+        RE(plan())
+    pages = recorder.of("stream_datum")
+    collected = max((datum["indices"]["stop"] for datum in pages), default=0)
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape[0] > collected
 
 
 def test_a_movie_that_records_no_frame_says_so(cam, RE):
