@@ -131,8 +131,8 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
         run = _wait_for_rows(catalog_dir, 5)
         assert "stop" not in run.metadata  # still running
         np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
-        images = run["primary"]["cam_image"].read()
-        np.testing.assert_array_equal(images, _expected(5)[:, None])
+        node = run["primary"]["cam_image"]
+        np.testing.assert_array_equal(node.read(), _expected(5)[:, None])
     finally:
         _kill(acquiring)
     _wait_until_gone(writer)
@@ -150,6 +150,8 @@ def test_a_running_run_is_in_the_catalog_and_outlives_its_killed_process(
     assert stored == 6
     np.testing.assert_array_equal(run["primary"]["cam_image"].read(), _expected(stored)[:, None])
     np.testing.assert_array_equal(run["primary"]["motor"].read(), np.arange(5))
+    # taken while the run went on, the node reads the rows its shape named then
+    np.testing.assert_array_equal(node.read(), _expected(5)[:, None])
     capsys.readouterr()
     assert main(["show", "-1", "--catalog", str(catalog_dir), "--no-png"]) == 0
     assert "events     5 of its 6 points' events are in the catalog" in capsys.readouterr().out
