@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.catalog.embedded import JSON_SEQ, JSON_SEQ_EXPORTER, PathLike, absolute_path
-from ophyd_scmos.catalog.summary import image_nodes, node_files, probe
+from ophyd_scmos.catalog.summary import FILE_PATH_SIGNAL, image_nodes, node_files, probe
 from ophyd_scmos.files import file_uri, local_path
 
 if TYPE_CHECKING:
@@ -151,7 +151,10 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
         doc for name, doc in docs if name == "stream_resource" and doc["uri"].startswith("file:")
     ]
     if copy_data_to is not None:
-        paths = _unique(str(local_path(doc["uri"])) for doc in resources)
+        named = _cameras_files(docs, resources)
+        paths = _unique(
+            [*(str(local_path(doc["uri"])) for doc in resources), *(p for *_, p in named)]
+        )
         gone = [path for path in paths if not Path(path).exists()]
         if gone:
             return SyncResult(
@@ -164,10 +167,39 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
             return SyncResult(uid, "conflict", paths, why)
         for doc in resources:  # a movie's file holds several streams
             doc["uri"] = file_uri(copies[str(local_path(doc["uri"]))])
+        for descriptor, device, path in named:  # where the target's run finds the file
+            config = descriptor["configuration"][device]["data"]
+            config[f"{device}_{FILE_PATH_SIGNAL}"] = str(copies[path])
+        files = [str(copy) for copy in copies.values()]
+    else:
+        files = _unique(str(local_path(doc["uri"])) for doc in resources)
     writer = CatalogWriter(target, journal=False, normalizer=RunNormalizer)
     for name, doc in docs:
         writer(name, doc)
-    return SyncResult(uid, "copied", _unique(str(local_path(doc["uri"])) for doc in resources))
+    return SyncResult(uid, "copied", files)
+
+
+def _cameras_files(
+    docs: list[tuple[str, dict[str, Any]]], resources: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], str, str]]:
+    """(descriptor, camera, file) of each camera each descriptor configures: the file its
+    images or columns are read from, or for a camera with none (statistics only, a step
+    scan: its events hold each point's values, the file every frame's) the one its
+    configuration names (``file_path``)."""
+    descriptors = [doc for name, doc in docs if name == "descriptor"]
+    read_from: dict[str, str] = {}  # camera: the file its data keys are read from
+    for resource in resources:
+        for descriptor in descriptors:
+            data_key = descriptor["data_keys"].get(resource["data_key"], {})
+            if "object_name" in data_key:
+                read_from.setdefault(data_key["object_name"], str(local_path(resource["uri"])))
+    return [
+        (descriptor, device, read_from.get(device, path))
+        for descriptor in descriptors
+        for device, config in descriptor.get("configuration", {}).items()
+        if isinstance(path := config.get("data", {}).get(f"{device}_{FILE_PATH_SIGNAL}"), str)
+        and path
+    ]
 
 
 def _copy_file(path: Path, directory: PathLike) -> Path:

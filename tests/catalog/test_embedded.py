@@ -418,6 +418,40 @@ def test_sync_names_a_movie_file_once(
     assert result["files"] == [str(copies / copied_path.name)] and result["error"] is None
 
 
+def test_sync_copies_the_file_of_a_run_without_images_and_names_the_copy(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A statistics-only step scan's file (every frame's statistics, numbers and times) is
+    named by the camera's configuration only: --copy-data copies it too, and the target's
+    run names the copy, where `runs` reads it once the original is archived."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path / "data"
+    )
+    cam.roi.set((0, 0, 32, 32))
+    cam.exposure_time.set(0.001)
+    cam.save_images.set(False)
+    cam.frames_per_point.set(3)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    try:
+        (uid,) = RE(count([cam], num=2))
+        path = Path(cam.file_path.get())
+    finally:
+        cam.destroy()
+    target, copies = tmp_path / "target", tmp_path / "copies"
+    open_catalog(target)
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(target), "--json"]
+    assert main([*sync, uid, "--copy-data", str(copies)]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["files"] == [str(copies / path.name)]
+    path.rename(tmp_path / "archived.h5")
+    descriptor = open_catalog(target)[uid]["primary"].metadata
+    assert descriptor["configuration"]["cam"]["data"]["cam_file_path"] == result["files"][0]
+    assert main(["runs", "--catalog", str(target), "--json"]) == 0
+    (row,) = [row for row in json.loads(capsys.readouterr().out) if row["uid"] == uid]
+    assert (row["frames"], row["lost"], row["file"]) == (6, 0, result["files"][0])
+
+
 def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
     catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
