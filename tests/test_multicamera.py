@@ -3,6 +3,7 @@ frame of each, replayed from the catalog; a movie's frames carry one clock for a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import motor
 
 from ophyd_scmos import SCMOSCamera, SimulatedSCMOS, open_catalog
+from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.plans import movie
 from tests.conftest import expected_frames
@@ -99,6 +101,48 @@ def test_a_movie_of_two_cameras_records_every_frame_of_each_with_one_clock(camer
     right = run["primary_right"]["right_host_time"].read()
     assert max(left[0], right[0]) < min(left[-1], right[-1])
     assert all(cam.trigger_mode.get() == "software" for cam in cameras)  # given back
+
+
+def test_runs_and_show_count_the_losses_of_every_camera(tmp_path, capsys):
+    """The second camera of a movie drops frames (a full ring): `runs` adds its losses to
+    the first's, and `show` gives its counts beside the first camera's image."""
+    left = SCMOSCamera(
+        name="left",
+        driver=SimulatedSCMOS(shape=(48, 64), seed=1, camera_buffer_frames=1000),
+        write_dir=tmp_path / "data",
+        ring_mb=4,
+    )
+    # 10,000 frames/s of 512x512 into 2 slots, a camera that never misses one: it drops
+    right = SCMOSCamera(
+        name="right",
+        driver=SimulatedSCMOS(shape=(512, 512), seed=2, camera_buffer_frames=100_000),
+        write_dir=tmp_path / "data",
+        ring_frames=2,
+        overflow="drop",
+    )
+    left.exposure_time.set(0.001)
+    right.exposure_time.set(1e-4)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(tmp_path / "catalog")))
+    try:
+        with pytest.warns(RuntimeWarning, match="right: 0 frame.* and [1-9][0-9]* dropped"):
+            (uid,) = RE(movie(left, right, frames=300))
+        files = [cam.file_path.get() for cam in (left, right)]
+        lost = [cam.frames_dropped.get() + cam.frames_missed.get() for cam in (left, right)]
+        written = right.frames_written.get()
+    finally:
+        left.destroy()
+        right.destroy()
+    catalog = ["--catalog", str(tmp_path / "catalog"), "--json"]
+    assert main(["runs", *catalog]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["files"] == files and row["lost"] == sum(lost) > 0
+    assert main(["show", uid, "--no-png", *catalog]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["file"] == files[0]
+    (other,) = report["other_cameras"]
+    assert other["camera"] == "right" and other["file"] == files[1]
+    assert (other["frames_written"], other["frames_dropped"]) == (written, lost[1])
 
 
 def test_a_movie_refuses_two_cameras_of_one_name(tmp_path):

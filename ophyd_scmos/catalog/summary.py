@@ -37,6 +37,9 @@ class RunSummary:
     shape: tuple[int, ...]  #: as the catalog replays it: (events, frames per event, H, W)
     dtype: str | None
     file: str | None  #: the file the frames are in (of a run without images: its statistics)
+    #: each camera's file, `file` first: where its images are read from, or for a camera
+    #: without any (statistics only) where its configuration names it
+    cameras: dict[str, str] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -46,11 +49,20 @@ class RunSummary:
 def summarize(run: Any, key: str | None = None) -> RunSummary:
     """Summarize `run` and its image `key` (default: its first image)."""
     start, stop = run.metadata["start"], run.metadata.get("stop") or {}
-    found = next((n for n in image_nodes(run) if key is None or n[1] == key), None)
+    images = list(image_nodes(run))
+    found = next((n for n in images if key is None or n[1] == key), None)
     if found is None and key is not None:
         raise KeyError(f"run {start['uid']} has no image {key!r}")
     stream, key, node = found or (None, None, None)
-    files = node_files(node) if node is not None else [path for _, path in configured_files(run)]
+    cameras: dict[str, str] = {}
+    for image_stream, image_key, image in sorted(images, key=lambda n: n[2] is not node):
+        device = run[image_stream].metadata["data_keys"][image_key].get("object_name")
+        paths = node_files(image)
+        if device and paths:
+            cameras.setdefault(device, paths[0])
+    for device, path in configured_files(run):
+        cameras.setdefault(device, path)
+    files = node_files(node) if node is not None else list(cameras.values())
     return RunSummary(
         uid=start["uid"],
         scan_id=start.get("scan_id"),
@@ -62,6 +74,7 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
         shape=() if node is None else tuple(node.shape),
         dtype=None if node is None else node.dtype.str,
         file=files[0] if files else None,
+        cameras=cameras,
     )
 
 

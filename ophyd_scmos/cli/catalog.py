@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,17 +68,12 @@ def runs(args: argparse.Namespace) -> int:
         # In pages Tiled's server takes (at most 300 runs a request), whatever the number.
         for run in reversed(list(catalog.values().page_size(PAGE).tail(args.number))):
             summary = summarize(run)
-            try:
-                stats = _local_file_stats(summary.file)
-            except OSError:  # damaged: `show` says how
-                stats = None
-            # The writer's counts are whole only where writing ended as planned.
-            lost = (
-                None
-                if stats is None or not stats.complete or stats.frames_dropped is None
-                else (stats.frames_dropped + (stats.frames_missed or 0))
-            )
-            row = {**_summary_dict(summary), "lost": lost}
+            files = _unique(path for path in (summary.file, *summary.cameras.values()) if path)
+            each = {path: _file_stats_or_none(path) for path in files}
+            stats = each.get(summary.file) if summary.file else None
+            losses = [_lost(file) for file in each.values()]  # every camera's, added up
+            lost = None if not losses or None in losses else sum(filter(None, losses))
+            row = {**_summary_dict(summary), "lost": lost, "files": files}
             if summary.key is None and stats is not None:  # statistics only: the file's frames
                 row["frames"] = stats.frames
             rows.append(row)
@@ -98,7 +93,8 @@ def runs(args: argparse.Namespace) -> int:
                 str(row["frames"]),
                 _shape_text(row["shape"]),
                 "?" if row["lost"] is None else str(row["lost"]),
-                Path(row["file"]).name if row["file"] else "-",
+                (Path(row["file"]).name if row["file"] else "-")
+                + _more_cameras(len(row["files"]) - 1),
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
@@ -170,6 +166,11 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
             rewound_frames=stats.rewound_frames,
             skipped_frames=stats.skipped_frames,
         )
+    report["other_cameras"] = [
+        _camera_counts(camera, path)
+        for camera, path in summary.cameras.items()
+        if path != summary.file
+    ]
     if not args.no_png and summary.frames:
         png = Path(args.png or f"scmos_{summary.uid[:8]}.png").absolute()
         report["mean_of_frames"] = _draw(node, summary, intervals, clock, png, args.mean_frames)
@@ -312,6 +313,44 @@ def _kept(summary: RunSummary) -> str:
     return f" (statistics only): {summary.file} holds {stats.frames} frames' statistics; {counts}"
 
 
+def _more_cameras(n: int) -> str:
+    return f" (+{n} camera{'s' if n > 1 else ''})" if n else ""
+
+
+def _camera_counts(camera: str, path: str) -> dict[str, Any]:
+    """What the writer of another camera of the run counted in its file."""
+    stats = _file_stats_or_none(path)
+    counts = {"camera": camera, "file": path, "file_reachable": stats is not None}
+    if stats is not None:
+        counts.update(
+            frames_written=stats.frames_written,
+            frames_dropped=stats.frames_dropped,
+            frames_missed=stats.frames_missed,
+            complete=stats.complete,
+        )
+    return counts
+
+
+def _lost(stats: FileStats | None) -> int | None:
+    """The frames a file's writer counted lost; None where its counts are not whole (writing
+    did not end as planned) or the file is not here."""
+    if stats is None or not stats.complete or stats.frames_dropped is None:
+        return None
+    return stats.frames_dropped + (stats.frames_missed or 0)
+
+
+def _file_stats_or_none(path: str) -> FileStats | None:
+    """`_local_file_stats`, None for a damaged file too (`show` says how)."""
+    try:
+        return _local_file_stats(path)
+    except OSError:
+        return None
+
+
+def _unique(paths: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(paths))
+
+
 def _local_file_stats(path: str | None) -> FileStats | None:
     """The file's statistics, or None where this host has no such file (a catalog server's
     run whose data disk is not mounted here) or it is not one of our files. A damaged file
@@ -413,6 +452,18 @@ def _print_report(r: dict[str, Any]) -> None:
         f"interval   mean {ms(r['interval_mean_s'])}, jitter (std) "
         f"{ms(r['interval_jitter_s'])} ({r['interval_source']})"
     )
+    for other in r["other_cameras"]:  # `--key` shows each in full
+        if not other["file_reachable"]:
+            counts = "file not on this host"
+        elif other["complete"] is None:
+            counts = "no counts: the file was not closed by its writer"
+        else:
+            counts = (
+                f"{other['frames_written']} written, {other['frames_dropped']} dropped, "
+                f"{other['frames_missed']} missed; "
+                f"{'complete' if other['complete'] else 'ended early'}"
+            )
+        print(f"camera     {other['camera']}: {counts} ({other['file']})")
     if "png" in r:
         print(f"picture    {r['png']}")
 
