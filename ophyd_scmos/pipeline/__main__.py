@@ -38,6 +38,8 @@ def main() -> int:
         file, written = loop.file, 0
         message = describe_error(exc, file.path if file else "the run's file")
         if file is not None:  # keep what made it, without raising again
+            with contextlib.suppress(Exception):  # the statistics of every frame written
+                file.store_stats(force=True)
             with contextlib.suppress(Exception):
                 file.flush()
             written = file.flushed

@@ -169,6 +169,12 @@ class Outcome:
         )
 
 
+def measured_frames(f: h5py.File) -> int | None:
+    """Frames whose statistics the file holds; None in a file without statistics."""
+    path = stats_path(stats.FRAME, "total")
+    return f[path].shape[0] if path in f else None
+
+
 def stored_frames(f: h5py.File) -> int:
     """Frames the file records (0 if it has none yet): those its frame dataset holds, or in
     a file without images, those whose statistics it holds. Statistics reach the file up to

@@ -266,8 +266,14 @@ class FrameStream:
         try:
             with h5py.File(self.path, "r") as f:
                 saved = layout.stored_frames(f)
+                measured = layout.measured_frames(f)
         except OSError:
             return 0
+        # What the file holds is what a last collect may point at: a writer that failed
+        # closed it with frames written since its last status line (a disk full).
+        self._written = max(self._written, saved)
+        if self._stored is not None and measured is not None:
+            self._stored = max(self._stored, measured)
         assert self.writer is not None
         if self.writer.died:
             self._record_early_end(saved, why)

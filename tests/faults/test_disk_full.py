@@ -12,7 +12,8 @@ from area_detector_handlers.handlers import AreaDetectorHDF5Handler
 from bluesky.plans import count
 
 from ophyd_scmos import SCMOSCamera
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
+from ophyd_scmos.plans import movie
 from tests.conftest import expected_frames
 
 
@@ -104,3 +105,28 @@ def test_disk_full_by_file_size_limit(driver, tmp_path, RE, recorder):
     assert "died" not in message  # the writer said why it stopped: its words stand
     saved = check_nothing_claimed_is_missing(path, driver, recorder)
     check_outcome(path, saved, "file-size limit")
+
+
+def test_a_movie_stopped_by_a_full_disk_holds_every_frame_of_its_file(
+    driver, tmp_path, RE, recorder
+):
+    """The writer closes the file with frames (and statistics) written since its last status
+    line: the movie's last page points at every one of them, the run holds what the file
+    holds."""
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_mb=1)
+    cam.roi.set((0, 0, 96, 64))
+    cam.exposure_time.set(0.001)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 2**20, hard))
+    try:
+        with pytest.raises(Exception, match="file-size limit reached"):
+            RE(movie(cam, frames=100_000))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        saved = layout.stored_frames(f)
+        assert f[layout.stats_path(stats.FRAME, "total")].shape == (saved,)
+    assert saved > 0
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == "fail" and stop["num_events"] == {"primary": saved}
+
