@@ -144,7 +144,11 @@ def find_unfinished_run(
             config = descriptor.get("configuration", {}).get(device, {}).get("data", {})
             names_a_file = names_a_file or signal in config
             named = config.get(signal)  # where the file was written (moved since: recorded)
-            if not (_same_file(named, path) or (recorded is not None and named is not None)):
+            if not (
+                _same_file(named, path)
+                or (recorded is not None and named is not None)
+                or (uid is not None and _moved_here(named, path))
+            ):
                 continue
             for key, info in descriptor.get("data_keys", {}).items():
                 if (
@@ -176,10 +180,13 @@ def find_unfinished_run(
             "with `ophyd-scmos recover --run UID`"
         )
     if uid is not None:
-        raise LookupError(
-            f"run {uid} is not the run of {path}: it ended well, or it names another file "
-            f"of {device}"
-        )
+        stop = runs[0].metadata.get("stop") or {}
+        if not unfinished(runs[0]):
+            raise LookupError(
+                f"run {uid} has ended (exit_status {stop.get('exit_status')!r}), its images as "
+                "its own process documented them: recover closes runs left unfinished"
+            )
+        raise LookupError(f"run {uid} names another file of {device}, not {path}")
     raise LookupError(
         f"no unfinished run in the catalog names {path} as the file of {device} "
         f"(configuration {signal}), and none that ended before its first event names "
@@ -191,6 +198,14 @@ def unfinished(run: Any) -> bool:
     """Whether `run` has no stop, or one a recovery wrote (it still takes cameras' files)."""
     stop = run.metadata.get("stop")
     return not stop or RECOVERED_FROM in stop
+
+
+def _moved_here(named: Any, path: PathLike) -> bool:
+    """Whether `path` may be the file `named` moved: none is there now, and it has its name
+    (a file that records no run, moved before its recovery: its run is named by hand)."""
+    return (
+        isinstance(named, str) and not os.path.exists(named) and Path(named).name == Path(path).name
+    )
 
 
 def _same_file(recorded: Any, path: PathLike) -> bool:
@@ -431,9 +446,9 @@ def _stream_documents(
 
 def _forget_partial_image(stream: Any, key: str, uri: str) -> None:
     """Drop the catalog's record of an image (or a movie's column) registered in part (not
-    the file)."""
-    recorded = node_files(stream[key])
-    if recorded != [str(local_path(uri))]:
+    the file), from this file, or from where it was before it was moved."""
+    recorded, path = node_files(stream[key]), str(local_path(uri))
+    if recorded != [path] and not all(_moved_here(named, path) for named in recorded):
         raise RuntimeError(
             f"{key} of this run already points at {', '.join(recorded)}, not at "
             f"{local_path(uri)}: not replaced"

@@ -129,4 +129,3 @@ def test_a_movie_stopped_by_a_full_disk_holds_every_frame_of_its_file(
     assert saved > 0
     (stop,) = recorder.of("stop")
     assert stop["exit_status"] == "fail" and stop["num_events"] == {"primary": saved}
-

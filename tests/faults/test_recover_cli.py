@@ -160,12 +160,14 @@ def _kill_acquisition(
     frames_per_point=1,
     until="under way",
     save_images=True,
+    with_writers=False,
 ):
     """Acquire `plan` into the catalog in a process of its own and kill it (SIGKILL) once it
     is well under way, once every file holds a frame (`until="a frame"`), or just after its
     start (`until="start"`), then wait for the cameras' writers to close their files and end
     (a writer reopens its closed file to record the outcome, and recover refuses a file
-    still open). Returns the run's uid and the files."""
+    still open); `with_writers`: kill them too (a power cut: the files record no run and
+    stay marked open). Returns the run's uid and the files."""
     acquiring = subprocess.Popen(
         [
             sys.executable,
@@ -180,6 +182,7 @@ def _kill_acquisition(
         ],
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=with_writers,
     )
     try:
         uid, *paths = acquiring.stdout.readline().split()
@@ -192,7 +195,10 @@ def _kill_acquisition(
                     assert acquiring.poll() is None, "the acquisition ended"
                     time.sleep(0.05)
     finally:
-        acquiring.kill()  # the RunEngine's process only: its writers close the files
+        if with_writers:
+            os.killpg(acquiring.pid, signal.SIGKILL)
+        else:
+            acquiring.kill()  # the RunEngine's process only: its writers close the files
         acquiring.wait()
         acquiring.stdout.close()
     deadline = time.monotonic() + 60
@@ -200,7 +206,8 @@ def _kill_acquisition(
         while _state(pid) != "Z":
             assert time.monotonic() < deadline, "the writer did not end"
             time.sleep(0.05)
-    assert all(_closed(path) for path in paths), "a writer ended without closing its file"
+    if not with_writers:
+        assert all(_closed(path) for path in paths), "a writer ended without closing its file"
     return uid, paths
 
 
@@ -266,6 +273,25 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
     assert main(["recover", "--catalog", path]) == 0
     assert f"{path}: already registered in run {uid}" in capsys.readouterr().out
     assert open_catalog(catalog_dir)[uid].metadata["stop"] == stop
+
+
+def test_recover_takes_a_moved_file_that_records_no_run_into_the_run_named(
+    catalog_dir, tmp_path, capsys
+):
+    """Killed with its writer, the file records no run; moved since, it is not where the
+    run's descriptor names it, so no run fits it: `--run UID` names the run, and the file
+    of that name, gone from where the descriptor says, is taken."""
+    uid, (path,) = _kill_acquisition(catalog_dir, tmp_path / "data", with_writers=True)
+    moved = tmp_path / "moved" / os.path.basename(path)
+    moved.parent.mkdir()
+    os.rename(path, moved)
+    assert main(["recover", "--catalog", str(catalog_dir), str(moved)]) == 1
+    assert "no unfinished run in the catalog names" in capsys.readouterr().err
+    assert main(["recover", "--catalog", str(catalog_dir), "--run", uid, str(moved)]) == 0
+    assert f"closed run {uid}" in capsys.readouterr().out
+    with h5py.File(moved, "r") as f:
+        stored = layout.stored_frames(f)
+    assert open_catalog(catalog_dir)[uid]["primary"]["cam_image"].shape[0] == stored > 0
 
 
 def test_recover_closes_the_run_of_a_camera_that_saved_no_images(catalog_dir, tmp_path, capsys):
