@@ -190,7 +190,8 @@ def _driver_spec(value: str) -> None:
 
 
 def _camera_name(name: str) -> None:
-    shadows = name in PROFILE_NAMES or name in SESSION_NAMES
+    # names with a leading _ are the profile's and IPython's own (_, __, _i1, _roi, ...)
+    shadows = name in PROFILE_NAMES or name in SESSION_NAMES or name.startswith("_")
     if not name.isidentifier() or keyword.iskeyword(name) or shadows:
         raise ValueError(name)
 
@@ -252,7 +253,7 @@ CameraName = Annotated[
     _expect(
         "a Python name (letters, digits, _) that is not one the profile uses "
         f"({', '.join(sorted(PROFILE_NAMES))}) nor Python's or IPython's own (print, "
-        "get_ipython, ...), since the camera becomes that name",
+        "get_ipython, ...), and starts with a letter, since the camera becomes that name",
         _camera_name,
     ),
 ]

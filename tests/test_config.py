@@ -163,6 +163,7 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
         ("[cameras.RE]", "cameras.RE", "not one the profile uses"),
         ("[cameras.print]", "cameras.print", "nor Python's or IPython's own"),
         ("[cameras.get_ipython]", "cameras.get_ipython", "nor Python's or IPython's own"),
+        ("[cameras._roi]", "cameras._roi", "and starts with a letter"),
         ('[cameras."my cam"]', "cameras.my cam", "a Python name"),
         ("[cameras]", "cameras", "at least one camera"),
         ('[data]\nfile_template = "{name}_{run}.h5"', "data.file_template",
