@@ -372,6 +372,7 @@ class SCMOSCamera(Device):
         self._described_in: tuple[str, dict[str, dict]] | None = None
         self._stat_keys_made_for: tuple | None = None
         self._stat_key_table: dict[str, tuple[int, int, str]] = {}
+        self._destroyed = False
         self._live = LiveControl(name, driver, self._focus_ring)
         self._announce()
 
@@ -540,7 +541,15 @@ class SCMOSCamera(Device):
         finally:
             self._drop_writer()
             self.driver.close()
+            self._destroyed = True
         super().destroy()
+
+    def _refuse_destroyed(self) -> None:
+        if self._destroyed:
+            raise RuntimeError(
+                f"{self.name} was destroyed (its driver closed, its writer ended): make the "
+                "camera anew, SCMOSCamera(...)"
+            )
 
     # -- live view -------------------------------------------------------------------------
     def live(self, on: bool = True, *, host: str = "127.0.0.1", port: int = 0) -> str | None:
@@ -552,6 +561,7 @@ class SCMOSCamera(Device):
         if not on:
             self._live.stop()
             return None
+        self._refuse_destroyed()
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0 (any free one) to 65535, got {port!r}")
         url = self._live.start(host, port)
@@ -691,6 +701,7 @@ class SCMOSCamera(Device):
 
     # -- staging: one file and one writer process per run -----------------------------------
     def stage(self) -> list[object]:
+        self._refuse_destroyed()
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
         if not self.statistics and not self._images:

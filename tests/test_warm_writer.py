@@ -147,3 +147,7 @@ def test_destroy_ends_the_writer_and_frees_the_ring(driver, tmp_path, RE):
     cam.destroy()
     assert writer.ended.wait(10) and writer.process.returncode == 0
     assert ring not in _rings()
+    files = sorted(tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="cam was destroyed .* make the camera anew"):
+        RE(count([cam], num=1))
+    assert sorted(tmp_path.iterdir()) == files and cam._writer is None
