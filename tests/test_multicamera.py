@@ -143,6 +143,10 @@ def test_runs_and_show_count_the_losses_of_every_camera(tmp_path, capsys):
     (other,) = report["other_cameras"]
     assert other["camera"] == "right" and other["file"] == files[1]
     assert (other["frames_written"], other["frames_dropped"]) == (written, lost[1])
+    # the other camera's image in full: named as `show` names it, stream/key
+    assert main(["show", uid, "--no-png", "--key", "primary_right/right_image", *catalog]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["file"], report["frames_dropped"]) == (files[1], lost[1])
 
 
 def test_a_movie_refuses_two_cameras_of_one_name(tmp_path):

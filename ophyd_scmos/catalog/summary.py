@@ -47,10 +47,11 @@ class RunSummary:
 
 
 def summarize(run: Any, key: str | None = None) -> RunSummary:
-    """Summarize `run` and its image `key` (default: its first image)."""
+    """Summarize `run` and its image `key`, a data key or "stream/key" (default: its first
+    image)."""
     start, stop = run.metadata["start"], run.metadata.get("stop") or {}
     images = list(image_nodes(run))
-    found = next((n for n in images if key is None or n[1] == key), None)
+    found = next((n for n in images if key in (None, n[1], f"{n[0]}/{n[1]}")), None)
     if found is None and key is not None:
         raise KeyError(f"run {start['uid']} has no image {key!r}")
     stream, key, node = found or (None, None, None)

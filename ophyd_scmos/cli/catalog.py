@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophyd_scmos.catalog import server_url
+from ophyd_scmos.catalog import CATALOG_ENV, server_url
 from ophyd_scmos.cli import CommandError, opened_catalog, port, reaching_catalog
 
 if TYPE_CHECKING:
@@ -226,7 +226,6 @@ def _require_catalog(location: str | None) -> None:
     """An embedded catalog named on the command line (or by $OPHYD_SCMOS_CATALOG) holds a
     catalog already: opening a mistyped directory would make a new, empty one there, and
     "no runs yet" would look like runs lost. The default catalog is made on first use."""
-    from ophyd_scmos.catalog import CATALOG_ENV
     from ophyd_scmos.catalog.embedded import CATALOG_DB
 
     location = location or os.environ.get(CATALOG_ENV)
@@ -582,7 +581,7 @@ def _at_least(least: int) -> Callable[[str], int]:
 def _catalog_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
-        help="catalog directory or server URL (default: the embedded "
+        help=f"catalog directory or server URL (default: ${CATALOG_ENV}, else the embedded "
         "catalog in your data directory)",
     )
     p.add_argument("--api-key", help="a server's API key (default: $TILED_API_KEY)")
@@ -640,7 +639,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help=show.__doc__, description=show.__doc__)
     p.add_argument("uid", help="a run's uid, its first characters, a scan id, or -1 for the latest")
     _catalog_options(p)
-    p.add_argument("--key", help="the image data key (default: the run's first image)")
+    p.add_argument(
+        "--key", help="the image: its data key, or STREAM/KEY (default: the run's first image)"
+    )
     p.add_argument(
         "--png", metavar="PATH", help="where to write the picture (default: scmos_<uid>.png here)"
     )
@@ -665,7 +666,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--from",
         dest="catalog",
         metavar="DIR",
-        help="the catalog to copy from (default: the embedded one)",
+        help=f"the catalog to copy from (default: ${CATALOG_ENV}, else the embedded one)",
     )
     p.add_argument("--api-key", help="the server's API key (default: $TILED_API_KEY)")
     p.add_argument(
