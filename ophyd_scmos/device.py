@@ -1026,13 +1026,19 @@ class SCMOSCamera(Device):
         return status
 
     def pause(self) -> None:
-        """RunEngine pause: let a step scan's triggered frames land, so `resume` knows the
-        file. A fly scan pauses at once (its complete status lasts the whole movie)."""
+        """RunEngine pause (or a suspender's): let a step scan's triggered frames land, so
+        `resume` knows the file. A movie records on through the pause, and its plan goes on
+        from where it was when resumed: replayed from its checkpoint, it would kick the
+        camera off again, which one staging's one movie refuses."""
+        from bluesky.utils import NoReplayAllowed
+
         run = self._run
         for status in [] if run is None or run.flying else run.pending():
             with contextlib.suppress(Exception):  # a failure is the plan's to report
                 status.wait(timeout=30)
         super().pause()
+        if run is not None and run.flying:
+            raise NoReplayAllowed(f"{self.name} records a movie: it goes on through a pause")
 
     def resume(self) -> None:
         """RunEngine resume: cut frames of points whose events never came (the plan rewinds

@@ -9,7 +9,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import Msg
+from bluesky.utils import FailedStatus, Msg
 
 from ophyd_scmos.device import SCMOSCamera
 
@@ -76,12 +76,22 @@ def movie(
         for cam in cams:
             yield from bps.kickoff(cam, group="kickoff")
         yield from bps.wait(group="kickoff")
+        movies = []
         for cam in cams:
-            yield from bps.complete(cam, group="movie", wait=False)
+            movies.append((yield from bps.complete(cam, group="movie", wait=False)))
         # Waiting (not sleeping) lets RE.waiting_hook show progress bars; the last page is
-        # `collect_every_frame`'s.
-        while not (yield from bps.wait(group="movie", timeout=page_every, error_on_timeout=False)):
+        # `collect_every_frame`'s. A pause cancels a wait, and bluesky forgets its group with
+        # it: resumed (the cameras recorded on), the movies' own statuses say when it ends.
+        while True:
+            done = yield from bps.wait(group="movie", timeout=page_every, error_on_timeout=False)
+            if done and all(movie.done for movie in movies):
+                break
+            if done:
+                yield from bps.sleep(page_every)
             yield from collect()
+        for movie in movies:  # a failure the forgotten group's wait did not raise
+            if not movie.success:
+                raise FailedStatus(movie) from movie.exception()
 
     def collect():
         for cam in cams:

@@ -120,6 +120,30 @@ def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
     assert cam.trigger_mode.get() == "software"  # given back as it was
 
 
+def test_a_paused_movie_resumed_records_every_frame_asked(cam, driver, RE, recorder):
+    """Resumed, the movie goes on from where it was (its camera recorded on through the
+    pause), not from its checkpoint (a second kickoff), until all its frames are taken."""
+    cam.acquire_period.set(0.004)
+    under_way = threading.Event()
+    RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
+
+    def pause_when_under_way():
+        under_way.wait(30)
+        RE.request_pause(defer=False)
+
+    threading.Thread(target=pause_when_under_way, daemon=True).start()
+    with pytest.raises(RunEngineInterrupted):
+        RE(movie(cam, frames=300, page_every=0.1))
+    time.sleep(0.3)
+    RE.resume()
+    (stop,) = recorder.of("stop")
+    assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 300}
+    assert _file_frames(cam) == 300
+    rows = _movie_rows(recorder, "cam_image")
+    assert rows[0][0] == 0 and rows[-1][1] == 300
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(rows)), "contiguous"
+
+
 # Frames the camera takes while the writer's death is noticed are missed, and warned about.
 @pytest.mark.filterwarnings("ignore:.*missed by the camera:RuntimeWarning")
 def test_a_writer_killed_mid_movie_leaves_every_flushed_frame_in_the_run(cam, RE, recorder):
