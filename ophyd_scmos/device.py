@@ -37,6 +37,7 @@ from ophyd_scmos.documents import (
     AssetDocs,
     SavedEvents,
     bundle_of_caller,
+    engine_of_caller,
     file_columns,
     run_of_caller,
     stat_prefixes,
@@ -822,6 +823,21 @@ class SCMOSCamera(Device):
         }
 
     def unstage(self) -> list[object]:
+        staged_by = (
+            None
+            if self._run is None or self._run.saved_events is None
+            else (self._run.saved_events.engine)
+        )
+        engine = engine_of_caller()
+        if engine is not None and staged_by is not None and engine is not staged_by:
+            # a plan's finalizing, its own stage refused: the run of the other goes on
+            warnings.warn(
+                f"{self.name} was not unstaged: another RunEngine staged it, whose run goes "
+                "on (paused?) into its file",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return []
         try:
             self._finish_run()
         finally:

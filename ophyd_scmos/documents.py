@@ -197,6 +197,21 @@ def run_of_caller(depth: int = 12) -> str | None:
     return None
 
 
+def engine_of_caller(depth: int = 12) -> Any:
+    """The RunEngine calling the caller (staging or unstaging it); None elsewhere."""
+    from bluesky import RunEngine
+
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        if frame is None:
+            return None
+        engine = frame.f_locals.get("self")
+        if isinstance(engine, RunEngine):
+            return engine
+        frame = frame.f_back
+    return None
+
+
 class SavedEvents:
     """Calls `on_saved()` each time the RunEngine that staged a device emits an event holding
     one of its `keys`.
@@ -224,17 +239,8 @@ class SavedEvents:
         cls, keys: Iterable[str], on_saved: Callable[[], None], depth: int = 12
     ) -> SavedEvents | None:
         """Listen to the RunEngine staging the caller; None if no RunEngine is staging it."""
-        from bluesky import RunEngine
-
-        frame = inspect.currentframe()
-        for _ in range(depth):
-            if frame is None:
-                return None
-            engine = frame.f_locals.get("self")
-            if isinstance(engine, RunEngine):
-                return cls(engine, keys, on_saved)
-            frame = frame.f_back
-        return None
+        engine = engine_of_caller(depth + 1)
+        return None if engine is None else cls(engine, keys, on_saved)
 
     def _on_event(self, name: str, doc: dict) -> None:
         if not self.keys.isdisjoint(doc["data"]):

@@ -9,6 +9,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
+from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
 from event_model import DocumentNames
@@ -187,6 +188,30 @@ def test_staged_again_within_a_run_the_camera_reads_alike(cam, driver, RE, recor
         RE(restaged(two_frames_per_point))
     assert len(set((tmp_path / "data").iterdir()) - files) == 1  # the first staging's file
     assert len(recorder.of("event")) == 3
+
+
+def test_another_engine_refused_the_camera_leaves_the_paused_run_its_file(cam, RE, recorder):
+    """bluesky's stage_wrapper unstages the camera its refused stage did not stage: the
+    camera stays the paused run's, which resumes into its file."""
+
+    def body():
+        yield from bps.trigger_and_read([cam])
+        yield from bps.checkpoint()
+        yield from bps.pause()
+        yield from bps.trigger_and_read([cam])
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(staged_run(cam, body))
+    other = RunEngine({}, call_returns_result=False)
+    with (
+        pytest.raises(RuntimeError, match="cam is already staged"),
+        pytest.warns(RuntimeWarning, match="cam was not unstaged: another RunEngine staged it"),
+    ):
+        other(count([cam]))
+    RE.resume()
+    assert recorder.of("stop")[0]["exit_status"] == "success"
+    numbers = [event["data"]["cam_frame_number"] for event in recorder.of("event")]
+    assert numbers == [0, 1] and cam.frames_written.get() == 2
 
 
 def test_a_refusal_is_what_the_run_reports_whatever_follows(cam, RE, recorder):
