@@ -4,6 +4,8 @@ the end, mistyped catalog paths. Runs of crafted uids and scan ids, written by T
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +153,13 @@ def test_a_scan_id_several_runs_share_shows_the_latest_saying_so(tmp_path, capsy
     first, second = capsys.readouterr().err.splitlines()
     assert "scan 1 names 3 runs; this is the latest" in first
     assert uids[-1] in second  # it has no images
+
+
+def test_the_catalog_package_and_the_command_load_no_tiled_h5py_or_numpy():
+    """Each function imports what it needs when called: `ophyd-scmos --help` starts fast."""
+    check = (
+        "import sys, ophyd_scmos.catalog, ophyd_scmos.cli\n"
+        "print(sorted(m for m in ('tiled', 'h5py', 'numpy') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
