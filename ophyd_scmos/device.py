@@ -1243,12 +1243,19 @@ class SCMOSCamera(Device):
         expected = n or round(seconds / self.driver.settings.frame_interval)
         status = run.add_status(FrameStatus(self, initial=0, target=expected))
         started = time.monotonic()
+        # A free-running camera silent at the end of a timed movie stopped sending (before
+        # its driver could tell): the movie did not get its time's frames.
+        free_running = self._mode is TriggerMode.INTERNAL
+        quiet_limit = max(1.0, 5 * self.driver.settings.frame_interval)
 
         def finish() -> None:
             try:
                 while not stream.error and not stream.stopped:  # stopped: RE stop/abort
                     taken = stream.frames_acquired + stream.frames_dropped + stream.frames_missed
-                    if (n and taken >= n) or (seconds and time.monotonic() - started >= seconds):
+                    timed_out = seconds and time.monotonic() - started >= seconds
+                    if timed_out and free_running and stream.silent_for > quiet_limit:
+                        stream.camera_silent()  # its last seconds were never taken
+                    elif (n and taken >= n) or timed_out:
                         run.ended_on_time = True
                         break
                     time.sleep(0.01)

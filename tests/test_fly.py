@@ -22,6 +22,7 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import stream as stream_module
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.plans import movie
 
@@ -355,6 +356,69 @@ def test_a_camera_lost_mid_movie_fails_it_saying_so_and_keeps_its_frames(tmp_pat
         assert outcome is not None and not outcome.complete and outcome.frames_written == 30
         assert outcome.error.startswith("camera failed: camera unplugged")
         assert outcome.run == recorder.of("start")[0]["uid"]  # recover finds its run by it
+    finally:
+        cam.destroy()
+
+
+class SilentAfter(SimulatedSCMOS):
+    """A camera that stops sending after `frames` frames and says nothing (restarted: it
+    answers, but has forgotten the stream)."""
+
+    def __init__(self, frames: int, **kwargs):
+        super().__init__(**kwargs)
+        self.frames, self.sent = frames, 0
+
+    def read_into(self, out, timeout):
+        if self.sent >= self.frames:
+            time.sleep(timeout)
+            raise TimeoutError
+        info = super().read_into(out, timeout)
+        self.sent += 1
+        return info
+
+
+def _silent_camera(tmp_path, frames: int) -> SCMOSCamera:
+    driver = SilentAfter(frames, shape=(64, 64), seed=7)
+    return SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path / "data", ring_mb=4)
+
+
+@pytest.mark.parametrize("plan", ["count", "movie"])
+def test_a_camera_that_stops_sending_fails_the_run_keeping_its_frames(
+    plan, tmp_path, RE, recorder, monkeypatch
+):
+    """Frames owed and none for the silence limit (shortened here): the run fails saying
+    the camera stopped sending, not a wait for ever; the file keeps the frames taken."""
+    monkeypatch.setattr(stream_module, "SILENCE_SECONDS", 0.5)
+    cam = _silent_camera(tmp_path, 30)
+    try:
+        cam.exposure_time.set(0.002)
+        with pytest.raises(Exception) as info:
+            if plan == "count":
+                RE(count([cam], num=100))
+            else:
+                cam.acquire_period.set(0.005)
+                RE(movie(cam, frames=1000))
+        assert "the camera sent no frame for" in repr(info.value) + repr(info.value.__cause__)
+        assert recorder.of("stop")[0]["exit_status"] == "fail"
+        with h5py.File(cam.file_path.get(), "r") as f:
+            outcome = layout.Outcome.read(f)
+        assert outcome is not None and not outcome.complete and outcome.frames_written == 30
+    finally:
+        cam.destroy()
+
+
+def test_a_timed_movie_whose_camera_fell_silent_before_its_end_fails(tmp_path, RE, recorder):
+    """Its time is up before the silence limit: a free-running camera silent for its last
+    second sent the movie none of that second's frames, and the movie says so."""
+    cam = _silent_camera(tmp_path, 30)
+    try:
+        cam.exposure_time.set(0.002)
+        cam.acquire_period.set(0.01)
+        with pytest.raises(Exception) as info:
+            RE(movie(cam, seconds=2))
+        assert "the camera sent no frame for" in repr(info.value) + repr(info.value.__cause__)
+        assert recorder.of("stop")[0]["exit_status"] == "fail"
+        assert _movie_rows(recorder, "cam_image")[-1][1] == 30
     finally:
         cam.destroy()
 

@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ophyd_scmos.drivers.base import CameraDriver, CameraError
+from ophyd_scmos.drivers.base import CameraDriver, CameraError, TriggerMode
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
@@ -36,6 +36,9 @@ INFO_KEPT = 1 << 16  #: (frame number, camera timestamp) of the most recent fram
 STATS_KEPT = 1 << 14  #: statistics of the most recent frames written, for events
 #: frames one step-scan point may take: its statistics must all still be kept when it ends
 MAX_FRAMES_PER_POINT = STATS_KEPT
+#: seconds a camera owing frames may send none, beyond 20 frame intervals, before it counts as
+#: stopped: long enough for a driver to notice a camera gone and say so in its own words
+SILENCE_SECONDS = 10.0
 
 
 class StreamError(RuntimeError):
@@ -110,6 +113,7 @@ class FrameStream:
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
+        self._last_frame_at = time.monotonic()  #: when the camera last sent a frame owed
         #: a flush a waiter asked for, sent with the frame that brings the file to it
         self._flush_with_frame = 0
         self._file_frames = 0  #: frames sent to the file (after cuts)
@@ -199,6 +203,7 @@ class FrameStream:
     def _start_camera(self) -> None:
         """Start the camera and the thread that reads it. A gated stream does this when the
         first frames are allowed, so a movie's frame numbers start at 0 with its first frame."""
+        self._last_frame_at = time.monotonic()
         self.driver.start()
         self._thread = threading.Thread(target=self._acquire, name="scmos-acquire", daemon=True)
         self._thread.start()
@@ -317,6 +322,8 @@ class FrameStream:
         if self._gate is None:
             return self.frames_acquired
         first = max(self._gate, self.frames_acquired)
+        if not self._recording():  # frames owed from now on
+            self._last_frame_at = time.monotonic()
         self._gate = first + frames
         if self._thread is None and not self.stopped:
             self._start_camera()
@@ -552,6 +559,8 @@ class FrameStream:
                 try:
                     info = ring.land(target, lambda out: self.driver.read_into(out, 0.1))
                 except TimeoutError:
+                    if self._recording() and self.silent_for > self._silence_limit():
+                        self.camera_silent()
                     continue
                 # Decide once the frame is here: a gate opened while we waited counts.
                 if not self._recording():
@@ -576,6 +585,7 @@ class FrameStream:
                     ring.slot(slot)[...] = ring.slot(target)
                     ring.landed(slot, info.frame_number, info.camera_timestamp)
                 unrecorded = -1
+                self._last_frame_at = time.monotonic()
                 self._info.append((info.frame_number, info.camera_timestamp))
                 with self._lock:
                     self.frames_acquired += 1
@@ -596,6 +606,30 @@ class FrameStream:
         except Exception as exc:  # any other fault here (a driver's bug): no one waits forever
             self._ended_early = f"acquisition failed: {exc!r}"
             self._fail(StreamError(f"{self._ended_early}. {self._kept()}"))
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the camera last sent a frame to record (or since frames were first
+        owed: the camera started, a point triggered)."""
+        return time.monotonic() - self._last_frame_at
+
+    def _silence_limit(self) -> float:
+        """How long a camera owing frames may send none before it counts as stopped: one
+        on an external trigger waits for its pulses; others send one a frame interval."""
+        settings = self.driver.settings
+        if TriggerMode.coerce(settings.trigger_mode) is TriggerMode.EXTERNAL:
+            return float("inf")
+        return SILENCE_SECONDS + 20 * settings.frame_interval
+
+    def camera_silent(self) -> None:
+        """Fail the stream: the camera stopped sending frames without a word (restarted, or
+        its link lost the stream), where frames are owed; the writer keeps those taken."""
+        self._ended_early = (
+            f"the camera sent no frame for {self.silent_for:.1f} s while it owed frames (it "
+            f"sends one every {self.driver.settings.frame_interval:g} s): it stopped "
+            "sending (restarted, or its link lost the stream)"
+        )
+        self._fail(StreamError(f"{self._ended_early}. {self._kept()}"))
 
     def _ask_flush(self, frames: int, op: Op = Op.FLUSH) -> None:
         """Have the writer flush once the file holds `frames` frames (someone waits)."""
