@@ -19,6 +19,7 @@ adapter's ``ElapsedTime-ms`` (time since its sequence started) plus when that se
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -49,10 +50,20 @@ _PLAUSIBLE_ELAPSED = 86400.0  # s; a larger ElapsedTime-ms is MMCore's clock, no
 
 
 def _core_class() -> Any:
+    # Importing pymmcore-plus sets the root logger to DEBUG: every library in the session
+    # would then make a record of each debug line (each RunEngine message, each ophyd put),
+    # and whoever keeps records keeps the objects they name. Its own log keeps its detail.
+    root = logging.getLogger()
+    level = root.level
     try:
         from pymmcore_plus import CMMCorePlus
     except ImportError as exc:
         raise MissingLibrary(f"{INSTALL} ({exc})") from exc
+    if root.level != level:
+        own = logging.getLogger("pymmcore-plus")
+        if own.level == logging.NOTSET:
+            own.setLevel(root.level)
+        root.setLevel(level)
     return CMMCorePlus
 
 

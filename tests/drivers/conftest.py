@@ -165,7 +165,10 @@ def fake_gige() -> Iterator[FakeGigECamera]:
 
 @pytest.fixture(scope="session")
 def mm_demo_available() -> None:
+    from ophyd_scmos.drivers.micromanager import _core_class
+
     try:
+        _core_class()  # imported as the driver imports it, leaving the root logger's level
         from pymmcore_plus import find_micromanager
     except ImportError as exc:
         missing(f"pymmcore-plus missing ({exc}): pip install 'ophyd-scmos[micromanager]'")

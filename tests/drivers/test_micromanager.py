@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,3 +188,22 @@ def test_a_period_the_camera_does_not_keep_is_said_at_the_movies_end(mm, tmp_pat
             RunEngine({})(movie(cam, frames=20))
     finally:
         cam.destroy()
+
+
+def test_the_driver_leaves_the_sessions_log_levels_as_they_were(tmp_path: Path):
+    """Importing pymmcore-plus sets the root logger to DEBUG: in a session every debug line of
+    every library (each RunEngine message, each ophyd put) would be made into a record."""
+    code = (
+        "import logging\n"
+        "from ophyd_scmos.drivers.micromanager import MicroManagerCamera\n"
+        "driver = MicroManagerCamera(device='DemoCamera:DCam')\n"
+        "driver.open(); driver.close()\n"
+        "print(logging.getLogger().level, logging.getLogger('pymmcore-plus').level)\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}  # pymmcore-plus keeps its log under HOME
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    # The root as Python leaves it; pymmcore-plus's own log as detailed as it set it up.
+    assert done.stdout.split() == [str(logging.WARNING), str(logging.DEBUG)]
