@@ -4,12 +4,18 @@ profile loads on a thread once the prompt is there (the catalog, the BestEffortC
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import json
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from bluesky import RunEngine
@@ -19,27 +25,166 @@ if TYPE_CHECKING:
 
 
 def make_run_engine(lab: LabConfig, *, progress: bool, sigint: bool = True) -> RunEngine:
-    """A RunEngine for the lab: its metadata (``RE.md``, with the scan id) persists in the
-    lab's metadata directory, so scan ids go on across IPython sessions and
-    ``ophyd-scmos acquire``; the lab's [metadata] goes into every run's start document.
+    """A RunEngine for the lab: its metadata (``RE.md``, with the scan id) is the lab's
+    `LabMetadata`, shared at once by every session and ``ophyd-scmos acquire`` of the lab,
+    which hands out its scan ids; the lab's [metadata] goes into every run's start document.
 
     `progress`: bluesky's progress bars while it waits for a status (the interactive
     session). `sigint`: the RunEngine's own Ctrl-C handling (pause, ask); a command that
     handles Ctrl-C itself passes False.
     """
     from bluesky import RunEngine
-    from bluesky.utils import PersistentDict, ProgressBarManager
+    from bluesky.utils import ProgressBarManager
 
-    RE = RunEngine(context_managers=None if sigint else [])
-    lab.metadata_dir.mkdir(parents=True, exist_ok=True)
+    md = LabMetadata(lab.metadata_dir)
+    RE = RunEngine(context_managers=None if sigint else [], scan_id_source=md.next_scan_id)
     # bluesky types these attributes narrower than it takes them (any mapping, any hook).
-    RE.md = PersistentDict(str(lab.metadata_dir))  # type: ignore[assignment]
+    RE.md = md  # type: ignore[assignment]
     for key in ("uid", "time"):  # kept by an older configuration: every run would fail
         RE.md.pop(key, None)
     RE.md.update(lab.metadata)
     if progress:
         RE.waiting_hook = ProgressBarManager()  # type: ignore[assignment]
     return RE
+
+
+class LabMetadata(MutableMapping[str, Any]):
+    """``RE.md`` as every session of a lab shares it, at once: IPython sessions and
+    ``ophyd-scmos acquire`` side by side see each other's changes and never take the same
+    scan id (`next_scan_id`). bluesky's `PersistentDict` kept a copy per session, written
+    back over the others' (and failed at exit when another session had rewritten a key).
+
+    It is one JSON file in `directory` (what a start document holds): each change is made
+    under a file lock to what the file holds then, and written whole by a rename, so a crash
+    leaves the file before or after it; a read sees the file as it is. A change inside a
+    value (``RE.md["sample"]["shape"] = ...``) is not kept: assign the key again. The first
+    use takes over what a `PersistentDict` kept in `directory`.
+    """
+
+    FILE = "metadata.json"
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / self.FILE
+        self._lock_path = self.directory / ".metadata.lock"
+        self._thread_lock = threading.RLock()
+        self._data: dict[str, Any] = {}
+        self._seen: tuple[int, int, int] | None = None  #: the file read: inode, time, size
+        self._handed: int | None = None  #: the scan id `next_scan_id` gave the RunEngine
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._change(self._take_over_persistent_dict)
+        self._refresh()
+
+    def next_scan_id(self, md: Any = None) -> int:
+        """The RunEngine's `scan_id_source`: the scan id after the last one any session
+        took, taken at once (the RunEngine then writes it back, which changes nothing)."""
+
+        def take(data: dict[str, Any]) -> None:
+            data["scan_id"] = data.get("scan_id", 0) + 1
+
+        self._change(take)
+        self._handed = self._data["scan_id"]
+        return self._handed
+
+    # -- the mapping ----------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self._refresh()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._refresh()))
+
+    def __len__(self) -> int:
+        return len(self._refresh())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "scan_id" and self._handed is not None and value == self._handed:
+            self._handed = None  # the RunEngine writing back what it was handed: kept already
+            return
+        self.update({key: value})
+
+    def __delitem__(self, key: str) -> None:
+        def delete(data: dict[str, Any]) -> None:
+            del data[key]
+
+        self._change(delete)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set every key given in one change."""
+        values = dict(other, **kwargs)
+        self._change(lambda data: data.update(values))
+
+    def __repr__(self) -> str:
+        return f"<LabMetadata {self.path} {dict(self)!r}>"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        """What it holds now, as a plain dict (the RunEngine copies ``RE.md`` into a run's
+        start document)."""
+        return copy.deepcopy(dict(self), memo)
+
+    # -- the file -------------------------------------------------------------------------
+    def _refresh(self) -> dict[str, Any]:
+        """What the file holds now (read again only when it changed)."""
+        with self._thread_lock:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                self._data, self._seen = {}, None
+                return self._data
+            seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if seen != self._seen:
+                self._data, self._seen = self._read(), seen
+            return self._data
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"the lab's RE.md, {self.path}, does not read: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"the lab's RE.md, {self.path}, holds no mapping")
+        return data
+
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply `change` to what the file holds now, under the lock, and write it whole."""
+        with self._thread_lock, open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._seen = None
+            data = self._refresh()
+            change(data)
+            try:
+                text = json.dumps(data, default=_plain, indent=1)
+            except (TypeError, ValueError) as exc:
+                self._seen = None  # the change is dropped: read the file again
+                raise TypeError(f"RE.md holds what a start document holds (JSON): {exc}") from None
+            part = self.path.with_name(f".{self.FILE}.{os.getpid()}")
+            part.write_text(text, encoding="utf-8")
+            os.replace(part, self.path)
+            info = os.stat(self.path)
+            self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _take_over_persistent_dict(self, data: dict[str, Any]) -> None:
+        """What bluesky's `PersistentDict` kept in the directory, once (under the lock: a
+        session that came first did it already): a file per key, named by zict (the key
+        quoted, then ``#N``), its value in msgpack."""
+        if self.path.exists():
+            return
+        import msgpack
+        import msgpack_numpy
+
+        for entry in self.directory.iterdir():
+            if entry.name[0] != "." and entry.is_file():
+                value = msgpack.unpackb(
+                    entry.read_bytes(), object_hook=msgpack_numpy.decode, raw=False
+                )
+                data[unquote(entry.name.split("#")[0])] = value
+
+
+def _plain(value: Any) -> Any:
+    """numpy's numbers and arrays as JSON takes them; anything else is refused."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{value!r} ({type(value).__name__}) is not JSON")
 
 
 class FrameProgress:

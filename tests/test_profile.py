@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from bluesky.utils import PersistentDict
 
 from ophyd_scmos import SimulatedSCMOS, open_catalog
 from ophyd_scmos.catalog.local_server import IDLE_ENV
 from ophyd_scmos.cli import main
 from ophyd_scmos.config import CONFIG_ENV
 from ophyd_scmos.drivers import ROI, CameraSettings
+from ophyd_scmos.session import LabMetadata
 from tests.conftest import expected_frames
 from tests.lab_env import (
     BIN,
@@ -206,7 +206,7 @@ def test_profile_starts_with_no_config_file_with_a_simulated_cam_and_persistent_
     assert facts["cameras"] == ["cam"]
     assert facts["model"] == "Simulated sCMOS" and facts["shape"] == [2048, 2048]
     assert facts["write_dir"] == str(data_dir(home))
-    assert (facts["md_type"], facts["hook"]) == ("PersistentDict", "ProgressBarManager")
+    assert (facts["md_type"], facts["hook"]) == ("LabMetadata", "ProgressBarManager")
     assert "has no shutter" in facts["refused"] and "covered=True" in facts["refused"]
     assert facts["shutter"] == "open"  # closed for the darks, given back after
     assert facts["catalog"] == "CatalogOfBlueskyRuns"  # the catalog itself, once open
@@ -215,7 +215,7 @@ def test_profile_starts_with_no_config_file_with_a_simulated_cam_and_persistent_
     assert (start["frame_type"], start["dark_method"]) == ("dark", "shutter shutter")
     assert start["sample"] == "beads"
     # What the next session (or `ophyd-scmos acquire`) starts from: the metadata on disk.
-    saved = PersistentDict(str(metadata_dir(home)))
+    saved = LabMetadata(metadata_dir(home))
     assert saved["sample"] == "beads" and saved["scan_id"] == facts["scan_id"]
 
 
