@@ -725,6 +725,7 @@ class SCMOSCamera(Device):
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         if self._sync_settings_from_driver():  # the driver configured directly since
             self._announce()
+        self._warn_period_under_exposure()
         try:
             stream = self._open_stream(write_dir, regions)
         except BaseException:
@@ -908,6 +909,21 @@ class SCMOSCamera(Device):
                 f"{self.name}: {stream.frames_missed} frame(s) missed by the camera and "
                 f"{stream.frames_dropped} dropped from a full ring; {stream.path} records "
                 "the counts (frames_missed, frames_dropped) and the gaps in frame_number",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _warn_period_under_exposure(self) -> None:
+        """A free-run period shorter than the exposure is not kept: frames come an exposure
+        apart. Said before the run, as its documents record the period asked."""
+        s = self.driver.settings
+        if s.trigger_mode is TriggerMode.INTERNAL and 0 < s.acquire_period < s.exposure_time:
+            warnings.warn(
+                f"{self.name}: acquire_period {s.acquire_period * 1e3:.3g} ms is shorter than "
+                f"the exposure of {s.exposure_time * 1e3:.3g} ms: the camera takes a frame "
+                f"every {s.frame_interval * 1e3:.3g} ms. The run records the period asked; set "
+                f"{self.name}.acquire_period to 0 (as fast as the exposure allows) or to at "
+                "least the exposure",
                 RuntimeWarning,
                 stacklevel=3,
             )

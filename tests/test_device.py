@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import event_model
@@ -455,3 +456,20 @@ def test_a_roi_of_none_is_the_whole_sensor_and_says_so(driver, tmp_path, RE):
 def test_a_live_view_port_out_of_range_is_refused(cam):
     with pytest.raises(ValueError, match=r"port must be 0 \(any free one\) to 65535, got 70000"):
         cam.live(port=70000)
+
+
+@pytest.mark.parametrize(("period", "warned"), [(0.01, True), (0.02, False), (0.0, False)])
+def test_a_free_run_period_under_the_exposure_is_told_before_the_run(cam, RE, period, warned):
+    """Frames then come an exposure apart, while the run records the period asked."""
+    cam.trigger_mode.set("internal")
+    cam.exposure_time.set(0.02)
+    cam.acquire_period.set(period)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RE(count([cam], num=2))
+    told = [w for w in caught if "shorter than the exposure" in str(w.message)]
+    assert bool(told) == warned
+    if warned:
+        assert "every 20 ms" in str(told[0].message) and "acquire_period 10 ms" in str(
+            told[0].message
+        )
