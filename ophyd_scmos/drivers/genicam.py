@@ -158,8 +158,16 @@ class GenICamCamera(DriverBase):
             try:
                 self._prepare(cam)
             except self._glib.Error as exc:
+                # A GigE Vision camera takes one controller: another's writes go unanswered.
+                held = (
+                    "; the camera answers reads but not writes: another program may control "
+                    "it (another session, `ophyd-scmos acquire`, a viewer such as arv-viewer):"
+                    " close it there first"
+                    if "timeout" in exc.message
+                    else ""
+                )
                 raise CameraError(
-                    f"cannot set up GenICam camera {self._name!r}: {exc.message}"
+                    f"cannot set up GenICam camera {self._name!r}: {exc.message}{held}"
                 ) from exc
             self._cam, self._device = cam, cam.get_device()
             self._gone = False

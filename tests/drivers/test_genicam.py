@@ -284,3 +284,14 @@ def test_a_step_scan_on_a_lossy_link_keeps_every_point(genicam, lossy_link, tmp_
     assert driver.retaken_frames > 0, "no frame came incomplete: the test proves nothing"
     assert frames.shape == (30, 256, 256)
     np.testing.assert_array_equal(numbers, np.arange(30))
+
+
+def test_a_camera_another_program_controls_is_refused_saying_so(genicam, fake_gige):
+    """A GigE Vision camera takes one controller; a second one's writes go unanswered, which
+    Aravis reports as a bare timeout."""
+    from ophyd_scmos.drivers.genicam import GenICamCamera
+
+    genicam()  # the controller, as another session would be
+    second = GenICamCamera(fake_gige.address)
+    with pytest.raises(CameraError, match="another program may control it"):
+        second.open()
