@@ -207,11 +207,14 @@ def test_bad_settings_fail_at_set_before_any_frame(cam):
         ("binning", 2.0),
         ("binning", True),
         ("acquire_period", 1e12),
+        ("exposure_time", 1e-20),
+        ("exposure_time", 1e-300),
     ],
 )
 def test_values_of_the_wrong_kind_are_refused_at_set(cam, setting, value):
-    """Each was once accepted and failed later (at stage), or was recorded as given but
-    applied otherwise (100.7 as 100), or made a count wait forever (a period of 30,000 years)."""
+    """Each was once accepted and failed later (at stage; an exposure of 1e-300 s in a movie,
+    with an overflow), or was recorded as given but applied otherwise (100.7 as 100), or made
+    a count wait forever (a period of 30,000 years)."""
     before = getattr(cam, setting).get()
     with pytest.raises(ValueError, match=setting):
         getattr(cam, setting).set(value)

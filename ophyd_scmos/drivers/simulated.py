@@ -37,9 +37,10 @@ from .base import ROI, CameraError, CameraLimits, CameraSettings, FrameInfo, Tri
 
 __all__ = ["BEAM_EDGE", "SimulatedSCMOS", "Spot", "SpotSource", "sample_on_stage"]
 
-# Like an sCMOS in a lab: exposures up to 10 s, a frame at least once an hour in free run.
+# Like an sCMOS in a lab: exposures from 1 us (the fastest sCMOS's few us) up to 10 s, a frame
+# at least once an hour in free run.
 LIMITS = CameraLimits(
-    exposure_range=(0.0, 10.0), period_range=(0.0, 3600.0), binnings=(1, 2, 4), bit_depths=(12, 16)
+    exposure_range=(1e-6, 10.0), period_range=(0.0, 3600.0), binnings=(1, 2, 4), bit_depths=(12, 16)
 )
 _N_STRIPS = 16
 _CHUNK_ROWS = 256  # rows drawn at once while building the bank; a multiple of every binning
