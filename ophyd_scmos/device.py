@@ -168,21 +168,24 @@ class Regions(MutableMapping[str, stats.Region]):
         return self._regions[name]
 
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
-        self._refuse_while_staged()
-        self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+        with self._camera._settings_lock:
+            self._refuse_while_staged()
+            self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
         self._camera._announce()
 
     def __delitem__(self, name: str) -> None:
-        self._refuse_while_staged()
-        del self._regions[name]
+        with self._camera._settings_lock:
+            self._refuse_while_staged()
+            del self._regions[name]
         self._camera._announce()
 
     def replace(self, regions: Mapping[str, Sequence[int]]) -> None:
         """All of them at once: each checked, and none changed if one is refused."""
-        self._refuse_while_staged()
-        shape = self._camera.driver.frame_shape
-        checked = {name: stats.check_region(name, value, shape) for name, value in regions.items()}
-        self._regions = checked
+        with self._camera._settings_lock:
+            self._refuse_while_staged()
+            shape = self._camera.driver.frame_shape
+            checked = {n: stats.check_region(n, value, shape) for n, value in regions.items()}
+            self._regions = checked
         self._camera._announce()
 
     def __iter__(self) -> Iterator[str]:
@@ -209,9 +212,10 @@ class Setting(Signal):
     def put(self, value: Any, **kwargs: Any) -> None:
         camera = self.parent
         value = _plain(value)
-        camera._apply_setting(self.attr_name, value)
-        if self.attr_name not in DRIVER_SETTINGS:  # else `_apply_setting` put what it took
-            super().put(value, **kwargs)
+        with camera._settings_lock:
+            camera._apply_setting(self.attr_name, value)
+            if self.attr_name not in DRIVER_SETTINGS:  # else `_apply_setting` put what it took
+                super().put(value, **kwargs)
         camera._announce()
 
     def set(self, value: Any, **kwargs: Any) -> Status:
@@ -320,6 +324,8 @@ class SCMOSCamera(Device):
         save_images: bool = True,
         **kwargs: Any,
     ):
+        #: held by a change of settings or regions, and by stage and unstage: one at a time
+        self._settings_lock = threading.RLock()
         given = dict(ring_mb=ring_mb, ring_frames=ring_frames, compression=compression)
         given.update(overflow=overflow, write_limit_mb_s=write_limit_mb_s)
         if options is None:
@@ -404,8 +410,9 @@ class SCMOSCamera(Device):
 
     @statistics.setter
     def statistics(self, on: bool) -> None:
-        self._refuse_while_staged("statistics")
-        self._statistics = bool(on)
+        with self._settings_lock:
+            self._refuse_while_staged("statistics")
+            self._statistics = bool(on)
 
     @property
     def stats_read(self) -> tuple[str, ...]:
@@ -414,15 +421,16 @@ class SCMOSCamera(Device):
 
     @stats_read.setter
     def stats_read(self, names: Sequence[str]) -> None:
-        self._refuse_while_staged("stats_read")
         read = _check_stat_names("stats_read", names)
-        unread = [name for name in getattr(self, "_stats_hinted", ()) if name not in read]
-        if unread:
-            raise ValueError(
-                f"stats_read={names!r} would leave stats_hinted {tuple(unread)} unread, and so "
-                "not plotted: set stats_hinted first"
-            )
-        self._stats_read = read
+        with self._settings_lock:
+            self._refuse_while_staged("stats_read")
+            unread = [name for name in getattr(self, "_stats_hinted", ()) if name not in read]
+            if unread:
+                raise ValueError(
+                    f"stats_read={names!r} would leave stats_hinted {tuple(unread)} unread, and "
+                    "so not plotted: set stats_hinted first"
+                )
+            self._stats_read = read
 
     @property
     def stats_hinted(self) -> tuple[str, ...]:
@@ -431,14 +439,15 @@ class SCMOSCamera(Device):
 
     @stats_hinted.setter
     def stats_hinted(self, names: Sequence[str]) -> None:
-        self._refuse_while_staged("stats_hinted")
         hinted = _check_stat_names("stats_hinted", names)
-        if not set(hinted) <= set(self.stats_read):
-            raise ValueError(
-                f"stats_hinted={names!r} must be among stats_read {self.stats_read}: a hint "
-                "plots a reading"
-            )
-        self._stats_hinted = hinted
+        with self._settings_lock:
+            self._refuse_while_staged("stats_hinted")
+            if not set(hinted) <= set(self.stats_read):
+                raise ValueError(
+                    f"stats_hinted={names!r} must be among stats_read {self.stats_read}: a hint "
+                    "plots a reading"
+                )
+            self._stats_hinted = hinted
 
     def _stat_keys(self) -> dict[str, tuple[int, int, str]]:
         """Data key -> (row, column) of its value in `stats.compute`'s values and its region
@@ -560,12 +569,14 @@ class SCMOSCamera(Device):
         frames. `live(False)` stops both. The page is served on `host` (this computer only,
         by default) at `port` (0: a free one), to whoever has the token in its address."""
         if not on:
-            self._live.stop()
+            with self._settings_lock:  # focus mode gives the user's settings back whole
+                self._live.stop()
             return None
         self._refuse_destroyed()
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0 (any free one) to 65535, got {port!r}")
-        url = self._live.start(host, port)
+        with self._settings_lock:
+            url = self._live.start(host, port)
         print(f"{self.name} live view: {url}")
         return url
 
@@ -702,6 +713,12 @@ class SCMOSCamera(Device):
 
     # -- staging: one file and one writer process per run -----------------------------------
     def stage(self) -> list[object]:
+        # A setting changed from another thread (a live view, a script) waits for the stage
+        # to end, and is then refused: the run's file, documents and camera agree.
+        with self._settings_lock:
+            return self._stage()
+
+    def _stage(self) -> list[object]:
         self._refuse_destroyed()
         if self._staged.name == "yes":  # ophyd would only say RedundantStaging
             raise RuntimeError(f"{self.name} is already staged; unstage it first")
@@ -839,11 +856,12 @@ class SCMOSCamera(Device):
                 stacklevel=2,
             )
             return []
-        try:
-            self._finish_run()
-        finally:
-            result = super().unstage()
-            self._live.run_ended()
+        with self._settings_lock:  # the live view takes the camera back before any setting
+            try:
+                self._finish_run()
+            finally:
+                result = super().unstage()
+                self._live.run_ended()
         return result
 
     def _finish_run(self) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -476,3 +477,35 @@ def test_a_free_run_period_under_the_exposure_is_told_before_the_run(cam, RE, pe
         assert "every 20 ms" in str(told[0].message) and "acquire_period 10 ms" in str(
             told[0].message
         )
+
+
+def test_a_setting_changed_from_another_thread_while_staging_waits_and_is_refused(
+    cam, RE, monkeypatch
+):
+    """Accepted mid-stage, a binning change once left the file saying one binning, the
+    descriptor another and the frames a third."""
+    refused: list[Exception] = []
+
+    def set_binning() -> None:
+        try:
+            cam.binning.set(2)
+        except RuntimeError as exc:
+            refused.append(exc)
+
+    checked = cam._check_staged_alike
+
+    def meddle(run):  # another thread sets the binning while the stage is under way
+        other = threading.Thread(target=set_binning)
+        other.start()
+        other.join(0.5)
+        checked(run)
+
+    monkeypatch.setattr(cam, "_check_staged_alike", meddle)
+    docs = Recorder()
+    RE(count([cam], num=2), docs)
+    assert [str(e) for e in refused] == ["cam.binning cannot change while cam is staged"]
+    (descriptor,) = docs.of("descriptor")
+    assert descriptor["configuration"]["cam"]["data"]["cam_binning"] == 1 == cam.binning.get()
+    with h5py.File(cam.file_path.get()) as f:
+        assert f["/entry"].attrs["binning"] == 1
+        assert f["/entry/data/data"].shape[1:] == cam.driver.frame_shape

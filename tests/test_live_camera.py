@@ -274,3 +274,33 @@ def test_a_ring_the_view_still_maps_is_let_go_so_the_next_one_fits(tmp_path):
     run = run_with_small_shm(VIEW_HOLDS_A_RING, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "seen 200" in run.stdout and "recorded (3, 128, 160)" in run.stdout
+
+
+def test_settings_from_two_threads_with_the_view_open_leave_the_users_settings(cam, feed, RE):
+    """Interleaved, the changes once left focus mode's trigger mode and period as the
+    camera's own (later step scans free-ran), or the camera acquiring after the view closed."""
+    errors: list[Exception] = []
+
+    def toggle(setting: str, values: tuple) -> None:
+        for i in range(12):
+            try:
+                getattr(cam, setting).set(values[i % 2])
+            except Exception as exc:  # every one is a failure here
+                errors.append(exc)
+
+    threads = [
+        threading.Thread(target=toggle, args=("exposure_time", (0.001, 0.002))),
+        threading.Thread(target=toggle, args=("binning", (2, 1))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    cam.live(False)
+    assert (cam.trigger_mode.get(), cam.acquire_period.get()) == ("software", 0.0)
+    assert not cam.driver._running
+    RE(count([cam], num=3))
+    with h5py.File(cam.file_path.get()) as f:
+        assert f["/entry"].attrs["trigger_mode"] == "software"
+        assert f["/entry/data/frame_number"][()].tolist() == [0, 1, 2]
