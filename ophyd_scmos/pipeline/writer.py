@@ -74,9 +74,16 @@ class RunFile:
         # The acquiring process created the file, empty, to claim its name (see `files`).
         if os.path.getsize(self.path) != 0:
             raise FileExistsError(f"{self.path} is not the empty file made for this run")
-        # Large chunks start on page boundaries: whole-page writes (small ones would waste space)
+        # Large chunks start on page boundaries: whole-page writes (small ones would waste
+        # space). No file lock: a reader that opened the empty file the moment it appeared
+        # (a follower of the write directory) holds one, and the run would fail to start.
         self.file = h5py.File(
-            self.path, "w", libver="latest", alignment_threshold=2**20, alignment_interval=PAGE
+            self.path,
+            "w",
+            libver="latest",
+            alignment_threshold=2**20,
+            alignment_interval=PAGE,
+            locking=False,
         )
         spec = self.ring.spec
         self.data = layout.create_layout(

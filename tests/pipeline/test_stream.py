@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -86,6 +87,32 @@ def test_a_reader_sees_frames_while_the_writer_writes(camera, tmp_path):
         threading.Event().wait(0.02)
     stream.close()
     assert deadline_frames == 20
+
+
+def test_a_reader_that_opened_the_file_as_it_appeared_does_not_stop_the_run(
+    camera, tmp_path, monkeypatch
+):
+    """A follower of the write directory opens each new file at once: HDF5 takes the file's
+    lock before it finds the file still empty, and the writer's create failed on it."""
+    from ophyd_scmos.pipeline.process import WriterProcess
+
+    path = tmp_path / "run.h5"
+    held = []
+    open_file = WriterProcess.open_file
+
+    def followed(self, config, on_status):  # the empty file is there; the follower locks it
+        held.append(os.open(config.path, os.O_RDONLY))
+        fcntl.flock(held[-1], fcntl.LOCK_SH)
+        open_file(self, config, on_status)
+
+    monkeypatch.setattr(WriterProcess, "open_file", followed)
+    stream = FrameStream(camera, path)
+    stream.open()
+    take(stream, 3)
+    assert stream.close().frames_written == 3
+    os.close(held[0])
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(camera, 3))
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))
