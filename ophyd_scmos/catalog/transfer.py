@@ -38,8 +38,16 @@ def documents(run: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     from tiled.client.utils import ClientError
 
     try:
-        for name, doc in run.documents():
-            yield name, doc.to_dict()
+        replaced: set[str] = set()  # descriptors whose events come from their table
+        for name, exported in run.documents():
+            doc = exported.to_dict()
+            if name == "event" and doc["descriptor"] in replaced:
+                continue
+            yield name, doc
+            if name == "descriptor" and (events := _events_of_a_point_taken_again(run, doc)):
+                replaced.add(doc["uid"])
+                for event in events:
+                    yield "event", event
     except ClientError as err:
         if err.response.status_code != 406:
             raise
@@ -48,6 +56,46 @@ def documents(run: Any) -> Iterator[tuple[str, dict[str, Any]]]:
             "with `ophyd-scmos serve`, or add to the Tiled server's configuration: "
             f"media_types: {{BlueskyRun: {{{JSON_SEQ}: {JSON_SEQ_EXPORTER}}}}}"
         ) from None
+
+
+def _events_of_a_point_taken_again(run: Any, descriptor: dict[str, Any]) -> list[dict] | None:
+    """The events of `descriptor`'s stream, one a row of its table, where a point was taken
+    again (bluesky takes a point again after a pause, with its seq_num): the catalog's export
+    keys events by seq_num, so it kept one of the two while the images kept both frames, and
+    every later event met another point's frames. None where every seq_num is once."""
+    stream = run[descriptor["name"]].base
+    if "internal" not in stream:
+        return None
+    table = stream["internal"].read()
+    if table["seq_num"].is_unique:
+        return None
+    if len(stream.metadata.get("descriptors", [descriptor])) > 1 or any(
+        key not in table.columns
+        for key, data_key in descriptor["data_keys"].items()
+        if not data_key.get("external")
+    ):
+        raise RuntimeError(
+            f"run {run.metadata['start']['uid']}: stream {descriptor['name']!r} holds a point "
+            "taken again (two events of one seq_num), which the catalog's export cannot tell "
+            "apart in a stream of several descriptors or of arrays outside its table"
+        )
+    keys = [key for key in table.columns if key not in ("seq_num", "time") and key[:3] != "ts_"]
+    return [
+        {
+            "seq_num": int(row["seq_num"]),
+            "time": float(row["time"]),
+            "uid": f"event-{descriptor['uid']}-{i}",
+            "descriptor": descriptor["uid"],
+            "data": {key: _plain(row[key]) for key in keys},
+            "timestamps": {key: float(row[f"ts_{key}"]) for key in keys},
+        }
+        for i, row in enumerate(table.to_dict(orient="records"))
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """A table's value as a document holds it (numpy's numbers and arrays as Python's)."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from ophyd_scmos.catalog import (
     file_stats,
     open_catalog,
     summarize,
+    sync,
 )
 from ophyd_scmos.catalog.local_server import find_server
 from ophyd_scmos.cli import main
@@ -711,3 +713,42 @@ def test_images_read_from_the_catalog_by_any_index_are_the_files_frames(
         np.s_[-2, :, 2047],
     ]:
         np.testing.assert_array_equal(images[index], frames[index], err_msg=str(index))
+
+
+def test_sync_keeps_both_events_of_a_point_taken_again_after_a_pause(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """bluesky takes a point again after a pause, with its seq_num; the catalog's export kept
+    one event of the two while the images kept both frames: in the copy every later event
+    met another point's frames."""
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path / "data"
+    )
+    cam.roi.set((0, 0, 16, 16))
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+
+    def pause_in_the_delay_after_point_3(name: str, doc: dict[str, Any]) -> None:
+        if name == "event" and doc["seq_num"] == 3 and not paused:
+            paused.append(threading.Timer(0.15, RE.request_pause, kwargs={"defer": False}))
+            paused[0].start()
+
+    paused: list[threading.Timer] = []
+    RE.subscribe(pause_in_the_delay_after_point_3)
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(count([cam], num=5, delay=0.5))
+        (uid,) = RE.resume()
+    finally:
+        cam.destroy()
+    target = tmp_path / "target"
+    (result,) = sync(open_catalog(catalog_dir), open_catalog(target), [uid])
+    assert result.status == "copied"
+    for run in (open_catalog(catalog_dir)[uid], open_catalog(target)[uid]):
+        primary = run["primary"]
+        assert primary["seq_num"].read().tolist() == [1, 2, 3, 3, 4, 5]
+        images = primary["cam_image"].read().astype(float)
+        totals = images.reshape(len(images), -1).sum(axis=1)  # each event, its own frame
+        np.testing.assert_array_equal(primary["cam_stats_total"].read(), totals)
+        assert primary["cam_frame_number"].read().tolist() == list(range(6))
