@@ -376,7 +376,7 @@ class SCMOSCamera(Device):
         self._reading = False  #: in `read`: the image's datum may be read (`ImageDatum`)
         #: the run (its start's uid) of the last staging within a run, and how the camera
         #: was described then: staged again in that run, it must be described alike
-        self._described_in: tuple[str, dict[str, dict]] | None = None
+        self._described_in: tuple[str, dict[str, Any]] | None = None
         self._stat_keys_made_for: tuple | None = None
         self._stat_key_table: dict[str, tuple[int, int, str]] = {}
         self._destroyed = False
@@ -771,26 +771,33 @@ class SCMOSCamera(Device):
 
     def _check_staged_alike(self, run: str | None) -> None:
         """Staged again within run `run` (a plan that unstages and stages its camera between
-        points), the camera must be described as it was at the run's first staging: the
-        run's events are described once, and a stream's images are read as one shape."""
+        points), the camera must be as it was at the run's first staging: the run's events
+        are described and its configuration recorded once, a stream's images are read as one
+        shape, and its statistics are of the same regions."""
         if run is None:
             return
-        described = self.describe()
+        state = {
+            **self.describe(),
+            **{
+                key: reading["value"]
+                for key, reading in self.read_configuration().items()
+                if key != self.file_path.name  # each staging's own file
+            },
+            "rois": dict(self.rois),
+        }
         if self._described_in is not None and self._described_in[0] == run:
             before = self._described_in[1]
             changed = sorted(
-                key
-                for key in before.keys() | described.keys()
-                if before.get(key) != described.get(key)
+                key for key in before.keys() | state.keys() if before.get(key) != state.get(key)
             )
             if changed:
                 raise ValueError(
-                    f"{self.name} was staged again within run {run} with settings that change "
-                    f"its readings ({', '.join(changed)}: frames_per_point, roi, binning, "
-                    "statistics or save_images changed): a run's events are described once, "
-                    "by its first staging; take these settings in a run of their own"
+                    f"{self.name} was staged again within run {run} with other settings or "
+                    f"regions ({', '.join(changed)}): a run's events are described, and its "
+                    "configuration recorded, once, at its first staging; take these settings "
+                    "in a run of their own"
                 )
-        self._described_in = (run, described)
+        self._described_in = (run, state)
 
     def _open_stream(self, write_dir: Path, regions: dict[str, stats.Region] | None) -> FrameStream:
         """This run's file, and the stream that fills it through the camera's writer.

@@ -184,10 +184,26 @@ def test_staged_again_within_a_run_the_camera_reads_alike(cam, driver, RE, recor
         yield from bps.mv(cam.frames_per_point, 2)
 
     files = set((tmp_path / "data").iterdir())
-    with pytest.raises(ValueError, match=r"cam was staged again within run .*\(cam_image"):
+    with pytest.raises(ValueError, match=r"cam was staged again within run .*cam_image"):
         RE(restaged(two_frames_per_point))
     assert len(set((tmp_path / "data").iterdir()) - files) == 1  # the first staging's file
     assert len(recorder.of("event")) == 3
+
+    # The configuration is recorded once too: a longer exposure's frames were recorded as
+    # taken with the first; a region moved, its statistics were of other pixels.
+    cam.frames_per_point.set(1)
+
+    def longer_exposure():
+        yield from bps.mv(cam.exposure_time, 2 * cam.exposure_time.get())
+
+    def region_moved():
+        cam.rois["spot"] = (1, 1, 4, 4)
+        yield from bps.null()
+
+    cam.rois["spot"] = (0, 0, 4, 4)
+    for change, says in ((longer_exposure, r"\(cam_exposure_time\)"), (region_moved, r"\(rois\)")):
+        with pytest.raises(ValueError, match=r"cam was staged again within run .*" + says):
+            RE(restaged(change))
 
 
 def test_another_engine_refused_the_camera_leaves_the_paused_run_its_file(cam, RE, recorder):
