@@ -1007,6 +1007,13 @@ class SCMOSCamera(Device):
         run = self._require_run("trigger()")
         if run.flying:
             raise RuntimeError(f"{self.name} is flying; trigger() is for step scans")
+        staged_by = run.saved_events.engine if run.saved_events is not None else None
+        engine = engine_of_caller() if staged_by is not None else None
+        if engine is not None and engine is not staged_by:  # before it touches that run
+            raise RuntimeError(
+                f"{self.name} is staged by another RunEngine, whose run (paused?) records into "
+                f"{run.stream.path}: trigger it from that RunEngine, or once its run has ended"
+            )
         stream, k, point = run.stream, self._k, run.points
         run.points += 1
         if point == 0 and stream.run is None:

@@ -275,3 +275,29 @@ def test_the_runengine_holds_no_bound_method_of_the_cameras(cam, RE):
     added = [proxy for cid, proxy in held.items() if cid not in before]
     assert len(added) == 1 and added[0].inst is None  # a function, held strongly
     assert registry.get(DocumentNames.event, {}).keys() == before.keys()  # unstaged: gone
+
+
+def test_another_engines_refused_trigger_leaves_the_paused_run_its_points(cam, RE, recorder):
+    """Triggered from a second RunEngine's run (no stage there), the camera counted that
+    point into the paused run's, which failed when it resumed."""
+
+    def body():
+        yield from bps.trigger_and_read([cam])
+        yield from bps.checkpoint()
+        yield from bps.pause()
+        yield from bps.trigger_and_read([cam])
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(staged_run(cam, body))
+
+    @bpp.run_decorator()
+    def quick_look():
+        yield from bps.trigger_and_read([cam])
+
+    other = RunEngine({}, call_returns_result=False)
+    with pytest.raises(RuntimeError, match="cam is staged by another RunEngine"):
+        other(quick_look())
+    RE.resume()
+    assert recorder.of("stop")[0]["exit_status"] == "success"
+    numbers = [event["data"]["cam_frame_number"] for event in recorder.of("event")]
+    assert numbers == [0, 1] and cam.frames_written.get() == 2
