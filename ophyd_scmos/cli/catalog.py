@@ -444,6 +444,10 @@ def _print_report(r: dict[str, Any]) -> None:
                 f" ({r['skipped_frames']} taken between points and skipped: the camera runs on "
                 "between triggers)"
             )
+        if r["complete"] is not None:
+            lost = r["frames_dropped"] + r["frames_missed"]
+            if (after := lost - r["missing_frames"]) > 0:  # no later number marks them
+                line += f"; {after} lost after the last frame written"
         print(f"gaps       {line}")
     else:
         print("           (this host cannot read the file: sizes and gaps unknown)")

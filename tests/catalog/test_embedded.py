@@ -752,3 +752,37 @@ def test_sync_keeps_both_events_of_a_point_taken_again_after_a_pause(
         totals = images.reshape(len(images), -1).sum(axis=1)  # each event, its own frame
         np.testing.assert_array_equal(primary["cam_stats_total"].read(), totals)
         assert primary["cam_frame_number"].read().tolist() == list(range(6))
+
+
+def test_show_counts_frames_lost_after_the_last_frame_written(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A movie whose writer fell behind to its end lost its last frames: no later number marks
+    them, and `show` said "gaps none" under their count."""
+    from ophyd_scmos.plans import movie
+
+    cam = SCMOSCamera(
+        name="cam",
+        driver=SimulatedSCMOS(shape=(1024, 1024), seed=6),
+        write_dir=tmp_path / "data",
+        ring_frames=2,
+        write_limit_mb_s=20,  # paced by 64 MB windows: half-megabyte frames fill some
+    )
+    cam.roi.set((0, 0, 512, 512))
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    try:
+        with pytest.warns(RuntimeWarning, match="missed by the camera"):
+            (uid,) = RE(movie(cam, frames=400))
+        path = cam.file_path.get()
+    finally:
+        cam.destroy()
+    with h5py.File(path, "r") as f:
+        numbers = f[layout.FRAME_NUMBER][: layout.stored_frames(f)]
+        lost = int(f["/entry"].attrs["frames_missed"] + f["/entry"].attrs["frames_dropped"])
+    assert lost > 0 and len(numbers) + lost == 400
+    marked = int(numbers[-1]) + 1 - len(numbers)  # absent numbers among those kept
+    capsys.readouterr()
+    assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 0
+    assert f"{lost - marked} lost after the last frame written" in capsys.readouterr().out
