@@ -28,7 +28,7 @@ import numpy as np
 from tiled.adapters.hdf5 import HDF5Adapter, HDF5ArrayAdapter, h5open
 from tiled.utils import path_from_uri
 
-from ophyd_scmos.pipeline.recovery import check_readable, open_unlocked
+from ophyd_scmos.pipeline.recovery import UnreadableFile, check_readable, open_unlocked
 
 __all__ = ["CheckedHDF5Adapter"]
 
@@ -68,6 +68,8 @@ class CheckedHDF5Adapter(HDF5Adapter):
             frames = None
             if len(paths) == 1 and not (opened.get("slice") or opened.get("squeeze")):
                 frames = _Frames.of(paths[0], opened, array, shape)
+                if frames is None and not being_written:
+                    _refuse_fewer_frames(paths[0], array, shape)
             if frames is not None:
                 entry_bytes = frames.dtype.itemsize * math.prod(shape[1:])
                 array = dask.array.from_array(
@@ -86,6 +88,20 @@ class CheckedHDF5Adapter(HDF5Adapter):
                     array, adapter.structure(), metadata=adapter.metadata(), specs=adapter.specs
                 )
         return adapter
+
+
+def _refuse_fewer_frames(path: Path, stored: Any, shape: tuple[int, ...]) -> None:
+    """A closed file of the run's frame shape holding fewer frames than the run's documents
+    name is not the file they were written for (replaced or cut since): Tiled would fail to
+    reshape it, naming neither the file nor why."""
+    if stored.ndim != 3 or len(shape) < 3 or tuple(shape[-2:]) != tuple(stored.shape[1:]):
+        return
+    needed = math.prod(shape[:-2])
+    if stored.shape[0] < needed:
+        raise UnreadableFile(
+            f"{path} holds {stored.shape[0]} frames where its run's documents name {needed}: "
+            "it is not the file they were written for (replaced or cut since)"
+        )
 
 
 class _Frames:

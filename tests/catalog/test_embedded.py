@@ -786,3 +786,26 @@ def test_show_counts_frames_lost_after_the_last_frame_written(
     capsys.readouterr()
     assert main(["show", uid, "--catalog", str(catalog_dir), "--no-png"]) == 0
     assert f"{lost - marked} lost after the last frame written" in capsys.readouterr().out
+
+
+def test_a_shorter_file_put_at_a_runs_path_fails_naming_it(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """Tiled failed to reshape it, naming neither the file nor why."""
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    paths, uids = [], []
+    for points, where in ((5, "data"), (3, "other")):
+        cam = SCMOSCamera(
+            name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path / where
+        )
+        try:
+            (uid,) = RE(count([cam], num=points))
+            paths.append(Path(cam.file_path.get()))
+            uids.append(uid)
+        finally:
+            cam.destroy()
+    paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
+    images = open_catalog(catalog_dir)[uids[0]]["primary"]["cam_image"]
+    with pytest.raises(UnreadableFile, match=rf"{re.escape(str(paths[0]))} holds 3 frames .* 5"):
+        images.read()
