@@ -162,6 +162,7 @@ class FileStats:
     frames_dropped: int | None
     frames_missed: int | None
     complete: bool | None
+    run: str | None  #: the run (its start's uid) the file says its frames are of, if told
     #: frame numbers lost (dropped or missed), as (first, last) ranges. A complete file whose
     #: writer recorded no loss has none, even where numbers are absent: those frames were
     #: never to be recorded (`skipped_frames`: a camera in internal or external trigger mode
@@ -242,6 +243,7 @@ def file_stats(path: PathLike) -> FileStats:
             frames_dropped=None if outcome is None else outcome.frames_dropped,
             frames_missed=None if outcome is None else outcome.frames_missed,
             complete=None if outcome is None else outcome.complete,
+            run=None if outcome is None else outcome.run,
             gaps=[] if lost == 0 else absent,
             rewound_frames=rewound,
             skipped_frames=skipped,

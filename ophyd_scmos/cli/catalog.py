@@ -138,6 +138,13 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
     except (OSError, httpx.HTTPStatusError) as err:
         print(f"ophyd-scmos show: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
+    if stats is not None and stats.run not in (None, summary.uid):
+        print(
+            f"ophyd-scmos show: {summary.file} holds the frames of run {stats.run}, not of "
+            f"{summary.uid}: it is not this run's file (put there since: a wrong restore?)",
+            file=sys.stderr,
+        )
+        return 1
     if stats is not None:
         intervals, clock = stats.intervals, "camera clock"
     else:  # the file is on another host: the event times are what is left

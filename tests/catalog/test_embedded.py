@@ -809,3 +809,26 @@ def test_a_shorter_file_put_at_a_runs_path_fails_naming_it(
     images = open_catalog(catalog_dir)[uids[0]]["primary"]["cam_image"]
     with pytest.raises(UnreadableFile, match=rf"{re.escape(str(paths[0]))} holds 3 frames .* 5"):
         images.read()
+
+
+def test_show_refuses_a_file_of_another_run_put_at_a_runs_path(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It reads as the run's (same frames, same shape), yet the file says whose it is."""
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    paths, uids = [], []
+    for seed, where in ((6, "data"), (7, "other")):
+        cam = SCMOSCamera(
+            name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=seed), write_dir=tmp_path / where
+        )
+        try:
+            uids.extend(RE(count([cam], num=3)))
+            paths.append(Path(cam.file_path.get()))
+        finally:
+            cam.destroy()
+    capsys.readouterr()
+    assert main(["show", uids[0], "--catalog", str(catalog_dir), "--no-png"]) == 0
+    paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
+    assert main(["show", uids[0], "--catalog", str(catalog_dir), "--no-png"]) == 1
+    assert f"holds the frames of run {uids[1]}, not of {uids[0]}" in capsys.readouterr().err
