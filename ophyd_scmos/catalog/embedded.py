@@ -480,6 +480,8 @@ def build_app(
         created = not db.exists() or db.stat().st_size == 0
         if created:
             _initialize(f"sqlite:///{db}")
+        else:
+            _follow_a_move(directory)
         tree = catalog_from_uri(
             f"sqlite:///{db}",
             specs=[BLUESKY_CATALOG_SPEC],
@@ -493,6 +495,31 @@ def build_app(
         serialization_registry=_serializers(),
     )
     return app, created
+
+
+def _follow_a_move(directory: Path) -> None:
+    """The catalog's database names the event tables and the arrays Tiled wrote by their
+    absolute paths: a catalog directory moved (or copied) read its runs' columns from where
+    it was, or from nowhere. Named here again, under the lock of its opening."""
+    here = directory.resolve()
+    with contextlib.closing(sqlite3.connect(directory / CATALOG_DB)) as db, db:
+        tables = db.execute(
+            "SELECT DISTINCT data_uri FROM assets WHERE data_uri LIKE ?",
+            (f"sqlite://localhost/%/{TABLES_DB}",),
+        ).fetchall()
+        for (uri,) in tables:
+            there = Path(uri[len("sqlite://localhost/") : -len(TABLES_DB) - 1])
+            if there.resolve() == here:
+                continue
+            db.execute(
+                "UPDATE assets SET data_uri = ? WHERE data_uri = ?",
+                (f"sqlite://localhost/{directory / TABLES_DB}", uri),
+            )
+            old = f"file://localhost{there / DATA_DIR}/"
+            db.execute(
+                "UPDATE assets SET data_uri = ? || substr(data_uri, ?) WHERE data_uri LIKE ?",
+                (f"file://localhost{directory / DATA_DIR}/", len(old) + 1, old + "%"),
+            )
 
 
 def _initialize(uri: str) -> None:

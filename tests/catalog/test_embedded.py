@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -832,3 +833,24 @@ def test_show_refuses_a_file_of_another_run_put_at_a_runs_path(
     paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
     assert main(["show", uids[0], "--catalog", str(catalog_dir), "--no-png"]) == 1
     assert f"holds the frames of run {uids[1]}, not of {uids[0]}" in capsys.readouterr().err
+
+
+def test_a_catalog_directory_moved_reads_its_runs_columns(tmp_path: Path) -> None:
+    """Its database named the event tables by their absolute path: moved, every column
+    failed to read (and `sync` from it crashed); copied, the copy read the original's."""
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(tmp_path / "lab")))
+    cam = SCMOSCamera(
+        name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path / "data"
+    )
+    try:
+        (uid,) = RE(count([cam], num=3))
+    finally:
+        cam.destroy()
+    shutil.copytree(tmp_path / "lab", tmp_path / "copy")
+    (tmp_path / "lab").rename(tmp_path / "moved")
+    for where in ("moved", "copy"):
+        primary = open_catalog(tmp_path / where)[uid]["primary"]
+        assert primary["cam_frame_number"].read().tolist() == [0, 1, 2]
+        totals = primary["cam_image"].read().reshape(3, -1).sum(axis=1)
+        np.testing.assert_array_equal(primary["cam_stats_total"].read(), totals)
