@@ -53,6 +53,9 @@ def create_layout(
     group = f.create_group(DATA_GROUP)
     data = None
     if images:
+        # NeXus's chain to the plottable data, which viewers (h5web, silx) follow from the root
+        f.attrs["NX_class"] = "NXroot"
+        f.attrs["default"] = ENTRY.strip("/")
         entry.attrs["default"] = "data"
         group.attrs["NX_class"] = "NXdata"
         group.attrs["signal"] = "data"
@@ -77,7 +80,10 @@ def create_layout(
         )
         if units:
             ds.attrs["units"] = units
-    f[TIMESTAMP].attrs["long_name"] = "camera timestamp since acquisition start"
+    f[TIMESTAMP].attrs["long_name"] = (
+        "camera clock (its zero is the camera's: its start or power-up); host_timestamp is the "
+        "absolute time"
+    )
     f[HOST_TIMESTAMP].attrs["long_name"] = "host UNIX time when the frame reached the ring"
     for key, value in (attrs or {}).items():
         entry.attrs[key] = value

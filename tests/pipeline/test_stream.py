@@ -43,6 +43,7 @@ def test_every_frame_and_its_metadata_reach_the_file(camera, tmp_path):
         assert np.all(np.diff(f[layout.TIMESTAMP][()]) > 0)
         assert f[layout.HOST_TIMESTAMP].shape == (300,)
         assert f[layout.DATA].chunks == (1, 48, 80)
+        assert (f.attrs["NX_class"], f.attrs["default"]) == ("NXroot", "entry")
         assert f["/entry"].attrs["NX_class"] == "NXentry"
         assert f["/entry/data"].attrs["signal"] == "data"
         assert f["/entry"].attrs["frames_written"] == 300
