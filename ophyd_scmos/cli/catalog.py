@@ -83,7 +83,7 @@ def runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet", file=sys.stderr)
         return 0
-    table = [("uid", "start", "status", "frames", "shape", "lost", "file")]
+    table = [("uid", "start", "status", "frames", "WxH", "lost", "file")]
     for row in rows:
         table.append(
             (
@@ -396,11 +396,12 @@ def _summary_dict(summary: RunSummary) -> dict[str, Any]:
 
 
 def _shape_text(shape: list[int]) -> str:
-    """(events, k, H, W) as ``HxW``, or ``HxW, k an event`` where an event holds several
-    frames (``3 x HxW`` read as three times the frames)."""
+    """(events, k, H, W) as ``WxH`` (width x height, as ROIs and regions are given), or
+    ``WxH, k an event`` where an event holds several frames (``3 x WxH`` read as three times
+    the frames)."""
     if len(shape) < 2:
         return "-"
-    frame = "x".join(map(str, shape[-2:]))
+    frame = f"{shape[-1]}x{shape[-2]}"
     per_event = math.prod(shape[1:-2])
     return frame if per_event == 1 else f"{frame}, {per_event} an event"
 

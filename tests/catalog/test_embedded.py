@@ -134,9 +134,10 @@ def test_runs_lists_recent_runs_newest_first(
 
     assert main(["runs", "--catalog", str(catalog_dir)]) == 0
     header, first = capsys.readouterr().out.splitlines()[:2]
-    assert header.split() == ["uid", "start", "status", "frames", "shape", "lost", "file"]
+    assert header.split() == ["uid", "start", "status", "frames", "WxH", "lost", "file"]
     assert first.startswith(camera_run["uid"][:8])
-    assert f"{SENSOR[0]}x{SENSOR[1]}" in first and Path(camera_run["file"]).name in first
+    # width x height, as ROIs and regions are given
+    assert f"{SENSOR[1]}x{SENSOR[0]}" in first and Path(camera_run["file"]).name in first
 
 
 def test_show_summarizes_a_run_and_draws_it(
@@ -165,7 +166,7 @@ def test_show_summarizes_a_run_and_draws_it(
 
     assert main([*args, "--no-png"]) == 0
     text = capsys.readouterr().out
-    assert f"{FRAMES} frames of {SENSOR[0]}x{SENSOR[1]} <u2" in text
+    assert f"{FRAMES} frames of {SENSOR[1]}x{SENSOR[0]} <u2" in text
     assert "gaps       none" in text and "picture" not in text
 
 
