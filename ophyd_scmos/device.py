@@ -844,6 +844,7 @@ class SCMOSCamera(Device):
             "trigger_mode": self._mode.value,
             "frames_per_point": self._k,
             "save_images": self._images,
+            "compression": self.options.compression or "none",
             "start_time": time.time(),
         }
 

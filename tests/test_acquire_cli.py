@@ -185,6 +185,7 @@ def test_acquire_takes_the_settings_a_user_sets_in_ipython(home):
         assert data.shape == (20, 16, 32)  # the ROI, binned 2x2
         assert data.id.get_create_plist().get_filter(0)[0] == BITSHUFFLE_FILTER
         assert (f["/entry"].attrs["binning"], f["/entry"].attrs["exposure_time"]) == (2, 0.0015)
+        assert f["/entry"].attrs["compression"] == "bitshuffle-lz4"  # the codec, by its name
 
 
 @pytest.mark.parametrize(

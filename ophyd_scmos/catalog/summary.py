@@ -157,6 +157,7 @@ class FileStats:
     raw_bytes: int  #: the frames uncompressed
     stored_bytes: int  #: the frames as stored
     filters: list[str]  #: the HDF5 filters (compression) of the frame dataset
+    compression: str | None  #: the codec the camera was set to (`compression`), if recorded
     #: The writer's counts and verdict (`layout.Outcome`); None until a writer closes the file.
     frames_written: int | None
     frames_dropped: int | None
@@ -239,6 +240,7 @@ def file_stats(path: PathLike) -> FileStats:
             raw_bytes=raw_bytes,
             stored_bytes=stored_bytes,
             filters=filters,
+            compression=f[layout.ENTRY].attrs.get("compression"),
             frames_written=None if outcome is None else outcome.frames_written,
             frames_dropped=None if outcome is None else outcome.frames_dropped,
             frames_missed=None if outcome is None else outcome.frames_missed,

@@ -164,6 +164,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
             stored_bytes=stats.stored_bytes,
             compression_ratio=round(stats.compression_ratio, 3),
             filters=stats.filters,
+            compression=stats.compression,
             frames_written=stats.frames_written,
             frames_dropped=stats.frames_dropped,
             frames_missed=stats.frames_missed,
@@ -425,6 +426,8 @@ def _print_report(r: dict[str, Any]) -> None:
     print(f"file       {r['file'] or '-'}")
     if r["file_reachable"]:
         filters = ", ".join(r["filters"]) or "none"
+        if r["compression"] not in (None, "none"):  # the codec asked, then HDF5's filter
+            filters = f"{r['compression']}: {filters}"
         print(
             f"size       {r['size_bytes'] / MB:.1f} MB on disk; frames {r['raw_bytes'] / MB:.1f} "
             f"MB raw, {r['stored_bytes'] / MB:.1f} MB stored: compression "
