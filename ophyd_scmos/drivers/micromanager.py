@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -263,6 +264,7 @@ class MicroManagerCamera(DriverBase):
 
     def _start(self) -> None:
         core = self._core
+        self._set_back_changes()
         self._t0 = time.monotonic()
         self._seq = None
         self._owed = self._requested = self._next_number = 0
@@ -273,6 +275,39 @@ class MicroManagerCamera(DriverBase):
                 self._seq = _Sequence(base=0, size=None, started=0.0)
         except RuntimeError as exc:
             raise CameraError(f"camera {self._label!r} did not start: {exc}") from exc
+
+    def _set_back_changes(self) -> None:
+        """A core shared with another program (a GUI such as napari-micromanager) may have
+        changed the camera since `configure`: set back, and said, so that the run takes what
+        its documents record."""
+        core, label, s = self._core, self._label, self._settings
+        roi, b = self._roi_of(s), s.binning
+        binned = "Binning" in core.getDevicePropertyNames(label)
+        depth = self._bit_depth_prop
+        now = {
+            "exposure": f"{core.getExposure(label):g} ms",
+            "roi": tuple(core.getROI(label)),
+            "binning": core.getProperty(label, "Binning") if binned else None,
+            "bit depth": core.getProperty(label, depth) if depth else None,
+        }
+        recorded = {
+            "exposure": f"{s.exposure_time * 1e3:g} ms",
+            "roi": (roi.x // b, roi.y // b, roi.width // b, roi.height // b),
+            "binning": self._binning_values[b] if binned else None,
+            "bit depth": str(s.bit_depth) if depth else None,
+        }
+        changed = [
+            f"{key} {now[key]} (set: {recorded[key]})" for key in now if now[key] != recorded[key]
+        ]
+        if changed:
+            self._apply(s, roi)
+            warnings.warn(
+                f"camera {label!r} was changed outside ophyd-scmos ({', '.join(changed)}): set "
+                "back for this run, which records its settings; set them on the camera "
+                "(cam.exposure_time.set(...)) to keep a change",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _stop(self) -> None:
         self._seq = None

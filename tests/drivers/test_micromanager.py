@@ -207,3 +207,38 @@ def test_the_driver_leaves_the_sessions_log_levels_as_they_were(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     # The root as Python leaves it; pymmcore-plus's own log as detailed as it set it up.
     assert done.stdout.split() == [str(logging.WARNING), str(logging.DEBUG)]
+
+
+def test_a_change_another_program_made_on_a_shared_core_is_set_back_for_the_run(mm, tmp_path: Path):
+    """A GUI sharing the core (napari-micromanager) changed the exposure and bit depth after
+    the camera was set: the run took the GUI's, and its file and documents said otherwise."""
+    import h5py
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from pymmcore_plus import CMMCorePlus
+
+    from ophyd_scmos import SCMOSCamera
+
+    core = CMMCorePlus()
+    core.loadDevice("Camera", "DemoCamera", "DCam")
+    core.initializeDevice("Camera")
+    core.setCameraDevice("Camera")
+    cam = SCMOSCamera(name="cam", driver=mm(core=core), write_dir=tmp_path, ring_mb=4)
+    try:
+        cam.roi.set((64, 32, 128, 64))
+        cam.exposure_time.set(0.005)
+        core.setExposure(60.0)  # the GUI, meanwhile
+        core.setProperty("Camera", "BitDepth", "12")
+        RE = RunEngine({})
+        with pytest.warns(RuntimeWarning, match=r"changed outside ophyd-scmos \(exposure 60 ms"):
+            RE(count([cam], num=2))
+        assert core.getExposure() == 5.0 and core.getProperty("Camera", "BitDepth") == "16"
+        with h5py.File(cam.file_path.get()) as f:
+            assert (f["/entry"].attrs["exposure_time"], f["/entry"].attrs["bit_depth"]) == (
+                0.005,
+                16,
+            )
+            times = f["/entry/data/timestamp"][()]
+        assert np.diff(times).max() < 0.05  # frames an exposure of 5 ms apart, not 60
+    finally:
+        cam.destroy()
