@@ -29,6 +29,7 @@ import ctypes.util
 import logging
 import threading
 import time
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -269,10 +270,42 @@ class GenICamCamera(DriverBase):
         # Cameras round the exposure to their clock: record what the camera will use.
         return replace(s, exposure_time=cam.get_exposure_time() / 1e6)
 
+    def _set_back_changes(self) -> None:
+        """Features changed since `configure` through `camera` (or another tool) are set
+        back, and said, so that the run takes what its documents record."""
+        cam, s = self._cam, self._settings
+        roi, b = self._roi_of(s), s.binning
+        got, binning = cam.get_region(), cam.get_binning()
+        now = {
+            "exposure": f"{cam.get_exposure_time():g} us",
+            "pixel format": cam.get_pixel_format_as_string(),
+            "region": (got.x, got.y, got.width, got.height),
+            "binning": (binning.dx, binning.dy) if len(self.limits.binnings) > 1 else None,
+        }
+        recorded = {
+            "exposure": f"{s.exposure_time * 1e6:g} us",
+            "pixel format": _FORMATS[s.bit_depth],
+            "region": (roi.x // b, roi.y // b, roi.width // b, roi.height // b),
+            "binning": (b, b) if len(self.limits.binnings) > 1 else None,
+        }
+        changed = [
+            f"{key} {now[key]} (set: {recorded[key]})" for key in now if now[key] != recorded[key]
+        ]
+        if changed:
+            self._apply(s, roi)
+            warnings.warn(
+                f"camera {self._model} was changed outside ophyd-scmos ({', '.join(changed)}): "
+                "set back for this run, which records its settings; set them on the camera "
+                "(cam.exposure_time.set(...)) to keep a change",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     def _start(self) -> None:
         cam, s = self._cam, self._settings
         rows, cols = self.frame_shape
         try:
+            self._set_back_changes()
             payload = cam.get_payload()
             if payload != rows * cols * 2:
                 raise CameraError(

@@ -295,3 +295,19 @@ def test_a_camera_another_program_controls_is_refused_saying_so(genicam, fake_gi
     second = GenICamCamera(fake_gige.address)
     with pytest.raises(CameraError, match="another program may control it"):
         second.open()
+
+
+def test_features_changed_through_the_aravis_camera_are_set_back_when_acquiring_starts(genicam):
+    """Changed through `driver.camera` (or another tool), the run took them while its file
+    recorded the driver's settings."""
+    driver = genicam()
+    driver.configure(CameraSettings(exposure_time=0.004, roi=ROI_, binning=2))
+    driver.camera.set_exposure_time(9000.0)
+    driver.camera.set_pixel_format_from_string("Mono8")
+    with pytest.warns(RuntimeWarning, match=r"changed outside ophyd-scmos \(exposure 9000 us"):
+        driver.start()
+    try:
+        assert driver.camera.get_exposure_time() == pytest.approx(4000.0)
+        assert driver.camera.get_pixel_format_as_string() == "Mono16"
+    finally:
+        driver.stop()
