@@ -27,6 +27,20 @@ def staged_run(cam, body):
     return plan()
 
 
+def paused_after_one_point(cam, RE) -> None:
+    """A run of two points of `cam`, paused after its first (the camera staged, its file
+    open)."""
+
+    def body():
+        yield from bps.trigger_and_read([cam])
+        yield from bps.checkpoint()
+        yield from bps.pause()
+        yield from bps.trigger_and_read([cam])
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(staged_run(cam, body))
+
+
 def test_a_second_stream_is_refused_and_the_first_reads_its_own_frames(cam, driver, RE, tmp_path):
     def body():
         yield from bps.trigger_and_read([cam], name="dark")
@@ -210,14 +224,7 @@ def test_another_engine_refused_the_camera_leaves_the_paused_run_its_file(cam, R
     """bluesky's stage_wrapper unstages the camera its refused stage did not stage: the
     camera stays the paused run's, which resumes into its file."""
 
-    def body():
-        yield from bps.trigger_and_read([cam])
-        yield from bps.checkpoint()
-        yield from bps.pause()
-        yield from bps.trigger_and_read([cam])
-
-    with pytest.raises(RunEngineInterrupted):
-        RE(staged_run(cam, body))
+    paused_after_one_point(cam, RE)
     other = RunEngine({}, call_returns_result=False)
     with (
         pytest.raises(RuntimeError, match="cam is already staged"),
@@ -281,14 +288,7 @@ def test_another_engines_refused_trigger_leaves_the_paused_run_its_points(cam, R
     """Triggered from a second RunEngine's run (no stage there), the camera counted that
     point into the paused run's, which failed when it resumed."""
 
-    def body():
-        yield from bps.trigger_and_read([cam])
-        yield from bps.checkpoint()
-        yield from bps.pause()
-        yield from bps.trigger_and_read([cam])
-
-    with pytest.raises(RunEngineInterrupted):
-        RE(staged_run(cam, body))
+    paused_after_one_point(cam, RE)
 
     @bpp.run_decorator()
     def quick_look():

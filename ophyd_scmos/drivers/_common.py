@@ -12,6 +12,7 @@ import abc
 import contextlib
 import math
 import threading
+import warnings
 from dataclasses import asdict, replace
 from numbers import Integral, Real
 from typing import Any
@@ -218,6 +219,23 @@ class DriverBase(abc.ABC):
         if not out.flags.c_contiguous:
             raise ValueError("out must be C-contiguous, as a ring's slot is")
         return self._read(out, timeout)
+
+    def _set_back(self, camera: str, now: dict[str, Any], recorded: dict[str, Any]) -> None:
+        """Set the settings back where the camera's features (`now`) are not what they were
+        set to (`recorded`), and say which: another program (a GUI sharing the SDK's handle,
+        a tool) changed them since `configure`, and the run takes what its documents record."""
+        changed = [
+            f"{key} {now[key]} (set: {recorded[key]})" for key in now if now[key] != recorded[key]
+        ]
+        if changed:
+            self._apply(self._settings, self._roi_of(self._settings))
+            warnings.warn(
+                f"camera {camera} was changed outside ophyd-scmos ({', '.join(changed)}): set "
+                "back for this run, which records its settings; set them on the camera "
+                "(cam.exposure_time.set(...)) to keep a change",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # -- what a driver supplies --------------------------------------------------------------
 

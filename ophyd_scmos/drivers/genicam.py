@@ -29,7 +29,6 @@ import ctypes.util
 import logging
 import threading
 import time
-import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -288,18 +287,7 @@ class GenICamCamera(DriverBase):
             "region": (roi.x // b, roi.y // b, roi.width // b, roi.height // b),
             "binning": (b, b) if len(self.limits.binnings) > 1 else None,
         }
-        changed = [
-            f"{key} {now[key]} (set: {recorded[key]})" for key in now if now[key] != recorded[key]
-        ]
-        if changed:
-            self._apply(s, roi)
-            warnings.warn(
-                f"camera {self._model} was changed outside ophyd-scmos ({', '.join(changed)}): "
-                "set back for this run, which records its settings; set them on the camera "
-                "(cam.exposure_time.set(...)) to keep a change",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._set_back(self._model, now, recorded)
 
     def _start(self) -> None:
         cam, s = self._cam, self._settings

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -296,18 +295,7 @@ class MicroManagerCamera(DriverBase):
             "binning": self._binning_values[b] if binned else None,
             "bit depth": str(s.bit_depth) if depth else None,
         }
-        changed = [
-            f"{key} {now[key]} (set: {recorded[key]})" for key in now if now[key] != recorded[key]
-        ]
-        if changed:
-            self._apply(s, roi)
-            warnings.warn(
-                f"camera {label!r} was changed outside ophyd-scmos ({', '.join(changed)}): set "
-                "back for this run, which records its settings; set them on the camera "
-                "(cam.exposure_time.set(...)) to keep a change",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._set_back(repr(label), now, recorded)
 
     def _stop(self) -> None:
         self._seq = None
