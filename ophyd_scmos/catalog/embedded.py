@@ -53,6 +53,7 @@ __all__ = [
 CATALOG_DB = "catalog.db"  #: run metadata: the Tiled catalog database
 SQLITE_HEADER = b"SQLite format 3\x00"  #: how every SQLite database file begins
 TABLES_DB = "tables.sqlite"  #: event tables written by TiledWriter
+PLACE = ".place"  #: the directory the database names its tables and arrays in
 DATA_DIR = "data"  #: arrays Tiled itself writes (e.g. event arrays too big for a table cell)
 #: The root spec that makes a client a `CatalogOfBlueskyRuns` (catalog[-1], scan ids, partial
 #: uids). Version 3 is the SQL layout TiledWriter writes.
@@ -480,8 +481,7 @@ def build_app(
         created = not db.exists() or db.stat().st_size == 0
         if created:
             _initialize(f"sqlite:///{db}")
-        else:
-            _follow_a_move(directory)
+        _follow_a_move(directory)
         tree = catalog_from_uri(
             f"sqlite:///{db}",
             specs=[BLUESKY_CATALOG_SPEC],
@@ -500,8 +500,13 @@ def build_app(
 def _follow_a_move(directory: Path) -> None:
     """The catalog's database names the event tables and the arrays Tiled wrote by their
     absolute paths: a catalog directory moved (or copied) read its runs' columns from where
-    it was, or from nowhere. Named here again, under the lock of its opening."""
-    here = directory.resolve()
+    it was, or from nowhere. Named here again, under the lock of its opening. `PLACE` keeps
+    where they are named for, so that an opening where nothing moved leaves the database
+    alone (a forked child's SQLite must not meet its parent's locks)."""
+    here, place = directory.resolve(), directory / PLACE
+    with contextlib.suppress(OSError):
+        if place.read_text(encoding="utf-8") == str(here):
+            return
     with contextlib.closing(sqlite3.connect(directory / CATALOG_DB)) as db, db:
         tables = db.execute(
             "SELECT DISTINCT data_uri FROM assets WHERE data_uri LIKE ?",
@@ -520,6 +525,8 @@ def _follow_a_move(directory: Path) -> None:
                 "UPDATE assets SET data_uri = ? || substr(data_uri, ?) WHERE data_uri LIKE ?",
                 (f"file://localhost{directory / DATA_DIR}/", len(old) + 1, old + "%"),
             )
+    with contextlib.suppress(OSError):  # a catalog this user only reads: checked each time
+        place.write_text(str(here), encoding="utf-8")
 
 
 def _initialize(uri: str) -> None:
