@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import threading
@@ -153,3 +154,23 @@ def test_destroy_ends_the_writer_and_frees_the_ring(driver, tmp_path, RE):
     with pytest.raises(RuntimeError, match="cam was destroyed .* make the camera anew"):
         RE(count([cam], num=1))
     assert sorted(tmp_path.iterdir()) == files and cam._writer is None
+
+
+def test_a_forked_child_leaves_its_parents_writer_alone(cam, RE):
+    """A child forked from a session (multiprocessing's default on Linux) holds a copy of its
+    cameras: dropped there, a camera's finalizer waited for ever on a writer no thread of the
+    child hears, then killed the parent's."""
+    RE(count([cam], num=1))
+    writer = cam._writer
+
+    def drop_it() -> None:
+        writer.shutdown(timeout=5)
+        writer.kill()
+
+    child = multiprocessing.get_context("fork").Process(target=drop_it)
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert writer.alive and cam._writer is writer
+    RE(count([cam], num=2))  # the same writer, one more file
+    assert cam._writer is writer

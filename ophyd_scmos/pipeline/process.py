@@ -61,6 +61,7 @@ class WriterProcess:
     """
 
     def __init__(self) -> None:
+        self._starter = os.getpid()  #: a forked child holds a copy: the writer is not its own
         self.ring: FrameRing | None = None
         self.bytes_sent = 0  #: all that crossed to the writer: slot indices, never frames
         #: threads send whole commands: a write longer than the pipe's atomic size could
@@ -194,7 +195,11 @@ class WriterProcess:
 
     def shutdown(self, timeout: float = 30) -> None:
         """End the process (it closes a file still open with what it was handed) and free
-        the ring. Safe to call twice."""
+        the ring. Safe to call twice. In a forked child (a camera dropped there, its exit)
+        it does nothing: the writer and its ring are the parent's, and no thread of the child
+        hears the writer end."""
+        if os.getpid() != self._starter:
+            return
         self._closing = True
         with contextlib.suppress(OSError):
             self.process.stdin.close()  # type: ignore[union-attr]
@@ -206,6 +211,8 @@ class WriterProcess:
         _LIVE.discard(self)
 
     def kill(self) -> None:
+        if os.getpid() != self._starter:  # the parent's writer (see `shutdown`)
+            return
         if self.process.poll() is None:
             self.process.kill()
         self.ended.wait(10)
