@@ -168,21 +168,18 @@ class Regions(MutableMapping[str, stats.Region]):
         return self._regions[name]
 
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
-        with self._camera._settings_lock:
-            self._refuse_while_staged()
+        with self._camera._changing("rois"):
             self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
         self._camera._announce()
 
     def __delitem__(self, name: str) -> None:
-        with self._camera._settings_lock:
-            self._refuse_while_staged()
+        with self._camera._changing("rois"):
             del self._regions[name]
         self._camera._announce()
 
     def replace(self, regions: Mapping[str, Sequence[int]]) -> None:
         """All of them at once: each checked, and none changed if one is refused."""
-        with self._camera._settings_lock:
-            self._refuse_while_staged()
+        with self._camera._changing("rois"):
             shape = self._camera.driver.frame_shape
             checked = {n: stats.check_region(n, value, shape) for n, value in regions.items()}
             self._regions = checked
@@ -197,9 +194,6 @@ class Regions(MutableMapping[str, stats.Region]):
     def __repr__(self) -> str:
         return f"Regions({self._regions!r})"
 
-    def _refuse_while_staged(self) -> None:
-        self._camera._refuse_while_staged("rois")
-
 
 #: the settings the driver applies (the others are the camera's own)
 DRIVER_SETTINGS = ("exposure_time", "acquire_period", "roi", "binning", "bit_depth", "trigger_mode")
@@ -212,7 +206,7 @@ class Setting(Signal):
     def put(self, value: Any, **kwargs: Any) -> None:
         camera = self.parent
         value = _plain(value)
-        with camera._settings_lock:
+        with camera._changing(self.attr_name):
             camera._apply_setting(self.attr_name, value)
             if self.attr_name not in DRIVER_SETTINGS:  # else `_apply_setting` put what it took
                 super().put(value, **kwargs)
@@ -410,8 +404,7 @@ class SCMOSCamera(Device):
 
     @statistics.setter
     def statistics(self, on: bool) -> None:
-        with self._settings_lock:
-            self._refuse_while_staged("statistics")
+        with self._changing("statistics"):
             self._statistics = bool(on)
 
     @property
@@ -422,8 +415,7 @@ class SCMOSCamera(Device):
     @stats_read.setter
     def stats_read(self, names: Sequence[str]) -> None:
         read = _check_stat_names("stats_read", names)
-        with self._settings_lock:
-            self._refuse_while_staged("stats_read")
+        with self._changing("stats_read"):
             unread = [name for name in getattr(self, "_stats_hinted", ()) if name not in read]
             if unread:
                 raise ValueError(
@@ -440,8 +432,7 @@ class SCMOSCamera(Device):
     @stats_hinted.setter
     def stats_hinted(self, names: Sequence[str]) -> None:
         hinted = _check_stat_names("stats_hinted", names)
-        with self._settings_lock:
-            self._refuse_while_staged("stats_hinted")
+        with self._changing("stats_hinted"):
             if not set(hinted) <= set(self.stats_read):
                 raise ValueError(
                     f"stats_hinted={names!r} must be among stats_read {self.stats_read}: a hint "
@@ -642,14 +633,22 @@ class SCMOSCamera(Device):
                 changed = True
         return changed
 
-    def _refuse_while_staged(self, setting: str) -> None:
-        """A run's file and documents are laid out when it is staged: what shapes them waits
-        for unstage."""
-        if self._staged.name == "yes":
-            raise RuntimeError(f"{self.name}.{setting} cannot change while {self.name} is staged")
+    @contextlib.contextmanager
+    def _changing(self, setting: str) -> Iterator[None]:
+        """Around a change of what lays out a run's file and documents (a setting, the
+        regions, the statistics read): refused while staged (it waits for unstage), and one
+        at a time with stage and unstage (`_settings_lock`), so that a change from another
+        thread never lands mid-stage."""
+        with self._settings_lock:
+            if self._staged.name == "yes":
+                raise RuntimeError(
+                    f"{self.name}.{setting} cannot change while {self.name} is staged"
+                )
+            yield
 
     def _apply_setting(self, attr: str, value: Any) -> None:
-        self._refuse_while_staged(attr)
+        """Check `value` for setting `attr` and have the camera take it (inside
+        `_changing`)."""
         if attr in ("frames_per_point", "num_frames"):
             least = 1 if attr == "frames_per_point" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
