@@ -94,7 +94,7 @@ def _refuse_fewer_frames(path: Path, stored: Any, shape: tuple[int, ...]) -> Non
     """A closed file of the run's frame shape holding fewer frames than the run's documents
     name is not the file they were written for (replaced or cut since): Tiled would fail to
     reshape it, naming neither the file nor why."""
-    if stored.ndim != 3 or len(shape) < 3 or tuple(shape[-2:]) != tuple(stored.shape[1:]):
+    if not _a_stack_of_frames(stored, shape):
         return
     needed = math.prod(shape[:-2])
     if stored.shape[0] < needed:
@@ -102,6 +102,11 @@ def _refuse_fewer_frames(path: Path, stored: Any, shape: tuple[int, ...]) -> Non
             f"{path} holds {stored.shape[0]} frames where its run's documents name {needed}: "
             "it is not the file they were written for (replaced or cut since)"
         )
+
+
+def _a_stack_of_frames(stored: Any, shape: tuple[int, ...]) -> bool:
+    """Whether the dataset `stored` is a stack of frames of the catalog's `shape`'s frames."""
+    return stored.ndim == 3 and len(shape) >= 3 and tuple(shape[-2:]) == tuple(stored.shape[1:])
 
 
 class _Frames:
@@ -122,7 +127,7 @@ class _Frames:
         parameters) read as `stored` (its shape and dtype), in the catalog's `shape`; None
         where that dataset is not a stack of frames of that shape holding them all (Tiled's
         own reading is kept)."""
-        if stored.ndim != 3 or len(shape) < 3 or tuple(shape[-2:]) != tuple(stored.shape[1:]):
+        if not _a_stack_of_frames(stored, shape):
             return None
         options = {
             "dataset": opened.get("dataset"),
