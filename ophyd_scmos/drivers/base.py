@@ -53,6 +53,10 @@ class ROI:
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.x, self.y, self.width, self.height)
 
+    def binned(self, binning: int) -> tuple[int, int, int, int]:
+        """(x, y, width, height) in binned pixels, as camera SDKs count a region."""
+        return (self.x // binning, self.y // binning, self.width // binning, self.height // binning)
+
 
 @dataclass(frozen=True)
 class CameraSettings:

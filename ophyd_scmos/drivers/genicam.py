@@ -257,7 +257,7 @@ class GenICamCamera(DriverBase):
         cam.set_pixel_format_from_string(_FORMATS[s.bit_depth])
         if len(self.limits.binnings) > 1:
             cam.set_binning(b, b)
-        region = (roi.x // b, roi.y // b, roi.width // b, roi.height // b)
+        region = roi.binned(b)
         cam.set_region(*region)
         got = cam.get_region()
         if (got.x, got.y, got.width, got.height) != region:
@@ -284,7 +284,7 @@ class GenICamCamera(DriverBase):
         recorded = {
             "exposure": f"{s.exposure_time * 1e6:g} us",
             "pixel format": _FORMATS[s.bit_depth],
-            "region": (roi.x // b, roi.y // b, roi.width // b, roi.height // b),
+            "region": roi.binned(b),
             "binning": (b, b) if len(self.limits.binnings) > 1 else None,
         }
         self._set_back(self._model, now, recorded)

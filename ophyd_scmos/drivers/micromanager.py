@@ -248,7 +248,7 @@ class MicroManagerCamera(DriverBase):
             core.setProperty(label, "Binning", self._binning_values[b])
         core.clearROI()
         if roi != ROI.full(self._sensor):
-            core.setROI(label, roi.x // b, roi.y // b, roi.width // b, roi.height // b)
+            core.setROI(label, *roi.binned(b))
         if self._bit_depth_prop is not None:
             core.setProperty(label, self._bit_depth_prop, str(s.bit_depth))
         core.setExposure(label, s.exposure_time * 1e3)
@@ -291,7 +291,7 @@ class MicroManagerCamera(DriverBase):
         }
         recorded = {
             "exposure": f"{s.exposure_time * 1e3:g} ms",
-            "roi": (roi.x // b, roi.y // b, roi.width // b, roi.height // b),
+            "roi": roi.binned(b),
             "binning": self._binning_values[b] if binned else None,
             "bit depth": str(s.bit_depth) if depth else None,
         }
