@@ -12,7 +12,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -790,23 +790,32 @@ def test_show_counts_frames_lost_after_the_last_frame_written(
     assert f"{lost - marked} lost after the last frame written" in capsys.readouterr().out
 
 
+def counted_runs(
+    catalog_dir: Path, tmp_path: Path, runs: Sequence[tuple[int, int]]
+) -> tuple[list[str], list[Path]]:
+    """A `count` into the catalog for each (points, seed) of `runs`, by a camera of its own
+    writing into a directory of its own (so their files may share a name); their uids and
+    files."""
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    uids, paths = [], []
+    for i, (points, seed) in enumerate(runs):
+        cam = SCMOSCamera(
+            name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=seed), write_dir=tmp_path / f"{i}"
+        )
+        try:
+            uids.extend(RE(count([cam], num=points)))
+            paths.append(Path(cam.file_path.get()))
+        finally:
+            cam.destroy()
+    return uids, paths
+
+
 def test_a_shorter_file_put_at_a_runs_path_fails_naming_it(
     catalog_dir: Path, tmp_path: Path
 ) -> None:
     """Tiled failed to reshape it, naming neither the file nor why."""
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
-    paths, uids = [], []
-    for points, where in ((5, "data"), (3, "other")):
-        cam = SCMOSCamera(
-            name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=6), write_dir=tmp_path / where
-        )
-        try:
-            (uid,) = RE(count([cam], num=points))
-            paths.append(Path(cam.file_path.get()))
-            uids.append(uid)
-        finally:
-            cam.destroy()
+    uids, paths = counted_runs(catalog_dir, tmp_path, [(5, 6), (3, 6)])
     paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
     images = open_catalog(catalog_dir)[uids[0]]["primary"]["cam_image"]
     with pytest.raises(UnreadableFile, match=rf"{re.escape(str(paths[0]))} holds 3 frames .* 5"):
@@ -817,18 +826,7 @@ def test_show_refuses_a_file_of_another_run_put_at_a_runs_path(
     catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """It reads as the run's (same frames, same shape), yet the file says whose it is."""
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
-    paths, uids = [], []
-    for seed, where in ((6, "data"), (7, "other")):
-        cam = SCMOSCamera(
-            name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=seed), write_dir=tmp_path / where
-        )
-        try:
-            uids.extend(RE(count([cam], num=3)))
-            paths.append(Path(cam.file_path.get()))
-        finally:
-            cam.destroy()
+    uids, paths = counted_runs(catalog_dir, tmp_path, [(3, 6), (3, 7)])
     capsys.readouterr()
     assert main(["show", uids[0], "--catalog", str(catalog_dir), "--no-png"]) == 0
     paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
