@@ -70,7 +70,8 @@ class LabMetadata(MutableMapping[str, Any]):
         self._thread_lock = threading.RLock()
         self._data: dict[str, Any] = {}
         self._seen: tuple[int, int, int] | None = None  #: the file read: inode, time, size
-        self._handed: int | None = None  #: the scan id `next_scan_id` gave the RunEngine
+        #: the scan id `next_scan_id` last gave this session's RunEngine: its ``scan_id``
+        self._handed: int | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._change(self._take_over_persistent_dict)
@@ -78,7 +79,9 @@ class LabMetadata(MutableMapping[str, Any]):
 
     def next_scan_id(self, md: Any = None) -> int:
         """The RunEngine's `scan_id_source`: the scan id after the last one any session
-        took, taken at once (the RunEngine then writes it back, which changes nothing)."""
+        took, taken at once. This session's ``scan_id`` is it from then on (the RunEngine
+        writes it back, which changes nothing, and reads it into the run's start document,
+        while another session may already have taken the next), until it is set here."""
 
         def take(data: dict[str, Any]) -> None:
             data["scan_id"] = data.get("scan_id", 0) + 1
@@ -89,6 +92,8 @@ class LabMetadata(MutableMapping[str, Any]):
 
     # -- the mapping ----------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
+        if key == "scan_id" and self._handed is not None:
+            return self._handed
         return self._refresh()[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -99,8 +104,7 @@ class LabMetadata(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key == "scan_id" and self._handed is not None and value == self._handed:
-            self._handed = None  # the RunEngine writing back what it was handed: kept already
-            return
+            return  # the RunEngine writing back what it was handed: the file has it already
         self.update({key: value})
 
     def __delitem__(self, key: str) -> None:
@@ -108,11 +112,15 @@ class LabMetadata(MutableMapping[str, Any]):
             del data[key]
 
         self._change(delete)
+        if key == "scan_id":
+            self._handed = None
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set every key given in one change."""
         values = dict(other, **kwargs)
         self._change(lambda data: data.update(values))
+        if "scan_id" in values:  # set here: the lab's count goes on from it
+            self._handed = None
 
     def __repr__(self) -> str:
         return f"<LabMetadata {self.path} {dict(self)!r}>"

@@ -77,9 +77,11 @@ def test_a_scan_id_written_back_never_undoes_a_later_one(tmp_path: Path):
     one, other = LabMetadata(tmp_path), LabMetadata(tmp_path)
     assert one.next_scan_id() == 1 and other.next_scan_id() == 2
     one["scan_id"] = 1  # what the RunEngine does after asking `one`
+    # ... and then reads it into the run's start document: its own, not the other's since
+    assert one["scan_id"] == 1 and dict(one)["scan_id"] == 1
     assert LabMetadata(tmp_path).next_scan_id() == 3
     one["scan_id"] = 0  # a user starting the count again is heard
-    assert other["scan_id"] == 0
+    assert LabMetadata(tmp_path)["scan_id"] == 0 and other.next_scan_id() == 1
 
 
 def test_what_a_persistent_dict_kept_is_taken_over(tmp_path: Path):
