@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ophyd_scmos.catalog.embedded import PathLike, keeps_streams
-from ophyd_scmos.catalog.summary import FILE_PATH_SIGNAL, configured_files, node_files
+from ophyd_scmos.catalog.summary import (
+    FILE_PATH_SIGNAL,
+    IMAGE_RUN,
+    configured_files,
+    node_files,
+)
 from ophyd_scmos.files import local_path
 
 if TYPE_CHECKING:
@@ -292,11 +297,9 @@ def _register_images(
             key=consolidator.data_key,
             structure_family=source.structure_family,
             data_sources=[source],
-            metadata={},
+            metadata={**consolidator.metadata, IMAGE_RUN: found.uid},
             specs=[],
         )
-        if consolidator.metadata:
-            node.update_metadata(metadata=consolidator.metadata, drop_revision=True)
         nodes.append(node)
     return nodes
 

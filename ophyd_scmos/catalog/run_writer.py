@@ -43,6 +43,10 @@ class RunWriter(_RunWriter):
         #: uri alone, any of its tables
         self._unsure_made: set[tuple[str, str | None]] = set()
 
+    def start(self, doc: Any) -> None:
+        super().start(doc)
+        self.run_uid: str = doc["uid"]  #: named in the metadata of each image (`IMAGE_RUN`)
+
     def take_nodes(self, stream: Any, *, arrays: bool = False) -> None:
         """Write into the tables `stream` holds in the catalog (TiledWriter's would be made
         anew), and with `arrays` into its internal arrays too: not where their making failed,

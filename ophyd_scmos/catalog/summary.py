@@ -82,6 +82,22 @@ def summarize(run: Any, key: str | None = None) -> RunSummary:
 #: the camera's configuration signal that names its file (`SCMOSCamera.file_path`)
 FILE_PATH_SIGNAL = "file_path"
 
+#: an image's metadata naming its run (the start's uid), which its file records too: the
+#: catalog's reader refuses a file that records another run's frames
+IMAGE_RUN = "run_start"
+
+
+def another_runs_file(path: str | os.PathLike, recorded: str | None, run: str) -> str | None:
+    """What is wrong where the file at `path`, recording the frames of run `recorded`, is
+    read as run `run`'s: a wrong restore put another run's file at its path. None where
+    nothing is (the file records no run, or this one)."""
+    if recorded in (None, run):
+        return None
+    return (
+        f"{path} holds the frames of run {recorded}, not of {run}: it is not this run's file "
+        "(put there since: a wrong restore?)"
+    )
+
 
 def configured_files(run: Any) -> Iterator[tuple[str, str]]:
     """(device, path) of each file the cameras of `run` wrote, as its descriptors'

@@ -63,6 +63,7 @@ from event_model import DocumentNames
 from ophyd_scmos.catalog.embedded import catalog_location, keeps_streams
 from ophyd_scmos.catalog.journal import Journal
 from ophyd_scmos.catalog.run_writer import ExistingRun, RunWriter, may_have_reached
+from ophyd_scmos.catalog.summary import IMAGE_RUN
 
 __all__ = ["CatalogWriter"]
 
@@ -314,7 +315,7 @@ class _PacedRunWriter(RunWriter):
                 key=consolidator.data_key,
                 structure_family=source.structure_family,
                 data_sources=[source],
-                metadata=consolidator.metadata,
+                metadata={**consolidator.metadata, IMAGE_RUN: self.run_uid},
                 specs=[],
                 access_tags=self.access_tags,
             ),

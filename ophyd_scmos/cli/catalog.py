@@ -121,6 +121,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
     import numpy as np
 
     from ophyd_scmos.catalog import probe, summarize
+    from ophyd_scmos.catalog.summary import another_runs_file
 
     try:
         run = _find_run(catalog, args.uid)
@@ -138,12 +139,9 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
     except (OSError, httpx.HTTPStatusError) as err:
         print(f"ophyd-scmos show: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
-    if stats is not None and stats.run not in (None, summary.uid):
-        print(
-            f"ophyd-scmos show: {summary.file} holds the frames of run {stats.run}, not of "
-            f"{summary.uid}: it is not this run's file (put there since: a wrong restore?)",
-            file=sys.stderr,
-        )
+    wrong = None if stats is None else another_runs_file(str(summary.file), stats.run, summary.uid)
+    if wrong is not None:
+        print(f"ophyd-scmos show: {wrong}", file=sys.stderr)
         return 1
     if stats is not None:
         intervals, clock = stats.intervals, "camera clock"

@@ -12,7 +12,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
-from ophyd_scmos import SCMOSCamera, SimulatedSCMOS
+from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS
 from ophyd_scmos.catalog import (
     MissingFile,
     UnreadableFile,
@@ -37,6 +37,7 @@ from ophyd_scmos.catalog import (
     sync,
 )
 from ophyd_scmos.catalog.local_server import find_server
+from ophyd_scmos.catalog.summary import IMAGE_RUN
 from ophyd_scmos.cli import main
 from ophyd_scmos.pipeline import layout
 from tests.conftest import DEEP_CAMERA_BUFFER, SENSOR, expected_frames
@@ -791,13 +792,16 @@ def test_show_counts_frames_lost_after_the_last_frame_written(
 
 
 def counted_runs(
-    catalog_dir: Path, tmp_path: Path, runs: Sequence[tuple[int, int]]
+    catalog_dir: Path,
+    tmp_path: Path,
+    runs: Sequence[tuple[int, int]],
+    writer: Callable[[Any], Any] = TiledWriter,
 ) -> tuple[list[str], list[Path]]:
-    """A `count` into the catalog for each (points, seed) of `runs`, by a camera of its own
-    writing into a directory of its own (so their files may share a name); their uids and
-    files."""
+    """A `count` into the catalog (through `writer`) for each (points, seed) of `runs`, by a
+    camera of its own writing into a directory of its own (so their files may share a
+    name); their uids and files."""
     RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(TiledWriter(open_catalog(catalog_dir)))
+    RE.subscribe(writer(open_catalog(catalog_dir)))
     uids, paths = [], []
     for i, (points, seed) in enumerate(runs):
         cam = SCMOSCamera(
@@ -832,6 +836,22 @@ def test_show_refuses_a_file_of_another_run_put_at_a_runs_path(
     paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
     assert main(["show", uids[0], "--catalog", str(catalog_dir), "--no-png"]) == 1
     assert f"holds the frames of run {uids[1]}, not of {uids[0]}" in capsys.readouterr().err
+
+
+def test_the_catalog_refuses_a_file_of_another_run_put_at_a_runs_path(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """Same frame count, same shape: it replayed as the run's. An image that CatalogWriter
+    made names its run, which the file records."""
+    uids, paths = counted_runs(catalog_dir, tmp_path, [(3, 6), (3, 7)], CatalogWriter)
+    images = open_catalog(catalog_dir)[uids[0]]["primary"]["cam_image"]
+    assert images.metadata[IMAGE_RUN] == uids[0]
+    before = images.read()
+    paths[1].replace(paths[0])  # a wrong restore: the other run's file at this run's path
+    wrong = f"{re.escape(str(paths[0]))} holds the frames of run {uids[1]}, not of {uids[0]}"
+    with pytest.raises(UnreadableFile, match=wrong):
+        images.read()
+    assert before.shape == (3, 1, *SENSOR)
 
 
 def test_a_catalog_directory_moved_reads_its_runs_columns(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from ophyd.sim import det
 from ophyd_scmos import CatalogWriter, SCMOSCamera, SimulatedSCMOS, open_catalog
 from ophyd_scmos.catalog.embedded import catalog_location
 from ophyd_scmos.catalog.journal import JOURNAL_ENV, Journal
+from ophyd_scmos.catalog.summary import IMAGE_RUN
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings
 from ophyd_scmos.pipeline import layout
@@ -685,7 +686,7 @@ def test_a_short_runs_image_is_made_in_the_catalog_in_one_request(catalog_dir, t
     assert method == "POST" and path.endswith(f"/{uid}/primary")
     node = catalog[uid]["primary"]["cam_image"]
     np.testing.assert_array_equal(node.read(), _expected(2)[:, None])
-    assert node.metadata == {"spec": "AD_HDF5", "frame_per_point": 1}
+    assert node.metadata == {"spec": "AD_HDF5", "frame_per_point": 1, IMAGE_RUN: uid}
 
 
 def _scan_switching(catalog, write_dir, switch, *, on: int, off: int) -> str:

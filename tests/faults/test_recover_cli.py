@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ophyd_scmos.catalog import open_catalog
+from ophyd_scmos.catalog.summary import IMAGE_RUN
 from ophyd_scmos.cli import main
 from ophyd_scmos.drivers import ROI, CameraSettings, SimulatedSCMOS
 from ophyd_scmos.pipeline import layout, stats
@@ -252,6 +253,7 @@ def test_recover_closes_the_run_of_a_killed_acquisition_from_its_file(
         numbers = f[layout.FRAME_NUMBER][: layout.stored_frames(f)]
     assert len(numbers) >= 30
     run = open_catalog(catalog_dir)[uid]
+    assert run["primary"]["cam_image"].metadata[IMAGE_RUN] == uid  # its file is checked by it
     images = run["primary"]["cam_image"].read()
     driver = SimulatedSCMOS(shape=(256, 320), seed=5)
     driver.open()
