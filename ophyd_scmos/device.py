@@ -874,8 +874,9 @@ class SCMOSCamera(Device):
     def _finish_run(self) -> None:
         """Close the file, keeping exactly the frames a run recorded.
 
-        Frames of a trigger whose event never came (abort, stop, Ctrl-C) are cut. Without a
-        RunEngine collecting documents (or in a fly scan), every frame is kept.
+        Frames of a trigger whose event never came (abort, stop, Ctrl-C) are cut, also where
+        no event came at all (stopped during the first point). Without a RunEngine staging
+        the camera or collecting its documents (or in a fly scan), every frame is kept.
         """
         run, self._run = self._run, None
         _RUNNING.discard(self)
@@ -887,8 +888,9 @@ class SCMOSCamera(Device):
             self._flown = run
         stream = run.stream
         keep = None
-        if run.recorded_points is not None and not run.flying:
-            keep = run.recorded_points * self._k
+        recording = run.recorded_points is not None or run.saved_events is not None
+        if recording and not run.flying:
+            keep = (run.recorded_points or 0) * self._k
         try:
             summary = stream.close(keep=keep)
         except StreamError as exc:

@@ -90,6 +90,30 @@ def test_abort_or_stop_keeps_exactly_the_frames_of_emitted_events(cam, driver, R
     assert len(recorder.of("event")) == 3
 
 
+@pytest.mark.parametrize("how", ["abort", "stop"])
+def test_abort_or_stop_during_the_first_point_keeps_no_frame(cam, RE, recorder, how):
+    """No event came, so no reading told the camera a RunEngine records it: the point's
+    frame written before the pause stayed in a file marked complete, pointed at by none."""
+    cam.frames_per_point.set(2)
+    cam.exposure_time.set(0.2)
+
+    paused = threading.Event()
+
+    def pause_once_a_frame_is_written(value: int, **kwargs: object) -> None:
+        if value >= 1 and not paused.is_set():  # before the first event is saved
+            paused.set()
+            threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()
+
+    cam.frames_written.subscribe(pause_once_a_frame_is_written, run=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=3))
+    getattr(RE, how)()
+    assert recorder.of("event") == []
+    with h5py.File(cam.file_path.get(), "r") as f:
+        assert f[layout.DATA].shape[0] == 0
+        assert bool(f["/entry"].attrs["complete"])
+
+
 CTRL_C_SCRIPT = """
 import sys
 import h5py
