@@ -1299,13 +1299,21 @@ class SCMOSCamera(Device):
         quiet_limit = max(1.0, 5 * self.driver.settings.frame_interval)
 
         def finish() -> None:
+            gate = None  #: a timed movie's frames, once its time is up
             try:
                 while not stream.error and not stream.stopped:  # stopped: RE stop/abort
-                    taken = stream.frames_acquired + stream.frames_dropped + stream.frames_missed
+                    taken = stream.frames_taken
                     timed_out = seconds and time.monotonic() - started >= seconds
+                    if timed_out and free_running and gate is None:
+                        # A free-running camera buffers what a writer behind could not take
+                        # yet: those frames, or the count of those it lost within the
+                        # movie's time, come in first.
+                        gate = stream.end_at(expected)
                     if timed_out and free_running and stream.silent_for > quiet_limit:
                         stream.camera_silent()  # its last seconds were never taken
-                    elif (n and taken >= n) or timed_out:
+                    elif (n and taken >= n) or (
+                        timed_out and (gate is None or taken >= gate or stream.covers(seconds))
+                    ):
                         run.ended_on_time = True
                         break
                     time.sleep(0.01)

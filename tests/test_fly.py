@@ -407,6 +407,19 @@ def test_a_camera_that_stops_sending_fails_the_run_keeping_its_frames(
         cam.destroy()
 
 
+def test_a_step_scan_may_wait_between_points_longer_than_the_silence_limit(
+    cam, RE, recorder, monkeypatch
+):
+    """A camera asked for no frame owes none: a count with a delay (or a slow motor, or a
+    slow stop) longer than the limit failed, its file marked failed, every frame taken."""
+    monkeypatch.setattr(stream_module, "SILENCE_SECONDS", 0.3)
+    RE(count([cam], num=3, delay=1.0))
+    assert recorder.of("stop")[0]["exit_status"] == "success"
+    with h5py.File(cam.file_path.get(), "r") as f:
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None and outcome.complete and outcome.frames_written == 3
+
+
 def test_a_timed_movie_whose_camera_fell_silent_before_its_end_fails(tmp_path, RE, recorder):
     """Its time is up before the silence limit: a free-running camera silent for its last
     second sent the movie none of that second's frames, and the movie says so."""
@@ -419,6 +432,39 @@ def test_a_timed_movie_whose_camera_fell_silent_before_its_end_fails(tmp_path, R
         assert "the camera sent no frame for" in repr(info.value) + repr(info.value.__cause__)
         assert recorder.of("stop")[0]["exit_status"] == "fail"
         assert _movie_rows(recorder, "cam_image")[-1][1] == 30
+    finally:
+        cam.destroy()
+
+
+@pytest.mark.filterwarnings("ignore:.*(missed by the camera|dropped):RuntimeWarning")
+@pytest.mark.parametrize("overflow", ["block", "drop"])
+def test_a_timed_movie_whose_writer_falls_behind_counts_every_frame_of_its_time(
+    tmp_path, RE, recorder, overflow
+):
+    """The writer held back (a bandwidth cap paces 64 MB windows) past the movie's end: the
+    camera, not read while the ring was full, was taken for silent and failed the movie,
+    and the frames it took meanwhile were counted nowhere."""
+    cam = SCMOSCamera(
+        name="cam",
+        driver=SimulatedSCMOS(shape=(2048, 2048), seed=3),
+        write_dir=tmp_path,
+        ring_frames=8,
+        overflow=overflow,
+        write_limit_mb_s=16,  # the first 64 MB window is written, then held until 4 s
+    )
+    try:
+        cam.roi.set((0, 0, 256, 256))  # 128 kB a frame
+        cam.exposure_time.set(0.001)  # 1000 frames/s: 2000 frames, 250 MB, in the movie's 2 s
+        RE(movie(cam, seconds=2.0))
+        assert recorder.of("stop")[0]["exit_status"] == "success"
+        with h5py.File(cam.file_path.get(), "r") as f:
+            outcome = layout.Outcome.read(f)
+            last = int(f[layout.FRAME_NUMBER][layout.stored_frames(f) - 1])
+        assert outcome is not None and outcome.complete
+        taken = outcome.frames_written + outcome.frames_missed + outcome.frames_dropped
+        assert taken > outcome.frames_written  # some lost, and counted
+        assert last + 1 <= taken  # every frame up to the last one written is counted
+        assert 1998 <= taken <= 2030  # the movie's time's (a few more before its clock began)
     finally:
         cam.destroy()
 

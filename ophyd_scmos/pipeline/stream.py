@@ -113,11 +113,15 @@ class FrameStream:
         # With a gate, only frames `allow()`ed are recorded; the rest (a free-running camera
         # between triggers) are read and skipped, so the camera never overflows.
         self._gate: int | None = 0 if gated else None
+        #: without a gate (a software trigger's frames), the frames taken once those asked for
+        #: have come: the camera owes frames until then
+        self._asked = 0
         self._last_frame_at = time.monotonic()  #: when the camera last sent a frame owed
         #: a flush a waiter asked for, sent with the frame that brings the file to it
         self._flush_with_frame = 0
         self._file_frames = 0  #: frames sent to the file (after cuts)
         self._info: deque[tuple[int, float]] = deque(maxlen=INFO_KEPT)
+        self._first_info: tuple[int, float] | None = None  #: the first frame recorded's
         self.regions = regions
         self.images = images
         self._stats: deque[Sequence[Sequence[float]]] = deque()  #: per frame: [region][stat]
@@ -319,11 +323,12 @@ class FrameStream:
     def allow(self, frames: int) -> int:
         """Take the next `frames` frames for one point (a gated stream records just those);
         returns the acquisition index of the first, for `frame_info`."""
+        if not self._owes_frames():  # frames owed from now on
+            self._last_frame_at = time.monotonic()
         if self._gate is None:
+            self._asked = max(self._asked, self.frames_taken) + frames
             return self.frames_acquired
         first = max(self._gate, self.frames_acquired)
-        if not self._recording():  # frames owed from now on
-            self._last_frame_at = time.monotonic()
         self._gate = first + frames
         if self._thread is None and not self.stopped:
             self._start_camera()
@@ -338,6 +343,27 @@ class FrameStream:
         numbers, times = np.array(self._info).T
         consecutive = np.diff(numbers) == 1
         return float(np.median(np.diff(times)[consecutive])) if consecutive.any() else None
+
+    def end_at(self, frames: int) -> int:
+        """Take no frame past the first `frames` (or past those taken already): a timed
+        movie's time is up, and what its camera lost meanwhile counts up to there. Returns
+        the frames it ends at."""
+        with self._lock:
+            self._gate = max(frames, self.frames_taken)
+            return self._gate
+
+    def covers(self, seconds: float) -> bool:
+        """Whether the frames read reach `seconds` past the first one recorded, on the
+        camera's clock or by its counter at its frame interval: a timed movie's frames are
+        then all in the ring or counted lost (a camera counts a loss at the next frame), also
+        those it buffered while writing fell behind."""
+        if self._first_info is None or not self._info:
+            return False
+        (first, first_at), (last, last_at) = self._first_info, self._info[-1]
+        interval = self.driver.settings.frame_interval
+        return last_at - first_at >= seconds - 1.5 * interval or (
+            (last - first + 1) * interval >= seconds - 0.5 * interval
+        )
 
     def frame_info(self, index: int) -> tuple[int, float]:
         """(camera frame number, camera timestamp) of the `index`-th frame recorded."""
@@ -549,6 +575,8 @@ class FrameStream:
                 room = passed - ring.released < n_slots
                 if not room and self.options.overflow == "block" and self._recording():
                     time.sleep(0.0005)  # the camera buffers (or misses) meanwhile
+                    # Not read meanwhile, the camera is not silent: the writer is behind.
+                    self._last_frame_at = time.monotonic()
                     continue
                 slot = passed % n_slots
                 # A frame that may not be recorded lands beside the last one that was not,
@@ -559,7 +587,7 @@ class FrameStream:
                 try:
                     info = ring.land(target, lambda out: self.driver.read_into(out, 0.1))
                 except TimeoutError:
-                    if self._recording() and self.silent_for > self._silence_limit():
+                    if self._owes_frames() and self.silent_for > self._silence_limit():
                         self.camera_silent()
                     continue
                 # Decide once the frame is here: a gate opened while we waited counts.
@@ -575,6 +603,7 @@ class FrameStream:
                     if not self._recording():
                         unrecorded = target
                         continue
+                self._last_frame_at = time.monotonic()  # kept or dropped: the camera sends
                 if not room:
                     self.frames_dropped += 1
                     header[Header.DROPPED] = self.frames_dropped
@@ -585,8 +614,9 @@ class FrameStream:
                     ring.slot(slot)[...] = ring.slot(target)
                     ring.landed(slot, info.frame_number, info.camera_timestamp)
                 unrecorded = -1
-                self._last_frame_at = time.monotonic()
                 self._info.append((info.frame_number, info.camera_timestamp))
+                if self._first_info is None:
+                    self._first_info = self._info[-1]
                 with self._lock:
                     self.frames_acquired += 1
                     self._file_frames += 1
@@ -610,7 +640,8 @@ class FrameStream:
     @property
     def silent_for(self) -> float:
         """Seconds since the camera last sent a frame to record (or since frames were first
-        owed: the camera started, a point triggered)."""
+        owed: the camera started, a point triggered), or since a full ring last kept it
+        from being read."""
         return time.monotonic() - self._last_frame_at
 
     def _silence_limit(self) -> float:
@@ -649,6 +680,14 @@ class FrameStream:
         """Frames are still to be taken for the gate: those dropped or missed count as
         taken, as they do for `complete` (no frame past a movie's count is taken)."""
         return self._gate is None or self.frames_taken < self._gate
+
+    def _owes_frames(self) -> bool:
+        """The camera owes frames: the gate's are still to come, or without one (a software
+        trigger's), those asked for. A camera asked for none may send none for as long as a
+        plan waits between its points."""
+        if self._gate is None:
+            return self.frames_taken < self._asked
+        return self._recording()
 
     def _kept(self) -> str:
         """The writer goes on: every frame taken reaches the file."""
