@@ -254,6 +254,8 @@ def reaching(location: str | None) -> Iterator[None]:
     retries), or an embedded catalog whose directory cannot be used (a file, not writable, a
     damaged database its server cannot start on) raises `CatalogUnavailable` in one line:
     the fix is the URL, the server or the directory, not the run."""
+    import httpx
+
     url = server_url(location)
     if url is None:
         from ophyd_scmos.catalog.local_server import CatalogServerError
@@ -262,10 +264,9 @@ def reaching(location: str | None) -> Iterator[None]:
             yield
         except CatalogUnavailable:
             raise
-        except (OSError, CatalogServerError) as exc:
+        except (OSError, CatalogServerError, httpx.TransportError) as exc:
             raise CatalogUnavailable(f"cannot open the catalog: {exc}") from None
         return
-    import httpx
 
     try:
         yield

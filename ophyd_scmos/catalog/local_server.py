@@ -330,6 +330,13 @@ class ServerTransport:
             response = self.http.handle_request(_to(request, address))
         except httpx.ConnectError:
             response = self.http.handle_request(_to(request, self.server.replace(address)))
+        except httpx.TimeoutException as exc:  # of its type: a writer's retries go on
+            raise type(exc)(
+                f"the catalog's server (process {address.pid}) did not answer in time: it is "
+                f"stopped (kill -CONT {address.pid}) or stuck (kill {address.pid}: the next "
+                "use of the catalog starts another)",
+                request=request,
+            ) from None
         name = response.headers.get(ERROR_HEADER)
         if name is not None:
             with contextlib.closing(response):

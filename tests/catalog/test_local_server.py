@@ -388,3 +388,26 @@ def test_a_wrong_idle_time_is_refused_naming_it(
     monkeypatch.setenv(IDLE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{IDLE_ENV}='soon': expected seconds"):
         open_catalog(tmp_path / "catalog")
+
+
+def test_a_stopped_server_is_named_with_what_to_do(directory: Path) -> None:
+    """A frozen server (SIGSTOP) holds its catalog, and each process waited on it, then
+    failed in httpx's bare words: the error names its process, and a command says it in a
+    line."""
+    from ophyd_scmos.catalog import CatalogUnavailable, reaching
+
+    catalog = open_catalog(directory)
+    server = find_server(directory)
+    assert server is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(httpx.ReadTimeout, match=rf"process {server.pid}\) did not answer"):
+            catalog.context.http_client.get(catalog.uri, timeout=0.5)
+        with (
+            pytest.raises(CatalogUnavailable, match=rf"kill {server.pid}: the next use"),
+            reaching(str(directory)),
+        ):
+            catalog.context.http_client.get(catalog.uri, timeout=0.5)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    catalog.context.close()
