@@ -51,10 +51,17 @@ from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import OverflowPolicy, PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.ring import FrameRing
-from ophyd_scmos.pipeline.stream import MAX_FRAMES_PER_POINT, FrameStream, StreamError
+from ophyd_scmos.pipeline.stream import (
+    MAX_FRAMES_PER_POINT,
+    SILENCE_SECONDS,
+    FrameStream,
+    StreamError,
+)
 from ophyd_scmos.status import FrameStatus
 
 ASSET_STYLES = ("resource", "stream")
+#: seconds a RunEngine's pause waits for a point's frames to land (`SCMOSCamera.pause`)
+PAUSE_WAIT = 30.0
 #: the pipeline keywords' defaults: `options=` replaces them all
 _PIPELINE_KEYWORDS = dict(
     ring_mb=None, ring_frames=None, compression=None, overflow="block", write_limit_mb_s=None
@@ -1101,7 +1108,7 @@ class SCMOSCamera(Device):
         run = self._run
         for status in [] if run is None or run.flying else run.pending():
             with contextlib.suppress(Exception):  # a failure is the plan's to report
-                status.wait(timeout=30)
+                status.wait(timeout=PAUSE_WAIT)
         super().pause()
         if run is not None and run.flying:
             raise NoReplayAllowed(f"{self.name} records a movie: it goes on through a pause")
@@ -1111,6 +1118,7 @@ class SCMOSCamera(Device):
         and takes them again), so point numbers keep matching the file."""
         run = self._run
         if run is not None and not run.flying:
+            self._let_triggered_frames_land(run)
             recorded = run.recorded_points or 0
             if run.points > recorded:
                 try:
@@ -1123,6 +1131,17 @@ class SCMOSCamera(Device):
                     run.cut_at_resume += run.points - recorded
                     run.points = recorded
         super().resume()
+
+    def _let_triggered_frames_land(self, run: _Run) -> None:
+        """Wait for frames triggered before the pause that are still coming (exposures
+        longer than `pause` waits): cut before they land, they would be the first of the
+        point taken again, and its own last frame cut. A camera silent meanwhile fails its
+        stream, which ends the wait."""
+        interval = self.driver.settings.frame_interval
+        for status in run.pending():
+            owed = max(0, status.target - run.stream.frames_taken)
+            with contextlib.suppress(Exception):  # a failure is the plan's to report
+                status.wait(timeout=owed * interval + SILENCE_SECONDS)
 
     def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
         run = self._run or self._flown

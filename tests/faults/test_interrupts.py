@@ -19,6 +19,7 @@ from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 
 from ophyd_scmos import SCMOSCamera, open_catalog
+from ophyd_scmos import device as device_module
 from ophyd_scmos.pipeline import layout
 
 
@@ -112,6 +113,31 @@ def test_abort_or_stop_during_the_first_point_keeps_no_frame(cam, RE, recorder, 
     with h5py.File(cam.file_path.get(), "r") as f:
         assert f[layout.DATA].shape[0] == 0
         assert bool(f["/entry"].attrs["complete"])
+
+
+def test_a_point_outlasting_the_pause_is_cut_once_its_frames_landed(cam, RE, recorder, monkeypatch):
+    """The pause waits a while for a point's frames (30 s; here 0.2 s), the point takes
+    longer: cut at resume while its last frames were still exposing, they landed as the
+    first of the point taken again, whose own last frame was cut."""
+    monkeypatch.setattr(device_module, "PAUSE_WAIT", 0.2)
+    cam.frames_per_point.set(3)
+    cam.exposure_time.set(0.4)  # a point: 1.2 s
+    paused = threading.Event()
+
+    def pause_once_a_frame_is_written(value: int, **kwargs: object) -> None:
+        if value >= 1 and not paused.is_set():
+            paused.set()
+            threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()
+
+    cam.frames_written.subscribe(pause_once_a_frame_is_written, run=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(count([cam], num=1))
+    RE.resume()
+    (event,) = recorder.of("event")
+    with h5py.File(cam.file_path.get(), "r") as f:
+        numbers = f[layout.FRAME_NUMBER][()].tolist()
+    assert numbers == [3, 4, 5]  # the point taken again: the camera's frames 0-2 were cut
+    assert event["data"]["cam_frame_number"] == 3
 
 
 CTRL_C_SCRIPT = """
