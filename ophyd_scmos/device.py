@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -70,6 +71,29 @@ _PIPELINE_KEYWORDS = dict(
 _DOCUMENT_KEY = re.compile(r"[^./]+")
 
 logger = logging.getLogger(__name__)
+
+#: each driver's camera (by the driver's id: the camera keeps its driver alive)
+_DRIVER_CAMERAS: weakref.WeakValueDictionary[int, SCMOSCamera] = weakref.WeakValueDictionary()
+
+
+def _refuse_driver_in_use(driver: CameraDriver, name: str) -> None:
+    """A driver drives one camera at a time: a second `SCMOSCamera` on it failed only once
+    both were staged (the driver started twice), after the first had made its file, in the
+    first's words. A camera dropped but not yet collected (a cell run again) lets it go."""
+    if _driver_user(driver) is not None:
+        gc.collect()
+    user = _driver_user(driver)
+    if user is not None:
+        raise ValueError(
+            f"the driver given to {name} drives camera {user} already: give each camera a "
+            f"driver of its own, or destroy() {user} first"
+        )
+
+
+def _driver_user(driver: CameraDriver) -> str | None:
+    camera = _DRIVER_CAMERAS.get(id(driver))
+    return None if camera is None or camera._destroyed else camera.name
+
 
 #: cameras with a run in progress, closed at interpreter exit (see `_close_runs_at_exit`)
 _RUNNING: weakref.WeakSet[SCMOSCamera] = weakref.WeakSet()
@@ -344,6 +368,7 @@ class SCMOSCamera(Device):
             from ophyd_scmos.drivers.simulated import SimulatedSCMOS
 
             driver = SimulatedSCMOS()
+        _refuse_driver_in_use(driver, name)
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = file_template
@@ -382,6 +407,7 @@ class SCMOSCamera(Device):
         self._stat_key_table: dict[str, tuple[int, int, str]] = {}
         self._destroyed = False
         self._live = LiveControl(name, driver, self._focus_ring)
+        _DRIVER_CAMERAS[id(driver)] = self  #: made: it drives the driver
         self._announce()
 
     # -- statistics ----------------------------------------------------------------------

@@ -158,3 +158,17 @@ def test_a_movie_refuses_two_cameras_of_one_name(tmp_path):
     finally:
         a.destroy()
         b.destroy()
+
+
+def test_a_driver_drives_one_camera_at_a_time(tmp_path):
+    """Two cameras on one driver object failed only once both were staged (the driver
+    started twice), after the first had made its file, in the first's words."""
+    driver = SimulatedSCMOS(shape=(64, 64), seed=1)
+    first = SCMOSCamera(name="a", driver=driver, write_dir=tmp_path)
+    with pytest.raises(ValueError, match="the driver given to b drives camera a already"):
+        SCMOSCamera(name="b", driver=driver, write_dir=tmp_path)
+    first.destroy()
+    second = SCMOSCamera(name="b", driver=driver, write_dir=tmp_path)
+    del second  # dropped without destroy(), as when a session's cell runs again
+    SCMOSCamera(name="c", driver=driver, write_dir=tmp_path).destroy()
+    assert list(tmp_path.iterdir()) == []  # no file made by any of them
