@@ -81,6 +81,9 @@ class Journal:
         self.catalog = catalog
         self._lock = threading.Lock()
         self._files: dict[str, int] = {}  #: run uid -> its open journal
+        #: runs whose journal could not be written: held open all the same (`recover` leaves
+        #: a run whose journal a process holds), and written no more
+        self._given_up: set[str] = set()
         self._runs: dict[str, str] = {}  #: uid of a descriptor, (stream) resource -> run uid
 
     def write(self, name: str, doc: Mapping[str, Any]) -> None:
@@ -93,7 +96,7 @@ class Journal:
             else:
                 owner = doc.get(_OWNER.get(name, ""))
                 run = self._runs.get(owner, owner) if isinstance(owner, str) else None
-            if run is None or (name != "start" and run not in self._files):
+            if run is None or run in self._given_up or (name != "start" and run not in self._files):
                 return
             if name in ("descriptor", "resource", "stream_resource"):
                 self._runs[doc["uid"]] = run
@@ -114,7 +117,7 @@ class Journal:
                     self.directory,
                     exc,
                 )
-                self._close(run)
+                self._given_up.add(run)  # held while the run goes on: it is not a dead one's
                 return
             # A stop keeps the journal open until the catalog takes it (`end`): while the
             # process lives and still owes the catalog the run's end, `recover` sees the
@@ -128,6 +131,7 @@ class Journal:
                 self._close(run)
 
     def _close(self, run: str) -> None:
+        self._given_up.discard(run)
         fd = self._files.pop(run, None)
         if fd is not None:
             os.close(fd)

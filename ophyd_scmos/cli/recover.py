@@ -345,16 +345,24 @@ def _column_rows(f: Any) -> dict[str, int]:
 
 
 def _holder(path: Path) -> int | None:
-    """A process that has `path` open (Linux: /proc), or None."""
+    """A process that has `path` open for writing (Linux: /proc), or None. One reading it
+    (a reader following a file, another recovery reading a journal) writes nothing."""
     target = os.path.realpath(path)
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
             for fd in fd_dir.iterdir():
-                if os.path.realpath(fd) == target:
+                if os.path.realpath(fd) == target and _open_for_writing(fd):
                     return int(fd_dir.parent.name)
         except OSError:  # gone meanwhile, or not ours to look at
             continue
     return None
+
+
+def _open_for_writing(fd: Path) -> bool:
+    """Whether the open file `fd` (/proc/PID/fd/N) was opened to write (its fdinfo's flags)."""
+    info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
+    flags = int(next(line.split()[1] for line in info.splitlines() if line.startswith("flags:")), 8)
+    return flags & os.O_ACCMODE != os.O_RDONLY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

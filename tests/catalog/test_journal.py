@@ -117,3 +117,38 @@ def test_a_journal_stays_held_until_the_catalog_takes_the_runs_end(tmp_path):
     assert _holder(path) == os.getpid()
     journal.end("r1")
     assert not path.exists()
+
+
+def test_a_journal_given_up_stays_held_while_its_run_goes_on(tmp_path, monkeypatch):
+    """Its disk full, the journal was closed as given up: `recover` then took the run for a
+    dead process's and wrote a failed stop into it while it was still recording."""
+    from ophyd_scmos.cli.recover import _holder
+
+    journal = Journal(tmp_path)
+    journal.write("start", {"uid": "run-1", "time": 0.0})
+    path = journal_path(tmp_path, "run-1")
+    written = path.stat().st_size
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", disk_full)
+        journal.write("stop", {"uid": "stop-1", "run_start": "run-1", "time": 1.0})
+    assert _holder(path) == os.getpid()  # the run's process holds it: recover leaves it
+    journal.write("stop", {"uid": "stop-1", "run_start": "run-1", "time": 1.0})
+    assert path.stat().st_size == written  # given up: written no more
+    journal.close()
+    assert _holder(path) is None
+
+
+def test_a_process_reading_a_journal_does_not_hold_its_run(tmp_path):
+    """A second `recover` reading the journal was taken for the run's process."""
+    from ophyd_scmos.cli.recover import _holder
+
+    path = tmp_path / "run.jsonl"
+    path.write_text("")
+    with open(path):
+        assert _holder(path) is None
+    with open(path, "a"):
+        assert _holder(path) == os.getpid()
