@@ -281,6 +281,8 @@ class LocalServer:
             context = connect(address)
         except httpx.ConnectError:  # it died after the check, before Tiled's first request
             context = connect(self.replace(address))
+        except httpx.TimeoutException as exc:
+            raise _not_answering(exc, address) from None
         transport = context.http_client._transport  # Tiled's own: caching, compression
         assert isinstance(transport, Transport), type(transport)
         transport.transport.close()
@@ -330,13 +332,8 @@ class ServerTransport:
             response = self.http.handle_request(_to(request, address))
         except httpx.ConnectError:
             response = self.http.handle_request(_to(request, self.server.replace(address)))
-        except httpx.TimeoutException as exc:  # of its type: a writer's retries go on
-            raise type(exc)(
-                f"the catalog's server (process {address.pid}) did not answer in time: it is "
-                f"stopped (kill -CONT {address.pid}) or stuck (kill {address.pid}: the next "
-                "use of the catalog starts another)",
-                request=request,
-            ) from None
+        except httpx.TimeoutException as exc:
+            raise _not_answering(exc, address, request) from None
         name = response.headers.get(ERROR_HEADER)
         if name is not None:
             with contextlib.closing(response):
@@ -348,6 +345,22 @@ class ServerTransport:
     def close(self) -> None:
         self.http.close()
         self.server.close()
+
+
+def _not_answering(
+    exc: httpx.TimeoutException, address: Address, request: httpx.Request | None = None
+) -> httpx.TimeoutException:
+    """`exc`, of its type (a writer's retries go on), naming the server that did not answer
+    and what frees its catalog."""
+    if request is None:
+        with contextlib.suppress(RuntimeError):  # httpx's: no request set
+            request = exc.request
+    return type(exc)(
+        f"the catalog's server (process {address.pid}) did not answer in time: it is stopped "
+        f"(kill -CONT {address.pid}) or stuck (kill {address.pid}: the next use of the catalog "
+        "starts another)",
+        request=request,
+    )
 
 
 def _to(request: httpx.Request, address: Address) -> httpx.Request:
