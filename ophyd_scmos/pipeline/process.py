@@ -71,6 +71,9 @@ class WriterProcess:
         self.died = False  #: ended while writing a file, or without saying why
         self.ended = threading.Event()
         self._handler: StatusHandler | None = None
+        #: the file being opened, and its handler: lines before its open are an earlier
+        #: file's (one whose close a Ctrl-C cut short), and go to no one
+        self._opening: tuple[str, StatusHandler] | None = None
         self._closing = False  #: `shutdown` asked it to end
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         try:
@@ -127,12 +130,13 @@ class WriterProcess:
     def open_file(self, config: WriterConfig, on_status: StatusHandler) -> None:
         """Start writing a run's file; its status lines go to `on_status` from now on."""
         self.last = {"state": "opening", "written": 0}
-        self._handler = on_status
+        self._handler = None
+        self._opening = (config.path, on_status)
         self._send(encode_open(config))
 
     def file_done(self) -> None:
         """The run's file is closed: its status lines stop here."""
-        self._handler = None
+        self._handler = self._opening = None
 
     def send(self, op: Op, arg: int) -> None:
         self._send(encode(op, arg))
@@ -160,6 +164,11 @@ class WriterProcess:
                     status: WriterStatus = json.loads(line)
                 except ValueError:
                     continue
+                opening = self._opening
+                if opening is not None:
+                    if status.get("path") != opening[0] and status["state"] != State.ERROR:
+                        continue
+                    self._handler, self._opening = opening[1], None
                 self.last = status
                 handler = self._handler
                 if handler is not None and status["state"] != State.ERROR:
@@ -180,7 +189,7 @@ class WriterProcess:
                 "error": f"writer process (pid {self.pid}) died with exit code "
                 f"{self.process.returncode}{self.stderr_tail()}",
             }
-        handler = self._handler
+        handler = self._handler or (self._opening[1] if self._opening else None)
         if handler is not None and self.last["state"] == State.ERROR:
             handler(self.last)
         self.ended.set()

@@ -241,6 +241,32 @@ def test_ctrl_c_while_a_file_closes_leaves_it_to_the_next_run_to_close(cam, driv
         assert f[layout.DATA].shape[0] == 1 and layout.Outcome.read(f).complete
 
 
+def test_ctrl_c_after_a_file_was_told_to_close_leaves_the_next_runs_file_alone(cam, monkeypatch):
+    """Ctrl-C after the writer was told to finish the file, before its answer: the answer
+    came as the next run's file was opened and was taken as that file's, whose own close
+    was then never asked for (left open, later closed as never finished)."""
+    cam.stage()
+    cam.trigger().wait(10)
+    closed = cam._run.stream._closed
+
+    class CtrlC:
+        def is_set(self) -> bool:
+            return closed.is_set()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cam._run.stream, "_closed", CtrlC())
+    with pytest.raises(KeyboardInterrupt):
+        cam.unstage()
+    cam.stage()  # the camera's next run, on the same writer
+    cam.trigger().wait(10)
+    cam.unstage()
+    with h5py.File(cam.file_path.get(), "r") as f:  # closed: readable without SWMR
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None and outcome.complete and outcome.frames_written == 1
+
+
 def camera(driver, tmp_path, asset_docs: str, exposure: float = 0.001) -> SCMOSCamera:
     """The `cam` fixture's camera with the given asset documents, two frames a point."""
     cam = SCMOSCamera(
