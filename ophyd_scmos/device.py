@@ -171,6 +171,9 @@ class _Run:
     staged_by_kickoff: bool = False  #: `complete` unstages what `kickoff` staged
     ended_on_time: bool = False  #: a movie that took its frames or its time (not stopped)
     reported_error: BaseException | None = None  #: raised once, by the status that saw it
+    #: a RunEngine pause came and no resume yet: an error a status took meanwhile reached no
+    #: one (the plan waits for no status while paused), so the run's end raises it
+    paused: bool = False
     statuses: list[FrameStatus] = field(default_factory=list)  #: not yet done
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -928,7 +931,7 @@ class SCMOSCamera(Device):
             summary = stream.close(keep=keep)
         except StreamError as exc:
             self._update_signals(stream)
-            if exc is not run.reported_error:
+            if exc is not run.reported_error or run.paused:
                 raise
             return
         finally:
@@ -1136,6 +1139,8 @@ class SCMOSCamera(Device):
             with contextlib.suppress(Exception):  # a failure is the plan's to report
                 status.wait(timeout=PAUSE_WAIT)
         super().pause()
+        if run is not None:
+            run.paused = True
         if run is not None and run.flying:
             raise NoReplayAllowed(f"{self.name} records a movie: it goes on through a pause")
 
@@ -1143,6 +1148,8 @@ class SCMOSCamera(Device):
         """RunEngine resume: cut frames of points whose events never came (the plan rewinds
         and takes them again), so point numbers keep matching the file."""
         run = self._run
+        if run is not None:
+            run.paused = False
         if run is not None and not run.flying:
             self._let_triggered_frames_land(run)
             recorded = run.recorded_points or 0

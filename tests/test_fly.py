@@ -24,6 +24,7 @@ from ophyd_scmos.drivers import CameraError
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline import stream as stream_module
 from ophyd_scmos.pipeline.options import PipelineOptions
+from ophyd_scmos.pipeline.stream import StreamError
 from ophyd_scmos.plans import movie
 
 
@@ -467,6 +468,29 @@ def test_a_timed_movie_whose_writer_falls_behind_counts_every_frame_of_its_time(
         assert 1998 <= taken <= 2030  # the movie's time's (a few more before its clock began)
     finally:
         cam.destroy()
+
+
+@pytest.mark.parametrize("how", ["stop", "abort"])
+def test_a_writer_that_dies_while_a_movie_is_paused_fails_its_stop_or_abort(cam, RE, how):
+    """The movie's status took the error while the plan waited on nothing (paused): a stop
+    or abort then ended the run without a word, the frames after the last flush gone."""
+    cam.acquire_period.set(0.005)
+    kicked_off = threading.Event()
+    RE.msg_hook = lambda msg: kicked_off.set() if msg.command == "kickoff" else None
+
+    def pause_once_recording() -> None:
+        kicked_off.wait(30)
+        time.sleep(0.5)
+        RE.request_pause(defer=False)
+
+    threading.Thread(target=pause_once_recording).start()
+    with pytest.raises(RunEngineInterrupted):
+        RE(movie(cam, frames=100_000))
+    RE.msg_hook = None
+    os.kill(cam._writer.pid, signal.SIGKILL)
+    assert cam._writer.ended.wait(10)
+    with pytest.raises(StreamError, match=r"died with exit code -9\. .* holds the first \d+"):
+        getattr(RE, how)()
 
 
 def test_a_movie_collected_into_two_streams_is_refused(cam, driver, RE, tmp_path):
