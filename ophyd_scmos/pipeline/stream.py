@@ -276,8 +276,8 @@ class FrameStream:
             with h5py.File(self.path, "r") as f:
                 saved = layout.stored_frames(f)
                 measured = layout.measured_frames(f)
-        except OSError:
-            return 0
+        except (OSError, KeyError, RuntimeError, ValueError):  # h5py's words for a file the
+            return 0  # writer left unreadable (a disk full as it made the file)
         # What the file holds is what a last collect may point at: a writer that failed
         # closed it with frames written since its last status line (a disk full).
         self._written = max(self._written, saved)
