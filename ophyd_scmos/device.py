@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import os
 import re
@@ -204,11 +205,13 @@ class Regions(MutableMapping[str, stats.Region]):
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
         with self._camera._changing("rois"):
             self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+            self._record()
         self._camera._announce()
 
     def __delitem__(self, name: str) -> None:
         with self._camera._changing("rois"):
             del self._regions[name]
+            self._record()
         self._camera._announce()
 
     def replace(self, regions: Mapping[str, Sequence[int]]) -> None:
@@ -217,7 +220,15 @@ class Regions(MutableMapping[str, stats.Region]):
             shape = self._camera.driver.frame_shape
             checked = {n: stats.check_region(n, value, shape) for n, value in regions.items()}
             self._regions = checked
+            self._record()
         self._camera._announce()
+
+    def _record(self) -> None:
+        """Where each region is, in the camera's configuration (`regions`, which each run's
+        descriptor records): its statistics' names do not say, and a run without images has
+        only them."""
+        where = {name: list(region) for name, region in self._regions.items()}
+        self._camera.regions.put(json.dumps(where))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._regions)
@@ -321,6 +332,7 @@ class SCMOSCamera(Device):
     save_images = Cpt(Setting, value=True, kind="config", doc="False: statistics, no frames")
     model = Cpt(Signal, value="", kind="config")
     file_path = Cpt(Signal, value="", kind="config", doc="the file of the current run")
+    regions = Cpt(Signal, value="{}", kind="config", doc="rois as JSON: {name: [x, y, w, h]}")
 
     image = Cpt(ImageDatum, value="", kind="normal", doc="datum id of this point's frames")
     frame_number = Cpt(Signal, value=-1, kind="normal", doc="camera's number of the 1st frame")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import event_model
@@ -188,6 +189,19 @@ def test_regions_are_added_changed_and_removed_by_name_but_not_while_staged(cam)
     assert expected <= set(cam.read())
     with h5py.File(cam.file_path.get(), "r") as f:
         assert list(f[layout.STATS_GROUP]) == [stats.FRAME, "spot"]
+
+
+def test_each_runs_configuration_records_where_its_regions_are(cam, RE, recorder):
+    """Two runs with `spot` at two places replayed alike: only the file said where it was."""
+    for where in ((4, 6, 10, 8), (20, 30, 5, 7)):
+        cam.rois.replace({"spot": where, "edge": (0, 0, 3, 64)})
+        RE(count([cam], num=1))
+    descriptors = recorder.of("descriptor")
+    recorded = [json.loads(d["configuration"]["cam"]["data"]["cam_regions"]) for d in descriptors]
+    assert recorded == [
+        {"spot": [4, 6, 10, 8], "edge": [0, 0, 3, 64]},
+        {"spot": [20, 30, 5, 7], "edge": [0, 0, 3, 64]},
+    ]
 
 
 def test_which_statistics_are_read_and_hinted_is_configurable(driver, tmp_path, RE, recorder):
