@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -72,29 +71,6 @@ _PIPELINE_KEYWORDS = dict(
 _DOCUMENT_KEY = re.compile(r"[^./]+")
 
 logger = logging.getLogger(__name__)
-
-#: each driver's camera (by the driver's id: the camera keeps its driver alive)
-_DRIVER_CAMERAS: weakref.WeakValueDictionary[int, SCMOSCamera] = weakref.WeakValueDictionary()
-
-
-def _refuse_driver_in_use(driver: CameraDriver, name: str) -> None:
-    """A driver drives one camera at a time: a second `SCMOSCamera` on it failed only once
-    both were staged (the driver started twice), after the first had made its file, in the
-    first's words. A camera dropped but not yet collected (a cell run again) lets it go."""
-    if _driver_user(driver) is not None:
-        gc.collect()
-    user = _driver_user(driver)
-    if user is not None:
-        raise ValueError(
-            f"the driver given to {name} drives camera {user} already: give each camera a "
-            f"driver of its own, or destroy() {user} first"
-        )
-
-
-def _driver_user(driver: CameraDriver) -> str | None:
-    camera = _DRIVER_CAMERAS.get(id(driver))
-    return None if camera is None or camera._destroyed else camera.name
-
 
 #: cameras with a run in progress, closed at interpreter exit (see `_close_runs_at_exit`)
 _RUNNING: weakref.WeakSet[SCMOSCamera] = weakref.WeakSet()
@@ -383,7 +359,6 @@ class SCMOSCamera(Device):
             from ophyd_scmos.drivers.simulated import SimulatedSCMOS
 
             driver = SimulatedSCMOS()
-        _refuse_driver_in_use(driver, name)
         self.driver = driver
         self.write_dir = Path(write_dir) if write_dir is not None else default_write_dir()
         self.file_template = file_template
@@ -422,7 +397,6 @@ class SCMOSCamera(Device):
         self._stat_key_table: dict[str, tuple[int, int, str]] = {}
         self._destroyed = False
         self._live = LiveControl(name, driver, self._focus_ring)
-        _DRIVER_CAMERAS[id(driver)] = self  #: made: it drives the driver
         self._announce()
 
     # -- statistics ----------------------------------------------------------------------
@@ -592,6 +566,17 @@ class SCMOSCamera(Device):
             self.driver.close()
             self._destroyed = True
         super().destroy()
+
+    def _refuse_driver_in_use(self) -> None:
+        """One driver drives one run at a time: two cameras on one driver object staged
+        together failed once the second started the driver, after the first had begun its
+        run, in the first's words."""
+        for other in list(_RUNNING):
+            if other is not self and other.driver is self.driver:
+                raise RuntimeError(
+                    f"{self.name}'s driver drives {other.name}, staged with a run in "
+                    f"progress: give each camera a driver of its own, or stage one at a time"
+                )
 
     def _refuse_destroyed(self) -> None:
         if self._destroyed:
@@ -785,6 +770,7 @@ class SCMOSCamera(Device):
                 f"(del {self.name}.rois[name])"
             ) from None
         self._check_staged_alike(run_of_caller())
+        self._refuse_driver_in_use()
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         if self._sync_settings_from_driver():  # the driver configured directly since

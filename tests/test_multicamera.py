@@ -160,15 +160,21 @@ def test_a_movie_refuses_two_cameras_of_one_name(tmp_path):
         b.destroy()
 
 
-def test_a_driver_drives_one_camera_at_a_time(tmp_path):
-    """Two cameras on one driver object failed only once both were staged (the driver
-    started twice), after the first had made its file, in the first's words."""
+def test_a_driver_drives_one_run_at_a_time(tmp_path):
+    """Two cameras on one driver object staged together failed once the second started the
+    driver, after the first had begun its run, in the first's words."""
     driver = SimulatedSCMOS(shape=(64, 64), seed=1)
-    first = SCMOSCamera(name="a", driver=driver, write_dir=tmp_path)
-    with pytest.raises(ValueError, match="the driver given to b drives camera a already"):
-        SCMOSCamera(name="b", driver=driver, write_dir=tmp_path)
-    first.destroy()
-    second = SCMOSCamera(name="b", driver=driver, write_dir=tmp_path)
-    del second  # dropped without destroy(), as when a session's cell runs again
-    SCMOSCamera(name="c", driver=driver, write_dir=tmp_path).destroy()
-    assert list(tmp_path.iterdir()) == []  # no file made by any of them
+    a = SCMOSCamera(name="a", driver=driver, write_dir=tmp_path / "a")
+    b = SCMOSCamera(name="b", driver=driver, write_dir=tmp_path / "b")
+    RE = RunEngine({})
+    try:
+        with pytest.raises(RuntimeError, match="b's driver drives a, staged with a run"):
+            RE(count([a, b], num=2))
+        assert not (tmp_path / "b").exists()  # refused before its file
+        RE(count([a], num=2))  # one after the other, each its own run
+        RE(count([b], num=2))
+        with h5py.File(b.file_path.get(), "r") as f:
+            assert f[layout.DATA].shape[0] == 2
+    finally:
+        a.destroy()
+        b.destroy()
