@@ -811,12 +811,11 @@ class SCMOSCamera(Device):
             return
         state = {
             **self.describe(),
-            **{
+            **{  # the regions too (`regions`)
                 key: reading["value"]
                 for key, reading in self.read_configuration().items()
                 if key != self.file_path.name  # each staging's own file
             },
-            "rois": dict(self.rois),
         }
         if self._described_in is not None and self._described_in[0] == run:
             before = self._described_in[1]

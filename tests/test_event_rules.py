@@ -215,7 +215,8 @@ def test_staged_again_within_a_run_the_camera_reads_alike(cam, driver, RE, recor
         yield from bps.null()
 
     cam.rois["spot"] = (0, 0, 4, 4)
-    for change, says in ((longer_exposure, r"\(cam_exposure_time\)"), (region_moved, r"\(rois\)")):
+    changes = ((longer_exposure, r"\(cam_exposure_time\)"), (region_moved, r"\(cam_regions\)"))
+    for change, says in changes:
         with pytest.raises(ValueError, match=r"cam was staged again within run .*" + says):
             RE(restaged(change))
 
