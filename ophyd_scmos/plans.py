@@ -109,14 +109,20 @@ def movie(
 
     def restore(after_failure: bool):
         """Give the settings back. After a failed movie, a camera that refuses them (gone)
-        only warns: the error the user sees is why the movie failed."""
+        only warns: the error the user sees is why the movie failed. The RunEngine may throw
+        a failed status of the movie in at the first set, which then is tried again."""
         for sig, value in before.items():
-            try:
-                yield from bps.abs_set(sig, value)
-            except Exception as exc:
-                if not after_failure:
-                    raise
-                warnings.warn(f"{sig.name} was not set back to {value!r}: {exc}", stacklevel=1)
+            for last_try in (not after_failure, True):
+                try:
+                    yield from bps.abs_set(sig, value)
+                    break
+                except Exception as exc:
+                    if not after_failure:
+                        raise
+                    if last_try:
+                        warnings.warn(
+                            f"{sig.name} was not set back to {value!r}: {exc}", stacklevel=1
+                        )
 
     for sig, value in settings.items():
         yield from bps.abs_set(sig, value)

@@ -494,6 +494,7 @@ def test_a_writer_that_dies_while_a_movie_is_paused_fails_its_stop_or_abort(cam,
         (StreamError, FailedStatus), match=r"died with exit code -9\. .* holds the first \d+"
     ):
         getattr(RE, how)()
+    assert cam.trigger_mode.get() == "software"  # the movie's settings given back
 
 
 def test_a_movie_collected_into_two_streams_is_refused(cam, driver, RE, tmp_path):
