@@ -17,8 +17,10 @@ in /dev/shm by processes that are gone (killed with their process group) are rem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +54,27 @@ def recover(args: argparse.Namespace) -> int:
         raise CommandError("--run names a run of a catalog: give --catalog too")
     if args.catalog is None:
         return _recover_files(files, None, args)
-    with opened_catalog(args.catalog or None, args.api_key) as catalog:
+    with opened_catalog(args.catalog or None, args.api_key) as catalog, _alone(args.journal):
         return _recover_files(files, catalog, args)
+
+
+@contextlib.contextmanager
+def _alone(journals: Path | None) -> Iterator[None]:
+    """One recovery of a journal directory's runs at a time: two at once replayed one journal
+    while the other removed it (a crash), or took each other for the run's process."""
+    import fcntl
+
+    from ophyd_scmos.catalog.journal import default_journal_dir
+
+    directory = journals or default_journal_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".recover.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another ophyd-scmos recover is closing the runs of {directory}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) -> int:

@@ -285,6 +285,34 @@ def test_recover_closes_a_killed_run_with_no_camera_from_its_journal(
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
 
+def test_recoveries_of_one_journal_directory_take_turns(catalog_dir, tmp_path, capsys, monkeypatch):
+    """Two `recover --catalog` at once: one replayed a journal the other had just removed
+    (a crash), or took the other, reading it, for the run's process."""
+    import fcntl
+    import threading
+
+    journals = tmp_path / "journals"
+    monkeypatch.setenv(JOURNAL_ENV, str(journals))
+    scanning = _motor_scan_then_wait(catalog_dir)
+    assert scanning.stdout.readline() == "waiting\n"
+    _kill(scanning)
+    (journal,) = journals.glob("*.jsonl")
+    codes: list[int] = []
+    with open(journals / ".recover.lock", "a") as other:  # another recovery at work
+        fcntl.flock(other, fcntl.LOCK_EX)
+        second = threading.Thread(
+            target=lambda: codes.append(main(["recover", "--catalog", str(catalog_dir)]))
+        )
+        second.start()
+        second.join(2)
+        assert second.is_alive() and journal.exists()  # it waits for the other
+    second.join(60)
+    assert codes == [0]
+    out = capsys.readouterr().out
+    assert "another ophyd-scmos recover is closing the runs of" in out
+    assert f"{journal}: closed run {journal.stem}" in out and not journal.exists()
+
+
 def test_a_run_only_a_journal_holds_is_made_in_the_catalog_it_was_written_for_only(
     catalog_dir, tmp_path, capsys
 ):
