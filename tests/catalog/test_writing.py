@@ -388,7 +388,7 @@ def test_a_run_that_ended_gets_its_own_stop_once_its_cameras_files_are_recovered
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
     assert f"its images from {file}" in stop["reason"] and "ended_as" not in stop
-    assert not list(journals.iterdir())
+    assert not list(journals.glob("*.jsonl"))  # no journal left (the lock of recoveries is)
     assert main(args) == 0
     assert "no unfinished run to close from a journal" in capsys.readouterr().out
 
@@ -421,7 +421,7 @@ def test_a_run_of_two_cameras_that_ended_keeps_its_journal_until_both_files_are_
     assert run.metadata["stop"]["exit_status"] == "success"
     for name in ("left", "right"):
         np.testing.assert_array_equal(run["primary"][f"{name}_image"].read(), _expected(2)[:, None])
-    assert not list(journals.iterdir())
+    assert not list(journals.glob("*.jsonl"))  # no journal left (the lock of recoveries is)
 
 
 def test_recovering_a_file_writes_other_dead_runs_journals_and_leaves_those_runs_open(
