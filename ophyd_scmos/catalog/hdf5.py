@@ -24,13 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import dask.array
-import h5py
 import numpy as np
 from tiled.adapters.hdf5 import HDF5Adapter, HDF5ArrayAdapter, h5open
 from tiled.utils import path_from_uri
 
-from ophyd_scmos.catalog.summary import IMAGE_RUN, another_runs_file
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.catalog.summary import IMAGE_RUN
 from ophyd_scmos.pipeline.recovery import UnreadableFile, check_readable, open_unlocked
 
 __all__ = ["CheckedHDF5Adapter"]
@@ -49,16 +47,14 @@ class CheckedHDF5Adapter(HDF5Adapter):
     def from_catalog(cls, data_source: Any, node: Any, /, **parameters: Any) -> Any:
         being_written = False
         paths = []
+        run = (node.metadata_ or {}).get(IMAGE_RUN)  #: the run its file must record, if any
         for asset in data_source.assets:
             if asset.data_uri.startswith("file:"):
                 paths.append(path_from_uri(asset.data_uri))
-                superblock = check_readable(paths[-1])
+                superblock = check_readable(paths[-1], run)
                 being_written = being_written or superblock.open_for_writing
         if not being_written:
             parameters["swmr"] = False
-            run = (node.metadata_ or {}).get(IMAGE_RUN)
-            if len(paths) == 1 and run is not None:
-                _refuse_another_runs(paths[0], run)
         # Unlocked (whatever the documents ask), as `check_readable` opens it, maybe at this
         # moment for another request.
         opener = super(CheckedHDF5Adapter, cls).from_catalog
@@ -94,16 +90,6 @@ class CheckedHDF5Adapter(HDF5Adapter):
                     array, adapter.structure(), metadata=adapter.metadata(), specs=adapter.specs
                 )
         return adapter
-
-
-def _refuse_another_runs(path: Path, run: str) -> None:
-    """A closed file that records another run's frames is not `run`'s, even where it holds
-    as many frames of the same shape (a wrong restore put it at the run's path)."""
-    with open_unlocked(lambda locking: h5py.File(path, "r", locking=locking)) as f:
-        outcome = layout.Outcome.read(f) if layout.ENTRY in f else None
-    wrong = None if outcome is None else another_runs_file(path, outcome.run, run)
-    if wrong is not None:
-        raise UnreadableFile(wrong)
 
 
 def _refuse_fewer_frames(path: Path, stored: Any, shape: tuple[int, ...]) -> None:

@@ -87,18 +87,6 @@ FILE_PATH_SIGNAL = "file_path"
 IMAGE_RUN = "run_start"
 
 
-def another_runs_file(path: str | os.PathLike, recorded: str | None, run: str) -> str | None:
-    """What is wrong where the file at `path`, recording the frames of run `recorded`, is
-    read as run `run`'s: a wrong restore put another run's file at its path. None where
-    nothing is (the file records no run, or this one)."""
-    if recorded in (None, run):
-        return None
-    return (
-        f"{path} holds the frames of run {recorded}, not of {run}: it is not this run's file "
-        "(put there since: a wrong restore?)"
-    )
-
-
 def configured_files(run: Any) -> Iterator[tuple[str, str]]:
     """(device, path) of each file the cameras of `run` wrote, as its descriptors'
     configurations name it (a camera's ``file_path``): where a run has no images, its

@@ -121,7 +121,7 @@ def _show(args: argparse.Namespace, catalog: Any) -> int:
     import numpy as np
 
     from ophyd_scmos.catalog import probe, summarize
-    from ophyd_scmos.catalog.summary import another_runs_file
+    from ophyd_scmos.pipeline.recovery import another_runs_file
 
     try:
         run = _find_run(catalog, args.uid)

@@ -91,10 +91,10 @@ def read_superblock(path: str | os.PathLike) -> Superblock:
     )
 
 
-def check_readable(path: str | os.PathLike) -> Superblock:
+def check_readable(path: str | os.PathLike, run: str | None = None) -> Superblock:
     """Raise `UnreadableFile` (or `MissingFile`), saying what is wrong, unless `path` is an
-    HDF5 file at least as long as its superblock records, whose objects' metadata reads;
-    return its superblock.
+    HDF5 file at least as long as its superblock records, whose objects' metadata reads,
+    and (`run` given) that records no other run's frames; return its superblock.
 
     A file open for writing is not checked: its writer may have recorded space it has not
     filled yet, which SWMR readers expect.
@@ -108,7 +108,7 @@ def check_readable(path: str | os.PathLike) -> Superblock:
             f"{path} is truncated: {size} bytes where HDF5 recorded {superblock.end_of_file} "
             "(cut short by an unfinished copy or a full disk?)"
         )
-    _check_metadata(path)
+    _check_metadata(path, run)
     return superblock
 
 
@@ -128,18 +128,37 @@ def open_unlocked(open_file: Callable[[bool | None], T]) -> T:
         return open_file(None)
 
 
-def _check_metadata(path: str | os.PathLike) -> None:
+def _check_metadata(path: str | os.PathLike, run: str | None = None) -> None:
     """Open every object of the file, without SWMR: a SWMR reader retries a damaged
     object's checksum for minutes, a plain one fails at once. Without file locks, unless
     this process has the file open already (`h5py.File(path)` beside an in-process
-    catalog): HDF5 then wants the same locking as that open."""
+    catalog): HDF5 then wants the same locking as that open. With `run`, the run the file
+    records, if any, must be it (`another_runs_file`)."""
     import h5py
+
+    from ophyd_scmos.pipeline import layout
 
     try:
         with open_unlocked(lambda locking: h5py.File(path, "r", locking=locking)) as f:
             f.visititems(lambda name, obj: None)
+            outcome = layout.Outcome.read(f) if run is not None and layout.ENTRY in f else None
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise UnreadableFile(f"{path} is damaged: {exc}") from None
+    wrong = None if outcome is None or run is None else another_runs_file(path, outcome.run, run)
+    if wrong is not None:
+        raise UnreadableFile(wrong)
+
+
+def another_runs_file(path: str | os.PathLike, recorded: str | None, run: str) -> str | None:
+    """What is wrong where the file at `path`, recording the frames of run `recorded`, is
+    read as run `run`'s: a wrong restore put another run's file at its path. None where
+    nothing is (the file records no run, or this one)."""
+    if recorded in (None, run):
+        return None
+    return (
+        f"{path} holds the frames of run {recorded}, not of {run}: it is not this run's file "
+        "(put there since: a wrong restore?)"
+    )
 
 
 def _rot(x: int, k: int) -> int:
