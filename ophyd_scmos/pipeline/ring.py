@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import math
 import os
 import secrets
 import sys
@@ -70,11 +72,11 @@ class RingSpec:
     dtype: str
     n_slots: int
 
-    @property
+    @functools.cached_property  # read for every frame written
     def frame_bytes(self) -> int:
-        return int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.frame_shape) * np.dtype(self.dtype).itemsize
 
-    @property
+    @functools.cached_property
     def slot_stride(self) -> int:
         return _round_up(self.frame_bytes)
 

@@ -84,17 +84,24 @@ def compute(
     frame: np.ndarray, regions: Mapping[str, Region], *, compiled: bool = False
 ) -> np.ndarray:
     """The statistics of `frame` over the whole frame and each region: one row per region
-    (the whole frame first), one column per `STATS` entry, float64. `compiled`: in one
-    compiled pass over the pixels (`prepare` first), else by BLAS products."""
-    out = np.empty((1 + len(regions), len(STATS)))
+    (the whole frame first), one column per `STATS` entry, float64. `compiled`: all of them
+    in one compiled call (`prepare` first), else by BLAS products."""
     rows, columns = frame.shape
-    for i, (x, y, w, h) in enumerate([(0, 0, columns, rows), *regions.values()]):
-        out[i] = (
-            _compiled_region_stats(frame, x, y, w, h)
-            if compiled
-            else _region_stats(frame[y : y + h, x : x + w], x, y)
-        )
+    boxes = [(0, 0, columns, rows), *regions.values()]
+    out = np.empty((len(boxes), len(STATS)))
+    if compiled:
+        _measure()(frame, _box_array(tuple(map(tuple, boxes))), out)
+        return out
+    for i, (x, y, w, h) in enumerate(boxes):
+        out[i] = _region_stats(frame[y : y + h, x : x + w], x, y)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _box_array(boxes: tuple[Region, ...]) -> np.ndarray:
+    array = np.array(boxes, np.int64)
+    array.flags.writeable = False
+    return array
 
 
 def prepare(dtype: np.dtype) -> bool:
@@ -108,46 +115,69 @@ def prepare(dtype: np.dtype) -> bool:
     a process)."""
     if dtype.kind != "u" or dtype.itemsize > 2:
         return False
-    _compiled_region_stats(np.zeros((1, 1), dtype), 0, 0, 1, 1)
+    compute(np.zeros((1, 1), dtype), {}, compiled=True)
     return True
 
 
-def _compiled_region_stats(frame: np.ndarray, x: int, y: int, w: int, h: int) -> list[float]:
-    """The region's statistics from its integer row sums, column sums and sum of squares
-    (exact: int64), taken in one pass that holds no lock (`_sums`)."""
-    row_sums, column_sums = np.zeros(h, np.int64), np.zeros(w, np.int64)
-    squares, low, high = _sums()(frame, x, y, w, h, row_sums, column_sums)
-    return _from_sums(row_sums, column_sums, squares, low, high, x, y)
-
-
 @functools.cache
-def _sums() -> Any:
-    """The compiled pass over a region's pixels, compiled once per machine (numba keeps it on
-    disk, or where it has nowhere to, once per process) and loaded once per process: imported
-    here, so that processes measuring only with the BLAS products never import numba."""
+def _measure() -> Any:
+    """The compiled measure of regions (x, y, w, h) of a frame into `out`, a row of `STATS`
+    each, compiled once per machine (numba keeps it on disk, or where it has nowhere to, once
+    per process) and loaded once per process: imported here, so that processes measuring
+    only with the BLAS products never import numba. A region's pixels are summed, squared
+    and compared in one pass that holds no lock, as integers (exact: int64), into its row
+    and column sums; the moments of those give the centroids and their sigmas. One call for
+    all the regions: at a step scan's 256x256 frame, the numpy calls that turned each
+    region's sums into statistics cost as much as the pass over its pixels."""
     import numba
 
-    def sums(frame, x, y, w, h, row_sums, column_sums):
-        squares = 0
-        low = high = frame[y, x]
-        for r in range(h):
-            row = frame[y + r, x : x + w]
-            total = 0
+    def measure(frame, boxes, out):
+        for i in range(boxes.shape[0]):
+            x, y, w, h = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+            column_sums = np.zeros(w, np.int64)
+            total = squares = 0
+            first_y = second_y = 0.0
+            low = high = frame[y, x]
+            for r in range(h):
+                row = frame[y + r, x : x + w]
+                row_total = 0
+                for c in range(w):
+                    pixel = row[c]
+                    value = np.int64(pixel)
+                    row_total += value
+                    column_sums[c] += value
+                    squares += value * value
+                    low = min(low, pixel)
+                    high = max(high, pixel)
+                total += row_total
+                first_y += r * float(row_total)
+                second_y += r * r * float(row_total)
+            first_x = second_x = 0.0
             for c in range(w):
-                pixel = row[c]
-                value = np.int64(pixel)
-                total += value
-                column_sums[c] += value
-                squares += value * value
-                low = min(low, pixel)
-                high = max(high, pixel)
-            row_sums[r] = total
-        return squares, low, high
+                first_x += c * float(column_sums[c])
+                second_x += c * c * float(column_sums[c])
+            n = w * h
+            mean = total / n
+            out[i, 0] = total
+            out[i, 1] = mean
+            out[i, 2] = low
+            out[i, 3] = high
+            out[i, 4] = np.sqrt(max(squares / n - mean * mean, 0.0))
+            if total == 0:  # no centroid
+                out[i, 5:] = np.nan
+                continue
+            # moments about the region's first pixel (better conditioned than frame
+            # coordinates), the centroids then shifted by its corner
+            centre_x, centre_y = first_x / total, first_y / total
+            out[i, 5] = centre_x + x
+            out[i, 6] = centre_y + y
+            out[i, 7] = np.sqrt(max(second_x / total - centre_x * centre_x, 0.0))
+            out[i, 8] = np.sqrt(max(second_y / total - centre_y * centre_y, 0.0))
 
     try:
-        return numba.njit(cache=True, nogil=True)(sums)
+        return numba.njit(cache=True, nogil=True)(measure)
     except RuntimeError:  # no directory this process may write to keep it in
-        return numba.njit(nogil=True)(sums)
+        return numba.njit(nogil=True)(measure)
 
 
 def _region_stats(pixels: np.ndarray, x0: int, y0: int) -> list[float]:

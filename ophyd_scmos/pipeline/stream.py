@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from ophyd_scmos.drivers.base import CameraDriver, CameraError, TriggerMode
 from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
-from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus
+from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, decode_stats
 from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
 from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
@@ -124,7 +124,7 @@ class FrameStream:
         self._first_info: tuple[int, float] | None = None  #: the first frame recorded's
         self.regions = regions
         self.images = images
-        self._stats: deque[Sequence[Sequence[float]]] = deque()  #: per frame: [region][stat]
+        self._stats: deque[np.ndarray] = deque()  #: per frame: [region][stat]
         self._stats_from = 0  #: file index of the first frame in `_stats`
         self.run: str | None = None  #: the run the frames are of, once told (`record_run`)
         self._truncated = threading.Condition()
@@ -384,7 +384,7 @@ class FrameStream:
                 )
             return np.array([self._stats[i - first] for i in range(start, stop)])
 
-    def _keep_stats(self, start: int, values: Sequence[Sequence[Sequence[float]]]) -> None:
+    def _keep_stats(self, start: int, values: np.ndarray) -> None:
         """Keep reported statistics from file index `start`; after a truncation the frames
         at the same indices replace those that were cut."""
         with self._lock:
@@ -523,7 +523,9 @@ class FrameStream:
     def _on_writer_status(self, status: WriterStatus) -> None:
         self._heard = time.monotonic()
         if "stats" in status:  # before the waiters for these frames are woken
-            self._keep_stats(status["stats_from"], status["stats"])
+            assert self.regions is not None  # a writer measures only a file with them
+            values = decode_stats(status["stats"], 1 + len(self.regions))
+            self._keep_stats(status["stats_from"], values)
         self._written = status.get("written", self._written)
         self._stored = status.get("stored", self._stored)
         if self.ring is not None:

@@ -35,7 +35,14 @@ import numpy as np
 
 from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.compression import ChunkCompressor, dataset_options
-from ophyd_scmos.pipeline.protocol import RECORD, Op, State, WriterConfig, WriterStatus
+from ophyd_scmos.pipeline.protocol import (
+    RECORD,
+    Op,
+    State,
+    WriterConfig,
+    WriterStatus,
+    encode_stats,
+)
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import (
     Room,
@@ -113,7 +120,7 @@ class RunFile:
         #: what a frame adds to the file: its chunk, or without images its row of 8-byte values
         row_bytes = 8 * (len(self.meta) + len(self.stats))
         self.frame_bytes = row_bytes if self.data is None else spec.frame_bytes
-        self.unreported: list[list[list[float]]] = []  #: statistics of frames from `stats_from`
+        self.unreported: list[np.ndarray] = []  #: statistics of frames from `stats_from`
         self.stats_from = 0
         self.unstored: list[np.ndarray] = []  #: statistics of frames from `stats_stored` on
         self.stats_stored = 0  #: frames whose statistics are in the file
@@ -135,7 +142,9 @@ class RunFile:
         if self.stats:
             message["stored"] = self.stats_stored
         if self.unreported:
-            message.update(stats_from=self.stats_from, stats=self.unreported)
+            message.update(
+                stats_from=self.stats_from, stats=encode_stats(np.array(self.unreported))
+            )
             self.unreported = []
         send(self.status, WriterStatus(**message))  # type: ignore[typeddict-item]
 
@@ -201,7 +210,7 @@ class RunFile:
         status line and for the file."""
         if not self.unreported:
             self.stats_from = start
-        self.unreported.extend(computed.tolist())
+        self.unreported.extend(computed)
         self.unstored.append(computed)
 
     def store_stats(self, force: bool = False) -> None:
