@@ -38,6 +38,7 @@ def main() -> int:
         file, written = loop.file, 0
         message = describe_error(exc, file.path if file else "the run's file")
         if file is not None:  # keep what made it, without raising again
+            file.reserve.release()  # the room held for closing it
             with contextlib.suppress(Exception):  # the statistics of every frame written
                 file.store_stats(force=True)
             with contextlib.suppress(Exception):

@@ -23,13 +23,15 @@ import errno
 import os
 import queue
 import resource
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 #: bytes between two pushes
 WINDOW = 64 * 2**20
-#: space kept free on the disk for HDF5's own metadata, so a full disk still closes cleanly
+#: space held on the disk for HDF5's own metadata, so a full disk still closes cleanly
 HEADROOM = 8 * 2**20
 
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
@@ -149,18 +151,46 @@ class WriteBehind:
             raise OSError(code, f"writing the file to disk failed: {os.strerror(code)}")
 
 
-def room(path: str | os.PathLike[str], file_size: int) -> tuple[int, int]:
+def room(
+    path: str | os.PathLike[str], file_size: int, *, reserved: bool = False
+) -> tuple[int, int]:
     """(bytes the file at `path` may still grow by, the errno that says why not more).
 
     The disk's free space (ENOSPC) or this process's file-size limit, ``ulimit -f`` (EFBIG),
-    whichever is less, less HEADROOM for the metadata HDF5 writes when the file closes.
+    whichever is less, less HEADROOM for the metadata HDF5 writes when the file closes: on
+    the disk, unless a `CloseReserve` already holds it apart (`reserved`).
     """
     disk = os.statvfs(Path(path).absolute().parent)
-    free, reason = disk.f_bavail * disk.f_frsize, errno.ENOSPC
+    free = disk.f_bavail * disk.f_frsize - (0 if reserved else HEADROOM)
+    reason = errno.ENOSPC
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and limit - file_size < free:
-        free, reason = limit - file_size, errno.EFBIG
-    return max(0, free - HEADROOM), reason
+    if limit != resource.RLIM_INFINITY and limit - file_size - HEADROOM < free:
+        free, reason = limit - file_size - HEADROOM, errno.EFBIG
+    return max(0, free), reason
+
+
+class CloseReserve:
+    """HEADROOM bytes of a disk held for a file's close, in a file without a name (nothing
+    is left behind, whatever ends the process), given back just before the close: HDF5
+    writes its metadata then, and a disk that another process filled meanwhile would leave
+    the file damaged, its frames and outcome unreadable. Where the disk cannot hold them
+    apart (no such file, no `fallocate`), `held` is False: they are only kept free."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self._file: IO[bytes] | None = None
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (held open)
+            os.posix_fallocate(self._file.fileno(), 0, HEADROOM)
+        except OSError as exc:
+            self.release()
+            if exc.errno == errno.ENOSPC:
+                raise
+        self.held = self._file is not None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class Room:
@@ -171,8 +201,8 @@ class Room:
     RECHECK_SECONDS = 0.1
     LOW = 64 * 2**20  #: below this, every frame asks the disk
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], *, reserved: bool = False):
+        self.path, self.reserved = path, reserved
         self._space, self._reason = 0, errno.ENOSPC
         self._file_size = 0  #: the file's size when the disk was last asked
         self._asked = -float("inf")
@@ -181,7 +211,7 @@ class Room:
         space = self._space - (file_size - self._file_size)
         now = time.monotonic()
         if space < self.LOW or now - self._asked > self.RECHECK_SECONDS:
-            self._space, self._reason = room(self.path, file_size)
+            self._space, self._reason = room(self.path, file_size, reserved=self.reserved)
             self._file_size, self._asked, space = file_size, now, self._space
         return max(0, space), self._reason
 
@@ -193,5 +223,5 @@ def no_room(reason: int, needed: str) -> OSError:
         what = f"File size limit reached (ulimit -f: {limit / 2**20:.0f} MiB)"
     else:
         what = "No space left on device"
-    kept = f"kept {HEADROOM // 2**20} MiB free so that the file closes cleanly"
+    kept = f"kept {HEADROOM // 2**20} MiB for the file to close cleanly"
     return OSError(reason, f"{what} for {needed} ({kept})")

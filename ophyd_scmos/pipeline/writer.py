@@ -45,6 +45,7 @@ from ophyd_scmos.pipeline.protocol import (
 )
 from ophyd_scmos.pipeline.ring import PAGE, FrameRing
 from ophyd_scmos.pipeline.writeback import (
+    CloseReserve,
     Room,
     WriteBehind,
     file_identity,
@@ -81,6 +82,10 @@ class RunFile:
         # The acquiring process created the file, empty, to claim its name (see `files`).
         if os.path.getsize(self.path) != 0:
             raise FileExistsError(f"{self.path} is not the empty file made for this run")
+        try:
+            self.reserve = CloseReserve(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise no_room(exc.errno or errno.ENOSPC, f"a new run's file {self.path}") from exc
         # Large chunks start on page boundaries: whole-page writes (small ones would waste
         # space). No file lock: a reader that opened the empty file the moment it appeared
         # (a follower of the write directory) holds one, and the run would fail to start.
@@ -128,7 +133,7 @@ class RunFile:
         self.compressor = compressor
         self.measurer = measurer
         limit = options.write_limit_mb_s
-        self.room = Room(self.path)
+        self.room = Room(self.path, reserved=self.reserve.held)
         self.fd = self.file.id.get_vfd_handle()
         self.identity = file_identity(self.fd)
         self.behind = WriteBehind(self.fd, limit=limit and limit * 1e6)
@@ -271,6 +276,7 @@ class RunFile:
     def finish(self, keep: int, complete: bool, error: str | None = None) -> None:
         """Flush, cut to `keep` frames (if >= 0), close, record the outcome, and make sure it
         is all on disk: a closed file survives a power cut (write-behind left little to do)."""
+        self.reserve.release()  # for the metadata written from here on
         self.truncate(keep)
         self.store_stats(force=True)
         self.flush()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
+import shutil
 import subprocess
+from pathlib import Path
 
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import h5py
 import numpy as np
 import pytest
@@ -13,13 +18,14 @@ from bluesky.plans import count
 
 from ophyd_scmos import SCMOSCamera
 from ophyd_scmos.pipeline import layout, stats
+from ophyd_scmos.pipeline.writeback import HEADROOM
 from ophyd_scmos.plans import movie
 from tests.conftest import expected_frames
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MiB tmpfs (the writer keeps 8 MiB free for closing); mounting needs root, as CI
+    """A 16 MiB tmpfs (the writer holds 8 MiB for closing); mounting needs root, as CI
     has."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
@@ -87,6 +93,40 @@ def test_disk_full_on_a_real_small_file_system(driver, small_disk, RE, recorder)
     with pytest.raises(OSError, match="No space left on device for a new run's file"):
         RE(count([cam], num=1))
     assert sorted(small_disk.iterdir()) == files
+
+
+def test_a_disk_another_process_fills_before_the_close_still_closes_the_file(
+    driver, small_disk, RE, recorder
+):
+    """The room a file needs to close is held apart from the start, not only kept free:
+    another program that filled the disk after the last frame left the file's metadata
+    unwritten, its frames and outcome unreadable."""
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=small_disk, ring_mb=1)
+    cam.roi.set((0, 0, 96, 64))
+    cam.exposure_time.set(0.001)
+    filler = small_disk / "filler"
+
+    def fill_the_disk() -> None:
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(2**16))
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        for _ in range(5):
+            yield from bps.trigger_and_read([cam])
+        yield from bps.null()
+        fill_the_disk()  # as another process might, between the last event and the close
+
+    RE(plan())
+    path = cam.file_path.get()
+    assert shutil.disk_usage(small_disk).free < HEADROOM  # the close took from what was held
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 5))
+        outcome = layout.Outcome.read(f)
+    assert outcome is not None and (outcome.frames_written, outcome.complete) == (5, True)
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted([Path(path).name, "filler"])
 
 
 def test_disk_full_by_file_size_limit(driver, tmp_path, RE, recorder):
