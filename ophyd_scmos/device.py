@@ -370,6 +370,7 @@ class SCMOSCamera(Device):
         self._writer_finalizer: weakref.finalize | None = None
         #: a fly scan's run after `complete` closed its file, until `collect` documents it
         self._flown: _Run | None = None
+        self._interrupted: FrameStream | None = None  #: see `_stop_interrupted`
         super().__init__(prefix, name=name, **kwargs)
         self._components = [getattr(self, name) for name in self.component_names]
         self._read_for: tuple[Kind, ...] = ()  #: the components' kinds `_read_signals` took
@@ -771,6 +772,7 @@ class SCMOSCamera(Device):
             ) from None
         self._check_staged_alike(run_of_caller())
         self._refuse_driver_in_use()
+        self._stop_interrupted()
         write_dir = prepare_dir(self.write_dir)
         self._live.run_staging()  # focus mode, if on, gives the camera to the run
         if self._sync_settings_from_driver():  # the driver configured directly since
@@ -904,6 +906,14 @@ class SCMOSCamera(Device):
                 self._live.run_ended()
         return result
 
+    def _stop_interrupted(self) -> None:
+        """Stop the camera of a run whose close was interrupted (Ctrl-C) before it stopped,
+        and the frames it was still reading; its file stays with the writer, which closes it,
+        with every frame, as never finished when the next run's opens."""
+        stream, self._interrupted = self._interrupted, None
+        if stream is not None:
+            stream.stop_acquiring()
+
     def _finish_run(self) -> None:
         """Close the file, keeping exactly the frames a run recorded.
 
@@ -931,6 +941,9 @@ class SCMOSCamera(Device):
             if exc is not run.reported_error or run.paused:
                 raise
             return
+        except BaseException:  # Ctrl-C: the next stage stops what it left running
+            self._interrupted = stream
+            raise
         finally:
             self._warn_lost(stream)
             self._warn_period(stream)

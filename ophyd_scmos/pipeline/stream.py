@@ -231,9 +231,7 @@ class FrameStream:
         If the writer died, the file is recovered so plain readers open it again.
         """
         writer = self._require_writer()
-        self.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.stop_acquiring(timeout)
         if not self._closed.is_set():
             with contextlib.suppress(OSError):  # a writer that died: its listener says why
                 writer.send(Op.DROPPED, self.frames_dropped)
@@ -307,6 +305,12 @@ class FrameStream:
         self._stop.set()
         with contextlib.suppress(CameraError):
             self.driver.stop()
+
+    def stop_acquiring(self, timeout: float = 60) -> None:
+        """`stop`, and wait for the frames already read from the camera to be in the ring."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     @property
     def frames_taken(self) -> int:
