@@ -631,7 +631,16 @@ class SCMOSCamera(Device):
         return self._ensure_writer().ring_for(shape, dtype, self.options.slots_for(shape, dtype))
 
     def _ensure_writer(self) -> WriterProcess:
-        """The camera's writer process: started at first need, replaced where it died."""
+        """The camera's writer process: started at first need, replaced where it died or
+        was stopped (between runs it holds no file: a run would wait for it in vain)."""
+        if self._writer is not None and self._writer.alive and self._writer.stopped:
+            warnings.warn(
+                f"{self.name}'s writer process (pid {self._writer.pid}) was stopped (SIGSTOP, "
+                "or a debugger): a new one writes from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._writer.kill()
         if self._writer is None or not self._writer.alive:
             self._drop_writer()
             self._writer = writer = WriterProcess()

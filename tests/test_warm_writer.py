@@ -65,6 +65,19 @@ def test_a_writer_killed_between_runs_is_replaced_at_the_next_stage(cam, driver,
         np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 4))
 
 
+def test_a_writer_stopped_between_runs_is_replaced_at_the_next_stage(cam, driver, RE):
+    """A stopped (SIGSTOP) writer holds no file between runs but would answer nothing: the
+    next stage waited 30 s for it without a word."""
+    RE(count([cam], num=2))
+    stopped = cam._writer
+    os.kill(stopped.pid, signal.SIGSTOP)
+    with pytest.warns(RuntimeWarning, match=rf"writer process \(pid {stopped.pid}\) was stopped"):
+        RE(count([cam], num=3))
+    assert cam._writer is not stopped and cam._writer.alive and not stopped.alive
+    with h5py.File(cam.file_path.get(), "r") as f:
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 3))
+
+
 def test_a_new_frame_size_or_ring_size_gets_a_new_ring(driver, tmp_path, RE):
     cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, ring_frames=4)
     try:

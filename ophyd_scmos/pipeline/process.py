@@ -116,6 +116,14 @@ class WriterProcess:
     def alive(self) -> bool:
         return not self.ended.is_set() and self.process.poll() is None
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal (SIGSTOP, SIGTSTP) or a debugger: it answers nothing until
+        continued. Linux only (/proc); elsewhere False."""
+        with contextlib.suppress(OSError), open(f"/proc/{self.process.pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("T", "t")
+        return False
+
     def ring_for(self, frame_shape: tuple[int, int], dtype: np.dtype, slots: int) -> FrameRing:
         """The ring for a run's frames: the one there is, or a new one if the frame shape,
         the dtype or the number of slots changed. Only between runs."""
