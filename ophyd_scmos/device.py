@@ -371,6 +371,7 @@ class SCMOSCamera(Device):
         #: a fly scan's run after `complete` closed its file, until `collect` documents it
         self._flown: _Run | None = None
         self._interrupted: FrameStream | None = None  #: see `_stop_interrupted`
+        self._settings_after_run: dict[Signal, Any] = {}  #: see `restore_at_unstage`
         super().__init__(prefix, name=name, **kwargs)
         self._components = [getattr(self, name) for name in self.component_names]
         self._read_for: tuple[Kind, ...] = ()  #: the components' kinds `_read_signals` took
@@ -913,7 +914,24 @@ class SCMOSCamera(Device):
             finally:
                 result = super().unstage()
                 self._live.run_ended()
+                self._give_settings_back()
         return result
+
+    def restore_at_unstage(self, settings: Mapping[Signal, Any]) -> None:
+        """Settings to give back once this camera is unstaged, however its run ends: a plan
+        that changes them for one run (`movie`) cannot count on its own cleanup, which
+        RE.halt() skips, and the RunEngine unstages the camera even then."""
+        self._settings_after_run = dict(settings)
+
+    def _give_settings_back(self) -> None:
+        """`restore_at_unstage`'s settings; one refused (a camera gone) only warns: the
+        error the user sees is why the run failed."""
+        settings, self._settings_after_run = self._settings_after_run, {}
+        for signal, value in settings.items():
+            try:
+                signal.put(value)
+            except Exception as exc:
+                warnings.warn(f"{signal.name} was not set back to {value!r}: {exc}", stacklevel=3)
 
     def _stop_interrupted(self) -> None:
         """Stop the camera of a run whose close was interrupted (Ctrl-C) before it stopped,

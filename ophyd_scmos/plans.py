@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -107,31 +106,8 @@ def movie(
                 yield from bps.complete(cam, wait=True)
         yield from collect()
 
-    def restore(after_failure: bool):
-        """Give the settings back. After a failed movie, a camera that refuses them (gone)
-        only warns: the error the user sees is why the movie failed. The RunEngine may throw
-        a failed status of the movie in at the first set, which then is tried again."""
-        for sig, value in before.items():
-            for last_try in (not after_failure, True):
-                try:
-                    yield from bps.abs_set(sig, value)
-                    break
-                except Exception as exc:
-                    if not after_failure:
-                        raise
-                    if last_try:
-                        warnings.warn(
-                            f"{sig.name} was not set back to {value!r}: {exc}", stacklevel=1
-                        )
-
+    for cam in cams:  # given back at unstage, which the RunEngine does even on RE.halt()
+        cam.restore_at_unstage({sig: before[sig] for sig in settings if sig.parent is cam})
     for sig, value in settings.items():
         yield from bps.abs_set(sig, value)
-    try:
-        uid = yield from record()
-    except GeneratorExit:  # the plan was closed: nothing may be yielded
-        raise
-    except BaseException:
-        yield from restore(after_failure=True)
-        raise
-    yield from restore(after_failure=False)
-    return uid
+    return (yield from record())

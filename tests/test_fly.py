@@ -26,6 +26,7 @@ from ophyd_scmos.pipeline import stream as stream_module
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.stream import StreamError
 from ophyd_scmos.plans import movie
+from tests.conftest import expected_frames
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,29 @@ def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
         assert rows[0][0] == 0 and rows[-1][1] == frames, key
         assert all(a[1] == b[0] for a, b in itertools.pairwise(rows)), f"{key}: contiguous"
     assert cam.trigger_mode.get() == "software"  # given back as it was
+
+
+def test_a_paused_movie_halted_gives_the_camera_its_settings_back(cam, driver, RE):
+    """RE.halt() closes the plan with no chance to clean up: the movie's trigger mode and
+    frame count stayed, and the next count took frames between its triggers (internal mode)
+    without a word. The RunEngine unstages the camera even then, and the settings go back."""
+    cam.acquire_period.set(0.004)
+    under_way = threading.Event()
+    RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
+
+    def pause_when_under_way():
+        under_way.wait(30)
+        RE.request_pause(defer=False)
+
+    threading.Thread(target=pause_when_under_way, daemon=True).start()
+    with pytest.raises(RunEngineInterrupted):
+        RE(movie(cam, frames=100_000, page_every=0.1))
+    RE.halt()
+    assert (cam.trigger_mode.get(), cam.num_frames.get(), cam.duration.get()) == ("software", 0, 0)
+    RE(count([cam], num=3))
+    with h5py.File(cam.file_path.get(), "r") as f:
+        np.testing.assert_array_equal(f[layout.FRAME_NUMBER][()], [0, 1, 2])
+        np.testing.assert_array_equal(f[layout.DATA][()], expected_frames(driver, 3))
 
 
 def test_a_paused_movie_resumed_records_every_frame_asked(cam, driver, RE, recorder):
