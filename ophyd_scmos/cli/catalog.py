@@ -405,6 +405,13 @@ def _shape_text(shape: list[int]) -> str:
     return frame if per_event == 1 else f"{frame}, {per_event} an event"
 
 
+def _not_closed(r: dict[str, Any]) -> str:
+    """Why a file has no writer's counts: its run still records, or its writer never closed it."""
+    if r["exit_status"] is None:
+        return "the run is still recording (no stop document yet): its writer counts at the end"
+    return "the file was not closed by its writer"
+
+
 def _print_report(r: dict[str, Any]) -> None:
     def ms(seconds: float | None) -> str:
         return "-" if seconds is None else f"{seconds * 1e3:.3f} ms"
@@ -432,7 +439,7 @@ def _print_report(r: dict[str, Any]) -> None:
             f"{r['compression_ratio']:.2f}x ({filters})"
         )
         if r["complete"] is None:
-            print("writer     no counts: the file was not closed by its writer")
+            print(f"writer     no counts: {_not_closed(r)}")
         else:
             print(
                 f"writer     {r['frames_written']} written, {r['frames_dropped']} dropped, "
@@ -468,7 +475,7 @@ def _print_report(r: dict[str, Any]) -> None:
         if not other["file_reachable"]:
             counts = "file not on this host"
         elif other["complete"] is None:
-            counts = "no counts: the file was not closed by its writer"
+            counts = f"no counts: {_not_closed(r)}"
         else:
             counts = (
                 f"{other['frames_written']} written, {other['frames_dropped']} dropped, "

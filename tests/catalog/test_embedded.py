@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import event_model
 import h5py
 import matplotlib.image
@@ -873,3 +875,30 @@ def test_a_catalog_directory_moved_reads_its_runs_columns(tmp_path: Path) -> Non
         assert primary["cam_frame_number"].read().tolist() == [0, 1, 2]
         totals = primary["cam_image"].read().reshape(3, -1).sum(axis=1)
         np.testing.assert_array_equal(primary["cam_stats_total"].read(), totals)
+
+
+def test_show_of_a_run_still_recording_says_so(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not that its writer never closed its file, as for a run whose process died."""
+    cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=3), write_dir=tmp_path)
+    cam.exposure_time.set(0.001)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(open_catalog(catalog_dir), interval=0.05))
+    started: list[str] = []
+    RE.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
+    shown: list[str] = []
+
+    @bpp.stage_decorator([cam])
+    @bpp.run_decorator()
+    def plan():
+        for _ in range(3):
+            yield from bps.trigger_and_read([cam])
+        yield from bps.sleep(0.3)  # the catalog writer's next batch
+        capsys.readouterr()
+        assert main(["show", started[0], "--catalog", str(catalog_dir), "--no-png"]) == 0
+        shown.append(capsys.readouterr().out)
+
+    RE(plan())
+    assert "running" in shown[0] and "the run is still recording" in shown[0]
+    assert "not closed by its writer" not in shown[0]
