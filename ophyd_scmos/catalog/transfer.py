@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import filecmp
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,9 +173,10 @@ def sync(
                     uid,
                     "incomplete",
                     _run_files(there),
-                    "in the target without a stop document, from an earlier copy that did "
-                    "not finish: sync again replacing it (ophyd-scmos sync "
-                    "--replace-incomplete; replace_incomplete=True)",
+                    "in the target without a stop document: from an earlier copy that did "
+                    "not finish, or one still under way (another sync); once no other sync "
+                    "runs, sync again replacing it (ophyd-scmos sync --replace-incomplete; "
+                    "replace_incomplete=True)",
                 )
         else:
             result = _copy(run, uid, target, copy_data_to)
@@ -191,6 +193,7 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
     `copy_data_to` if given; a file to copy that is gone leaves the run "missing", with
     nothing written."""
     from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
+    from tiled.client.utils import ClientError
 
     from ophyd_scmos.catalog.writing import CatalogWriter
 
@@ -222,8 +225,23 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
     else:
         files = _unique(str(local_path(doc["uri"])) for doc in resources)
     writer = CatalogWriter(target, journal=False, normalizer=RunNormalizer)
-    for name, doc in docs:
-        writer(name, doc)
+    try:
+        with warnings.catch_warnings():  # event_model's guess at why a start failed, misleading
+            warnings.filterwarnings("ignore", "The callback .* when RunRouter passed it")
+            for name, doc in docs:
+                writer(name, doc)
+    except ClientError as err:
+        if err.response.status_code != 409 or uid not in target:
+            raise
+        # Made there as this copy began: by another sync of the same runs at the same time.
+        there = target[uid]
+        if there.metadata.get("stop"):
+            return SyncResult(uid, "present", _run_files(there))
+        why = (
+            "another sync is copying it (it appeared in the target as this copy began): "
+            "sync again once that one has ended, to check it"
+        )
+        return SyncResult(uid, "incomplete", _run_files(there), why)
     return SyncResult(uid, "copied", files)
 
 

@@ -501,6 +501,51 @@ def test_sync_goes_on_past_a_half_copied_run_and_a_missing_file(
     )
 
 
+class SeenBeforeAnotherSync:
+    """A target as a sync saw it just before another sync of the same runs made them there:
+    two syncs at once, their race made certain."""
+
+    def __init__(self, target: Any, unseen: set[str]):
+        self._target, self._unseen = target, unseen
+
+    def __contains__(self, uid: str) -> bool:
+        if uid in self._unseen:
+            self._unseen.discard(uid)
+            return False
+        return uid in self._target
+
+    def __getitem__(self, key: str) -> Any:
+        return self._target[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def test_two_syncs_at_once_leave_each_run_to_the_one_that_made_it(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """The second to make a run in the target ended in a 409 Conflict traceback; it says
+    whose the run is, and goes on."""
+    cam = SCMOSCamera(name="cam", driver=SimulatedSCMOS(shape=SENSOR, seed=8), write_dir=tmp_path)
+    cam.roi.set((0, 0, 32, 32))
+    RE = RunEngine({}, call_returns_result=False)
+    source = open_catalog(catalog_dir)
+    RE.subscribe(TiledWriter(source))
+    copied, copying, after = (RE(count([cam], num=2))[0] for _ in range(3))
+    cam.destroy()
+    target = open_catalog(tmp_path / "target")
+    sync(source, target, [copied])  # the other sync: done with one run, under way with another
+    TiledWriter(target)("start", source[copying].metadata["start"])
+
+    seen = SeenBeforeAnotherSync(target, {copied, copying})
+    results = {r.uid: r for r in sync(source, seen, [copied, copying, after])}
+    assert (results[copied].status, results[copied].error) == ("present", None)
+    assert results[copying].status == "incomplete"
+    assert "another sync is copying it" in results[copying].error
+    assert results[after].status == "copied"
+    assert target[after]["primary"]["cam_image"].read().shape == (2, 1, 32, 32)
+
+
 def test_sync_copies_no_file_over_another_of_its_name(
     catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
