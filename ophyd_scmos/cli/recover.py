@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophyd_scmos.cli import CommandError, opened_catalog
+from ophyd_scmos.pipeline.recovery import writing_process
 
 if TYPE_CHECKING:
     from ophyd_scmos.catalog import UnfinishedRun
@@ -97,7 +98,7 @@ def _recover_files(files: list[Path], catalog: Any, args: argparse.Namespace) ->
     failed = 0
     runs: dict[str, list[_RunFile]] = {}  # the files of each run, closed together
     for path in files:
-        holder = _holder(path)
+        holder = writing_process(path)
         try:
             if holder is not None:
                 raise ValueError(f"{path} is open in process {holder}; recover it after it ends")
@@ -191,7 +192,7 @@ def _replay_journals(catalog: Any, journals: Path | None) -> dict[str, Path]:
     location = catalog_location(catalog)
     replayed = {}
     for path in sorted((journals or default_journal_dir()).glob("*.jsonl")):
-        uid, holder = path.stem, _holder(path)
+        uid, holder = path.stem, writing_process(path)
         if holder is not None:
             print(f"{path}: run {uid} is running in process {holder}; left as it is")
             continue
@@ -363,27 +364,6 @@ def _column_rows(f: Any) -> dict[str, int]:
 
     f.visititems(visit)
     return rows
-
-
-def _holder(path: Path) -> int | None:
-    """A process that has `path` open for writing (Linux: /proc), or None. One reading it
-    (a reader following a file, another recovery reading a journal) writes nothing."""
-    target = os.path.realpath(path)
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            for fd in fd_dir.iterdir():
-                if os.path.realpath(fd) == target and _open_for_writing(fd):
-                    return int(fd_dir.parent.name)
-        except OSError:  # gone meanwhile, or not ours to look at
-            continue
-    return None
-
-
-def _open_for_writing(fd: Path) -> bool:
-    """Whether the open file `fd` (/proc/PID/fd/N) was opened to write (its fdinfo's flags)."""
-    info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
-    flags = int(next(line.split()[1] for line in info.splitlines() if line.startswith("flags:")), 8)
-    return flags & os.O_ACCMODE != os.O_RDONLY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

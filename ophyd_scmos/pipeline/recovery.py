@@ -24,6 +24,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -96,20 +97,51 @@ def check_readable(path: str | os.PathLike, run: str | None = None) -> Superbloc
     HDF5 file at least as long as its superblock records, whose objects' metadata reads,
     and (`run` given) that records no other run's frames; return its superblock.
 
-    A file open for writing is not checked: its writer may have recorded space it has not
-    filled yet, which SWMR readers expect.
+    A file open for writing is only checked for its length, and only where no process here
+    writes it (its writer stopped before its last writes reached the disk: a power cut, or
+    killed with its session): a SWMR reader would read what is missing as frames of zeros.
+    Its objects are not opened: its writer may still be writing them (on another host).
     """
     superblock = read_superblock(path)
-    if superblock.open_for_writing:
-        return superblock
     size = os.stat(path).st_size
     if size < superblock.end_of_file:
+        if not superblock.open_for_writing:
+            why = "cut short by an unfinished copy or a full disk?"
+        elif writing_process(path) is None:
+            why = (
+                "open for writing, and no process here writes it: its writer stopped before "
+                "its last writes reached the disk (a power cut, or killed with its session)"
+            )
+        else:
+            return superblock  # its writer may have recorded space it has not filled yet
         raise UnreadableFile(
             f"{path} is truncated: {size} bytes where HDF5 recorded {superblock.end_of_file} "
-            "(cut short by an unfinished copy or a full disk?)"
+            f"({why})"
         )
-    _check_metadata(path, run)
+    if not superblock.open_for_writing:
+        _check_metadata(path, run)
     return superblock
+
+
+def writing_process(path: str | os.PathLike) -> int | None:
+    """A process that has `path` open for writing (Linux: /proc), or None. One reading it
+    (a reader following a file, another recovery reading a journal) writes nothing."""
+    target = os.path.realpath(path)
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.path.realpath(fd) == target and _open_for_writing(fd):
+                    return int(fd_dir.parent.name)
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return None
+
+
+def _open_for_writing(fd: Path) -> bool:
+    """Whether the open file `fd` (/proc/PID/fd/N) was opened to write (its fdinfo's flags)."""
+    info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
+    flags = int(next(line.split()[1] for line in info.splitlines() if line.startswith("flags:")), 8)
+    return flags & os.O_ACCMODE != os.O_RDONLY
 
 
 #: HDF5's error for a second open of a file in one process with other locking than the first

@@ -38,12 +38,15 @@ def run_file(camera: SimulatedSCMOS, tmp_path: Path) -> Path:
     return path
 
 
-def record_length(path: Path, end_of_file: int) -> None:
+def record_length(path: Path, end_of_file: int, flags: int | None = None) -> None:
     """Write `end_of_file` into the v3 superblock, as HDF5's close does before it sets the
-    file's length: a writer killed between the two leaves the file this short."""
+    file's length: a writer killed between the two leaves the file this short. `flags`: its
+    consistency flags too (5: open for writing, by a SWMR writer)."""
     with open(path, "r+b") as f:
         block = bytearray(f.read(48))
         offsets = block[9]
+        if flags is not None:
+            block[11] = flags
         at = 12 + 2 * offsets  # base and extension addresses, then the end of file
         block[at : at + offsets] = end_of_file.to_bytes(offsets, "little")
         size = 12 + 4 * offsets
@@ -83,6 +86,23 @@ def test_a_file_cut_short_is_refused_and_left_as_it_is(run_file: Path) -> None:
     with pytest.raises(UnreadableFile, match="what is missing holds data"):
         finish_close(run_file)
     assert os.path.getsize(run_file) == cut
+
+
+def test_a_file_left_open_for_writing_and_cut_short_is_refused_where_nothing_writes_it(
+    run_file: Path,
+) -> None:
+    """A power cut: the writer's flag stays, and the file's tail never reached the disk.
+    Skipping every check of a file open for writing, the catalog's SWMR reads served the
+    missing frames as zeros."""
+    size = os.path.getsize(run_file)
+    record_length(run_file, size, flags=5)
+    assert check_readable(run_file).open_for_writing  # whole: read as one being written
+    with open(run_file, "r+b") as f:
+        f.truncate(size * 6 // 10)
+    with pytest.raises(UnreadableFile, match="open for writing, and no process here writes it"):
+        check_readable(run_file)
+    with open(run_file, "r+b"):  # a writer here holds it: it may be recording yet
+        assert check_readable(run_file).open_for_writing
 
 
 def test_a_file_whose_metadata_was_cut_is_refused(run_file: Path) -> None:
