@@ -68,7 +68,10 @@ _PIPELINE_KEYWORDS = dict(
     ring_mb=None, ring_frames=None, compression=None, overflow="block", write_limit_mb_s=None
 )
 #: event-model's pattern for data keys, which begin with the camera's name
-_DOCUMENT_KEY = re.compile(r"[^./]+")
+#: a camera's name starts its data keys, which a document refuses with "." or "/", and which
+#: a catalog keeps as its SQL tables' columns and in its URLs: none of what those take for
+#: their own ("--" neither), and a letter or _ first
+_CAMERA_NAME = re.compile(r"""[A-Za-z_][^./#?%'"`;\\()=+*\x00-\x1f]*""")
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +183,9 @@ class Regions(MutableMapping[str, stats.Region]):
 
     def __setitem__(self, name: str, value: Sequence[int]) -> None:
         with self._camera._changing("rois"):
-            self._regions[name] = stats.check_region(name, value, self._camera.driver.frame_shape)
+            region = stats.check_region(name, value, self._camera.driver.frame_shape)
+            stats.check_apart([*self._regions, name])
+            self._regions[name] = region
             self._record()
         self._camera._announce()
 
@@ -194,8 +199,7 @@ class Regions(MutableMapping[str, stats.Region]):
         """All of them at once: each checked, and none changed if one is refused."""
         with self._camera._changing("rois"):
             shape = self._camera.driver.frame_shape
-            checked = {n: stats.check_region(n, value, shape) for n, value in regions.items()}
-            self._regions = checked
+            self._regions = stats.check_regions(regions, shape)
             self._record()
         self._camera._announce()
 
@@ -348,10 +352,11 @@ class SCMOSCamera(Device):
             options = PipelineOptions(**given)  # type: ignore[arg-type]
         elif given != _PIPELINE_KEYWORDS:
             raise ValueError("give the pipeline's options as options= or as keywords, not both")
-        if not isinstance(name, str) or not _DOCUMENT_KEY.fullmatch(name):
+        if not isinstance(name, str) or not _CAMERA_NAME.fullmatch(name) or "--" in name:
             raise ValueError(
-                f"camera name {name!r} must be a valid document key: no '.' or '/', not empty "
-                "(it names the data keys and the run files)"
+                f"camera name {name!r} must be a valid document key: a letter or _ first, and "
+                "none of . / # ? % ' \" ` ; \\ ( ) = + * nor -- (it names the data keys, which "
+                "a catalog keeps as columns and in URLs, and the run files)"
             )
         if asset_docs not in ASSET_STYLES:
             raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")

@@ -122,6 +122,18 @@ def test_a_region_outside_the_frame_is_refused_when_set(cam):
     assert "spot" not in cam.rois
 
 
+def test_regions_whose_names_differ_only_in_case_are_refused_when_set(cam):
+    """A catalog's tables tell no case apart: the run's events never reached the catalog,
+    refused at its end ("Column names must be unique when converted to lower case")."""
+    cam.rois["spot"] = (0, 0, 5, 5)
+    with pytest.raises(ValueError, match="regions 'spot' and 'Spot' differ only in case"):
+        cam.rois["Spot"] = (5, 5, 5, 5)
+    with pytest.raises(ValueError, match="differ only in case"):
+        cam.rois = {"edge": (0, 0, 5, 5), "EDGE": (5, 5, 5, 5)}
+    assert dict(cam.rois) == {"spot": (0, 0, 5, 5)}
+    cam.rois["spot"] = (1, 1, 5, 5)  # the same name again is a change
+
+
 def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(cam):
     cam.rois["spot"] = (80, 40, 10, 10)
     cam.binning.set(2)  # the frame is now 48x32

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,10 @@ BLOCK_PIXELS = 1 << 16
 def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = None) -> Region:
     """`value` as a region, or ValueError naming it: (x, y, width, height), integers, inside
     the frame of `frame_shape` (rows, columns) when given."""
-    if not isinstance(name, str) or not REGION_NAME.fullmatch(name) or name in RESERVED:
+    if not isinstance(name, str) or not REGION_NAME.fullmatch(name) or name.lower() in RESERVED:
         raise ValueError(
             f"region name {name!r} must be letters, digits and _, start with a letter, and "
-            f"not be one of {RESERVED}"
+            f"not be one of {RESERVED} in any case"
         )
     if (
         isinstance(value, (str, bytes))
@@ -77,7 +77,22 @@ def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = No
 def check_regions(
     regions: Mapping[str, Any], frame_shape: tuple[int, int] | None = None
 ) -> dict[str, Region]:
-    return {name: check_region(name, value, frame_shape) for name, value in regions.items()}
+    checked = {name: check_region(name, value, frame_shape) for name, value in regions.items()}
+    check_apart(checked)
+    return checked
+
+
+def check_apart(names: Iterable[str]) -> None:
+    """ValueError unless the region names differ in more than case: their statistics' data
+    keys name columns of a catalog's tables, which tell no case apart (Tiled's SQL tables
+    refused the run's events at its end)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if (first := seen.setdefault(name.lower(), name)) != name:
+            raise ValueError(
+                f"regions {first!r} and {name!r} differ only in case: a catalog's tables, "
+                "which tell no case apart, would take their statistics for one"
+            )
 
 
 def compute(

@@ -158,8 +158,13 @@ def _stream_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("scmos-writer-watch")}
 
 
-@pytest.mark.parametrize("name", ["../../esc", "/abs/x", "a.b", ""])
+@pytest.mark.parametrize(
+    "name", ["../../esc", "/abs/x", "a.b", "", "cam#1", "cam?1", "cam(1)", "1cam", "a--b", "a\nb"]
+)
 def test_a_camera_name_that_is_not_a_document_key_is_refused(tmp_path, name):
+    """Also what a catalog cannot keep: a run of `cam#1` recorded, then its images could not
+    be read back (a URL's fragment), and `cam(1)`'s run never ended in the catalog (no
+    such SQL column)."""
     with pytest.raises(ValueError, match="valid document key"):
         SCMOSCamera(name=name, driver=SimulatedSCMOS(shape=(8, 8)), write_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

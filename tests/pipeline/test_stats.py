@@ -124,6 +124,7 @@ def test_combined_frames_give_the_summed_images_total_and_centroid():
         ("spot", (0, 0, 5.0, 5), "integers"),
         ("spot", (0, 0, 5), "integers"),
         ("frame", (0, 0, 5, 5), "not be one of"),
+        ("Stats", (0, 0, 5, 5), "not be one of"),  # cam_Stats_total and cam_stats_total
         ("2nd", (0, 0, 5, 5), "start with a letter"),
     ],
 )
