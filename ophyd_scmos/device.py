@@ -1188,11 +1188,15 @@ class SCMOSCamera(Device):
 
     def resume(self) -> None:
         """RunEngine resume: cut frames of points whose events never came (the plan rewinds
-        and takes them again), so point numbers keep matching the file."""
+        and takes them again), so point numbers keep matching the file. A RunEngine whose
+        plan is not rewindable (`rewindable_wrapper(plan, False)`) goes on where it paused,
+        with the point triggered before: nothing is cut."""
         run = self._run
         if run is not None:
             run.paused = False
-        if run is not None and not run.flying:
+        engine = run.saved_events.engine if run is not None and run.saved_events else None
+        rewinds = engine is None or engine.rewindable
+        if run is not None and not run.flying and rewinds:
             self._let_triggered_frames_land(run)
             recorded = run.recorded_points or 0
             if run.points > recorded:

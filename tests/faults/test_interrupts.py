@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import bluesky.preprocessors as bpp
 import h5py
 import numpy as np
 import pytest
@@ -72,6 +73,21 @@ def test_pause_then_resume_continues_in_the_same_file(cam, driver, RE, recorder,
     saved = check_events_match_file(recorder, driver)
     last_point = recorder.of("datum")[-1]["datum_kwargs"]["point_number"]
     assert saved == 2 * (last_point + 1)
+
+
+def test_a_plan_that_does_not_rewind_paused_mid_point_goes_on_with_that_point(
+    cam, driver, RE, recorder
+):
+    """Not rewound, the plan reads the point it triggered before the pause: cut at resume,
+    as for a plan that takes it again, the run failed there (its point gone)."""
+    cam.exposure_time.set(0.3)
+    token = pause_at(RE, 1, defer=False, delay=0.1)  # as the second point exposes
+    with pytest.raises(RunEngineInterrupted):
+        RE(bpp.rewindable_wrapper(count([cam], num=4), False))
+    RE.unsubscribe(token)
+    RE.resume()
+    assert len(recorder.of("event")) == 4
+    assert check_events_match_file(recorder, driver) == 4
 
 
 @pytest.mark.parametrize("how", ["abort", "stop"])
