@@ -10,7 +10,9 @@ target's answer to an append is lost, and makes an image in one request.
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -108,7 +110,8 @@ class SyncResult:
     #: (the target has it half-copied: left); "replaced" (it had it half-copied: copied anew,
     #: `replace_incomplete`); "missing" (a file to copy is gone: not copied); "conflict" (a
     #: different file has a file's name where it is copied to: not copied); "partial" (closed
-    #: by a recovery still missing a camera's file: not copied)
+    #: by a recovery still missing a camera's file: not copied); "failed" (copying a file
+    #: failed, a full disk: not copied)
     status: str
     files: list[str] = field(default_factory=list)  #: data files the target's run points at
     error: str | None = None  #: what is wrong with the run there, and what to do, if anything
@@ -216,6 +219,8 @@ def _copy(run: Any, uid: str, target: Container, copy_data_to: PathLike | None) 
         except FileExistsError as err:  # another run's file of that name: never overwritten
             why = f"{err}: this run not copied; copy it into another directory"
             return SyncResult(uid, "conflict", paths, why)
+        except OSError as err:  # a full disk, a name too long there
+            return SyncResult(uid, "failed", paths, f"copying its file failed: {err}")
         for doc in resources:  # a movie's file holds several streams
             doc["uri"] = file_uri(copies[str(local_path(doc["uri"]))])
         for descriptor, device, path in named:  # where the target's run finds the file
@@ -277,9 +282,17 @@ def _copy_file(path: Path, directory: PathLike) -> Path:
         if filecmp.cmp(path, target, shallow=False):
             return target
         raise FileExistsError(f"{target} exists and differs from {path}; not overwritten")
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.copy2(path, partial)
-    partial.replace(target)  # a reader never sees half a file under the real name
+    # Under a name of its own (never too long, never another sync's), and gone if the copy
+    # fails (a full disk): a reader never sees half a file under the real name.
+    fd, name = tempfile.mkstemp(prefix=".", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        shutil.copy2(path, partial)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import threading
 import time
@@ -544,6 +545,43 @@ def test_two_syncs_at_once_leave_each_run_to_the_one_that_made_it(
     assert "another sync is copying it" in results[copying].error
     assert results[after].status == "copied"
     assert target[after]["primary"]["cam_image"].read().shape == (2, 1, 32, 32)
+
+
+def test_sync_copying_a_file_that_does_not_fit_goes_on_leaving_no_part_of_it(
+    catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy that fails (a full disk, here a file-size limit) ended sync in a traceback, the
+    runs after it not tried, the half copy left under a hidden name. And a file of a name
+    near the longest allowed was copied under a longer one, which failed."""
+    RE = RunEngine({}, call_returns_result=False)
+    source = open_catalog(catalog_dir)
+    RE.subscribe(TiledWriter(source))
+    uids, files = [], []
+    for frames, template in ((40, "big.h5"), (1, "s" * 240 + ".h5")):
+        cam = SCMOSCamera(
+            name="cam",
+            driver=SimulatedSCMOS(shape=SENSOR, seed=1),
+            write_dir=tmp_path / "data",
+            file_template=template,
+        )
+        uids.append(RE(count([cam], num=frames))[0])
+        files.append(Path(cam.file_path.get()))
+        cam.destroy()
+    assert files[0].stat().st_size > files[1].stat().st_size
+    copies, target_dir = tmp_path / "copies", tmp_path / "target"
+    open_catalog(target_dir)
+    sync = ["sync", "--from", str(catalog_dir), "--to", str(target_dir), *uids]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (files[1].stat().st_size + 4096, hard))
+    try:
+        assert main([*sync, "--copy-data", str(copies)]) == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    out = capsys.readouterr().out
+    assert f"failed   {uids[0]}" in out and "copying its file failed" in out
+    assert f"copied   {uids[1]}" in out
+    assert sorted(p.name for p in copies.iterdir()) == [files[1].name]
+    assert uids[0] not in open_catalog(target_dir)
 
 
 def test_sync_copies_no_file_over_another_of_its_name(
