@@ -36,15 +36,25 @@ def check_template(template: str) -> str:
             f"allowed: {sorted(FIELDS)}"
         )
     try:  # a field's format is a path too once formatted: `{date:..}`, `{date:/tmp/x}`
-        example = _format(template, "cam", datetime.datetime.now(), "0" * 8, 0)
+        now = datetime.datetime.now()
+        examples = [_format(template, "cam", now, "0" * 8, n) for n in (0, 47)]
     except (ValueError, TypeError) as exc:
         raise ValueError(f"file template {template!r} is not a format string: {exc}") from None
     _inside(template, template)
-    _inside(template, example)
+    for example in examples:
+        _inside(template, example)
+        # `{counter:c}`: a number as a character, NUL or "/" among them
+        if "\0" in example or len(Path(example).parts) != len(Path(examples[0]).parts):
+            raise ValueError(f"file template {template!r} gives {example!r}: not a file name")
     check_uri_path(Path(template), "file template")
     if not template.endswith(SUFFIXES):
         raise ValueError(f"file template {template!r} must end with one of {SUFFIXES}")
     return template
+
+
+def _numbered(template: str) -> bool:
+    """Whether `template` has a `{counter}` field (``{{counter}}`` is text)."""
+    return any(field == "counter" for _, field, _, _ in string.Formatter().parse(template))
 
 
 def _format(template: str, name: str, date: datetime.datetime, uid: str, counter: int) -> str:
@@ -115,7 +125,7 @@ def next_file(write_dir: Path, template: str, name: str, first: int = 0) -> tupl
         path = write_dir / relative
         if not os.path.lexists(path):  # a dangling symlink takes its name too
             break
-        if "{counter" not in template:
+        if not _numbered(template):
             raise FileExistsError(
                 f"{path} already exists and ophyd-scmos never overwrites a file; "
                 "change the file template or the write directory"
@@ -135,7 +145,7 @@ def create_next(write_dir: Path, template: str, name: str, create: Callable[[Pat
     run's file under its file's name. A number another process took in the meantime is
     skipped, so two processes starting together both get a file.
     """
-    if "{counter" not in template:
+    if not _numbered(template):
         return create(next_file(write_dir, template, name)[0])
     with _counters(write_dir) as taken:
         series = f"{name} {template}"

@@ -318,6 +318,17 @@ def test_counter_template_takes_the_next_free_number(driver, tmp_path, RE):
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["scan_000.h5", "scan_001.h5"]
 
 
+def test_braces_that_only_look_like_a_counter_are_text(driver, tmp_path, RE):
+    """``{{counter}}`` is the text {counter}: its file existing, the next stage looked for a
+    free number for ever."""
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=tmp_path, file_template="{{counter}}.h5")
+    cam.roi.set((0, 0, 32, 32))
+    RE(count([cam], num=1))
+    assert cam.file_path.get() == str(tmp_path / "{counter}.h5")
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        cam.stage()
+
+
 def test_counter_numbers_never_go_back_even_when_files_are_moved_away(driver, tmp_path, RE):
     """A number whose file was moved away (archived) is not taken again: a run in a catalog
     would read another run's file under its file's name. A name taken by a dangling
@@ -374,6 +385,7 @@ def test_a_bandwidth_cap_must_be_positive(driver, tmp_path):
         "{date:..}/{name}.h5",  # a date format is a path too once formatted
         "{date:/tmp/out}_{uid}.h5",
         "{date:%Y/../..}/{uid}.h5",
+        "{name}_{counter:c}.h5",  # number 0 a NUL, 47 a "/"
     ],
 )
 def test_bad_file_templates_are_refused(driver, tmp_path, template):
