@@ -10,6 +10,7 @@ the flyer and the benchmarks all drive it the same way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -168,6 +169,11 @@ class FrameStream:
             raise FileExistsError(
                 f"{self.path} exists; ophyd-scmos never overwrites a file"
             ) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            needed = f"a new run's file {self.path}"
+            raise no_room(errno.ENOSPC, needed, self.path.parent) from None
         try:
             self._identity = file_identity(fd)
         finally:

@@ -169,6 +169,14 @@ def room(
     return max(0, free), reason
 
 
+def _out_of_inodes(directory: str | os.PathLike[str]) -> bool:
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return False
+    return disk.f_files > 0 and disk.f_favail == 0
+
+
 class CloseReserve:
     """HEADROOM bytes of a disk held for a file's close, in a file without a name (nothing
     is left behind, whatever ends the process), given back just before the close: HDF5
@@ -216,11 +224,15 @@ class Room:
         return max(0, space), self._reason
 
 
-def no_room(reason: int, needed: str) -> OSError:
-    """The error for a full disk or a reached file-size limit, saying which."""
+def no_room(reason: int, needed: str, directory: str | os.PathLike[str] | None = None) -> OSError:
+    """The error for a full disk or a reached file-size limit, saying which; with the
+    `directory` of the file, a disk out of files (inodes) rather than bytes says so."""
     if reason == errno.EFBIG:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         what = f"File size limit reached (ulimit -f: {limit / 2**20:.0f} MiB)"
+    elif directory is not None and _out_of_inodes(directory):
+        what = "No file can be added to the file system (its inodes all taken: df -i)"
+        return OSError(reason, f"{what}, for {needed}")
     else:
         what = "No space left on device"
     kept = f"kept {HEADROOM // 2**20} MiB for the file to close cleanly"

@@ -82,10 +82,12 @@ class RunFile:
         # The acquiring process created the file, empty, to claim its name (see `files`).
         if os.path.getsize(self.path) != 0:
             raise FileExistsError(f"{self.path} is not the empty file made for this run")
+        directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            self.reserve = CloseReserve(os.path.dirname(os.path.abspath(self.path)))
+            self.reserve = CloseReserve(directory)
         except OSError as exc:
-            raise no_room(exc.errno or errno.ENOSPC, f"a new run's file {self.path}") from exc
+            needed = f"a new run's file {self.path}"
+            raise no_room(exc.errno or errno.ENOSPC, needed, directory) from exc
         # Large chunks start on page boundaries: whole-page writes (small ones would waste
         # space). No file lock: a reader that opened the empty file the moment it appeared
         # (a follower of the write directory) holds one, and the run would fail to start.

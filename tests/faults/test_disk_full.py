@@ -24,13 +24,14 @@ from tests.conftest import expected_frames
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, request):
     """A 16 MiB tmpfs (the writer holds 8 MiB for closing); mounting needs root, as CI
-    has."""
+    has. Parametrized indirectly: the mount's options besides its size."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
+    options = ",".join(["size=16m", *([request.param] if hasattr(request, "param") else [])])
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(
@@ -93,6 +94,16 @@ def test_disk_full_on_a_real_small_file_system(driver, small_disk, RE, recorder)
     with pytest.raises(OSError, match="No space left on device for a new run's file"):
         RE(count([cam], num=1))
     assert sorted(small_disk.iterdir()) == files
+
+
+@pytest.mark.parametrize("small_disk", ["nr_inodes=2"], indirect=True)
+def test_a_disk_out_of_inodes_is_told_from_one_out_of_bytes(driver, small_disk, RE):
+    """It has bytes free (df), not files (df -i): "No space left on device" alone misled."""
+    cam = SCMOSCamera(name="cam", driver=driver, write_dir=small_disk, ring_mb=1)
+    cam.roi.set((0, 0, 96, 64))
+    with pytest.raises(OSError, match=r"inodes all taken: df -i\), for a new run's file"):
+        RE(count([cam], num=1))
+    assert list(small_disk.iterdir()) == []
 
 
 def test_a_disk_another_process_fills_before_the_close_still_closes_the_file(
