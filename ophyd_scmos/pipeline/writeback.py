@@ -231,8 +231,10 @@ def no_room(reason: int, needed: str, directory: str | os.PathLike[str] | None =
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         what = f"File size limit reached (ulimit -f: {limit / 2**20:.0f} MiB)"
     elif directory is not None and _out_of_inodes(directory):
-        what = "No file can be added to the file system (its inodes all taken: df -i)"
-        return OSError(reason, f"{what}, for {needed}")
+        return OSError(
+            reason,
+            f"No file can be added to the file system (its inodes all taken: df -i), for {needed}",
+        )
     else:
         what = "No space left on device"
     kept = f"kept {HEADROOM // 2**20} MiB for the file to close cleanly"
