@@ -131,7 +131,13 @@ def next_file(write_dir: Path, template: str, name: str, first: int = 0) -> tupl
                 "change the file template or the write directory"
             )
         counter += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FileExistsError(
+            f"{path.parent} cannot be made for {path.name}: a file is in its way (the file "
+            f"template {template!r} makes it a directory)"
+        ) from None
     return path, counter
 
 

@@ -318,6 +318,16 @@ def test_counter_template_takes_the_next_free_number(driver, tmp_path, RE):
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["scan_000.h5", "scan_001.h5"]
 
 
+def test_a_file_where_the_template_makes_a_directory_is_named(driver, tmp_path):
+    cam = SCMOSCamera(
+        name="cam", driver=driver, write_dir=tmp_path, file_template="{name}/{uid}.h5"
+    )
+    (tmp_path / "cam").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match=rf"{tmp_path / 'cam'} cannot be made .* in its way"):
+        cam.stage()
+    assert (tmp_path / "cam").read_bytes() == b"keep me"
+
+
 def test_braces_that_only_look_like_a_counter_are_text(driver, tmp_path, RE):
     """``{{counter}}`` is the text {counter}: its file existing, the next stage looked for a
     free number for ever."""
