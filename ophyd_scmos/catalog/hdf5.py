@@ -33,6 +33,8 @@ from ophyd_scmos.pipeline.recovery import UnreadableFile, check_readable, open_u
 
 __all__ = ["CheckedHDF5Adapter"]
 
+IMAGE = "_image"  #: how a camera's image key ends: ``<camera>_image``
+
 #: a file's frames are read at most this many bytes of them at once, the file opened once
 BLOCK_BYTES = 64 << 20
 
@@ -48,10 +50,12 @@ class CheckedHDF5Adapter(HDF5Adapter):
         being_written = False
         paths = []
         run = (node.metadata_ or {}).get(IMAGE_RUN)  #: the run its file must record, if any
+        # and the camera (`<camera>_image`), where this package registered the image
+        camera = node.key.removesuffix(IMAGE) if run and node.key.endswith(IMAGE) else None
         for asset in data_source.assets:
             if asset.data_uri.startswith("file:"):
                 paths.append(path_from_uri(asset.data_uri))
-                superblock = check_readable(paths[-1], run)
+                superblock = check_readable(paths[-1], run, camera)
                 being_written = being_written or superblock.open_for_writing
         if not being_written:
             parameters["swmr"] = False

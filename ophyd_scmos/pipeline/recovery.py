@@ -92,10 +92,13 @@ def read_superblock(path: str | os.PathLike) -> Superblock:
     )
 
 
-def check_readable(path: str | os.PathLike, run: str | None = None) -> Superblock:
+def check_readable(
+    path: str | os.PathLike, run: str | None = None, camera: str | None = None
+) -> Superblock:
     """Raise `UnreadableFile` (or `MissingFile`), saying what is wrong, unless `path` is an
     HDF5 file at least as long as its superblock records, whose objects' metadata reads,
-    and (`run` given) that records no other run's frames; return its superblock.
+    and (`run`, `camera` given) that records no other run's frames, nor another camera's;
+    return its superblock.
 
     A file open for writing is only checked for its length, and only where no process here
     writes it (its writer stopped before its last writes reached the disk: a power cut, or
@@ -119,7 +122,7 @@ def check_readable(path: str | os.PathLike, run: str | None = None) -> Superbloc
             f"({why})"
         )
     if not superblock.open_for_writing:
-        _check_metadata(path, run)
+        _check_metadata(path, run, camera)
     return superblock
 
 
@@ -160,12 +163,15 @@ def open_unlocked(open_file: Callable[[bool | None], T]) -> T:
         return open_file(None)
 
 
-def _check_metadata(path: str | os.PathLike, run: str | None = None) -> None:
+def _check_metadata(
+    path: str | os.PathLike, run: str | None = None, camera: str | None = None
+) -> None:
     """Open every object of the file, without SWMR: a SWMR reader retries a damaged
     object's checksum for minutes, a plain one fails at once. Without file locks, unless
     this process has the file open already (`h5py.File(path)` beside an in-process
     catalog): HDF5 then wants the same locking as that open. With `run`, the run the file
-    records, if any, must be it (`another_runs_file`)."""
+    records, if any, must be it (`another_runs_file`); with `camera`, the camera that wrote
+    it, if it says, must be that one (two cameras' files of one run swapped)."""
     import h5py
 
     from ophyd_scmos.pipeline import layout
@@ -174,9 +180,15 @@ def _check_metadata(path: str | os.PathLike, run: str | None = None) -> None:
         with open_unlocked(lambda locking: h5py.File(path, "r", locking=locking)) as f:
             f.visititems(lambda name, obj: None)
             outcome = layout.Outcome.read(f) if run is not None and layout.ENTRY in f else None
+            wrote = f[layout.ENTRY].attrs.get("device_name") if layout.ENTRY in f else None
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise UnreadableFile(f"{path} is damaged: {exc}") from None
     wrong = None if outcome is None or run is None else another_runs_file(path, outcome.run, run)
+    if wrong is None and camera is not None and wrote is not None and str(wrote) != camera:
+        wrong = (
+            f"{path} holds the frames of camera {wrote}, not of {camera}: it is not this "
+            "camera's file (put there since: two cameras' files swapped?)"
+        )
     if wrong is not None:
         raise UnreadableFile(wrong)
 

@@ -939,6 +939,36 @@ def test_the_catalog_refuses_a_file_of_another_run_put_at_a_runs_path(
     assert before.shape == (3, 1, *SENSOR)
 
 
+def test_the_catalog_refuses_two_cameras_files_of_one_run_swapped(
+    catalog_dir: Path, tmp_path: Path
+) -> None:
+    """Same run, same frames and shape: each replayed as the other's. The file says which
+    camera wrote it."""
+    cams = [
+        SCMOSCamera(name=name, driver=SimulatedSCMOS(shape=SENSOR, seed=seed), write_dir=tmp_path)
+        for seed, name in enumerate(("cama", "camb"))
+    ]
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(CatalogWriter(open_catalog(catalog_dir)))
+    try:
+        (uid,) = RE(count(cams, num=2))
+        a, b = (Path(cam.file_path.get()) for cam in cams)
+    finally:
+        for cam in cams:
+            cam.destroy()
+    run = open_catalog(catalog_dir)[uid]["primary"]
+    run["cama_image"].read()
+    a.rename(tmp_path / "swap.h5")
+    b.rename(a)
+    (tmp_path / "swap.h5").rename(b)
+    with pytest.raises(
+        UnreadableFile,
+        match=rf"{re.escape(str(a))} holds the frames of camera "
+        "camb, not of cama",
+    ):
+        run["cama_image"].read()
+
+
 def test_a_catalog_directory_moved_reads_its_runs_columns(tmp_path: Path) -> None:
     """Its database named the event tables by their absolute path: moved, every column
     failed to read (and `sync` from it crashed); copied, the copy read the original's."""
