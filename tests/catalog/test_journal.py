@@ -106,7 +106,7 @@ def test_a_journal_stays_held_until_the_catalog_takes_the_runs_end(tmp_path):
     the process tries again) still owes it the run: its journal stays open, so `recover`
     in another session sees it held and leaves the run to it; once the catalog took the
     end, the journal goes."""
-    from ophyd_scmos.cli.recover import _holder
+    from ophyd_scmos.pipeline.recovery import writing_process
 
     journal = Journal(tmp_path, catalog="test")
     start = {"uid": "r1", "time": 0.0}
@@ -114,7 +114,7 @@ def test_a_journal_stays_held_until_the_catalog_takes_the_runs_end(tmp_path):
     journal.write("stop", {"uid": "s1", "run_start": "r1", "time": 1.0, "exit_status": "success"})
     (path,) = tmp_path.glob("*.jsonl")
     assert [name for name, _ in read(path)] == ["start", "stop"]
-    assert _holder(path) == os.getpid()
+    assert writing_process(path) == os.getpid()
     journal.end("r1")
     assert not path.exists()
 
@@ -122,7 +122,7 @@ def test_a_journal_stays_held_until_the_catalog_takes_the_runs_end(tmp_path):
 def test_a_journal_given_up_stays_held_while_its_run_goes_on(tmp_path, monkeypatch):
     """Its disk full, the journal was closed as given up: `recover` then took the run for a
     dead process's and wrote a failed stop into it while it was still recording."""
-    from ophyd_scmos.cli.recover import _holder
+    from ophyd_scmos.pipeline.recovery import writing_process
 
     journal = Journal(tmp_path)
     journal.write("start", {"uid": "run-1", "time": 0.0})
@@ -135,20 +135,20 @@ def test_a_journal_given_up_stays_held_while_its_run_goes_on(tmp_path, monkeypat
     with monkeypatch.context() as patched:
         patched.setattr(os, "write", disk_full)
         journal.write("stop", {"uid": "stop-1", "run_start": "run-1", "time": 1.0})
-    assert _holder(path) == os.getpid()  # the run's process holds it: recover leaves it
+    assert writing_process(path) == os.getpid()  # the run's process holds it: recover leaves it
     journal.write("stop", {"uid": "stop-1", "run_start": "run-1", "time": 1.0})
     assert path.stat().st_size == written  # given up: written no more
     journal.close()
-    assert _holder(path) is None
+    assert writing_process(path) is None
 
 
 def test_a_process_reading_a_journal_does_not_hold_its_run(tmp_path):
     """A second `recover` reading the journal was taken for the run's process."""
-    from ophyd_scmos.cli.recover import _holder
+    from ophyd_scmos.pipeline.recovery import writing_process
 
     path = tmp_path / "run.jsonl"
     path.write_text("")
     with open(path):
-        assert _holder(path) is None
+        assert writing_process(path) is None
     with open(path, "a"):
-        assert _holder(path) == os.getpid()
+        assert writing_process(path) == os.getpid()
