@@ -92,13 +92,8 @@ def _file_frames(cam) -> int:
         return f[layout.DATA].shape[0]
 
 
-@pytest.mark.parametrize("how", ["stop", "abort"])
-def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
-    cam, driver, RE, recorder, how
-):
-    """A movie's camera runs on through a pause; ending the run then (Ctrl-C twice, then
-    RE.stop() or RE.abort()) stops it and collects every frame its file holds."""
-    cam.acquire_period.set(0.004)
+def pause_once_under_way(RE) -> None:
+    """Request a pause, as Ctrl-C does, once a movie's first page is out."""
     under_way = threading.Event()
     RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
 
@@ -107,6 +102,16 @@ def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
         RE.request_pause(defer=False)
 
     threading.Thread(target=pause_when_under_way, daemon=True).start()
+
+
+@pytest.mark.parametrize("how", ["stop", "abort"])
+def test_a_paused_movie_ended_by_stop_or_abort_keeps_every_frame_of_its_file(
+    cam, driver, RE, recorder, how
+):
+    """A movie's camera runs on through a pause; ending the run then (Ctrl-C twice, then
+    RE.stop() or RE.abort()) stops it and collects every frame its file holds."""
+    cam.acquire_period.set(0.004)
+    pause_once_under_way(RE)
     with pytest.raises(RunEngineInterrupted):
         RE(movie(cam, seconds=30, page_every=0.1))
     at_pause = sum(stop - start for start, stop in _movie_rows(recorder, "cam_image"))
@@ -128,14 +133,7 @@ def test_a_paused_movie_halted_gives_the_camera_its_settings_back(cam, driver, R
     frame count stayed, and the next count took frames between its triggers (internal mode)
     without a word. The RunEngine unstages the camera even then, and the settings go back."""
     cam.acquire_period.set(0.004)
-    under_way = threading.Event()
-    RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
-
-    def pause_when_under_way():
-        under_way.wait(30)
-        RE.request_pause(defer=False)
-
-    threading.Thread(target=pause_when_under_way, daemon=True).start()
+    pause_once_under_way(RE)
     with pytest.raises(RunEngineInterrupted):
         RE(movie(cam, frames=100_000, page_every=0.1))
     RE.halt()
@@ -150,14 +148,7 @@ def test_a_paused_movie_resumed_records_every_frame_asked(cam, driver, RE, recor
     """Resumed, the movie goes on from where it was (its camera recorded on through the
     pause), not from its checkpoint (a second kickoff), until all its frames are taken."""
     cam.acquire_period.set(0.004)
-    under_way = threading.Event()
-    RE.subscribe(lambda name, doc: under_way.set(), "stream_datum")
-
-    def pause_when_under_way():
-        under_way.wait(30)
-        RE.request_pause(defer=False)
-
-    threading.Thread(target=pause_when_under_way, daemon=True).start()
+    pause_once_under_way(RE)
     with pytest.raises(RunEngineInterrupted):
         RE(movie(cam, frames=300, page_every=0.1))
     time.sleep(0.3)
