@@ -67,7 +67,6 @@ PAUSE_WAIT = 30.0
 _PIPELINE_KEYWORDS = dict(
     ring_mb=None, ring_frames=None, compression=None, overflow="block", write_limit_mb_s=None
 )
-#: event-model's pattern for data keys, which begin with the camera's name
 #: a camera's name starts its data keys, which a document refuses with "." or "/", and which
 #: a catalog keeps as its SQL tables' columns and in its URLs: none of what those take for
 #: their own ("--" neither), and a letter or _ first

@@ -106,8 +106,8 @@ def movie(
                 yield from bps.complete(cam, wait=True)
         yield from collect()
 
-    for cam in cams:  # given back at unstage, which the RunEngine does even on RE.halt()
-        cam.restore_at_unstage({sig: before[sig] for sig in settings if sig.parent is cam})
     for sig, value in settings.items():
         yield from bps.abs_set(sig, value)
+    for cam in cams:  # given back at unstage, which the RunEngine does even on RE.halt()
+        cam.restore_at_unstage({sig: before[sig] for sig in settings if sig.parent is cam})
     return (yield from record())
