@@ -147,6 +147,8 @@ def _open_for_writing(fd: Path) -> bool:
     return flags & os.O_ACCMODE != os.O_RDONLY
 
 
+#: what h5py raises for a file whose metadata is damaged or cut short: it varies with the part
+H5PY_FAILURES = (OSError, KeyError, RuntimeError, ValueError)
 #: HDF5's error for a second open of a file in one process with other locking than the first
 LOCKING_DIFFERS = "locking flag values don't match"
 
@@ -179,9 +181,10 @@ def _check_metadata(
     try:
         with open_unlocked(lambda locking: h5py.File(path, "r", locking=locking)) as f:
             f.visititems(lambda name, obj: None)
-            outcome = layout.Outcome.read(f) if run is not None and layout.ENTRY in f else None
-            wrote = f[layout.ENTRY].attrs.get("device_name") if layout.ENTRY in f else None
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            entry = f.get(layout.ENTRY)
+            outcome = layout.Outcome.read(f) if run is not None and entry is not None else None
+            wrote = entry.attrs.get("device_name") if entry is not None else None
+    except H5PY_FAILURES as exc:
         raise UnreadableFile(f"{path} is damaged: {exc}") from None
     wrong = None if outcome is None or run is None else another_runs_file(path, outcome.run, run)
     if wrong is None and camera is not None and wrote is not None and str(wrote) != camera:

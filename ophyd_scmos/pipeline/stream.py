@@ -28,7 +28,7 @@ from ophyd_scmos.pipeline import layout
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, decode_stats
-from ophyd_scmos.pipeline.recovery import clear_open_flags, finish_close
+from ophyd_scmos.pipeline.recovery import H5PY_FAILURES, clear_open_flags, finish_close
 from ophyd_scmos.pipeline.ring import FrameRing, Header
 from ophyd_scmos.pipeline.stats import Region
 from ophyd_scmos.pipeline.writeback import file_identity, fsync_path, names_file, no_room, room
@@ -280,8 +280,8 @@ class FrameStream:
             with h5py.File(self.path, "r") as f:
                 saved = layout.stored_frames(f)
                 measured = layout.measured_frames(f)
-        except (OSError, KeyError, RuntimeError, ValueError):  # h5py's words for a file the
-            return 0  # writer left unreadable (a disk full as it made the file)
+        except H5PY_FAILURES:  # a file the writer left unreadable (a disk full as it made it)
+            return 0
         # What the file holds is what a last collect may point at: a writer that failed
         # closed it with frames written since its last status line (a disk full).
         self._written = max(self._written, saved)
