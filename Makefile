@@ -18,7 +18,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile
+	# A worker that crashes (a segfault in a native library) ends the run naming its test:
+	# xdist's replacement worker under --dist loadfile can wait for ever for work.
+	$(BIN)/pytest -n 2 --dist loadfile --max-worker-restart 0
 
 bench: $(BIN)/.installed
 	$(BIN)/ophyd-scmos bench
