@@ -24,6 +24,7 @@ from tests.lab_env import (
     BIN,
     EXAMPLE_CONFIG,
     REPO,
+    catalog_dir,
     data_dir,
     frames_recorded,
     run,
@@ -116,6 +117,40 @@ def test_ctrl_c_or_sigterm_ends_a_movie_early_keeping_its_frames(home, sent, cod
     with h5py.File(result["file"], "r") as f:
         assert f[layout.DATA].shape[0] == result["frames_written"]
         assert bool(f["/entry"].attrs["complete"])
+
+
+def test_ctrl_c_twice_aborts_the_count_at_once_keeping_its_frames_and_the_catalogs_end(home):
+    """The first Ctrl-C ends a count after its event; a second, as the first says, stops at
+    once: the run is aborted (in the catalog too), its file closed with the frames written.
+    Python's KeyboardInterrupt would have had the RunEngine panic: a traceback, and a run
+    the catalog never sees end."""
+    from ophyd_scmos import open_catalog
+
+    config = home / "twice.toml"
+    config.write_text(FAST_CAMERA.replace("[cameras.fast]", "[cameras.twice]"))
+    argv = [*ACQUIRE, "--config", str(config), "--num", "1000000", "--json"]
+    process = subprocess.Popen(
+        argv, env=user_env(home), cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while frames_recorded(data_dir(home), "twice_*.h5") < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert "SIGINT again: stopping at once" in err
+    assert "Traceback" not in err and "panicked" not in err, err[-3000:]
+    result = json.loads(out)
+    written = result["frames_written"]
+    assert written >= 20 and result["error"] is None
+    with h5py.File(result["file"], "r") as f:
+        assert f[layout.DATA].shape[0] == written
+    run_ = open_catalog(catalog_dir(home))[result["uid"]]
+    assert run_.metadata["stop"]["exit_status"] == "abort"
+    assert run_["primary"]["twice_image"].shape[0] == written
 
 
 def test_ctrl_c_while_the_camera_is_being_staged_still_ends_the_movie_at_once(tmp_path):

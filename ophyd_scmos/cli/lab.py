@@ -149,8 +149,8 @@ def acquire(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore", RuntimeWarning)  # lost frames: reported below
                 try:
                     RE(plan)
-                except RunEngineInterrupted:  # a count paused by Ctrl-C: end it, keep it
-                    RE.stop()
+                except RunEngineInterrupted:  # paused by a signal: end it, keep it
+                    interrupt.end()
         except Exception as exc:  # the camera's, the writer's or the catalog's own message
             error = run_error(exc)
             print(f"ophyd-scmos acquire: {error}", file=sys.stderr)
@@ -313,13 +313,15 @@ def _load(path: str | None, command: str) -> Any:
 class _Interrupt:
     """Ctrl-C, or SIGTERM (`timeout`, a batch system's end of job), ends the acquisition
     early and keeps it: a movie stops the camera and the run ends with the frames so far, a
-    count ends after the current event. The same signal again acts as it would have."""
+    count ends after the current event. The same signal again stops at once: the run is
+    aborted, its file closed with the frames written; a third acts as it would have."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, RE: Any, cam: Any, *, flying: bool):
         self.RE, self.cam, self.flying = RE, cam, flying
         self.signal = 0  #: the signal that ended it early, if one did
+        self.at_once = False  #: it came twice: the run is aborted at once
 
     @property
     def seen(self) -> bool:
@@ -334,8 +336,10 @@ class _Interrupt:
             signal.signal(s, previous)
 
     def handle(self, signum: int, frame: Any) -> None:
-        signal.signal(signum, self.previous[signum])
-        self.signal = self.signal or signum
+        if self.signal:
+            self._at_once(signum)
+            return
+        self.signal = signum
         again = "Ctrl-C" if signum == signal.SIGINT else "the same signal"
         print(
             f"\nophyd-scmos acquire: {signal.Signals(signum).name}: ending the run, keeping "
@@ -347,6 +351,31 @@ class _Interrupt:
             self.cam.stop(success=True)  # the movie's completion sees the camera stopped
         else:
             self.RE.request_pause(defer=True)
+
+    def _at_once(self, signum: int) -> None:
+        """The second signal: the RunEngine pauses now, and the run is aborted (`end`),
+        its file closed with the frames written. Python's own KeyboardInterrupt would have
+        the RunEngine panic instead: a traceback, and a run the catalog never sees end."""
+        signal.signal(signum, self.previous[signum])  # a third acts as it would have
+        self.at_once = True
+        print(
+            f"\nophyd-scmos acquire: {signal.Signals(signum).name} again: stopping at once; "
+            "the run ends aborted, its file keeping the frames written",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(Exception):  # the RunEngine already pausing, or done
+            self.RE.request_pause(defer=False)
+
+    def end(self) -> None:
+        """End the run the RunEngine paused for a signal: stopped (a success, after the
+        event under way) or, at the second signal, aborted."""
+        if self.RE.state != "paused":  # it ended meanwhile
+            return
+        if self.at_once:
+            self.RE.abort(f"stopped at once by {signal.Signals(self.signal).name}")
+        else:
+            self.RE.stop()
 
     def at_kickoff(self, msg: Any) -> Any:
         """A movie's messages pass here: a Ctrl-C while the camera was still being staged
