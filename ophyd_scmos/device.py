@@ -38,6 +38,7 @@ from ophyd_scmos.documents import (
     AssetDocs,
     SavedEvents,
     bundle_of_caller,
+    check_key_lengths,
     engine_of_caller,
     file_columns,
     run_of_caller,
@@ -184,6 +185,7 @@ class Regions(MutableMapping[str, stats.Region]):
         with self._camera._changing("rois"):
             region = stats.check_region(name, value, self._camera.driver.frame_shape)
             stats.check_apart([*self._regions, name])
+            check_key_lengths(file_columns(self._camera.name, [*self._regions, name]))
             self._regions[name] = region
             self._record()
         self._camera._announce()
@@ -198,7 +200,9 @@ class Regions(MutableMapping[str, stats.Region]):
         """All of them at once: each checked, and none changed if one is refused."""
         with self._camera._changing("rois"):
             shape = self._camera.driver.frame_shape
-            self._regions = stats.check_regions(regions, shape)
+            checked = stats.check_regions(regions, shape)
+            check_key_lengths(file_columns(self._camera.name, checked))
+            self._regions = checked
             self._record()
         self._camera._announce()
 
@@ -357,6 +361,7 @@ class SCMOSCamera(Device):
                 "none of . / # ? % ' \" ` ; \\ ( ) = + * nor -- (it names the data keys, which "
                 "a catalog keeps as columns and in URLs, and the run files)"
             )
+        check_key_lengths(file_columns(name, ()))
         if asset_docs not in ASSET_STYLES:
             raise ValueError(f"asset_docs={asset_docs!r} is not one of {ASSET_STYLES}")
         if driver is None:

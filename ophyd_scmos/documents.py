@@ -29,6 +29,23 @@ def stat_prefixes(camera: str, regions: Iterable[str]) -> dict[str, str]:
     return {f"{camera}_stats": stats.FRAME, **{f"{camera}_{r}": r for r in regions}}
 
 
+#: the longest data key a catalog takes, in bytes: Tiled keeps a run's events in SQL tables, a
+#: column per key, and refuses a name longer than PostgreSQL's identifiers (on SQLite too)
+MAX_KEY_BYTES = 63
+
+
+def check_key_lengths(keys: Iterable[str]) -> None:
+    """ValueError naming the longest of `keys` if a catalog cannot keep it: Tiled would
+    refuse the run's events at its first, after the camera had begun taking frames."""
+    longest = max(keys, key=lambda key: len(key.encode()), default="")
+    if len(longest.encode()) > MAX_KEY_BYTES:
+        raise ValueError(
+            f"data key {longest!r} is {len(longest.encode())} bytes: a catalog keeps each "
+            f"key as a column, whose name ends at {MAX_KEY_BYTES} bytes; shorten the camera's "
+            "or the region's name"
+        )
+
+
 def file_columns(camera: str, regions: Iterable[str]) -> dict[str, str]:
     """Data key -> dataset in its file of everything camera `camera` may document as a
     stream of its file: its images, and a movie's columns (frame numbers, the camera's and

@@ -134,6 +134,33 @@ def test_regions_whose_names_differ_only_in_case_are_refused_when_set(cam):
     cam.rois["spot"] = (1, 1, 5, 5)  # the same name again is a change
 
 
+def test_names_whose_data_keys_a_catalog_cannot_keep_are_refused_and_the_longest_kept(
+    cam, driver, RE, tmp_path
+):
+    """A catalog keeps each data key as a column of an SQL table, named in at most 63 bytes:
+    Tiled refused a longer one with the run's first event, after its frames were taken. The
+    longest that fits goes through a movie (every statistic a column) into the catalog."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from ophyd_scmos import open_catalog
+    from ophyd_scmos.plans import movie
+
+    fits = "r" * (63 - len("cam__centroid_x"))
+    with pytest.raises(ValueError, match=f"data key 'cam_{fits}r_centroid_x' is 64 bytes"):
+        cam.rois[fits + "r"] = (0, 0, 5, 5)
+    with pytest.raises(ValueError, match="shorten the camera's or the region's name"):
+        cam.rois = {"spot": (0, 0, 5, 5), fits + "r": (0, 0, 5, 5)}
+    assert not cam.rois
+    name = "c" * (64 - len("_stats_centroid_x"))
+    with pytest.raises(ValueError, match=f"data key '{name}_stats_centroid_x' is 64 bytes"):
+        SCMOSCamera(name=name, driver=driver, write_dir=tmp_path / "data")
+    RE.subscribe(TiledWriter(open_catalog(tmp_path / "catalog")))
+    cam.rois[fits] = (1, 2, 5, 5)
+    (uid,) = RE(movie(cam, frames=5))
+    column = open_catalog(tmp_path / "catalog")[uid]["primary"][f"cam_{fits}_centroid_x"]
+    assert column.read().shape == (5,)
+
+
 def test_a_region_the_new_frame_leaves_out_is_refused_at_stage_before_any_frame(cam):
     cam.rois["spot"] = (80, 40, 10, 10)
     cam.binning.set(2)  # the frame is now 48x32
