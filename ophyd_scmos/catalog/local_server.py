@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -400,7 +402,7 @@ def serve(directory: Path, readable: tuple[Path, ...], idle: float) -> None:
 
     key = secrets.token_hex(32)
     app, created = build_app(directory, readable, api_key=key)
-    app.add_exception_handler(Exception, _raise_in_client)
+    app.add_exception_handler(Exception, functools.partial(_raise_in_client, directory))
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     address = Address(listening.getsockname()[1], key, os.getpid())
@@ -486,10 +488,16 @@ def _say_ready(address: Address, *, created: bool) -> None:
         os.dup2(devnull.fileno(), sys.stdout.fileno())
 
 
-async def _raise_in_client(request: Any, exc: Exception) -> Any:
+async def _raise_in_client(directory: Path, request: Any, exc: Exception) -> Any:
     """Name the exception that a request raised, for `ServerTransport` to raise."""
     from fastapi.responses import JSONResponse
 
+    if "database or disk is full" in str(exc):  # SQLite's words, amid its SQL statement
+        exc = OSError(
+            errno.ENOSPC,
+            f"the catalog's disk is full ({directory}): free space there, or move the catalog "
+            "(ophyd-scmos catalog sync); SQLite could not write",
+        )
     return JSONResponse(
         status_code=500, content={"detail": str(exc)}, headers={ERROR_HEADER: type(exc).__name__}
     )

@@ -49,6 +49,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,10 @@ from ophyd_scmos.catalog.summary import IMAGE_RUN
 __all__ = ["CatalogWriter"]
 
 logger = logging.getLogger(__name__)
+# event_model's guess at why a start document failed here (a RunRouter factory written for
+# its old releases) misleads: the catalog refused the run (its disk full, its server gone),
+# and that error is raised.
+warnings.filterwarnings("ignore", r"The callback <ophyd_scmos\.catalog\.writing\.", UserWarning)
 
 #: seconds a run's events and image references may wait in memory before they are written
 INTERVAL = 1.0
