@@ -71,6 +71,9 @@ def test_a_writer_stopped_between_runs_is_replaced_at_the_next_stage(cam, driver
     RE(count([cam], num=2))
     stopped = cam._writer
     os.kill(stopped.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10  # the signal lands asynchronously
+    while not stopped.stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
     with pytest.warns(RuntimeWarning, match=rf"writer process \(pid {stopped.pid}\) was stopped"):
         RE(count([cam], num=3))
     assert cam._writer is not stopped and cam._writer.alive and not stopped.alive
