@@ -354,13 +354,14 @@ class _Interrupt:
 
     def _at_once(self, signum: int) -> None:
         """The second signal: the RunEngine pauses now, and the run is aborted (`end`),
-        its file closed with the frames written. Python's own KeyboardInterrupt would have
-        the RunEngine panic instead: a traceback, and a run the catalog never sees end."""
+        its file closed with the frames written (a movie the first signal already ended
+        just ends). Python's own KeyboardInterrupt would have the RunEngine panic instead:
+        a traceback, and a run the catalog never sees end."""
         signal.signal(signum, self.previous[signum])  # a third acts as it would have
         self.at_once = True
         print(
-            f"\nophyd-scmos acquire: {signal.Signals(signum).name} again: stopping at once; "
-            "the run ends aborted, its file keeping the frames written",
+            f"\nophyd-scmos acquire: {signal.Signals(signum).name} again: stopping at once, "
+            "keeping the frames written",
             file=sys.stderr,
             flush=True,
         )
