@@ -14,12 +14,12 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/ophyd-scmos demo
 
+# A test worker that crashes (a segfault in a native library) ends the run naming its test:
+# xdist's replacement worker under --dist loadfile can wait for ever for work.
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	# A worker that crashes (a segfault in a native library) ends the run naming its test:
-	# xdist's replacement worker under --dist loadfile can wait for ever for work.
 	$(BIN)/pytest -n 2 --dist loadfile --max-worker-restart 0
 
 bench: $(BIN)/.installed
