@@ -398,8 +398,9 @@ class SCMOSCamera(Device):
         self.save_images.put(save_images)
         self._rois = Regions(self)
         self.rois = rois or {}
-        #: this point's statistics: data key -> (value, timestamp)
-        self._stat_readings: dict[str, tuple[float, float]] = {}
+        #: the last point's statistics, (regions, `stats.STATS`), when they were known, and
+        #: the reading keys (`_stat_keys`) they were recorded under
+        self._point_stats: tuple[dict[str, tuple[int, int, str]], np.ndarray, float] | None = None
         self._reading = False  #: in `read`: the image's datum may be read (`ImageDatum`)
         #: the run (its start's uid) of the last staging within a run, and how the camera
         #: was described then: staged again in that run, it must be described alike
@@ -498,12 +499,6 @@ class SCMOSCamera(Device):
         }
         return key if external is None else {**key, "external": external}
 
-    def _record_stats(self, values: np.ndarray) -> None:
-        now, table = time.time(), values.tolist()
-        self._stat_readings = {
-            key: (table[row][column], now) for key, (row, column, _) in self._stat_keys().items()
-        }
-
     def read(self) -> dict[str, dict[str, Any]]:
         run = self._run
         if run is not None and run.statuses and not run.statuses[-1].done and not run.flying:
@@ -520,9 +515,15 @@ class SCMOSCamera(Device):
             self._reading = False
         if not self._images:
             readings.pop(self.image.name, None)
-        for key in self._stat_keys():
-            value, timestamp = self._stat_readings.get(key, (float("nan"), 0.0))
-            readings[key] = {"value": value, "timestamp": timestamp}
+        keys = self._stat_keys()
+        point = self._point_stats
+        if point is not None and point[0] is keys:
+            table, timestamp = point[1].tolist(), point[2]
+            for key, (row, column, _) in keys.items():
+                readings[key] = {"value": table[row][column], "timestamp": timestamp}
+        else:  # none measured yet, or under other names or regions than now
+            for key in keys:
+                readings[key] = {"value": float("nan"), "timestamp": 0.0}
         return readings
 
     def _read_signals(self) -> dict[str, dict[str, Any]]:
@@ -815,7 +816,7 @@ class SCMOSCamera(Device):
         for sig in (self.frames_written, self.frames_dropped, self.frames_missed):
             sig.put(0)
         self.file_path.put(str(path))
-        self._stat_readings = {}
+        self._point_stats = None
         try:
             return super().stage()
         except Exception:
@@ -1141,10 +1142,9 @@ class SCMOSCamera(Device):
                 # Called on the writer's listener thread: whatever fails here fails this
                 # point, never that thread (every later status would wait forever).
                 try:
-                    if self.statistics:
-                        self._record_stats(
-                            stats.combine(stream.frame_stats(point * k, (point + 1) * k))
-                        )
+                    if self.statistics:  # made readings in `read`, once
+                        values = stats.combine(stream.frame_stats(point * k, (point + 1) * k))
+                        self._point_stats = (self._stat_keys(), values, time.time())
                     number, timestamp = stream.frame_info(first)
                     self.frame_number.put(number)
                     self.frame_time.put(timestamp)

@@ -125,8 +125,7 @@ class FrameStream:
         self._first_info: tuple[int, float] | None = None  #: the first frame recorded's
         self.regions = regions
         self.images = images
-        self._stats: deque[np.ndarray] = deque()  #: per frame: [region][stat]
-        self._stats_from = 0  #: file index of the first frame in `_stats`
+        self._stats = KeptStats()
         self.run: str | None = None  #: the run the frames are of, once told (`record_run`)
         self._truncated = threading.Condition()
         self._truncated_to: int | None = None  # the writer's last TRUNCATE acknowledgement
@@ -386,27 +385,7 @@ class FrameStream:
         """Statistics of the file's frames [start, stop): (frames, regions, `stats.STATS`),
         the whole frame's region first. Only frames already reported written."""
         with self._lock:
-            first, last = self._stats_from, self._stats_from + len(self._stats)
-            if not first <= start <= stop <= last:
-                raise IndexError(
-                    f"statistics of frames {start}..{stop - 1} of {self.path} are not known "
-                    f"(known: {first}..{last - 1})"
-                )
-            return np.array([self._stats[i - first] for i in range(start, stop)])
-
-    def _keep_stats(self, start: int, values: np.ndarray) -> None:
-        """Keep reported statistics from file index `start`; after a truncation the frames
-        at the same indices replace those that were cut."""
-        with self._lock:
-            if start < self._stats_from or start > self._stats_from + len(self._stats):
-                self._stats.clear()
-                self._stats_from = start
-            while self._stats_from + len(self._stats) > start:
-                self._stats.pop()
-            self._stats.extend(values)
-            while len(self._stats) > STATS_KEPT:
-                self._stats.popleft()
-                self._stats_from += 1
+            return self._stats.get(start, stop, self.path)
 
     def truncate(self, frames: int, timeout: float = 30) -> None:
         """Cut the file to its first `frames` frames now; returns once the writer has.
@@ -431,8 +410,7 @@ class FrameStream:
             self._file_frames = min(frames, self._file_frames)
             # The cut frames' statistics go too: a frame retaken at the same index is waited
             # for until its own are known, never answered with those of the frame it replaced.
-            while self._stats and self._stats_from + len(self._stats) > frames:
-                self._stats.pop()
+            self._stats.cut(frames)
         if self.error is not None:
             raise self.error
 
@@ -535,7 +513,8 @@ class FrameStream:
         if "stats" in status:  # before the waiters for these frames are woken
             assert self.regions is not None  # a writer measures only a file with them
             values = decode_stats(status["stats"], 1 + len(self.regions))
-            self._keep_stats(status["stats_from"], values)
+            with self._lock:
+                self._stats.keep(status["stats_from"], values)
         self._written = status.get("written", self._written)
         self._stored = status.get("stored", self._stored)
         if self.ring is not None:
@@ -707,3 +686,52 @@ class FrameStream:
 
     def _saved(self) -> str:
         return f"{self.path} holds {self.frames_written} of {self.frames_acquired} frames"
+
+
+class KeptStats:
+    """Frames' statistics as the writer reported them: the blocks its status lines carried,
+    (frames, regions, `stats.STATS`) each, from file index `first`, back to at least the
+    STATS_KEPT most recent frames. A point's frames came in one line (a step scan flushes
+    for each point), so their statistics are one block's rows: a view, no copy."""
+
+    def __init__(self) -> None:
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  #: (first, values)
+
+    def _end(self) -> int:
+        first, values = self._blocks[-1]
+        return first + len(values)
+
+    def keep(self, start: int, values: np.ndarray) -> None:
+        """Keep the statistics of frames from file index `start` on: after a truncation,
+        they replace those of the frames cut at the same indices; after a gap (a writer
+        that restarted its reports), they start afresh."""
+        self.cut(start)
+        if self._blocks and self._end() != start:
+            self._blocks.clear()
+        self._blocks.append((start, values))
+        while len(self._blocks) > 1 and self._end() - self._blocks[1][0] >= STATS_KEPT:
+            self._blocks.popleft()  # the rest hold enough
+
+    def cut(self, frames: int) -> None:
+        """Forget those of the frames from file index `frames` on."""
+        blocks = self._blocks
+        while blocks and blocks[-1][0] >= frames:
+            blocks.pop()
+        if blocks and self._end() > frames:
+            first, values = blocks[-1]
+            blocks[-1] = (first, values[: frames - first])
+
+    def get(self, start: int, stop: int, path: object) -> np.ndarray:
+        """Those of frames [start, stop), or IndexError naming the file at `path`."""
+        pieces = []
+        end = self._end() if self._blocks else 0
+        if stop <= end:
+            for first, values in reversed(self._blocks):
+                if first < stop:
+                    pieces.append(values[max(start - first, 0) : stop - first])
+                if first <= start:
+                    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces[::-1])
+        known = f"{self._blocks[0][0]}..{end - 1}" if self._blocks else "none"
+        raise IndexError(
+            f"statistics of frames {start}..{stop - 1} of {path} are not known (known: {known})"
+        )

@@ -19,6 +19,7 @@ from ophyd_scmos.pipeline import FrameStream, layout, stats
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.protocol import Op, WriterConfig, encode, encode_open, encode_run
 from ophyd_scmos.pipeline.ring import FrameRing
+from ophyd_scmos.pipeline.stream import STATS_KEPT, KeptStats
 from ophyd_scmos.pipeline.writer import WriterLoop
 
 ODD_REGIONS = {"spot": (5, 3, 7, 9), "corner": (0, 0, 1, 1), "strip": (11, 2, 13, 1)}
@@ -292,3 +293,36 @@ def test_the_writer_serves_commands_and_payloads_however_the_pipe_splits_them(tm
                 stored = f[layout.stats_path(region, name)][()]
                 expected = [stats.compute(frame, regions)[r, s] for frame in frames]
                 np.testing.assert_allclose(stored, expected, rtol=1e-12)
+
+
+def test_kept_statistics_are_the_blocks_reported_cut_and_replaced_as_the_file_is():
+    """The acquiring process keeps reported statistics as the status lines' blocks: a
+    point's are a view of its line's, a range across lines is joined, a cut forgets frames
+    that a later report then replaces, and the oldest blocks go once the rest hold
+    STATS_KEPT frames."""
+    kept = KeptStats()
+
+    def block(first: int, n: int) -> np.ndarray:  # frame i's values are all i
+        return np.repeat(np.arange(first, first + n, dtype=float), 9).reshape(n, 1, 9)
+
+    kept.keep(0, block(0, 3))
+    kept.keep(3, (four := block(3, 1)))
+    assert np.shares_memory(kept.get(3, 4, "run.h5"), four)
+    np.testing.assert_array_equal(kept.get(1, 4, "run.h5")[:, 0, 0], [1, 2, 3])
+    kept.cut(2)
+    with pytest.raises(IndexError, match=r"1\.\.2 of run.h5 are not known \(known: 0\.\.1\)"):
+        kept.get(1, 3, "run.h5")
+    kept.keep(2, block(20, 2))  # frames taken again at the cut's indices
+    np.testing.assert_array_equal(kept.get(0, 4, "run.h5")[:, 0, 0], [0, 1, 20, 21])
+    kept.keep(4 + STATS_KEPT, block(0, 1))  # after a gap: afresh
+    with pytest.raises(IndexError, match=r"known: 16388\.\.16388"):
+        kept.get(3, 5, "run.h5")
+    start = 5 + STATS_KEPT
+    for first in range(start, start + 2 * STATS_KEPT, 1000):
+        kept.keep(first, block(first, 1000))
+    end = start + 2 * STATS_KEPT // 1000 * 1000 + 1000
+    np.testing.assert_array_equal(
+        kept.get(end - STATS_KEPT, end, "run.h5")[:, 0, 0], np.arange(end - STATS_KEPT, end)
+    )
+    with pytest.raises(IndexError, match="not known"):
+        kept.get(start, start + 1, "run.h5")  # long gone
