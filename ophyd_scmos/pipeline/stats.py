@@ -96,14 +96,19 @@ def check_apart(names: Iterable[str]) -> None:
 
 
 def compute(
-    frame: np.ndarray, regions: Mapping[str, Region], *, compiled: bool = False
+    frame: np.ndarray,
+    regions: Mapping[str, Region],
+    *,
+    compiled: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The statistics of `frame` over the whole frame and each region: one row per region
-    (the whole frame first), one column per `STATS` entry, float64. `compiled`: all of them
-    in one compiled call (`prepare` first), else by BLAS products."""
+    (the whole frame first), one column per `STATS` entry, float64, into `out` if given.
+    `compiled`: all of them in one compiled call (`prepare` first), else by BLAS products."""
     rows, columns = frame.shape
     boxes = [(0, 0, columns, rows), *regions.values()]
-    out = np.empty((len(boxes), len(STATS)))
+    if out is None:
+        out = np.empty((len(boxes), len(STATS)))
     if compiled:
         _measure()(frame, _box_array(tuple(map(tuple, boxes))), out)
         return out

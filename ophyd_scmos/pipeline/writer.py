@@ -115,10 +115,12 @@ class RunFile:
         self.regions = config.regions
         #: how this writer measures a frame's statistics (in one compiled pass where it takes
         #: the frames' type, else by BLAS products); None: there are none
-        self.measure: Callable[[np.ndarray], np.ndarray] | None = None
+        self.measure: Callable[..., np.ndarray] | None = None
         if self.regions is not None:
             compiled = stats.prepare(np.dtype(spec.dtype))
             self.measure = functools.partial(stats.compute, regions=self.regions, compiled=compiled)
+        #: a frame's statistics: the whole frame's and each region's row
+        self.stats_shape = (1 + len(self.regions or ()), len(stats.STATS))
         self.stats = (
             []
             if self.regions is None
@@ -127,9 +129,10 @@ class RunFile:
         #: what a frame adds to the file: its chunk, or without images its row of 8-byte values
         row_bytes = 8 * (len(self.meta) + len(self.stats))
         self.frame_bytes = row_bytes if self.data is None else spec.frame_bytes
-        self.unreported: list[np.ndarray] = []  #: statistics of frames from `stats_from`
+        #: statistics of frames from `stats_from` on, in batches (frames, regions, stats)
+        self.unreported: list[np.ndarray] = []
         self.stats_from = 0
-        self.unstored: list[np.ndarray] = []  #: statistics of frames from `stats_stored` on
+        self.unstored: list[np.ndarray] = []  #: those of frames from `stats_stored` on, likewise
         self.stats_stored = 0  #: frames whose statistics are in the file
         self.last_stats_store = time.monotonic()
         self.compressor = compressor
@@ -149,9 +152,7 @@ class RunFile:
         if self.stats:
             message["stored"] = self.stats_stored
         if self.unreported:
-            message.update(
-                stats_from=self.stats_from, stats=encode_stats(np.array(self.unreported))
-            )
+            message.update(stats_from=self.stats_from, stats=encode_stats(joined(self.unreported)))
             self.unreported = []
         send(self.status, WriterStatus(**message))  # type: ignore[typeddict-item]
 
@@ -174,25 +175,29 @@ class RunFile:
         values = [source[slots] for source in sources]
         frames = (ring.slot(s) for s in slots)
         measure = self.measure
+        # each frame's statistics, measured into its row (none without statistics)
+        computed = np.empty((0 if measure is None else len(slots), *self.stats_shape))
         measured: list[Future[np.ndarray]] = []
         if measure is not None and (
             len(slots) > 1 or ring.spec.frame_bytes >= stats.SMALL_FRAME_BYTES
         ):
-            measured = [self.measurer.submit(measure, ring.slot(s)) for s in slots]
+            measured = [
+                self.measurer.submit(measure, ring.slot(s), out=out)
+                for s, out in zip(slots, computed, strict=True)
+            ]
         chunks = frames if self.compressor is None else self.compressor.imap(frames)
         frame_shape = self.ring.spec.frame_shape
         if self.data is not None:
             self.data.id.set_extent((start + len(slots), *frame_shape))
         done = start
-        computed: list[np.ndarray] = []
         try:
             for chunk in chunks:
                 if self.data is not None:
                     self.data.id.write_direct_chunk((done, 0, 0), chunk)
                 if measured:
-                    computed.append(measured[done - start].result())
+                    measured[done - start].result()
                 elif measure is not None:
-                    computed.append(measure(ring.slot(slots[done - start])))
+                    measure(ring.slot(slots[done - start]), out=computed[done - start])
                 done += 1
                 self.released += 1
                 ring.release_to(self.released)
@@ -208,8 +213,8 @@ class RunFile:
             if done > start:
                 for column, frame_values in zip(self.meta, values, strict=True):
                     column.append(frame_values[: done - start])
-                if computed:
-                    self.record_stats(start, np.array(computed))
+                if measure is not None:
+                    self.record_stats(start, computed[: done - start])
             self.written = done
 
     def record_stats(self, start: int, computed: np.ndarray) -> None:
@@ -217,7 +222,7 @@ class RunFile:
         status line and for the file."""
         if not self.unreported:
             self.stats_from = start
-        self.unreported.extend(computed)
+        self.unreported.append(computed)
         self.unstored.append(computed)
 
     def store_stats(self, force: bool = False) -> None:
@@ -228,7 +233,7 @@ class RunFile:
         now = time.monotonic()
         if not self.unstored or (not force and now - self.last_stats_store < self.flush_interval):
             return
-        columns = np.concatenate(self.unstored).reshape(-1, len(self.stats))
+        columns = joined(self.unstored).reshape(-1, len(self.stats))
         for i, column in enumerate(self.stats):
             column.append(columns[:, i])
         self.stats_stored += len(columns)
@@ -265,13 +270,15 @@ class RunFile:
                 self.data.resize(keep, axis=0)
             for column in self.meta:
                 column.cut(keep)
-            del self.unreported[max(0, keep - self.stats_from) :]
+            if self.unreported:
+                kept = joined(self.unreported)[: max(0, keep - self.stats_from)]
+                self.unreported = [kept] if len(kept) else []
             if keep < self.stats_stored:
                 for column in self.stats:
                     column.cut(keep)
                 self.stats_stored, self.unstored = keep, []
             elif self.unstored:
-                self.unstored = [np.concatenate(self.unstored)[: keep - self.stats_stored]]
+                self.unstored = [joined(self.unstored)[: keep - self.stats_stored]]
             self.written = keep
             self.flushed = min(self.flushed, keep)
 
@@ -310,6 +317,11 @@ class RunFile:
         self.write_frames(slots[:fit])
         if fit < len(slots):
             raise no_room(reason, f"frame {self.written + 1}")
+
+
+def joined(batches: list[np.ndarray]) -> np.ndarray:
+    """Batches of rows as one array: the batch itself where there is one (a step scan's)."""
+    return batches[0] if len(batches) == 1 else np.concatenate(batches)
 
 
 class Column:
