@@ -236,6 +236,7 @@ class RunFile:
         columns = joined(self.unstored).reshape(-1, len(self.stats))
         for i, column in enumerate(self.stats):
             column.append(columns[:, i])
+            column.store()  # readers see it from the file's next flush
         self.stats_stored += len(columns)
         self.unstored = []
         self.last_stats_store = now
@@ -254,7 +255,7 @@ class RunFile:
             )
             raise FileNotFoundError(errno.ENOENT, why, self.path)
         self.store_stats(force=self.settle_at is not None and self.written >= self.settle_at)
-        for column in (*self.meta, *self.stats):
+        for column in self.meta:
             column.store()
         self.file.flush()
         self.flushed = self.written
