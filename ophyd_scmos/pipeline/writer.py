@@ -333,13 +333,16 @@ class Column:
     the flush of the chunk it cached) cost twice as much."""
 
     def __init__(self, dataset: h5py.Dataset):
-        if dataset.shape != (0,) or dataset.compression is not None:
+        # HDF5's own calls, one property list: h5py's properties fetch it again for each
+        # (a run's start makes 21 columns with one region)
+        plist = dataset.id.get_create_plist()
+        if dataset.id.shape != (0,) or plist.get_nfilters():
             raise ValueError(f"{dataset.name}: a column starts empty and unfiltered")
         self.dataset = dataset
         self.length = 0  #: values appended
         self.stored = 0  #: values in the file, its extent
-        (self._chunk_length,) = dataset.chunks
-        self._tail = np.zeros(self._chunk_length, dataset.dtype)  #: the values of the chunk
+        (self._chunk_length,) = plist.get_chunk()
+        self._tail = np.zeros(self._chunk_length, dataset.id.dtype)  #: the values of the chunk
         self._tail_start = 0  #: where the column ends, from its first index
 
     def append(self, values: np.ndarray) -> None:
