@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -274,6 +274,12 @@ def _moments(profile: np.ndarray, offset: int) -> tuple[float, float, float]:
         return total, float("nan"), float("nan")
     centre = first / total
     return total, centre + offset, float(np.sqrt(max(second / total - centre * centre, 0.0)))
+
+
+def joined(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """Batches of frames' statistics as one array: the batch itself where there is one (a
+    step scan's point), no copy."""
+    return batches[0] if len(batches) == 1 else np.concatenate(batches)
 
 
 def combine(per_frame: np.ndarray) -> np.ndarray:

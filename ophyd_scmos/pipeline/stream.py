@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from ophyd_scmos.drivers.base import CameraDriver, CameraError, TriggerMode
-from ophyd_scmos.pipeline import layout
+from ophyd_scmos.pipeline import layout, stats
 from ophyd_scmos.pipeline.options import PipelineOptions
 from ophyd_scmos.pipeline.process import WriterProcess
 from ophyd_scmos.pipeline.protocol import Op, State, WriterConfig, WriterStatus, decode_stats
@@ -730,7 +730,7 @@ class KeptStats:
                 if first < stop:
                     pieces.append(values[max(start - first, 0) : stop - first])
                 if first <= start:
-                    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces[::-1])
+                    return stats.joined(pieces[::-1])
         known = f"{self._blocks[0][0]}..{end - 1}" if self._blocks else "none"
         raise IndexError(
             f"statistics of frames {start}..{stop - 1} of {path} are not known (known: {known})"

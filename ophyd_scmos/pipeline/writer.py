@@ -152,7 +152,9 @@ class RunFile:
         if self.stats:
             message["stored"] = self.stats_stored
         if self.unreported:
-            message.update(stats_from=self.stats_from, stats=encode_stats(joined(self.unreported)))
+            message.update(
+                stats_from=self.stats_from, stats=encode_stats(stats.joined(self.unreported))
+            )
             self.unreported = []
         send(self.status, WriterStatus(**message))  # type: ignore[typeddict-item]
 
@@ -233,7 +235,7 @@ class RunFile:
         now = time.monotonic()
         if not self.unstored or (not force and now - self.last_stats_store < self.flush_interval):
             return
-        columns = joined(self.unstored).reshape(-1, len(self.stats))
+        columns = stats.joined(self.unstored).reshape(-1, len(self.stats))
         for i, column in enumerate(self.stats):
             column.append(columns[:, i])
             column.store()  # readers see it from the file's next flush
@@ -272,14 +274,14 @@ class RunFile:
             for column in self.meta:
                 column.cut(keep)
             if self.unreported:
-                kept = joined(self.unreported)[: max(0, keep - self.stats_from)]
+                kept = stats.joined(self.unreported)[: max(0, keep - self.stats_from)]
                 self.unreported = [kept] if len(kept) else []
             if keep < self.stats_stored:
                 for column in self.stats:
                     column.cut(keep)
                 self.stats_stored, self.unstored = keep, []
             elif self.unstored:
-                self.unstored = [joined(self.unstored)[: keep - self.stats_stored]]
+                self.unstored = [stats.joined(self.unstored)[: keep - self.stats_stored]]
             self.written = keep
             self.flushed = min(self.flushed, keep)
 
@@ -318,11 +320,6 @@ class RunFile:
         self.write_frames(slots[:fit])
         if fit < len(slots):
             raise no_room(reason, f"frame {self.written + 1}")
-
-
-def joined(batches: list[np.ndarray]) -> np.ndarray:
-    """Batches of rows as one array: the batch itself where there is one (a step scan's)."""
-    return batches[0] if len(batches) == 1 else np.concatenate(batches)
 
 
 class Column:
