@@ -53,7 +53,7 @@ from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template
 from ophyd_scmos.paths import default_config_path, default_metadata_dir
 from ophyd_scmos.pipeline.compression import CODECS
 from ophyd_scmos.pipeline.options import OVERFLOW_POLICIES, PipelineOptions
-from ophyd_scmos.pipeline.stats import RESERVED, check_region
+from ophyd_scmos.pipeline.stats import READ, RESERVED, STATS, check_region
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -302,6 +302,18 @@ Region = Annotated[
     Field(strict=False),
     _expect("[x, y, width, height] in frame pixels (after roi and binning)"),
 ]
+
+
+def _stat_names(names: tuple[str, ...]) -> None:
+    if not set(names) <= set(STATS):
+        raise ValueError(names)
+
+
+StatNames = Annotated[
+    tuple[str, ...],
+    Field(strict=False),  # from TOML's array
+    _expect(f"an array of statistics from: {', '.join(STATS)}", _stat_names),
+]
 Exposure = Annotated[float, Field(gt=0, allow_inf_nan=False), _expect("seconds, > 0")]
 Period = Annotated[
     float,
@@ -437,6 +449,9 @@ class _CameraDevice(_Table):
     file_template: Template | None = None
     #: named regions of interest, [x, y, width, height] in frame pixels (checked when it opens)
     rois: dict[RegionName, Region] = {}
+    #: the statistics that are readings in step scans, and those of them hinted (plotted)
+    stats_read: StatNames | None = None
+    stats_hinted: StatNames | None = None
 
 
 class CameraSettingsTable(_Table):
@@ -490,6 +505,8 @@ class CameraConfig:
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     settings: Mapping[str, Any] = field(default_factory=dict)
     rois: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    stats_read: tuple[str, ...] = READ
+    stats_hinted: tuple[str, ...] | None = None  #: None: the totals, where they are read
     path: Path | None = None  #: the file it came from, for messages
 
     # The pipeline's keys, as the file gives them (read-only; `pipeline` holds them all).
@@ -507,6 +524,14 @@ class CameraConfig:
         from ophyd_scmos.drivers import CameraError, MissingLibrary, driver_from_spec
 
         key = f"cameras.{self.name}"
+        unread = set(self.stats_hinted or ()) - set(self.stats_read)
+        if unread:
+            raise ConfigError(
+                f"{sorted(unread)} hinted but not read: a hint plots a reading; add them to "
+                f"stats_read {list(self.stats_read)}",
+                key=f"{key}.stats_hinted",
+                path=self.path,
+            )
         options = self._driver_options(key)
         try:
             driver = driver_from_spec(self.driver, **options)
@@ -521,6 +546,8 @@ class CameraConfig:
                 write_dir=self.write_dir,
                 file_template=self.file_template,
                 options=self.pipeline,
+                stats_read=self.stats_read,
+                stats_hinted=self.stats_hinted,
             )
         except (CameraError, OSError) as exc:
             driver.close()
@@ -671,6 +698,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig
             pipeline=PipelineOptions(**camera.over(defaults)),
             settings=camera.settings(),
             rois=camera.rois,
+            stats_read=READ if camera.stats_read is None else camera.stats_read,
+            stats_hinted=camera.stats_hinted,
             path=path,
         )
         for name, camera in lab.cameras.items()

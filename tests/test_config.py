@@ -145,6 +145,10 @@ def test_a_camera_sizing_its_ring_in_frames_replaces_the_default_size(tmp_path):
          "[x, y, width, height] in frame pixels (after roi and binning)"),
         ("[cameras.cam]\nrois = {frame = [0, 0, 1, 1]}", "cameras.cam.rois.frame",
          "a region name: letters, digits and _, starting with a letter, not frame or stats"),
+        ('[cameras.cam]\nstats_read = ["totl"]', "cameras.cam.stats_read",
+         "an array of statistics from: total, mean, min, max, sigma, centroid_x"),
+        ('[cameras.cam]\nstats_hinted = "total"', "cameras.cam.stats_hinted",
+         "an array of statistics from: total,"),
         ("[metadata]\nwhen = 2024-01-01", "metadata.when",
          "2024-01-01 is not allowed; expected a string, number, boolean, or an array or table "
          "of them: quote a date or time to keep it as text"),
@@ -378,6 +382,32 @@ def test_a_camera_gets_its_named_regions_from_the_file(tmp_path):
         assert "cam_spot_total" in cam.describe()
     finally:
         cam.destroy()
+
+
+def test_a_camera_reads_and_hints_the_statistics_the_file_names(tmp_path):
+    path = write(
+        tmp_path,
+        "[cameras.cam]\noptions = {shape = [64, 96]}\nrois = {spot = [10, 20, 8, 6]}\n"
+        'stats_read = ["total", "centroid_x"]\nstats_hinted = ["centroid_x"]\n',
+    )
+    cam = load_config(path).camera().build()
+    try:
+        read = {key for key in cam.describe() if key.startswith(("cam_stats_", "cam_spot_"))}
+        assert read == {f"cam_{r}_{s}" for r in ("stats", "spot") for s in ("total", "centroid_x")}
+        assert cam.hints["fields"][-2:] == ["cam_stats_centroid_x", "cam_spot_centroid_x"]
+    finally:
+        cam.destroy()
+
+
+def test_a_hint_of_a_statistic_not_read_is_refused_before_the_camera_opens(tmp_path):
+    """Refused before the driver is asked for: a camera not plugged in says the same."""
+    path = write(
+        tmp_path,
+        '[cameras.cam]\ndriver = "micromanager:NoSuchLibrary:NoSuchCamera"\n'
+        'stats_read = ["max"]\nstats_hinted = ["total"]\n',
+    )
+    with pytest.raises(ConfigError, match=r"cameras\.cam\.stats_hinted: \['total'\] hinted but"):
+        load_config(path).camera().build()
 
 
 def test_a_region_outside_the_frame_is_refused_naming_its_key(tmp_path):
