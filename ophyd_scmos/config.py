@@ -53,7 +53,14 @@ from ophyd_scmos.files import DEFAULT_TEMPLATE, check_template
 from ophyd_scmos.paths import default_config_path, default_metadata_dir
 from ophyd_scmos.pipeline.compression import CODECS
 from ophyd_scmos.pipeline.options import OVERFLOW_POLICIES, PipelineOptions
-from ophyd_scmos.pipeline.stats import READ, RESERVED, STATS, check_region
+from ophyd_scmos.pipeline.stats import (
+    READ,
+    RESERVED,
+    STATS,
+    check_hinted,
+    check_names,
+    check_region,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -303,16 +310,13 @@ Region = Annotated[
     _expect("[x, y, width, height] in frame pixels (after roi and binning)"),
 ]
 
-
-def _stat_names(names: tuple[str, ...]) -> None:
-    if not set(names) <= set(STATS):
-        raise ValueError(names)
-
-
 StatNames = Annotated[
     tuple[str, ...],
     Field(strict=False),  # from TOML's array
-    _expect(f"an array of statistics from: {', '.join(STATS)}", _stat_names),
+    _expect(
+        f"an array of statistics from: {', '.join(STATS)}",
+        lambda names: check_names("statistics", names),
+    ),
 ]
 Exposure = Annotated[float, Field(gt=0, allow_inf_nan=False), _expect("seconds, > 0")]
 Period = Annotated[
@@ -524,14 +528,10 @@ class CameraConfig:
         from ophyd_scmos.drivers import CameraError, MissingLibrary, driver_from_spec
 
         key = f"cameras.{self.name}"
-        unread = set(self.stats_hinted or ()) - set(self.stats_read)
-        if unread:
-            raise ConfigError(
-                f"{sorted(unread)} hinted but not read: a hint plots a reading; add them to "
-                f"stats_read {list(self.stats_read)}",
-                key=f"{key}.stats_hinted",
-                path=self.path,
-            )
+        try:  # before the camera opens
+            check_hinted(self.stats_hinted or (), self.stats_read)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{key}.stats_hinted", path=self.path) from None
         options = self._driver_options(key)
         try:
             driver = driver_from_spec(self.driver, **options)

@@ -448,7 +448,7 @@ class SCMOSCamera(Device):
 
     @stats_read.setter
     def stats_read(self, names: Sequence[str]) -> None:
-        read = _check_stat_names("stats_read", names)
+        read = stats.check_names("stats_read", names)
         with self._changing("stats_read"):
             unread = [name for name in getattr(self, "_stats_hinted", ()) if name not in read]
             if unread:
@@ -465,13 +465,9 @@ class SCMOSCamera(Device):
 
     @stats_hinted.setter
     def stats_hinted(self, names: Sequence[str]) -> None:
-        hinted = _check_stat_names("stats_hinted", names)
+        hinted = stats.check_names("stats_hinted", names)
         with self._changing("stats_hinted"):
-            if not set(hinted) <= set(self.stats_read):
-                raise ValueError(
-                    f"stats_hinted={names!r} must be among stats_read {self.stats_read}: a hint "
-                    "plots a reading"
-                )
+            stats.check_hinted(names, self.stats_read)
             self._stats_hinted = hinted
 
     def _stat_keys(self) -> dict[str, tuple[int, int, str]]:
@@ -1500,9 +1496,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_plain(v) for v in value)
     return value
-
-
-def _check_stat_names(setting: str, names: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(names, str) or any(name not in stats.STATS for name in names):
-        raise ValueError(f"{setting}={names!r} must be a sequence of names from {stats.STATS}")
-    return tuple(names)

@@ -47,6 +47,22 @@ SMALL_FRAME_BYTES = 1 << 20
 BLOCK_PIXELS = 1 << 16
 
 
+def check_names(setting: str, names: Any) -> tuple[str, ...]:
+    """`names` as a tuple of statistics (of `STATS`), or ValueError naming the `setting`."""
+    if isinstance(names, str) or any(name not in STATS for name in names):
+        raise ValueError(f"{setting}={names!r} must be a sequence of names from {STATS}")
+    return tuple(names)
+
+
+def check_hinted(hinted: Sequence[str], read: Sequence[str]) -> None:
+    """ValueError unless every statistic `hinted` is among those `read`."""
+    if not set(hinted) <= set(read):
+        raise ValueError(
+            f"stats_hinted={hinted!r} must be among stats_read {tuple(read)}: a hint plots a "
+            "reading"
+        )
+
+
 def check_region(name: Any, value: Any, frame_shape: tuple[int, int] | None = None) -> Region:
     """`value` as a region, or ValueError naming it: (x, y, width, height), integers, inside
     the frame of `frame_shape` (rows, columns) when given."""
