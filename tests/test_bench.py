@@ -146,14 +146,23 @@ def test_bench_reports_what_the_live_view_costs(tmp_path, capsys):
 
 def test_bench_reports_what_statistics_cost(tmp_path, capsys):
     table, results = bench(
-        tmp_path, capsys, "--stats", "1", "--stats-frames", "10", "--pace-events", "5"
+        tmp_path, capsys, "--stats", "1", "--stats-frames", "10", "--stats-events", "5"
     )
     assert "statistics:" in table
     stats = results["statistics"]
-    assert stats["count 256x256"]["per_s"]["on"] > 0
-    assert stats["count 256x256"]["per_s"]["all nine read"] > 0
+    step = stats["count 256x256"]
+    assert step["per_s"]["on"] > 0
+    assert step["per_s"]["all nine read"] > 0
     assert "all nine read (18 readings an event)" in table
     assert stats["movie 2048x2048"]["per_s"]["off"] > 0
+    # the step scan's many rounds, how far one round's ratio is from the next, and the ratio
+    # of the same setting twice beside them
+    assert step["rounds"] == 4 and stats["movie 512x512"]["rounds"] == 1
+    for variant in ("on", "all nine read", "off again"):
+        low, high = step[f"{variant}_vs_off_quartiles"]
+        assert low <= step[f"{variant}_vs_off"] <= high
+    assert "off again (nothing changed: the method's own reading)" in table
+    assert min(step["one_event_run_ms"].values()) > 0
 
 
 def test_the_floor_writes_and_flushes_each_steps_frame_before_its_trigger_completes(tmp_path):

@@ -285,24 +285,41 @@ def _live(rounds: int, frames: int, scratch: Path, say: _Printer) -> dict[str, A
 
 def _statistics(args: argparse.Namespace, scratch: Path, say: _Printer) -> dict[str, Any]:
     say.header(
-        f"statistics: every frame's (whole frame and one region) on vs off, medians of "
-        f"{args.stats} rounds (on: total, max, centroid_x/y read, all nine stored)"
+        f"statistics: every frame's (whole frame and one region) on vs off, one camera each, "
+        f"medians of {args.stats} rounds ({args.stats * probes.STEP_ROUNDS} of the count, "
+        f"{args.stats_events} events each; on: total, max, centroid_x/y read, all nine stored) "
+        "[the middle half of the rounds' ratios]"
     )
-    results = probes.statistics_cost(args.stats, args.stats_frames, args.pace_events, scratch)
+    results = probes.statistics_cost(args.stats, args.stats_frames, args.stats_events, scratch)
     for label in ("movie 512x512", "movie 2048x2048", "count 256x256"):
         r = results[label]
         unit = "events/s" if label.startswith("count") else "frames/s"
+
         say(
             f"  {label:16s} on {r['per_s']['on']:7.1f} {unit}   off {r['per_s']['off']:7.1f} "
-            f"{unit}   on/off {r['on_vs_off']:5.2f}"
+            f"{unit}   {_on_off(r, 'on')}"
         )
         if probes.ALL_READ in r["per_s"]:
             say(
                 f"  {'':16s} on {r['per_s'][probes.ALL_READ]:7.1f} {unit}, "
-                f"{probes.ALL_READ} (18 readings an event): on/off "
-                f"{r[probes.ALL_READ + '_vs_off']:5.2f}"
+                f"{probes.ALL_READ} (18 readings an event): {_on_off(r, probes.ALL_READ)}"
+            )
+            again = _on_off(r, probes.OFF_AGAIN, "again/off")
+            say(
+                f"  {'':16s} off {r['per_s'][probes.OFF_AGAIN]:6.1f} {unit}, {probes.OFF_AGAIN} "
+                f"(nothing changed: the method's own reading): {again}"
+            )
+            runs = r["one_event_run_ms"]
+            say(
+                f"  one-event count run  on {runs['on']:5.1f} ms   off {runs['off']:5.1f} ms  "
+                f"(medians of {probes.ONE_EVENT_RUNS}: what a short scan pays once)"
             )
     return results
+
+
+def _on_off(result: dict[str, Any], variant: str, name: str = "on/off") -> str:
+    low, high = result[f"{variant}_vs_off_quartiles"]
+    return f"{name} {result[f'{variant}_vs_off']:5.2f} [{low:4.2f}-{high:4.2f}]"
 
 
 class _Printer:

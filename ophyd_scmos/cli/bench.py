@@ -105,9 +105,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--live", type=int, default=3, help="rounds of the live-view section (0: skip)")
     p.add_argument("--live-frames", type=int, default=1000, help="frames of each live movie")
     p.add_argument(
-        "--stats", type=int, default=3, help="rounds of the statistics on/off section (0: skip)"
+        "--stats",
+        type=int,
+        default=3,
+        help="rounds of the statistics on/off section's movies, four times as many of its "
+        "count (0: skip)",
     )
     p.add_argument("--stats-frames", type=int, default=1000, help="frames of each statistics movie")
+    p.add_argument("--stats-events", type=int, default=500, help="events of each statistics count")
     p.add_argument(
         "--dir",
         type=Path,
