@@ -108,8 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--stats",
         type=int,
         default=3,
-        help="rounds of the statistics on/off section's movies, four times as many of its "
-        "count (0: skip)",
+        help="rounds of the statistics on/off section's movies; its count runs four times as "
+        "many (0: skip)",
     )
     p.add_argument("--stats-frames", type=int, default=1000, help="frames of each statistics movie")
     p.add_argument("--stats-events", type=int, default=500, help="events of each statistics count")
