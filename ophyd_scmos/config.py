@@ -454,7 +454,7 @@ class _CameraDevice(_Table):
     #: named regions of interest, [x, y, width, height] in frame pixels (checked when it opens)
     rois: dict[RegionName, Region] = {}
     #: the statistics that are readings in step scans, and those of them hinted (plotted)
-    stats_read: StatNames | None = None
+    stats_read: StatNames = READ
     stats_hinted: StatNames | None = None
 
 
@@ -698,7 +698,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> LabConfig
             pipeline=PipelineOptions(**camera.over(defaults)),
             settings=camera.settings(),
             rois=camera.rois,
-            stats_read=READ if camera.stats_read is None else camera.stats_read,
+            stats_read=camera.stats_read,
             stats_hinted=camera.stats_hinted,
             path=path,
         )

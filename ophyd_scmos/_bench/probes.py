@@ -640,9 +640,9 @@ def statistics_cost(rounds: int, frames: int, events: int, scratch: Path) -> dic
         one_event: dict[str, list[float]] = {"on": [], "off": []}
         try:
             RE(count([cam], num=1))  # the writer starts here, once
+            n = events if step else frames
             for r in range(rounds * STEP_ROUNDS if step else rounds):
                 for variant in rotated(list(variants), r):
-                    n = events if step else frames
                     plan = count([cam], num=n) if step else movie(cam, frames=n)
                     rates[variant].append(n / _seconds(RE, plan, cam, variants[variant], scratch))
             for r in range(ONE_EVENT_RUNS if step else 0):

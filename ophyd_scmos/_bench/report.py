@@ -294,7 +294,6 @@ def _statistics(args: argparse.Namespace, scratch: Path, say: _Printer) -> dict[
     for label in ("movie 512x512", "movie 2048x2048", "count 256x256"):
         r = results[label]
         unit = "events/s" if label.startswith("count") else "frames/s"
-
         say(
             f"  {label:16s} on {r['per_s']['on']:7.1f} {unit}   off {r['per_s']['off']:7.1f} "
             f"{unit}   {_on_off(r, 'on')}"
